@@ -1,0 +1,103 @@
+//! Every Skein CustomResourceDefinition: generated from the Rust types, rendered as the YAML in
+//! `crds/`, and installed into a cluster.
+
+use std::time::Duration;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Client, CustomResourceExt, ResourceExt};
+
+use super::meshconfig::MeshConfig;
+use super::names;
+
+/// How long `install` waits for each CRD to become Established.
+const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CrdError {
+    #[error("rendering CRD {name} as YAML: {source}")]
+    Render {
+        name: String,
+        source: serde_yaml_ng::Error,
+    },
+    #[error("applying CRD {name}: {source}")]
+    Apply { name: String, source: kube::Error },
+    #[error("CRD {name} did not become Established within {timeout:?}")]
+    NotEstablished { name: String, timeout: Duration },
+}
+
+/// Every CRD Skein defines, in a stable order.
+pub fn all() -> Vec<CustomResourceDefinition> {
+    vec![MeshConfig::crd()]
+}
+
+/// All CRDs as one multi-document YAML stream: what `skein crds` prints and `crds/` holds.
+pub fn render_yaml() -> Result<String, CrdError> {
+    let mut out = String::new();
+    for crd in all() {
+        let yaml = serde_yaml_ng::to_string(&crd).map_err(|source| CrdError::Render {
+            name: crd.name_any(),
+            source,
+        })?;
+        out.push_str("---\n");
+        out.push_str(&yaml);
+    }
+    Ok(out)
+}
+
+/// Server-side applies every CRD and waits until the apiserver serves each one.
+pub async fn install(client: &Client) -> Result<(), CrdError> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let params = PatchParams::apply(names::FIELD_MANAGER).force();
+    for crd in all() {
+        let name = crd.name_any();
+        api.patch(&name, &params, &Patch::Apply(&crd))
+            .await
+            .map_err(|source| CrdError::Apply {
+                name: name.clone(),
+                source,
+            })?;
+    }
+    for crd in all() {
+        let name = crd.name_any();
+        let established = await_condition(api.clone(), &name, conditions::is_crd_established());
+        match tokio::time::timeout(ESTABLISH_TIMEOUT, established).await {
+            Ok(Ok(_)) => {}
+            _ => {
+                return Err(CrdError::NotEstablished {
+                    name,
+                    timeout: ESTABLISH_TIMEOUT,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `crds/` is generated; this fails when someone changes a type without regenerating it.
+    /// Regenerate with `cargo run -- crds > crds/skein.dev.yaml`.
+    #[test]
+    fn committed_crds_match_the_types() {
+        let committed = include_str!("../../crds/skein.dev.yaml");
+        let generated = render_yaml().unwrap();
+        assert!(
+            committed == generated,
+            "crds/skein.dev.yaml is stale: regenerate it with `cargo run -- crds > crds/skein.dev.yaml`"
+        );
+    }
+
+    #[test]
+    fn every_crd_is_in_the_skein_group_and_structural() {
+        for crd in all() {
+            assert_eq!(crd.spec.group, names::GROUP);
+            let version = &crd.spec.versions[0];
+            assert_eq!(version.name, names::VERSION);
+            assert!(version.schema.is_some(), "{} has no schema", crd.name_any());
+        }
+    }
+}

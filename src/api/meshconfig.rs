@@ -1,0 +1,598 @@
+//! `MeshConfig` (cluster-scoped, `skein.dev/v1alpha1`): the one object that describes a Skein
+//! installation. Only the object named `default` is active.
+//!
+//! Every field is optional; defaults live in the schema, so the apiserver stores them and
+//! `kubectl get meshconfig default -o yaml` shows the settings in force. Shape rules the type
+//! system cannot express (ranges, cross-field requirements) are CEL rules in the schema, so an
+//! invalid MeshConfig is refused at `kubectl apply` with a message naming the field.
+//!
+//! The one exception is `version`: unset means "the operator's own version", so upgrading the
+//! operator upgrades a mesh that never pinned a version.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::duration::Duration;
+use super::names;
+
+/// Desired state of the mesh.
+#[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "skein.dev",
+    version = "v1alpha1",
+    kind = "MeshConfig",
+    shortname = "mc",
+    category = "skein",
+    status = "MeshConfigStatus",
+    derive = "PartialEq",
+    doc = "MeshConfig describes a Skein installation. Only the MeshConfig named `default` is active.",
+    printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name": "Version", "type": "string", "jsonPath": ".status.version"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase", default)]
+pub struct MeshConfigSpec {
+    /// Skein version to run (the image tag). Unset: the operator's own version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub version: Option<String>,
+    /// Repository of the one Skein image; every component runs it with a different subcommand.
+    #[schemars(length(min = 1, max = 255))]
+    pub image: String,
+    /// Which pods get the proxy, and how the injection webhook is registered.
+    pub injection: InjectionSpec,
+    /// Settings of the injected proxy.
+    pub proxy: ProxySpec,
+    /// Mesh-wide traffic defaults.
+    pub traffic: TrafficSpec,
+    /// Workload identity and mutual TLS between workloads.
+    pub mtls: MtlsSpec,
+    /// Distributed tracing.
+    pub tracing: TracingSpec,
+    /// Where the control plane runs.
+    pub control_plane: ControlPlaneSpec,
+    /// Remote clusters this mesh is federated with.
+    pub federation: FederationSpec,
+}
+
+impl Default for MeshConfigSpec {
+    fn default() -> Self {
+        Self {
+            version: None,
+            image: names::DEFAULT_IMAGE.to_owned(),
+            injection: InjectionSpec::default(),
+            proxy: ProxySpec::default(),
+            traffic: TrafficSpec::default(),
+            mtls: MtlsSpec::default(),
+            tracing: TracingSpec::default(),
+            control_plane: ControlPlaneSpec::default(),
+            federation: FederationSpec::default(),
+        }
+    }
+}
+
+impl MeshConfigSpec {
+    /// The Skein version this MeshConfig asks for: `spec.version`, or this build's.
+    pub fn effective_version(&self) -> &str {
+        self.version.as_deref().unwrap_or(names::SKEIN_VERSION)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// injection
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct InjectionSpec {
+    /// Namespace label that turns injection on for every pod in the namespace.
+    pub namespace_label: NamespaceLabel,
+    /// Namespaces never injected, whatever their labels say.
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    #[schemars(length(max = 256))]
+    pub excluded_namespaces: Vec<String>,
+    /// What the apiserver does when the webhook cannot be reached: `Fail` (the pod is not
+    /// created, so no pod ever runs outside the mesh by accident) or `Ignore`.
+    pub failure_policy: FailurePolicy,
+    /// How long the apiserver waits for the webhook (1–30 seconds).
+    #[schemars(range(min = 1, max = 30))]
+    pub timeout_seconds: i32,
+}
+
+impl Default for InjectionSpec {
+    fn default() -> Self {
+        Self {
+            namespace_label: NamespaceLabel::default(),
+            excluded_namespaces: names::DEFAULT_EXCLUDED_NAMESPACES
+                .iter()
+                .map(|ns| (*ns).to_owned())
+                .collect(),
+            failure_policy: FailurePolicy::Fail,
+            timeout_seconds: 5,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct NamespaceLabel {
+    #[schemars(length(min = 1, max = 317))]
+    pub key: String,
+    #[schemars(length(max = 63))]
+    pub value: String,
+}
+
+impl Default for NamespaceLabel {
+    fn default() -> Self {
+        Self {
+            key: names::INJECTION_LABEL_KEY.to_owned(),
+            value: names::INJECTION_LABEL_VALUE.to_owned(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum FailurePolicy {
+    #[default]
+    Fail,
+    Ignore,
+}
+
+// ---------------------------------------------------------------------------------------------
+// proxy
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ProxySpec {
+    /// CPU and memory for the proxy container; pod annotations may override them.
+    pub resources: ProxyResources,
+    /// Log filter of the proxy (`info`, `debug`, or per module: `warn,skein::proxy=debug`).
+    #[schemars(length(min = 1, max = 256))]
+    pub log_level: String,
+    /// UID the proxy runs as. Its own connections are exempt from traffic capture.
+    #[schemars(range(min = 1, max = 2147483647))]
+    pub uid: i64,
+    pub ports: ProxyPorts,
+    /// Start the application only once the proxy is ready, so its first requests do not fail.
+    pub hold_application_until_proxy_starts: bool,
+    /// Run the proxy as a native sidecar (an init container with `restartPolicy: Always`).
+    /// `Auto` uses one when the cluster supports it (Kubernetes ≥ 1.29).
+    pub native_sidecar: NativeSidecar,
+}
+
+impl Default for ProxySpec {
+    fn default() -> Self {
+        Self {
+            resources: ProxyResources::default(),
+            log_level: "info".to_owned(),
+            uid: names::DEFAULT_PROXY_UID,
+            ports: ProxyPorts::default(),
+            hold_application_until_proxy_starts: true,
+            native_sidecar: NativeSidecar::Auto,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ProxyResources {
+    pub requests: ResourceAmounts,
+    pub limits: ResourceAmounts,
+}
+
+impl Default for ProxyResources {
+    fn default() -> Self {
+        Self {
+            requests: ResourceAmounts {
+                cpu: Some("10m".to_owned()),
+                memory: Some("20Mi".to_owned()),
+            },
+            limits: ResourceAmounts {
+                cpu: None,
+                memory: Some("128Mi".to_owned()),
+            },
+        }
+    }
+}
+
+/// CPU and memory as Kubernetes quantities (`100m`, `64Mi`). Unset: no request or limit.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceAmounts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "isQuantity(self)", "message": "must be a quantity such as 100m or 1"}]))]
+    #[schemars(length(max = 64))]
+    pub cpu: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "isQuantity(self)", "message": "must be a quantity such as 64Mi or 1Gi"}]))]
+    #[schemars(length(max = 64))]
+    pub memory: Option<String>,
+}
+
+/// The proxy's listeners. They must differ from each other and from the application's ports.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+#[schemars(extend("x-kubernetes-validations" = [{"rule": "self.inbound != self.outbound && self.inbound != self.admin && self.outbound != self.admin", "message": "inbound, outbound and admin ports must all differ"}]))]
+pub struct ProxyPorts {
+    /// Port that captured inbound connections are redirected to.
+    #[schemars(range(min = 1, max = 65535))]
+    pub inbound: i32,
+    /// Port that captured outbound connections are redirected to.
+    #[schemars(range(min = 1, max = 65535))]
+    pub outbound: i32,
+    /// Admin, health and metrics port (never captured).
+    #[schemars(range(min = 1, max = 65535))]
+    pub admin: i32,
+}
+
+impl Default for ProxyPorts {
+    fn default() -> Self {
+        Self {
+            inbound: names::DEFAULT_INBOUND_PORT,
+            outbound: names::DEFAULT_OUTBOUND_PORT,
+            admin: names::DEFAULT_ADMIN_PORT,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum NativeSidecar {
+    #[default]
+    Auto,
+    Enabled,
+    Disabled,
+}
+
+// ---------------------------------------------------------------------------------------------
+// traffic
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TrafficSpec {
+    /// What happens to traffic for destinations the mesh does not know: `RegistryOnly` blocks
+    /// it unless an EgressRule allows it; `AllowAny` passes it through.
+    pub outbound_traffic_policy: OutboundTrafficPolicy,
+    /// Retry policy for requests no RouteRule sets one for.
+    pub retry: RetryPolicy,
+    /// Overall request timeout for requests no RouteRule sets one for. Unset: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum OutboundTrafficPolicy {
+    #[default]
+    RegistryOnly,
+    AllowAny,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RetryPolicy {
+    /// Retries after the first try (0 disables retries).
+    #[schemars(range(min = 0, max = 10))]
+    pub attempts: i32,
+    /// Timeout of each try. Unset: only the overall timeout applies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<Duration>,
+    /// Which failures are retried.
+    #[schemars(length(max = 16))]
+    pub retry_on: Vec<RetryOn>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        // Only failures where the request cannot have reached the application, so a retry is
+        // safe for any method.
+        Self {
+            attempts: 2,
+            per_try_timeout: None,
+            retry_on: vec![
+                RetryOn::ConnectFailure,
+                RetryOn::RefusedStream,
+                RetryOn::Unavailable,
+            ],
+        }
+    }
+}
+
+/// A class of failure that may be retried.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RetryOn {
+    /// The connection to the endpoint could not be established.
+    ConnectFailure,
+    /// The HTTP/2 stream was refused before the server processed it.
+    RefusedStream,
+    /// The connection was reset before a response arrived.
+    Reset,
+    /// Any 5xx response.
+    #[serde(rename = "5xx")]
+    ServerError,
+    /// 502, 503 or 504.
+    GatewayError,
+    /// gRPC status UNAVAILABLE.
+    Unavailable,
+    /// gRPC status CANCELLED.
+    Cancelled,
+    /// gRPC status DEADLINE_EXCEEDED.
+    DeadlineExceeded,
+}
+
+// ---------------------------------------------------------------------------------------------
+// mtls
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct MtlsSpec {
+    /// `Permissive` accepts plaintext and mTLS, `Strict` only mTLS, `Disabled` never uses mTLS.
+    pub mode: MtlsMode,
+    /// Trust domain of workload identities (`spiffe://<trustDomain>/ns/<ns>/sa/<sa>`).
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub trust_domain: String,
+    /// Lifetime of workload certificates; they are rotated well before they expire.
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "duration(self) >= duration('1m') && duration(self) <= duration('8760h')", "message": "must be between 1m and 8760h"}]))]
+    pub workload_cert_lifetime: Duration,
+}
+
+impl Default for MtlsSpec {
+    fn default() -> Self {
+        Self {
+            mode: MtlsMode::Permissive,
+            trust_domain: "cluster.local".to_owned(),
+            workload_cert_lifetime: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum MtlsMode {
+    #[default]
+    Permissive,
+    Strict,
+    Disabled,
+}
+
+// ---------------------------------------------------------------------------------------------
+// tracing
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TracingSpec {
+    /// Zipkin v2 collector URL (`http://zipkin.tracing:9411/api/v2/spans`). Unset: spans are
+    /// not exported, but trace headers are still propagated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "isURL(self) && url(self).getScheme() in ['http', 'https']", "message": "must be an http or https URL"}]))]
+    #[schemars(length(max = 2048))]
+    pub zipkin_endpoint: Option<String>,
+    /// Percentage of new traces that are sampled (0–100).
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub sampling_percentage: f64,
+}
+
+impl Default for TracingSpec {
+    fn default() -> Self {
+        Self {
+            zipkin_endpoint: None,
+            sampling_percentage: 1.0,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// control plane
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+#[schemars(extend("x-kubernetes-validations" = [{"rule": "self.mode != 'External' || has(self.external)", "message": "controlPlane.external (webhookUrl and xdsAddress) is required when mode is External", "fieldPath": ".external", "reason": "FieldValueRequired"}]))]
+pub struct ControlPlaneSpec {
+    /// `InCluster`: the operator runs the control plane as a Deployment. `External`: it runs
+    /// elsewhere (development, tests, a managed cluster) and is reached at `external`.
+    pub mode: ControlPlaneMode,
+    /// Required when mode is External.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalControlPlane>,
+    /// Control-plane replicas (InCluster mode). More than one gets a PodDisruptionBudget.
+    #[schemars(range(min = 1, max = 10))]
+    pub replicas: i32,
+}
+
+impl Default for ControlPlaneSpec {
+    fn default() -> Self {
+        Self {
+            mode: ControlPlaneMode::InCluster,
+            external: None,
+            replicas: 1,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ControlPlaneMode {
+    #[default]
+    InCluster,
+    External,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalControlPlane {
+    /// HTTPS URL the apiserver calls for sidecar injection, e.g. `https://10.0.0.5:9443/inject`.
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "isURL(self) && url(self).getScheme() == 'https'", "message": "must be an https URL"}]))]
+    #[schemars(length(min = 1, max = 2048))]
+    pub webhook_url: String,
+    /// `host:port` where proxies reach the control plane's configuration stream.
+    #[schemars(length(min = 1, max = 512), regex(pattern = r"^\S+:[0-9]{1,5}$"))]
+    pub xds_address: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// federation
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct FederationSpec {
+    /// Remote clusters, each reached with a kubeconfig stored in a Secret. Names are unique.
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    #[schemars(length(max = 64))]
+    pub clusters: Vec<RemoteCluster>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteCluster {
+    /// Name of the remote cluster (a DNS label), unique in this list.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// Secret holding a kubeconfig for the remote cluster.
+    pub kubeconfig_secret_ref: SecretKeyRef,
+    /// Network the cluster's pods are on. Clusters on the same network reach each other's pods
+    /// directly; others go through a gateway. Unset: the local cluster's network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub network: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key in the Secret's data.
+    #[serde(default = "default_kubeconfig_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_kubeconfig_key() -> String {
+    "kubeconfig".to_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// status
+
+/// Observed state, written by the operator.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshConfigStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The Skein version installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// `Ready`, `Installed`, `Progressing` and `Degraded`, each with a reason and a message.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Readiness of each mesh component.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub components: Vec<ComponentStatus>,
+    /// State of each federated cluster.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub federation: Vec<RemoteClusterStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentStatus {
+    pub name: String,
+    pub ready: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Why the component is not ready, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteClusterStatus {
+    pub name: String,
+    /// Whether the remote apiserver answered the last probe.
+    pub connected: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_probe_time: Option<Time>,
+    /// Services the remote cluster exports to this mesh (`namespace/name`).
+    #[serde(default)]
+    pub exported_services: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_spec_deserializes_to_documented_defaults() {
+        let spec: MeshConfigSpec = serde_json::from_str("{}").unwrap();
+        assert_eq!(spec, MeshConfigSpec::default());
+        assert_eq!(spec.injection.failure_policy, FailurePolicy::Fail);
+        assert_eq!(spec.injection.timeout_seconds, 5);
+        assert!(
+            spec.injection
+                .excluded_namespaces
+                .contains(&"skein-system".to_owned())
+        );
+        assert_eq!(
+            spec.traffic.outbound_traffic_policy,
+            OutboundTrafficPolicy::RegistryOnly
+        );
+        assert_eq!(spec.mtls.mode, MtlsMode::Permissive);
+        assert_eq!(spec.control_plane.mode, ControlPlaneMode::InCluster);
+        assert_eq!(spec.effective_version(), names::SKEIN_VERSION);
+    }
+
+    #[test]
+    fn partial_objects_keep_defaults_for_the_rest() {
+        let spec: MeshConfigSpec =
+            serde_json::from_str(r#"{"proxy": {"ports": {"inbound": 9000}}, "version": "1.2.3"}"#)
+                .unwrap();
+        assert_eq!(spec.proxy.ports.inbound, 9000);
+        assert_eq!(spec.proxy.ports.outbound, names::DEFAULT_OUTBOUND_PORT);
+        assert_eq!(spec.proxy.uid, names::DEFAULT_PROXY_UID);
+        assert_eq!(spec.effective_version(), "1.2.3");
+    }
+
+    #[test]
+    fn retry_conditions_use_their_wire_names() {
+        let json = serde_json::to_value(RetryPolicy {
+            attempts: 1,
+            per_try_timeout: Some(Duration::from_millis(250)),
+            retry_on: vec![
+                RetryOn::ServerError,
+                RetryOn::GatewayError,
+                RetryOn::DeadlineExceeded,
+            ],
+        })
+        .unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"attempts": 1, "perTryTimeout": "250ms", "retryOn": ["5xx", "gateway-error", "deadline-exceeded"]})
+        );
+    }
+
+    /// The sample a user applies spells out the defaults; it must never drift from them.
+    #[test]
+    fn the_sample_meshconfig_spells_out_the_defaults() {
+        let sample: MeshConfig =
+            serde_yaml_ng::from_str(include_str!("../../config/samples/meshconfig.yaml")).unwrap();
+        assert_eq!(
+            sample.metadata.name.as_deref(),
+            Some(names::ACTIVE_MESHCONFIG)
+        );
+        assert_eq!(sample.spec, MeshConfigSpec::default());
+    }
+}

@@ -1,0 +1,150 @@
+//! The local Kubernetes control plane (etcd, kube-apiserver, controller-manager, scheduler)
+//! that `tests/cluster/up.sh` builds from source and starts on loopback. Used by `skein dev`
+//! and by the integration tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+/// Name of the cluster `skein dev up` starts.
+pub const DEFAULT_CLUSTER: &str = "skein-dev";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("running {script}: {source}")]
+    Spawn {
+        script: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{script} failed ({status}); its output above says why")]
+    Failed {
+        script: PathBuf,
+        status: std::process::ExitStatus,
+    },
+    #[error(
+        "{script} did not print `export KUBECONFIG=<path>` as its last line (got {last_line:?})"
+    )]
+    NoKubeconfig { script: PathBuf, last_line: String },
+    #[error("reading kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: PathBuf,
+        source: kube::config::KubeconfigError,
+    },
+    #[error("building a client for {path}: {source}")]
+    Client { path: PathBuf, source: kube::Error },
+}
+
+/// Starts the named local cluster, or reuses it if it is already healthy, and returns the path
+/// of its admin kubeconfig. The script's progress goes to this process's stderr.
+pub fn ensure_up(source_dir: &Path, name: &str) -> Result<PathBuf, ClusterError> {
+    let script = source_dir.join("tests/cluster/up.sh");
+    let output = Command::new("bash")
+        .arg(&script)
+        .arg(name)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|source| ClusterError::Spawn {
+            script: script.clone(),
+            source,
+        })?;
+    if !output.status.success() {
+        return Err(ClusterError::Failed {
+            script,
+            status: output.status,
+        });
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last_line = stdout.lines().last().unwrap_or_default().trim();
+    parse_export_line(last_line).ok_or_else(|| ClusterError::NoKubeconfig {
+        script,
+        last_line: last_line.to_owned(),
+    })
+}
+
+/// Builds the control plane's binaries if they are not cached yet and returns their directory
+/// (which also holds a `kubectl` of the cluster's version).
+pub fn bin_dir(source_dir: &Path) -> Result<PathBuf, ClusterError> {
+    let script = source_dir.join("tests/cluster/build.sh");
+    let output = Command::new("bash")
+        .arg(&script)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|source| ClusterError::Spawn {
+            script: script.clone(),
+            source,
+        })?;
+    if !output.status.success() {
+        return Err(ClusterError::Failed {
+            script,
+            status: output.status,
+        });
+    }
+    Ok(PathBuf::from(
+        String::from_utf8_lossy(&output.stdout).trim(),
+    ))
+}
+
+/// Stops the named local cluster and deletes its state.
+pub fn down(source_dir: &Path, name: &str) -> Result<(), ClusterError> {
+    let script = source_dir.join("tests/cluster/down.sh");
+    let status = Command::new("bash")
+        .arg(&script)
+        .arg(name)
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|source| ClusterError::Spawn {
+            script: script.clone(),
+            source,
+        })?;
+    if !status.success() {
+        return Err(ClusterError::Failed { script, status });
+    }
+    Ok(())
+}
+
+/// A client for the cluster behind `kubeconfig`.
+pub async fn client(kubeconfig: &Path) -> Result<Client, ClusterError> {
+    let to_kubeconfig_error = |source| ClusterError::Kubeconfig {
+        path: kubeconfig.to_owned(),
+        source,
+    };
+    let raw = Kubeconfig::read_from(kubeconfig).map_err(to_kubeconfig_error)?;
+    let config = Config::from_custom_kubeconfig(raw, &KubeConfigOptions::default())
+        .await
+        .map_err(to_kubeconfig_error)?;
+    Client::try_from(config).map_err(|source| ClusterError::Client {
+        path: kubeconfig.to_owned(),
+        source,
+    })
+}
+
+/// `export KUBECONFIG=/abs/path` → `/abs/path`.
+fn parse_export_line(line: &str) -> Option<PathBuf> {
+    let path = line
+        .strip_prefix("export KUBECONFIG=")?
+        .trim_matches(['"', '\'']);
+    (!path.is_empty()).then(|| PathBuf::from(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_kubeconfig_from_the_export_line() {
+        assert_eq!(
+            parse_export_line("export KUBECONFIG=/tmp/x/kubeconfig"),
+            Some(PathBuf::from("/tmp/x/kubeconfig"))
+        );
+        assert_eq!(
+            parse_export_line("export KUBECONFIG='/a b/k'"),
+            Some(PathBuf::from("/a b/k"))
+        );
+        assert_eq!(parse_export_line("export KUBECONFIG="), None);
+        assert_eq!(parse_export_line("cluster ready"), None);
+    }
+}

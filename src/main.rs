@@ -1,0 +1,35 @@
+use std::io::Write;
+
+use anyhow::Context;
+use clap::Parser;
+
+use skein::api::{crds, names};
+use skein::cli::{Cli, Command, DevCommand};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    skein::telemetry::init_logging();
+    // kube's TLS stack uses rustls with ring; installing the provider explicitly keeps rustls
+    // from panicking should another dependency ever compile in a second provider.
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
+
+    match cli.command {
+        Command::Crds => {
+            let yaml = crds::render_yaml().context("rendering the CRDs")?;
+            std::io::stdout()
+                .write_all(yaml.as_bytes())
+                .context("writing the CRDs to stdout")?;
+        }
+        Command::Version => println!("skein {}", names::SKEIN_VERSION),
+        Command::Dev(dev) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            match dev {
+                DevCommand::Up(args) => runtime.block_on(skein::dev::up(&args))?,
+                DevCommand::Down(args) => skein::dev::down(&args)?,
+            }
+        }
+    }
+    Ok(())
+}

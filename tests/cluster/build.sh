@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Builds the local control plane's binaries (kube-apiserver, kube-controller-manager, kube-scheduler,
+# kubectl, etcd, kwok) from their Go modules into a cache directory outside the clone, keyed by
+# version, and prints that directory. A second run with the binaries present does nothing.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/versions.env"
+export GOWORK=off CGO_ENABLED=0 GOFLAGS=-mod=mod
+
+cache_root="${XDG_CACHE_HOME:-$HOME/.cache}/skein"
+bin_dir="$cache_root/k8s-${K8S_VERSION}-etcd-${ETCD_VERSION}-kwok-${KWOK_VERSION}/bin"
+mkdir -p "$bin_dir"
+
+log() { echo "build.sh: $*" >&2; }
+
+missing=()
+for tool in $K8S_TOOLS; do
+  [ -x "$bin_dir/$(basename "$tool")" ] || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "building ${missing[*]} at ${K8S_VERSION} (cold: ~20-30 min on 2 cores)"
+  minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+  ldflags="-s -w"
+  # Without these the binaries report v0.0.0, which version-checking clients reject.
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=${K8S_VERSION} -X $pkg.gitMajor=1 -X $pkg.gitMinor=${minor}"
+    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  (cd "$here" && go build -trimpath -ldflags "$ldflags" -o "$bin_dir/" "${missing[@]}")
+fi
+
+if [ ! -x "$bin_dir/etcd" ]; then
+  log "building etcd ${ETCD_VERSION}"
+  (cd "$here" && go build -trimpath -ldflags "-s -w" -o "$bin_dir/etcd" go.etcd.io/etcd/server/v3)
+fi
+
+if [ ! -x "$bin_dir/kwok" ]; then
+  log "building kwok ${KWOK_VERSION}"
+  GOBIN="$bin_dir" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@${KWOK_VERSION}"
+  # kwok needs stage definitions to act on nodes and pods; they ship inside its module.
+  stages=$(go env GOMODCACHE)/sigs.k8s.io/kwok@${KWOK_VERSION}/kustomize/stage
+  rm -rf "$bin_dir/../kwok-stages" && cp -r "$stages" "$bin_dir/../kwok-stages" && chmod -R u+w "$bin_dir/../kwok-stages"
+fi
+
+echo "$bin_dir"

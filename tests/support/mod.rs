@@ -1,0 +1,172 @@
+//! Shared support for integration tests: a real local cluster (started or reused through
+//! `tests/cluster/up.sh`), Skein's CRDs installed, a namespace per test, and the component logs
+//! printed when a test fails.
+//!
+//! Tests never skip: without a cluster they fail and say how to start one.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use skein::api::{MeshConfig, crds};
+use skein::dev::cluster;
+
+/// The cluster integration tests use, separate from the `skein dev up` one.
+pub const TEST_CLUSTER: &str = "skein-test";
+/// Label on everything a test creates, valued with the test's namespace, so cleanup finds
+/// cluster-scoped objects too.
+pub const TEST_OWNER_LABEL: &str = "skein.dev/test-owner";
+
+pub fn source_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Admin kubeconfig of the test cluster: `SKEIN_TEST_KUBECONFIG` if set, else the `skein-test`
+/// local cluster, started on first use.
+pub fn kubeconfig() -> &'static Path {
+    static KUBECONFIG: OnceLock<PathBuf> = OnceLock::new();
+    KUBECONFIG.get_or_init(|| {
+        if let Some(path) = std::env::var_os("SKEIN_TEST_KUBECONFIG") {
+            return PathBuf::from(path);
+        }
+        cluster::ensure_up(source_dir(), TEST_CLUSTER).unwrap_or_else(|err| {
+            panic!(
+                "integration tests need a real cluster and could not start one: {err}\n\
+                 Start it yourself with `tests/cluster/up.sh {TEST_CLUSTER}` (see README.md), \
+                 or point SKEIN_TEST_KUBECONFIG at a kubeconfig."
+            )
+        })
+    })
+}
+
+/// Directory holding the kube-built tools (`kubectl`, ...) of the local cluster.
+pub fn bin_dir() -> &'static Path {
+    static BIN_DIR: OnceLock<PathBuf> = OnceLock::new();
+    BIN_DIR.get_or_init(|| {
+        cluster::bin_dir(source_dir())
+            .unwrap_or_else(|err| panic!("building the local cluster's binaries: {err}"))
+    })
+}
+
+/// `kubectl` (the version built with the cluster) pointed at the test cluster.
+pub fn kubectl() -> Command {
+    let mut command = Command::new(bin_dir().join("kubectl"));
+    command.env("KUBECONFIG", kubeconfig());
+    command
+}
+
+/// A client for the test cluster, with Skein's CRDs installed and Established.
+pub async fn client() -> Client {
+    let client = cluster::client(kubeconfig())
+        .await
+        .expect("building a client for the test cluster");
+    crds::install(&client)
+        .await
+        .expect("installing the Skein CRDs");
+    client
+}
+
+/// One test's own namespace. Dropping it deletes the namespace and every cluster-scoped object
+/// labelled with [`TEST_OWNER_LABEL`] = its name; if the test is failing, it first prints the
+/// tail of each control-plane component's log.
+pub struct TestContext {
+    pub client: Client,
+    pub namespace: String,
+}
+
+impl TestContext {
+    pub async fn new() -> Self {
+        let client = client().await;
+        let namespace = Namespace {
+            metadata: ObjectMeta {
+                generate_name: Some("skein-test-".to_owned()),
+                labels: Some([("skein.dev/test".to_owned(), "true".to_owned())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let created = Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .expect("creating the test namespace");
+        let namespace = created
+            .metadata
+            .name
+            .expect("the apiserver names generated namespaces");
+        Self { client, namespace }
+    }
+
+    /// Labels marking an object as this test's, for cleanup.
+    pub fn owner_labels(&self) -> std::collections::BTreeMap<String, String> {
+        [(TEST_OWNER_LABEL.to_owned(), self.namespace.clone())].into()
+    }
+
+    /// A name unique to this test, for cluster-scoped objects.
+    pub fn unique_name(&self, suffix: &str) -> String {
+        format!("{}-{suffix}", self.namespace)
+    }
+}
+
+impl Drop for TestContext {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            print_component_logs();
+        }
+        let namespace = self.namespace.clone();
+        // Drop cannot be async: clean up on a thread with its own runtime, and a client of its
+        // own (the test's client runs on the test's runtime, which is blocked right here).
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("building the cleanup runtime");
+            runtime.block_on(async move {
+                let client = match cluster::client(kubeconfig()).await {
+                    Ok(client) => client,
+                    Err(err) => return eprintln!("cleanup of {namespace}: {err}"),
+                };
+                let by_owner =
+                    ListParams::default().labels(&format!("{TEST_OWNER_LABEL}={namespace}"));
+                let meshconfigs = Api::<MeshConfig>::all(client.clone());
+                if let Err(err) = meshconfigs
+                    .delete_collection(&DeleteParams::default(), &by_owner)
+                    .await
+                {
+                    eprintln!("cleanup: deleting MeshConfigs of {namespace}: {err}");
+                }
+                if let Err(err) = Api::<Namespace>::all(client)
+                    .delete(&namespace, &DeleteParams::default())
+                    .await
+                {
+                    eprintln!("cleanup: deleting namespace {namespace}: {err}");
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// Prints the last lines of every local control-plane component's log (failing tests only).
+pub fn print_component_logs() {
+    let Some(logs) = kubeconfig().parent().map(|dir| dir.join("logs")) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(&logs) else {
+        eprintln!("(no component logs at {})", logs.display());
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(20)..];
+        eprintln!("--- last {} lines of {}", tail.len(), path.display());
+        for line in tail {
+            eprintln!("{line}");
+        }
+    }
+}
