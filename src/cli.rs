@@ -21,9 +21,60 @@ pub enum Command {
     Crds,
     /// Print the version of this binary.
     Version,
+    /// Run the control plane: the sidecar-injection webhook (later also discovery and the CA).
+    ControlPlane(ControlPlaneArgs),
+    /// Program the pod's traffic capture (the `skein-init` container); needs NET_ADMIN.
+    Init(InitArgs),
+    /// Add the Skein proxy to workload YAML, like the webhook does (`-f -` reads stdin).
+    Inject(InjectArgs),
     /// Local development environment: a real Kubernetes control plane on loopback.
     #[command(subcommand)]
     Dev(DevCommand),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ControlPlaneArgs {
+    /// Address the HTTPS webhook server listens on.
+    #[arg(long, default_value = "0.0.0.0:9443")]
+    pub webhook_addr: std::net::SocketAddr,
+    /// PEM serving certificate (chain) of the webhook; reloaded when the file changes.
+    #[arg(long)]
+    pub tls_cert: PathBuf,
+    /// PEM private key of the webhook; reloaded when the file changes.
+    #[arg(long)]
+    pub tls_key: PathBuf,
+    /// Address proxies use to reach the control plane (written into injected pods).
+    #[arg(long, default_value = "skein-control-plane.skein-system.svc:9090")]
+    pub xds_address: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub capture: crate::capture::CaptureSettings,
+    /// Print the rules instead of applying them.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Remove Skein's rules (and nothing else) instead of adding them.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub cleanup: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InjectArgs {
+    /// YAML file with one or more documents; `-` reads standard input.
+    #[arg(short = 'f', long = "filename")]
+    pub filename: PathBuf,
+    /// MeshConfig YAML whose settings to use. Default: the MeshConfig defaults.
+    #[arg(long)]
+    pub meshconfig: Option<PathBuf>,
+    /// Control-plane address written into the proxy's environment.
+    #[arg(long, default_value = "skein-control-plane.skein-system.svc:9090")]
+    pub xds_address: String,
+    /// Inject the proxy as a regular container instead of a native sidecar (for clusters older
+    /// than Kubernetes 1.29).
+    #[arg(long)]
+    pub no_native_sidecar: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -2,9 +2,18 @@
 //!
 //! - [`api`]: custom resource types and shared names.
 //! - [`cli`]: the `skein` command line.
+//! - [`controlplane`]: `skein control-plane`: the injection webhook server (later discovery, CA).
+//! - [`inject`]: sidecar injection: the decision, the patch, the webhook handler, `skein inject`.
+//! - [`capture`]: `skein init`: the pod's iptables traffic capture.
+//! - [`proxy`]: the data-plane proxy.
 //! - [`dev`]: the local development environment (`skein dev ...`).
 
 pub mod api;
+pub mod capture;
 pub mod cli;
+pub mod controlplane;
 pub mod dev;
+pub mod inject;
+pub mod pki;
+pub mod proxy;
 pub mod telemetry;

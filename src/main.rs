@@ -1,4 +1,5 @@
 use std::io::Write;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
@@ -6,9 +7,20 @@ use clap::Parser;
 use skein::api::{crds, names};
 use skein::cli::{Cli, Command, DevCommand};
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     skein::telemetry::init_logging();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One line with the whole context chain: what an operator reads in `kubectl logs`.
+            eprintln!("skein: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     // kube's TLS stack uses rustls with ring; installing the provider explicitly keeps rustls
     // from panicking should another dependency ever compile in a second provider.
     rustls::crypto::ring::default_provider()
@@ -23,6 +35,12 @@ fn main() -> anyhow::Result<()> {
                 .context("writing the CRDs to stdout")?;
         }
         Command::Version => println!("skein {}", names::SKEIN_VERSION),
+        Command::Init(args) => skein::capture::run(&args)?,
+        Command::Inject(args) => skein::inject::manual::run(&args)?,
+        Command::ControlPlane(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            runtime.block_on(skein::controlplane::run(args))?;
+        }
         Command::Dev(dev) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             match dev {

@@ -1,5 +1,7 @@
 //! Process-wide logging set-up, shared by every role.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
@@ -9,5 +11,7 @@ pub fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never in container logs.
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }

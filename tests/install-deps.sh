@@ -5,7 +5,8 @@
 set -euo pipefail
 
 missing_apt=()
-for tool_pkg in openssl:openssl curl:curl python3:python3 flock:util-linux setsid:util-linux; do
+# iptables/ip: `skein init` and the network-namespace tests.
+for tool_pkg in openssl:openssl curl:curl python3:python3 flock:util-linux setsid:util-linux setpriv:util-linux iptables:iptables ip:iproute2; do
   command -v "${tool_pkg%%:*}" >/dev/null || missing_apt+=("${tool_pkg#*:}")
 done
 if [ ${#missing_apt[@]} -gt 0 ]; then

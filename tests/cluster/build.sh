@@ -18,7 +18,7 @@ for tool in $K8S_TOOLS; do
   [ -x "$bin_dir/$(basename "$tool")" ] || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-  log "building ${missing[*]} at ${K8S_VERSION} (cold: ~20-30 min on 2 cores)"
+  log "building ${missing[*]} at ${K8S_VERSION} (cold: ~11 min on 2 cores)"
   minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
   ldflags="-s -w"
   # Without these the binaries report v0.0.0, which version-checking clients reject.

@@ -5,10 +5,13 @@
 //! Tests never skip: without a cluster they fail and say how to start one.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod control_plane;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
@@ -131,13 +134,8 @@ impl Drop for TestContext {
                 };
                 let by_owner =
                     ListParams::default().labels(&format!("{TEST_OWNER_LABEL}={namespace}"));
-                let meshconfigs = Api::<MeshConfig>::all(client.clone());
-                if let Err(err) = meshconfigs
-                    .delete_collection(&DeleteParams::default(), &by_owner)
-                    .await
-                {
-                    eprintln!("cleanup: deleting MeshConfigs of {namespace}: {err}");
-                }
+                delete_owned::<MeshConfig>(&client, &by_owner).await;
+                delete_owned::<MutatingWebhookConfiguration>(&client, &by_owner).await;
                 if let Err(err) = Api::<Namespace>::all(client)
                     .delete(&namespace, &DeleteParams::default())
                     .await
@@ -147,6 +145,22 @@ impl Drop for TestContext {
             });
         });
         let _ = cleanup.join();
+    }
+}
+
+/// Deletes the cluster-scoped objects of kind `K` that a test labelled as its own.
+async fn delete_owned<K>(client: &Client, by_owner: &ListParams)
+where
+    K: kube::Resource<Scope = kube::core::ClusterResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    if let Err(err) = Api::<K>::all(client.clone())
+        .delete_collection(&DeleteParams::default(), by_owner)
+        .await
+    {
+        eprintln!("cleanup: deleting {} objects: {err}", K::kind(&()));
     }
 }
 

@@ -1,0 +1,97 @@
+//! The control plane's HTTPS server: `/inject` (the admission webhook), `/healthz`, `/readyz`
+//! and `/metrics`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use prometheus_client::registry::Registry;
+
+use super::state::ClusterState;
+use crate::inject::webhook::{self, WebhookMetrics};
+
+/// The apiserver caps an object at ~1.5 MiB in etcd, and a CREATE review carries one object:
+/// anything much larger is not a real review.
+pub const MAX_REVIEW_BYTES: usize = 3 * 1024 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub cluster: ClusterState,
+    pub metrics: WebhookMetrics,
+    pub registry: Arc<Registry>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/inject", post(inject))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(MAX_REVIEW_BYTES))
+        .with_state(state)
+}
+
+async fn inject(State(state): State<AppState>, body: Bytes) -> Response {
+    let started = Instant::now();
+    let request = match webhook::parse_review(&body) {
+        Ok(request) => request,
+        Err(err) => {
+            tracing::warn!(error = %err, "rejecting a malformed admission request");
+            return (StatusCode::BAD_REQUEST, err.to_string()).into_response();
+        }
+    };
+    let labels = match &request.namespace {
+        Some(namespace) => match state.cluster.namespace_labels(namespace).await {
+            Ok(labels) => Some(labels),
+            Err(err) => {
+                tracing::warn!(%namespace, error = %err, "namespace labels unavailable; deciding without them");
+                None
+            }
+        },
+        None => None,
+    };
+    let cfg = state.cluster.inject_config();
+    let (response, outcome) = webhook::respond(&request, &cfg, labels.as_ref());
+    state.metrics.record(&outcome, started.elapsed());
+    tracing::debug!(
+        uid = %request.uid,
+        namespace = request.namespace.as_deref().unwrap_or(""),
+        name = %request.name,
+        dry_run = request.dry_run,
+        ?outcome,
+        "admission"
+    );
+    axum::Json(response.into_review()).into_response()
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.cluster.is_ready() {
+        (StatusCode::OK, "ok").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the namespace and MeshConfig caches to sync",
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response(),
+    }
+}

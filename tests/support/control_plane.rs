@@ -1,0 +1,223 @@
+//! A real `skein control-plane` process for tests: its own CA and serving certificate, a free
+//! loopback port, the test cluster's kubeconfig, and its log printed if the test fails.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+use skein::api::meshconfig::{FailurePolicy, InjectionSpec};
+use skein::inject::registration::{WebhookTarget, webhook_configuration};
+use skein::pki::{Ca, CertifiedKeyPem};
+
+use super::TestContext;
+
+pub struct ControlPlane {
+    child: Child,
+    pub port: u16,
+    pub ca: CertifiedKeyPem,
+    pub dir: tempfile::TempDir,
+}
+
+impl ControlPlane {
+    /// Starts a control plane and waits until it is ready (caches synced).
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("creating a temporary directory");
+        let ca = Ca::generate("skein-test-webhook-ca", Duration::from_secs(3600)).unwrap();
+        let serving = ca
+            .issue_serving(&["127.0.0.1", "localhost"], Duration::from_secs(3600))
+            .unwrap();
+        write_cert(&dir, &serving);
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("control-plane.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_skein"))
+            .args([
+                "control-plane",
+                "--webhook-addr",
+                &format!("127.0.0.1:{port}"),
+                "--xds-address",
+                "127.0.0.1:9090",
+            ])
+            .arg("--tls-cert")
+            .arg(dir.path().join("tls.crt"))
+            .arg("--tls-key")
+            .arg(dir.path().join("tls.key"))
+            .env("KUBECONFIG", super::kubeconfig())
+            .env("RUST_LOG", "info,skein=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting skein control-plane");
+        let control_plane = Self {
+            child,
+            port,
+            ca: ca.pem.clone(),
+            dir,
+        };
+        control_plane.wait_ready().await;
+        control_plane
+    }
+
+    pub fn webhook_url(&self) -> String {
+        format!("https://127.0.0.1:{}/inject", self.port)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// An HTTPS client trusting only `ca_pem`.
+    pub fn client_trusting(ca_pem: &str) -> reqwest::Client {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+            .unwrap();
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    }
+
+    pub fn http(&self) -> reqwest::Client {
+        Self::client_trusting(&self.ca.cert_pem)
+    }
+
+    /// Replaces the serving certificate files (the server should pick them up by itself).
+    pub fn replace_cert(&self, serving: &CertifiedKeyPem) {
+        write_cert(&self.dir, serving);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("control-plane.log")
+    }
+
+    /// Stops the process (the webhook is then down).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    async fn wait_ready(&self) {
+        let http = self.http();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(response) = http.get(self.url("/readyz")).send().await
+                && response.status().is_success()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "skein control-plane did not become ready within 30s; its log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- skein control-plane log ({}):\n{}",
+                self.log_path().display(),
+                self.log()
+            );
+        }
+    }
+}
+
+fn write_cert(dir: &tempfile::TempDir, serving: &CertifiedKeyPem) {
+    // Write-then-rename, as a Secret volume update does, so the reader never sees half a file.
+    for (name, text) in [
+        ("tls.key", &serving.key_pem),
+        ("tls.crt", &serving.cert_pem),
+    ] {
+        let tmp = dir.path().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, dir.path().join(name)).unwrap();
+    }
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Registers the injection webhook, restricted to `namespaces` so that concurrently running
+/// tests never see each other's webhooks.
+pub async fn register_webhook(
+    ctx: &TestContext,
+    suffix: &str,
+    url: &str,
+    ca_pem: &str,
+    policy: FailurePolicy,
+    namespaces: &[&str],
+) {
+    let injection = InjectionSpec {
+        failure_policy: policy,
+        ..InjectionSpec::default()
+    };
+    let name = ctx.unique_name(suffix);
+    let mut config = webhook_configuration(
+        &name,
+        &injection,
+        &WebhookTarget::Url(url.to_owned()),
+        ca_pem.as_bytes(),
+    );
+    config
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .extend(ctx.owner_labels());
+    for webhook in config.webhooks.iter_mut().flatten() {
+        let selector = webhook.namespace_selector.get_or_insert_default();
+        selector
+            .match_expressions
+            .get_or_insert_default()
+            .push(LabelSelectorRequirement {
+                key: "kubernetes.io/metadata.name".to_owned(),
+                operator: "In".to_owned(),
+                values: Some(namespaces.iter().map(|ns| (*ns).to_owned()).collect()),
+            });
+    }
+    Api::<MutatingWebhookConfiguration>::all(ctx.client.clone())
+        .create(&PostParams::default(), &config)
+        .await
+        .expect("registering the webhook");
+}
+
+pub async fn label_namespace(ctx: &TestContext, namespace: &str, key: &str, value: &str) {
+    let patch = json!({"metadata": {"labels": {key: value}}});
+    Api::<Namespace>::all(ctx.client.clone())
+        .patch(namespace, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+}
