@@ -21,8 +21,13 @@ pub enum Command {
     Crds,
     /// Print the version of this binary.
     Version,
+    /// Run the operator: installs and upgrades the mesh from the MeshConfig named `default`.
+    Operator(OperatorArgs),
     /// Run the control plane: the sidecar-injection webhook (later also discovery and the CA).
     ControlPlane(ControlPlaneArgs),
+    /// Multi-cluster federation helpers.
+    #[command(subcommand)]
+    Federation(FederationCommand),
     /// Program the pod's traffic capture (the `skein-init` container); needs NET_ADMIN.
     Init(InitArgs),
     /// Add the Skein proxy to workload YAML, like the webhook does (`-f -` reads stdin).
@@ -33,16 +38,65 @@ pub enum Command {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct OperatorArgs {
+    /// Address of the `/metrics` and `/healthz` HTTP server.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = crate::api::names::MESH_NAMESPACE)]
+    pub lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "skein-operator")]
+    pub lease_name: String,
+    /// This replica's identity in the Lease. Default: the pod name, else hostname and pid.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// How long a leader's Lease lasts without renewal (failover time).
+    #[arg(long, default_value = "15s")]
+    pub lease_duration: crate::api::Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FederationCommand {
+    /// Print a Secret holding a kubeconfig for the current context, to apply on the primary
+    /// cluster and reference from `MeshConfig.spec.federation.clusters[].kubeconfigSecretRef`.
+    CreateSecret(CreateSecretArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CreateSecretArgs {
+    /// Name of the remote cluster (as listed in the MeshConfig).
+    #[arg(long)]
+    pub name: String,
+    /// Namespace of the Secret on the primary cluster.
+    #[arg(long, default_value = crate::api::names::MESH_NAMESPACE)]
+    pub namespace: String,
+    /// Key of the kubeconfig in the Secret.
+    #[arg(long, default_value = "kubeconfig")]
+    pub key: String,
+    /// Override the apiserver address written into the kubeconfig (the address the primary
+    /// cluster reaches this cluster at).
+    #[arg(long)]
+    pub server: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct ControlPlaneArgs {
     /// Address the HTTPS webhook server listens on.
     #[arg(long, default_value = "0.0.0.0:9443")]
     pub webhook_addr: std::net::SocketAddr,
     /// PEM serving certificate (chain) of the webhook; reloaded when the file changes.
-    #[arg(long)]
-    pub tls_cert: PathBuf,
+    #[arg(long, requires = "tls_key", required_unless_present = "tls_secret")]
+    pub tls_cert: Option<PathBuf>,
     /// PEM private key of the webhook; reloaded when the file changes.
-    #[arg(long)]
-    pub tls_key: PathBuf,
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Read the serving certificate from this Secret (`NAMESPACE/NAME`, keys `tls.crt` and
+    /// `tls.key`) instead of files: what a control plane outside the cluster uses (MeshConfig
+    /// External mode; the operator writes `skein-system/skein-webhook-tls`). Re-read when it
+    /// changes.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    pub tls_secret: Option<String>,
     /// Address proxies use to reach the control plane (written into injected pods).
     #[arg(long, default_value = "skein-control-plane.skein-system.svc:9090")]
     pub xds_address: String,

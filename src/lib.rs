@@ -2,6 +2,7 @@
 //!
 //! - [`api`]: custom resource types and shared names.
 //! - [`cli`]: the `skein` command line.
+//! - [`operator`]: `skein operator`: installs the mesh from MeshConfig, federation state.
 //! - [`controlplane`]: `skein control-plane`: the injection webhook server (later discovery, CA).
 //! - [`inject`]: sidecar injection: the decision, the patch, the webhook handler, `skein inject`.
 //! - [`capture`]: `skein init`: the pod's iptables traffic capture.
@@ -14,6 +15,8 @@ pub mod cli;
 pub mod controlplane;
 pub mod dev;
 pub mod inject;
+pub mod operator;
 pub mod pki;
 pub mod proxy;
+pub mod signals;
 pub mod telemetry;

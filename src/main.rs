@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use skein::api::{crds, names};
-use skein::cli::{Cli, Command, DevCommand};
+use skein::cli::{Cli, Command, DevCommand, FederationCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -37,6 +37,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Version => println!("skein {}", names::SKEIN_VERSION),
         Command::Init(args) => skein::capture::run(&args)?,
         Command::Inject(args) => skein::inject::manual::run(&args)?,
+        Command::Operator(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            runtime.block_on(skein::operator::run(args))?;
+        }
+        Command::Federation(FederationCommand::CreateSecret(args)) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            runtime.block_on(skein::operator::federation::create_secret(&args))?;
+        }
         Command::ControlPlane(args) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             runtime.block_on(skein::controlplane::run(args))?;

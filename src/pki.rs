@@ -22,6 +22,12 @@ pub enum PkiError {
     },
     #[error("{0:?} is neither a DNS name nor an IP address")]
     BadName(String),
+    #[error("the CA certificate is not valid PEM/X.509: {0}")]
+    BadCaCertificate(rcgen::Error),
+    #[error("the CA key is not a valid PEM private key: {0}")]
+    BadCaKey(rcgen::Error),
+    #[error("the certificate is not valid PEM/X.509: {0}")]
+    BadCertificate(String),
 }
 
 /// A certificate and its private key, PEM-encoded.
@@ -33,8 +39,7 @@ pub struct CertifiedKeyPem {
 
 /// A certificate authority able to sign serving certificates.
 pub struct Ca {
-    params: CertificateParams,
-    key: KeyPair,
+    issuer: Issuer<'static, KeyPair>,
     pub pem: CertifiedKeyPem,
 }
 
@@ -61,7 +66,23 @@ impl Ca {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         };
-        Ok(Self { params, key, pem })
+        Ok(Self {
+            issuer: Issuer::new(params, key),
+            pem,
+        })
+    }
+
+    /// A CA from its PEM certificate and key (one a user brought, or one stored earlier).
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
+        let key = KeyPair::from_pem(key_pem).map_err(PkiError::BadCaKey)?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(PkiError::BadCaCertificate)?;
+        Ok(Self {
+            issuer,
+            pem: CertifiedKeyPem {
+                cert_pem: cert_pem.to_owned(),
+                key_pem: key_pem.to_owned(),
+            },
+        })
     }
 
     /// A TLS serving certificate for `names` (DNS names or IP addresses), valid for `validity`.
@@ -87,14 +108,76 @@ impl Ca {
         ];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         set_validity(&mut params, validity);
-        let issuer = Issuer::from_params(&self.params, &self.key);
         let cert = params
-            .signed_by(&key, &issuer)
+            .signed_by(&key, &self.issuer)
             .map_err(generate("a serving certificate"))?;
         Ok(CertifiedKeyPem {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         })
+    }
+}
+
+/// Validity and names of a PEM certificate, for renewal decisions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    /// DNS names and IP addresses (as text) of the subjectAltName extension.
+    pub names: Vec<String>,
+    /// The issuer's distinguished name, as text.
+    pub issuer: String,
+    pub subject: String,
+}
+
+impl CertInfo {
+    pub fn parse(cert_pem: &str) -> Result<Self, PkiError> {
+        use x509_parser::extensions::GeneralName;
+        let bad = |e: &dyn std::fmt::Display| PkiError::BadCertificate(e.to_string());
+        let (_, pem) =
+            x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).map_err(|e| bad(&e))?;
+        let cert = pem.parse_x509().map_err(|e| bad(&e))?;
+        let names = cert
+            .subject_alternative_name()
+            .map_err(|e| bad(&e))?
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|name| match name {
+                        GeneralName::DNSName(dns) => Some((*dns).to_owned()),
+                        GeneralName::IPAddress(bytes) => ip_text(bytes),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Self {
+            not_before: cert.validity().not_before.to_datetime(),
+            not_after: cert.validity().not_after.to_datetime(),
+            names,
+            issuer: cert.issuer().to_string(),
+            subject: cert.subject().to_string(),
+        })
+    }
+
+    /// Renew once less than a third of the lifetime is left: well before expiry, with time to
+    /// retry if the operator is down for a while.
+    pub fn needs_renewal(&self, now: OffsetDateTime) -> bool {
+        let lifetime = self.not_after - self.not_before;
+        now >= self.not_after - lifetime / 3
+    }
+}
+
+fn ip_text(bytes: &[u8]) -> Option<String> {
+    match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes)
+            .ok()
+            .map(|b| IpAddr::from(b).to_string()),
+        16 => <[u8; 16]>::try_from(bytes)
+            .ok()
+            .map(|b| IpAddr::from(b).to_string()),
+        _ => None,
     }
 }
 
@@ -158,6 +241,32 @@ mod tests {
                 .verify_server_cert(&leaf, &[], &other, &[], UnixTime::now())
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_stored_ca_signs_again_and_certificates_report_their_validity() {
+        let original = Ca::generate("skein-ca", Duration::from_secs(3600)).unwrap();
+        let reloaded = Ca::from_pem(&original.pem.cert_pem, &original.pem.key_pem).unwrap();
+        let serving = reloaded
+            .issue_serving(&["svc.example", "10.0.0.1"], Duration::from_secs(300))
+            .unwrap();
+        let info = CertInfo::parse(&serving.cert_pem).unwrap();
+        assert_eq!(info.names, ["svc.example", "10.0.0.1"]);
+        assert_eq!(
+            info.issuer,
+            CertInfo::parse(&original.pem.cert_pem).unwrap().subject
+        );
+        let now = OffsetDateTime::now_utc();
+        assert!(!info.needs_renewal(now));
+        assert!(info.needs_renewal(now + Duration::from_secs(250)));
+        assert!(matches!(
+            Ca::from_pem("junk", &original.pem.key_pem),
+            Err(PkiError::BadCaCertificate(_))
+        ));
+        assert!(matches!(
+            Ca::from_pem(&original.pem.cert_pem, "junk"),
+            Err(PkiError::BadCaKey(_))
+        ));
     }
 
     #[test]

@@ -112,6 +112,16 @@ async fn an_empty_spec_is_stored_with_every_documented_default() {
         .unwrap();
     assert_eq!(typed.spec, MeshConfigSpec::default());
     assert_eq!(typed.spec.effective_version(), names::SKEIN_VERSION);
+
+    // No spec at all is the same as an empty one.
+    let mut bare = meshconfig_json(&ctx, &ctx.unique_name("bare"), json!({}));
+    bare.as_object_mut().unwrap().remove("spec");
+    let bare: DynamicObject = serde_json::from_value(bare).unwrap();
+    let stored = raw_api(&ctx)
+        .create(&PostParams::default(), &bare)
+        .await
+        .unwrap();
+    assert_eq!(numbers_as_f64(stored.data["spec"].clone()), expected);
 }
 
 #[tokio::test]

@@ -29,7 +29,37 @@ pub enum CrdError {
 
 /// Every CRD Skein defines, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![MeshConfig::crd()]
+    vec![with_defaulted_spec(MeshConfig::crd())]
+}
+
+/// Every field of a MeshConfig spec is optional, so the spec itself is too: `spec: {}` is
+/// defaulted by the apiserver. Without this, a server-side apply that removes the last field a
+/// manager owned (say, `federation.clusters: []`) leaves no spec at all and is refused.
+fn with_defaulted_spec(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    for version in &mut crd.spec.versions {
+        let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        else {
+            continue;
+        };
+        if let Some(required) = schema.required.as_mut() {
+            required.retain(|field| field != "spec");
+        }
+        schema.required = schema
+            .required
+            .take()
+            .filter(|required| !required.is_empty());
+        if let Some(spec) = schema.properties.as_mut().and_then(|p| p.get_mut("spec")) {
+            spec.default = Some(
+                k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSON(
+                    serde_json::json!({}),
+                ),
+            );
+        }
+    }
+    crd
 }
 
 /// All CRDs as one multi-document YAML stream: what `skein crds` prints and `crds/` holds.

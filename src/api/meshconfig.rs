@@ -25,6 +25,7 @@ use super::names;
     kind = "MeshConfig",
     shortname = "mc",
     category = "skein",
+    label("app.kubernetes.io/part-of", "skein"),
     status = "MeshConfigStatus",
     derive = "PartialEq",
     doc = "MeshConfig describes a Skein installation. Only the MeshConfig named `default` is active.",
@@ -516,19 +517,52 @@ pub struct ComponentStatus {
     pub message: Option<String>,
 }
 
+/// What the operator knows about one federated cluster.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RemoteClusterStatus {
     pub name: String,
-    /// Whether the remote apiserver answered the last probe.
-    pub connected: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_probe_time: Option<Time>,
-    /// Services the remote cluster exports to this mesh (`namespace/name`).
-    #[serde(default)]
-    pub exported_services: Vec<String>,
+    pub phase: FederationPhase,
+    /// What went wrong, or a summary when connected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// When the remote apiserver last answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_probe_time: Option<Time>,
+    /// The remote apiserver's version (`v1.37.2`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Services the remote cluster exports to this mesh (labelled `skein.dev/exported=true`).
+    #[serde(default)]
+    pub exported_services: Vec<ExportedService>,
+}
+
+/// The state of the connection to a federated cluster.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum FederationPhase {
+    /// Not probed yet.
+    #[default]
+    Pending,
+    /// The remote apiserver answers and the credentials work.
+    Connected,
+    /// The remote apiserver cannot be reached (network, TLS, timeout).
+    Unreachable,
+    /// The remote apiserver refused the credentials (401/403).
+    AuthFailed,
+    /// The Secret's kubeconfig cannot be parsed or used.
+    InvalidKubeconfig,
+    /// The referenced Secret, or its key, does not exist.
+    SecretMissing,
+}
+
+/// A Service a remote cluster exports.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportedService {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default)]
+    pub ports: Vec<i32>,
 }
 
 #[cfg(test)]

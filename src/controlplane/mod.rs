@@ -19,23 +19,36 @@ use crate::cli::ControlPlaneArgs;
 use crate::inject::webhook::WebhookMetrics;
 use server::AppState;
 use state::ClusterState;
-use tls::CertFiles;
+use tls::CertSource;
 
 /// How long in-flight requests get to finish on SIGTERM/SIGINT.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
-    let files = CertFiles {
-        cert: args.tls_cert.clone(),
-        key: args.tls_key.clone(),
-    };
-    let (tls_config, reloader) = files
-        .load()
-        .context("loading the webhook serving certificate")?;
-
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes apiserver (KUBECONFIG or in-cluster config)")?;
+    let source = match (&args.tls_secret, &args.tls_cert, &args.tls_key) {
+        (Some(secret), _, _) => {
+            let (namespace, name) = secret
+                .split_once('/')
+                .with_context(|| format!("--tls-secret {secret:?} is not NAMESPACE/NAME"))?;
+            CertSource::Secret {
+                client: client.clone(),
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            }
+        }
+        (None, Some(cert), Some(key)) => CertSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        _ => anyhow::bail!("give either --tls-cert and --tls-key, or --tls-secret"),
+    };
+    let (tls_config, reloader) = source
+        .load()
+        .await
+        .context("loading the webhook serving certificate")?;
     let (cluster, watches) = ClusterState::start(client, args.xds_address.clone())
         .await
         .context("reading the apiserver version")?;
@@ -64,21 +77,7 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
 }
 
 async fn shutdown_on_signal(handle: axum_server::Handle<std::net::SocketAddr>) {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = terminate => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    crate::signals::shutdown().await;
     tracing::info!("shutting down");
     handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
 }

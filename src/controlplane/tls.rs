@@ -1,5 +1,6 @@
-//! The webhook's serving certificate: loaded from PEM files and reloaded when they change (a
-//! mounted Secret is updated in place), without dropping connections or restarting.
+//! The webhook's serving certificate: loaded from PEM files (a mounted Secret, in the cluster) or
+//! read from a Secret through the API (a control plane running outside the cluster), and
+//! reloaded when it changes, without dropping connections or restarting.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,11 +32,24 @@ pub enum TlsError {
         path: PathBuf,
         source: rustls::pki_types::pem::Error,
     },
-    #[error("certificate {cert} and key {key} do not make a usable TLS configuration: {source}")]
+    #[error(
+        "{source_name}: the certificate and key do not make a usable TLS configuration: {source}"
+    )]
     Config {
-        cert: PathBuf,
-        key: PathBuf,
+        source_name: String,
         source: rustls::Error,
+    },
+    #[error("reading secret {namespace}/{name}: {source}")]
+    SecretRead {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
+    #[error("secret {namespace}/{name} has no {key}")]
+    SecretKey {
+        namespace: String,
+        name: String,
+        key: &'static str,
     },
 }
 
@@ -46,40 +60,90 @@ struct Pem {
     key: Vec<u8>,
 }
 
-#[derive(Debug, Clone)]
-pub struct CertFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
+/// Where the certificate and key come from.
+#[derive(Clone)]
+pub enum CertSource {
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
+    /// `tls.crt` and `tls.key` of a Secret (what the operator writes).
+    Secret {
+        client: kube::Client,
+        namespace: String,
+        name: String,
+    },
 }
 
-impl CertFiles {
-    fn read(&self) -> Result<Pem, TlsError> {
-        let read = |path: &Path| {
-            std::fs::read(path).map_err(|source| TlsError::Read {
-                path: path.to_owned(),
-                source,
-            })
-        };
-        Ok(Pem {
-            cert: read(&self.cert)?,
-            key: read(&self.key)?,
-        })
+impl CertSource {
+    fn describe(&self) -> String {
+        match self {
+            CertSource::Files { cert, key } => format!("{} and {}", cert.display(), key.display()),
+            CertSource::Secret {
+                namespace, name, ..
+            } => format!("secret {namespace}/{name}"),
+        }
+    }
+
+    async fn read(&self) -> Result<Pem, TlsError> {
+        match self {
+            CertSource::Files { cert, key } => {
+                let read = |path: &Path| {
+                    std::fs::read(path).map_err(|source| TlsError::Read {
+                        path: path.to_owned(),
+                        source,
+                    })
+                };
+                Ok(Pem {
+                    cert: read(cert)?,
+                    key: read(key)?,
+                })
+            }
+            CertSource::Secret {
+                client,
+                namespace,
+                name,
+            } => {
+                let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+                    kube::Api::namespaced(client.clone(), namespace);
+                let secret = api.get(name).await.map_err(|source| TlsError::SecretRead {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    source,
+                })?;
+                let field = |key: &'static str| {
+                    secret
+                        .data
+                        .as_ref()
+                        .and_then(|data| data.get(key))
+                        .map(|bytes| bytes.0.clone())
+                        .ok_or_else(|| TlsError::SecretKey {
+                            namespace: namespace.clone(),
+                            name: name.clone(),
+                            key,
+                        })
+                };
+                Ok(Pem {
+                    cert: field("tls.crt")?,
+                    key: field("tls.key")?,
+                })
+            }
+        }
     }
 
     fn server_config(&self, pem: &Pem) -> Result<Arc<ServerConfig>, TlsError> {
         let certs = CertificateDer::pem_slice_iter(&pem.cert)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|source| TlsError::Certificate {
-                path: self.cert.clone(),
+                path: PathBuf::from(self.describe()),
                 source,
             })?;
         let key = PrivateKeyDer::from_pem_slice(&pem.key).map_err(|source| TlsError::Key {
-            path: self.key.clone(),
+            path: PathBuf::from(self.describe()),
             source,
         })?;
         let to_config_error = |source| TlsError::Config {
-            cert: self.cert.clone(),
-            key: self.key.clone(),
+            source_name: self.describe(),
             source,
         };
         // The provider is named explicitly so this never depends on a process default.
@@ -94,14 +158,14 @@ impl CertFiles {
         Ok(Arc::new(config))
     }
 
-    /// Loads the files once: the server does not start without a valid certificate.
-    pub fn load(&self) -> Result<(RustlsConfig, Reloader), TlsError> {
-        let pem = self.read()?;
+    /// Loads the certificate once: the server does not start without a valid one.
+    pub async fn load(&self) -> Result<(RustlsConfig, Reloader), TlsError> {
+        let pem = self.read().await?;
         let rustls = RustlsConfig::from_config(self.server_config(&pem)?);
         Ok((
             rustls.clone(),
             Reloader {
-                files: self.clone(),
+                source: self.clone(),
                 rustls,
                 current: pem,
             },
@@ -109,35 +173,35 @@ impl CertFiles {
     }
 }
 
-/// Watches the files and swaps the served certificate when they change.
+/// Watches the source and swaps the served certificate when it changes.
 pub struct Reloader {
-    files: CertFiles,
+    source: CertSource,
     rustls: RustlsConfig,
     current: Pem,
 }
 
 impl Reloader {
     /// Runs until the process ends. A bad new certificate is logged and the old one kept: a
-    /// half-written Secret update must not take the webhook down.
+    /// half-written update must not take the webhook down.
     pub async fn run(mut self) {
         let mut ticks = tokio::time::interval(RELOAD_INTERVAL);
         loop {
             ticks.tick().await;
-            if let Err(err) = self.reload_if_changed() {
+            if let Err(err) = self.reload_if_changed().await {
                 tracing::warn!(error = %err, "keeping the current webhook certificate");
             }
         }
     }
 
-    fn reload_if_changed(&mut self) -> Result<(), TlsError> {
-        let pem = self.files.read()?;
+    async fn reload_if_changed(&mut self) -> Result<(), TlsError> {
+        let pem = self.source.read().await?;
         if pem == self.current {
             return Ok(());
         }
-        let config = self.files.server_config(&pem)?;
+        let config = self.source.server_config(&pem)?;
         self.rustls.reload_from_config(config);
         self.current = pem;
-        tracing::info!(cert = %self.files.cert.display(), "reloaded the webhook serving certificate");
+        tracing::info!(source = %self.source.describe(), "reloaded the webhook serving certificate");
         Ok(())
     }
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the local control plane's binaries (kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl, etcd, kwok) from their Go modules into a cache directory outside the clone, keyed by
-# version, and prints that directory. A second run with the binaries present does nothing.
+# kubectl, etcd, kwok) and helm (for the chart's tests) from their Go modules into a cache directory
+# outside the clone, keyed by version, and prints that directory. A second run with the binaries
+# present does nothing.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/versions.env"
@@ -40,6 +41,31 @@ if [ ! -x "$bin_dir/kwok" ]; then
   # kwok needs stage definitions to act on nodes and pods; they ship inside its module.
   stages=$(go env GOMODCACHE)/sigs.k8s.io/kwok@${KWOK_VERSION}/kustomize/stage
   rm -rf "$bin_dir/../kwok-stages" && cp -r "$stages" "$bin_dir/../kwok-stages" && chmod -R u+w "$bin_dir/../kwok-stages"
+fi
+
+# helm, for the chart's tests. Its own module (helm/go.mod), so its Kubernetes client libraries
+# never move the control plane's dependency graph. Rebuilt when missing or not HELM_VERSION (the
+# bin dir is keyed by the Kubernetes versions only).
+helm_built=""
+[ -x "$bin_dir/helm" ] && helm_built=$("$bin_dir/helm" version --template '{{.Version}}' 2>/dev/null || true)
+if [ "$helm_built" != "$HELM_VERSION" ]; then
+  log "building helm ${HELM_VERSION} (cold: ~3 min on 2 cores)"
+  helm_mod() { (cd "$here/helm" && go list -m -f '{{.Version}}' "$1"); }
+  pinned=$(helm_mod helm.sh/helm/v3)
+  if [ "$pinned" != "$HELM_VERSION" ]; then
+    log "tests/cluster/helm/go.mod requires helm ${pinned} but versions.env says ${HELM_VERSION}; run:"
+    log "  (cd tests/cluster/helm && go get helm.sh/helm/v3@${HELM_VERSION} && go mod tidy)"
+    exit 1
+  fi
+  # As helm's Makefile does: stamp the version (else `helm version` says v3.N), and the Kubernetes
+  # version that `helm template` and `helm lint` assume without a cluster, from the client-go it
+  # is built with (v0.N.x is Kubernetes 1.N; unstamped it would be 1.20).
+  client_go=$(helm_mod k8s.io/client-go); k8s_minor=${client_go#v0.}; k8s_minor=${k8s_minor%%.*}
+  ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}"
+  for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+    ldflags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=${k8s_minor}"
+  done
+  (cd "$here/helm" && go build -trimpath -ldflags "$ldflags" -o "$bin_dir/helm" helm.sh/helm/v3/cmd/helm)
 fi
 
 echo "$bin_dir"

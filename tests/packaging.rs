@@ -1,0 +1,674 @@
+//! Packaging of the operator: the plain manifests in `config/` and the Helm chart in
+//! `charts/skein/` lint, render, are accepted by a real kube-apiserver (server-side dry run, so
+//! the schemas, RBAC rules and CRD validation are the server's own), say the same thing, and
+//! install exactly the CRDs of `crds/`; and the operator's RBAC lets it install everything it
+//! installs for a MeshConfig, the control plane's (Cluster)Roles included.
+//!
+//! helm comes from tests/cluster/build.sh (built from tests/cluster/helm/go.mod).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use skein::api::{MeshConfig, MeshConfigSpec, names};
+use skein::operator::desired;
+use support::TestContext;
+
+const CHART: &str = "charts/skein";
+const RELEASE: &str = "skein";
+const MESH_NAMESPACE: &str = "skein-system";
+const PART_OF: &str = "app.kubernetes.io/part-of";
+
+/// Values exercising every optional part of the chart's templates.
+const FULL_VALUES: &str = r#"
+replicas: 2
+leaseDuration: 30s
+podAnnotations:
+  prometheus.io/scrape: "true"
+tolerations:
+  - key: node-role.kubernetes.io/control-plane
+    operator: Exists
+    effect: NoSchedule
+affinity:
+  podAntiAffinity:
+    preferredDuringSchedulingIgnoredDuringExecution:
+      - weight: 100
+        podAffinityTerm:
+          topologyKey: kubernetes.io/hostname
+          labelSelector:
+            matchLabels:
+              app.kubernetes.io/name: skein-operator
+meshConfig:
+  create: true
+  spec:
+    mtls:
+      mode: Strict
+    controlPlane:
+      replicas: 2
+"#;
+
+fn source(path: &str) -> PathBuf {
+    support::source_dir().join(path)
+}
+
+/// Runs `command` (feeding it `stdin`), fails the test with its output unless it succeeds, and
+/// returns its stdout.
+fn run(mut command: Command, stdin: Option<&str>) -> String {
+    let described = format!("{command:?}");
+    command
+        .current_dir(support::source_dir())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|err| panic!("starting {described}: {err}"));
+    // Written from a thread: the child may fill its stdout before it has read all its input.
+    let writer = stdin.map(|input| {
+        let mut pipe = child.stdin.take().expect("stdin is piped");
+        let input = input.to_owned();
+        std::thread::spawn(move || pipe.write_all(input.as_bytes()))
+    });
+    let output = child
+        .wait_with_output()
+        .unwrap_or_else(|err| panic!("waiting for {described}: {err}"));
+    if let Some(writer) = writer {
+        writer
+            .join()
+            .expect("stdin writer panicked")
+            .unwrap_or_else(|err| panic!("writing the input of {described}: {err}"));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{described} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr),
+    );
+    stdout
+}
+
+/// `helm`, built by tests/cluster/build.sh next to kubectl.
+fn helm() -> Command {
+    Command::new(support::bin_dir().join("helm"))
+}
+
+/// `helm template` of the chart as documented (`-n skein-system`), plus `extra` arguments.
+fn render(extra: &[&str]) -> String {
+    let mut command = helm();
+    command.args(["template", RELEASE, CHART, "-n", MESH_NAMESPACE]);
+    command.args(extra);
+    run(command, None)
+}
+
+/// `render` with the values in `values` (a YAML text) on top of the chart's.
+fn render_with_values(values: &str, extra: &[&str]) -> String {
+    let file = tempfile::NamedTempFile::new().expect("creating a values file");
+    std::fs::write(file.path(), values).expect("writing the values file");
+    let path = file.path().to_str().expect("temp paths are UTF-8");
+    let mut args = vec!["-f", path];
+    args.extend_from_slice(extra);
+    render(&args)
+}
+
+/// Every object of a multi-document YAML stream (comment-only documents skipped).
+fn objects(yaml: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(yaml)
+        .map(|document| Value::deserialize(document).expect("valid YAML"))
+        .filter(|object| !object.is_null())
+        .collect()
+}
+
+/// The top-level files of config/, as `kubectl apply -f config/` reads them (not recursive, so
+/// config/samples/ is left out), in name order.
+fn config_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(source("config"))
+        .expect("reading config/")
+        .map(|entry| entry.expect("reading config/").path())
+        .filter(|path| {
+            path.is_file()
+                && matches!(
+                    path.extension().and_then(|e| e.to_str()),
+                    Some("yaml" | "yml" | "json")
+                )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+fn config_objects() -> Vec<Value> {
+    config_files()
+        .iter()
+        .flat_map(|path| objects(&std::fs::read_to_string(path).expect("reading a config file")))
+        .collect()
+}
+
+fn kind_and_name(object: &Value) -> String {
+    format!(
+        "{}/{}",
+        object["kind"].as_str().unwrap_or("?"),
+        object["metadata"]["name"].as_str().unwrap_or("?")
+    )
+}
+
+/// The label maps of an object: its own, and its pod template's if it has one.
+fn label_maps(object: &Value) -> Vec<(&'static str, &Value)> {
+    let mut maps = vec![("metadata.labels", &object["metadata"]["labels"])];
+    if !object["spec"]["template"].is_null() {
+        maps.push((
+            "spec.template.metadata.labels",
+            &object["spec"]["template"]["metadata"]["labels"],
+        ));
+    }
+    maps
+}
+
+fn assert_part_of_skein(objects: &[Value], source: &str) {
+    assert!(!objects.is_empty(), "{source} holds no objects");
+    for object in objects {
+        for (field, labels) in label_maps(object) {
+            assert_eq!(
+                labels[PART_OF].as_str(),
+                Some("skein"),
+                "{source}: {} has no {field} {PART_OF}: skein",
+                kind_and_name(object)
+            );
+        }
+    }
+}
+
+/// An object with what legitimately differs between the chart and config/ taken out: the
+/// labels only Helm sets (and the managed-by value), and the operator's default
+/// `--lease-duration=15s`, which the chart passes explicitly (it is a value there).
+fn comparable(mut object: Value) -> Value {
+    const HELM_ONLY_LABELS: [&str; 4] = [
+        "helm.sh/chart",
+        "app.kubernetes.io/instance",
+        "app.kubernetes.io/version",
+        "app.kubernetes.io/managed-by",
+    ];
+    for pointer in ["/metadata/labels", "/spec/template/metadata/labels"] {
+        if let Some(labels) = object.pointer_mut(pointer).and_then(Value::as_object_mut) {
+            for label in HELM_ONLY_LABELS {
+                labels.remove(label);
+            }
+        }
+    }
+    if let Some(containers) = object
+        .pointer_mut("/spec/template/spec/containers")
+        .and_then(Value::as_array_mut)
+    {
+        for container in containers {
+            if let Some(args) = container["args"].as_array_mut() {
+                args.retain(|arg| arg != "--lease-duration=15s");
+            }
+        }
+    }
+    object
+}
+
+/// Where `chart` and `config` first differ, as `path: chart value != config value`.
+fn first_difference(chart: &Value, config: &Value, path: &str) -> Option<String> {
+    match (chart, config) {
+        (Value::Object(left), Value::Object(right)) => {
+            left.keys()
+                .chain(right.keys())
+                .find_map(|key| match (left.get(key), right.get(key)) {
+                    (Some(l), Some(r)) => first_difference(l, r, &format!("{path}.{key}")),
+                    (l, r) => Some(format!("{path}.{key}: {l:?} != {r:?}")),
+                })
+        }
+        (Value::Array(left), Value::Array(right)) if left.len() == right.len() => left
+            .iter()
+            .zip(right)
+            .enumerate()
+            .find_map(|(i, (l, r))| first_difference(l, r, &format!("{path}[{i}]"))),
+        _ if chart == config => None,
+        _ => Some(format!("{path}: {chart} != {config}")),
+    }
+}
+
+fn by_kind_and_name(objects: impl IntoIterator<Item = Value>) -> BTreeMap<String, Value> {
+    objects
+        .into_iter()
+        .map(|object| (kind_and_name(&object), comparable(object)))
+        .collect()
+}
+
+#[test]
+fn helm_lint_passes() {
+    // --strict: warnings fail too.
+    let mut command = helm();
+    command.args(["lint", "--strict", CHART]);
+    run(command, None);
+
+    let mut command = helm();
+    command.args(["lint", "--strict", CHART, "--set", "meshConfig.create=true"]);
+    run(command, None);
+}
+
+#[test]
+fn chart_crds_are_the_crds() {
+    let crds = std::fs::read_to_string(source("crds/skein.dev.yaml")).expect("reading crds/");
+    // A symlink to ../../../crds/skein.dev.yaml (helm follows it); were it ever a copy, this
+    // keeps it equal.
+    let chart_crds = std::fs::read_to_string(source("charts/skein/crds/skein.dev.yaml"))
+        .expect("reading charts/skein/crds/skein.dev.yaml");
+    assert_eq!(
+        chart_crds, crds,
+        "charts/skein/crds/skein.dev.yaml differs from crds/skein.dev.yaml"
+    );
+    let chart_dir: Vec<_> = std::fs::read_dir(source("charts/skein/crds"))
+        .expect("reading charts/skein/crds")
+        .map(|entry| entry.expect("reading charts/skein/crds").file_name())
+        .collect();
+    assert_eq!(
+        chart_dir,
+        ["skein.dev.yaml"],
+        "charts/skein/crds/ must hold crds/skein.dev.yaml only"
+    );
+
+    // And what Helm actually installs from crds/ is exactly those CRDs.
+    let rendered: Vec<Value> = objects(&render(&["--include-crds"]))
+        .into_iter()
+        .filter(|object| object["kind"] == "CustomResourceDefinition")
+        .collect();
+    assert_eq!(rendered, objects(&crds));
+}
+
+#[test]
+fn every_object_is_labelled_part_of_skein() {
+    assert_part_of_skein(&objects(&render(&[])), "helm template (defaults)");
+    assert_part_of_skein(
+        &objects(&render_with_values(FULL_VALUES, &[])),
+        "helm template (every option)",
+    );
+    assert_part_of_skein(&config_objects(), "config/");
+}
+
+#[test]
+fn meshconfig_is_rendered_only_when_asked() {
+    let is_meshconfig = |object: &Value| object["kind"] == "MeshConfig";
+    assert!(
+        !objects(&render(&[])).iter().any(is_meshconfig),
+        "meshConfig.create defaults to false"
+    );
+
+    let rendered = objects(&render_with_values(FULL_VALUES, &[]));
+    let meshconfigs: Vec<&Value> = rendered.iter().filter(|o| is_meshconfig(o)).collect();
+    assert_eq!(
+        meshconfigs.len(),
+        1,
+        "one MeshConfig with meshConfig.create"
+    );
+    let meshconfig = meshconfigs[0];
+    assert_eq!(meshconfig["apiVersion"], "skein.dev/v1alpha1");
+    assert_eq!(meshconfig["metadata"]["name"], "default");
+    assert_eq!(
+        meshconfig["spec"],
+        serde_json::json!({"mtls": {"mode": "Strict"}, "controlPlane": {"replicas": 2}})
+    );
+
+    // An empty spec is still an object (every field defaults in the CRD's schema).
+    let rendered = objects(&render(&["--set", "meshConfig.create=true"]));
+    let meshconfig = rendered
+        .iter()
+        .find(|o| is_meshconfig(o))
+        .expect("a MeshConfig");
+    assert_eq!(meshconfig["spec"], serde_json::json!({}));
+}
+
+#[test]
+fn chart_values_reach_the_deployment() {
+    let rendered = objects(&render_with_values(
+        FULL_VALUES,
+        &["--set", "image.tag=9.9.9"],
+    ));
+    let deployment = rendered
+        .iter()
+        .find(|o| o["kind"] == "Deployment")
+        .expect("a Deployment");
+    let pod = &deployment["spec"]["template"];
+    let container = &pod["spec"]["containers"][0];
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    assert_eq!(container["image"], "ghcr.io/skein-mesh/skein:9.9.9");
+    assert_eq!(
+        container["args"],
+        serde_json::json!(["operator", "--lease-duration=30s"])
+    );
+    assert_eq!(
+        pod["metadata"]["annotations"]["prometheus.io/scrape"],
+        "true"
+    );
+    assert_eq!(
+        pod["spec"]["tolerations"][0]["key"],
+        "node-role.kubernetes.io/control-plane"
+    );
+    assert!(pod["spec"]["affinity"]["podAntiAffinity"].is_object());
+}
+
+#[test]
+fn chart_and_config_say_the_same() {
+    let chart = by_kind_and_name(objects(&render(&[])));
+    // The chart leaves the namespace to `helm install -n skein-system --create-namespace`.
+    let config = by_kind_and_name(
+        config_objects()
+            .into_iter()
+            .filter(|object| object["kind"] != "Namespace"),
+    );
+    assert_eq!(
+        chart.keys().collect::<Vec<_>>(),
+        config.keys().collect::<Vec<_>>(),
+        "the chart and config/ create different objects"
+    );
+    for (key, chart_object) in &chart {
+        if let Some(difference) = first_difference(chart_object, &config[key], "") {
+            panic!("{key} differs between charts/skein and config/: {difference}");
+        }
+    }
+}
+
+/// The mesh namespace during a dry run: namespaced objects cannot be dry-run into a namespace
+/// that does not exist. When missing it is created for real from config/namespace.yaml, and
+/// deleted again on drop, waiting until it is gone so that later tests can create it afresh; an
+/// existing one is left alone.
+struct MeshNamespace {
+    created: bool,
+}
+
+impl MeshNamespace {
+    fn ensure() -> Self {
+        let mut get = support::kubectl();
+        get.args([
+            "get",
+            "namespace",
+            MESH_NAMESPACE,
+            "--ignore-not-found",
+            "-o",
+            "name",
+        ]);
+        if !run(get, None).trim().is_empty() {
+            return Self { created: false };
+        }
+        let mut apply = support::kubectl();
+        apply.args(["apply", "--server-side", "-f", "config/namespace.yaml"]);
+        run(apply, None);
+        Self { created: true }
+    }
+}
+
+impl Drop for MeshNamespace {
+    fn drop(&mut self) {
+        if !self.created {
+            return;
+        }
+        let status = support::kubectl()
+            .args([
+                "delete",
+                "namespace",
+                MESH_NAMESPACE,
+                "--ignore-not-found",
+                "--wait",
+                "--timeout=120s",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status();
+        if !matches!(status, Ok(status) if status.success()) {
+            eprintln!("cleanup: deleting namespace {MESH_NAMESPACE}: {status:?}");
+        }
+    }
+}
+
+/// `kubectl apply --server-side --dry-run=server` of `stdin` or of the given files: everything
+/// is validated (strictly: unknown fields are errors) and admitted by the apiserver, nothing is
+/// stored.
+fn dry_run_apply(files: &[&Path], stdin: Option<&str>) -> String {
+    let mut command = support::kubectl();
+    command.args(["apply", "--server-side", "--dry-run=server"]);
+    for file in files {
+        command.arg("-f").arg(file);
+    }
+    if stdin.is_some() {
+        command.args(["-f", "-"]);
+    }
+    run(command, stdin)
+}
+
+#[tokio::test]
+async fn config_and_chart_are_accepted_by_the_apiserver() {
+    // The CRDs must exist for real for a MeshConfig to be dry-run.
+    support::client().await;
+    let _namespace = MeshNamespace::ensure();
+
+    // The documented install: kubectl apply --server-side -f crds/ -f config/
+    let output = dry_run_apply(&[&source("crds"), &source("config")], None);
+    for object in config_objects() {
+        let name = object["metadata"]["name"].as_str().unwrap();
+        assert!(
+            output.contains(&format!("/{name} ")),
+            "{} not applied:\n{output}",
+            kind_and_name(&object)
+        );
+    }
+
+    // helm install skein charts/skein -n skein-system --create-namespace, as the objects Helm
+    // would create (the CRDs included), with the defaults and with every option set.
+    for rendered in [
+        render(&["--include-crds"]),
+        render(&["--include-crds", "--set", "meshConfig.create=true"]),
+        render_with_values(FULL_VALUES, &["--include-crds"]),
+    ] {
+        let output = dry_run_apply(&[], Some(&rendered));
+        assert_eq!(
+            output.lines().count(),
+            objects(&rendered).len(),
+            "one line per object applied:\n{output}"
+        );
+    }
+}
+
+#[test]
+fn config_namespace_agrees_with_the_operator() {
+    // Both apply skein-system with server-side apply; a label with two values would make
+    // re-applying config/ conflict with the operator (and the two fight over it).
+    let config = objects(
+        &std::fs::read_to_string(source("config/namespace.yaml"))
+            .expect("reading config/namespace.yaml"),
+    );
+    let config_labels = config[0]["metadata"]["labels"]
+        .as_object()
+        .expect("labels on config/namespace.yaml");
+    let install = desired::desired(&test_meshconfig(), &TEST_INPUTS).expect("the desired install");
+    let operator = install
+        .objects
+        .iter()
+        .find(|o| o.resource.kind == "Namespace")
+        .expect("the operator applies the mesh namespace");
+    assert_eq!(operator.name, MESH_NAMESPACE);
+    for (key, value) in config_labels {
+        let theirs = &operator.object["metadata"]["labels"][key];
+        assert!(
+            theirs.is_null() || theirs == value,
+            "config/namespace.yaml labels {key}={value}, the operator {key}={theirs}"
+        );
+    }
+}
+
+/// A MeshConfig as the apiserver would hand it to the operator (defaults, a uid).
+fn test_meshconfig() -> MeshConfig {
+    let mut meshconfig = MeshConfig::new(names::ACTIVE_MESHCONFIG, MeshConfigSpec::default());
+    meshconfig.metadata.uid = Some("00000000-0000-0000-0000-000000000001".to_owned());
+    meshconfig
+}
+
+const TEST_INPUTS: desired::Inputs<'static> = desired::Inputs {
+    ca_cert_pem: "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n",
+    settings_hash: "test",
+};
+
+/// The operator's identity for a test: config/operator-rbac.yaml as is, except that the
+/// ServiceAccount and the leader-election Role live in the test's namespace and the cluster-scoped
+/// objects carry names of the test's own. Dropping it deletes every cluster-scoped object
+/// labelled as the test's (the namespace takes the rest with it).
+struct OperatorIdentity {
+    namespace: String,
+}
+
+impl OperatorIdentity {
+    fn create(ctx: &TestContext) -> Self {
+        let identity = Self {
+            namespace: ctx.namespace.clone(),
+        };
+        let rbac = std::fs::read_to_string(source("config/operator-rbac.yaml"))
+            .expect("reading config/operator-rbac.yaml");
+        let items: Vec<Value> = objects(&rbac)
+            .into_iter()
+            .map(|mut object| {
+                identity.make_own(&mut object);
+                if object["kind"] == "ClusterRoleBinding" {
+                    object["roleRef"]["name"] = identity.cluster_name("skein-operator").into();
+                }
+                let subjects = object.get_mut("subjects").and_then(Value::as_array_mut);
+                for subject in subjects.into_iter().flatten() {
+                    subject["namespace"] = identity.namespace.clone().into();
+                }
+                object
+            })
+            .collect();
+        let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
+        let mut apply = support::kubectl();
+        apply.args(["apply", "--server-side", "-f", "-"]);
+        run(apply, Some(&list.to_string()));
+        identity
+    }
+
+    fn user(&self) -> String {
+        format!("system:serviceaccount:{}:skein-operator", self.namespace)
+    }
+
+    fn cluster_name(&self, name: &str) -> String {
+        format!("{}-{name}", self.namespace)
+    }
+
+    /// Moves a namespaced object into the test's namespace, or renames a cluster-scoped one
+    /// (except a Namespace), and labels it as the test's.
+    fn make_own(&self, object: &mut Value) {
+        let is_namespace = object["kind"] == "Namespace";
+        let metadata = &mut object["metadata"];
+        if metadata["namespace"].is_string() {
+            metadata["namespace"] = self.namespace.clone().into();
+        } else if !is_namespace {
+            let name = metadata["name"].as_str().expect("a name").to_owned();
+            metadata["name"] = self.cluster_name(&name).into();
+        }
+        metadata["labels"][support::TEST_OWNER_LABEL] = self.namespace.clone().into();
+    }
+
+    /// `kubectl auth can-i` as the operator.
+    fn can(&self, verb: &str, resource: &str, namespace: &str) -> bool {
+        let output = support::kubectl()
+            .args(["auth", "can-i", verb, resource, "-n", namespace, "--as"])
+            .arg(self.user())
+            .stdin(Stdio::null())
+            .output()
+            .expect("running kubectl auth can-i");
+        String::from_utf8_lossy(&output.stdout).trim() == "yes"
+    }
+}
+
+impl Drop for OperatorIdentity {
+    fn drop(&mut self) {
+        let selector = format!("{}={}", support::TEST_OWNER_LABEL, self.namespace);
+        let status = support::kubectl()
+            .args([
+                "delete",
+                "clusterrole,clusterrolebinding",
+                "-l",
+                &selector,
+                "--ignore-not-found",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status();
+        if !matches!(status, Ok(status) if status.success()) {
+            eprintln!("cleanup: deleting the operator's test RBAC ({selector}): {status:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn operator_rbac_lets_the_operator_install_the_mesh() {
+    let ctx = TestContext::new().await;
+    let operator = OperatorIdentity::create(&ctx);
+    let namespace = ctx.namespace.as_str();
+
+    // Leader election, in its own namespace only.
+    for verb in ["get", "create", "update"] {
+        assert!(
+            operator.can(verb, "leases.coordination.k8s.io", namespace),
+            "the operator cannot {verb} its Lease"
+        );
+    }
+    assert!(!operator.can("get", "leases.coordination.k8s.io", "kube-system"));
+    // Least privilege: it may not grant what it does not hold, nor run workloads itself.
+    for (verb, resource) in [
+        ("escalate", "clusterroles.rbac.authorization.k8s.io"),
+        ("bind", "clusterroles.rbac.authorization.k8s.io"),
+        ("impersonate", "serviceaccounts"),
+        ("create", "pods"),
+        ("delete", "customresourcedefinitions.apiextensions.k8s.io"),
+    ] {
+        assert!(
+            !operator.can(verb, resource, namespace),
+            "the operator may {verb} {resource}"
+        );
+    }
+
+    // Everything the operator installs for a MeshConfig, applied as the operator does (server-side
+    // apply, its field manager). Kubernetes refuses a ClusterRole or Role granting more than its
+    // creator holds, so this proves the ClusterRole covers the control plane's permissions too.
+    // The (Cluster)Roles are created for real, since a binding's check reads its role; everything
+    // else is a dry run. Namespaced objects go to the test's namespace, cluster-scoped RBAC gets
+    // names of the test's own.
+    let install = desired::desired(&test_meshconfig(), &TEST_INPUTS).expect("the desired install");
+    for desired in install.objects {
+        let kind = desired.resource.kind.as_str();
+        let mut object = desired.object;
+        let for_real = matches!(kind, "ClusterRole" | "Role");
+        if matches!(kind, "ClusterRole" | "ClusterRoleBinding") || desired.namespace.is_some() {
+            operator.make_own(&mut object);
+        }
+        if kind == "ClusterRoleBinding" {
+            let role = object["roleRef"]["name"].as_str().unwrap().to_owned();
+            object["roleRef"]["name"] = operator.cluster_name(&role).into();
+        }
+        if for_real {
+            // Owned by a MeshConfig that does not exist, the garbage collector would delete
+            // them.
+            object["metadata"]
+                .as_object_mut()
+                .unwrap()
+                .remove("ownerReferences");
+        }
+        let mut apply = support::kubectl();
+        apply
+            .args(["apply", "--server-side", "--force-conflicts", "--as"])
+            .arg(operator.user())
+            .args(["--field-manager", names::FIELD_MANAGER, "-f", "-"]);
+        if !for_real {
+            apply.arg("--dry-run=server");
+        }
+        run(apply, Some(&object.to_string()));
+    }
+}
