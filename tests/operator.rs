@@ -728,3 +728,119 @@ async fn federation_state_is_reported_in_the_meshconfig_status() {
     .await;
     delete_meshconfig(&client, "default").await;
 }
+
+/// A fake node run by kwok: pods scheduled to it are reported Running and Ready (no container
+/// runs). Enough to see the operator's Ready condition follow the control plane's pods.
+struct FakeNode {
+    kwok: Option<Child>,
+    name: String,
+}
+
+impl FakeNode {
+    async fn start(client: &Client, name: &str) -> Self {
+        use k8s_openapi::api::core::v1::Node;
+        let stages = support::bin_dir().join("../kwok-stages");
+        let kwok = Command::new(support::bin_dir().join("kwok"))
+            .arg("--kubeconfig")
+            .arg(kubeconfig())
+            .args([
+                "--manage-nodes-with-annotation-selector",
+                "kwok.x-k8s.io/node=fake",
+            ])
+            .args(["--cidr", "198.18.250.0/24", "--node-ip", "198.18.250.1"])
+            .arg("--config")
+            .arg(stages.join("node/fast/node-initialize.yaml"))
+            .arg("--config")
+            .arg(stages.join("node/heartbeat-with-lease/node-heartbeat-with-lease.yaml"))
+            .arg("--config")
+            .arg(stages.join("pod/fast/pod-ready.yaml"))
+            .arg("--config")
+            .arg(stages.join("pod/fast/pod-delete.yaml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting kwok");
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake"}, "labels": {"type": "kwok"}},
+            "status": {"allocatable": {"cpu": "32", "memory": "64Gi", "pods": "110"},
+                       "capacity": {"cpu": "32", "memory": "64Gi", "pods": "110"}}
+        }))
+        .unwrap();
+        let nodes = Api::<Node>::all(client.clone());
+        let _ = nodes.delete(name, &DeleteParams::default()).await;
+        nodes.create(&PostParams::default(), &node).await.unwrap();
+        Self {
+            kwok: Some(kwok),
+            name: name.to_owned(),
+        }
+    }
+
+    /// Stops reporting pods ready (as if the node's kubelet died).
+    fn stop(&mut self) {
+        if let Some(mut kwok) = self.kwok.take() {
+            let _ = kwok.kill();
+            let _ = kwok.wait();
+        }
+    }
+}
+
+impl Drop for FakeNode {
+    fn drop(&mut self) {
+        self.stop();
+        let name = self.name.clone();
+        // A client of its own: the test's client runs on the test's runtime, blocked right here.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let client = cluster::client(kubeconfig()).await.unwrap();
+                let _ = Api::<k8s_openapi::api::core::v1::Node>::all(client)
+                    .delete(&name, &DeleteParams::default())
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
+#[tokio::test]
+async fn in_cluster_ready_follows_the_control_plane_pods() {
+    let _serial = SERIAL.lock().await;
+    let client = client().await;
+    let mut node = FakeNode::start(&client, "skein-fake-node").await;
+    let _operator = Operator::start("operator-ready");
+
+    let applied = Instant::now();
+    apply_meshconfig(&client, "default", json!({})).await;
+    let ready = wait_condition(&client, "default", "Ready", "True", "ControlPlaneReady").await;
+    eprintln!(
+        "MeshConfig applied → Ready in {:?} (InCluster mode, kwok node)",
+        applied.elapsed()
+    );
+    assert!(ready.status.unwrap().components[0].ready);
+    wait_condition(&client, "default", "Progressing", "False", "Complete").await;
+
+    // The node stops reporting, and the control-plane pod is replaced by one nobody runs.
+    node.stop();
+    let pods = mesh_api::<Pod>(&client);
+    let by_app = ListParams::default().labels("app.kubernetes.io/name=skein-control-plane");
+    for pod in pods.list(&by_app).await.unwrap() {
+        pods.delete(
+            &pod.name_any(),
+            &DeleteParams {
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let not_ready =
+        wait_condition(&client, "default", "Ready", "False", "ControlPlaneNotReady").await;
+    let message = condition(&not_ready, "Ready").unwrap().2;
+    assert!(message.contains("0 of 1"), "{message}");
+    delete_meshconfig(&client, "default").await;
+}
