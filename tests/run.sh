@@ -15,5 +15,9 @@ fi
 kubeconfig_line=$(tests/cluster/up.sh skein-test | tail -n 1)
 export SKEIN_TEST_KUBECONFIG=${kubeconfig_line#export KUBECONFIG=}
 
-cargo test --all-targets
-cargo test --doc
+# Unit, integration and (as a short smoke run) benchmark targets. The crate has no doc tests.
+log=$(mktemp)
+cargo test --all-targets 2>&1 | tee "$log"
+# One closing line for the whole run, summing every test binary's result line.
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' "$log"
+rm -f "$log"
