@@ -67,6 +67,15 @@ fn realistic_pod() -> serde_json::Value {
     })
 }
 
+/// The MeshConfig defaults on a cluster with native sidecars, as the control plane would see them.
+fn inject_config() -> InjectConfig {
+    InjectConfig {
+        mesh: MeshConfigSpec::default(),
+        xds_address: "skein-control-plane.skein-system.svc:9090".to_owned(),
+        native_sidecars_supported: true,
+    }
+}
+
 fn handler_time(iterations: usize) {
     let review = json!({
         "apiVersion": "admission.k8s.io/v1",
@@ -83,11 +92,7 @@ fn handler_time(iterations: usize) {
         }
     });
     let body = serde_json::to_vec(&review).expect("serializing the review");
-    let cfg = InjectConfig {
-        mesh: MeshConfigSpec::default(),
-        xds_address: "skein-control-plane.skein-system.svc:9090".to_owned(),
-        native_sidecars_supported: true,
-    };
+    let cfg = inject_config();
     let labels = [("injection".to_owned(), "enabled".to_owned())].into();
     let mut samples = Vec::with_capacity(iterations);
     for _ in 0..iterations {
@@ -147,12 +152,8 @@ async fn end_to_end(creations: usize) {
     }
     // The pod the webhook produces, created directly: separates the cost of the webhook call
     // from the cost of storing a bigger pod.
-    let cfg = InjectConfig {
-        mesh: MeshConfigSpec::default(),
-        xds_address: "127.0.0.1:9090".to_owned(),
-        native_sidecars_supported: true,
-    };
-    let pre_injected = skein::inject::patch::inject(&pod, &cfg).expect("injecting the pod");
+    let pre_injected =
+        skein::inject::patch::inject(&pod, &inject_config()).expect("injecting the pod");
     let create_pre_injected = || {
         let api = Api::<Pod>::namespaced(ctx.client.clone(), &plain);
         let pod = pre_injected.clone();

@@ -478,35 +478,16 @@ async fn uninstall(mc: &MeshConfig, ctx: &Context) -> Result<Action, ReconcileEr
 }
 
 async fn write_not_active(api: &Api<MeshConfig>, mc: &MeshConfig) -> Result<(), ReconcileError> {
-    let observation_message = format!(
-        "only the MeshConfig named {:?} is acted on; this one is ignored",
-        names::ACTIVE_MESHCONFIG
-    );
     let previous = mc.status.clone().unwrap_or_default();
     let now = Time(Timestamp::now());
-    let condition = status::conditions(
-        &previous.conditions,
-        mc.metadata.generation,
-        &Observation {
-            install: Err(("NotActive".to_owned(), observation_message.clone())),
-            control_plane: not_ready_component(mc.spec.effective_version(), &observation_message),
-            rolling_out: false,
-        },
-        &now,
-    )
-    .into_iter()
-    .map(|mut c| {
-        if c.type_ == "Ready" {
-            c.reason = "NotActive".to_owned();
-            c.message = observation_message.clone();
-        }
-        c
-    })
-    .filter(|c| c.type_ == "Ready")
-    .collect();
     let new_status = MeshConfigStatus {
         observed_generation: mc.metadata.generation,
-        conditions: condition,
+        conditions: vec![status::not_active(
+            &previous.conditions,
+            mc.metadata.generation,
+            &now,
+            names::ACTIVE_MESHCONFIG,
+        )],
         ..Default::default()
     };
     if new_status != previous {

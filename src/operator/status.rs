@@ -31,19 +31,7 @@ pub fn conditions(
     now: &Time,
 ) -> Vec<Condition> {
     let make = |type_: &str, status: bool, reason: &str, message: String| {
-        let status = if status { "True" } else { "False" }.to_owned();
-        let last_transition_time = previous
-            .iter()
-            .find(|c| c.type_ == type_ && c.status == status)
-            .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
-        Condition {
-            type_: type_.to_owned(),
-            status,
-            reason: reason.to_owned(),
-            message,
-            last_transition_time,
-            observed_generation: generation,
-        }
+        condition(previous, generation, now, type_, status, reason, message)
     };
     let cp = &observed.control_plane;
     let cp_message = cp.message.clone().unwrap_or_default();
@@ -84,6 +72,51 @@ pub fn conditions(
         make("Progressing", false, "Complete", String::new())
     };
     vec![ready, installed, progressing, degraded]
+}
+
+/// The only condition of a MeshConfig other than `default`: `Ready=False`, reason `NotActive`.
+pub fn not_active(
+    previous: &[Condition],
+    generation: Option<i64>,
+    now: &Time,
+    active_name: &str,
+) -> Condition {
+    let message =
+        format!("only the MeshConfig named {active_name:?} is acted on; this one is ignored");
+    condition(
+        previous,
+        generation,
+        now,
+        "Ready",
+        false,
+        "NotActive",
+        message,
+    )
+}
+
+/// One condition, keeping the previous `lastTransitionTime` when its status did not change.
+fn condition(
+    previous: &[Condition],
+    generation: Option<i64>,
+    now: &Time,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+) -> Condition {
+    let status = if status { "True" } else { "False" }.to_owned();
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.to_owned(),
+        status,
+        reason: reason.to_owned(),
+        message,
+        last_transition_time,
+        observed_generation: generation,
+    }
 }
 
 /// Pure: control-plane readiness from its Deployment. Returns the component and whether a
