@@ -32,7 +32,11 @@ pub enum Command {
     Init(InitArgs),
     /// Add the Skein proxy to workload YAML, like the webhook does (`-f -` reads stdin).
     Inject(InjectArgs),
-    /// Local development environment: a real Kubernetes control plane on loopback.
+    /// Run the data-plane proxy (the `skein-proxy` sidecar).
+    Proxy(crate::proxy::ProxyArgs),
+    /// Run the demo application: frontend -> middleware -> backend, with fault knobs.
+    DemoApp(crate::demo::DemoAppArgs),
+    /// Local development environment: a real Kubernetes control plane and node on this machine.
     #[command(subcommand)]
     Dev(DevCommand),
 }
@@ -137,6 +141,12 @@ pub enum DevCommand {
     Up(DevClusterArgs),
     /// Stop the local cluster and delete its state.
     Down(DevClusterArgs),
+    /// Run a node for the local cluster: pods as processes in network namespaces (root only).
+    Node(crate::dev::node::NodeArgs),
+    /// Run a command in a container of a pod on a dev node, like `kubectl exec` (root only).
+    Exec(crate::dev::node::inspect::ExecArgs),
+    /// Print a container's log from a dev node, like `kubectl logs`.
+    Logs(crate::dev::node::inspect::LogsArgs),
 }
 
 #[derive(Debug, clap::Args)]

@@ -13,6 +13,7 @@ pub mod api;
 pub mod capture;
 pub mod cli;
 pub mod controlplane;
+pub mod demo;
 pub mod dev;
 pub mod inject;
 pub mod operator;

@@ -11,7 +11,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     skein::telemetry::init_logging();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             // One line with the whole context chain: what an operator reads in `kubectl logs`.
             eprintln!("skein: {err:#}");
@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // kube's TLS stack uses rustls with ring; installing the provider explicitly keeps rustls
     // from panicking should another dependency ever compile in a second provider.
     rustls::crypto::ring::default_provider()
@@ -49,13 +49,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             runtime.block_on(skein::controlplane::run(args))?;
         }
+        Command::Proxy(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            runtime.block_on(skein::proxy::run(args))?;
+        }
+        Command::DemoApp(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            runtime.block_on(skein::demo::run(args))?;
+        }
         Command::Dev(dev) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             match dev {
                 DevCommand::Up(args) => runtime.block_on(skein::dev::up(&args))?,
                 DevCommand::Down(args) => skein::dev::down(&args)?,
+                DevCommand::Node(args) => runtime.block_on(skein::dev::node::run(args))?,
+                DevCommand::Exec(args) => {
+                    // The command's own exit code, as `kubectl exec` passes it on.
+                    let code = runtime.block_on(skein::dev::node::inspect::exec(&args))?;
+                    return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+                }
+                DevCommand::Logs(args) => {
+                    runtime.block_on(skein::dev::node::inspect::logs(&args))?
+                }
             }
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

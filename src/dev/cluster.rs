@@ -106,6 +106,19 @@ pub fn down(source_dir: &Path, name: &str) -> Result<(), ClusterError> {
     Ok(())
 }
 
+/// The state directory of the named cluster, as `tests/cluster/up.sh` lays it out:
+/// `${SKEIN_STATE_DIR:-$HOME/.local/state/skein}/clusters/NAME`.
+pub fn state_dir(name: &str) -> PathBuf {
+    let root = std::env::var_os("SKEIN_STATE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home =
+                std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+            home.join(".local/state/skein")
+        });
+    root.join("clusters").join(name)
+}
+
 /// A client for the cluster behind `kubeconfig`.
 pub async fn client(kubeconfig: &Path) -> Result<Client, ClusterError> {
     let to_kubeconfig_error = |source| ClusterError::Kubeconfig {

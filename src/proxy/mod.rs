@@ -1,3 +1,284 @@
-//! The data-plane proxy (no kube client in here).
+//! The data-plane proxy, `skein proxy`: the sidecar every meshed pod runs (no kube client in here).
+//!
+//! `skein init` redirects the pod's TCP to two listeners; this module serves them:
+//!
+//! ```text
+//!   app ──connect(D)──▶ [REDIRECT] ──▶ outbound :16001 ──connect(D)──▶ D
+//!   client ──connect(pod IP:P)──▶ [REDIRECT] ──▶ inbound :16006 ──connect(127.0.0.1:P)──▶ app
+//! ```
+//!
+//! The proxy runs as the proxy UID, whose own connections the capture rules leave alone, so its
+//! upstream connections are never redirected back to it.
+//!
+//! - [`listen`]: binding the listeners, the accept loop, the original destination of a
+//!   connection and the refusal of connections that would loop back into the proxy.
+//! - [`tcp`]: opaque TCP forwarding (both ways, with half-close) to the upstream.
+//! - [`admin`]: the admin HTTP server: `/live`, `/ready`, `/metrics`, `POST /drain`,
+//!   `POST /shutdown`.
+//! - [`drain`]: stopping accepts, tracking in-flight connections, closing stragglers.
+//! - [`metrics`]: the proxy's Prometheus metrics (names and labels documented there).
+//! - [`original_dst`]: `SO_ORIGINAL_DST` for redirected connections.
+//!
+//! Every connection is opaque TCP for now; protocol detection and HTTP routing will sit between
+//! [`listen`] (which hands over an accepted connection and its target) and [`tcp`].
+//!
+//! Shutdown (SIGTERM, SIGINT or `POST /shutdown`): the listeners close (new connections are
+//! refused), `/ready` answers 503, in-flight connections continue for up to `--drain-timeout`,
+//! then whatever is still open is reset and [`run`] returns. `POST /drain` does the first two
+//! steps only; the process keeps running until it is told to exit.
 
+pub mod admin;
+pub mod drain;
+pub mod listen;
+pub mod metrics;
 pub mod original_dst;
+pub mod tcp;
+
+use std::fmt;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::api::names;
+
+use self::admin::{AdminCommand, AdminRequest};
+use self::drain::Drain;
+use self::metrics::Metrics;
+
+/// How long the admin server gets to finish its last responses once the proxy stops.
+const ADMIN_STOP_GRACE: Duration = Duration::from_secs(1);
+/// How long connections get to close after being told to, at the end of the drain.
+const ABORT_GRACE: Duration = Duration::from_secs(1);
+
+/// Flags of `skein proxy` (each also read from its environment variable, as injected pods set).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProxyArgs {
+    /// Port of the outbound listener (where `skein init` redirects the app's connections).
+    #[arg(long, env = "SKEIN_OUTBOUND_PORT", default_value_t = names::DEFAULT_OUTBOUND_PORT as u16)]
+    pub outbound_port: u16,
+    /// Port of the inbound listener (where `skein init` redirects connections to the pod).
+    #[arg(long, env = "SKEIN_INBOUND_PORT", default_value_t = names::DEFAULT_INBOUND_PORT as u16)]
+    pub inbound_port: u16,
+    /// Port of the admin server (`/live`, `/ready`, `/metrics`, `/drain`, `/shutdown`).
+    #[arg(long, env = "SKEIN_ADMIN_PORT", default_value_t = names::DEFAULT_ADMIN_PORT as u16)]
+    pub admin_port: u16,
+    /// Grace period for in-flight connections after SIGTERM / POST /drain.
+    #[arg(long, env = "SKEIN_DRAIN_TIMEOUT", default_value = "5s")]
+    pub drain_timeout: crate::api::Duration,
+    /// Connect timeout to upstreams.
+    #[arg(long, env = "SKEIN_CONNECT_TIMEOUT", default_value = "1s")]
+    pub connect_timeout: crate::api::Duration,
+}
+
+impl ProxyArgs {
+    fn validate(&self) -> anyhow::Result<()> {
+        let ports = [
+            ("--outbound-port", self.outbound_port),
+            ("--inbound-port", self.inbound_port),
+            ("--admin-port", self.admin_port),
+        ];
+        for (i, (flag, port)) in ports.iter().enumerate() {
+            anyhow::ensure!(*port != 0, "{flag} must be a port between 1 and 65535");
+            if let Some((other, _)) = ports[..i].iter().find(|(_, p)| p == port) {
+                anyhow::bail!("{flag} and {other} are both {port}: the ports must differ");
+            }
+        }
+        anyhow::ensure!(
+            !self.connect_timeout.as_std().is_zero(),
+            "--connect-timeout must be more than 0s"
+        );
+        Ok(())
+    }
+}
+
+/// Which of the two listeners a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// From outside the pod to the app.
+    Inbound,
+    /// From the app to anywhere else.
+    Outbound,
+}
+
+impl Direction {
+    pub const ALL: [Direction; 2] = [Direction::Inbound, Direction::Outbound];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What every connection handler shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub metrics: Metrics,
+    pub drain: Drain,
+    pub connect_timeout: Duration,
+    /// The proxy's own ports: a connection whose original destination is one of them (on this
+    /// host) would be forwarded back into the proxy.
+    pub own_ports: [u16; 3],
+}
+
+/// Runs the proxy until SIGTERM, SIGINT or `POST /shutdown`, and a drain.
+pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
+    args.validate()?;
+    // Handlers first: from now on a SIGTERM drains instead of killing the process.
+    let mut signal = pin!(crate::signals::shutdown());
+    if futures::poll!(signal.as_mut()).is_ready() {
+        return Ok(());
+    }
+
+    // Bind everything before serving anything: readiness then means "all listeners accept".
+    let outbound = listen::bind(args.outbound_port).with_context(|| {
+        format!(
+            "binding the outbound listener (port {})",
+            args.outbound_port
+        )
+    })?;
+    let inbound = listen::bind(args.inbound_port)
+        .with_context(|| format!("binding the inbound listener (port {})", args.inbound_port))?;
+    let admin = listen::bind(args.admin_port)
+        .with_context(|| format!("binding the admin server (port {})", args.admin_port))?;
+    let ipv6 = outbound.len() > 1 && inbound.len() > 1;
+
+    let shared = Arc::new(Shared {
+        metrics: Metrics::new(),
+        drain: Drain::new(),
+        connect_timeout: args.connect_timeout.as_std(),
+        own_ports: [args.outbound_port, args.inbound_port, args.admin_port],
+    });
+
+    let mut accept_loops = Vec::new();
+    for (direction, listeners) in [
+        (Direction::Outbound, outbound),
+        (Direction::Inbound, inbound),
+    ] {
+        for listener in listeners {
+            let shared = shared.clone();
+            accept_loops.push(tokio::spawn(listen::accept_loop(
+                listener, direction, shared,
+            )));
+        }
+    }
+    let ready = Arc::new(AtomicBool::new(true));
+
+    let (commands, mut requests) = mpsc::channel(8);
+    let (stop_admin, admin_stopped) = watch::channel(false);
+    let mut admin_server = tokio::spawn(admin::serve(
+        admin,
+        admin::AdminState {
+            ready: ready.clone(),
+            shared: shared.clone(),
+            commands,
+        },
+        admin_stopped,
+    ));
+
+    tracing::info!(
+        outbound_port = args.outbound_port,
+        inbound_port = args.inbound_port,
+        admin_port = args.admin_port,
+        ipv6,
+        drain_timeout = %args.drain_timeout,
+        connect_timeout = %args.connect_timeout,
+        "skein proxy listening"
+    );
+
+    let mut accept_loops = Some(accept_loops);
+    let mut admin_open = true;
+    let reason = loop {
+        tokio::select! {
+            () = signal.as_mut() => break "signal",
+            request = requests.recv(), if admin_open => {
+                let Some(AdminRequest { command, done }) = request else {
+                    // Only if the admin server is gone; signals still work.
+                    admin_open = false;
+                    continue;
+                };
+                stop_accepting(&shared, &mut accept_loops, &ready).await;
+                let _ = done.send(());
+                if command == AdminCommand::Shutdown {
+                    break "POST /shutdown";
+                }
+            }
+        }
+    };
+    // Requests still queued are answered by their handlers seeing the channel closed.
+    drop(requests);
+
+    stop_accepting(&shared, &mut accept_loops, &ready).await;
+    let in_flight = shared.drain.active();
+    tracing::info!(
+        reason,
+        in_flight,
+        drain_timeout = %args.drain_timeout,
+        "shutting down: waiting for in-flight connections"
+    );
+    let again = pin!(crate::signals::shutdown());
+    tokio::select! {
+        () = shared.drain.idle() => tracing::info!("all connections closed"),
+        () = tokio::time::sleep(args.drain_timeout.as_std()) => {
+            tracing::warn!(
+                open = shared.drain.active(),
+                "drain timeout reached: resetting the connections still open"
+            );
+        }
+        () = again => tracing::warn!("second signal: resetting the connections still open"),
+    }
+    shared.drain.abort();
+    if tokio::time::timeout(ABORT_GRACE, shared.drain.idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = shared.drain.active(),
+            "connections did not close after being reset"
+        );
+    }
+
+    let _ = stop_admin.send(true);
+    match tokio::time::timeout(ADMIN_STOP_GRACE, &mut admin_server).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::warn!(error = %err, "the admin server task failed"),
+        Err(_) => admin_server.abort(),
+    }
+    tracing::info!("skein proxy stopped");
+    Ok(())
+}
+
+/// Closes the listeners (idempotent) and waits until they are closed: from then on new
+/// connections are refused and `/ready` answers 503.
+async fn stop_accepting(
+    shared: &Shared,
+    accept_loops: &mut Option<Vec<JoinHandle<()>>>,
+    ready: &AtomicBool,
+) {
+    let Some(loops) = accept_loops.take() else {
+        return;
+    };
+    shared.drain.stop_accepting();
+    for handle in loops {
+        if let Err(err) = handle.await {
+            tracing::warn!(error = %err, "an accept loop failed");
+        }
+    }
+    ready.store(false, Ordering::SeqCst);
+    tracing::info!(
+        in_flight = shared.drain.active(),
+        "draining: listeners closed"
+    );
+}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the local control plane's binaries (kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl, etcd, kwok) and helm (for the chart's tests) from their Go modules into a cache directory
+# kubectl, etcd, kwok), the local node's kube-proxy and CoreDNS, and helm (for the chart's tests) from their Go modules into a cache directory
 # outside the clone, keyed by version, and prints that directory. A second run with the binaries
 # present does nothing.
 set -euo pipefail
@@ -41,6 +41,15 @@ if [ ! -x "$bin_dir/kwok" ]; then
   # kwok needs stage definitions to act on nodes and pods; they ship inside its module.
   stages=$(go env GOMODCACHE)/sigs.k8s.io/kwok@${KWOK_VERSION}/kustomize/stage
   rm -rf "$bin_dir/../kwok-stages" && cp -r "$stages" "$bin_dir/../kwok-stages" && chmod -R u+w "$bin_dir/../kwok-stages"
+fi
+
+# CoreDNS for the local node (`skein dev node`), built from its own module at COREDNS_VERSION;
+# rebuilt when missing or another version. Its default plugin set includes `kubernetes`.
+coredns_built=""
+[ -x "$bin_dir/coredns" ] && coredns_built=$("$bin_dir/coredns" -version 2>/dev/null | sed -n 's/^CoreDNS-\([0-9.]*\).*/v\1/p' || true)
+if [ "$coredns_built" != "$COREDNS_VERSION" ]; then
+  log "building coredns ${COREDNS_VERSION} (cold: ~2 min on 2 cores)"
+  GOBIN="$bin_dir" go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@${COREDNS_VERSION}"
 fi
 
 # helm, for the chart's tests. Its own module (helm/go.mod), so its Kubernetes client libraries

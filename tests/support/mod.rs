@@ -6,6 +6,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod control_plane;
+pub mod node;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,18 +29,41 @@ pub fn source_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Admin kubeconfig of the test cluster: `SKEIN_TEST_KUBECONFIG` if set, else the `skein-test`
-/// local cluster, started on first use.
+static CLUSTER: OnceLock<&'static str> = OnceLock::new();
+
+/// Makes this test binary use its own local cluster instead of [`TEST_CLUSTER`] (for tests that
+/// would disturb others, e.g. by running a node). Call before anything else touches the cluster.
+pub fn use_cluster(name: &'static str) {
+    let chosen = *CLUSTER.get_or_init(|| name);
+    assert_eq!(
+        chosen, name,
+        "this test binary already uses cluster {chosen}"
+    );
+}
+
+/// The local cluster this test binary uses.
+pub fn cluster_name() -> &'static str {
+    CLUSTER.get_or_init(|| TEST_CLUSTER)
+}
+
+/// Admin kubeconfig of the test cluster: for the shared `skein-test` cluster
+/// `SKEIN_TEST_KUBECONFIG` if set, else the local cluster (or the one chosen with
+/// [`use_cluster`]), started on first use.
 pub fn kubeconfig() -> &'static Path {
     static KUBECONFIG: OnceLock<PathBuf> = OnceLock::new();
     KUBECONFIG.get_or_init(|| {
-        if let Some(path) = std::env::var_os("SKEIN_TEST_KUBECONFIG") {
+        let name = cluster_name();
+        // The override stands for the shared cluster only; a test binary with its own cluster
+        // (its node agent runs there) must not be pointed elsewhere.
+        if name == TEST_CLUSTER
+            && let Some(path) = std::env::var_os("SKEIN_TEST_KUBECONFIG")
+        {
             return PathBuf::from(path);
         }
-        cluster::ensure_up(source_dir(), TEST_CLUSTER).unwrap_or_else(|err| {
+        cluster::ensure_up(source_dir(), name).unwrap_or_else(|err| {
             panic!(
                 "integration tests need a real cluster and could not start one: {err}\n\
-                 Start it yourself with `tests/cluster/up.sh {TEST_CLUSTER}` (see README.md), \
+                 Start it yourself with `tests/cluster/up.sh {name}` (see README.md), \
                  or point SKEIN_TEST_KUBECONFIG at a kubeconfig."
             )
         })

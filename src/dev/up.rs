@@ -1,0 +1,350 @@
+//! `skein dev up` and `skein dev down`: the whole mesh and its demo on this machine.
+//!
+//! `up` is idempotent: each step reuses what is already there (a healthy cluster, running
+//! background processes, applied objects) and waits for what it needs before moving on.
+
+use std::future::Future;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Node, Secret};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::ApiResource;
+use kube::{Client, ResourceExt};
+
+use super::background::Background;
+use super::cluster;
+use super::node;
+use crate::api::{MeshConfig, crds, names};
+use crate::cli::DevClusterArgs;
+
+/// The sample MeshConfig and the demo application, relative to the source checkout.
+const SAMPLE_MESHCONFIG: &str = "config/samples/meshconfig.yaml";
+const DEMO_MANIFESTS: &str = "config/demo/demo-app.yaml";
+/// The namespace the demo runs in, labelled for injection.
+pub const DEMO_NAMESPACE: &str = "demo";
+const WAIT: Duration = Duration::from_secs(180);
+
+/// `skein dev up`.
+pub async fn up(args: &DevClusterArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let kubeconfig = cluster::ensure_up(&args.source_dir, &args.name)?;
+    let cluster_dir = cluster::state_dir(&args.name);
+    let client = cluster::client(&kubeconfig).await?;
+    crds::install(&client)
+        .await
+        .context("installing the Skein CRDs")?;
+    let ports = LocalPorts::load_or_pick(&cluster_dir)?;
+    let LocalPorts {
+        webhook: webhook_port,
+        operator_metrics: metrics_port,
+        xds: xds_port,
+    } = ports;
+    let skein = std::env::current_exe().context("finding the skein binary")?;
+    let kubeconfig_env = vec![(
+        "KUBECONFIG".to_owned(),
+        kubeconfig.to_string_lossy().into_owned(),
+    )];
+
+    // The node: pods run from here on.
+    let node_name = format!("{}-node", args.name);
+    let node_agent = Background {
+        name: format!("node-{node_name}"),
+        program: skein.clone(),
+        args: vec![
+            "dev".into(),
+            "node".into(),
+            "--cluster".into(),
+            args.name.clone(),
+            "--name".into(),
+            node_name.clone(),
+            "--expose-host-port".into(),
+            xds_port.to_string(),
+            "--source-dir".into(),
+            args.source_dir.to_string_lossy().into_owned(),
+        ],
+        env: Vec::new(),
+    };
+    announce("node", node_agent.ensure(&cluster_dir)?);
+    let nodes: Api<Node> = Api::all(client.clone());
+    wait_for("the node to be Ready", || async {
+        let node = nodes.get_opt(&node_name).await.ok()??;
+        node_ready(&node).then_some(())
+    })
+    .await
+    .with_context(|| format!("see {}", node_agent.log_file(&cluster_dir).display()))?;
+
+    // The operator installs the mesh; the control plane runs here (External mode).
+    let operator = Background {
+        name: "skein-operator".to_owned(),
+        program: skein.clone(),
+        args: vec![
+            "operator".into(),
+            "--lease-namespace".into(),
+            "default".into(),
+            "--metrics-addr".into(),
+            format!("127.0.0.1:{metrics_port}"),
+        ],
+        env: kubeconfig_env.clone(),
+    };
+    announce("operator", operator.ensure(&cluster_dir)?);
+    let node_ip = node::DEFAULT_POD_CIDR
+        .parse::<node::network::Ipv4Cidr>()
+        .map(|cidr| cidr.gateway())
+        .context("the default pod CIDR")?;
+    let mesh = apply_meshconfig(
+        &client,
+        &args.source_dir.join(SAMPLE_MESHCONFIG),
+        &format!("https://127.0.0.1:{webhook_port}/inject"),
+        &format!("{node_ip}:{xds_port}"),
+    )
+    .await?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), names::MESH_NAMESPACE);
+    wait_for("the operator to write the webhook certificate", || async {
+        secrets.get_opt("skein-webhook-tls").await.ok()?.map(|_| ())
+    })
+    .await
+    .with_context(|| format!("see {}", operator.log_file(&cluster_dir).display()))?;
+    let control_plane = Background {
+        name: "skein-control-plane".to_owned(),
+        program: skein,
+        args: vec![
+            "control-plane".into(),
+            "--tls-secret".into(),
+            format!("{}/skein-webhook-tls", names::MESH_NAMESPACE),
+            "--webhook-addr".into(),
+            format!("127.0.0.1:{webhook_port}"),
+        ],
+        env: kubeconfig_env,
+    };
+    announce("control plane", control_plane.ensure(&cluster_dir)?);
+    let meshconfigs: Api<MeshConfig> = Api::all(client.clone());
+    wait_for("the MeshConfig to be Ready", || async {
+        let mc = meshconfigs.get_opt(&mesh).await.ok()??;
+        mc.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+            .then_some(())
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "see {} and {}",
+            operator.log_file(&cluster_dir).display(),
+            control_plane.log_file(&cluster_dir).display()
+        )
+    })?;
+
+    // The demo, meshed.
+    ensure_demo_namespace(&client).await?;
+    apply_manifests(
+        &client,
+        &args.source_dir.join(DEMO_MANIFESTS),
+        DEMO_NAMESPACE,
+    )
+    .await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), DEMO_NAMESPACE);
+    wait_for("the demo's Deployments to be available", || async {
+        let list = deployments.list(&Default::default()).await.ok()?;
+        (!list.items.is_empty() && list.items.iter().all(deployment_available)).then_some(())
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "see `kubectl -n {DEMO_NAMESPACE} get pods` and {}",
+            node_agent.log_file(&cluster_dir).display()
+        )
+    })?;
+
+    let bin_dir = cluster::bin_dir(&args.source_dir)?;
+    println!(
+        "\nSkein is up on local cluster `{name}` ({secs}s): node {node_name}, operator, control plane,\n\
+         and the demo (frontend -> middleware -> backend v1/v2) in namespace `{DEMO_NAMESPACE}`, each pod\n\
+         with its skein-proxy sidecar. The proxies forward TCP transparently for now; HTTP routing,\n\
+         retries and metrics come with the proxy and control-plane work.\n\n\
+         Next:\n  \
+         export KUBECONFIG={kubeconfig}\n  \
+         export PATH={bin_dir}:$PATH   # a kubectl of the cluster's version\n  \
+         kubectl -n {DEMO_NAMESPACE} get pods -o wide\n  \
+         sudo skein dev exec {DEMO_NAMESPACE}/<frontend pod> -c frontend -- curl -s http://frontend/   # the chain of versions\n  \
+         sudo skein dev exec {DEMO_NAMESPACE}/<frontend pod> -c skein-proxy -- curl -s localhost:16000/metrics\n  \
+         skein dev logs {DEMO_NAMESPACE}/<pod> -c <container>\n  \
+         kubectl get meshconfig\n\n\
+         Stop everything and delete its state with `cargo run -- dev down --name {name}`.\n",
+        name = args.name,
+        secs = started.elapsed().as_secs(),
+        kubeconfig = kubeconfig.display(),
+        bin_dir = bin_dir.display(),
+    );
+    Ok(())
+}
+
+/// `skein dev down`: stops the node (its pods and namespaces), the background processes and
+/// the cluster, and deletes the cluster's state.
+pub fn down(args: &DevClusterArgs) -> anyhow::Result<()> {
+    cluster::down(&args.source_dir, &args.name)?;
+    Ok(())
+}
+
+/// Loopback ports of the processes `up` runs outside the cluster, picked once per cluster and
+/// kept in its state directory, so a second `up` (and the MeshConfig) finds the same ones.
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+struct LocalPorts {
+    webhook: u16,
+    operator_metrics: u16,
+    xds: u16,
+}
+
+impl LocalPorts {
+    fn load_or_pick(cluster_dir: &Path) -> anyhow::Result<Self> {
+        let path = cluster_dir.join("dev-ports.json");
+        if let Ok(text) = std::fs::read_to_string(&path)
+            && let Ok(ports) = serde_json::from_str(&text)
+        {
+            return Ok(ports);
+        }
+        let pick = || -> anyhow::Result<u16> {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port())
+        };
+        let ports = Self {
+            webhook: pick()?,
+            operator_metrics: pick()?,
+            xds: pick()?,
+        };
+        std::fs::write(&path, serde_json::to_string(&ports)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(ports)
+    }
+}
+
+fn announce(what: &str, started: bool) {
+    if started {
+        eprintln!("dev up: started the {what}");
+    } else {
+        eprintln!("dev up: the {what} is already running");
+    }
+}
+
+/// Polls `probe` until it returns Some, for at most [`WAIT`].
+async fn wait_for<T, F, Fut>(what: &str, mut probe: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    eprintln!("dev up: waiting for {what}");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(value) = probe().await {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {}s waiting for {what}", WAIT.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn node_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+fn deployment_available(deployment: &Deployment) -> bool {
+    let wanted = deployment.spec.replicas.unwrap_or(1);
+    let status = deployment.status.clone().unwrap_or_default();
+    status.observed_generation == deployment.metadata.generation
+        && status.updated_replicas.unwrap_or(0) == wanted
+        && status.available_replicas.unwrap_or(0) == wanted
+}
+
+/// The sample MeshConfig, switched to External mode: the control plane runs on this machine.
+async fn apply_meshconfig(
+    client: &Client,
+    path: &Path,
+    webhook_url: &str,
+    xds_address: &str,
+) -> anyhow::Result<String> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut mesh: serde_json::Value =
+        serde_yaml_ng::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    mesh["spec"]["controlPlane"] = serde_json::json!({
+        "mode": "External",
+        "external": {"webhookUrl": webhook_url, "xdsAddress": xds_address},
+    });
+    let mesh: MeshConfig = serde_json::from_value(mesh)
+        .with_context(|| format!("{} is not a MeshConfig", path.display()))?;
+    let name = mesh.name_any();
+    Api::<MeshConfig>::all(client.clone())
+        .patch(
+            &name,
+            &PatchParams::apply(names::FIELD_MANAGER).force(),
+            &Patch::Apply(&mesh),
+        )
+        .await
+        .with_context(|| format!("applying {}", path.display()))?;
+    Ok(name)
+}
+
+async fn ensure_demo_namespace(client: &Client) -> anyhow::Result<()> {
+    let namespace: Namespace = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": DEMO_NAMESPACE,
+            "labels": {names::INJECTION_LABEL_KEY: names::INJECTION_LABEL_VALUE},
+        },
+    }))?;
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            DEMO_NAMESPACE,
+            &PatchParams::apply(names::FIELD_MANAGER).force(),
+            &Patch::Apply(&namespace),
+        )
+        .await
+        .with_context(|| format!("creating namespace {DEMO_NAMESPACE}"))?;
+    Ok(())
+}
+
+/// Server-side applies every document of a multi-document YAML file into `namespace`.
+async fn apply_manifests(client: &Client, path: &Path, namespace: &str) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    for document in serde_yaml_ng::Deserializer::from_str(&text) {
+        let value: serde_json::Value = serde::Deserialize::deserialize(document)
+            .with_context(|| format!("parsing {}", path.display()))?;
+        if value.is_null() {
+            continue;
+        }
+        let object: DynamicObject = serde_json::from_value(value).with_context(|| {
+            format!("{}: a document is not a Kubernetes object", path.display())
+        })?;
+        let types = object
+            .types
+            .clone()
+            .with_context(|| format!("{}: a document has no apiVersion/kind", path.display()))?;
+        let gvk = GroupVersionKind::try_from(&types)
+            .with_context(|| format!("{}: bad apiVersion {}", path.display(), types.api_version))?;
+        let resource = ApiResource::from_gvk(&gvk);
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+        api.patch(
+            &object.name_any(),
+            &PatchParams::apply(names::FIELD_MANAGER).force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .with_context(|| format!("applying {} {}", types.kind, object.name_any()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,256 @@
+//! The admin server on the admin port (plain HTTP; the capture rules never redirect it):
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /live` | 200 while the process serves HTTP at all |
+//! | `GET /ready` | 200 while the listeners accept connections; 503 once draining |
+//! | `GET /metrics` | the [`metrics`](super::metrics), OpenMetrics text |
+//! | `POST /drain` | stop accepting (new connections are refused, `/ready` 503); in-flight connections continue and the process keeps running. Answers once the listeners are closed |
+//! | `POST /shutdown` | drain, then exit once in-flight connections are done or the drain timeout has passed (what a Job's app calls when it is done, if the proxy is not a native sidecar) |
+//!
+//! The server listens on `0.0.0.0` and, with IPv6, `[::]`, so kubelet probes reach it on
+//! single- and dual-stack clusters alike.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::Shared;
+
+/// What the admin server asks of [`run`](super::run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AdminCommand {
+    Drain,
+    Shutdown,
+}
+
+#[derive(Debug)]
+pub(crate) struct AdminRequest {
+    pub command: AdminCommand,
+    /// Answered once the listeners are closed.
+    pub done: oneshot::Sender<()>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct AdminState {
+    /// True from the moment every listener accepts until the drain has closed them.
+    pub ready: Arc<AtomicBool>,
+    pub shared: Arc<Shared>,
+    pub commands: mpsc::Sender<AdminRequest>,
+}
+
+pub(crate) fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/live", get(|| async { "live\n" }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/drain", post(drain))
+        .route("/shutdown", post(shutdown))
+        .with_state(state)
+}
+
+/// Serves the admin API on `listeners` until `stop` becomes true, then finishes the requests in
+/// progress.
+pub(crate) async fn serve(
+    listeners: Vec<TcpListener>,
+    state: AdminState,
+    stop: watch::Receiver<bool>,
+) {
+    let app = router(state);
+    let servers = listeners.into_iter().map(|listener| {
+        let local = listener.local_addr().ok();
+        let mut stop = stop.clone();
+        let server = axum::serve(listener, app.clone()).with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        });
+        async move {
+            if let Err(err) = server.await {
+                tracing::warn!(listener = ?local, error = %err, "the admin server stopped");
+            }
+        }
+    });
+    futures::future::join_all(servers).await;
+}
+
+async fn ready(State(state): State<AdminState>) -> Response {
+    if state.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else if state.shared.drain.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    match state.shared.metrics.encode() {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n")).into_response(),
+    }
+}
+
+async fn drain(State(state): State<AdminState>) -> Response {
+    request(&state, AdminCommand::Drain).await;
+    let in_flight = state.shared.drain.active();
+    tracing::info!(in_flight, "draining on POST /drain");
+    format!("draining: new connections are refused; {in_flight} in flight\n").into_response()
+}
+
+async fn shutdown(State(state): State<AdminState>) -> Response {
+    request(&state, AdminCommand::Shutdown).await;
+    let in_flight = state.shared.drain.active();
+    tracing::info!(in_flight, "shutting down on POST /shutdown");
+    format!("shutting down: exiting once {in_flight} in-flight connections are done\n")
+        .into_response()
+}
+
+/// Asks [`run`](super::run) to act and waits until the listeners are closed. If `run` no longer
+/// takes requests it is already shutting down, which is what was asked for.
+async fn request(state: &AdminState, command: AdminCommand) {
+    let (done, acknowledged) = oneshot::channel();
+    if state
+        .commands
+        .send(AdminRequest { command, done })
+        .await
+        .is_ok()
+    {
+        let _ = acknowledged.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+    use crate::proxy::drain::Drain;
+    use crate::proxy::metrics::Metrics;
+
+    struct Server {
+        addr: SocketAddr,
+        state: AdminState,
+        stop: watch::Sender<bool>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    async fn start() -> (Server, mpsc::Receiver<AdminRequest>) {
+        let (commands, requests) = mpsc::channel(1);
+        let state = AdminState {
+            ready: Arc::new(AtomicBool::new(true)),
+            shared: Arc::new(Shared {
+                metrics: Metrics::new(),
+                drain: Drain::new(),
+                connect_timeout: Duration::from_secs(1),
+                own_ports: [16001, 16006, 16000],
+            }),
+            commands,
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(serve(vec![listener], state.clone(), stopped));
+        let server = Server {
+            addr,
+            state,
+            stop,
+            task,
+        };
+        (server, requests)
+    }
+
+    /// One HTTP/1.1 request; the status code and the body.
+    async fn call(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+        let exchange = async {
+            let mut stream = TcpStream::connect(addr).await.expect("connect");
+            let request =
+                format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+            stream.write_all(request.as_bytes()).await.expect("write");
+            let mut response = String::new();
+            stream.read_to_string(&mut response).await.expect("read");
+            response
+        };
+        let response = tokio::time::timeout(Duration::from_secs(5), exchange)
+            .await
+            .expect("admin answered in time");
+        let status = response
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    #[tokio::test]
+    async fn probes_and_metrics() {
+        let (server, _requests) = start().await;
+        let addr = server.addr;
+        assert_eq!(call(addr, "GET", "/live").await.0, 200);
+        assert_eq!(call(addr, "GET", "/ready").await.0, 200);
+        let (status, text) = call(addr, "GET", "/metrics").await;
+        assert_eq!(status, 200);
+        assert!(
+            text.contains("skein_proxy_tcp_connections_opened_total"),
+            "{text}"
+        );
+
+        server.state.shared.drain.stop_accepting();
+        server.state.ready.store(false, Ordering::SeqCst);
+        assert_eq!(
+            call(addr, "GET", "/ready").await,
+            (503, "draining\n".to_owned())
+        );
+        assert_eq!(call(addr, "GET", "/drain").await.0, 405);
+
+        let _ = server.stop.send(true);
+        tokio::time::timeout(Duration::from_secs(5), server.task)
+            .await
+            .expect("the server stops when told")
+            .expect("server task");
+    }
+
+    #[tokio::test]
+    async fn drain_and_shutdown_answer_once_run_acknowledges() {
+        let (server, mut requests) = start().await;
+        let run = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some(AdminRequest { command, done }) = requests.recv().await {
+                seen.push(command);
+                let _ = done.send(());
+                if command == AdminCommand::Shutdown {
+                    break;
+                }
+            }
+            seen
+        });
+        assert_eq!(call(server.addr, "POST", "/drain").await.0, 200);
+        assert_eq!(call(server.addr, "POST", "/shutdown").await.0, 200);
+        // `run` has stopped taking requests: still answered.
+        assert_eq!(call(server.addr, "POST", "/shutdown").await.0, 200);
+        assert_eq!(
+            run.await.expect("run"),
+            [AdminCommand::Drain, AdminCommand::Shutdown]
+        );
+    }
+}

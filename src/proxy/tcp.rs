@@ -1,0 +1,298 @@
+//! Opaque TCP forwarding: connect to the target, then copy bytes both ways until both sides are
+//! done.
+//!
+//! - Half-close is forwarded: when one side finishes sending (EOF), the proxy shuts down its
+//!   write side towards the other and keeps copying the other way, so request/response protocols
+//!   that signal the end of a request with a FIN work.
+//! - Failures are forwarded as failures: if the upstream cannot be reached (refused, or no
+//!   answer within the connect timeout) or either side breaks mid-stream, the proxy resets
+//!   (`SO_LINGER` 0, then close) rather than closing cleanly, so the other end does not mistake
+//!   it for a complete exchange.
+//! - `TCP_NODELAY` on both sides: the proxy must not add Nagle delays to what the app writes.
+//! - No idle timeout: an idle opaque connection lives as long as both ends keep it.
+
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::listen::Accepted;
+use super::{Direction, Shared};
+
+/// The upstream could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot connect to {target}")]
+    Io {
+        target: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot connect to {target}: no answer within {timeout:?}")]
+    Timeout {
+        target: SocketAddr,
+        timeout: Duration,
+    },
+}
+
+/// Connects to `target` within `timeout`.
+pub async fn connect(target: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
+    match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(source)) => Err(ConnectError::Io { target, source }),
+        Err(_) => Err(ConnectError::Timeout { target, timeout }),
+    }
+}
+
+/// Closes `stream` with a reset when it is dropped (best effort).
+pub fn reset(stream: &TcpStream) {
+    if let Err(err) = stream.set_zero_linger() {
+        tracing::debug!(error = %err, "cannot set SO_LINGER 0; the connection closes normally");
+    }
+}
+
+fn set_nodelay(stream: &TcpStream) {
+    if let Err(err) = stream.set_nodelay(true) {
+        tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+    }
+}
+
+/// Counts a forwarded connection as closed however its task ends (even if it is cancelled).
+struct CountClosed<'a>(&'a Counter);
+
+impl Drop for CountClosed<'_> {
+    fn drop(&mut self) {
+        self.0.inc();
+    }
+}
+
+/// Forwards one accepted connection to its target until both sides are done, a side fails, or
+/// the drain runs out of time.
+pub(crate) async fn forward(accepted: Accepted, shared: &Shared) {
+    let Accepted {
+        stream: client,
+        peer,
+        direction,
+        target,
+    } = accepted;
+    let metrics = shared.metrics.tcp(direction);
+    metrics.opened.inc();
+    let _closed = CountClosed(&metrics.closed);
+    set_nodelay(&client);
+
+    let connected = tokio::select! {
+        biased;
+        () = shared.drain.aborted() => {
+            reset(&client);
+            return;
+        }
+        connected = connect(target, shared.connect_timeout) => connected,
+    };
+    let upstream = match connected {
+        Ok(upstream) => upstream,
+        Err(err) => {
+            metrics.connect_failures.inc();
+            tracing::warn!(
+                %direction,
+                %peer,
+                error = %ErrorChain(&err),
+                "upstream unreachable: resetting the client connection"
+            );
+            reset(&client);
+            return;
+        }
+    };
+    set_nodelay(&upstream);
+
+    // The app's side is local; bytes exchanged with the other side leave or enter the pod.
+    let (mut local, remote) = match direction {
+        Direction::Outbound => (client, upstream),
+        Direction::Inbound => (upstream, client),
+    };
+    let mut remote = Counted::new(
+        remote,
+        metrics.bytes_sent.clone(),
+        metrics.bytes_received.clone(),
+    );
+    let started = Instant::now();
+    let outcome = tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut local, &mut remote) => Some(copied),
+        () = shared.drain.aborted() => None,
+    };
+    let (sent, received) = (remote.sent(), remote.received());
+    let duration = started.elapsed();
+    match outcome {
+        Some(Ok(_)) => {
+            tracing::debug!(%direction, %peer, %target, sent, received, ?duration, "closed");
+        }
+        Some(Err(err)) => {
+            reset(&local);
+            reset(remote.get_ref());
+            tracing::debug!(
+                %direction, %peer, %target, sent, received, ?duration, error = %err,
+                "connection broke: reset both sides"
+            );
+        }
+        None => {
+            reset(&local);
+            reset(remote.get_ref());
+            tracing::debug!(
+                %direction, %peer, %target, sent, received, ?duration,
+                "still open at the end of the drain: reset"
+            );
+        }
+    }
+}
+
+/// An error and its sources on one line (what `{:#}` does for anyhow).
+struct ErrorChain<'a>(&'a dyn std::error::Error);
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(err) = source {
+            write!(f, ": {err}")?;
+            source = err.source();
+        }
+        Ok(())
+    }
+}
+
+/// A stream that counts the bytes read from it as received and the bytes written to it as sent,
+/// into both a metric and its own totals.
+#[derive(Debug)]
+pub struct Counted<T> {
+    inner: T,
+    sent_metric: Counter,
+    received_metric: Counter,
+    sent: u64,
+    received: u64,
+}
+
+impl<T> Counted<T> {
+    pub fn new(inner: T, sent: Counter, received: Counter) -> Self {
+        Self {
+            inner,
+            sent_metric: sent,
+            received_metric: received,
+            sent: 0,
+            received: 0,
+        }
+    }
+
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
+    /// Bytes written so far.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Bytes read so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    fn count_sent(&mut self, n: usize) {
+        let n = n as u64;
+        self.sent += n;
+        self.sent_metric.inc_by(n);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        let n = (buf.filled().len() - before) as u64;
+        this.received += n;
+        this.received_metric.inc_by(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let n = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
+        this.count_sent(n);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let n = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs))?;
+        this.count_sent(n);
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn counted_streams_count_both_ways() {
+        let (sent, received) = (Counter::default(), Counter::default());
+        let (near, mut far) = tokio::io::duplex(64);
+        let mut counted = Counted::new(near, sent.clone(), received.clone());
+
+        counted.write_all(b"hello").await.expect("write");
+        let mut buf = [0u8; 5];
+        far.read_exact(&mut buf).await.expect("read");
+        far.write_all(b"hi").await.expect("write back");
+        let mut buf = [0u8; 2];
+        counted.read_exact(&mut buf).await.expect("read back");
+
+        assert_eq!((counted.sent(), counted.received()), (5, 2));
+        assert_eq!((sent.get(), received.get()), (5, 2));
+    }
+
+    #[tokio::test]
+    async fn connect_reports_refusal_with_the_target() {
+        // A port that was just free: refused.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        drop(listener);
+        let err = connect(addr, Duration::from_secs(5))
+            .await
+            .expect_err("nothing listens");
+        assert!(matches!(err, ConnectError::Io { target, .. } if target == addr));
+        assert!(ErrorChain(&err).to_string().contains(&addr.to_string()));
+    }
+}

@@ -1,0 +1,259 @@
+//! `skein dev up` / `skein dev down`, the README's main command, on a cluster of their own
+//! (`skein-test-devup`): up brings the meshed demo up and is idempotent; a request to the frontend
+//! crosses all three tiers; down leaves no processes, network namespaces, veths or mounts behind.
+//! Needs root, iproute2 and iptables (tests never skip).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
+use skein::dev::cluster;
+
+const CLUSTER: &str = "skein-test-devup";
+const SKEIN: &str = env!("CARGO_BIN_EXE_skein");
+
+fn skein_dev(args: &[&str]) -> Output {
+    Command::new(SKEIN)
+        .arg("dev")
+        .args(args)
+        .args(["--name", CLUSTER])
+        .env("SKEIN_SOURCE_DIR", support::source_dir())
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .output()
+        .expect("running skein dev")
+}
+
+fn assert_success(what: &str, out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// What the node leaves on the machine while it runs: process IDs (with their start times, so a
+/// reused PID is not mistaken for a survivor) and network namespace names.
+#[derive(Debug, Default)]
+struct Footprint {
+    processes: Vec<(i32, String)>,
+    netns: Vec<String>,
+}
+
+impl Footprint {
+    /// Reads the node's state directory: every recorded pod and node-level process and netns.
+    fn recorded(state_dir: &Path) -> Self {
+        let mut footprint = Self::default();
+        for file in files_under(state_dir) {
+            let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let parent = file
+                .parent()
+                .and_then(|p| p.file_name())
+                .and_then(|n| n.to_str())
+                .unwrap_or("");
+            let Ok(text) = std::fs::read_to_string(&file) else {
+                continue;
+            };
+            if name == "netns" {
+                footprint.netns.push(text.trim().to_owned());
+            } else if parent == "pids" || name.ends_with(".pid") {
+                let mut fields = text.split_whitespace();
+                if let Some(pid) = fields.next().and_then(|p| p.parse().ok()) {
+                    footprint
+                        .processes
+                        .push((pid, fields.next().unwrap_or("").to_owned()));
+                }
+            }
+        }
+        footprint
+    }
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            // Pods' volumes hold user data, not the node's records.
+            if path.file_name().is_some_and(|n| n == "volumes") {
+                continue;
+            }
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => pending.push(path),
+                Ok(t) if t.is_file() => files.push(path),
+                _ => {}
+            }
+        }
+    }
+    files
+}
+
+/// True if `pid` runs and (when known) started at `start_time` (field 22 of /proc/PID/stat).
+fn still_running(pid: i32, start_time: &str) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    // Fields after the name start at field 3 (state); start time is field 22.
+    let started = after_name.split_whitespace().nth(19).unwrap_or("");
+    start_time.is_empty() || started == start_time
+}
+
+fn netns_list() -> String {
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn host_links() -> String {
+    let out = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .expect("ip link show");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn dev_up_brings_the_meshed_demo_up_and_dev_down_leaves_nothing_behind() {
+    assert!(
+        nix_is_root(),
+        "skein dev up needs root (the node creates network namespaces)"
+    );
+    let links_before = host_links();
+
+    let printed = assert_success("skein dev up", &skein_dev(&["up"]));
+    assert!(
+        printed.contains("skein dev exec demo/"),
+        "up tells the user what to do next:\n{printed}"
+    );
+    // Idempotent: a second run reuses everything and succeeds.
+    let again = skein_dev(&["up"]);
+    let again_stderr = String::from_utf8_lossy(&again.stderr).into_owned();
+    assert_success("a second skein dev up", &again);
+    assert!(
+        again_stderr.contains("the node is already running")
+            && again_stderr.contains("the control plane is already running"),
+        "{again_stderr}"
+    );
+
+    // The demo pods are meshed and Ready.
+    support::use_cluster(CLUSTER);
+    let client = support::client().await;
+    let pods: Api<Pod> = Api::namespaced(client, "demo");
+    let list = pods
+        .list(&ListParams::default())
+        .await
+        .expect("listing demo pods");
+    assert_eq!(
+        list.items.len(),
+        4,
+        "frontend, middleware, backend v1 and v2"
+    );
+    for pod in &list.items {
+        let containers: Vec<&str> = pod
+            .spec
+            .iter()
+            .flat_map(|s| {
+                s.containers
+                    .iter()
+                    .chain(s.init_containers.iter().flatten())
+            })
+            .map(|c| c.name.as_str())
+            .collect();
+        assert!(
+            containers.contains(&"skein-proxy") && containers.contains(&"skein-init"),
+            "{} is meshed: {containers:?}",
+            pod.name_any()
+        );
+        assert!(support::node::pod_ready(pod), "{} is Ready", pod.name_any());
+    }
+    let frontend = list
+        .items
+        .iter()
+        .find(|p| p.labels().get("app").map(String::as_str) == Some("frontend"))
+        .expect("a frontend pod")
+        .name_any();
+
+    // A user's request: frontend -> middleware -> backend, each hop through the sidecars.
+    let exec = Command::new(SKEIN)
+        .args(["dev", "exec", "--cluster", CLUSTER])
+        .arg(format!("demo/{frontend}"))
+        .args(["-c", "frontend", "--", "curl", "-sS", "--max-time", "10"])
+        .arg("http://frontend/")
+        .output()
+        .expect("running skein dev exec");
+    let body = assert_success("curl http://frontend/ from the frontend pod", &exec);
+    let reply: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    let roles: Vec<&str> = reply["chain"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|hop| hop["role"].as_str())
+        .collect();
+    assert_eq!(roles, ["frontend", "middleware", "backend"], "{reply}");
+
+    // Down: nothing of the node survives.
+    let state_dir = cluster::state_dir(CLUSTER);
+    let footprint = Footprint::recorded(&state_dir);
+    assert!(
+        footprint.netns.len() >= 5 && footprint.processes.len() >= 8,
+        "the node's records were found: {footprint:?}"
+    );
+    assert_success("skein dev down", &skein_dev(&["down"]));
+
+    let survivors: Vec<_> = footprint
+        .processes
+        .iter()
+        .filter(|(pid, start)| still_running(*pid, start))
+        .collect();
+    assert!(
+        survivors.is_empty(),
+        "processes left running: {survivors:?}"
+    );
+    let namespaces = netns_list();
+    let left: Vec<_> = footprint
+        .netns
+        .iter()
+        .filter(|n| {
+            namespaces
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(n))
+        })
+        .collect();
+    assert!(left.is_empty(), "network namespaces left: {left:?}");
+    assert!(!namespaces.contains(CLUSTER), "{namespaces}");
+    let new_links: Vec<_> = host_links()
+        .lines()
+        .filter(|l| !links_before.contains(l.split(':').nth(1).unwrap_or(l)))
+        .map(str::to_owned)
+        .collect();
+    assert!(new_links.is_empty(), "host links left: {new_links:?}");
+    let image_dirs: Vec<_> = std::fs::read_dir("/run/skein-dev-node")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(CLUSTER))
+        .map(|e| e.path())
+        .collect();
+    assert!(image_dirs.is_empty(), "left behind: {image_dirs:?}");
+    assert!(!state_dir.exists(), "{} deleted", state_dir.display());
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: a plain syscall without arguments.
+    unsafe { libc::geteuid() == 0 }
+}
