@@ -99,14 +99,20 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// True if `pid` runs and (when known) started at `start_time` (field 22 of /proc/PID/stat).
+/// True if `pid` runs (a zombie does not) and, when known, started at `start_time` (field 22 of
+/// /proc/PID/stat).
 fn still_running(pid: i32, start_time: &str) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
     let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    // Fields after the name start at field 3 (state); start time is field 22.
-    let started = after_name.split_whitespace().nth(19).unwrap_or("");
+    // Fields after the name start at field 3 (state); start time is field 22. A zombie has
+    // exited (only its parent has not collected it yet).
+    let mut fields = after_name.split_whitespace();
+    if fields.next() == Some("Z") {
+        return false;
+    }
+    let started = fields.nth(18).unwrap_or("");
     start_time.is_empty() || started == start_time
 }
 
