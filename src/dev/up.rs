@@ -165,8 +165,8 @@ pub async fn up(args: &DevClusterArgs) -> anyhow::Result<()> {
     println!(
         "\nSkein is up on local cluster `{name}` ({secs}s): node {node_name}, operator, control plane,\n\
          and the demo (frontend -> middleware -> backend v1/v2) in namespace `{DEMO_NAMESPACE}`, each pod\n\
-         with its skein-proxy sidecar. The proxies forward TCP transparently for now; HTTP routing,\n\
-         retries and metrics come with the proxy and control-plane work.\n\n\
+         with its skein-proxy sidecar. The proxies measure every request (see their metrics); they\n\
+         run without a control plane configuration yet, so traffic goes where the app sends it.\n\n\
          Next:\n  \
          export KUBECONFIG={kubeconfig}\n  \
          export PATH={bin_dir}:$PATH   # a kubectl of the cluster's version\n  \

@@ -5,6 +5,7 @@
 //! | `GET /live` | 200 while the process serves HTTP at all |
 //! | `GET /ready` | 200 while the listeners accept connections; 503 once draining |
 //! | `GET /metrics` | the [`metrics`](super::metrics), OpenMetrics text |
+//! | `GET /config` | the active configuration as JSON: `version`, `passthrough` (no `--config`), `config` (as loaded) and `ejected` (endpoints outlier detection has ejected now, per service) |
 //! | `POST /drain` | stop accepting (new connections are refused, `/ready` 503); in-flight connections continue and the process keeps running. Answers once the listeners are closed |
 //! | `POST /shutdown` | drain, then exit once in-flight connections are done or the drain timeout has passed (what a Job's app calls when it is done, if the proxy is not a native sidecar) |
 //!
@@ -51,6 +52,7 @@ pub(crate) fn router(state: AdminState) -> Router {
         .route("/live", get(|| async { "live\n" }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/config", get(config))
         .route("/drain", post(drain))
         .route("/shutdown", post(shutdown))
         .with_state(state)
@@ -101,6 +103,30 @@ async fn metrics(State(state): State<AdminState>) -> Response {
             .into_response(),
         Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n")).into_response(),
     }
+}
+
+async fn config(State(state): State<AdminState>) -> Response {
+    let config = state.shared.config.current();
+    let now = std::time::Instant::now();
+    let ejected: serde_json::Map<String, serde_json::Value> = config
+        .services()
+        .filter_map(|service| {
+            let ejected = service.balancer.ejected(now);
+            (!ejected.is_empty()).then(|| {
+                (
+                    format!("{}:{}", service.name, service.port),
+                    serde_json::json!(ejected),
+                )
+            })
+        })
+        .collect();
+    axum::Json(serde_json::json!({
+        "version": config.source.version,
+        "passthrough": config.passthrough,
+        "config": config.source,
+        "ejected": ejected,
+    }))
+    .into_response()
 }
 
 async fn drain(State(state): State<AdminState>) -> Response {
@@ -157,6 +183,10 @@ mod tests {
             ready: Arc::new(AtomicBool::new(true)),
             shared: Arc::new(Shared {
                 metrics: Metrics::new(),
+                config: Arc::new(crate::proxy::config::ConfigStore::new(
+                    crate::proxy::config::Compiled::passthrough(),
+                )),
+                upstreams: crate::proxy::http::upstream::Upstreams::new(Duration::from_secs(1)),
                 drain: Drain::new(),
                 connect_timeout: Duration::from_secs(1),
                 own_ports: [16001, 16006, 16000],

@@ -20,13 +20,18 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-use super::metrics::RejectReason;
+use bytes::Bytes;
+
+use super::balance::Outcome;
+use super::config::{EgressProtocol, Protocol};
+use super::detect::{Detected, Detection, PrefixedIo, detect};
+use super::metrics::{ProtocolLabels, RejectReason};
 use super::original_dst::original_dst;
-use super::{Direction, Shared, tcp};
+use super::{Direction, Shared, http, tcp};
 
 /// Pending-connection queue of each listener (the kernel caps it at `net.core.somaxconn`).
 const BACKLOG: u32 = 1024;
@@ -145,27 +150,11 @@ pub(crate) async fn accept_loop(listener: TcpListener, direction: Direction, sha
     tracing::debug!(%direction, listener = ?local, "listener closed");
 }
 
-/// A connection that was accepted, with where it is going.
-#[derive(Debug)]
-pub struct Accepted {
-    pub stream: TcpStream,
-    pub peer: SocketAddr,
-    pub direction: Direction,
-    /// Where to connect: the original destination, or the app for inbound connections.
-    pub target: SocketAddr,
-}
-
-async fn handle(stream: TcpStream, peer: SocketAddr, direction: Direction, shared: &Shared) {
+async fn handle(stream: TcpStream, peer: SocketAddr, direction: Direction, shared: &Arc<Shared>) {
     match target(direction, &stream, &shared.own_ports) {
         Ok(target) => {
             tracing::debug!(%direction, %peer, %target, "accepted");
-            let accepted = Accepted {
-                stream,
-                peer,
-                direction,
-                target,
-            };
-            tcp::forward(accepted, shared).await;
+            dispatch(stream, peer, direction, target, shared).await;
         }
         Err(rejected) => {
             shared
@@ -182,6 +171,94 @@ async fn handle(stream: TcpStream, peer: SocketAddr, direction: Direction, share
                 "refusing a connection"
             );
             tcp::reset(&stream);
+        }
+    }
+}
+
+/// Decides how a connection is handled: HTTP by the HTTP proxy, anything else as opaque TCP
+/// (to a mesh service's endpoint, or to its original destination if the egress policy lets
+/// it out).
+async fn dispatch(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    direction: Direction,
+    target: SocketAddr,
+    shared: &Arc<Shared>,
+) {
+    let config = shared.config.current();
+    let service = match direction {
+        Direction::Outbound => config.service_at(target).cloned(),
+        Direction::Inbound => None,
+    };
+    let opaque = config.opaque_ports.contains(&target.port())
+        || service
+            .as_ref()
+            .is_some_and(|s| s.protocol == Protocol::Opaque);
+    let detection = if opaque {
+        Detection {
+            protocol: Detected::Opaque,
+            sni: None,
+            prefix: Bytes::new(),
+        }
+    } else {
+        match detect(&mut stream, config.source.detect_timeout.as_std()).await {
+            Ok(detection) => detection,
+            Err(err) => {
+                tracing::debug!(%direction, %peer, error = %err, "connection failed during protocol detection");
+                tcp::reset(&stream);
+                return;
+            }
+        }
+    };
+    let client = PrefixedIo::new(detection.prefix, stream);
+    match (detection.protocol, direction) {
+        (Detected::Http1 | Detected::Http2, _) => {
+            let connection = http::Connection {
+                direction,
+                peer,
+                target,
+            };
+            let http2 = detection.protocol == Detected::Http2;
+            http::serve(client, http2, connection, shared.clone()).await;
+        }
+        (_, Direction::Inbound) => {
+            tcp::forward(client, peer, direction, target, shared).await;
+        }
+        (protocol, Direction::Outbound) => {
+            if let Some(service) = service {
+                let mut rng = fastrand::Rng::new();
+                let Some(pick) = service.balancer.pick(None, &[], Instant::now(), &mut rng) else {
+                    tracing::info!(%peer, service = %service.name, "no endpoints: resetting the connection");
+                    tcp::reset(client.get_ref());
+                    return;
+                };
+                let reached = tcp::forward(client, peer, direction, pick.address(), shared).await;
+                // A connection's lifetime says nothing about the endpoint's latency; only a
+                // failed connect is worth telling the balancer.
+                let outcome = if reached {
+                    Outcome::Cancelled
+                } else {
+                    Outcome::ConnectFailure
+                };
+                pick.finish(outcome, Instant::now());
+                return;
+            }
+            let (host, egress_protocol, label) = match (&detection.sni, protocol) {
+                (Some(sni), Detected::Tls) => (sni.clone(), EgressProtocol::Tls, "tls"),
+                _ => (target.ip().to_string(), EgressProtocol::Tcp, "tcp"),
+            };
+            if !config.allow_any() && !config.egress.allows(&host, target.port(), egress_protocol) {
+                shared
+                    .metrics
+                    .http
+                    .egress_blocked
+                    .get_or_create(&ProtocolLabels { protocol: label })
+                    .inc();
+                tracing::info!(%peer, %target, %host, protocol = label, "egress blocked: resetting the connection");
+                tcp::reset(client.get_ref());
+                return;
+            }
+            tcp::forward(client, peer, direction, target, shared).await;
         }
     }
 }

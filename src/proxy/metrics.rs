@@ -8,6 +8,22 @@
 //! | `skein_proxy_tcp_bytes_total` | `direction`, `flow` | bytes forwarded |
 //! | `skein_proxy_tcp_connections_rejected_total` | `direction`, `reason` | connections closed at once, without connecting anywhere |
 //!
+//! | `skein_proxy_requests_total` | request labels (below) | HTTP requests answered, by response |
+//! | `skein_proxy_request_duration_milliseconds` | `direction`, `destination_service`, `classification` | histogram: request start to the end of the response |
+//! | `skein_proxy_retries_total` | `destination_service`, `result` | retries sent (`result=sent`) or refused by the retry budget (`result=budget_exhausted`) |
+//! | `skein_proxy_local_responses_total` | `direction`, `reason` | responses the proxy made itself instead of an upstream's: `egress_blocked`, `no_endpoints`, `connect_failure`, `timeout`, `overloaded`, `upstream_reset`, `fault_abort`, `bad_request` |
+//! | `skein_proxy_egress_blocked_total` | `protocol` | requests (`http`) and connections (`tls`, `tcp`) to unknown destinations refused under `RegistryOnly` |
+//! | `skein_proxy_outlier_ejections_total` | `destination_service` | endpoints ejected by outlier detection |
+//! | `skein_proxy_config_reloads_total` | `result` | configuration changes `applied` or `rejected` (the previous one stays) |
+//! | `skein_proxy_config_info` | `version` | 1 for the active configuration's version |
+//!
+//! Request labels, as the meshes users know name them: `direction`, `protocol` (`http` or
+//! `grpc`), `source_workload`, `source_namespace`, `destination_service`,
+//! `destination_workload`, `destination_namespace`, `status_code` (HTTP status; 0 if the
+//! client went away first), `grpc_status` (empty for plain HTTP) and `classification`:
+//! `failure` for 5xx, a gRPC status other than OK, or no response; `success` otherwise.
+//! Outbound, the source is this proxy's workload; inbound, the destination is.
+//!
 //! Labels:
 //! - `direction`: `outbound` (the app connecting out) or `inbound` (a client connecting to the
 //!   pod).
@@ -26,6 +42,8 @@ use std::fmt;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use super::Direction;
@@ -101,6 +119,165 @@ pub struct Metrics {
     registry: Registry,
     inbound: TcpMetrics,
     outbound: TcpMetrics,
+    pub http: HttpMetrics,
+}
+
+/// Labels of one answered HTTP request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub direction: Direction,
+    pub protocol: &'static str,
+    pub source_workload: String,
+    pub source_namespace: String,
+    pub destination_service: String,
+    pub destination_workload: String,
+    pub destination_namespace: String,
+    pub status_code: u16,
+    pub grpc_status: String,
+    pub classification: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct LatencyLabels {
+    pub direction: Direction,
+    pub destination_service: String,
+    pub classification: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RetryLabels {
+    pub destination_service: String,
+    pub result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct LocalResponseLabels {
+    pub direction: Direction,
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ProtocolLabels {
+    pub protocol: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub destination_service: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub version: String,
+}
+
+type LatencyFamily = Family<LatencyLabels, Histogram, fn() -> Histogram>;
+
+/// Request-level metrics (HTTP, gRPC) and the proxy's own events.
+#[derive(Debug, Clone)]
+pub struct HttpMetrics {
+    pub requests: Family<RequestLabels, Counter>,
+    pub latency: LatencyFamily,
+    pub retries: Family<RetryLabels, Counter>,
+    pub local_responses: Family<LocalResponseLabels, Counter>,
+    pub egress_blocked: Family<ProtocolLabels, Counter>,
+    pub outlier_ejections: Family<ServiceLabels, Counter>,
+    pub config_reloads: Family<ResultLabels, Counter>,
+    pub config_info: Family<VersionLabels, Gauge>,
+}
+
+/// Latency buckets in milliseconds: sub-millisecond hops up to ten-second stalls.
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
+    ])
+}
+
+impl HttpMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            retries: Family::default(),
+            local_responses: Family::default(),
+            egress_blocked: Family::default(),
+            outlier_ejections: Family::default(),
+            config_reloads: Family::default(),
+            config_info: Family::default(),
+        };
+        registry.register(
+            "requests",
+            "HTTP requests answered",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "request_duration_milliseconds",
+            "Request start to the end of the response",
+            metrics.latency.clone(),
+        );
+        registry.register(
+            "retries",
+            "Retries sent, or refused by the retry budget",
+            metrics.retries.clone(),
+        );
+        registry.register(
+            "local_responses",
+            "Responses the proxy made itself",
+            metrics.local_responses.clone(),
+        );
+        registry.register(
+            "egress_blocked",
+            "Traffic to unknown destinations refused under RegistryOnly",
+            metrics.egress_blocked.clone(),
+        );
+        registry.register(
+            "outlier_ejections",
+            "Endpoints ejected by outlier detection",
+            metrics.outlier_ejections.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration changes applied or rejected",
+            metrics.config_reloads.clone(),
+        );
+        registry.register(
+            "config_info",
+            "The active configuration's version",
+            metrics.config_info.clone(),
+        );
+        for result in ["applied", "rejected"] {
+            let _ = metrics
+                .config_reloads
+                .get_or_create(&ResultLabels { result });
+        }
+        for protocol in ["http", "tls", "tcp"] {
+            let _ = metrics
+                .egress_blocked
+                .get_or_create(&ProtocolLabels { protocol });
+        }
+        metrics
+    }
+
+    /// Marks `version` as the active configuration.
+    pub fn set_config_version(&self, version: &str) {
+        self.config_info.clear();
+        self.config_info
+            .get_or_create(&VersionLabels {
+                version: version.to_owned(),
+            })
+            .set(1);
+    }
+
+    pub fn local_response(&self, direction: Direction, reason: &'static str) {
+        self.local_responses
+            .get_or_create(&LocalResponseLabels { direction, reason })
+            .inc();
+    }
 }
 
 /// The TCP counters of one direction.
@@ -190,10 +367,12 @@ impl Metrics {
             }
         };
         let (inbound, outbound) = (tcp(Direction::Inbound), tcp(Direction::Outbound));
+        let http = HttpMetrics::register(&mut registry);
         Self {
             registry,
             inbound,
             outbound,
+            http,
         }
     }
 

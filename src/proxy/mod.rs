@@ -28,10 +28,19 @@
 //! steps only; the process keeps running until it is told to exit.
 
 pub mod admin;
+pub mod balance;
+pub mod config;
+pub mod detect;
 pub mod drain;
+pub mod egress;
+pub mod headers;
+pub mod http;
 pub mod listen;
 pub mod metrics;
 pub mod original_dst;
+pub mod retry;
+pub mod routes;
+pub mod sni;
 pub mod tcp;
 
 use std::fmt;
@@ -47,6 +56,7 @@ use tokio::task::JoinHandle;
 use crate::api::names;
 
 use self::admin::{AdminCommand, AdminRequest};
+use self::config::{Compiled, ConfigStore};
 use self::drain::Drain;
 use self::metrics::Metrics;
 
@@ -73,6 +83,10 @@ pub struct ProxyArgs {
     /// Connect timeout to upstreams.
     #[arg(long, env = "SKEIN_CONNECT_TIMEOUT", default_value = "1s")]
     pub connect_timeout: crate::api::Duration,
+    /// Configuration file (YAML or JSON; see `proxy::config::types`), re-read when it changes.
+    /// Without it the proxy forwards everything to its original destination.
+    #[arg(long, env = "SKEIN_PROXY_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
 }
 
 impl ProxyArgs {
@@ -126,6 +140,8 @@ impl fmt::Display for Direction {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub metrics: Metrics,
+    pub config: Arc<ConfigStore>,
+    pub upstreams: http::upstream::Upstreams,
     pub drain: Drain,
     pub connect_timeout: Duration,
     /// The proxy's own ports: a connection whose original destination is one of them (on this
@@ -155,8 +171,20 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding the admin server (port {})", args.admin_port))?;
     let ipv6 = outbound.len() > 1 && inbound.len() > 1;
 
+    let (config, config_text) = match &args.config {
+        Some(path) => {
+            let (text, compiled) = config::load::initial(path)?;
+            (compiled, Some(text))
+        }
+        None => (Compiled::passthrough(), None),
+    };
+    let metrics = Metrics::new();
+    metrics.http.set_config_version(&config.source.version);
+    let config = Arc::new(ConfigStore::new(config));
     let shared = Arc::new(Shared {
-        metrics: Metrics::new(),
+        metrics,
+        config: config.clone(),
+        upstreams: http::upstream::Upstreams::new(args.connect_timeout.as_std()),
         drain: Drain::new(),
         connect_timeout: args.connect_timeout.as_std(),
         own_ports: [args.outbound_port, args.inbound_port, args.admin_port],
@@ -175,6 +203,14 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         }
     }
     let ready = Arc::new(AtomicBool::new(true));
+    let config_watch = match (&args.config, config_text) {
+        (Some(path), Some(text)) => Some(tokio::spawn(watch_config(
+            path.clone(),
+            text,
+            shared.clone(),
+        ))),
+        _ => None,
+    };
 
     let (commands, mut requests) = mpsc::channel(8);
     let (stop_admin, admin_stopped) = watch::channel(false);
@@ -256,8 +292,34 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         Ok(Err(err)) => tracing::warn!(error = %err, "the admin server task failed"),
         Err(_) => admin_server.abort(),
     }
+    if let Some(watch) = config_watch {
+        watch.abort();
+    }
     tracing::info!("skein proxy stopped");
     Ok(())
+}
+
+/// Applies changes of the configuration file, counting and logging each result.
+async fn watch_config(path: std::path::PathBuf, text: String, shared: Arc<Shared>) {
+    let metrics = shared.metrics.http.clone();
+    config::load::watch(path, text, shared.config.clone(), move |result| {
+        let outcome = match result {
+            Ok(compiled) => {
+                metrics.set_config_version(&compiled.source.version);
+                tracing::info!(version = %compiled.source.version, "configuration applied");
+                "applied"
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "configuration rejected: keeping the previous one");
+                "rejected"
+            }
+        };
+        metrics
+            .config_reloads
+            .get_or_create(&metrics::ResultLabels { result: outcome })
+            .inc();
+    })
+    .await;
 }
 
 /// Closes the listeners (idempotent) and waits until they are closed: from then on new

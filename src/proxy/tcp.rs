@@ -21,7 +21,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::listen::Accepted;
+use super::detect::PrefixedIo;
 use super::{Direction, Shared};
 
 /// The upstream could not be reached.
@@ -71,29 +71,30 @@ impl Drop for CountClosed<'_> {
     }
 }
 
-/// Forwards one accepted connection to its target until both sides are done, a side fails, or
-/// the drain runs out of time.
-pub(crate) async fn forward(accepted: Accepted, shared: &Shared) {
-    let Accepted {
-        stream: client,
-        peer,
-        direction,
-        target,
-    } = accepted;
+/// Forwards one accepted connection to `target` until both sides are done, a side fails, or
+/// the drain runs out of time. `client` replays the bytes protocol detection read. Returns
+/// whether the upstream was reached (the balancer learns of connect failures).
+pub(crate) async fn forward(
+    client: PrefixedIo<TcpStream>,
+    peer: SocketAddr,
+    direction: Direction,
+    target: SocketAddr,
+    shared: &Shared,
+) -> bool {
     let metrics = shared.metrics.tcp(direction);
     metrics.opened.inc();
     let _closed = CountClosed(&metrics.closed);
-    set_nodelay(&client);
+    set_nodelay(client.get_ref());
 
     let connected = tokio::select! {
         biased;
         () = shared.drain.aborted() => {
-            reset(&client);
-            return;
+            reset(client.get_ref());
+            return true;
         }
         connected = connect(target, shared.connect_timeout) => connected,
     };
-    let upstream = match connected {
+    let mut upstream = match connected {
         Ok(upstream) => upstream,
         Err(err) => {
             metrics.connect_failures.inc();
@@ -103,50 +104,48 @@ pub(crate) async fn forward(accepted: Accepted, shared: &Shared) {
                 error = %ErrorChain(&err),
                 "upstream unreachable: resetting the client connection"
             );
-            reset(&client);
-            return;
+            reset(client.get_ref());
+            return false;
         }
     };
     set_nodelay(&upstream);
 
-    // The app's side is local; bytes exchanged with the other side leave or enter the pod.
-    let (mut local, remote) = match direction {
-        Direction::Outbound => (client, upstream),
-        Direction::Inbound => (upstream, client),
+    // Bytes the client sends leave the pod when the client is the app (outbound) and enter it
+    // when the client is outside (inbound).
+    let (from_client, to_client) = match direction {
+        Direction::Outbound => (metrics.bytes_sent.clone(), metrics.bytes_received.clone()),
+        Direction::Inbound => (metrics.bytes_received.clone(), metrics.bytes_sent.clone()),
     };
-    let mut remote = Counted::new(
-        remote,
-        metrics.bytes_sent.clone(),
-        metrics.bytes_received.clone(),
-    );
+    let mut client = Counted::new(client, to_client, from_client);
     let started = Instant::now();
     let outcome = tokio::select! {
-        copied = tokio::io::copy_bidirectional(&mut local, &mut remote) => Some(copied),
+        copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => Some(copied),
         () = shared.drain.aborted() => None,
     };
-    let (sent, received) = (remote.sent(), remote.received());
+    let (from_client, to_client) = (client.received(), client.sent());
     let duration = started.elapsed();
     match outcome {
         Some(Ok(_)) => {
-            tracing::debug!(%direction, %peer, %target, sent, received, ?duration, "closed");
+            tracing::debug!(%direction, %peer, %target, from_client, to_client, ?duration, "closed");
         }
         Some(Err(err)) => {
-            reset(&local);
-            reset(remote.get_ref());
+            reset(client.get_ref().get_ref());
+            reset(&upstream);
             tracing::debug!(
-                %direction, %peer, %target, sent, received, ?duration, error = %err,
+                %direction, %peer, %target, from_client, to_client, ?duration, error = %err,
                 "connection broke: reset both sides"
             );
         }
         None => {
-            reset(&local);
-            reset(remote.get_ref());
+            reset(client.get_ref().get_ref());
+            reset(&upstream);
             tracing::debug!(
-                %direction, %peer, %target, sent, received, ?duration,
+                %direction, %peer, %target, from_client, to_client, ?duration,
                 "still open at the end of the drain: reset"
             );
         }
     }
+    true
 }
 
 /// An error and its sources on one line (what `{:#}` does for anyhow).

@@ -1,0 +1,100 @@
+//! Reading `skein proxy --config FILE` and noticing when it changes.
+//!
+//! The file is YAML or JSON (JSON is YAML). It is polled rather than watched with inotify:
+//! editors and Kubernetes ConfigMap mounts replace files by renaming, which a poll of the
+//! content handles without special cases, and a second of delay is fine for a static file.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::types::ProxyConfig;
+use super::{Compiled, ConfigError, ConfigStore};
+
+/// How often the file is checked for changes.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid proxy configuration: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_yaml_ng::Error,
+    },
+    #[error("{path}: {source}")]
+    Invalid { path: PathBuf, source: ConfigError },
+}
+
+/// Parses a configuration from YAML or JSON text.
+pub fn parse(text: &str) -> Result<ProxyConfig, serde_yaml_ng::Error> {
+    if text.trim().is_empty() {
+        return Ok(ProxyConfig::default());
+    }
+    serde_yaml_ng::from_str(text)
+}
+
+fn read(path: &Path) -> Result<(String, ProxyConfig), LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let config = parse(&text).map_err(|source| LoadError::Parse {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok((text, config))
+}
+
+/// Reads and compiles the file for start-up: an error here stops the proxy.
+pub fn initial(path: &Path) -> Result<(String, Compiled), LoadError> {
+    let (text, config) = read(path)?;
+    let compiled = Compiled::new(config, None).map_err(|source| LoadError::Invalid {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok((text, compiled))
+}
+
+/// Re-reads `path` whenever its content changes and swaps the new configuration in. A file
+/// that cannot be read, parsed or compiled is reported through `on_result`, and the active
+/// configuration stays.
+pub async fn watch(
+    path: PathBuf,
+    mut last_text: String,
+    store: Arc<ConfigStore>,
+    on_result: impl Fn(Result<&Compiled, &LoadError>),
+) {
+    let mut ticks = tokio::time::interval(POLL_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let reading = path.clone();
+        let Ok(read) = tokio::task::spawn_blocking(move || read(&reading)).await else {
+            continue;
+        };
+        match read {
+            Ok((text, _)) if text == last_text => {}
+            Ok((text, config)) => {
+                last_text = text;
+                match store.replace(config) {
+                    Ok(compiled) => on_result(Ok(&compiled)),
+                    Err(source) => on_result(Err(&LoadError::Invalid {
+                        path: path.clone(),
+                        source,
+                    })),
+                }
+            }
+            Err(err) => {
+                // Forget the last text, so that fixing the file is noticed even if it goes
+                // back to what it was.
+                last_text.clear();
+                on_result(Err(&err));
+            }
+        }
+    }
+}

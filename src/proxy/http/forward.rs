@@ -1,0 +1,509 @@
+//! Sending a request upstream: the tries, retries with back-off under a budget, per-try and
+//! overall timeouts, endpoint choice, mirroring, WebSocket upgrades, and the request metrics.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use http::header::{CONNECTION, HeaderValue, UPGRADE};
+use http::request::Parts;
+use http::{Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+use super::body::{self, Metered, OnResponseEnd, ProxyBody, RequestBody};
+use super::upstream::UpstreamError;
+use super::{RequestContext, local_response};
+use crate::proxy::Direction;
+use crate::proxy::balance::{self, Pick};
+use crate::proxy::config::Workload;
+use crate::proxy::config::compiled::Service;
+use crate::proxy::metrics::{HttpMetrics, LatencyLabels, RequestLabels, RetryLabels};
+use crate::proxy::retry::{self, AttemptOutcome};
+use crate::proxy::routes::CompiledRoute;
+
+/// Where a request goes.
+pub enum Target {
+    /// One address: the app (inbound) or an original destination outside the mesh.
+    Fixed(SocketAddr),
+    /// A mesh service's endpoints, optionally only those with these labels.
+    Balanced {
+        service: Arc<Service>,
+        subset: Option<BTreeMap<String, String>>,
+    },
+}
+
+/// Everything [`forward`] needs about one request.
+pub struct Forward<'a> {
+    pub parts: Parts,
+    pub body: RequestBody,
+    pub target: Target,
+    pub route: Option<&'a CompiledRoute>,
+    /// The labels the request's metrics carry; the destination workload is filled in from the
+    /// endpoint chosen, when it is known.
+    pub labels: RequestLabels,
+    pub started: Instant,
+    /// The client's side of an HTTP/1.1 upgrade it asked for.
+    pub upgrade: Option<(HeaderValue, OnUpgrade)>,
+}
+
+/// Sends the request and returns the response to give the client (the upstream's, or one the
+/// proxy made when there was none), with its metrics recorded when its body ends.
+pub async fn forward(context: &RequestContext, request: Forward<'_>) -> Response<ProxyBody> {
+    let Forward {
+        parts,
+        body,
+        target,
+        route,
+        mut labels,
+        started,
+        upgrade,
+    } = request;
+    let overall = route.and_then(|r| r.timeout);
+    let tries = Tries {
+        context,
+        parts: &parts,
+        body,
+        target: &target,
+        route,
+        upgrade,
+    };
+    let result = match overall {
+        Some(limit) => match tokio::time::timeout(limit, tries.run(&mut labels)).await {
+            Ok(result) => result,
+            Err(_) => Err(Local::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                format!("upstream request timeout: no response within {limit:?} (route timeout)"),
+            )),
+        },
+        None => tries.run(&mut labels).await,
+    };
+    finish(context, route, labels, started, result)
+}
+
+/// The response the client gets, wrapped so that its metrics are recorded when its body ends:
+/// the upstream's (with the route's header edits), or the proxy's own when there was none.
+pub fn finish(
+    context: &RequestContext,
+    route: Option<&CompiledRoute>,
+    mut labels: RequestLabels,
+    started: Instant,
+    result: Result<Response<Incoming>, Local>,
+) -> Response<ProxyBody> {
+    let direction = context.connection.direction;
+    let metrics = &context.shared.metrics.http;
+    let (response, grpc_status) = match result {
+        Ok(response) => {
+            let grpc = retry::grpc_status(response.headers());
+            (response.map(body::boxed), grpc)
+        }
+        Err(local) => {
+            metrics.local_response(direction, local.reason);
+            tracing::debug!(
+                %direction,
+                destination = %labels.destination_service,
+                reason = local.reason,
+                message = %local.message,
+                "answering with a proxy response"
+            );
+            (local.into_response(), None)
+        }
+    };
+    let (mut parts, body) = response.into_parts();
+    if let Some(route) = route {
+        route.edit_response_headers(&mut parts.headers);
+    }
+    if parts.status != StatusCode::SWITCHING_PROTOCOLS {
+        crate::proxy::headers::remove_hop_by_hop(&mut parts.headers);
+    }
+    labels.status_code = parts.status.as_u16();
+    let recorder = Recorder {
+        metrics: metrics.clone(),
+        labels,
+    };
+    let body = Metered::new(body, started, grpc_status, Box::new(recorder));
+    Response::from_parts(parts, body::boxed(body))
+}
+
+/// A response the proxy makes because there is no upstream one.
+pub struct Local {
+    status: StatusCode,
+    reason: &'static str,
+    message: String,
+}
+
+impl Local {
+    pub fn new(status: StatusCode, reason: &'static str, message: String) -> Self {
+        Self {
+            status,
+            reason,
+            message,
+        }
+    }
+
+    fn into_response(self) -> Response<ProxyBody> {
+        let mut response = local_response(self.status, self.reason, &self.message);
+        if self.reason == "overloaded" {
+            response.headers_mut().insert(
+                "x-skein-overloaded",
+                HeaderValue::from_static("max-pending-requests"),
+            );
+        }
+        response
+    }
+
+    fn from_upstream_error(err: &UpstreamError) -> Self {
+        match err {
+            UpstreamError::Connect { .. } => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "connect-failure",
+                format!("upstream connect error: {err}"),
+            ),
+            _ => Self::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream-reset",
+                format!("upstream error: {err}"),
+            ),
+        }
+    }
+}
+
+/// The tries of one request.
+struct Tries<'a> {
+    context: &'a RequestContext,
+    parts: &'a Parts,
+    body: RequestBody,
+    target: &'a Target,
+    route: Option<&'a CompiledRoute>,
+    upgrade: Option<(HeaderValue, OnUpgrade)>,
+}
+
+impl Tries<'_> {
+    async fn run(mut self, labels: &mut RequestLabels) -> Result<Response<Incoming>, Local> {
+        let shared = &self.context.shared;
+        let metrics = &shared.metrics.http;
+        let policy = self.route.and_then(|r| r.retry.as_ref());
+        let budget = match (self.target, self.route) {
+            (Target::Balanced { service, .. }, Some(route)) if policy.is_some() => {
+                service.retry_budgets.get(route.index).cloned()
+            }
+            _ => None,
+        };
+        if let Some(budget) = &budget {
+            budget.record_request(Instant::now());
+        }
+        let _pending = match self.target {
+            Target::Balanced { service, .. } => Some(admit(service)?),
+            Target::Fixed(_) => None,
+        };
+        self.mirror();
+
+        let mut rng = fastrand::Rng::new();
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut retries = 0;
+        loop {
+            let Some(body) = self.body.take() else {
+                // A streamed body was already sent on an earlier try; nothing to retry with.
+                return Err(Local::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream-reset",
+                    "upstream failed and the request body cannot be replayed".to_owned(),
+                ));
+            };
+            let (address, pick) = match self.target {
+                Target::Fixed(address) => (*address, None),
+                Target::Balanced { service, subset } => {
+                    let Some(pick) =
+                        service
+                            .balancer
+                            .pick(subset.as_ref(), &tried, Instant::now(), &mut rng)
+                    else {
+                        return Err(Local::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "no-endpoints",
+                            format!(
+                                "no healthy endpoints for {}{}",
+                                service.name,
+                                subset
+                                    .as_ref()
+                                    .map(|s| format!(" with labels {s:?}"))
+                                    .unwrap_or_default()
+                            ),
+                        ));
+                    };
+                    (pick.address(), Some(pick))
+                }
+            };
+            if let Some(workload) = pick.as_ref().and_then(Pick::workload) {
+                set_destination(labels, workload);
+            }
+            tried.push(address);
+            let sent = Instant::now();
+            let mut parts = self.parts.clone();
+            if let Some((protocol, _)) = &self.upgrade {
+                parts
+                    .headers
+                    .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+                parts.headers.insert(UPGRADE, protocol.clone());
+            }
+            let attempt = shared.upstreams.send(address, &parts, body);
+            let attempt = match policy.and_then(|p| p.per_try_timeout) {
+                Some(limit) => match tokio::time::timeout(limit.as_std(), attempt).await {
+                    Ok(result) => result.map_err(Some),
+                    Err(_) => Err(None),
+                },
+                None => attempt.await.map_err(Some),
+            };
+            let latency = sent.elapsed();
+            let outcome = match &attempt {
+                Ok(response) => AttemptOutcome::Response {
+                    status: response.status(),
+                    grpc_status: retry::grpc_status(response.headers()),
+                },
+                Err(Some(err)) => err.outcome(),
+                Err(None) => AttemptOutcome::PerTryTimeout,
+            };
+            if let Some(pick) = pick {
+                report(metrics, pick, &outcome, latency, labels);
+            }
+
+            let retry = policy.filter(|p| {
+                retries < p.attempts
+                    && self.body.is_replayable()
+                    && self.upgrade.is_none()
+                    && retry::should_retry(p, &outcome)
+            });
+            if let Some(policy) = retry {
+                let allowed = budget
+                    .as_ref()
+                    .is_none_or(|b| b.try_withdraw(Instant::now()));
+                let result = if allowed { "sent" } else { "budget_exhausted" };
+                metrics
+                    .retries
+                    .get_or_create(&RetryLabels {
+                        destination_service: labels.destination_service.clone(),
+                        result,
+                    })
+                    .inc();
+                if allowed {
+                    retries += 1;
+                    tracing::debug!(
+                        destination = %labels.destination_service,
+                        %address,
+                        ?outcome,
+                        retry = retries,
+                        "retrying"
+                    );
+                    tokio::time::sleep(retry::backoff(policy, retries, &mut rng)).await;
+                    continue;
+                }
+            }
+            return match attempt {
+                Ok(mut response) => {
+                    if response.status() == StatusCode::SWITCHING_PROTOCOLS
+                        && let Some((_, client_side)) = self.upgrade.take()
+                    {
+                        tunnel(client_side, hyper::upgrade::on(&mut response));
+                    }
+                    Ok(response)
+                }
+                Err(Some(err)) => Err(Local::from_upstream_error(&err)),
+                Err(None) => Err(Local::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "timeout",
+                    format!(
+                        "upstream request timeout: no response from {address} within the per-try timeout"
+                    ),
+                )),
+            };
+        }
+    }
+
+    /// Sends a copy of the request to the route's mirror endpoints and forgets it.
+    fn mirror(&self) {
+        let (Some(route), Target::Balanced { service, .. }) = (self.route, self.target) else {
+            return;
+        };
+        let Some(mirror) = &route.mirror else { return };
+        let Some(body) = self.body.copy() else {
+            return;
+        };
+        if fastrand::f64() * 100.0 >= mirror.percent {
+            return;
+        }
+        let subset = (!mirror.subset.is_empty()).then_some(&mirror.subset);
+        let mut rng = fastrand::Rng::new();
+        let Some(pick) = service.balancer.pick(subset, &[], Instant::now(), &mut rng) else {
+            return;
+        };
+        let upstreams = self.context.shared.upstreams.clone();
+        let parts = self.parts.clone();
+        tokio::spawn(async move {
+            let sent = Instant::now();
+            let outcome = match upstreams.send(pick.address(), &parts, body).await {
+                Ok(response) => balance::Outcome::Response {
+                    latency: sent.elapsed(),
+                    failure: response.status().is_server_error(),
+                },
+                Err(UpstreamError::Connect { .. }) => balance::Outcome::ConnectFailure,
+                Err(_) => balance::Outcome::Response {
+                    latency: sent.elapsed(),
+                    failure: true,
+                },
+            };
+            pick.finish(outcome, Instant::now());
+        });
+    }
+}
+
+/// Holds one of the service's pending-request slots, or refuses the request when none is free.
+fn admit(service: &Arc<Service>) -> Result<PendingSlot, Local> {
+    let limit = service
+        .limits
+        .max_pending_requests
+        .into_iter()
+        .chain(service.limits.max_connections)
+        .min();
+    let now = service.pending.fetch_add(1, Ordering::AcqRel) + 1;
+    let slot = PendingSlot(service.clone());
+    if let Some(limit) = limit
+        && now > limit
+    {
+        return Err(Local::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            format!(
+                "{} has {limit} requests in flight, its limit: request refused (circuit breaker)",
+                service.name
+            ),
+        ));
+    }
+    Ok(slot)
+}
+
+struct PendingSlot(Arc<Service>);
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn set_destination(labels: &mut RequestLabels, workload: &Workload) {
+    if labels.destination_workload != workload.name {
+        labels.destination_workload.clone_from(&workload.name);
+    }
+    if labels.destination_namespace != workload.namespace {
+        labels.destination_namespace.clone_from(&workload.namespace);
+    }
+}
+
+/// Tells the balancer how the try went, and counts an ejection it caused.
+fn report(
+    metrics: &HttpMetrics,
+    pick: Pick,
+    outcome: &AttemptOutcome,
+    latency: Duration,
+    labels: &RequestLabels,
+) {
+    let outcome = match outcome {
+        AttemptOutcome::ConnectFailure => balance::Outcome::ConnectFailure,
+        AttemptOutcome::Response { status, .. } => balance::Outcome::Response {
+            latency,
+            failure: status.is_server_error(),
+        },
+        AttemptOutcome::RefusedStream | AttemptOutcome::Reset | AttemptOutcome::PerTryTimeout => {
+            balance::Outcome::Response {
+                latency,
+                failure: true,
+            }
+        }
+    };
+    if let Some(ejection) = pick.finish(outcome, Instant::now()) {
+        metrics
+            .outlier_ejections
+            .get_or_create(&crate::proxy::metrics::ServiceLabels {
+                destination_service: labels.destination_service.clone(),
+            })
+            .inc();
+        tracing::info!(
+            destination = %labels.destination_service,
+            endpoint = %ejection.address,
+            times = ejection.times,
+            "endpoint ejected by outlier detection"
+        );
+    }
+}
+
+/// Copies bytes between the client and the upstream once both sides have switched protocols.
+fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(both) => both,
+            Err(err) => {
+                tracing::debug!(error = %err, "upgrade failed");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            tracing::debug!(error = %err, "upgraded connection ended with an error");
+        }
+    });
+}
+
+/// Records a request's metrics when its response body ends.
+struct Recorder {
+    metrics: HttpMetrics,
+    labels: RequestLabels,
+}
+
+impl OnResponseEnd for Recorder {
+    fn ended(mut self: Box<Self>, grpc_status: Option<i32>, completed: bool, elapsed: Duration) {
+        let labels = &mut self.labels;
+        if let Some(status) = grpc_status {
+            labels.grpc_status = status.to_string();
+        }
+        let failed = labels.status_code >= 500
+            || labels.status_code == 0
+            || grpc_status.is_some_and(|s| s != 0)
+            || !completed;
+        labels.classification = if failed { "failure" } else { "success" };
+        self.metrics.requests.get_or_create(labels).inc();
+        self.metrics
+            .latency
+            .get_or_create(&LatencyLabels {
+                direction: labels.direction,
+                destination_service: labels.destination_service.clone(),
+                classification: labels.classification,
+            })
+            .observe(elapsed.as_secs_f64() * 1000.0);
+    }
+}
+
+/// The request labels before the response is known.
+pub fn labels(
+    direction: Direction,
+    grpc: bool,
+    source: Option<&Workload>,
+    destination_service: &str,
+    destination: Option<&Workload>,
+) -> RequestLabels {
+    RequestLabels {
+        direction,
+        protocol: if grpc { "grpc" } else { "http" },
+        source_workload: source.map(|w| w.name.clone()).unwrap_or_default(),
+        source_namespace: source.map(|w| w.namespace.clone()).unwrap_or_default(),
+        destination_service: destination_service.to_owned(),
+        destination_workload: destination.map(|w| w.name.clone()).unwrap_or_default(),
+        destination_namespace: destination.map(|w| w.namespace.clone()).unwrap_or_default(),
+        status_code: 0,
+        grpc_status: String::new(),
+        classification: "failure",
+    }
+}

@@ -1,0 +1,163 @@
+//! HTTP/1.1, HTTP/2 and gRPC through the proxy.
+//!
+//! A connection that protocol detection found to be HTTP is served here by hyper; each request
+//! then goes through:
+//!
+//! - [`outbound`]: from the app — find the mesh service (by the original destination's VIP or
+//!   the `Host`), or apply the egress policy to an unknown one; pick a route; inject faults;
+//! - [`inbound`]: to the app — forward to it on loopback;
+//! - [`forward`]: both — tries, retries with back-off and budget, timeouts, load balancing,
+//!   mirroring, and the request metrics;
+//! - [`upstream`]: pooled connections to upstreams; [`body`]: replayable and metered bodies.
+//!
+//! Upstream requests use the HTTP version the client spoke (gRPC stays HTTP/2 end to end).
+//! WebSocket and other HTTP/1.1 upgrades are passed through: after the upstream's `101`, bytes
+//! are copied both ways.
+
+pub mod body;
+pub(crate) mod forward;
+pub(crate) mod inbound;
+pub(crate) mod outbound;
+pub mod upstream;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{CONNECTION, CONTENT_TYPE, HeaderValue, UPGRADE};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use self::body::ProxyBody;
+use super::{Direction, Shared};
+
+/// Header on every response the proxy makes itself, saying why (`egress-blocked`,
+/// `no-endpoints`, `connect-failure`, `timeout`, `overloaded`, ...).
+pub const ERROR_HEADER: &str = "x-skein-error";
+
+/// Where an HTTP connection came from and was going.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    pub direction: Direction,
+    pub peer: SocketAddr,
+    /// Outbound: the address the app connected to (before the capture redirected it);
+    /// inbound: the app's address on loopback.
+    pub target: SocketAddr,
+}
+
+/// Runs a hyper server connection with the drain: graceful shutdown when accepting stops,
+/// dropped when the drain runs out of time.
+macro_rules! drive {
+    ($connection:expr, $shared:expr) => {{
+        let mut connection = std::pin::pin!($connection);
+        tokio::select! {
+            result = connection.as_mut() => result,
+            () = $shared.drain.stopped_accepting() => {
+                connection.as_mut().graceful_shutdown();
+                tokio::select! {
+                    result = connection.as_mut() => result,
+                    () = $shared.drain.aborted() => Ok(()),
+                }
+            }
+        }
+    }};
+}
+
+/// Serves one detected HTTP connection until it ends or the drain closes it: on drain, idle
+/// HTTP/1 connections close and HTTP/2 connections get a GOAWAY, so clients move on without
+/// failed requests; whatever is left when the drain times out is dropped.
+pub(crate) async fn serve<I>(io: I, http2: bool, connection: Connection, shared: Arc<Shared>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let context = Arc::new(RequestContext {
+        connection: connection.clone(),
+        shared: shared.clone(),
+    });
+    let service = service_fn(move |request: Request<Incoming>| {
+        let context = context.clone();
+        async move { Ok::<_, Infallible>(handle(request, context).await) }
+    });
+    let io = TokioIo::new(io);
+    let result = if http2 {
+        let served = http2::Builder::new(TokioExecutor::new()).serve_connection(io, service);
+        drive!(served, shared)
+    } else {
+        let served = http1::Builder::new()
+            .serve_connection(io, service)
+            .with_upgrades();
+        drive!(served, shared)
+    };
+    if let Err(err) = result {
+        tracing::debug!(
+            direction = %connection.direction,
+            peer = %connection.peer,
+            error = %upstream::error_chain(&err),
+            "HTTP connection ended with an error"
+        );
+    }
+}
+
+/// What every request on a connection shares.
+pub(crate) struct RequestContext {
+    pub connection: Connection,
+    pub shared: Arc<Shared>,
+}
+
+async fn handle(request: Request<Incoming>, context: Arc<RequestContext>) -> Response<ProxyBody> {
+    let started = Instant::now();
+    match context.connection.direction {
+        Direction::Outbound => outbound::handle(request, &context, started).await,
+        Direction::Inbound => inbound::handle(request, &context, started).await,
+    }
+}
+
+/// A response the proxy makes itself: plain text saying what happened, and [`ERROR_HEADER`].
+pub fn local_response(
+    status: StatusCode,
+    reason: &'static str,
+    message: &str,
+) -> Response<ProxyBody> {
+    let mut response = Response::new(body::full(format!("{message}\n")));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(ERROR_HEADER, HeaderValue::from_static(reason));
+    response
+}
+
+/// The host a request is for: the `Host` header (HTTP/1) or the URI's authority (HTTP/2).
+pub fn request_host(parts: &http::request::Parts) -> Option<&str> {
+    parts
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| parts.headers.get(http::header::HOST)?.to_str().ok())
+}
+
+/// Whether the request is gRPC (for the `protocol` label and gRPC-aware retries).
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` + `Upgrade`).
+pub fn requested_upgrade(headers: &http::HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| headers.get(UPGRADE).cloned()).flatten()
+}

@@ -1,0 +1,129 @@
+//! Requests from the app: which mesh service they are for, whether they may leave the mesh,
+//! which route applies, and injected faults.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::body::{ProxyBody, RequestBody};
+use super::forward::{self, Forward, Local, Target};
+use super::{RequestContext, is_grpc, request_host, requested_upgrade};
+use crate::proxy::Direction;
+use crate::proxy::config::compiled::normalize_host;
+use crate::proxy::config::{Compiled, EgressProtocol};
+use crate::proxy::egress;
+use crate::proxy::headers;
+use crate::proxy::metrics::ProtocolLabels;
+
+pub async fn handle(
+    mut request: Request<Incoming>,
+    context: &RequestContext,
+    started: Instant,
+) -> Response<ProxyBody> {
+    let config = context.shared.config.current();
+    let original = context.connection.target;
+    let upgrade = requested_upgrade(request.headers())
+        .map(|protocol| (protocol, hyper::upgrade::on(&mut request)));
+    let (mut parts, body) = request.into_parts();
+    let grpc = is_grpc(&parts.headers);
+    let host = request_host(&parts)
+        .map(str::to_owned)
+        .unwrap_or_else(|| original.ip().to_string());
+    let service = config
+        .service_at(original)
+        .or_else(|| config.service_for_host(&host, original.port()))
+        .cloned();
+    let source = Some(&config.source.workload).filter(|w| !w.name.is_empty());
+    // For the metrics label and the blocked message: the host without its port.
+    let host_name = normalize_host(&host);
+
+    let mut rng = fastrand::Rng::new();
+    headers::remove_hop_by_hop(&mut parts.headers);
+    headers::ensure_request_id(&mut parts.headers, &mut rng);
+    headers::propagate_trace(&mut parts.headers, false, &mut rng);
+
+    let Some(service) = service else {
+        // Not a mesh service: out of the mesh, if the policy lets it go.
+        let labels = forward::labels(Direction::Outbound, grpc, source, &host_name, None);
+        if !egress_allowed(&config, &host, original.port()) {
+            context
+                .shared
+                .metrics
+                .http
+                .egress_blocked
+                .get_or_create(&ProtocolLabels { protocol: "http" })
+                .inc();
+            tracing::info!(host = %host_name, port = original.port(), "egress blocked");
+            let blocked = Local::new(
+                StatusCode::BAD_GATEWAY,
+                "egress-blocked",
+                egress::blocked_message(&host_name).trim_end().to_owned(),
+            );
+            return forward::finish(context, None, labels, started, Err(blocked));
+        }
+        let body = RequestBody::Streaming(super::body::boxed(body));
+        let request = Forward {
+            parts,
+            body,
+            target: Target::Fixed(original),
+            route: None,
+            labels,
+            started,
+            upgrade,
+        };
+        return forward::forward(context, request).await;
+    };
+
+    let labels = forward::labels(Direction::Outbound, grpc, source, &service.name, None);
+    let route = service.routes.select(&parts);
+    if let Some(route) = route {
+        if let Some(fault) = &route.fault {
+            if let Some(delay) = &fault.delay
+                && rng.f64() * 100.0 < delay.percent
+            {
+                tokio::time::sleep(delay.duration.as_std()).await;
+            }
+            if let Some(abort) = &fault.abort
+                && rng.f64() * 100.0 < abort.percent
+            {
+                let status =
+                    StatusCode::from_u16(abort.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                let local = Local::new(status, "fault-abort", "fault injected by Skein".to_owned());
+                return forward::finish(context, Some(route), labels, started, Err(local));
+            }
+        }
+        route.edit_request_headers(&mut parts.headers);
+    }
+    let subset = route.and_then(|r| r.pick_backend(&mut rng)).cloned();
+    let want_replay = route.is_some_and(|r| r.retry.is_some() || r.mirror.is_some());
+    let body = match RequestBody::prepare(body, want_replay && upgrade.is_none()).await {
+        Ok(body) => body,
+        Err(err) => {
+            let local = Local::new(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                format!("reading the request body: {err}"),
+            );
+            return forward::finish(context, route, labels, started, Err(local));
+        }
+    };
+    let request = Forward {
+        parts,
+        body,
+        target: Target::Balanced {
+            service: Arc::clone(&service),
+            subset,
+        },
+        route,
+        labels,
+        started,
+        upgrade,
+    };
+    forward::forward(context, request).await
+}
+
+fn egress_allowed(config: &Compiled, host: &str, port: u16) -> bool {
+    config.allow_any() || config.egress.allows(host, port, EgressProtocol::Http)
+}
