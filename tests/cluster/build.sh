@@ -77,4 +77,12 @@ if [ "$helm_built" != "$HELM_VERSION" ]; then
   (cd "$here/helm" && go build -trimpath -ldflags "$ldflags" -o "$bin_dir/helm" helm.sh/helm/v3/cmd/helm)
 fi
 
+# The proxy tests' gRPC and WebSocket peers (grpc-go and gorilla/websocket from this module's
+# graph): rebuilt when their source changes.
+peer="$bin_dir/skein-test-peer"
+if [ ! -x "$peer" ] || [ "$here/peers/main.go" -nt "$peer" ]; then
+  log "building skein-test-peer (gRPC and WebSocket peers for the proxy tests)"
+  (cd "$here" && go build -trimpath -ldflags "-s -w" -o "$peer" ./peers)
+fi
+
 echo "$bin_dir"

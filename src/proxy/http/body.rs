@@ -2,12 +2,14 @@
 //! and mirroring, and response bodies that report their end to the metrics.
 
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
+use http::HeaderMap;
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Body, Frame, SizeHint};
 
 use crate::proxy::retry::MAX_REPLAY_BYTES;
@@ -36,60 +38,144 @@ where
     body.map_err(Into::into).boxed_unsync()
 }
 
-/// A request body that can be sent more than once, or the body itself when it cannot.
-pub enum RequestBody {
-    /// Small enough to keep: sent again on each try.
-    Replayable(Bytes),
-    /// Streamed once; the request is not retried or mirrored.
-    Streaming(ProxyBody),
-    /// The stream was sent.
-    Used,
+/// A request body as the tries of a request use it.
+///
+/// With replay on, the first try streams the client's body upstream while keeping a copy of
+/// up to [`MAX_REPLAY_BYTES`] (data and trailers): if the body ended within that bound, later
+/// tries (and a mirror) send the copy. A larger body, or one still streaming when the first
+/// response arrives, is never buffered whole and not retried. This works for bodies without a
+/// length (gRPC) as well as for small uploads.
+pub struct RequestBody {
+    first: Option<ProxyBody>,
+    copy: Option<Arc<Mutex<Copy>>>,
+}
+
+#[derive(Default)]
+struct Copy {
+    data: Vec<Bytes>,
+    len: usize,
+    trailers: Option<HeaderMap>,
+    complete: bool,
+    overflowed: bool,
 }
 
 impl RequestBody {
-    /// Keeps the body in memory when it is known to be at most [`MAX_REPLAY_BYTES`] (an empty
-    /// body, or a `Content-Length` within the bound), so that it can be retried; larger or
-    /// open-ended bodies (uploads, streaming gRPC) are streamed once, never buffered whole.
-    pub async fn prepare<B>(body: B, want_replay: bool) -> Result<Self, BoxError>
-    where
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
-        let small = body.is_end_stream()
-            || body
-                .size_hint()
-                .exact()
-                .is_some_and(|n| n <= MAX_REPLAY_BYTES as u64);
-        if !(want_replay && small) {
-            return Ok(Self::Streaming(boxed(body)));
+    /// A body sent once.
+    pub fn streaming(body: ProxyBody) -> Self {
+        Self {
+            first: Some(body),
+            copy: None,
         }
-        let collected = body.collect().await.map_err(Into::into)?;
-        Ok(Self::Replayable(collected.to_bytes()))
     }
 
-    /// The body for one try: a copy when replayable; the stream itself (only once) otherwise.
+    /// A body whose first [`MAX_REPLAY_BYTES`] are kept for more tries.
+    pub fn replayable(body: ProxyBody) -> Self {
+        Self {
+            first: Some(body),
+            copy: Some(Arc::default()),
+        }
+    }
+
+    /// The body for the next try: the client's stream the first time; afterwards the copy, if
+    /// there is a complete one.
     pub fn take(&mut self) -> Option<ProxyBody> {
-        match std::mem::replace(self, Self::Used) {
-            Self::Replayable(bytes) => {
-                let copy = full(bytes.clone());
-                *self = Self::Replayable(bytes);
-                Some(copy)
-            }
-            Self::Streaming(body) => Some(body),
-            Self::Used => None,
+        if let Some(first) = self.first.take() {
+            return Some(match &self.copy {
+                Some(copy) => Teeing {
+                    inner: first,
+                    copy: copy.clone(),
+                }
+                .boxed_unsync(),
+                None => first,
+            });
         }
+        self.replay()
     }
 
+    /// Whether another try could send the whole body again.
     pub fn is_replayable(&self) -> bool {
-        matches!(self, Self::Replayable(_))
+        self.first.is_some() && self.copy.is_some()
+            || self.copy.as_ref().is_some_and(|copy| {
+                let copy = lock(copy);
+                copy.complete && !copy.overflowed
+            })
     }
 
-    /// A copy for a mirror, if the body can be copied.
-    pub fn copy(&self) -> Option<ProxyBody> {
-        match self {
-            Self::Replayable(bytes) => Some(full(bytes.clone())),
-            _ => None,
+    /// The kept copy as a body, if the client's body ended within the bound.
+    pub fn replay(&self) -> Option<ProxyBody> {
+        let copy = lock(self.copy.as_ref()?);
+        if !copy.complete || copy.overflowed {
+            return None;
         }
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = copy
+            .data
+            .iter()
+            .cloned()
+            .map(Frame::data)
+            .chain(copy.trailers.clone().map(Frame::trailers))
+            .map(Ok)
+            .collect();
+        Some(StreamBody::new(futures::stream::iter(frames)).boxed_unsync())
+    }
+}
+
+fn lock(copy: &Mutex<Copy>) -> std::sync::MutexGuard<'_, Copy> {
+    copy.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The first try's body: passes the client's frames on and keeps a bounded copy.
+struct Teeing {
+    inner: ProxyBody,
+    copy: Arc<Mutex<Copy>>,
+}
+
+impl Body for Teeing {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(frame) = &polled {
+            let mut copy = lock(&self.copy);
+            match frame {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        copy.len += data.len();
+                        if copy.len > MAX_REPLAY_BYTES {
+                            copy.overflowed = true;
+                            copy.data = Vec::new();
+                        } else if !copy.overflowed {
+                            copy.data.push(data.clone());
+                        }
+                    } else if let Some(trailers) = frame.trailers_ref() {
+                        copy.trailers = Some(trailers.clone());
+                    }
+                }
+                Some(Err(_)) => copy.overflowed = true,
+                None => copy.complete = true,
+            }
+            // Senders stop polling once a body says it has ended (no trailing `None`).
+            if self.inner.is_end_stream() {
+                copy.complete = true;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let ended = self.inner.is_end_stream();
+        if ended {
+            // An empty body is never polled at all.
+            lock(&self.copy).complete = true;
+        }
+        ended
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use http::header::{CONNECTION, HeaderValue, UPGRADE};
 use http::request::Parts;
 use http::{Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -19,8 +21,8 @@ use super::upstream::UpstreamError;
 use super::{RequestContext, local_response};
 use crate::proxy::Direction;
 use crate::proxy::balance::{self, Pick};
-use crate::proxy::config::Workload;
 use crate::proxy::config::compiled::Service;
+use crate::proxy::config::{RetryOn, RetryPolicy, Workload};
 use crate::proxy::metrics::{HttpMetrics, LatencyLabels, RequestLabels, RetryLabels};
 use crate::proxy::retry::{self, AttemptOutcome};
 use crate::proxy::routes::CompiledRoute;
@@ -65,6 +67,7 @@ pub async fn forward(context: &RequestContext, request: Forward<'_>) -> Response
     let overall = route.and_then(|r| r.timeout);
     let tries = Tries {
         context,
+        grpc: labels.protocol == "grpc",
         parts: &parts,
         body,
         target: &target,
@@ -92,14 +95,14 @@ pub fn finish(
     route: Option<&CompiledRoute>,
     mut labels: RequestLabels,
     started: Instant,
-    result: Result<Response<Incoming>, Local>,
+    result: Result<Response<ProxyBody>, Local>,
 ) -> Response<ProxyBody> {
     let direction = context.connection.direction;
     let metrics = &context.shared.metrics.http;
     let (response, grpc_status) = match result {
         Ok(response) => {
             let grpc = retry::grpc_status(response.headers());
-            (response.map(body::boxed), grpc)
+            (response, grpc)
         }
         Err(local) => {
             metrics.local_response(direction, local.reason);
@@ -175,6 +178,8 @@ impl Local {
 /// The tries of one request.
 struct Tries<'a> {
     context: &'a RequestContext,
+    /// A gRPC call (its status may decide a retry).
+    grpc: bool,
     parts: &'a Parts,
     body: RequestBody,
     target: &'a Target,
@@ -183,7 +188,7 @@ struct Tries<'a> {
 }
 
 impl Tries<'_> {
-    async fn run(mut self, labels: &mut RequestLabels) -> Result<Response<Incoming>, Local> {
+    async fn run(mut self, labels: &mut RequestLabels) -> Result<Response<ProxyBody>, Local> {
         let shared = &self.context.shared;
         let metrics = &shared.metrics.http;
         let policy = self.route.and_then(|r| r.retry.as_ref());
@@ -200,7 +205,6 @@ impl Tries<'_> {
             Target::Balanced { service, .. } => Some(admit(service)?),
             Target::Fixed(_) => None,
         };
-        self.mirror();
 
         let mut rng = fastrand::Rng::new();
         let mut tried: Vec<SocketAddr> = Vec::new();
@@ -250,7 +254,15 @@ impl Tries<'_> {
                     .insert(CONNECTION, HeaderValue::from_static("upgrade"));
                 parts.headers.insert(UPGRADE, protocol.clone());
             }
-            let attempt = shared.upstreams.send(address, &parts, body);
+            let wait_for_grpc_status = self.grpc && policy.is_some_and(retries_on_grpc_status);
+            let attempt = async {
+                let response = shared.upstreams.send(address, &parts, body).await?;
+                Ok::<_, UpstreamError>(if wait_for_grpc_status {
+                    with_grpc_status(response).await
+                } else {
+                    (response.map(body::boxed), None)
+                })
+            };
             let attempt = match policy.and_then(|p| p.per_try_timeout) {
                 Some(limit) => match tokio::time::timeout(limit.as_std(), attempt).await {
                     Ok(result) => result.map_err(Some),
@@ -260,9 +272,9 @@ impl Tries<'_> {
             };
             let latency = sent.elapsed();
             let outcome = match &attempt {
-                Ok(response) => AttemptOutcome::Response {
+                Ok((response, trailer_status)) => AttemptOutcome::Response {
                     status: response.status(),
-                    grpc_status: retry::grpc_status(response.headers()),
+                    grpc_status: retry::grpc_status(response.headers()).or(*trailer_status),
                 },
                 Err(Some(err)) => err.outcome(),
                 Err(None) => AttemptOutcome::PerTryTimeout,
@@ -270,7 +282,18 @@ impl Tries<'_> {
             if let Some(pick) = pick {
                 report(metrics, pick, &outcome, latency, labels);
             }
+            if tried.len() == 1 {
+                // After the first try, when the request body has been read (and copied).
+                self.mirror();
+            }
 
+            tracing::trace!(
+                destination = %labels.destination_service,
+                %address,
+                ?outcome,
+                replayable = self.body.is_replayable(),
+                "try finished"
+            );
             let retry = policy.filter(|p| {
                 retries < p.attempts
                     && self.body.is_replayable()
@@ -303,7 +326,7 @@ impl Tries<'_> {
                 }
             }
             return match attempt {
-                Ok(mut response) => {
+                Ok((mut response, _)) => {
                     if response.status() == StatusCode::SWITCHING_PROTOCOLS
                         && let Some((_, client_side)) = self.upgrade.take()
                     {
@@ -323,13 +346,14 @@ impl Tries<'_> {
         }
     }
 
-    /// Sends a copy of the request to the route's mirror endpoints and forgets it.
+    /// Sends a copy of the request to the route's mirror endpoints and forgets it (only when
+    /// the body could be kept: see [`RequestBody`]).
     fn mirror(&self) {
         let (Some(route), Target::Balanced { service, .. }) = (self.route, self.target) else {
             return;
         };
         let Some(mirror) = &route.mirror else { return };
-        let Some(body) = self.body.copy() else {
+        let Some(body) = self.body.replay() else {
             return;
         };
         if fastrand::f64() * 100.0 >= mirror.percent {
@@ -437,6 +461,33 @@ fn report(
             "endpoint ejected by outlier detection"
         );
     }
+}
+
+/// Whether the policy retries on a gRPC status (which usually comes in trailers).
+fn retries_on_grpc_status(policy: &RetryPolicy) -> bool {
+    policy.retry_on.iter().any(|on| {
+        matches!(
+            on,
+            RetryOn::Unavailable | RetryOn::Cancelled | RetryOn::DeadlineExceeded
+        )
+    })
+}
+
+/// A gRPC error without messages is headers then trailers; to retry on its status the proxy
+/// waits for the first frame of the body: trailers give the status (and the response is
+/// rebuilt from them), a message means the call is answering and is streamed on untouched.
+async fn with_grpc_status(response: Response<Incoming>) -> (Response<ProxyBody>, Option<i32>) {
+    let (parts, mut incoming) = response.into_parts();
+    let first = incoming.frame().await;
+    let status = match &first {
+        Some(Ok(frame)) => frame.trailers_ref().and_then(retry::grpc_status),
+        _ => None,
+    };
+    let first = first.map(|frame| frame.map_err(body::BoxError::from));
+    let rest = body::boxed(incoming);
+    let rebuilt =
+        StreamBody::new(futures::stream::iter(first).chain(http_body_util::BodyStream::new(rest)));
+    (Response::from_parts(parts, body::boxed(rebuilt)), status)
 }
 
 /// Copies bytes between the client and the upstream once both sides have switched protocols.

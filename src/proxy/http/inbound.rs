@@ -35,7 +35,7 @@ pub async fn handle(
     headers::propagate_trace(&mut parts.headers, false, &mut rng);
     let request = Forward {
         parts,
-        body: RequestBody::Streaming(boxed(body)),
+        body: RequestBody::streaming(boxed(body)),
         target: Target::Fixed(connection.target),
         route: None,
         labels,

@@ -63,7 +63,7 @@ pub async fn handle(
             );
             return forward::finish(context, None, labels, started, Err(blocked));
         }
-        let body = RequestBody::Streaming(super::body::boxed(body));
+        let body = RequestBody::streaming(super::body::boxed(body));
         let request = Forward {
             parts,
             body,
@@ -98,16 +98,11 @@ pub async fn handle(
     }
     let subset = route.and_then(|r| r.pick_backend(&mut rng)).cloned();
     let want_replay = route.is_some_and(|r| r.retry.is_some() || r.mirror.is_some());
-    let body = match RequestBody::prepare(body, want_replay && upgrade.is_none()).await {
-        Ok(body) => body,
-        Err(err) => {
-            let local = Local::new(
-                StatusCode::BAD_REQUEST,
-                "bad-request",
-                format!("reading the request body: {err}"),
-            );
-            return forward::finish(context, route, labels, started, Err(local));
-        }
+    let body = super::body::boxed(body);
+    let body = if want_replay && upgrade.is_none() {
+        RequestBody::replayable(body)
+    } else {
+        RequestBody::streaming(body)
     };
     let request = Forward {
         parts,
