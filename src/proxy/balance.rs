@@ -4,15 +4,19 @@
 //! drive time by hand.
 //!
 //! Algorithms ([`LoadBalancer`]):
-//! - `PeakEwma` (default): power of two choices on `latency estimate × (in-flight + 1)`. The
-//!   estimate jumps up to any slower sample at once and eases down toward faster ones with a
-//!   10 s time constant, so one slow response is felt immediately and recovery takes a while.
+//! - `PeakEwma` (default): power of two choices on `max(latency estimate, 5 ms) × (in-flight +
+//!   1)`. The estimate jumps up to any slower sample at once and eases down toward faster ones
+//!   with a 10 s time constant, so one slow response is felt immediately and recovery takes a
+//!   while. Below 5 ms latencies count as equal (then in-flight requests decide): a replica that
+//!   was a millisecond slower once is not starved for the next half minute.
 //! - `LeastRequest`: power of two choices on the in-flight count.
 //! - `RoundRobin`: a shared counter over the eligible endpoints.
 //!
 //! Choices made here (and why):
-//! - An endpoint never measured is assumed to answer in 30 ms; a connect failure counts as a
-//!   1 s sample, so a dead endpoint is avoided even without outlier detection.
+//! - An endpoint never measured counts as fast, so a new replica (scale-up, restart) gets
+//!   traffic at once and is measured; the in-flight factor keeps it from being flooded. A connect
+//!   failure counts as a 1 s sample, so a dead endpoint is avoided even without outlier
+//!   detection; a failure on an endpoint never measured counts as at least 30 ms.
 //! - A failed (5xx) response never lowers the estimate: a backend answering 503 at once would
 //!   otherwise look like the fastest endpoint and attract more traffic.
 //! - Between samples an estimate fades toward zero (same 10 s constant): an endpoint that was slow
@@ -32,7 +36,7 @@
 //!   punished for an old incident.
 //! - An ejection forgets the endpoint's latency estimate: the 1 s connect-failure samples that
 //!   led to it would otherwise keep it unpicked long after it returns, and what comes back (often
-//!   a restarted pod) is measured afresh from the 30 ms guess.
+//!   a restarted pod) is measured afresh.
 //! - Outcomes reported while an endpoint is ejected are ignored (neither failures nor latency
 //!   samples): they come from requests sent before the ejection or from panic mode, and say
 //!   nothing new.
@@ -48,8 +52,11 @@ use std::time::{Duration, Instant};
 
 use crate::proxy::config::{Endpoint, LoadBalancer, OutlierDetection, Workload};
 
-/// The guess for an endpoint never measured.
+/// What a failure counts as on an endpoint never measured (failures only ever raise it).
 const DEFAULT_ESTIMATE: Duration = Duration::from_millis(30);
+/// Latencies below this count as equal: differences of a millisecond on a busy host are noise
+/// (a connection's first request, a scheduling hiccup) and must not starve a replica.
+const LATENCY_FLOOR: Duration = Duration::from_millis(5);
 /// Time constant of the peak-EWMA decay.
 const DECAY: Duration = Duration::from_secs(10);
 /// The latency sample a connect failure counts as.
@@ -263,7 +270,8 @@ impl Inner {
                 LoadBalancer::PeakEwma => two_choices(candidates, rng, |i| {
                     let stats = &self.members[i].stats;
                     let pending = stats.in_flight.load(Ordering::Relaxed) as f64;
-                    lock(&stats.state).estimate_at(now) * (pending + 1.0)
+                    let estimate = lock(&stats.state).estimate_at(now);
+                    estimate.max(nanos(LATENCY_FLOOR)) * (pending + 1.0)
                 }),
             }),
         }
@@ -339,7 +347,7 @@ impl State {
     /// The estimate as seen at `now`, faded since its last update.
     fn estimate_at(&self, now: Instant) -> f64 {
         match self.estimate {
-            None => nanos(DEFAULT_ESTIMATE),
+            None => 0.0,
             Some((estimate, at)) => estimate * decay_weight(now.saturating_duration_since(at)),
         }
     }
@@ -590,7 +598,11 @@ mod tests {
     fn peak_ewma_rises_at_once_and_decays_slowly() {
         let t0 = Instant::now();
         let mut state = State::default();
-        assert_eq!(state.estimate_at(t0), nanos(DEFAULT_ESTIMATE));
+        assert_eq!(
+            state.estimate_at(t0),
+            0.0,
+            "unmeasured endpoints are tried at once"
+        );
         state.observe(nanos(Duration::from_millis(1)), true, t0);
         assert_eq!(state.estimate_at(t0), 1e6);
         state.observe(nanos(Duration::from_millis(200)), true, t0);

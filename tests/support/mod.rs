@@ -7,6 +7,7 @@
 
 pub mod control_plane;
 pub mod node;
+pub mod pods;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

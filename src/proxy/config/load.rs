@@ -22,20 +22,27 @@ pub enum LoadError {
         source: std::io::Error,
     },
     #[error("{path} is not a valid proxy configuration: {source}")]
-    Parse {
-        path: PathBuf,
-        source: serde_yaml_ng::Error,
-    },
+    Parse { path: PathBuf, source: ParseError },
     #[error("{path}: {source}")]
     Invalid { path: PathBuf, source: ConfigError },
 }
 
-/// Parses a configuration from YAML or JSON text.
-pub fn parse(text: &str) -> Result<ProxyConfig, serde_yaml_ng::Error> {
+/// Parses a configuration from YAML or JSON text. YAML is read into JSON values first, so both
+/// spell everything the same way (`value: {exact: "1"}`), with no YAML-only tags.
+pub fn parse(text: &str) -> Result<ProxyConfig, ParseError> {
     if text.trim().is_empty() {
         return Ok(ProxyConfig::default());
     }
-    serde_yaml_ng::from_str(text)
+    let value: serde_json::Value = serde_yaml_ng::from_str(text).map_err(ParseError::Syntax)?;
+    serde_json::from_value(value).map_err(ParseError::Structure)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error("{0}")]
+    Syntax(serde_yaml_ng::Error),
+    #[error("{0}")]
+    Structure(serde_json::Error),
 }
 
 fn read(path: &Path) -> Result<(String, ProxyConfig), LoadError> {
@@ -96,5 +103,34 @@ pub async fn watch(
                 on_result(Err(&err));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::config::StringMatch;
+
+    #[test]
+    fn yaml_and_json_spell_matches_the_same_way() {
+        let yaml = "destinations: [{name: a, ports: [{port: 80, endpoints: []}], routes: [{matches: [{path: {prefix: /api}, headers: [{name: x-canary, value: {exact: '1'}}, {name: x-debug}]}]}]}]";
+        let json = r#"{"destinations": [{"name": "a", "ports": [{"port": 80, "endpoints": []}], "routes": [{"matches": [{"path": {"prefix": "/api"}, "headers": [{"name": "x-canary", "value": {"exact": "1"}}, {"name": "x-debug"}]}]}]}]}"#;
+        let from_yaml = parse(yaml).expect("yaml");
+        assert_eq!(from_yaml, parse(json).expect("json"));
+        let matches = &from_yaml.destinations[0].routes[0].matches[0];
+        assert_eq!(matches.path, Some(StringMatch::Prefix("/api".to_owned())));
+        assert_eq!(matches.headers[1].value, StringMatch::Present);
+    }
+
+    #[test]
+    fn mistakes_are_reported_not_ignored() {
+        assert!(matches!(
+            parse("destinations: ["),
+            Err(ParseError::Syntax(_))
+        ));
+        let err = parse("destinatons: []").unwrap_err();
+        assert!(err.to_string().contains("destinatons"), "{err}");
+        let err = parse("detectTimeout: soon").unwrap_err();
+        assert!(err.to_string().contains("soon"), "{err}");
     }
 }

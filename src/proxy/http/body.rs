@@ -231,10 +231,12 @@ impl Body for Metered {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(trailers) = frame.trailers_ref()
-                    && let Some(status) = crate::proxy::retry::grpc_status(trailers)
-                {
-                    self.grpc_status = Some(status);
+                if let Some(trailers) = frame.trailers_ref() {
+                    if let Some(status) = crate::proxy::retry::grpc_status(trailers) {
+                        self.grpc_status = Some(status);
+                    }
+                    // Trailers are the last frame; the sender may not poll again.
+                    self.finish(true);
                 }
             }
             Poll::Ready(None) => self.finish(true),

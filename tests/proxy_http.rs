@@ -1,0 +1,1167 @@
+//! The HTTP data plane of `skein proxy` on a real network: pods in network namespaces on a
+//! bridge (see `tests/support/pods.rs`), the real `skein init` capture, the real `skein proxy`
+//! sidecar with a `--config` file, the real `skein demo-app` as the application, and `curl` (or
+//! raw sockets) as the client, run as the application's UID. Each test asserts what a user of the
+//! mesh notices: statuses, bodies, which pod answered, timings, and the proxy's metrics.
+//!
+//! ```text
+//!   client pod (capture + sidecar)  ──bridge──  server pods (demo-app, some with capture + sidecar)
+//!   curl → VIP 10.221.N.10:80 ─REDIRECT→ :16001 ─→ endpoint 10.220.N.x:8080 [─REDIRECT→ :16006 ─→ app]
+//!                                                 external host 10.223.N.2 (outside the mesh)
+//! ```
+//!
+//! Needs root, iproute2, iptables, util-linux and curl; the tests never skip. Every wait is
+//! bounded; the processes' logs are printed when a test fails.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::pods::{
+    APP_UID, Curl, Mesh, Pod, Proxy, SETTLE_TIMEOUT, describe, echo, head_value, http_request,
+    parse_response, read_head, read_to_end_or_reset, reset, tag,
+};
+
+/// The mesh service every test calls.
+const SERVICE: &str = "backend.demo.svc.cluster.local";
+/// Its VIP is `mesh.vip(VIP)`, on port 80.
+const VIP: u8 = 10;
+const SERVICE_PORT: u16 = 80;
+
+// ---------------------------------------------------------------------------------------------
+// Protocols, end to end.
+
+#[test]
+fn http1_request_crosses_both_sidecars_to_a_service_vip() {
+    let mesh = Mesh::new();
+    let server = mesh.pod("server");
+    let _app = server.demo_app("v1", &[]);
+    let server_proxy = server.sidecar(None);
+    let client = mesh.pod("client");
+    let client_proxy = client.sidecar(Some(&config("1", backend(&mesh, &[(&server, "v1")]))));
+
+    let response = client.curl(&[&url(&mesh, "/hello")]);
+    assert_eq!(response.status, 200, "{response:?}");
+    assert!(response.status_line.starts_with("HTTP/1.1"), "{response:?}");
+    assert_eq!(response.json()["pod"], "server", "{response:?}");
+    assert_eq!(response.header("x-skein-error"), None, "{response:?}");
+
+    // Counted on both hops once the response has ended.
+    client_proxy.wait_for_metric(
+        "skein_proxy_requests_total",
+        &[
+            ("direction", "outbound"),
+            ("destination_service", SERVICE),
+            ("status_code", "200"),
+            ("classification", "success"),
+        ],
+        |count| count == 1.0,
+    );
+    server_proxy.wait_for_metric(
+        "skein_proxy_requests_total",
+        &[
+            ("direction", "inbound"),
+            ("status_code", "200"),
+            ("classification", "success"),
+        ],
+        |count| count == 1.0,
+    );
+}
+
+#[test]
+fn http2_prior_knowledge_request_crosses_both_sidecars() {
+    let mesh = Mesh::new();
+    let server = mesh.pod("server");
+    let _app = server.demo_app("v1", &[]);
+    let server_proxy = server.sidecar(None);
+    let client = mesh.pod("client");
+    let client_proxy = client.sidecar(Some(&config("1", backend(&mesh, &[(&server, "v1")]))));
+
+    for _ in 0..3 {
+        let response = client.curl(&["--http2-prior-knowledge", &url(&mesh, "/h2")]);
+        assert_eq!(response.status, 200, "{response:?}");
+        assert!(response.status_line.starts_with("HTTP/2"), "{response:?}");
+        assert_eq!(response.json()["pod"], "server", "{response:?}");
+    }
+
+    let success = |direction| {
+        [
+            ("direction", direction),
+            ("status_code", "200"),
+            ("classification", "success"),
+        ]
+    };
+    client_proxy.wait_for_metric("skein_proxy_requests_total", &success("outbound"), |n| {
+        n == 3.0
+    });
+    server_proxy.wait_for_metric("skein_proxy_requests_total", &success("inbound"), |n| {
+        n == 3.0
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load balancing.
+
+#[test]
+fn round_robin_spreads_requests_evenly_over_three_endpoints() {
+    let mesh = Mesh::new();
+    let backends = [mesh.pod("a"), mesh.pod("b"), mesh.pod("c")];
+    let _apps: Vec<_> = backends.iter().map(|pod| pod.demo_app("v1", &[])).collect();
+    let client = mesh.pod("client");
+    let endpoints: Vec<(&Pod, &str)> = backends.iter().map(|pod| (pod, "v1")).collect();
+    let mut destination = backend(&mesh, &endpoints);
+    destination["loadBalancer"] = json!("roundRobin");
+    let _proxy = client.sidecar(Some(&config("1", destination)));
+
+    let tally = client.curl_many(300, &url(&mesh, "/"), &[]);
+    eprintln!("round robin: {tally:?}");
+    assert_eq!(tally.status("200"), 300, "{tally:?}");
+    for pod in &backends {
+        // One client, one request at a time: the turns are exact.
+        let share = tally.pod(&pod.name);
+        assert!(
+            (98..=102).contains(&share),
+            "{} got {share}: {tally:?}",
+            pod.name
+        );
+    }
+}
+
+#[test]
+fn peak_ewma_spreads_requests_fairly_over_three_equal_endpoints() {
+    let mesh = Mesh::new();
+    let backends = [mesh.pod("a"), mesh.pod("b"), mesh.pod("c")];
+    let _apps: Vec<_> = backends.iter().map(|pod| pod.demo_app("v1", &[])).collect();
+    let client = mesh.pod("client");
+    let endpoints: Vec<(&Pod, &str)> = backends.iter().map(|pod| (pod, "v1")).collect();
+    // The default balancer.
+    let _proxy = client.sidecar(Some(&config("1", backend(&mesh, &endpoints))));
+
+    let tally = client.curl_many(
+        300,
+        &url(&mesh, "/"),
+        &["--parallel", "--parallel-max", "4"],
+    );
+    eprintln!("peak EWMA: {tally:?}");
+    assert_eq!(tally.status("200"), 300, "{tally:?}");
+    for pod in &backends {
+        // A fair share, with room for latency noise on a busy machine (peak EWMA avoids an
+        // endpoint for a while after one slow answer): at least a tenth of the requests.
+        let share = tally.pod(&pod.name);
+        assert!(share >= 30, "{} got {share} of 300: {tally:?}", pod.name);
+    }
+}
+
+/// Scale-up: a third replica joins a warm service (hot swap). From then on every replica, old
+/// and new, serves a share of the traffic (balance.rs: no endpoint is "starved forever").
+#[test]
+fn peak_ewma_keeps_every_replica_serving_after_a_scale_up() {
+    let mesh = Mesh::new();
+    let backends = [mesh.pod("a"), mesh.pod("b"), mesh.pod("new")];
+    let _apps: Vec<_> = backends.iter().map(|pod| pod.demo_app("v1", &[])).collect();
+    let [a, b, new] = &backends;
+    let client = mesh.pod("client");
+    let proxy = client.sidecar(Some(&config("1", backend(&mesh, &[(a, "v1"), (b, "v1")]))));
+
+    let warm = client.curl_many(100, &url(&mesh, "/"), &[]);
+    assert_eq!(warm.status("200"), 100, "{warm:?}");
+    proxy.reconfigure(&config(
+        "2",
+        backend(&mesh, &[(a, "v1"), (b, "v1"), (new, "v1")]),
+    ));
+    let tally = client.curl_many(150, &url(&mesh, "/"), &[]);
+    eprintln!("after scale-up: {tally:?}");
+    assert_eq!(tally.status("200"), 150, "{tally:?}");
+    // An even share would be 50.
+    for pod in &backends {
+        let share = tally.pod(&pod.name);
+        assert!(share >= 20, "{} got {share} of 150: {tally:?}", pod.name);
+    }
+}
+
+#[test]
+fn power_of_two_choices_steers_away_from_a_slow_endpoint() {
+    let mesh = Mesh::new();
+    let (fast1, fast2, slow) = (mesh.pod("fast1"), mesh.pod("fast2"), mesh.pod("slow"));
+    let _apps = [
+        fast1.demo_app("v1", &[]),
+        fast2.demo_app("v1", &[]),
+        slow.demo_app("v1", &["--latency", "300ms"]),
+    ];
+    let client = mesh.pod("client");
+    let destination = backend(&mesh, &[(&fast1, "v1"), (&fast2, "v1"), (&slow, "v1")]);
+    let _proxy = client.sidecar(Some(&config("1", destination)));
+
+    let parallel = ["--parallel", "--parallel-max", "4"];
+    let warm_up = client.curl_many(30, &url(&mesh, "/"), &parallel);
+    assert_eq!(warm_up.status("200"), 30, "{warm_up:?}");
+    let tally = client.curl_many(150, &url(&mesh, "/"), &parallel);
+    eprintln!("P2C with a slow endpoint: warm-up {warm_up:?}, then {tally:?}");
+    assert_eq!(tally.status("200"), 150, "{tally:?}");
+    // P2C draws two distinct endpoints: the slow one, costlier than either fast one, loses every
+    // draw unless its estimate has faded meanwhile (10 s time constant) or the fast ones are
+    // busy. Under 5 % is a small share.
+    let slow_share = tally.pod("slow");
+    assert!(
+        slow_share <= 7,
+        "the slow endpoint got {slow_share} of 150: {tally:?}"
+    );
+    assert!(
+        tally.pod("fast1") > 0 && tally.pod("fast2") > 0,
+        "{tally:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resilience: retries, timeouts, outlier detection.
+
+/// One of three endpoints fails 30 % of its requests with 503; the route retries 5xx three
+/// times on another endpoint, so the client never sees a failure.
+#[test]
+fn retries_mask_an_endpoint_failing_30_percent() {
+    let mesh = Mesh::new();
+    let (flaky, good1, good2) = (mesh.pod("flaky"), mesh.pod("good1"), mesh.pod("good2"));
+    let _apps = [
+        flaky.demo_app("v1", &["--fail-percent", "30", "--fail-status", "503"]),
+        good1.demo_app("v1", &[]),
+        good2.demo_app("v1", &[]),
+    ];
+    let client = mesh.pod("client");
+    let mut destination = backend(&mesh, &[(&flaky, "v1"), (&good1, "v1"), (&good2, "v1")]);
+    // Round robin: the flaky endpoint gets its third of the first tries for sure.
+    destination["loadBalancer"] = json!("roundRobin");
+    destination["routes"] = json!([{
+        "name": "retrying",
+        "retry": {"attempts": 3, "retryOn": ["5xx"]},
+    }]);
+    let proxy = client.sidecar(Some(&config("1", destination)));
+
+    let tally = client.curl_many(200, &url(&mesh, "/"), &[]);
+    eprintln!("retries: {tally:?}");
+    assert_eq!(tally.status("200"), 200, "client errors: {tally:?}");
+    let metrics = proxy.metrics();
+    let sent = metrics.sum(
+        "skein_proxy_retries_total",
+        &[("destination_service", SERVICE), ("result", "sent")],
+    );
+    assert!(
+        sent > 0.0,
+        "{}",
+        metrics.matching("skein_proxy_retries_total")
+    );
+    // ~67 first tries on the flaky endpoint, ~20 of them failing: well within the budget.
+    assert!(
+        sent < 60.0,
+        "{}",
+        metrics.matching("skein_proxy_retries_total")
+    );
+}
+
+#[test]
+fn route_timeout_answers_504_quickly() {
+    let mesh = Mesh::new();
+    let server = mesh.pod("server");
+    let _app = server.demo_app("v1", &["--latency", "2s"]);
+    let client = mesh.pod("client");
+    let mut destination = backend(&mesh, &[(&server, "v1")]);
+    destination["routes"] = json!([{"name": "bounded", "timeout": "200ms"}]);
+    let proxy = client.sidecar(Some(&config("1", destination)));
+
+    let response = client.curl(&[&url(&mesh, "/")]);
+    assert_eq!(response.status, 504, "{response:?}");
+    assert_eq!(
+        response.header("x-skein-error"),
+        Some("timeout"),
+        "{response:?}"
+    );
+    assert!(
+        response.time < Duration::from_millis(1500),
+        "the 504 took {:?}: the proxy waited for the 2 s backend",
+        response.time
+    );
+    proxy.wait_for_metric(
+        "skein_proxy_local_responses_total",
+        &[("direction", "outbound"), ("reason", "timeout")],
+        |n| n == 1.0,
+    );
+}
+
+/// Circuit breaking: with `maxPendingRequests: 2` and a slow backend, of six concurrent
+/// requests two are served and four are refused at once.
+#[test]
+fn circuit_breaker_refuses_requests_beyond_max_pending() {
+    let mesh = Mesh::new();
+    let server = mesh.pod("server");
+    let _app = server.demo_app("v1", &["--latency", "1500ms"]);
+    let client = mesh.pod("client");
+    let mut destination = backend(&mesh, &[(&server, "v1")]);
+    destination["limits"] = json!({"maxPendingRequests": 2});
+    let proxy = client.sidecar(Some(&config("1", destination)));
+
+    let tally = client.curl_many(
+        6,
+        &url(&mesh, "/"),
+        &["--parallel", "--parallel-immediate", "--parallel-max", "6"],
+    );
+    assert_eq!(tally.status("200"), 2, "{tally:?}");
+    assert_eq!(tally.status("503"), 4, "{tally:?}");
+    assert_eq!(tally.by_error.get("overloaded"), Some(&4), "{tally:?}");
+    proxy.wait_for_metric(
+        "skein_proxy_local_responses_total",
+        &[("reason", "overloaded")],
+        |n| n == 4.0,
+    );
+}
+
+#[test]
+fn outlier_detection_ejects_an_endpoint_that_always_fails() {
+    let mesh = Mesh::new();
+    let (bad, good1, good2) = (mesh.pod("bad"), mesh.pod("good1"), mesh.pod("good2"));
+    let _apps = [
+        bad.demo_app("v1", &["--fail-percent", "100", "--fail-status", "503"]),
+        good1.demo_app("v1", &[]),
+        good2.demo_app("v1", &[]),
+    ];
+    let client = mesh.pod("client");
+    let mut destination = backend(&mesh, &[(&bad, "v1"), (&good1, "v1"), (&good2, "v1")]);
+    // Round robin so the bad endpoint keeps getting its turn until it is ejected (peak EWMA
+    // would mostly avoid it anyway).
+    destination["loadBalancer"] = json!("roundRobin");
+    destination["outlierDetection"] = json!({"consecutiveFailures": 3, "baseEjectionTime": "60s"});
+    let proxy = client.sidecar(Some(&config("1", destination)));
+
+    // Its three consecutive failures come within its first three turns (nine requests).
+    let before = client.curl_many(15, &url(&mesh, "/"), &[]);
+    assert_eq!(before.status("503"), 3, "{before:?}");
+    proxy.wait_for_metric(
+        "skein_proxy_outlier_ejections_total",
+        &[("destination_service", SERVICE)],
+        |n| n == 1.0,
+    );
+    let state = proxy.admin("GET", "/config");
+    let state: Value = serde_json::from_str(&state.body).expect("/config answers JSON");
+    assert_eq!(
+        state["ejected"][format!("{SERVICE}:{SERVICE_PORT}")],
+        json!([bad.endpoint().to_string()]),
+        "{state}"
+    );
+    let after = client.curl_many(60, &url(&mesh, "/"), &[]);
+    assert_eq!(after.status("200"), 60, "{after:?}");
+    assert_eq!(after.pod("bad"), 0, "{after:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routing.
+
+#[test]
+fn weighted_split_sends_about_a_tenth_to_v2() {
+    let mesh = Mesh::new();
+    let (v1, v2) = (mesh.pod("v1"), mesh.pod("v2"));
+    let _apps = [v1.demo_app("v1", &[]), v2.demo_app("v2", &[])];
+    let client = mesh.pod("client");
+    let mut destination = backend(&mesh, &[(&v1, "v1"), (&v2, "v2")]);
+    destination["routes"] = json!([{
+        "name": "canary",
+        "backends": [
+            {"subset": {"version": "v1"}, "weight": 90},
+            {"subset": {"version": "v2"}, "weight": 10},
+        ],
+    }]);
+    let _proxy = client.sidecar(Some(&config("1", destination)));
+
+    let tally = client.curl_many(
+        500,
+        &url(&mesh, "/"),
+        &["--parallel", "--parallel-max", "4"],
+    );
+    eprintln!("90/10 split: {tally:?}");
+    assert_eq!(tally.status("200"), 500, "{tally:?}");
+    // Binomial(500, 0.1): mean 50, sd 6.7; 25..=80 is beyond ±3.7 sd.
+    let v2_share = tally.pod("v2");
+    assert!(
+        (25..=80).contains(&v2_share),
+        "v2 got {v2_share} of 500: {tally:?}"
+    );
+    assert_eq!(tally.pod("v1") + v2_share, 500, "{tally:?}");
+}
+
+#[test]
+fn header_match_routes_canary_requests_to_v2_only() {
+    let mesh = Mesh::new();
+    let (v1, v2) = (mesh.pod("v1"), mesh.pod("v2"));
+    let _apps = [v1.demo_app("v1", &[]), v2.demo_app("v2", &[])];
+    let client = mesh.pod("client");
+    let mut destination = backend(&mesh, &[(&v1, "v1"), (&v2, "v2")]);
+    destination["routes"] = json!([
+        {
+            "name": "canary",
+            "matches": [{"headers": [{"name": "x-canary", "value": tag("exact", json!("1"))}]}],
+            "backends": [{"subset": {"version": "v2"}, "weight": 1}],
+        },
+        {"name": "stable", "backends": [{"subset": {"version": "v1"}, "weight": 1}]},
+    ]);
+    let _proxy = client.sidecar(Some(&config("1", destination)));
+
+    let canary = client.curl_many(20, &url(&mesh, "/"), &["-H", "x-canary: 1"]);
+    assert_eq!(canary.pod("v2"), 20, "with x-canary: 1: {canary:?}");
+    let stable = client.curl_many(20, &url(&mesh, "/"), &[]);
+    assert_eq!(stable.pod("v1"), 20, "without x-canary: {stable:?}");
+    let other = client.curl_many(10, &url(&mesh, "/"), &["-H", "x-canary: 2"]);
+    assert_eq!(other.pod("v1"), 10, "with x-canary: 2: {other:?}");
+}
+
+/// The configuration file may be JSON ("JSON is YAML", says the loader), and JSON has no YAML
+/// tags: a route match must also be accepted in serde's external tagging, `{"exact": "1"}`
+/// (what `serde_json` reads and writes for the same types).
+#[test]
+fn route_matches_can_be_written_in_a_json_config_file() {
+    let mesh = Mesh::new();
+    let (v1, v2) = (mesh.pod("v1"), mesh.pod("v2"));
+    let _apps = [v1.demo_app("v1", &[]), v2.demo_app("v2", &[])];
+    let client = mesh.pod("client");
+    let mut destination = backend(&mesh, &[(&v1, "v1"), (&v2, "v2")]);
+    destination["routes"] = json!([
+        {
+            "name": "canary",
+            "matches": [{"headers": [{"name": "x-canary", "value": {"exact": "1"}}]}],
+            "backends": [{"subset": {"version": "v2"}, "weight": 1}],
+        },
+        {
+            "name": "api",
+            "matches": [{"path": {"prefix": "/api"}}],
+            "backends": [{"subset": {"version": "v2"}, "weight": 1}],
+        },
+        {"name": "stable", "backends": [{"subset": {"version": "v1"}, "weight": 1}]},
+    ]);
+    // Written as plain JSON: no object here has a `!` key.
+    let _proxy = client.sidecar(Some(&config("1", destination)));
+
+    let canary = client.curl_many(5, &url(&mesh, "/"), &["-H", "x-canary: 1"]);
+    assert_eq!(canary.pod("v2"), 5, "{canary:?}");
+    let api = client.curl_many(5, &url(&mesh, "/api/items"), &[]);
+    assert_eq!(api.pod("v2"), 5, "{api:?}");
+    let stable = client.curl_many(5, &url(&mesh, "/"), &[]);
+    assert_eq!(stable.pod("v1"), 5, "{stable:?}");
+}
+
+#[test]
+fn fault_injection_aborts_and_delays() {
+    let mesh = Mesh::new();
+    let server = mesh.pod("server");
+    let _app = server.demo_app("v1", &[]);
+    let client = mesh.pod("client");
+    let mut destination = backend(&mesh, &[(&server, "v1")]);
+    destination["routes"] = json!([
+        {
+            "name": "teapot",
+            "matches": [{"path": tag("prefix", json!("/teapot"))}],
+            "fault": {"abort": {"percent": 100, "status": 418}},
+        },
+        {
+            "name": "slow",
+            "matches": [{"path": tag("prefix", json!("/slow"))}],
+            "fault": {"delay": {"percent": 100, "duration": "700ms"}},
+        },
+    ]);
+    let proxy = client.sidecar(Some(&config("1", destination)));
+
+    let aborted = client.curl(&[&url(&mesh, "/teapot")]);
+    assert_eq!(aborted.status, 418, "{aborted:?}");
+    assert_eq!(
+        aborted.header("x-skein-error"),
+        Some("fault-abort"),
+        "{aborted:?}"
+    );
+    assert_eq!(
+        aborted.header("x-demo-pod"),
+        None,
+        "the backend answered: {aborted:?}"
+    );
+
+    let delayed = client.curl(&[&url(&mesh, "/slow")]);
+    assert_eq!(delayed.status, 200, "{delayed:?}");
+    assert_eq!(delayed.json()["pod"], "server", "{delayed:?}");
+    assert!(delayed.time >= Duration::from_millis(700), "{delayed:?}");
+
+    proxy.wait_for_metric(
+        "skein_proxy_local_responses_total",
+        &[("reason", "fault-abort")],
+        |n| n == 1.0,
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Egress and configuration changes.
+
+#[test]
+fn egress_is_blocked_until_a_hot_swapped_rule_allows_the_host() {
+    let mesh = Mesh::new();
+    let external = mesh.external("ext");
+    let _api = external.demo_app("v1", &[]);
+    let _echo = external.tcp_server(9000, echo);
+    let client = mesh.pod("client");
+    let proxy = client.sidecar(Some(&config("1", backend(&mesh, &[]))));
+    let api = format!("http://{}:8080/", external.ip);
+    let host = ["-H", "Host: api.external.test"];
+
+    let blocked = client.curl(&[host[0], host[1], &api]);
+    assert_eq!(blocked.status, 502, "{blocked:?}");
+    assert_eq!(
+        blocked.header("x-skein-error"),
+        Some("egress-blocked"),
+        "{blocked:?}"
+    );
+    assert_eq!(
+        blocked.body,
+        "egress to api.external.test blocked by Skein: no EgressRule allows it\n"
+    );
+    proxy.wait_for_metric(
+        "skein_proxy_egress_blocked_total",
+        &[("protocol", "http")],
+        |n| n == 1.0,
+    );
+
+    let mut allowed = config("2", backend(&mesh, &[]));
+    allowed["egress"] = json!([{"host": "api.external.test", "ports": [8080]}]);
+    proxy.reconfigure(&allowed);
+    let response = client.curl(&[host[0], host[1], &api]);
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.json()["pod"], "ext", "{response:?}");
+    // Exact host match: another host at the same address is still blocked.
+    let other = client.curl(&["-H", "Host: other.external.test", &api]);
+    assert_eq!(other.status, 502, "{other:?}");
+    assert_eq!(
+        other.header("x-skein-error"),
+        Some("egress-blocked"),
+        "{other:?}"
+    );
+
+    // Opaque TCP to the external address: no rule names it, the connection is reset.
+    let mut stream = client
+        .connect(Some(APP_UID), SocketAddr::from((external.ip, 9000)))
+        .expect("the capture accepts the connection");
+    let _ = stream.write_all(b"hello, opaque\n");
+    let mut buf = [0u8; 64];
+    match stream.read(&mut buf) {
+        Ok(0) => {}
+        Err(err) if err.kind() == ErrorKind::ConnectionReset => {}
+        Ok(n) => panic!(
+            "blocked TCP egress got {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
+        Err(err) => panic!("blocked TCP egress: expected a reset, got {err}"),
+    }
+    proxy.wait_for_metric(
+        "skein_proxy_egress_blocked_total",
+        &[("protocol", "tcp")],
+        |n| n >= 1.0,
+    );
+}
+
+#[test]
+fn hot_swaps_under_load_fail_no_request_and_invalid_configs_are_rejected() {
+    let mesh = Mesh::new();
+    let pods = [mesh.pod("a"), mesh.pod("b"), mesh.pod("c")];
+    let mut apps: Vec<_> = pods.iter().map(|pod| pod.demo_app("v1", &[])).collect();
+    let [a, b, c] = &pods;
+    let client = mesh.pod("client");
+    let proxy = client.sidecar(Some(&config("v1", backend(&mesh, &[(a, "v1")]))));
+
+    let load = client.load(&url(&mesh, "/"), &[]);
+    load.wait_for_more(20);
+    for (version, endpoints) in [
+        ("v2", vec![(a, "v1"), (b, "v1")]),
+        ("v3", vec![(b, "v1"), (c, "v1")]),
+        ("v4", vec![(c, "v1")]),
+    ] {
+        proxy.reconfigure(&config(version, backend(&mesh, &endpoints)));
+        // Requests started after the swap have all finished.
+        load.wait_for_more(2 * 20);
+    }
+    // The old endpoints go away, as pods of an old ReplicaSet do.
+    let latest = load.wait_for_more(20);
+    let _c_app = apps.pop().expect("c's app");
+    drop(apps);
+    let before_invalid = load.wait_for_more(40);
+    assert_eq!(
+        before_invalid.pod("c") - latest.pod("c"),
+        before_invalid.total() - latest.total(),
+        "after v4 only c answers: {before_invalid:?} (before: {latest:?})"
+    );
+
+    // Not even YAML of the right shape, then a route whose regex does not compile.
+    proxy.write_config_text("destinations: [ {name: broken");
+    proxy.wait_for_metric(
+        "skein_proxy_config_reloads_total",
+        &[("result", "rejected")],
+        |n| n == 1.0,
+    );
+    let mut bad_regex = backend(&mesh, &[(a, "v1")]);
+    bad_regex["routes"] = json!([{"matches": [{"path": tag("regex", json!("(unclosed"))}]}]);
+    proxy.write_config(&config("v5-invalid", bad_regex));
+    proxy.wait_for_metric(
+        "skein_proxy_config_reloads_total",
+        &[("result", "rejected")],
+        |n| n == 2.0,
+    );
+    let after_invalid = load.wait_for_more(40);
+    let tally = load.stop();
+
+    let metrics = proxy.metrics();
+    assert_eq!(
+        metrics.sum("skein_proxy_config_info", &[("version", "v4")]),
+        1.0,
+        "{}",
+        metrics.matching("skein_proxy_config_info")
+    );
+    assert_eq!(
+        metrics.sum("skein_proxy_config_reloads_total", &[("result", "applied")]),
+        3.0,
+        "{}",
+        metrics.matching("skein_proxy_config_reloads_total")
+    );
+    assert_eq!(
+        after_invalid.pod("c") - before_invalid.pod("c"),
+        after_invalid.total() - before_invalid.total(),
+        "the old config (only c) keeps serving: {after_invalid:?}"
+    );
+    assert_eq!(
+        tally.failed(),
+        0,
+        "failed requests during the swaps: {tally:?}"
+    );
+    assert!(tally.total() >= 200, "{tally:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Robustness and shutdown.
+
+#[test]
+fn garbage_from_clients_gets_400_or_a_close_and_the_proxies_keep_serving() {
+    let mesh = Mesh::new();
+    let server = mesh.pod("server");
+    let _app = server.demo_app("v1", &[]);
+    let server_proxy = server.sidecar(None);
+    let client = mesh.pod("client");
+    let client_proxy = client.sidecar(Some(&config("1", backend(&mesh, &[(&server, "v1")]))));
+    let outsider = mesh.external("outsider");
+
+    let vip = SocketAddr::from((mesh.vip(VIP), SERVICE_PORT));
+    let cases: [(&str, &Pod, Option<u32>, SocketAddr, &Proxy); 2] = [
+        ("outbound", &client, Some(APP_UID), vip, &client_proxy),
+        ("inbound", &outsider, None, server.endpoint(), &server_proxy),
+    ];
+    for (direction, from, uid, to, proxy) in cases {
+        let connect = || {
+            from.connect(uid, to)
+                .unwrap_or_else(|err| panic!("{direction}: connecting to {to}: {err}"))
+        };
+
+        let mut stream = connect();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nbad header line\r\n\r\n")
+            .expect("send");
+        expect_rejected(&mut stream, &format!("{direction}: invalid header line"));
+
+        let mut stream = connect();
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(1024 * 1024)
+        );
+        // The proxy may close before reading it all: a failed write is fine.
+        let _ = stream.write_all(big.as_bytes());
+        expect_rejected(&mut stream, &format!("{direction}: 1 MB header"));
+
+        let mut stream = connect();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .expect("send");
+        stream.shutdown(Shutdown::Write).expect("half-close");
+        expect_rejected(
+            &mut stream,
+            &format!("{direction}: half-closed mid-request"),
+        );
+
+        let mut stream = connect();
+        stream
+            .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\npartial")
+            .expect("send");
+        reset(stream);
+
+        let stream = connect();
+        reset(stream);
+
+        assert_eq!(
+            proxy.admin("GET", "/ready").status,
+            200,
+            "{direction}: not ready"
+        );
+    }
+
+    let response = client.curl(&[&url(&mesh, "/after-garbage")]);
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.json()["pod"], "server", "{response:?}");
+    let direct = http_request(
+        &outsider.ns,
+        None,
+        server.endpoint(),
+        "GET",
+        "/after-garbage",
+        &[],
+    )
+    .expect("a request to the server pod from outside the mesh");
+    assert_eq!(direct.status, 200, "{direct:?}");
+}
+
+/// SIGTERM to the server's sidecar while requests are in flight through it: they complete, the
+/// pod stops being ready, and the proxy exits cleanly once they are done.
+#[test]
+fn sigterm_drains_in_flight_requests_under_load() {
+    let mesh = Mesh::new();
+    let server = mesh.pod("server");
+    let _fast = server.demo_app("v1", &[]);
+    let slow_port = 8081;
+    let _slow = server.demo_app_raw(
+        &[
+            support::pods::SKEIN,
+            "demo-app",
+            "--pod",
+            "server",
+            "--latency",
+            "2s",
+            "--listen",
+            "0.0.0.0:8081",
+        ],
+        slow_port,
+    );
+    let mut server_proxy = server.sidecar(None);
+    let client = mesh.pod("client");
+    let mut destination = backend(&mesh, &[(&server, "v1")]);
+    destination["ports"]
+        .as_array_mut()
+        .expect("ports")
+        .push(json!({
+            "port": 81,
+            "endpoints": [{"address": SocketAddr::from((server.ip, slow_port)).to_string()}],
+        }));
+    let _client_proxy = client.sidecar(Some(&config("1", destination)));
+
+    let load = client.load(&url(&mesh, "/"), &[]);
+    load.wait_for_more(40);
+    let slow_url = format!("http://{}:81/slow", mesh.vip(VIP));
+    thread::scope(|scope| {
+        let slow: Vec<_> = (0..3)
+            .map(|_| scope.spawn(|| client.curl(&[&slow_url])))
+            .collect();
+        // In flight: the server's sidecar holds one connection to the slow app per request.
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        while server.established_to_port(slow_port) < 3 {
+            assert!(
+                Instant::now() < deadline,
+                "the slow requests never reached the app"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        let before = load.so_far();
+        let signalled = Instant::now();
+        server_proxy.process.signal(libc::SIGTERM);
+        server_proxy.wait_for_ready_status(503);
+
+        for request in slow {
+            let response: Curl = request.join().expect("curl thread");
+            assert_eq!(
+                response.status, 200,
+                "an in-flight request failed: {response:?}"
+            );
+            assert_eq!(response.json()["pod"], "server", "{response:?}");
+        }
+        let status = server_proxy.process.wait_exit(Duration::from_secs(10));
+        assert!(status.success(), "the proxy exited with {status}");
+        assert!(
+            signalled.elapsed() < Duration::from_secs(5),
+            "the drain outlived its in-flight requests: {:?}",
+            signalled.elapsed()
+        );
+        let tally = load.stop();
+        assert!(before.total() >= 40, "{before:?}");
+        assert_eq!(
+            before.failed(),
+            0,
+            "failed requests before the drain: {before:?}"
+        );
+        eprintln!("requests around the drain: {tally:?}");
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Other protocols and big bodies.
+
+/// A WebSocket handshake through both sidecars, then bytes both ways over the upgraded
+/// connection, and a half-close at the end.
+#[test]
+fn websocket_upgrade_is_tunnelled_through_both_sidecars() {
+    let mesh = Mesh::new();
+    let server = mesh.pod("server");
+    let _app = server.tcp_server(9100, websocket_echo);
+    let server_proxy = server.sidecar(None);
+    let client = mesh.pod("client");
+    let mut destination = backend(&mesh, &[]);
+    destination["ports"][0]["endpoints"] =
+        json!([{"address": SocketAddr::from((server.ip, 9100)).to_string()}]);
+    let client_proxy = client.sidecar(Some(&config("1", destination)));
+
+    let vip = SocketAddr::from((mesh.vip(VIP), SERVICE_PORT));
+    let mut stream = client
+        .connect(Some(APP_UID), vip)
+        .expect("connect to the VIP");
+    stream
+        .write_all(
+            b"GET /chat HTTP/1.1\r\nHost: backend\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .expect("send the handshake");
+    let head = read_head(&mut stream).expect("the handshake's answer");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(head_value(&head, "upgrade"), Some("websocket"), "{head}");
+    assert_eq!(
+        head_value(&head, "sec-websocket-accept"),
+        Some(WEBSOCKET_ACCEPT),
+        "{head}"
+    );
+
+    stream.write_all(b"ping").expect("send");
+    let mut pong = [0u8; 4];
+    stream.read_exact(&mut pong).expect("the echo");
+    assert_eq!(&pong, b"ping");
+    // More than the socket buffers on the way: both directions must keep moving.
+    let big: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let mut writer = stream.try_clone().expect("clone the stream");
+    let sent = big.clone();
+    let sender = thread::spawn(move || {
+        writer.write_all(&sent).expect("send 1 MiB");
+        writer.shutdown(Shutdown::Write).expect("half-close");
+    });
+    let mut echoed = Vec::new();
+    stream
+        .read_to_end(&mut echoed)
+        .expect("the echo, then the server's close after the half-close");
+    sender.join().expect("sender");
+    assert!(
+        echoed == big,
+        "echoed {} bytes, not the 1 MiB sent",
+        echoed.len()
+    );
+
+    for (proxy, direction) in [(&client_proxy, "outbound"), (&server_proxy, "inbound")] {
+        proxy.wait_for_metric(
+            "skein_proxy_requests_total",
+            &[("direction", direction), ("status_code", "101")],
+            |n| n == 1.0,
+        );
+    }
+}
+
+/// 100 MiB down and 100 MiB up through both sidecars: everything arrives, and neither proxy
+/// holds the body in memory.
+#[test]
+fn a_100_mib_body_streams_both_ways_with_bounded_proxy_memory() {
+    const BULK: u64 = 100 * 1024 * 1024;
+    let mesh = Mesh::new();
+    let server = mesh.pod("server");
+    let _app = server.tcp_server(9200, |stream| bulk_server(stream, BULK));
+    let server_proxy = server.sidecar(None);
+    let client = mesh.pod("client");
+    let mut destination = backend(&mesh, &[]);
+    destination["ports"][0]["endpoints"] =
+        json!([{"address": SocketAddr::from((server.ip, 9200)).to_string()}]);
+    let client_proxy = client.sidecar(Some(&config("1", destination)));
+    let upload = mesh.dir().join("upload.bin");
+    let file = std::fs::File::create(&upload).expect("create the upload");
+    file.set_len(BULK).expect("size the upload");
+    drop(file);
+    std::fs::set_permissions(&upload, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod the upload");
+    let peaks_before = [
+        client_proxy.process.memory().1,
+        server_proxy.process.memory().1,
+    ];
+
+    let download = client.run(
+        Some(APP_UID),
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "25",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{size_download}",
+            &url(&mesh, "/download"),
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&download.stdout),
+        format!("200 {BULK}"),
+        "{}",
+        describe(&download)
+    );
+    let uploaded = client.run(
+        Some(APP_UID),
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "25",
+            "-H",
+            "Expect:",
+            "--data-binary",
+            &format!("@{}", upload.display()),
+            &url(&mesh, "/upload"),
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&uploaded.stdout),
+        format!("received {BULK}"),
+        "{}",
+        describe(&uploaded)
+    );
+
+    for (proxy, before) in [&client_proxy, &server_proxy].into_iter().zip(peaks_before) {
+        let (rss, peak) = proxy.process.memory();
+        eprintln!(
+            "{}: peak RSS {} MiB before, {} MiB after; RSS now {} MiB",
+            proxy.process.what(),
+            before >> 20,
+            peak >> 20,
+            rss >> 20
+        );
+        assert!(
+            peak < before + 32 * 1024 * 1024,
+            "{}: peak RSS grew from {} MiB to {} MiB while streaming 100 MiB",
+            proxy.process.what(),
+            before >> 20,
+            peak >> 20
+        );
+    }
+}
+
+/// grpc-go on both ends (`skein-test-peer`, built by tests/cluster/build.sh): unary calls through
+/// both sidecars with a route retrying UNAVAILABLE (the status comes in trailers), and a
+/// server-streaming call whose messages and final status all arrive.
+#[test]
+fn grpc_calls_cross_both_sidecars_and_unavailable_is_retried() {
+    let peer = support::bin_dir().join("skein-test-peer");
+    let peer = peer.to_str().expect("UTF-8 path");
+    let mesh = Mesh::new();
+    let server = mesh.pod("server");
+    let mut app = server.spawn(
+        "grpc server in server",
+        Some(APP_UID),
+        &[
+            peer,
+            "grpc-serve",
+            "--listen",
+            "0.0.0.0:50051",
+            "--name",
+            "server",
+            "--fail-percent",
+            "30",
+            "--fail-code",
+            "14",
+        ],
+        &[],
+    );
+    server.wait_listening(50051, &mut app);
+    let server_proxy = server.sidecar(None);
+    let client = mesh.pod("client");
+    let mut destination = backend(&mesh, &[]);
+    destination["ports"] = json!([{
+        "port": 50051,
+        "protocol": "grpc",
+        "endpoints": [{"address": SocketAddr::from((server.ip, 50051)).to_string()}],
+    }]);
+    destination["routes"] = json!([{"retry": {"attempts": 5, "retryOn": ["unavailable"]}}]);
+    let client_proxy = client.sidecar(Some(&config("1", destination)));
+    let target = format!("{}:50051", mesh.vip(VIP));
+
+    let output = client.run(
+        Some(APP_UID),
+        &[peer, "grpc-call", "--target", &target, "--count", "100"],
+    );
+    assert!(output.status.success(), "{}", describe(&output));
+    let seen: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", describe(&output)));
+    // 30% of tries fail; with five retries a call fails with probability 0.3^6 (0.07%).
+    assert!(
+        seen["codes"]["OK"].as_u64().unwrap_or(0) >= 99,
+        "retries mask UNAVAILABLE: {seen}"
+    );
+    assert_eq!(seen["peers"]["server"], 100, "{seen}");
+    client_proxy.wait_for_metric("skein_proxy_retries_total", &[("result", "sent")], |n| {
+        n > 0.0
+    });
+    // The server's sidecar saw the failed tries as gRPC failures.
+    server_proxy.wait_for_metric(
+        "skein_proxy_requests_total",
+        &[
+            ("direction", "inbound"),
+            ("protocol", "grpc"),
+            ("grpc_status", "14"),
+            ("classification", "failure"),
+        ],
+        |n| n > 0.0,
+    );
+
+    let output = client.run(
+        Some(APP_UID),
+        &[peer, "grpc-call", "--target", &target, "--stream", "20"],
+    );
+    let streamed: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", describe(&output)));
+    assert_eq!(
+        streamed,
+        json!({"code": "OK", "received": 20}),
+        "{}",
+        describe(&output)
+    );
+    for (proxy, direction) in [(&client_proxy, "outbound"), (&server_proxy, "inbound")] {
+        proxy.wait_for_metric(
+            "skein_proxy_requests_total",
+            &[
+                ("direction", direction),
+                ("protocol", "grpc"),
+                ("grpc_status", "0"),
+                ("classification", "success"),
+            ],
+            |n| n >= 100.0,
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers.
+
+/// RFC 6455's example: the accept value of key `dGhlIHNhbXBsZSBub25jZQ==`.
+const WEBSOCKET_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+/// A WebSocket server as far as the proxy can tell: answers the handshake with 101, then
+/// echoes raw bytes (no framing needed: the proxy only copies).
+fn websocket_echo(mut stream: std::net::TcpStream) {
+    let Some(head) = read_head(&mut stream) else {
+        return;
+    };
+    if !head_value(&head, "upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket")) {
+        let _ = stream.write_all(
+            b"HTTP/1.1 426 Upgrade Required\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        );
+        return;
+    }
+    let answer = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {WEBSOCKET_ACCEPT}\r\n\r\n"
+    );
+    if stream.write_all(answer.as_bytes()).is_ok() {
+        echo(stream);
+    }
+}
+
+/// HTTP/1.1 keep-alive server: `GET /download` answers `size` zero bytes, `POST /upload` reads
+/// its `Content-Length` body and answers `received N`.
+fn bulk_server(mut stream: std::net::TcpStream, size: u64) {
+    let chunk = vec![0u8; 64 * 1024];
+    while let Some(head) = read_head(&mut stream) {
+        let written = if head.starts_with("GET /download") {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {size}\r\n\r\n"
+            );
+            let mut left = size;
+            stream.write_all(head.as_bytes()).and_then(|()| {
+                while left > 0 {
+                    let n = left.min(chunk.len() as u64);
+                    stream.write_all(&chunk[..n as usize])?;
+                    left -= n;
+                }
+                Ok(())
+            })
+        } else if head.starts_with("POST /upload") {
+            let length: u64 = head_value(&head, "content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let received = std::io::copy(&mut (&mut stream).take(length), &mut std::io::sink());
+            let body = format!("received {}", received.unwrap_or(0));
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(answer.as_bytes())
+        } else {
+            stream.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+        };
+        if written.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads the proxy's answer to a bad request: a 4xx response or a closed/reset connection are
+/// both fine; a connection left open (read timeout) or a forwarded request are not.
+fn expect_rejected(stream: &mut std::net::TcpStream, what: &str) {
+    match read_to_end_or_reset(stream) {
+        Ok(bytes) if bytes.is_empty() => {}
+        Ok(bytes) => {
+            let response = parse_response(&bytes).unwrap_or_else(|err| panic!("{what}: {err}"));
+            assert!(
+                (400..500).contains(&response.status),
+                "{what}: answered {response:?}"
+            );
+        }
+        Err(err)
+            if matches!(
+                err.kind(),
+                ErrorKind::ConnectionReset | ErrorKind::BrokenPipe
+            ) => {}
+        Err(err) => panic!("{what}: expected a 4xx or a close, got {err}"),
+    }
+}
+
+fn url(mesh: &Mesh, path: &str) -> String {
+    format!("http://{}:{SERVICE_PORT}{path}", mesh.vip(VIP))
+}
+
+/// A client sidecar configuration (`RegistryOnly`) with the one destination.
+fn config(version: &str, destination: Value) -> Value {
+    json!({
+        "version": version,
+        "workload": {"name": "client", "namespace": "demo"},
+        "destinations": [destination],
+    })
+}
+
+/// The backend service: VIP `mesh.vip(VIP)`:80 and host `backend`, endpoints the demo apps of
+/// `pods` labelled `version`.
+fn backend(mesh: &Mesh, pods: &[(&Pod, &str)]) -> Value {
+    let endpoints: Vec<Value> = pods
+        .iter()
+        .map(|(pod, version)| {
+            let labels: BTreeMap<&str, &str> =
+                [("version", *version), ("pod", pod.name.as_str())].into();
+            json!({
+                "address": pod.endpoint().to_string(),
+                "labels": labels,
+                "workload": {"name": format!("backend-{version}"), "namespace": "demo"},
+            })
+        })
+        .collect();
+    json!({
+        "name": SERVICE,
+        "addresses": [mesh.vip(VIP).to_string()],
+        "hosts": ["backend", "backend.demo"],
+        "ports": [{"port": SERVICE_PORT, "endpoints": endpoints}],
+    })
+}
