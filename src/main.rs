@@ -50,7 +50,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(skein::controlplane::run(args))?;
         }
         Command::Proxy(args) => {
-            let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            let runtime = skein::proxy::runtime(&args).context("starting the tokio runtime")?;
             runtime.block_on(skein::proxy::run(args))?;
         }
         Command::DemoApp(args) => {

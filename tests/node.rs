@@ -330,15 +330,18 @@ async fn an_injected_pod_runs_skein_init_then_its_proxy_and_traffic_crosses_the_
         Some("skein-proxy"),
         &["curl", "-sS", "-m", "5", "http://127.0.0.1:16000/metrics"],
     );
-    let inbound = metrics
+    // The request crossed the proxy as HTTP: counted with its status.
+    let inbound: f64 = metrics
         .lines()
-        .find(|l| l.starts_with("skein_proxy_tcp_connections_opened_total{direction=\"inbound\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0);
+        .filter(|l| {
+            l.starts_with("skein_proxy_requests_total{direction=\"inbound\"")
+                && l.contains("status_code=\"200\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
     assert!(
         inbound >= 1.0,
-        "no inbound connection through the proxy:\n{metrics}"
+        "no inbound request through the proxy:\n{metrics}"
     );
     drop(control_plane);
 }

@@ -68,7 +68,7 @@ pub async fn forward(context: &RequestContext, request: Forward<'_>) -> Response
     let tries = Tries {
         context,
         grpc: labels.protocol == "grpc",
-        parts: &parts,
+        parts,
         body,
         target: &target,
         route,
@@ -180,7 +180,7 @@ struct Tries<'a> {
     context: &'a RequestContext,
     /// A gRPC call (its status may decide a retry).
     grpc: bool,
-    parts: &'a Parts,
+    parts: Parts,
     body: RequestBody,
     target: &'a Target,
     route: Option<&'a CompiledRoute>,
@@ -247,7 +247,14 @@ impl Tries<'_> {
             }
             tried.push(address);
             let sent = Instant::now();
-            let mut parts = self.parts.clone();
+            // The request head is cloned only if a retry or a mirror may need it again.
+            let needed_again = policy.is_some_and(|p| retries < p.attempts)
+                || (tried.len() == 1 && self.route.is_some_and(|r| r.mirror.is_some()));
+            let mut parts = if needed_again {
+                self.parts.clone()
+            } else {
+                std::mem::replace(&mut self.parts, http::Request::new(()).into_parts().0)
+            };
             if let Some((protocol, _)) = &self.upgrade {
                 parts
                     .headers
