@@ -159,6 +159,7 @@ pub(crate) struct Shared {
 /// one with that many workers.
 pub fn runtime(args: &ProxyArgs) -> std::io::Result<tokio::runtime::Runtime> {
     limit_malloc_arenas();
+    trim_code_pages();
     let mut builder = if args.workers <= 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
@@ -168,6 +169,50 @@ pub fn runtime(args: &ProxyArgs) -> std::io::Result<tokio::runtime::Runtime> {
     };
     // Blocking work is rare here (reading the config file): a couple of threads suffice.
     builder.max_blocking_threads(2).enable_all().build()
+}
+
+/// The `skein` binary holds every role, and the kernel maps code in 64 KiB runs around each page
+/// the CPU touches: a sidecar would carry megabytes of other roles' code as resident memory. At
+/// start the proxy tells the kernel its code is read at random (map only the pages used) and
+/// drops what start-up mapped; pages come back, one by one, as they are executed.
+fn trim_code_pages() {
+    #[cfg(target_os = "linux")]
+    {
+        let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
+            return;
+        };
+        let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+            return;
+        };
+        for line in maps.lines() {
+            let mut fields = line.split_whitespace();
+            let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+                continue;
+            };
+            // Only the binary's code: never written, so dropping its pages loses nothing.
+            // (Its read-only data may not be: relocations are written before it is sealed.)
+            if !line.ends_with(exe.to_string_lossy().as_ref()) || perms != "r-xp" {
+                continue;
+            }
+            let Some((start, end)) = range.split_once('-') else {
+                continue;
+            };
+            let (Ok(start), Ok(end)) = (
+                usize::from_str_radix(start, 16),
+                usize::from_str_radix(end, 16),
+            ) else {
+                continue;
+            };
+            // SAFETY: advice on the code mapping of our own binary: MADV_RANDOM only stops
+            // read-around, MADV_DONTNEED on a clean private file mapping only unmaps pages that
+            // the next access maps again from the file.
+            unsafe {
+                let address = start as *mut libc::c_void;
+                libc::madvise(address, end - start, libc::MADV_RANDOM);
+                libc::madvise(address, end - start, libc::MADV_DONTNEED);
+            }
+        }
+    }
 }
 
 /// glibc gives each thread that allocates an arena of its own; for a sidecar whose threads are
