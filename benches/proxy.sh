@@ -743,7 +743,7 @@ else
   git -C "$REPO" diff --quiet HEAD 2>/dev/null || SKEIN_REV="$SKEIN_REV with uncommitted changes"
 fi
 
-PLACEMENT="load generator on CPU $LOADGEN_CPU; app and every proxy on CPU $SERVER_CPU (taskset); nginx and HAProxy one worker/thread each, skein's tokio runtime sized by its CPU affinity"
+PLACEMENT="load generator on CPU $LOADGEN_CPU; app and every proxy on CPU $SERVER_CPU (taskset); nginx and HAProxy one worker/thread each, skein one thread each (its default, --workers 1)"
 {
   echo "quick=$QUICK"
   echo "placement=$PLACEMENT"
