@@ -15,17 +15,19 @@
 //! namespace is per thread, and a socket stays in the namespace it was created in), so the
 //! test keeps plain `std::net` streams it can assert on.
 
-use std::fs::File;
+mod support;
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
-use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
-use std::thread::{self, JoinHandle};
+use std::process::{Command, Output};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use skein::proxy::original_dst::original_dst;
+use support::netns::{
+    COMMAND_TIMEOUT, PEER_IP, PEER_IP6, POD_IP, POD_IP6, WiredPod, any_v4, any_v6, at,
+    connect_within, describe, ip, listen, run_command,
+};
 
 const SKEIN: &str = env!("CARGO_BIN_EXE_skein");
 /// The defaults `skein init` uses.
@@ -37,17 +39,11 @@ const APP_UID: u32 = 1000;
 /// `nobody`, for runs without privileges.
 const NOBODY: &str = "65534";
 
-const POD_IP: &str = "10.213.0.2";
-const PEER_IP: &str = "10.213.0.1";
 const SERVICE_VIP: &str = "10.96.0.10";
-const POD_IP6: &str = "fd00:213::2";
-const PEER_IP6: &str = "fd00:213::1";
 const SERVICE_VIP6: &str = "fd00:96::10";
 
 /// Bound on every connect, accept, read and write.
 const NET_TIMEOUT: Duration = Duration::from_secs(3);
-/// Bound on every external command.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------------------------
 // The behaviour users notice.
@@ -343,29 +339,16 @@ fn rules_go_to_the_backend_the_namespace_already_uses() {
 // ---------------------------------------------------------------------------------------------
 // Topology.
 
-/// A network namespace, deleted on drop (with the veth end inside it).
-struct Netns(String);
+/// A [`WiredPod`] whose peer also holds the Service VIPs (and, dual-stack, the pod's IPv6 default
+/// route via the peer).
+struct Pod(WiredPod);
 
-impl Netns {
-    fn add(name: String) -> Self {
-        run_ok("ip", &["netns", "add", &name]);
-        Netns(name)
+impl std::ops::Deref for Pod {
+    type Target = WiredPod;
+
+    fn deref(&self) -> &WiredPod {
+        &self.0
     }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // Best effort: a failure here must not turn a passing test into a panic during unwind.
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-/// A pod namespace and the peer namespace it is wired to.
-struct Pod {
-    name: String,
-    // Fields drop in order: the pod first, then the peer.
-    _pod: Netns,
-    peer: Netns,
 }
 
 impl Pod {
@@ -381,90 +364,24 @@ impl Pod {
 
     fn create(ipv6: bool) -> Self {
         require_environment();
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        // `ip netns add` mounts /run/netns on first use; concurrent first uses can race.
-        static SETUP: Mutex<()> = Mutex::new(());
-        let _serial = SETUP
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-
-        let id = format!(
-            "skcap-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let pod_ns = Netns::add(format!("{id}-pod"));
-        let peer = Netns::add(format!("{id}-peer"));
-        let (pod, peer_name) = (pod_ns.0.clone(), peer.0.clone());
-        let ip = |ns: &str, args: &[&str]| {
-            let args: Vec<&str> = ["-n", ns].iter().chain(args).copied().collect();
-            run_ok("ip", &args)
-        };
-        // Created directly inside the namespaces, so the names cannot clash with the host's.
-        run_ok(
-            "ip",
-            &[
-                "link", "add", "eth0", "netns", &pod, "type", "veth", "peer", "name", "eth0",
-                "netns", &peer_name,
-            ],
-        );
-        for ns in [&pod, &peer_name] {
-            ip(ns, &["link", "set", "lo", "up"]);
-            ip(ns, &["link", "set", "eth0", "up"]);
-        }
+        let pod = WiredPod::new("skcap", ipv6);
         ip(
-            &pod,
-            &["addr", "add", &format!("{POD_IP}/24"), "dev", "eth0"],
-        );
-        ip(
-            &peer_name,
-            &["addr", "add", &format!("{PEER_IP}/24"), "dev", "eth0"],
-        );
-        ip(
-            &peer_name,
+            &pod.peer.0,
             &["addr", "add", &format!("{SERVICE_VIP}/32"), "dev", "lo"],
         );
-        ip(&pod, &["route", "add", "default", "via", PEER_IP]);
         if ipv6 {
-            // nodad: usable at once instead of after duplicate address detection.
             ip(
-                &pod,
-                &[
-                    "addr",
-                    "add",
-                    &format!("{POD_IP6}/64"),
-                    "dev",
-                    "eth0",
-                    "nodad",
-                ],
-            );
-            ip(
-                &peer_name,
-                &[
-                    "addr",
-                    "add",
-                    &format!("{PEER_IP6}/64"),
-                    "dev",
-                    "eth0",
-                    "nodad",
-                ],
-            );
-            ip(
-                &peer_name,
+                &pod.peer.0,
                 &["addr", "add", &format!("{SERVICE_VIP6}/128"), "dev", "lo"],
             );
             ip(
-                &pod,
+                &pod.name,
                 &[
                     "-6", "route", "add", "default", "via", PEER_IP6, "dev", "eth0",
                 ],
             );
         }
-        Pod {
-            name: pod,
-            _pod: pod_ns,
-            peer,
-        }
+        Pod(pod)
     }
 
     /// Runs `skein init ARGS` (the real binary) in the pod namespace; it must succeed.
@@ -536,78 +453,9 @@ fn unprivileged<'a>(command: &[&'a str]) -> Vec<&'a str> {
 // ---------------------------------------------------------------------------------------------
 // Sockets inside namespaces.
 
-fn at(ip: &str, port: u16) -> SocketAddr {
-    let ip: std::net::IpAddr = ip.parse().expect("test IP address");
-    SocketAddr::new(ip, port)
-}
-
-fn any_v4(port: u16) -> SocketAddr {
-    at("0.0.0.0", port)
-}
-
-fn any_v6(port: u16) -> SocketAddr {
-    at("::", port)
-}
-
-/// Runs `f` on a new thread inside network namespace `ns`, as `uid` when given.
-///
-/// Why a thread: the network namespace is a per-thread attribute, so `setns` on a throwaway thread
-/// leaves the test's other threads alone, and sockets keep the namespace they were created in.
-/// Why raw `setresuid`: glibc's `setresuid()` changes the credentials of *every* thread of the
-/// process (it signals them all, for POSIX semantics), which would break tests running in
-/// parallel; the raw syscall changes only the calling thread. A socket records the credentials
-/// of the thread that created it, which is what `-m owner --uid-owner` matches. The thread loses
-/// root with it, which is fine: it ends when `f` returns.
-fn in_netns<T: Send + 'static>(
-    ns: &str,
-    uid: Option<u32>,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let path = format!("/run/netns/{ns}");
-    let thread = thread::spawn(move || {
-        let netns = File::open(&path).unwrap_or_else(|err| panic!("opening {path}: {err}"));
-        // SAFETY: plain syscalls on a valid descriptor, affecting only this thread.
-        let rc = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
-        if let Some(uid) = uid {
-            // SAFETY: as above; group first, while the thread still may change it.
-            let rc = unsafe { libc::syscall(libc::SYS_setresgid, uid, uid, uid) };
-            assert_eq!(
-                rc,
-                0,
-                "setresgid({uid}): {}",
-                std::io::Error::last_os_error()
-            );
-            // SAFETY: as above.
-            let rc = unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) };
-            assert_eq!(
-                rc,
-                0,
-                "setresuid({uid}): {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        f()
-    });
-    thread
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-}
-
-fn listen(ns: &str, uid: Option<u32>, addr: SocketAddr) -> TcpListener {
-    let what = format!("listening on {addr} in {ns}");
-    in_netns(ns, uid, move || {
-        TcpListener::bind(addr).unwrap_or_else(|err| panic!("{what}: {err}"))
-    })
-}
-
 fn connect(ns: &str, uid: Option<u32>, to: SocketAddr) -> TcpStream {
-    let what = format!("connecting to {to} from {ns} as uid {uid:?}");
-    in_netns(ns, uid, move || {
-        let stream = TcpStream::connect_timeout(&to, NET_TIMEOUT)
-            .unwrap_or_else(|err| panic!("{what}: {err}"));
-        with_timeouts(stream)
-    })
+    connect_within(ns, uid, to, NET_TIMEOUT)
+        .unwrap_or_else(|err| panic!("connecting to {to} from {ns} as uid {uid:?}: {err}"))
 }
 
 /// The next connection on `listener`, waiting at most [`NET_TIMEOUT`].
@@ -673,102 +521,28 @@ fn exchange(client: &mut TcpStream, server: &mut TcpStream) {
 
 /// Fails the test (with what is missing) unless it runs as root with the tools it needs.
 fn require_environment() {
-    static CHECK: OnceLock<Result<(), String>> = OnceLock::new();
-    let check = CHECK.get_or_init(|| {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err("must run as root (network namespaces and iptables)".to_owned());
-        }
-        let tools: [(&str, &str); 6] = [
+    support::netns::require_environment(
+        "capture",
+        &[
             ("ip", "-V"),
             ("iptables", "--version"),
             ("iptables-save", "--version"),
             ("ip6tables-save", "--version"),
             ("iptables-legacy", "--version"),
             ("setpriv", "--version"),
-        ];
-        for (tool, version) in tools {
-            let found = Command::new(tool)
-                .arg(version)
-                .output()
-                .is_ok_and(|out| out.status.success());
-            if !found {
-                return Err(format!(
-                    "`{tool}` is missing (install iproute2, iptables and util-linux)"
-                ));
-            }
-        }
-        Ok(())
-    });
-    if let Err(problem) = check {
-        panic!("the capture tests cannot run: {problem}");
-    }
-}
-
-/// Runs a command to completion within [`COMMAND_TIMEOUT`].
-fn run(program: &str, args: &[&str]) -> Output {
-    let command = format!("{program} {}", args.join(" "));
-    let mut child = Command::new(program)
-        .args(args)
-        // anyhow appends a multi-line backtrace to `main`'s error when these are set; users of the
-        // init container do not set them, and the tests check what those users see.
-        .env_remove("RUST_BACKTRACE")
-        .env_remove("RUST_LIB_BACKTRACE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|err| panic!("could not run `{command}`: {err}"));
-    let stdout = drain(child.stdout.take());
-    let stderr = drain(child.stderr.take());
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("`{command}` did not finish within {COMMAND_TIMEOUT:?}");
-            }
-            Err(err) => panic!("waiting for `{command}`: {err}"),
-        }
-    };
-    let collect = |reader: JoinHandle<Vec<u8>>| reader.join().unwrap_or_default();
-    Output {
-        status,
-        stdout: collect(stdout),
-        stderr: collect(stderr),
-    }
-}
-
-fn run_ok(program: &str, args: &[&str]) -> String {
-    let output = run(program, args);
-    assert!(
-        output.status.success(),
-        "`{program} {}` failed: {}",
-        args.join(" "),
-        describe(&output)
+        ],
+        "iproute2, iptables and util-linux",
     );
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// Reads a pipe to its end on another thread, so a chatty child cannot block on a full pipe.
-fn drain(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<Vec<u8>> {
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(mut pipe) = pipe {
-            let _ = pipe.read_to_end(&mut buf);
-        }
-        buf
-    })
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "{}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
+/// Runs a command to completion within [`COMMAND_TIMEOUT`], without the backtrace variables:
+/// anyhow appends a multi-line backtrace to `main`'s error when these are set; users of the init
+/// container do not set them, and the tests check what those users see.
+fn run(program: &str, args: &[&str]) -> Output {
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE");
+    run_command(command, COMMAND_TIMEOUT)
 }

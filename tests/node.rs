@@ -102,6 +102,18 @@ fn pod_ip(pod: &Pod) -> String {
         .expect("a pod IP")
 }
 
+/// POSTs to `path` of the demo app in `pod`, from inside the pod (its admin endpoints, such as
+/// `/admin/unready`, are how a test changes its behaviour).
+fn post_to_demo_app(namespace: &str, pod: &str, path: &str) {
+    let url = format!("http://127.0.0.1:8080{path}");
+    exec_ok(
+        namespace,
+        pod,
+        None,
+        &["curl", "-sS", "-m", "5", "-X", "POST", &url],
+    );
+}
+
 fn json_of(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
@@ -360,20 +372,7 @@ async fn a_failing_readiness_probe_takes_the_pod_out_of_its_endpoint_slice() {
     })
     .await;
 
-    exec_ok(
-        ns,
-        &name,
-        None,
-        &[
-            "curl",
-            "-sS",
-            "-m",
-            "5",
-            "-X",
-            "POST",
-            "http://127.0.0.1:8080/admin/unready",
-        ],
-    );
+    post_to_demo_app(ns, &name, "/admin/unready");
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     eventually("the pod to turn not Ready", WAIT, || async {
         let pod = pods.get(&name).await.ok()?;
@@ -385,20 +384,7 @@ async fn a_failing_readiness_probe_takes_the_pod_out_of_its_endpoint_slice() {
     })
     .await;
 
-    exec_ok(
-        ns,
-        &name,
-        None,
-        &[
-            "curl",
-            "-sS",
-            "-m",
-            "5",
-            "-X",
-            "POST",
-            "http://127.0.0.1:8080/admin/ready",
-        ],
-    );
+    post_to_demo_app(ns, &name, "/admin/ready");
     wait_ready(&ctx.client, ns, &name).await;
     eventually("the endpoint to be ready again", WAIT, || async {
         (endpoints(&ctx.client, ns, "api").await.get(&ip) == Some(&true)).then_some(())

@@ -26,16 +26,20 @@
 //! never skip).
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
+
+pub use super::netns::describe;
+use super::netns::{
+    COMMAND_TIMEOUT, Netns, add_veth, bring_up_eth0, connect_within, in_netns, ip, run, run_ok,
+};
 
 pub const SKEIN: &str = env!("CARGO_BIN_EXE_skein");
 /// The defaults `skein init` and `skein proxy` share.
@@ -48,8 +52,6 @@ pub const APP_PORT: u16 = 8080;
 
 /// Bound on every connect, read and write of the test's own sockets.
 pub const NET_TIMEOUT: Duration = Duration::from_secs(5);
-/// Bound on every external command, and on waiting for a process to be ready or to exit.
-pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on waiting for a condition the proxy should reach by itself (a config reload, a metric).
 pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Lines of a process's log printed when a test fails.
@@ -132,34 +134,12 @@ impl Mesh {
         let netns = Netns::add(format!("{}-{name}", self.id));
         let ns = netns.0.clone();
         let hub_end = format!("v{host}");
-        // Created directly inside the namespaces, so the names cannot clash with the host's.
-        run_ok(
-            "ip",
-            &[
-                "link",
-                "add",
-                "eth0",
-                "netns",
-                &ns,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &hub_end,
-                "netns",
-                &self.hub.0,
-            ],
-        );
+        add_veth(&ns, &hub_end, &self.hub.0);
         ip(&self.hub.0, &["link", "set", &hub_end, "master", "br0"]);
         ip(&self.hub.0, &["link", "set", &hub_end, "up"]);
         let address = Ipv4Addr::new(10, 220, self.octet, host);
         let gateway = format!("10.220.{}.1", self.octet);
-        ip(&ns, &["link", "set", "lo", "up"]);
-        ip(&ns, &["link", "set", "eth0", "up"]);
-        ip(
-            &ns,
-            &["addr", "add", &format!("{address}/24"), "dev", "eth0"],
-        );
+        bring_up_eth0(&ns, &format!("{address}/24"));
         ip(&ns, &["route", "add", "default", "via", &gateway]);
         Pod {
             mesh: self,
@@ -179,23 +159,7 @@ impl Mesh {
         );
         let netns = Netns::add(format!("{}-{name}", self.id));
         let ns = netns.0.clone();
-        run_ok(
-            "ip",
-            &[
-                "link",
-                "add",
-                "eth0",
-                "netns",
-                &ns,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "ext0",
-                "netns",
-                &self.hub.0,
-            ],
-        );
+        add_veth(&ns, "ext0", &self.hub.0);
         let octet = self.octet;
         ip(
             &self.hub.0,
@@ -209,12 +173,7 @@ impl Mesh {
         );
         ip(&self.hub.0, &["link", "set", "ext0", "up"]);
         let address = Ipv4Addr::new(10, 223, octet, 2);
-        ip(&ns, &["link", "set", "lo", "up"]);
-        ip(&ns, &["link", "set", "eth0", "up"]);
-        ip(
-            &ns,
-            &["addr", "add", &format!("{address}/24"), "dev", "eth0"],
-        );
+        bring_up_eth0(&ns, &format!("{address}/24"));
         ip(
             &ns,
             &[
@@ -240,32 +199,6 @@ impl Default for Mesh {
         Self::new()
     }
 }
-
-/// A network namespace, deleted on drop (with the veth ends inside it).
-struct Netns(String);
-
-impl Netns {
-    fn add(name: String) -> Self {
-        // `ip netns add` mounts /run/netns on first use; concurrent first uses can race.
-        static SETUP: Mutex<()> = Mutex::new(());
-        let _serial = SETUP
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        run_ok("ip", &["netns", "add", &name]);
-        Netns(name)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // Best effort: a failure here must not turn a passing test into a panic during unwind.
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.0])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Pods.
 
@@ -1213,42 +1146,9 @@ pub fn head_value<'h>(head: &'h str, name: &str) -> Option<&'h str> {
     })
 }
 
-/// Runs `f` on a new thread inside network namespace `ns`, as `uid` when given: sockets it
-/// creates belong to that namespace (and UID), so the test keeps plain `std::net` streams.
-pub fn in_netns<T: Send + 'static>(
-    ns: &str,
-    uid: Option<u32>,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let path = format!("/run/netns/{ns}");
-    let thread = thread::spawn(move || {
-        let netns = File::open(&path).unwrap_or_else(|err| panic!("opening {path}: {err}"));
-        // SAFETY: plain syscalls on a valid descriptor, affecting only this thread.
-        let rc = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
-        if let Some(uid) = uid {
-            // Raw syscalls: the libc wrappers would change the IDs of every thread.
-            // SAFETY: as above; group first, while the thread still may change it.
-            let rc = unsafe { libc::syscall(libc::SYS_setresgid, uid, uid, uid) };
-            assert_eq!(rc, 0, "setresgid: {}", std::io::Error::last_os_error());
-            // SAFETY: as above.
-            let rc = unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) };
-            assert_eq!(rc, 0, "setresuid: {}", std::io::Error::last_os_error());
-        }
-        f()
-    });
-    thread
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-}
-
+/// A connection from `ns` (as `uid` when given) to `to`, bounded by [`NET_TIMEOUT`].
 pub fn connect_in(ns: &str, uid: Option<u32>, to: SocketAddr) -> std::io::Result<TcpStream> {
-    in_netns(ns, uid, move || {
-        let stream = TcpStream::connect_timeout(&to, NET_TIMEOUT)?;
-        stream.set_read_timeout(Some(NET_TIMEOUT))?;
-        stream.set_write_timeout(Some(NET_TIMEOUT))?;
-        Ok(stream)
-    })
+    connect_within(ns, uid, to, NET_TIMEOUT)
 }
 
 /// Closes `stream` with a TCP reset (SO_LINGER 0) instead of a FIN.
@@ -1333,109 +1233,17 @@ impl Metrics {
 
 /// Fails the test (with what is missing) unless it runs as root with the tools it needs.
 fn require_environment() {
-    static CHECK: OnceLock<Result<(), String>> = OnceLock::new();
-    let check = CHECK.get_or_init(|| {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err("must run as root (network namespaces and iptables)".to_owned());
-        }
-        for (tool, version) in [
+    super::netns::require_environment(
+        "data-plane",
+        &[
             ("ip", "-V"),
             ("iptables", "--version"),
             ("setpriv", "--version"),
             ("curl", "--version"),
             ("ss", "--version"),
-        ] {
-            let found = Command::new(tool)
-                .arg(version)
-                .output()
-                .is_ok_and(|out| out.status.success());
-            if !found {
-                return Err(format!(
-                    "`{tool}` is missing (install iproute2, iptables, util-linux and curl)"
-                ));
-            }
-        }
-        Ok(())
-    });
-    if let Err(problem) = check {
-        panic!("the data-plane tests cannot run: {problem}");
-    }
-}
-
-fn ip(ns: &str, args: &[&str]) {
-    let args: Vec<&str> = ["-n", ns].iter().chain(args).copied().collect();
-    run_ok("ip", &args);
-}
-
-/// Runs a command to completion within [`COMMAND_TIMEOUT`].
-pub fn run(program: &str, args: &[&str]) -> Output {
-    let mut command = Command::new(program);
-    command.args(args);
-    run_command(command, COMMAND_TIMEOUT)
-}
-
-/// Runs `command` (stdin closed, output collected) to completion within `limit`.
-pub fn run_command(mut command: Command, limit: Duration) -> Output {
-    let described = format!("{command:?}");
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|err| panic!("could not run `{described}`: {err}"));
-    let stdout = drain(child.stdout.take());
-    let stderr = drain(child.stderr.take());
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(5)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("`{described}` did not finish within {limit:?}");
-            }
-            Err(err) => panic!("waiting for `{described}`: {err}"),
-        }
-    };
-    let collect = |reader: JoinHandle<Vec<u8>>| reader.join().unwrap_or_default();
-    Output {
-        status,
-        stdout: collect(stdout),
-        stderr: collect(stderr),
-    }
-}
-
-pub fn run_ok(program: &str, args: &[&str]) -> String {
-    let output = run(program, args);
-    assert!(
-        output.status.success(),
-        "`{program} {}` failed: {}",
-        args.join(" "),
-        describe(&output)
+        ],
+        "iproute2, iptables, util-linux and curl",
     );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// Reads a pipe to its end on another thread, so a chatty child cannot block on a full pipe.
-fn drain(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<Vec<u8>> {
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(mut pipe) = pipe {
-            let _ = pipe.read_to_end(&mut buf);
-        }
-        buf
-    })
-}
-
-pub fn describe(output: &Output) -> String {
-    format!(
-        "{}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 /// The last `lines` lines of `text`.
