@@ -34,7 +34,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use self::body::ProxyBody;
-use super::{Direction, Shared};
+use super::{Direction, Shared, headers};
 
 /// Header on every response the proxy makes itself, saying why (`egress-blocked`,
 /// `no-endpoints`, `connect-failure`, `timeout`, `overloaded`, ...).
@@ -114,6 +114,32 @@ async fn handle(request: Request<Incoming>, context: Arc<RequestContext>) -> Res
     match context.connection.direction {
         Direction::Outbound => outbound::handle(request, &context, started).await,
         Direction::Inbound => inbound::handle(request, &context, started).await,
+    }
+}
+
+/// A request taken apart for forwarding, as both directions need it.
+pub(crate) struct Prepared {
+    /// The head, without hop-by-hop headers, with `x-request-id` and this hop's trace span.
+    pub parts: http::request::Parts,
+    pub body: Incoming,
+    /// The protocol the client asked to switch to, and its side of the switch.
+    pub upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
+    pub grpc: bool,
+}
+
+pub(crate) fn prepare(mut request: Request<Incoming>, rng: &mut fastrand::Rng) -> Prepared {
+    let upgrade = requested_upgrade(request.headers())
+        .map(|protocol| (protocol, hyper::upgrade::on(&mut request)));
+    let (mut parts, body) = request.into_parts();
+    let grpc = is_grpc(&parts.headers);
+    headers::remove_hop_by_hop(&mut parts.headers);
+    headers::ensure_request_id(&mut parts.headers, rng);
+    headers::propagate_trace(&mut parts.headers, false, rng);
+    Prepared {
+        parts,
+        body,
+        upgrade,
+        grpc,
     }
 }
 

@@ -9,25 +9,27 @@ use hyper::body::Incoming;
 
 use super::body::{ProxyBody, RequestBody};
 use super::forward::{self, Forward, Local, Target};
-use super::{RequestContext, is_grpc, request_host, requested_upgrade};
+use super::{Prepared, RequestContext, prepare, request_host};
 use crate::proxy::Direction;
 use crate::proxy::config::compiled::normalize_host;
 use crate::proxy::config::{Compiled, EgressProtocol};
 use crate::proxy::egress;
-use crate::proxy::headers;
 use crate::proxy::metrics::ProtocolLabels;
 
 pub async fn handle(
-    mut request: Request<Incoming>,
+    request: Request<Incoming>,
     context: &RequestContext,
     started: Instant,
 ) -> Response<ProxyBody> {
     let config = context.shared.config.current();
     let original = context.connection.target;
-    let upgrade = requested_upgrade(request.headers())
-        .map(|protocol| (protocol, hyper::upgrade::on(&mut request)));
-    let (mut parts, body) = request.into_parts();
-    let grpc = is_grpc(&parts.headers);
+    let mut rng = fastrand::Rng::new();
+    let Prepared {
+        mut parts,
+        body,
+        upgrade,
+        grpc,
+    } = prepare(request, &mut rng);
     let host = request_host(&parts)
         .map(str::to_owned)
         .unwrap_or_else(|| original.ip().to_string());
@@ -38,11 +40,6 @@ pub async fn handle(
     let source = Some(&config.source.workload).filter(|w| !w.name.is_empty());
     // For the metrics label and the blocked message: the host without its port.
     let host_name = normalize_host(&host);
-
-    let mut rng = fastrand::Rng::new();
-    headers::remove_hop_by_hop(&mut parts.headers);
-    headers::ensure_request_id(&mut parts.headers, &mut rng);
-    headers::propagate_trace(&mut parts.headers, false, &mut rng);
 
     let Some(service) = service else {
         // Not a mesh service: out of the mesh, if the policy lets it go.
