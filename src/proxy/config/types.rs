@@ -181,7 +181,9 @@ fn default_max_ejection_percent() -> u8 {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Limits {
-    /// Upstream connections across all endpoints of the destination.
+    /// Upstream connections across all endpoints of the destination. For HTTP each request in
+    /// flight holds a connection, so this is enforced as a bound on requests in flight (with
+    /// `maxPendingRequests`, the lower wins); opaque TCP connections are not limited yet.
     #[serde(default)]
     pub max_connections: Option<u32>,
     /// Requests waiting for a connection or in flight to the destination.
