@@ -185,6 +185,7 @@ async fn dispatch(
     target: SocketAddr,
     shared: &Arc<Shared>,
 ) {
+    tcp::set_nodelay(&stream);
     let config = shared.config.current();
     let service = match direction {
         Direction::Outbound => config.service_at(target).cloned(),

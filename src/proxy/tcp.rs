@@ -56,7 +56,9 @@ pub fn reset(stream: &TcpStream) {
     }
 }
 
-fn set_nodelay(stream: &TcpStream) {
+/// No Nagle delays on what the proxy writes: HTTP/2 in particular writes small frames that
+/// would otherwise wait for the peer's delayed ACK (40 ms).
+pub(crate) fn set_nodelay(stream: &TcpStream) {
     if let Err(err) = stream.set_nodelay(true) {
         tracing::debug!(error = %err, "cannot set TCP_NODELAY");
     }
@@ -84,7 +86,6 @@ pub(crate) async fn forward(
     let metrics = shared.metrics.tcp(direction);
     metrics.opened.inc();
     let _closed = CountClosed(&metrics.closed);
-    set_nodelay(client.get_ref());
 
     let connected = tokio::select! {
         biased;
