@@ -150,7 +150,7 @@ pub(crate) async fn forward(
 }
 
 /// An error and its sources on one line (what `{:#}` does for anyhow).
-struct ErrorChain<'a>(&'a dyn std::error::Error);
+pub(crate) struct ErrorChain<'a>(pub &'a dyn std::error::Error);
 
 impl std::fmt::Display for ErrorChain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

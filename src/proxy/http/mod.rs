@@ -97,7 +97,7 @@ where
         tracing::debug!(
             direction = %connection.direction,
             peer = %connection.peer,
-            error = %upstream::error_chain(&err),
+            error = %super::tcp::ErrorChain(&err),
             "HTTP connection ended with an error"
         );
     }

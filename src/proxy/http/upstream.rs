@@ -13,6 +13,7 @@ use hyper_util::rt::TokioExecutor;
 
 use super::body::ProxyBody;
 use crate::proxy::retry::AttemptOutcome;
+use crate::proxy::tcp::ErrorChain;
 
 /// How long an idle pooled connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -108,7 +109,7 @@ fn build(
 }
 
 fn classify(address: SocketAddr, err: &hyper_util::client::legacy::Error) -> UpstreamError {
-    let reason = error_chain(err);
+    let reason = ErrorChain(err).to_string();
     if err.is_connect() {
         return UpstreamError::Connect { address, reason };
     }
@@ -122,16 +123,4 @@ fn classify(address: SocketAddr, err: &hyper_util::client::legacy::Error) -> Ups
         source = current.source();
     }
     UpstreamError::Reset { address, reason }
-}
-
-/// An error and its sources on one line.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(current) = source {
-        text.push_str(": ");
-        text.push_str(&current.to_string());
-        source = current.source();
-    }
-    text
 }
