@@ -23,8 +23,12 @@ pub enum Command {
     Version,
     /// Run the operator: installs and upgrades the mesh from the MeshConfig named `default`.
     Operator(OperatorArgs),
-    /// Run the control plane: the sidecar-injection webhook (later also discovery and the CA).
+    /// Run the control plane: the sidecar-injection and rule-validation webhooks, and the
+    /// configuration stream to every proxy (later also the CA).
     ControlPlane(ControlPlaneArgs),
+    /// Show every proxy connected to the control plane: its configuration version, and the
+    /// last ACK or NACK.
+    ProxyStatus(ProxyStatusArgs),
     /// Multi-cluster federation helpers.
     #[command(subcommand)]
     Federation(FederationCommand),
@@ -104,6 +108,28 @@ pub struct ControlPlaneArgs {
     /// Address proxies use to reach the control plane (written into injected pods).
     #[arg(long, default_value = "skein-control-plane.skein-system.svc:9090")]
     pub xds_address: String,
+    /// Address the configuration stream (gRPC) listens on.
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    pub xds_addr: std::net::SocketAddr,
+    /// Address of the plain-HTTP debug server: `/debug/proxies`, `/debug/config?pod=NS/NAME`
+    /// and the configuration stream's `/metrics`. Loopback by default: reach it with
+    /// `kubectl port-forward`.
+    #[arg(long, default_value = "127.0.0.1:9091")]
+    pub debug_addr: std::net::SocketAddr,
+    /// The cluster's DNS domain, for Service host names.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ProxyStatusArgs {
+    /// The control plane's debug server (`skein control-plane --debug-addr`). Default: the
+    /// one `skein dev up` started for `--cluster`.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// The `skein dev up` cluster whose control plane to ask.
+    #[arg(long, default_value = "skein-dev")]
+    pub cluster: String,
 }
 
 #[derive(Debug, clap::Args)]

@@ -21,3 +21,4 @@ pub mod pki;
 pub mod proxy;
 pub mod signals;
 pub mod telemetry;
+pub mod xds;

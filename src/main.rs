@@ -49,6 +49,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             runtime.block_on(skein::controlplane::run(args))?;
         }
+        Command::ProxyStatus(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            runtime.block_on(skein::controlplane::proxy_status::run(&args))?;
+        }
         Command::Proxy(args) => {
             let runtime = skein::proxy::runtime(&args).context("starting the tokio runtime")?;
             runtime.block_on(skein::proxy::run(args))?;

@@ -8,8 +8,11 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, CustomResourceExt, ResourceExt};
 
+use super::egress_rule::EgressRule;
 use super::meshconfig::MeshConfig;
 use super::names;
+use super::route_rule::RouteRule;
+use super::traffic_policy::TrafficPolicy;
 
 /// How long `install` waits for each CRD to become Established.
 const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -29,7 +32,12 @@ pub enum CrdError {
 
 /// Every CRD Skein defines, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![with_defaulted_spec(MeshConfig::crd())]
+    vec![
+        with_defaulted_spec(MeshConfig::crd()),
+        RouteRule::crd(),
+        EgressRule::crd(),
+        TrafficPolicy::crd(),
+    ]
 }
 
 /// Every field of a MeshConfig spec is optional, so the spec itself is too: `spec: {}` is

@@ -2,8 +2,16 @@
 
 pub mod crds;
 pub mod duration;
+pub mod egress_rule;
 pub mod meshconfig;
 pub mod names;
+pub mod route_rule;
+pub mod rule_status;
+pub mod traffic_policy;
 
 pub use duration::Duration;
+pub use egress_rule::{EgressRule, EgressRuleSpec};
 pub use meshconfig::{MeshConfig, MeshConfigSpec, MeshConfigStatus};
+pub use route_rule::{RouteRule, RouteRuleSpec};
+pub use rule_status::RuleStatus;
+pub use traffic_policy::{TrafficPolicy, TrafficPolicySpec};

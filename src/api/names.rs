@@ -40,6 +40,10 @@ pub const DEFAULT_EXCLUDED_NAMESPACES: [&str; 4] = [
     MESH_NAMESPACE,
 ];
 
+/// Service annotation: comma-separated namespaces whose proxies see the Service (`.` = its own,
+/// `*` = all); absent or empty: all.
+pub const EXPORT_TO_ANNOTATION: &str = "skein.dev/export-to";
+
 /// Field manager used for every server-side apply Skein performs.
 pub const FIELD_MANAGER: &str = "skein";
 

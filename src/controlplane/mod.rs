@@ -1,15 +1,31 @@
-//! `skein control-plane`: serves the sidecar-injection webhook over HTTPS. Discovery (the proxy
-//! configuration stream) and the CA join it in later issues.
+//! `skein control-plane`: the sidecar-injection and rule-validation webhooks (HTTPS), and the
+//! configuration stream every proxy subscribes to (gRPC). The CA joins it with the identity
+//! work.
 //!
-//! - [`state`]: watches of the active MeshConfig and namespace labels.
+//! Webhooks:
+//! - [`state`]: watches of the active MeshConfig and namespace labels (for injection).
 //! - [`tls`]: the serving certificate, reloaded when its files change.
-//! - [`server`]: the HTTP routes.
+//! - [`server`]: the HTTPS routes; [`validate`]: the rule-validating webhook (pure);
+//!   [`registration`]: how that webhook is registered.
+//!
+//! Discovery, one way: apiserver watches → [`index`] (reflectors, debounced rebuilds) →
+//! [`translate`] (pure: cluster state → each proxy's configuration) → [`push`] (the
+//! Delta-ADS-shaped gRPC stream, ACK/NACK) → proxies; [`status`] writes each rule's verdict
+//! back; [`debug`] and [`proxy_status`] show who got what.
 
+pub mod debug;
+pub mod index;
+pub mod proxy_status;
+pub mod push;
+pub mod registration;
 pub mod server;
 pub mod state;
+pub mod status;
 pub mod tls;
+pub mod translate;
+pub mod validate;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -17,6 +33,8 @@ use prometheus_client::registry::Registry;
 
 use crate::cli::ControlPlaneArgs;
 use crate::inject::webhook::WebhookMetrics;
+use index::Index;
+use push::{ConfigSource, PushServer};
 use server::AppState;
 use state::ClusterState;
 use tls::CertSource;
@@ -49,16 +67,18 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
         .load()
         .await
         .context("loading the webhook serving certificate")?;
-    let (cluster, watches) = ClusterState::start(client, args.xds_address.clone())
+    let (cluster, watches) = ClusterState::start(client.clone(), args.xds_address.clone())
         .await
         .context("reading the apiserver version")?;
 
     let mut registry = Registry::default();
     let metrics = WebhookMetrics::register(&mut registry);
+    let index = Arc::new(OnceLock::new());
     let app = server::router(AppState {
         cluster,
         metrics,
         registry: Arc::new(registry),
+        index: index.clone(),
     });
 
     tokio::spawn(watches);
@@ -66,13 +86,61 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
 
     let handle = axum_server::Handle::new();
     tokio::spawn(shutdown_on_signal(handle.clone()));
-    tracing::info!(addr = %args.webhook_addr, "serving the injection webhook");
-    axum_server::bind_rustls(args.webhook_addr, tls_config)
-        .handle(handle)
-        .serve(app.into_make_service())
-        .await
-        .with_context(|| format!("serving on {}", args.webhook_addr))?;
+    tracing::info!(addr = %args.webhook_addr, "serving the injection and validation webhooks");
+    let webhooks = async {
+        axum_server::bind_rustls(args.webhook_addr, tls_config)
+            .handle(handle)
+            .serve(app.into_make_service())
+            .await
+            .with_context(|| format!("serving on {}", args.webhook_addr))
+    };
+    // The webhooks serve at once; discovery starts serving once its caches are synced. Either
+    // failing (a port taken) stops the process.
+    tokio::try_join!(webhooks, discovery(client, &args, index))?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Watches the cluster, streams each proxy its configuration, writes rule statuses, and serves
+/// the debug endpoints, until SIGTERM/SIGINT.
+async fn discovery(
+    client: kube::Client,
+    args: &ControlPlaneArgs,
+    slot: Arc<OnceLock<Index>>,
+) -> anyhow::Result<()> {
+    // Bind before the (possibly slow) first sync, so a taken port fails fast.
+    let debug_listener = tokio::net::TcpListener::bind(args.debug_addr)
+        .await
+        .with_context(|| format!("binding the debug server to {}", args.debug_addr))?;
+    let index = Index::start(client.clone(), args.cluster_domain.clone()).await;
+    let _ = slot.set(index.clone());
+    let source: Arc<dyn ConfigSource> = Arc::new(index.clone());
+    let mut registry = Registry::default();
+    let push = PushServer::new(source.clone(), &mut registry);
+    tokio::spawn(status::run(client, index));
+
+    let registry = Arc::new(registry);
+    let debug_app = debug::router(push.clone(), source).route(
+        "/metrics",
+        axum::routing::get(move || {
+            let registry = registry.clone();
+            async move { server::encode_metrics(&registry) }
+        }),
+    );
+    tracing::info!(addr = %args.debug_addr, "serving /debug/proxies, /debug/config and /metrics");
+    let debug = async {
+        axum::serve(debug_listener, debug_app)
+            .with_graceful_shutdown(crate::signals::shutdown())
+            .await
+            .with_context(|| format!("serving on {}", args.debug_addr))
+    };
+    tracing::info!(addr = %args.xds_addr, "serving the configuration stream");
+    let stream = async {
+        push.serve(args.xds_addr, crate::signals::shutdown())
+            .await
+            .with_context(|| format!("serving the configuration stream on {}", args.xds_addr))
+    };
+    tokio::try_join!(debug, stream)?;
     Ok(())
 }
 

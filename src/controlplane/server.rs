@@ -1,7 +1,7 @@
-//! The control plane's HTTPS server: `/inject` (the admission webhook), `/healthz`, `/readyz`
-//! and `/metrics`.
+//! The control plane's HTTPS server: `/inject` (the injection webhook), `/validate` (the
+//! traffic-rule validating webhook), `/healthz`, `/readyz` and `/metrics`.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::Router;
@@ -12,7 +12,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use prometheus_client::registry::Registry;
 
+use super::index::Index;
 use super::state::ClusterState;
+use super::validate;
 use crate::inject::webhook::{self, WebhookMetrics};
 
 /// The apiserver caps an object at ~1.5 MiB in etcd, and a CREATE review carries one object:
@@ -24,11 +26,15 @@ pub struct AppState {
     pub cluster: ClusterState,
     pub metrics: WebhookMetrics,
     pub registry: Arc<Registry>,
+    /// The discovery index, once its caches are synced (the validator warns about rules for
+    /// Services it does not know).
+    pub index: Arc<OnceLock<Index>>,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/inject", post(inject))
+        .route("/validate", post(validate_rule))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -69,6 +75,31 @@ async fn inject(State(state): State<AppState>, body: Bytes) -> Response {
     axum::Json(response.into_review()).into_response()
 }
 
+async fn validate_rule(State(state): State<AppState>, body: Bytes) -> Response {
+    let request = match webhook::parse_review(&body) {
+        Ok(request) => request,
+        Err(err) => {
+            tracing::warn!(error = %err, "rejecting a malformed admission request");
+            return (StatusCode::BAD_REQUEST, err.to_string()).into_response();
+        }
+    };
+    // Before the index has synced, no Service is reported missing.
+    let response = validate::review(&request, |namespace, name| {
+        state
+            .index
+            .get()
+            .is_none_or(|index| index.has_service(namespace, name))
+    });
+    tracing::debug!(
+        kind = %request.kind.kind,
+        namespace = request.namespace.as_deref().unwrap_or(""),
+        name = %request.name,
+        allowed = response.allowed,
+        "rule validation"
+    );
+    axum::Json(response.into_review()).into_response()
+}
+
 async fn readyz(State(state): State<AppState>) -> Response {
     if state.cluster.is_ready() {
         (StatusCode::OK, "ok").into_response()
@@ -82,8 +113,13 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    encode_metrics(&state.registry)
+}
+
+/// A registry in the OpenMetrics text format, as a response.
+pub fn encode_metrics(registry: &Registry) -> Response {
     let mut text = String::new();
-    match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
+    match prometheus_client::encoding::text::encode(&mut text, registry) {
         Ok(()) => (
             [(
                 header::CONTENT_TYPE,

@@ -25,13 +25,14 @@ impl Background {
         cluster_dir.join("logs").join(format!("{}.log", self.name))
     }
 
-    /// Whether the process its PID file names is alive.
+    /// Whether the process its PID file names is alive. A zombie is not: it has exited and
+    /// only waits to be reaped (its parent, `skein dev up`, is long gone, and not every init
+    /// reaps promptly).
     pub fn running(&self, cluster_dir: &Path) -> bool {
         std::fs::read_to_string(self.pid_file(cluster_dir))
             .ok()
             .and_then(|pid| pid.trim().parse::<i32>().ok())
-            // SAFETY: signal 0 only checks that the process exists.
-            .is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0)
+            .is_some_and(alive)
     }
 
     /// Starts the program unless it already runs; returns whether it started it.
@@ -71,4 +72,16 @@ impl Background {
             .with_context(|| format!("writing {}", pid_file.display()))?;
         Ok(true)
     }
+}
+
+/// The process exists and has not exited (`/proc/PID/stat` state other than `Z` or `X`).
+fn alive(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the command name, which is in parentheses and may contain spaces.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, None | Some("Z" | "X"))
 }

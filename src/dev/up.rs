@@ -4,7 +4,7 @@
 //! background processes, applied objects) and waits for what it needs before moving on.
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -42,6 +42,7 @@ pub async fn up(args: &DevClusterArgs) -> anyhow::Result<()> {
         webhook: webhook_port,
         operator_metrics: metrics_port,
         xds: xds_port,
+        debug: debug_port,
     } = ports;
     let skein = std::env::current_exe().context("finding the skein binary")?;
     let kubeconfig_env = vec![(
@@ -117,6 +118,11 @@ pub async fn up(args: &DevClusterArgs) -> anyhow::Result<()> {
             format!("{}/skein-webhook-tls", names::MESH_NAMESPACE),
             "--webhook-addr".into(),
             format!("127.0.0.1:{webhook_port}"),
+            // Pods reach it at the node's address, which the node relays to this host port.
+            "--xds-addr".into(),
+            format!("127.0.0.1:{xds_port}"),
+            "--debug-addr".into(),
+            format!("127.0.0.1:{debug_port}"),
         ],
         env: kubeconfig_env,
     };
@@ -165,8 +171,8 @@ pub async fn up(args: &DevClusterArgs) -> anyhow::Result<()> {
     println!(
         "\nSkein is up on local cluster `{name}` ({secs}s): node {node_name}, operator, control plane,\n\
          and the demo (frontend -> middleware -> backend v1/v2) in namespace `{DEMO_NAMESPACE}`, each pod\n\
-         with its skein-proxy sidecar. The proxies measure every request (see their metrics); they\n\
-         run without a control plane configuration yet, so traffic goes where the app sends it.\n\n\
+         with its skein-proxy sidecar, configured by the control plane's stream. Steer traffic with\n\
+         RouteRules, EgressRules and TrafficPolicies (config/samples/traffic-rules.yaml).\n\n\
          Next:\n  \
          export KUBECONFIG={kubeconfig}\n  \
          export PATH={bin_dir}:$PATH   # a kubectl of the cluster's version\n  \
@@ -174,6 +180,9 @@ pub async fn up(args: &DevClusterArgs) -> anyhow::Result<()> {
          sudo skein dev exec {DEMO_NAMESPACE}/<frontend pod> -c frontend -- curl -s http://frontend/   # the chain of versions\n  \
          sudo skein dev exec {DEMO_NAMESPACE}/<frontend pod> -c skein-proxy -- curl -s localhost:16000/metrics\n  \
          skein dev logs {DEMO_NAMESPACE}/<pod> -c <container>\n  \
+         kubectl -n {DEMO_NAMESPACE} apply -f config/samples/traffic-rules.yaml   # x-canary: 1 -> v2; 90/10 split\n  \
+         kubectl -n {DEMO_NAMESPACE} get routerules,egressrules,trafficpolicies\n  \
+         skein proxy-status --cluster {name}\n  \
          kubectl get meshconfig\n\n\
          Stop everything and delete its state with `cargo run -- dev down --name {name}`.\n",
         name = args.name,
@@ -198,30 +207,55 @@ struct LocalPorts {
     webhook: u16,
     operator_metrics: u16,
     xds: u16,
+    /// The control plane's debug server (`skein proxy-status`); 0 in files older than it.
+    #[serde(default)]
+    debug: u16,
 }
 
 impl LocalPorts {
+    fn path(cluster_dir: &Path) -> PathBuf {
+        cluster_dir.join("dev-ports.json")
+    }
+
+    fn load(cluster_dir: &Path) -> Option<Self> {
+        let text = std::fs::read_to_string(Self::path(cluster_dir)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
     fn load_or_pick(cluster_dir: &Path) -> anyhow::Result<Self> {
-        let path = cluster_dir.join("dev-ports.json");
-        if let Ok(text) = std::fs::read_to_string(&path)
-            && let Ok(ports) = serde_json::from_str(&text)
-        {
-            return Ok(ports);
-        }
         let pick = || -> anyhow::Result<u16> {
             Ok(std::net::TcpListener::bind("127.0.0.1:0")?
                 .local_addr()?
                 .port())
         };
-        let ports = Self {
-            webhook: pick()?,
-            operator_metrics: pick()?,
-            xds: pick()?,
+        let ports = match Self::load(cluster_dir) {
+            Some(ports) if ports.debug != 0 => return Ok(ports),
+            Some(ports) => Self {
+                debug: pick()?,
+                ..ports
+            },
+            None => Self {
+                webhook: pick()?,
+                operator_metrics: pick()?,
+                xds: pick()?,
+                debug: pick()?,
+            },
         };
+        let path = Self::path(cluster_dir);
         std::fs::write(&path, serde_json::to_string(&ports)?)
             .with_context(|| format!("writing {}", path.display()))?;
         Ok(ports)
     }
+}
+
+/// The URL of the debug server of the control plane `skein dev up` runs for `cluster`.
+pub fn control_plane_debug_url(cluster: &str) -> anyhow::Result<String> {
+    let ports = LocalPorts::load(&cluster::state_dir(cluster))
+        .filter(|p| p.debug != 0)
+        .with_context(|| {
+            format!("no control plane of `skein dev up --name {cluster}` is known here: give --url")
+        })?;
+    Ok(format!("http://127.0.0.1:{}", ports.debug))
 }
 
 fn announce(what: &str, started: bool) {

@@ -27,6 +27,9 @@ pub const WEBHOOK_CONFIGURATION_NAME: &str = "skein-sidecar-injector";
 /// Label every namespace carries with its own name (set by the apiserver).
 const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
+/// The path of the injection webhook on the control plane's HTTPS server.
+pub const INJECT_PATH: &str = "/inject";
+
 /// Where the apiserver reaches the webhook.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WebhookTarget {
@@ -86,17 +89,17 @@ pub fn webhook_configuration(
     }
 }
 
-fn webhook(
-    name: &str,
-    injection: &InjectionSpec,
+/// How the apiserver reaches `path` on the control plane. A URL target names the injection
+/// webhook (`https://host:port/inject`, MeshConfig External mode); other paths are served on
+/// the same host and port.
+pub fn client_config(
     target: &WebhookTarget,
     ca_bundle_pem: &[u8],
-    namespace_requirements: Vec<LabelSelectorRequirement>,
-    object_requirement: LabelSelectorRequirement,
-) -> MutatingWebhook {
-    let client_config = match target {
+    path: &str,
+) -> WebhookClientConfig {
+    match target {
         WebhookTarget::Url(url) => WebhookClientConfig {
-            url: Some(url.clone()),
+            url: Some(with_path(url, path)),
             ca_bundle: Some(ByteString(ca_bundle_pem.to_vec())),
             service: None,
         },
@@ -111,12 +114,35 @@ fn webhook(
                 k8s_openapi::api::admissionregistration::v1::ServiceReference {
                     namespace: namespace.clone(),
                     name: name.clone(),
-                    path: Some("/inject".to_owned()),
+                    path: Some(path.to_owned()),
                     port: Some(*port),
                 },
             ),
         },
-    };
+    }
+}
+
+/// `url` with its path replaced by `path` (the injection URL is used as given).
+fn with_path(url: &str, path: &str) -> String {
+    if path == INJECT_PATH {
+        return url.to_owned();
+    }
+    let authority_start = url.find("://").map_or(0, |i| i + 3);
+    let authority_end = url[authority_start..]
+        .find('/')
+        .map_or(url.len(), |i| authority_start + i);
+    format!("{}{path}", &url[..authority_end])
+}
+
+fn webhook(
+    name: &str,
+    injection: &InjectionSpec,
+    target: &WebhookTarget,
+    ca_bundle_pem: &[u8],
+    namespace_requirements: Vec<LabelSelectorRequirement>,
+    object_requirement: LabelSelectorRequirement,
+) -> MutatingWebhook {
+    let client_config = client_config(target, ca_bundle_pem, INJECT_PATH);
     MutatingWebhook {
         name: name.to_owned(),
         admission_review_versions: vec!["v1".to_owned()],

@@ -23,6 +23,9 @@ use serde::Serialize;
 
 use crate::api::meshconfig::ControlPlaneMode;
 use crate::api::{MeshConfig, names};
+use crate::controlplane::registration::{
+    VALIDATING_WEBHOOK_NAME, validating_webhook_configuration,
+};
 use crate::inject::registration::{
     WEBHOOK_CONFIGURATION_NAME, WebhookTarget, webhook_configuration,
 };
@@ -187,6 +190,13 @@ pub fn desired(mc: &MeshConfig, inputs: &Inputs<'_>) -> Result<Install, DesiredE
     );
     webhook.metadata = meta(WEBHOOK_CONFIGURATION_NAME, false, "injector");
     push(source(webhook))?;
+    let mut validator = validating_webhook_configuration(
+        &target,
+        inputs.ca_cert_pem.as_bytes(),
+        spec.injection.timeout_seconds,
+    );
+    validator.metadata = meta(VALIDATING_WEBHOOK_NAME, false, "rule-validator");
+    push(source(validator))?;
 
     Ok(Install { objects, absent })
 }
@@ -415,6 +425,16 @@ fn control_plane_cluster_rules() -> Vec<PolicyRule> {
             ],
             &["get", "list", "watch"],
         ),
+        // Each rule's status says whether proxies got it.
+        rule(
+            names::GROUP,
+            &[
+                "routerules/status",
+                "egressrules/status",
+                "trafficpolicies/status",
+            ],
+            &["get", "patch", "update"],
+        ),
         // Workload identity: proxies prove who they are with a projected token.
         rule("authentication.k8s.io", &["tokenreviews"], &["create"]),
         rule("", &["events"], &["create", "patch"]),
@@ -549,6 +569,7 @@ mod tests {
             "Deployment",
             "Service",
             "MutatingWebhookConfiguration",
+            "ValidatingWebhookConfiguration",
         ] {
             assert!(
                 kinds.iter().any(|(k, _)| k == kind),

@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures::StreamExt;
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -232,7 +234,11 @@ fn controller(
     )
     .owns(Api::<ClusterRole>::all(client.clone()), ours.clone())
     .owns(Api::<ClusterRoleBinding>::all(client.clone()), ours.clone())
-    .owns(Api::<MutatingWebhookConfiguration>::all(client), ours)
+    .owns(
+        Api::<MutatingWebhookConfiguration>::all(client.clone()),
+        ours.clone(),
+    )
+    .owns(Api::<ValidatingWebhookConfiguration>::all(client), ours)
     .reconcile_all_on(federation_changes)
     .graceful_shutdown_on(async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
@@ -451,7 +457,7 @@ async fn uninstall(mc: &MeshConfig, ctx: &Context) -> Result<Action, ReconcileEr
             namespace: o.namespace,
             name: o.name,
         })
-        .partition(|o| o.resource.kind == "MutatingWebhookConfiguration");
+        .partition(|o| o.resource.kind.ends_with("WebhookConfiguration"));
     for (step, objects) in [
         ("webhook", webhook),
         ("control plane", rest.into_iter().rev().collect()),

@@ -15,6 +15,7 @@
 //! - [`tcp`]: opaque TCP forwarding (both ways, with half-close) to the upstream.
 //! - [`admin`]: the admin HTTP server: `/live`, `/ready`, `/metrics`, `POST /drain`,
 //!   `POST /shutdown`.
+//! - [`client`]: the configuration stream from the control plane (`--xds-address`).
 //! - [`drain`]: stopping accepts, tracking in-flight connections, closing stragglers.
 //! - [`metrics`]: the proxy's Prometheus metrics (names and labels documented there).
 //! - [`original_dst`]: `SO_ORIGINAL_DST` for redirected connections.
@@ -29,6 +30,7 @@
 
 pub mod admin;
 pub mod balance;
+pub mod client;
 pub mod config;
 pub mod detect;
 pub mod drain;
@@ -89,9 +91,24 @@ pub struct ProxyArgs {
     #[arg(long, env = "SKEIN_PROXY_WORKERS", default_value_t = 1)]
     pub workers: usize,
     /// Configuration file (YAML or JSON; see `proxy::config::types`), re-read when it changes.
-    /// Without it the proxy forwards everything to its original destination.
+    /// Without it (and without `--xds-address`) the proxy forwards everything to its original
+    /// destination.
     #[arg(long, env = "SKEIN_PROXY_CONFIG")]
     pub config: Option<std::path::PathBuf>,
+    /// The control plane's configuration stream (`host:port`): the configuration comes from
+    /// there instead of a file. Until the first one arrives, traffic goes to its original
+    /// destination, as without a mesh: readiness never waits for the control plane, so an
+    /// outage of it does not keep pods from starting.
+    #[arg(long, env = "SKEIN_XDS_ADDRESS", conflicts_with = "config")]
+    pub xds_address: Option<String>,
+    /// This pod's name: with `--pod-namespace` and `--pod-ip`, the proxy's identity on the
+    /// configuration stream (injected pods set them from the downward API).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
+    #[arg(long, env = "POD_IP")]
+    pub pod_ip: Option<std::net::IpAddr>,
 }
 
 impl ProxyArgs {
@@ -112,7 +129,29 @@ impl ProxyArgs {
             !self.connect_timeout.as_std().is_zero(),
             "--connect-timeout must be more than 0s"
         );
+        self.xds_client()?;
         Ok(())
+    }
+
+    /// The configuration stream's settings, with `--xds-address`: the control plane needs to
+    /// know which pod is asking.
+    fn xds_client(&self) -> anyhow::Result<Option<client::ClientSettings>> {
+        let Some(address) = &self.xds_address else {
+            return Ok(None);
+        };
+        let (Some(pod), Some(namespace)) = (&self.pod_name, &self.pod_namespace) else {
+            anyhow::bail!(
+                "--xds-address needs --pod-name and --pod-namespace (POD_NAME, POD_NAMESPACE)"
+            );
+        };
+        Ok(Some(client::ClientSettings {
+            address: address.clone(),
+            identity: crate::controlplane::push::ProxyIdentity {
+                pod: pod.clone(),
+                namespace: namespace.clone(),
+                ip: self.pod_ip,
+            },
+        }))
     }
 }
 
@@ -278,13 +317,15 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
             )));
         }
     }
+    let xds = args.xds_client()?;
     let ready = Arc::new(AtomicBool::new(true));
-    let config_watch = match (&args.config, config_text) {
-        (Some(path), Some(text)) => Some(tokio::spawn(watch_config(
+    let config_watch = match (&args.config, config_text, xds) {
+        (Some(path), Some(text), _) => Some(tokio::spawn(watch_config(
             path.clone(),
             text,
             shared.clone(),
         ))),
+        (_, _, Some(settings)) => Some(tokio::spawn(stream_config(settings, shared.clone()))),
         _ => None,
     };
 
@@ -378,24 +419,44 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
 /// Applies changes of the configuration file, counting and logging each result.
 async fn watch_config(path: std::path::PathBuf, text: String, shared: Arc<Shared>) {
     let metrics = shared.metrics.http.clone();
-    config::load::watch(path, text, shared.config.clone(), move |result| {
-        let outcome = match result {
-            Ok(compiled) => {
-                metrics.set_config_version(&compiled.source.version);
-                tracing::info!(version = %compiled.source.version, "configuration applied");
-                "applied"
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "configuration rejected: keeping the previous one");
-                "rejected"
-            }
-        };
-        metrics
-            .config_reloads
-            .get_or_create(&metrics::ResultLabels { result: outcome })
-            .inc();
+    config::load::watch(
+        path,
+        text,
+        shared.config.clone(),
+        move |result| match result {
+            Ok(compiled) => record_config_result(&metrics, Ok(compiled)),
+            Err(err) => record_config_result(&metrics, Err(&err.to_string())),
+        },
+    )
+    .await;
+}
+
+/// Applies the configurations the control plane streams, counting and logging each result.
+async fn stream_config(settings: client::ClientSettings, shared: Arc<Shared>) {
+    let metrics = shared.metrics.http.clone();
+    client::run(settings, shared.config.clone(), move |result| {
+        record_config_result(&metrics, result);
     })
     .await;
+}
+
+/// Counts and logs one configuration change (from the file or the control plane).
+fn record_config_result(metrics: &metrics::HttpMetrics, result: Result<&Compiled, &str>) {
+    let outcome = match result {
+        Ok(compiled) => {
+            metrics.set_config_version(&compiled.source.version);
+            tracing::info!(version = %compiled.source.version, "configuration applied");
+            "applied"
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "configuration rejected: keeping the previous one");
+            "rejected"
+        }
+    };
+    metrics
+        .config_reloads
+        .get_or_create(&metrics::ResultLabels { result: outcome })
+        .inc();
 }
 
 /// Closes the listeners (idempotent) and waits until they are closed: from then on new
@@ -419,4 +480,50 @@ async fn stop_accepting(
         in_flight = shared.drain.active(),
         "draining: listeners closed"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        proxy: ProxyArgs,
+    }
+
+    #[test]
+    fn the_configuration_comes_from_a_file_or_the_control_plane_not_both() {
+        let both = Cli::try_parse_from([
+            "proxy",
+            "--config=/etc/skein/proxy.yaml",
+            "--xds-address=cp:9090",
+        ]);
+        assert_eq!(
+            both.expect_err("conflict").kind(),
+            clap::error::ErrorKind::ArgumentConflict
+        );
+        let streamed = Cli::try_parse_from([
+            "proxy",
+            "--xds-address=cp:9090",
+            "--pod-name=web-1",
+            "--pod-namespace=demo",
+            "--pod-ip=10.1.0.7",
+        ])
+        .expect("valid");
+        let settings = streamed
+            .proxy
+            .xds_client()
+            .expect("valid")
+            .expect("streamed");
+        assert_eq!(settings.address, "cp:9090");
+        assert_eq!(settings.identity.pod, "web-1");
+        assert_eq!(settings.identity.ip, "10.1.0.7".parse().ok());
+
+        let anonymous = Cli::try_parse_from(["proxy", "--xds-address=cp:9090"]).expect("parses");
+        let err = anonymous.proxy.validate().expect_err("needs an identity");
+        assert!(err.to_string().contains("--pod-name"), "{err}");
+    }
 }

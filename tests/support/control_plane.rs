@@ -21,6 +21,9 @@ use super::TestContext;
 pub struct ControlPlane {
     child: Child,
     pub port: u16,
+    /// The configuration stream (gRPC) and the debug server.
+    pub xds_port: u16,
+    pub debug_port: u16,
     pub ca: CertifiedKeyPem,
     pub dir: tempfile::TempDir,
 }
@@ -34,7 +37,7 @@ impl ControlPlane {
             .issue_serving(&["127.0.0.1", "localhost"], Duration::from_secs(3600))
             .unwrap();
         write_cert(&dir, &serving);
-        let port = free_port();
+        let (port, xds_port, debug_port) = (free_port(), free_port(), free_port());
         let log = std::fs::File::create(dir.path().join("control-plane.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_skein"))
             .args([
@@ -43,6 +46,10 @@ impl ControlPlane {
                 &format!("127.0.0.1:{port}"),
                 "--xds-address",
                 "127.0.0.1:9090",
+                "--xds-addr",
+                &format!("127.0.0.1:{xds_port}"),
+                "--debug-addr",
+                &format!("127.0.0.1:{debug_port}"),
             ])
             .arg("--tls-cert")
             .arg(dir.path().join("tls.crt"))
@@ -58,6 +65,8 @@ impl ControlPlane {
         let control_plane = Self {
             child,
             port,
+            xds_port,
+            debug_port,
             ca: ca.pem.clone(),
             dir,
         };
@@ -110,6 +119,11 @@ impl ControlPlane {
 
     fn log_path(&self) -> PathBuf {
         self.dir.path().join("control-plane.log")
+    }
+
+    /// The process's PID (for its memory use).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Stops the process (the webhook is then down).

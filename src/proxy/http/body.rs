@@ -70,9 +70,15 @@ impl RequestBody {
 
     /// A body whose first [`MAX_REPLAY_BYTES`] are kept for more tries.
     pub fn replayable(body: ProxyBody) -> Self {
+        // An empty body (most GETs) is complete from the start: a try that fails before the
+        // body is ever looked at (a refused connection) can still be retried.
+        let copy = Copy {
+            complete: body.is_end_stream(),
+            ..Copy::default()
+        };
         Self {
             first: Some(body),
-            copy: Some(Arc::default()),
+            copy: Some(Arc::new(Mutex::new(copy))),
         }
     }
 
@@ -260,5 +266,28 @@ impl Drop for Metered {
         // An empty body may be dropped without ever being polled; it is complete all the same.
         let completed = self.inner.is_end_stream();
         self.finish(completed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A try that fails before its body is read (a refused connection) drops the body unread.
+    #[tokio::test]
+    async fn an_empty_body_can_be_retried_after_a_try_that_never_read_it() {
+        let mut body = RequestBody::replayable(empty());
+        drop(body.take());
+        assert!(body.is_replayable());
+        let again = body.take().expect("the replayed copy");
+        assert!(again.collect().await.unwrap().to_bytes().is_empty());
+    }
+
+    #[test]
+    fn an_unread_body_with_content_cannot_be_replayed() {
+        let mut body = RequestBody::replayable(full("payload"));
+        drop(body.take());
+        assert!(!body.is_replayable());
+        assert!(body.take().is_none());
     }
 }

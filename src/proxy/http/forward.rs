@@ -301,11 +301,20 @@ impl Tries<'_> {
                 replayable = self.body.is_replayable(),
                 "try finished"
             );
+            // An idempotent request whose connection closed before any response came back is
+            // the keep-alive race with a server shutting down (it closed an idle connection as
+            // the request went out): as safe to send again as a refused connection.
+            let retry_as = match outcome {
+                AttemptOutcome::Reset if is_idempotent(&self.parts.method) => {
+                    AttemptOutcome::ConnectFailure
+                }
+                other => other,
+            };
             let retry = policy.filter(|p| {
                 retries < p.attempts
                     && self.body.is_replayable()
                     && self.upgrade.is_none()
-                    && retry::should_retry(p, &outcome)
+                    && retry::should_retry(p, &retry_as)
             });
             if let Some(policy) = retry {
                 let allowed = budget
@@ -468,6 +477,12 @@ fn report(
             "endpoint ejected by outlier detection"
         );
     }
+}
+
+/// RFC 9110's idempotent methods: sending one twice has the effect of sending it once.
+fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method as M;
+    [M::GET, M::HEAD, M::OPTIONS, M::TRACE, M::PUT, M::DELETE].contains(method)
 }
 
 /// Whether the policy retries on a gRPC status (which usually comes in trailers).

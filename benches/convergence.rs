@@ -1,0 +1,420 @@
+//! Control-plane convergence: how long an EndpointSlice change in the apiserver takes to reach
+//! every connected proxy (time to its ACK), how many bytes a change pushes, and the control
+//! plane's memory — at 1,000 Services, 10,000 endpoints and 100 proxies.
+//!
+//! A real kube-apiserver and a real `skein control-plane` process; the proxies are 100 Delta ADS
+//! clients in this process (the stream's own generated client), each ACKing what it receives the
+//! way `skein proxy` does. The Services and EndpointSlices are written straight to the apiserver
+//! (what the EndpointSlice controller would write for 10,000 pods): the control plane watches
+//! slices, not pods, for endpoints, so pods on kwok nodes would add load to the apiserver and
+//! nothing to what is measured.
+//!
+//! Run: `benches/convergence.sh` (or `cargo bench --bench convergence`), on a local cluster of
+//! its own (`skein-bench-convergence`, started or reused). `cargo test --all-targets` runs a
+//! small smoke version on the shared test cluster. Goals: p99 < 1 s; memory < 200 MiB; a change
+//! pushes only what changed. The last line printed is one JSON object with the figures.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, stream};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use prost::Message;
+use serde_json::json;
+use skein::xds::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use skein::xds::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node};
+use skein::xds::resources;
+use support::control_plane::ControlPlane;
+use tokio::sync::mpsc;
+
+/// (services, endpoints per service, proxies, changes) for `cargo bench` and for the smoke run.
+const FULL: Scale = Scale {
+    services: 1_000,
+    endpoints: 10,
+    proxies: 100,
+    changes: 30,
+};
+const SMOKE: Scale = Scale {
+    services: 20,
+    endpoints: 3,
+    proxies: 4,
+    changes: 3,
+};
+const BENCH_CLUSTER: &str = "skein-bench-convergence";
+/// A change no proxy has ACKed within this long counts as lost.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Copy, Debug)]
+struct Scale {
+    services: usize,
+    endpoints: usize,
+    proxies: usize,
+    changes: usize,
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    if full {
+        support::use_cluster(BENCH_CLUSTER);
+    }
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .expect("installing the rustls provider");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(run(if full { FULL } else { SMOKE }, full));
+}
+
+/// What one proxy saw of one change.
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    change: usize,
+    /// From the apiserver write to the ACK sent.
+    latency: Duration,
+    bytes: usize,
+    resources: usize,
+}
+
+async fn run(scale: Scale, full: bool) {
+    let ctx = support::TestContext::new().await;
+    let namespace = ctx.namespace.clone();
+    let started = Instant::now();
+    create_services(&ctx.client, &namespace, scale).await;
+    let created = started.elapsed();
+    let control_plane = ControlPlane::start().await;
+    let endpoint = format!("http://127.0.0.1:{}", control_plane.xds_port);
+
+    // The proxies connect and take in the whole mesh.
+    let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
+    let current = Arc::new(Mutex::new(None::<(usize, String, Instant)>));
+    let connect_started = Instant::now();
+    let mut synced = Vec::new();
+    for index in 0..scale.proxies {
+        let (synced_tx, synced_rx) = tokio::sync::oneshot::channel();
+        synced.push(synced_rx);
+        tokio::spawn(proxy(
+            endpoint.clone(),
+            format!("proxy-{index}"),
+            namespace.clone(),
+            scale.services,
+            current.clone(),
+            seen_tx.clone(),
+            synced_tx,
+        ));
+    }
+    let mut initial_bytes = 0;
+    for synced in synced {
+        initial_bytes += tokio::time::timeout(Duration::from_secs(300), synced)
+            .await
+            .expect("every proxy receives the mesh within 5 minutes")
+            .expect("a proxy stream ended before its first configuration");
+    }
+    let initial_sync = connect_started.elapsed();
+
+    // Changes: one endpoint address of one Service at a time.
+    let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut samples: Vec<Seen> = Vec::new();
+    for change in 0..scale.changes {
+        let service = (change * 7919) % scale.services;
+        let destination = format!("svc-{service}.{namespace}.svc.cluster.local");
+        *current.lock().unwrap() = Some((change, destination, Instant::now()));
+        let address = format!(
+            "10.{}.{}.{}",
+            200 + change / 250,
+            change % 250,
+            1 + service % 250
+        );
+        let patch = json!({"endpoints": endpoints(service, scale.endpoints, Some(address))});
+        slices
+            .patch(
+                &format!("svc-{service}"),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .expect("patching an EndpointSlice");
+        let deadline = Instant::now() + CHANGE_TIMEOUT;
+        let mut got = 0;
+        while got < scale.proxies {
+            match tokio::time::timeout_at(deadline.into(), seen_rx.recv()).await {
+                Ok(Some(seen)) if seen.change == change => {
+                    samples.push(seen);
+                    got += 1;
+                }
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+        assert_eq!(
+            got, scale.proxies,
+            "change {change}: only {got} proxies ACKed"
+        );
+    }
+    let rss = memory(control_plane.pid());
+    report(
+        scale,
+        full,
+        created,
+        initial_sync,
+        initial_bytes,
+        &samples,
+        rss,
+    );
+    drop(control_plane);
+}
+
+/// `count` Services with a port 80 and their EndpointSlices, `endpoints` addresses each.
+async fn create_services(client: &kube::Client, namespace: &str, scale: Scale) {
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
+    stream::iter(0..scale.services)
+        .map(|i| {
+            let (services, slices) = (services.clone(), slices.clone());
+            async move {
+                let service: Service = serde_json::from_value(json!({
+                    "metadata": {"name": format!("svc-{i}")},
+                    "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+                }))
+                .unwrap();
+                services
+                    .create(&PostParams::default(), &service)
+                    .await
+                    .expect("creating a Service");
+                let slice: EndpointSlice = serde_json::from_value(json!({
+                    "metadata": {
+                        "name": format!("svc-{i}"),
+                        "labels": {"kubernetes.io/service-name": format!("svc-{i}")}
+                    },
+                    "addressType": "IPv4",
+                    "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+                    "endpoints": endpoints(i, scale.endpoints, None),
+                }))
+                .unwrap();
+                slices
+                    .create(&PostParams::default(), &slice)
+                    .await
+                    .expect("creating an EndpointSlice");
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<()>()
+        .await;
+}
+
+/// The endpoints of Service `service`; `first` replaces the first address (a change).
+fn endpoints(service: usize, count: usize, first: Option<String>) -> serde_json::Value {
+    let list: Vec<serde_json::Value> = (0..count)
+        .map(|j| {
+            let address = match (&first, j) {
+                (Some(address), 0) => address.clone(),
+                _ => format!("10.{}.{}.{}", service / 250, service % 250, 1 + j),
+            };
+            json!({"addresses": [address], "conditions": {"ready": true}})
+        })
+        .collect();
+    json!(list)
+}
+
+/// One simulated proxy: subscribes like `skein proxy`, ACKs every response, reports the first
+/// full configuration's size on `synced` and each change it sees on `seen`.
+async fn proxy(
+    endpoint: String,
+    pod: String,
+    namespace: String,
+    services: usize,
+    current: Arc<Mutex<Option<(usize, String, Instant)>>>,
+    seen: mpsc::UnboundedSender<Seen>,
+    synced: tokio::sync::oneshot::Sender<usize>,
+) {
+    let mut client = loop {
+        match AggregatedDiscoveryServiceClient::connect(endpoint.clone()).await {
+            Ok(client) => break client.max_decoding_message_size(64 << 20),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let (requests, outbound) = mpsc::channel::<DeltaDiscoveryRequest>(16);
+    for (index, type_url) in resources::TYPE_URLS.iter().enumerate() {
+        let _ = requests
+            .send(DeltaDiscoveryRequest {
+                node: (index == 0).then(|| Node {
+                    id: format!("{pod}.{namespace}"),
+                    pod: pod.clone(),
+                    namespace: namespace.clone(),
+                    ip: String::new(),
+                }),
+                type_url: (*type_url).to_owned(),
+                resource_names_subscribe: vec!["*".to_owned()],
+                ..Default::default()
+            })
+            .await;
+    }
+    let outbound = tokio_stream_from(outbound);
+    let mut responses = client
+        .delta_aggregated_resources(outbound)
+        .await
+        .expect("opening the stream")
+        .into_inner();
+    let mut synced = Some(synced);
+    let mut destinations = 0;
+    let mut initial_bytes = 0;
+    while let Ok(Some(response)) = responses.message().await {
+        let bytes = response.encoded_len();
+        let _ = requests.send(ack(&response)).await;
+        let acked = Instant::now();
+        if synced.is_some() {
+            initial_bytes += bytes;
+            if response.type_url == resources::DESTINATION_TYPE {
+                destinations += response.resources.len();
+            }
+            // The mesh is in once every Service arrived (and `kubernetes`, the default one).
+            if destinations >= services
+                && let Some(tx) = synced.take()
+            {
+                let _ = tx.send(initial_bytes);
+            }
+            continue;
+        }
+        let Some((change, name, written)) = current.lock().unwrap().clone() else {
+            continue;
+        };
+        if response.resources.iter().any(|r| r.name == name) {
+            let _ = seen.send(Seen {
+                change,
+                latency: acked - written,
+                bytes,
+                resources: response.resources.len() + response.removed_resources.len(),
+            });
+        }
+    }
+}
+
+fn ack(response: &DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        type_url: response.type_url.clone(),
+        response_nonce: response.nonce.clone(),
+        ..Default::default()
+    }
+}
+
+/// An mpsc receiver as the request stream tonic wants.
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// VmRSS and VmHWM of a process, in MiB.
+fn memory(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1000.0
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report(
+    scale: Scale,
+    full: bool,
+    created: Duration,
+    initial_sync: Duration,
+    initial_bytes: usize,
+    samples: &[Seen],
+    (rss, hwm): (f64, f64),
+) {
+    let mut latencies: Vec<Duration> = samples.iter().map(|s| s.latency).collect();
+    latencies.sort();
+    // Per change: the last proxy's ACK is when the change has converged.
+    let mut last_per_change: BTreeMap<usize, Duration> = BTreeMap::new();
+    for s in samples {
+        let last = last_per_change.entry(s.change).or_default();
+        *last = (*last).max(s.latency);
+    }
+    let mut converged: Vec<Duration> = last_per_change.values().copied().collect();
+    converged.sort();
+    let changes = last_per_change.len().max(1) as f64;
+    let bytes_per_change = samples.iter().map(|s| s.bytes).sum::<usize>() as f64 / changes;
+    let max_resources = samples.iter().map(|s| s.resources).max().unwrap_or(0);
+    println!(
+        "control-plane convergence ({})",
+        if full { "full" } else { "smoke" }
+    );
+    println!(
+        "  {} Services x {} endpoints, {} proxies, {} changes; objects created in {:.1}s; \
+         initial sync of every proxy {:.1}s ({:.1} MiB pushed)",
+        scale.services,
+        scale.endpoints,
+        scale.proxies,
+        scale.changes,
+        created.as_secs_f64(),
+        initial_sync.as_secs_f64(),
+        initial_bytes as f64 / 1048576.0
+    );
+    println!(
+        "  EndpointSlice write -> proxy ACK, ms (every proxy x change): p50 {:.1}  p99 {:.1}  max {:.1}",
+        percentile(&latencies, 50.0),
+        percentile(&latencies, 99.0),
+        percentile(&latencies, 100.0)
+    );
+    println!(
+        "  ... to the last proxy's ACK (per change):                    p50 {:.1}  p99 {:.1}",
+        percentile(&converged, 50.0),
+        percentile(&converged, 99.0)
+    );
+    println!(
+        "  bytes pushed per change: {:.0} in all, {:.0} per proxy; resources per push: at most {}",
+        bytes_per_change,
+        bytes_per_change / scale.proxies as f64,
+        max_resources
+    );
+    println!("  control plane memory: RSS {rss:.1} MiB, peak {hwm:.1} MiB");
+    let p99 = percentile(&latencies, 99.0);
+    println!(
+        "  goals: p99 < 1 s: {}; memory < 200 MiB: {}; only what changed: {}",
+        if p99 < 1000.0 { "yes" } else { "NO" },
+        if hwm < 200.0 { "yes" } else { "NO" },
+        if max_resources == 1 { "yes" } else { "NO" }
+    );
+    println!(
+        "{}",
+        json!({
+            "services": scale.services,
+            "endpoints": scale.services * scale.endpoints,
+            "proxies": scale.proxies,
+            "changes": scale.changes,
+            "initial_sync_s": initial_sync.as_secs_f64(),
+            "initial_bytes": initial_bytes,
+            "ack_latency_ms": {"p50": percentile(&latencies, 50.0), "p99": p99,
+                               "max": percentile(&latencies, 100.0)},
+            "last_ack_latency_ms": {"p50": percentile(&converged, 50.0),
+                                    "p99": percentile(&converged, 99.0)},
+            "bytes_per_change": bytes_per_change,
+            "bytes_per_change_per_proxy": bytes_per_change / scale.proxies as f64,
+            "max_resources_per_push": max_resources,
+            "control_plane_rss_mib": rss,
+            "control_plane_peak_rss_mib": hwm,
+            "goals": {"p99_lt_1s": p99 < 1000.0, "memory_lt_200mib": hwm < 200.0,
+                      "only_what_changed": max_resources == 1},
+        })
+    );
+}

@@ -1,0 +1,42 @@
+//! The status every traffic rule (RouteRule, EgressRule, TrafficPolicy) reports: which generation
+//! the control plane last looked at and whether it took it.
+//!
+//! Conditions:
+//! - `Accepted`: `True` when the rule is in the configuration proxies receive; `False` with
+//!   reason `Invalid` (the message says what is wrong; proxies keep what they had) or
+//!   `Conflicted` (another rule for the same Service takes precedence; the message names it).
+//! - `ResolvedRefs`: `False` with reason `ServiceNotFound` when the Service the rule names does
+//!   not exist (yet): the rule is accepted and takes effect when the Service appears.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const ACCEPTED: &str = "Accepted";
+pub const RESOLVED_REFS: &str = "ResolvedRefs";
+
+/// Reasons of the `Accepted` condition.
+pub const REASON_ACCEPTED: &str = "Accepted";
+pub const REASON_INVALID: &str = "Invalid";
+pub const REASON_CONFLICTED: &str = "Conflicted";
+/// Reasons of the `ResolvedRefs` condition.
+pub const REASON_RESOLVED: &str = "ResolvedRefs";
+pub const REASON_SERVICE_NOT_FOUND: &str = "ServiceNotFound";
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleStatus {
+    /// The `metadata.generation` these conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+impl RuleStatus {
+    /// The condition of this type, if reported.
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == type_)
+    }
+}

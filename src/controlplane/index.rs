@@ -1,0 +1,329 @@
+//! What the control plane watches to configure proxies: Services, EndpointSlices, Pods, the
+//! active MeshConfig and the traffic CRDs, each in a reflector store. Every change marks the
+//! index dirty; a rebuild task turns a burst of changes into one new [`MeshView`] (the pure
+//! translation), which the push server streams to proxies and the status writer reports on.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, future};
+use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::Api;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+
+use super::push::{ConfigSource, ProxyIdentity};
+use super::translate::{Inputs, MeshView, RuleKind};
+use crate::api::{EgressRule, MeshConfig, RouteRule, RuleStatus, TrafficPolicy, names};
+use crate::proxy::config::types::ProxyConfig;
+
+/// A change waits this long for more changes before the view is rebuilt ...
+const SETTLE: Duration = Duration::from_millis(50);
+/// ... but never longer than this after the first one, so a steady trickle still gets through.
+const MAX_DELAY: Duration = Duration::from_millis(250);
+
+/// The reflector stores.
+#[derive(Clone)]
+struct Stores {
+    services: Store<Service>,
+    endpoint_slices: Store<EndpointSlice>,
+    pods: Store<Pod>,
+    meshconfigs: Store<MeshConfig>,
+    route_rules: Store<RouteRule>,
+    egress_rules: Store<EgressRule>,
+    traffic_policies: Store<TrafficPolicy>,
+}
+
+/// The current view of the mesh and its change counter.
+#[derive(Clone)]
+pub struct Index {
+    stores: Stores,
+    view: Arc<RwLock<Arc<MeshView>>>,
+    changes: watch::Receiver<u64>,
+    cluster_domain: String,
+}
+
+impl Index {
+    /// Starts the watches (spawned) and resolves once every store holds a full list and the
+    /// first view is built, so no proxy is ever sent a half-known mesh.
+    pub async fn start(client: Client, cluster_domain: String) -> Self {
+        let (dirty_tx, dirty_rx) = watch::channel(());
+        let dirty = Arc::new(dirty_tx);
+
+        let (services, services_w) = reflector::store();
+        let (endpoint_slices, slices_w) = reflector::store();
+        let (pods, pods_w) = reflector::store();
+        let (meshconfigs, meshconfigs_w) = reflector::store();
+        let (route_rules, route_rules_w) = reflector::store();
+        let (egress_rules, egress_rules_w) = reflector::store();
+        let (traffic_policies, traffic_policies_w) = reflector::store();
+        let all = watcher::Config::default();
+        let only_active = watcher::Config::default()
+            .fields(&format!("metadata.name={}", names::ACTIVE_MESHCONFIG));
+        tokio::spawn(watch_into(
+            Api::all(client.clone()),
+            all.clone(),
+            services_w,
+            dirty.clone(),
+            "services",
+            keep,
+        ));
+        tokio::spawn(watch_into(
+            Api::all(client.clone()),
+            all.clone(),
+            slices_w,
+            dirty.clone(),
+            "endpointslices",
+            keep,
+        ));
+        tokio::spawn(watch_into(
+            Api::all(client.clone()),
+            all.clone(),
+            pods_w,
+            dirty.clone(),
+            "pods",
+            slim_pod,
+        ));
+        tokio::spawn(watch_into(
+            Api::all(client.clone()),
+            only_active,
+            meshconfigs_w,
+            dirty.clone(),
+            "meshconfigs",
+            keep,
+        ));
+        tokio::spawn(watch_into(
+            Api::all(client.clone()),
+            all.clone(),
+            route_rules_w,
+            dirty.clone(),
+            "routerules",
+            keep,
+        ));
+        tokio::spawn(watch_into(
+            Api::all(client.clone()),
+            all.clone(),
+            egress_rules_w,
+            dirty.clone(),
+            "egressrules",
+            keep,
+        ));
+        tokio::spawn(watch_into(
+            Api::all(client),
+            all,
+            traffic_policies_w,
+            dirty,
+            "trafficpolicies",
+            keep,
+        ));
+
+        let stores = Stores {
+            services,
+            endpoint_slices,
+            pods,
+            meshconfigs,
+            route_rules,
+            egress_rules,
+            traffic_policies,
+        };
+        stores.wait_until_ready().await;
+        let (changes_tx, changes) = watch::channel(0);
+        let index = Self {
+            view: Arc::new(RwLock::new(Arc::new(stores.build(&cluster_domain)))),
+            stores,
+            changes,
+            cluster_domain,
+        };
+        tokio::spawn(index.clone().rebuild_loop(dirty_rx, changes_tx));
+        index
+    }
+
+    /// The current view.
+    pub fn view(&self) -> Arc<MeshView> {
+        self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether a Service `name.namespace` exists (for the validating webhook's warnings).
+    pub fn has_service(&self, namespace: &str, name: &str) -> bool {
+        self.stores
+            .services
+            .get(&ObjectRef::new(name).within(namespace))
+            .is_some()
+    }
+
+    /// The status a traffic rule has in the cache now.
+    pub fn rule_status(&self, kind: RuleKind, namespace: &str, name: &str) -> Option<RuleStatus> {
+        fn status_in<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<RuleStatus>
+        where
+            K: kube::Resource + Clone + HasRuleStatus,
+            K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+        {
+            store
+                .get(&ObjectRef::new(name).within(namespace))
+                .and_then(|rule| rule.rule_status().cloned())
+        }
+        let s = &self.stores;
+        match kind {
+            RuleKind::RouteRule => status_in(&s.route_rules, namespace, name),
+            RuleKind::EgressRule => status_in(&s.egress_rules, namespace, name),
+            RuleKind::TrafficPolicy => status_in(&s.traffic_policies, namespace, name),
+        }
+    }
+
+    /// Rebuilds the view from the stores; returns how long it took.
+    fn rebuild(&self) -> Duration {
+        let started = Instant::now();
+        let view = self.stores.build(&self.cluster_domain);
+        *self.view.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(view);
+        started.elapsed()
+    }
+
+    async fn rebuild_loop(self, mut dirty: watch::Receiver<()>, changes: watch::Sender<u64>) {
+        // The first view was built by `start`, after the lists: only later changes matter.
+        dirty.mark_unchanged();
+        while dirty.changed().await.is_ok() {
+            let first = Instant::now();
+            loop {
+                let remaining = MAX_DELAY.saturating_sub(first.elapsed());
+                if remaining.is_zero() {
+                    break;
+                }
+                match tokio::time::timeout(SETTLE.min(remaining), dirty.changed()).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(_)) => return,
+                    Err(_) => break,
+                }
+            }
+            dirty.mark_unchanged();
+            let took = self.rebuild();
+            tracing::debug!(?took, "mesh view rebuilt");
+            changes.send_modify(|n| *n += 1);
+        }
+    }
+}
+
+impl Stores {
+    /// The pure translation of everything the stores hold now.
+    fn build(&self, cluster_domain: &str) -> MeshView {
+        let mesh = self
+            .meshconfigs
+            .get(&ObjectRef::new(names::ACTIVE_MESHCONFIG))
+            .map(|mc| mc.spec.clone())
+            .unwrap_or_default();
+        MeshView::build(&Inputs {
+            mesh: &mesh,
+            services: &self.services.state(),
+            endpoint_slices: &self.endpoint_slices.state(),
+            pods: &self.pods.state(),
+            route_rules: &self.route_rules.state(),
+            egress_rules: &self.egress_rules.state(),
+            traffic_policies: &self.traffic_policies.state(),
+            cluster_domain,
+        })
+    }
+
+    async fn wait_until_ready(&self) {
+        let _ = future::join_all([
+            Box::pin(self.services.wait_until_ready())
+                as std::pin::Pin<Box<dyn Future<Output = _> + Send>>,
+            Box::pin(self.endpoint_slices.wait_until_ready()),
+            Box::pin(self.pods.wait_until_ready()),
+            Box::pin(self.meshconfigs.wait_until_ready()),
+            Box::pin(self.route_rules.wait_until_ready()),
+            Box::pin(self.egress_rules.wait_until_ready()),
+            Box::pin(self.traffic_policies.wait_until_ready()),
+        ])
+        .await;
+        tracing::info!("service, endpoint, pod and traffic-rule caches are synced");
+    }
+}
+
+impl ConfigSource for Index {
+    fn config_for(&self, proxy: &ProxyIdentity) -> ProxyConfig {
+        self.view()
+            .proxy_config(&proxy.namespace, &proxy.pod, proxy.ip)
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.clone()
+    }
+}
+
+/// Watches `api` into `writer`, passing each object through `slim` first (to keep only what
+/// the translation reads), and marks the index dirty on every change.
+async fn watch_into<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: reflector::store::Writer<K>,
+    dirty: Arc<watch::Sender<()>>,
+    what: &'static str,
+    slim: fn(&mut K),
+) where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    watcher(api, config)
+        .default_backoff()
+        .modify(slim)
+        .reflect(writer)
+        .for_each(|event| {
+            match event {
+                Ok(
+                    watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone,
+                ) => {
+                    dirty.send_replace(());
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "watching {what}"),
+            }
+            future::ready(())
+        })
+        .await;
+}
+
+/// The traffic rules, which share one status type.
+trait HasRuleStatus {
+    fn rule_status(&self) -> Option<&RuleStatus>;
+}
+
+impl HasRuleStatus for RouteRule {
+    fn rule_status(&self) -> Option<&RuleStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl HasRuleStatus for EgressRule {
+    fn rule_status(&self) -> Option<&RuleStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl HasRuleStatus for TrafficPolicy {
+    fn rule_status(&self) -> Option<&RuleStatus> {
+        self.status.as_ref()
+    }
+}
+
+/// Objects kept as they come.
+fn keep<K>(_: &mut K) {}
+
+/// A pod as the translation needs it: metadata (labels, owners) and its IPs. The rest (the
+/// spec, container statuses) is most of a pod's size and would only cost memory.
+fn slim_pod(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    pod.metadata.annotations = None;
+    pod.spec = Some(PodSpec {
+        service_account_name: pod.spec.take().and_then(|s| s.service_account_name),
+        ..PodSpec::default()
+    });
+    pod.status = pod.status.take().map(|s| PodStatus {
+        pod_ip: s.pod_ip,
+        pod_ips: s.pod_ips,
+        phase: s.phase,
+        ..PodStatus::default()
+    });
+}

@@ -1,0 +1,1326 @@
+//! The configuration stream's server: pushes each connected proxy its configuration over the
+//! Delta ADS stream of [`crate::xds::discovery`], and keeps a registry of who is connected and
+//! what they acknowledged.
+//!
+//! Protocol, per proxy (one bidirectional stream each):
+//!
+//! 1. The proxy opens the stream with one subscription request per resource type
+//!    ([`TYPE_URLS`]); the first carries its [`Node`] (identity), without which the stream is
+//!    refused (`INVALID_ARGUMENT`). Subscriptions are wildcard: every resource of the type.
+//!    `initial_resource_versions` (after a reconnect) are taken as what the proxy holds, so
+//!    only what differs is sent.
+//! 2. For each subscribed type the server sends one response with the resources that are new
+//!    or changed since what the proxy holds, and `removed_resources` for names that went
+//!    away — one response per type, in [`TYPE_URLS`] order (destinations, egress, then the
+//!    settings, which carry the configuration's version). The first response of each type is
+//!    always sent, possibly empty: it tells the proxy that type is complete. After that, a type
+//!    with no change gets no response.
+//! 3. The proxy answers every response with its nonce: an ACK (no `error_detail`) or a NACK
+//!    (`error_detail` says why). A NACK is logged and counted; the versions pushed stay
+//!    recorded as sent, so the same rejected content is not pushed again and again: the next
+//!    push carries only what changes next. A push counts as acknowledged (`ackedVersion`) once
+//!    all its responses are ACKed.
+//!
+//! Pushes follow [`ConfigSource::changes`]: after a change the server waits until there has
+//! been no further change for [`QUIET`], at most [`MAX_DELAY`] after the first, then computes
+//! each proxy's configuration once (a burst of changes makes one push). When the server stops,
+//! every stream ends with `UNAVAILABLE` and the proxies reconnect.
+//!
+//! Memory per connection is bounded: changes are a `watch` value (not a queue) and responses
+//! go through a channel of [`RESPONSE_QUEUE`] (a slow proxy slows its own pushes only).
+//!
+//! Transport: plain gRPC over TCP (h2c) for now, with HTTP/2 keepalive so a proxy that
+//! vanished without closing its connection is noticed. TODO: mTLS with workload identities
+//! once the control plane's CA exists; until then the stream is not authenticated and the
+//! proxy's identity is what it says.
+//!
+//! Metrics, registered on the registry given to [`PushServer::new`]:
+//!
+//! | metric | labels | meaning |
+//! |---|---|---|
+//! | `skein_controlplane_connected_proxies` | | streams open now |
+//! | `skein_controlplane_pushes_total` | `type` | responses sent, by resource type (`ProxySettings`, `Destination`, `EgressPolicy`) |
+//! | `skein_controlplane_pushed_bytes_total` | | encoded bytes of the resources sent |
+//! | `skein_controlplane_acks_total` | | responses the proxies accepted |
+//! | `skein_controlplane_nacks_total` | | responses the proxies rejected |
+//! | `skein_controlplane_push_seconds` | | histogram: computing one proxy's configuration and queueing what changed |
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::Stream;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::proxy::config::types::ProxyConfig;
+use crate::xds::discovery::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use crate::xds::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node};
+use crate::xds::resources::{self, Resources, TYPE_URLS};
+
+/// Quiet time after a change before pushing.
+pub const QUIET: Duration = Duration::from_millis(100);
+/// Longest a push waits after the first change of a burst.
+pub const MAX_DELAY: Duration = Duration::from_secs(1);
+/// Responses queued to one proxy's stream (each is one type's changes).
+pub const RESPONSE_QUEUE: usize = 4;
+/// A proxy must send its first request this soon after opening the stream.
+const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2 pings on idle connections, and how long an answer may take before the connection is
+/// considered dead.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Responses remembered for matching ACKs/NACKs; older nonces are answered as stale.
+const NONCES_KEPT: usize = 16;
+/// Largest request accepted (gRPC's default is 4 MiB); a reconnecting proxy lists the name and
+/// version of everything it holds.
+const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+
+/// Who a connected proxy says it is.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct ProxyIdentity {
+    pub pod: String,
+    pub namespace: String,
+    pub ip: Option<IpAddr>,
+}
+
+/// Where the push server gets each proxy's configuration.
+pub trait ConfigSource: Send + Sync + 'static {
+    /// The whole configuration this proxy should run now.
+    fn config_for(&self, proxy: &ProxyIdentity) -> ProxyConfig;
+    /// Bumped whenever any proxy's configuration may have changed.
+    fn changes(&self) -> watch::Receiver<u64>;
+}
+
+/// One connected proxy, for `/debug/proxies` and `skein proxy-status`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyStatus {
+    pub pod: String,
+    pub namespace: String,
+    pub ip: Option<IpAddr>,
+    /// When the stream opened (RFC 3339, UTC).
+    pub connected_since: String,
+    /// The configuration version last pushed (its `version`, else a digest of its resources).
+    pub sent_version: String,
+    /// The version of the last push the proxy acknowledged.
+    pub acked_version: String,
+    /// The last rejection, `VERSION: REASON`; cleared once a later push is acknowledged.
+    pub last_nack: Option<String>,
+    /// Resources the proxy holds (as pushed).
+    pub resources: usize,
+    /// Pushes that sent this proxy something.
+    pub pushes: u64,
+}
+
+/// The configuration stream's server; cheap to clone (clones share the registry).
+#[derive(Clone)]
+pub struct PushServer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    source: Arc<dyn ConfigSource>,
+    metrics: PushMetrics,
+    proxies: Mutex<HashMap<u64, ProxyStatus>>,
+    next_id: AtomicU64,
+}
+
+impl PushServer {
+    pub fn new(source: Arc<dyn ConfigSource>, registry: &mut Registry) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                source,
+                metrics: PushMetrics::register(registry),
+                proxies: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Serves the stream on `addr` until `shutdown` completes.
+    pub async fn serve(
+        self,
+        addr: SocketAddr,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), tonic::transport::Error> {
+        let (stop, stopped) = watch::channel(false);
+        Self::transport()
+            .add_service(self.service(stopped))
+            .serve_with_shutdown(addr, stop_streams(shutdown, stop))
+            .await
+    }
+
+    /// Like [`serve`](Self::serve), on a listener already bound (tests bind port 0).
+    pub async fn serve_with_listener(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), tonic::transport::Error> {
+        let (stop, stopped) = watch::channel(false);
+        let incoming = tonic::transport::server::TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(KEEPALIVE_INTERVAL));
+        Self::transport()
+            .add_service(self.service(stopped))
+            .serve_with_incoming_shutdown(incoming, stop_streams(shutdown, stop))
+            .await
+    }
+
+    /// Connected proxies, for /debug/proxies and `skein proxy-status`.
+    pub fn proxies(&self) -> Vec<ProxyStatus> {
+        self.inner.registry().values().cloned().collect()
+    }
+
+    fn transport() -> tonic::transport::Server {
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .tcp_nodelay(true)
+    }
+
+    fn service(&self, stop: watch::Receiver<bool>) -> AggregatedDiscoveryServiceServer<Ads> {
+        AggregatedDiscoveryServiceServer::new(Ads {
+            inner: self.inner.clone(),
+            stop,
+        })
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
+    }
+}
+
+/// The server's graceful shutdown waits for open streams, and proxy streams never end by
+/// themselves: once `shutdown` completes, every connection is told to end its stream.
+async fn stop_streams(shutdown: impl std::future::Future<Output = ()>, stop: watch::Sender<bool>) {
+    shutdown.await;
+    tracing::info!("configuration stream: shutting down, closing proxy streams");
+    let _ = stop.send(true);
+}
+
+impl Inner {
+    fn registry(&self) -> std::sync::MutexGuard<'_, HashMap<u64, ProxyStatus>> {
+        self.proxies.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update(&self, id: u64, change: impl FnOnce(&mut ProxyStatus)) {
+        if let Some(status) = self.registry().get_mut(&id) {
+            change(status);
+        }
+    }
+}
+
+/// The gRPC service; one per [`PushServer::serve`] call.
+struct Ads {
+    inner: Arc<Inner>,
+    stop: watch::Receiver<bool>,
+}
+
+type ResponseStream =
+    Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Ads {
+    type DeltaAggregatedResourcesStream = ResponseStream;
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<ResponseStream>, Status> {
+        let peer = request.remote_addr();
+        let mut requests = request.into_inner();
+        let first = match tokio::time::timeout(FIRST_REQUEST_TIMEOUT, requests.message()).await {
+            Err(_) => return Err(Status::deadline_exceeded("no request on the stream")),
+            Ok(Err(status)) => return Err(status),
+            Ok(Ok(None)) => return Err(Status::cancelled("the stream ended before a request")),
+            Ok(Ok(Some(first))) => first,
+        };
+        let identity = identity(first.node.as_ref())?;
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(pod = %identity.pod, namespace = %identity.namespace, ip = ?identity.ip, ?peer, "proxy connected");
+        let (responses, mut queued) = mpsc::channel(RESPONSE_QUEUE);
+        let connection = Connection::new(id, identity);
+        tokio::spawn(run_connection(
+            self.inner.clone(),
+            connection,
+            first,
+            requests,
+            responses,
+            self.stop.clone(),
+        ));
+        let stream = futures::stream::poll_fn(move |cx| queued.poll_recv(cx));
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// The identity a stream's first request declares.
+fn identity(node: Option<&Node>) -> Result<ProxyIdentity, Status> {
+    let node = node.ok_or_else(|| {
+        Status::invalid_argument("the first request of a stream must carry the node")
+    })?;
+    if node.pod.is_empty() || node.namespace.is_empty() {
+        return Err(Status::invalid_argument(
+            "the node must name its pod and namespace",
+        ));
+    }
+    let ip = match node.ip.as_str() {
+        "" => None,
+        text => Some(text.parse().map_err(|_| {
+            Status::invalid_argument(format!("node ip {text:?} is not an IP address"))
+        })?),
+    };
+    Ok(ProxyIdentity {
+        pod: node.pod.clone(),
+        namespace: node.namespace.clone(),
+        ip,
+    })
+}
+
+/// Serves one proxy until its stream ends, the server stops, or the source is gone.
+async fn run_connection(
+    inner: Arc<Inner>,
+    mut connection: Connection,
+    first: DeltaDiscoveryRequest,
+    mut requests: Streaming<DeltaDiscoveryRequest>,
+    responses: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let _registered = Registration::new(&inner, &connection);
+    let mut changes = inner.source.changes();
+    changes.mark_unchanged();
+    let mut source_open = true;
+    let mut pending = None;
+    let mut request = Some(first);
+    let reason = loop {
+        if let Some(request) = request.take() {
+            match connection.receive(request) {
+                Received::Subscribed => pending = Some(Debounce::immediate(Instant::now())),
+                received => record(&inner, &connection, received),
+            }
+        }
+        let deadline = pending.map(|p: Debounce| p.deadline);
+        tokio::select! {
+            biased;
+            () = stopped(&mut stop) => {
+                // Tells the proxy why, so it reconnects (to another replica, or later).
+                let _ = responses.try_send(Err(Status::unavailable("the control plane is stopping")));
+                break "the server is stopping";
+            }
+            message = requests.message() => match message {
+                Ok(Some(next)) => request = Some(next),
+                Ok(None) => break "the proxy closed the stream",
+                Err(_) => break "the stream broke",
+            },
+            changed = changes.changed(), if source_open => match changed {
+                Ok(()) => pending = Some(Debounce::change(pending, Instant::now())),
+                Err(_) => source_open = false,
+            },
+            () = sleep_until(deadline), if deadline.is_some() => {
+                pending = None;
+                if push(&inner, &mut connection, &responses, &mut stop).await.is_err() {
+                    break "the proxy stopped reading, or the server is stopping";
+                }
+            }
+        }
+    };
+    tracing::info!(
+        pod = %connection.identity.pod,
+        namespace = %connection.identity.namespace,
+        reason,
+        "proxy disconnected"
+    );
+}
+
+/// The server is stopping (or gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    if let Some(deadline) = deadline {
+        tokio::time::sleep_until(deadline).await;
+    }
+}
+
+/// The stream is gone, or the server is stopping.
+struct Closed;
+
+/// Computes the proxy's configuration and sends what changed.
+async fn push(
+    inner: &Inner,
+    connection: &mut Connection,
+    responses: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), Closed> {
+    let started = std::time::Instant::now();
+    let identity = &connection.identity;
+    let config = inner.source.config_for(identity);
+    let resources = match resources::split(&config) {
+        Ok(resources) => resources,
+        Err(err) => {
+            tracing::error!(pod = %identity.pod, namespace = %identity.namespace, error = %err, "invalid configuration for this proxy: not pushed");
+            return Ok(());
+        }
+    };
+    let version = resources::config_version(&config, &resources);
+    let planned = connection.plan(&resources, &version);
+    if planned.is_empty() {
+        return Ok(());
+    }
+    for response in planned {
+        let type_name = resources::short_type_name(&response.type_url).to_owned();
+        let bytes: usize = response
+            .resources
+            .iter()
+            .filter_map(|r| r.resource.as_ref())
+            .map(|any| any.value.len())
+            .sum();
+        // A proxy that does not read must not hold up the server's shutdown.
+        tokio::select! {
+            sent = responses.send(Ok(response)) => sent.map_err(|_| Closed)?,
+            () = stopped(stop) => return Err(Closed),
+        }
+        inner
+            .metrics
+            .pushes
+            .get_or_create(&TypeLabels { r#type: type_name })
+            .inc();
+        inner.metrics.pushed_bytes.inc_by(bytes as u64);
+    }
+    let held = connection.resource_count();
+    inner.update(connection.id, |status| {
+        status.sent_version = version.clone();
+        status.resources = held;
+        status.pushes += 1;
+    });
+    inner
+        .metrics
+        .push_seconds
+        .observe(started.elapsed().as_secs_f64());
+    tracing::debug!(pod = %connection.identity.pod, namespace = %connection.identity.namespace, %version, "pushed");
+    Ok(())
+}
+
+/// Records an ACK or NACK in the registry and the metrics.
+fn record(inner: &Inner, connection: &Connection, received: Received) {
+    let identity = &connection.identity;
+    match received {
+        Received::Subscribed => {}
+        Received::UnknownType(type_url) => {
+            tracing::warn!(pod = %identity.pod, namespace = %identity.namespace, %type_url, "subscription to an unknown resource type ignored");
+        }
+        Received::Ack { accepted } => {
+            inner.metrics.acks.inc();
+            if let Some(version) = accepted {
+                inner.update(connection.id, |status| {
+                    status.acked_version = version;
+                    status.last_nack = None;
+                });
+            }
+        }
+        Received::Nack { version, message } => {
+            inner.metrics.nacks.inc();
+            let version = version.unwrap_or_default();
+            tracing::warn!(pod = %identity.pod, namespace = %identity.namespace, %version, error = %message, "the proxy rejected its configuration");
+            inner.update(connection.id, |status| {
+                status.last_nack = Some(format!("{version}: {message}"));
+            });
+        }
+    }
+}
+
+/// Keeps the proxy in the registry (and the gauge) exactly as long as its stream runs.
+struct Registration<'a> {
+    inner: &'a Inner,
+    id: u64,
+}
+
+impl<'a> Registration<'a> {
+    fn new(inner: &'a Inner, connection: &Connection) -> Self {
+        let identity = connection.identity.clone();
+        inner.registry().insert(
+            connection.id,
+            ProxyStatus {
+                pod: identity.pod,
+                namespace: identity.namespace,
+                ip: identity.ip,
+                connected_since: rfc3339(SystemTime::now()),
+                sent_version: String::new(),
+                acked_version: String::new(),
+                last_nack: None,
+                resources: 0,
+                pushes: 0,
+            },
+        );
+        inner.metrics.connected.inc();
+        Self {
+            inner,
+            id: connection.id,
+        }
+    }
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.inner.registry().remove(&self.id);
+        self.inner.metrics.connected.dec();
+    }
+}
+
+/// When the next push is due: [`QUIET`] after the last change, at most [`MAX_DELAY`] after
+/// the first one since the previous push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Debounce {
+    first: Instant,
+    deadline: Instant,
+}
+
+impl Debounce {
+    /// A change at `now`, `pending` being the push already waiting, if any.
+    fn change(pending: Option<Self>, now: Instant) -> Self {
+        let first = pending.map_or(now, |p| p.first);
+        Self {
+            first,
+            deadline: (now + QUIET).min(first + MAX_DELAY),
+        }
+    }
+
+    /// A push due at once (a new subscription).
+    fn immediate(now: Instant) -> Self {
+        Self {
+            first: now,
+            deadline: now,
+        }
+    }
+}
+
+/// One stream's protocol state, without I/O: what each subscribed type holds and which
+/// responses await an answer.
+#[derive(Debug)]
+struct Connection {
+    id: u64,
+    identity: ProxyIdentity,
+    /// Subscribed types → name → version the proxy holds (as sent).
+    held: BTreeMap<&'static str, Held>,
+    /// Recent responses not answered yet, oldest first.
+    sent: VecDeque<Sent>,
+    /// Responses sent, for nonces.
+    responses: u64,
+    /// Pushes made (a push is the responses of one configuration).
+    pushes: u64,
+    /// The last push the proxy rejected a response of.
+    rejected: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    versions: BTreeMap<String, String>,
+    /// A response of this type was sent on this stream.
+    answered: bool,
+}
+
+/// A response sent and not yet answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Sent {
+    nonce: String,
+    /// The push it belongs to.
+    push: u64,
+    /// The configuration version of that push.
+    version: String,
+}
+
+/// What a request from the proxy was.
+#[derive(Debug, PartialEq, Eq)]
+enum Received {
+    Subscribed,
+    UnknownType(String),
+    /// An ACK; `accepted` is the version of a push whose responses the proxy has now all
+    /// accepted (`None` while some are unanswered, if one was rejected, or for a nonce no
+    /// longer known: an older stream's, or pushed out of [`NONCES_KEPT`]).
+    Ack {
+        accepted: Option<String>,
+    },
+    /// A NACK of a response of the push of `version` (`None` for an unknown nonce).
+    Nack {
+        version: Option<String>,
+        message: String,
+    },
+}
+
+impl Connection {
+    fn new(id: u64, identity: ProxyIdentity) -> Self {
+        Self {
+            id,
+            identity,
+            held: BTreeMap::new(),
+            sent: VecDeque::new(),
+            responses: 0,
+            pushes: 0,
+            rejected: None,
+        }
+    }
+
+    fn receive(&mut self, request: DeltaDiscoveryRequest) -> Received {
+        if request.response_nonce.is_empty() {
+            let Some(type_url) = resources::known_type(&request.type_url) else {
+                return Received::UnknownType(request.type_url);
+            };
+            // A (re)subscription: start from what the proxy says it holds.
+            self.held.insert(
+                type_url,
+                Held {
+                    versions: request.initial_resource_versions,
+                    answered: false,
+                },
+            );
+            return Received::Subscribed;
+        }
+        let sent = self
+            .sent
+            .iter()
+            .position(|sent| sent.nonce == request.response_nonce)
+            .and_then(|index| self.sent.remove(index));
+        match request.error_detail {
+            Some(error) => {
+                self.rejected = sent.as_ref().map(|sent| sent.push).or(self.rejected);
+                Received::Nack {
+                    version: sent.map(|sent| sent.version),
+                    message: error.message,
+                }
+            }
+            None => Received::Ack {
+                accepted: sent
+                    .filter(|sent| {
+                        self.rejected != Some(sent.push)
+                            && !self.sent.iter().any(|other| other.push == sent.push)
+                    })
+                    .map(|sent| sent.version),
+            },
+        }
+    }
+
+    /// The responses that bring the proxy from what it holds to `current`, recorded as sent.
+    fn plan(&mut self, current: &Resources, version: &str) -> Vec<DeltaDiscoveryResponse> {
+        let empty = resources::ResourceSet::new();
+        let mut planned = Vec::new();
+        let push = self.pushes + 1;
+        for type_url in TYPE_URLS {
+            let Some(held) = self.held.get_mut(type_url) else {
+                continue;
+            };
+            let delta = resources::diff(&held.versions, current.get(type_url).unwrap_or(&empty));
+            if held.answered && delta.is_empty() {
+                continue;
+            }
+            held.answered = true;
+            for name in &delta.removed {
+                held.versions.remove(name);
+            }
+            for resource in &delta.changed {
+                held.versions
+                    .insert(resource.name.clone(), resource.version.clone());
+            }
+            self.responses += 1;
+            let nonce = format!("{}-{}", self.id, self.responses);
+            self.sent.push_back(Sent {
+                nonce: nonce.clone(),
+                push,
+                version: version.to_owned(),
+            });
+            if self.sent.len() > NONCES_KEPT {
+                self.sent.pop_front();
+            }
+            planned.push(DeltaDiscoveryResponse {
+                system_version_info: version.to_owned(),
+                resources: delta.changed,
+                type_url: type_url.to_owned(),
+                removed_resources: delta.removed,
+                nonce,
+            });
+        }
+        if !planned.is_empty() {
+            self.pushes = push;
+        }
+        planned
+    }
+
+    fn resource_count(&self) -> usize {
+        self.held.values().map(|held| held.versions.len()).sum()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TypeLabels {
+    r#type: String,
+}
+
+#[derive(Debug, Clone)]
+struct PushMetrics {
+    connected: Gauge,
+    pushes: Family<TypeLabels, Counter>,
+    pushed_bytes: Counter,
+    acks: Counter,
+    nacks: Counter,
+    push_seconds: Histogram,
+}
+
+impl PushMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            connected: Gauge::default(),
+            pushes: Family::default(),
+            pushed_bytes: Counter::default(),
+            acks: Counter::default(),
+            nacks: Counter::default(),
+            // 1 ms to 4 s.
+            push_seconds: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 13),
+            ),
+        };
+        registry.register(
+            "skein_controlplane_connected_proxies",
+            "Proxies connected to the configuration stream",
+            metrics.connected.clone(),
+        );
+        // Counters get `_total` appended when encoded.
+        registry.register(
+            "skein_controlplane_pushes",
+            "Configuration responses sent, by resource type",
+            metrics.pushes.clone(),
+        );
+        registry.register(
+            "skein_controlplane_pushed_bytes",
+            "Encoded bytes of the resources sent",
+            metrics.pushed_bytes.clone(),
+        );
+        registry.register(
+            "skein_controlplane_acks",
+            "Configuration responses the proxies accepted",
+            metrics.acks.clone(),
+        );
+        registry.register(
+            "skein_controlplane_nacks",
+            "Configuration responses the proxies rejected",
+            metrics.nacks.clone(),
+        );
+        registry.register(
+            "skein_controlplane_push_seconds",
+            "Time to compute one proxy's configuration and queue what changed",
+            metrics.push_seconds.clone(),
+        );
+        for type_url in TYPE_URLS {
+            let _ = metrics.pushes.get_or_create(&TypeLabels {
+                r#type: resources::short_type_name(type_url).to_owned(),
+            });
+        }
+        metrics
+    }
+}
+
+/// `2026-12-02T02:07:52Z`: RFC 3339 in UTC, to the second.
+fn rfc3339(time: SystemTime) -> String {
+    let secs = time
+        .duration_since(UNIX_EPOCH)
+        .map(|since| since.as_secs())
+        .unwrap_or_default();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = date_of(i64::try_from(days).unwrap_or_default());
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar, counting in
+/// 400-year eras that start on 1 March (so the leap day is the last day of a year).
+fn date_of(days: i64) -> (i64, u32, u32) {
+    let shifted = days + 719_468; // 0000-03-01 → 1970-01-01
+    let era = shifted.div_euclid(146_097);
+    let day_of_era = shifted.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    let month = if month_from_march < 10 {
+        month_from_march + 3
+    } else {
+        month_from_march - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (
+        year,
+        u32::try_from(month).unwrap_or_default(),
+        u32::try_from(day).unwrap_or_default(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xds::discovery::Status as NackStatus;
+    use crate::xds::resources::{DESTINATION_TYPE, SETTINGS_TYPE, split};
+
+    fn config(yaml: &str) -> ProxyConfig {
+        crate::xds::convert::tests::from_yaml(yaml)
+    }
+
+    fn web_identity() -> ProxyIdentity {
+        ProxyIdentity {
+            pod: "web-1".to_owned(),
+            namespace: "demo".to_owned(),
+            ip: "10.1.0.7".parse().ok(),
+        }
+    }
+
+    fn subscribe(type_url: &str, held: &[(&str, &str)]) -> DeltaDiscoveryRequest {
+        DeltaDiscoveryRequest {
+            type_url: type_url.to_owned(),
+            initial_resource_versions: held
+                .iter()
+                .map(|(name, version)| ((*name).to_owned(), (*version).to_owned()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn names(response: &DeltaDiscoveryResponse) -> Vec<&str> {
+        response.resources.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    const TWO: &str = r#"
+version: "1"
+destinations:
+  - {name: a, addresses: ["198.19.0.1"], ports: [{port: 80, endpoints: []}]}
+  - {name: b, addresses: ["198.19.0.2"], ports: [{port: 80, endpoints: []}]}
+"#;
+
+    #[test]
+    fn the_first_push_sends_every_subscribed_type_then_only_changes() {
+        let mut connection = Connection::new(7, web_identity());
+        let resources = split(&config(TWO)).expect("split");
+        assert!(
+            connection.plan(&resources, "1").is_empty(),
+            "nothing subscribed"
+        );
+        for type_url in TYPE_URLS {
+            assert_eq!(
+                connection.receive(subscribe(type_url, &[])),
+                Received::Subscribed
+            );
+        }
+        let first = connection.plan(&resources, "1");
+        assert_eq!(
+            first
+                .iter()
+                .map(|r| r.type_url.as_str())
+                .collect::<Vec<_>>(),
+            TYPE_URLS
+        );
+        assert_eq!(names(&first[0]), ["a", "b"]);
+        assert!(first.iter().all(|r| r.system_version_info == "1"));
+        let nonces: std::collections::HashSet<_> = first.iter().map(|r| &r.nonce).collect();
+        assert_eq!(nonces.len(), 3, "a fresh nonce per response");
+        assert_eq!(connection.resource_count(), 4);
+
+        assert!(
+            connection.plan(&resources, "1").is_empty(),
+            "no change, no push"
+        );
+
+        let changed = config(
+            r#"
+version: "2"
+destinations:
+  - {name: a, addresses: ["198.19.0.9"], ports: [{port: 80, endpoints: []}]}
+"#,
+        );
+        let second = connection.plan(&split(&changed).expect("split"), "2");
+        let types: Vec<_> = second.iter().map(|r| r.type_url.as_str()).collect();
+        // The settings carry the version, which changed too; they come last.
+        assert_eq!(types, [DESTINATION_TYPE, SETTINGS_TYPE]);
+        assert_eq!(names(&second[0]), ["a"]);
+        assert_eq!(second[0].removed_resources, ["b"]);
+        assert_eq!(connection.resource_count(), 3);
+    }
+
+    #[test]
+    fn a_reconnecting_proxy_is_sent_only_what_differs() {
+        let resources = split(&config(TWO)).expect("split");
+        let destinations = &resources[DESTINATION_TYPE];
+        let mut connection = Connection::new(1, web_identity());
+        connection.receive(subscribe(
+            DESTINATION_TYPE,
+            &[
+                ("a", destinations["a"].version.as_str()),
+                ("b", "stale"),
+                ("gone", "v1"),
+            ],
+        ));
+        let planned = connection.plan(&resources, "1");
+        assert_eq!(planned.len(), 1, "only the subscribed type");
+        assert_eq!(names(&planned[0]), ["b"]);
+        assert_eq!(planned[0].removed_resources, ["gone"]);
+
+        // Holding exactly the current set: still one (empty) response, which tells the proxy
+        // the type is in sync.
+        let mut connection = Connection::new(2, web_identity());
+        let held: Vec<_> = destinations
+            .values()
+            .map(|r| (r.name.as_str(), r.version.as_str()))
+            .collect();
+        connection.receive(subscribe(DESTINATION_TYPE, &held));
+        let planned = connection.plan(&resources, "1");
+        assert_eq!(planned.len(), 1);
+        assert!(planned[0].resources.is_empty() && planned[0].removed_resources.is_empty());
+    }
+
+    fn answer(response: &DeltaDiscoveryResponse, error: Option<&str>) -> DeltaDiscoveryRequest {
+        DeltaDiscoveryRequest {
+            type_url: response.type_url.clone(),
+            response_nonce: response.nonce.clone(),
+            error_detail: error.map(|message| NackStatus {
+                code: 3,
+                message: message.to_owned(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_push_is_acknowledged_once_all_its_responses_are() {
+        let mut connection = Connection::new(3, web_identity());
+        for type_url in TYPE_URLS {
+            connection.receive(subscribe(type_url, &[]));
+        }
+        let first = connection.plan(&split(&config(TWO)).expect("split"), "1");
+        assert_eq!(first.len(), 3);
+        let accepted = |connection: &mut Connection, response, error| match connection
+            .receive(answer(response, error))
+        {
+            Received::Ack { accepted } => accepted,
+            other => panic!("not an ACK: {other:?}"),
+        };
+        assert_eq!(accepted(&mut connection, &first[0], None), None);
+        assert_eq!(accepted(&mut connection, &first[2], None), None);
+        assert_eq!(
+            accepted(&mut connection, &first[1], None),
+            Some("1".to_owned()),
+            "the last answer completes the push, whatever the order"
+        );
+        assert_eq!(
+            accepted(&mut connection, &first[1], None),
+            None,
+            "answered already"
+        );
+
+        let mut changed = config(TWO);
+        changed.version = "2".to_owned();
+        changed.destinations.pop();
+        let second = connection.plan(&split(&changed).expect("split"), "2");
+        assert_eq!(second.len(), 2);
+        assert_eq!(
+            connection.receive(answer(&second[0], Some("bad"))),
+            Received::Nack {
+                version: Some("2".to_owned()),
+                message: "bad".to_owned()
+            }
+        );
+        assert_eq!(
+            accepted(&mut connection, &second[1], None),
+            None,
+            "a push with a rejected response is not acknowledged"
+        );
+        // The rejected content stays recorded as sent: not pushed again.
+        assert!(
+            connection
+                .plan(&split(&changed).expect("split"), "2")
+                .is_empty()
+        );
+        assert_eq!(
+            connection.receive(subscribe("type.googleapis.com/x.Unknown", &[])),
+            Received::UnknownType("type.googleapis.com/x.Unknown".to_owned())
+        );
+    }
+
+    #[test]
+    fn unanswered_responses_are_bounded() {
+        let mut connection = Connection::new(4, web_identity());
+        connection.receive(subscribe(SETTINGS_TYPE, &[]));
+        for version in 0..(NONCES_KEPT * 3) {
+            let config = ProxyConfig {
+                version: version.to_string(),
+                ..ProxyConfig::default()
+            };
+            connection.plan(&split(&config).expect("split"), &config.version);
+        }
+        assert_eq!(connection.sent.len(), NONCES_KEPT);
+    }
+
+    #[test]
+    fn bursts_of_changes_are_debounced_within_bounds() {
+        let start = Instant::now();
+        let first = Debounce::change(None, start);
+        assert_eq!(first.deadline, start + QUIET);
+        let later = Debounce::change(Some(first), start + Duration::from_millis(50));
+        assert_eq!(later.deadline, start + Duration::from_millis(150));
+        let late = Debounce::change(Some(later), start + Duration::from_millis(950));
+        assert_eq!(late.deadline, start + MAX_DELAY, "never later than the cap");
+        assert_eq!(Debounce::immediate(start).deadline, start);
+    }
+
+    #[test]
+    fn nodes_are_checked() {
+        assert_eq!(
+            identity_of(None).code(),
+            tonic::Code::InvalidArgument,
+            "no node"
+        );
+        let node = Node {
+            id: String::new(),
+            pod: "web-1".to_owned(),
+            namespace: "demo".to_owned(),
+            ip: "10.1.0.7".to_owned(),
+        };
+        assert_eq!(identity(Some(&node)).expect("valid"), web_identity());
+        let bad_ip = Node {
+            ip: "10.1.0".to_owned(),
+            ..node.clone()
+        };
+        assert_eq!(
+            identity_of(Some(&bad_ip)).code(),
+            tonic::Code::InvalidArgument
+        );
+        let no_pod = Node {
+            pod: String::new(),
+            ..node
+        };
+        assert_eq!(
+            identity_of(Some(&no_pod)).code(),
+            tonic::Code::InvalidArgument
+        );
+    }
+
+    fn identity_of(node: Option<&Node>) -> Status {
+        identity(node).expect_err("invalid")
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let leap_day = UNIX_EPOCH + Duration::from_secs(1_709_210_096);
+        assert_eq!(rfc3339(leap_day), "2024-02-29T12:34:56Z");
+        let end_of_century = UNIX_EPOCH + Duration::from_secs(4_102_444_799);
+        assert_eq!(rfc3339(end_of_century), "2099-12-31T23:59:59Z");
+    }
+
+    // ---- A real server and a real proxy client ----
+
+    use std::sync::atomic::AtomicUsize;
+
+    use crate::proxy::client::{self, ClientSettings};
+    use crate::proxy::config::{Compiled, ConfigStore};
+
+    struct FakeSource {
+        config: Mutex<ProxyConfig>,
+        changes: watch::Sender<u64>,
+    }
+
+    impl FakeSource {
+        fn new(config: ProxyConfig) -> Arc<Self> {
+            Arc::new(Self {
+                config: Mutex::new(config),
+                changes: watch::channel(0).0,
+            })
+        }
+
+        fn set(&self, config: ProxyConfig) {
+            *self.config.lock().unwrap() = config;
+            self.changes.send_modify(|generation| *generation += 1);
+        }
+    }
+
+    impl ConfigSource for FakeSource {
+        fn config_for(&self, _: &ProxyIdentity) -> ProxyConfig {
+            self.config.lock().unwrap().clone()
+        }
+
+        fn changes(&self) -> watch::Receiver<u64> {
+            self.changes.subscribe()
+        }
+    }
+
+    /// Polls `condition` every 20 ms for up to 10 s.
+    async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !condition() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The value of one series, 0 if absent.
+    fn metric(registry: &Mutex<Registry>, series: &str) -> u64 {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry.lock().unwrap())
+            .expect("encode");
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse::<f64>().ok())
+            .map_or(0, |value| value as u64)
+    }
+
+    fn destinations(version: &str, backend_endpoint: &str, regex: &str) -> ProxyConfig {
+        config(&format!(
+            r#"
+version: "{version}"
+destinations:
+  - name: backend.demo.svc.cluster.local
+    addresses: ["198.19.0.20"]
+    ports: [{{port: 80, endpoints: [{{address: "{backend_endpoint}"}}]}}]
+    routes: [{{matches: [{{path: {{regex: "{regex}"}}}}]}}]
+  - name: frontend.demo.svc.cluster.local
+    addresses: ["198.19.0.21"]
+    ports: [{{port: 80, endpoints: [{{address: "198.18.0.9:8080"}}]}}]
+egress: [{{host: api.example.com}}]
+"#
+        ))
+    }
+
+    /// One HTTP/1.1 GET: the status code and the body.
+    async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: debug\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read");
+        let status = response
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .expect("an HTTP response");
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_proxy_follows_the_control_plane_through_changes_rejections_and_restarts() {
+        let first = destinations("1", "198.18.0.5:8080", "/v[0-9]+");
+        let source = FakeSource::new(first.clone());
+        let registry = Arc::new(Mutex::new(Registry::default()));
+        let server = PushServer::new(source.clone(), &mut registry.lock().unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(server.clone().serve_with_listener(listener, async {
+            let _ = stopped.await;
+        }));
+
+        let store = Arc::new(ConfigStore::new(Compiled::passthrough()));
+        let (applied, rejected) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let client = tokio::spawn(client::run(
+            ClientSettings {
+                address: addr.to_string(),
+                identity: web_identity(),
+            },
+            store.clone(),
+            {
+                let (applied, rejected) = (applied.clone(), rejected.clone());
+                move |result| {
+                    let counter = if result.is_ok() { &applied } else { &rejected };
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
+            },
+        ));
+
+        // The initial configuration arrives and is applied, in one go.
+        eventually("the first configuration", || {
+            store.current().source == first
+        })
+        .await;
+        assert_eq!(applied.load(Ordering::SeqCst), 1);
+        eventually("the ACKs", || {
+            server.proxies().first().map(|p| p.acked_version.as_str()) == Some("1")
+        })
+        .await;
+        let status = server.proxies().remove(0);
+        assert_eq!(
+            (status.pod.as_str(), status.namespace.as_str()),
+            ("web-1", "demo")
+        );
+        assert_eq!(status.ip, web_identity().ip);
+        assert_eq!(status.resources, 4);
+        assert_eq!(metric(&registry, "skein_controlplane_connected_proxies"), 1);
+        assert_eq!(metric(&registry, "skein_controlplane_acks_total"), 3);
+
+        // The debug routes show it.
+        let debug = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let debug_addr = debug.local_addr().expect("addr");
+        let router = crate::controlplane::debug::router(server.clone(), source.clone());
+        tokio::spawn(async move { axum::serve(debug, router).await });
+        let (code, body) = get(debug_addr, "/debug/proxies").await;
+        assert_eq!(code, 200, "{body}");
+        assert!(
+            body.contains("\"pod\":\"web-1\"") && body.contains("\"ackedVersion\":\"1\""),
+            "{body}"
+        );
+        let (code, body) = get(debug_addr, "/debug/config?pod=demo/web-1").await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(
+            serde_json::from_str::<ProxyConfig>(&body).expect("config"),
+            first
+        );
+        assert_eq!(get(debug_addr, "/debug/config?pod=demo/other").await.0, 404);
+        assert_eq!(get(debug_addr, "/debug/config?pod=demo").await.0, 400);
+        assert_eq!(get(debug_addr, "/debug/config").await.0, 400);
+
+        // One destination changes: only it is pushed.
+        let pushes = |kind: &str| {
+            metric(
+                &registry,
+                &format!("skein_controlplane_pushes_total{{type=\"{kind}\"}}"),
+            )
+        };
+        let (settings_before, egress_before) = (pushes("ProxySettings"), pushes("EgressPolicy"));
+        let destinations_before = pushes("Destination");
+        let bytes_before = metric(&registry, "skein_controlplane_pushed_bytes_total");
+        let mut second = destinations("1", "198.18.0.6:8080", "/v[0-9]+");
+        source.set(second.clone());
+        eventually("the changed endpoint", || store.current().source == second).await;
+        eventually("the push to be counted", || {
+            pushes("Destination") == destinations_before + 1
+        })
+        .await;
+        assert_eq!(pushes("ProxySettings"), settings_before);
+        assert_eq!(pushes("EgressPolicy"), egress_before);
+        let backend =
+            &split(&second).expect("split")[DESTINATION_TYPE]["backend.demo.svc.cluster.local"];
+        let backend_bytes = backend.resource.as_ref().map_or(0, |any| any.value.len()) as u64;
+        assert_eq!(
+            metric(&registry, "skein_controlplane_pushed_bytes_total") - bytes_before,
+            backend_bytes,
+            "only that destination's bytes"
+        );
+
+        // A route the proxy cannot compile: NACKed, and the proxy keeps the previous config.
+        let bad = destinations("2", "198.18.0.6:8080", "(");
+        source.set(bad);
+        eventually("the NACK", || {
+            server
+                .proxies()
+                .first()
+                .is_some_and(|p| p.last_nack.is_some())
+        })
+        .await;
+        let status = server.proxies().remove(0);
+        let nack = status.last_nack.clone().unwrap_or_default();
+        assert!(
+            nack.starts_with("2: ") && nack.contains("backend.demo.svc.cluster.local"),
+            "{nack}"
+        );
+        assert_eq!(status.sent_version, "2");
+        assert_eq!(status.acked_version, "1");
+        assert_eq!(store.current().source, second, "the previous config stays");
+        assert!(rejected.load(Ordering::SeqCst) >= 1);
+        // Both responses of that push: the destination, then the settings (the whole
+        // configuration is assembled again, bad destination included).
+        eventually("both NACKs", || {
+            metric(&registry, "skein_controlplane_nacks_total") == 2
+        })
+        .await;
+
+        // Fixed: applied, acknowledged, and the NACK is history.
+        second.version = "3".to_owned();
+        source.set(second.clone());
+        eventually("the fixed config", || store.current().source == second).await;
+        eventually("the fixed config's ACK", || {
+            server
+                .proxies()
+                .first()
+                .is_some_and(|p| p.acked_version == "3" && p.last_nack.is_none())
+        })
+        .await;
+
+        // Broken again, and left so: the proxy's held resources include the rejected one
+        // when it reconnects below.
+        source.set(destinations("4", "198.18.0.6:8080", "("));
+        eventually("the second NACK", || {
+            metric(&registry, "skein_controlplane_nacks_total") == 4
+        })
+        .await;
+
+        // The control plane goes away; the configuration changes meanwhile; it comes back on
+        // the same port and the proxy catches up.
+        let _ = stop.send(());
+        tokio::time::timeout(Duration::from_secs(10), serving)
+            .await
+            .expect("the server stops, closing the streams")
+            .expect("server task")
+            .expect("server");
+        eventually("the registry to empty", || server.proxies().is_empty()).await;
+        assert_eq!(metric(&registry, "skein_controlplane_connected_proxies"), 0);
+        assert_eq!(store.current().source, second, "kept while disconnected");
+
+        second.version = "5".to_owned();
+        second.destinations[1].ports[0].endpoints[0].address = "198.18.0.10:8080".parse().unwrap();
+        source.set(second.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(server.clone().serve(addr, async {
+            let _ = stopped.await;
+        }));
+        eventually("the resync", || store.current().source == second).await;
+        eventually("the reconnected proxy", || {
+            server.proxies().first().map(|p| p.acked_version.as_str()) == Some("5")
+        })
+        .await;
+
+        client.abort();
+        let _ = stop.send(());
+        tokio::time::timeout(Duration::from_secs(10), serving)
+            .await
+            .expect("the server stops")
+            .expect("server task")
+            .expect("server");
+    }
+
+    #[tokio::test]
+    async fn a_stream_without_a_node_is_refused() {
+        use crate::xds::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+
+        let source = FakeSource::new(ProxyConfig::default());
+        let server = PushServer::new(source, &mut Registry::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(server.serve_with_listener(listener, std::future::pending()));
+        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect");
+        let requests = futures::stream::iter([subscribe(SETTINGS_TYPE, &[])]);
+        let err = client
+            .delta_aggregated_resources(requests)
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    }
+}

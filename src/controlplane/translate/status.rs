@@ -1,0 +1,306 @@
+//! Rule statuses: which rule wins when several name one Service, and the conditions each rule
+//! reports ([`crate::api::rule_status`]).
+
+use std::collections::HashMap;
+use std::fmt;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+
+use crate::api::rule_status::{
+    ACCEPTED, REASON_ACCEPTED, REASON_CONFLICTED, REASON_INVALID, REASON_RESOLVED,
+    REASON_SERVICE_NOT_FOUND, RESOLVED_REFS,
+};
+
+/// The `lastTransitionTime` of every reported condition. The translation is pure, so it cannot
+/// know when a condition changed: the I/O layer keeps the time already in the status when a
+/// condition's status is unchanged, and sets the current time when it changes.
+pub const TRANSITION_TIME_PLACEHOLDER: Time = Time(Timestamp::UNIX_EPOCH);
+
+/// The apiserver refuses condition messages longer than this.
+const MAX_MESSAGE_LEN: usize = 32 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RuleKind {
+    RouteRule,
+    EgressRule,
+    TrafficPolicy,
+}
+
+impl fmt::Display for RuleKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RuleKind::RouteRule => "RouteRule",
+            RuleKind::EgressRule => "EgressRule",
+            RuleKind::TrafficPolicy => "TrafficPolicy",
+        })
+    }
+}
+
+/// What the control plane should write into one rule's status.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RuleReport {
+    pub kind: RuleKind,
+    pub namespace: String,
+    pub name: String,
+    pub generation: Option<i64>,
+    /// `Accepted` and, for rules naming a Service, `ResolvedRefs` (types and reasons from
+    /// [`crate::api::rule_status`]), with `observedGeneration` = `generation` and
+    /// `lastTransitionTime` = [`TRANSITION_TIME_PLACEHOLDER`].
+    pub conditions: Vec<Condition>,
+}
+
+impl RuleReport {
+    /// The condition of this type, if reported.
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == type_)
+    }
+}
+
+/// A Service by namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(super) struct ServiceKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ServiceKey {
+    pub fn new(namespace: &str, name: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+}
+
+/// Written the way rules write it: `name.namespace`.
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.name, self.namespace)
+    }
+}
+
+/// The Service a rule in `rule_namespace` names with `reference` (`name` or `name.namespace`).
+pub(super) fn parse_service_ref(
+    reference: &str,
+    rule_namespace: &str,
+) -> Result<ServiceKey, String> {
+    let (name, namespace) = reference
+        .split_once('.')
+        .unwrap_or((reference, rule_namespace));
+    if is_dns_label(name) && is_dns_label(namespace) {
+        Ok(ServiceKey::new(namespace, name))
+    } else {
+        Err(format!(
+            "spec.service: {reference:?} is not NAME or NAME.NAMESPACE (lowercase DNS labels)"
+        ))
+    }
+}
+
+/// An RFC 1123 label: what namespace and Service names are.
+pub(super) fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Who a rule is, and what decides precedence between rules.
+#[derive(Clone, Debug)]
+pub(super) struct RuleMeta {
+    pub kind: RuleKind,
+    pub namespace: String,
+    pub name: String,
+    pub generation: Option<i64>,
+    created: Option<Time>,
+}
+
+impl RuleMeta {
+    pub fn new(kind: RuleKind, meta: &ObjectMeta) -> Self {
+        Self {
+            kind,
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+            generation: meta.generation,
+            created: meta.creation_timestamp.clone(),
+        }
+    }
+
+    /// Oldest first; a rule without a creation time (never from the apiserver) last; then by
+    /// namespace and name, so the order never depends on the order of the watch cache.
+    fn precedence(&self) -> (bool, Option<&Time>, &str, &str) {
+        (
+            self.created.is_none(),
+            self.created.as_ref(),
+            &self.namespace,
+            &self.name,
+        )
+    }
+}
+
+/// Whether a rule is in the configuration proxies receive.
+#[derive(Clone, Debug)]
+pub(super) enum Acceptance {
+    Accepted {
+        note: Option<String>,
+    },
+    Invalid(Vec<String>),
+    /// The message names the winner.
+    Conflicted(String),
+}
+
+/// What a rule's `service` refers to.
+#[derive(Clone, Debug)]
+pub(super) enum Resolution {
+    Found(ServiceKey),
+    NotFound(ServiceKey),
+    /// The Service exists but the mesh has no destination for it; says why.
+    NotRoutable(ServiceKey, &'static str),
+    /// `spec.service` cannot name a Service; says why.
+    BadReference(String),
+}
+
+/// One rule naming a Service, validated and translated (or not).
+pub(super) struct Candidate<T> {
+    pub meta: RuleMeta,
+    pub target: Result<ServiceKey, String>,
+    pub translated: Result<T, Vec<String>>,
+    /// Said in the `Accepted` message when the rule is accepted.
+    pub note: Option<String>,
+}
+
+/// The outcome for every rule of one kind.
+pub(super) struct Decided<T> {
+    /// What applies to each Service.
+    pub winners: HashMap<ServiceKey, T>,
+    /// Every rule with its target and acceptance, for the reports.
+    pub decided: Vec<(RuleMeta, Result<ServiceKey, String>, Acceptance)>,
+}
+
+/// Picks, for each Service, the valid rule that takes precedence; `verb` says what the winner
+/// does in the loser's message (`RouteRule demo/a already routes backend.demo`).
+pub(super) fn decide<T>(
+    candidates: impl IntoIterator<Item = Candidate<T>>,
+    verb: &str,
+) -> Decided<T> {
+    let mut decided = Vec::new();
+    let mut valid = Vec::new();
+    for candidate in candidates {
+        match (candidate.translated, &candidate.target) {
+            (Ok(value), Ok(key)) => {
+                valid.push((key.clone(), candidate.meta, value, candidate.note))
+            }
+            (Err(problems), _) => {
+                decided.push((
+                    candidate.meta,
+                    candidate.target,
+                    Acceptance::Invalid(problems),
+                ));
+            }
+            // Validation checks the reference; this keeps a rule that slipped through out.
+            (Ok(_), Err(problem)) => {
+                let problems = vec![problem.clone()];
+                decided.push((
+                    candidate.meta,
+                    candidate.target,
+                    Acceptance::Invalid(problems),
+                ));
+            }
+        }
+    }
+    valid.sort_by(|a, b| (&a.0, a.1.precedence()).cmp(&(&b.0, b.1.precedence())));
+    let mut winners: HashMap<ServiceKey, T> = HashMap::new();
+    let mut winner_name = String::new();
+    for (key, meta, value, note) in valid {
+        let acceptance = if winners.contains_key(&key) {
+            Acceptance::Conflicted(format!("{winner_name} {verb} {key}; this one is ignored"))
+        } else {
+            winner_name = format!("{} {}/{}", meta.kind, meta.namespace, meta.name);
+            winners.insert(key.clone(), value);
+            Acceptance::Accepted { note }
+        };
+        decided.push((meta, Ok(key), acceptance));
+    }
+    Decided { winners, decided }
+}
+
+/// The report of one rule; `resolution` is None for rules that name no Service.
+pub(super) fn report(
+    meta: &RuleMeta,
+    acceptance: &Acceptance,
+    resolution: Option<&Resolution>,
+) -> RuleReport {
+    let condition = |type_: &str, status: bool, reason: &str, message: String| Condition {
+        type_: type_.to_owned(),
+        status: if status { "True" } else { "False" }.to_owned(),
+        reason: reason.to_owned(),
+        message: truncate(message),
+        observed_generation: meta.generation,
+        last_transition_time: TRANSITION_TIME_PLACEHOLDER,
+    };
+    let mut conditions = vec![match acceptance {
+        Acceptance::Accepted { note } => {
+            let mut message = "the rule is in the configuration proxies receive".to_owned();
+            if let Some(note) = note {
+                message.push_str("; ");
+                message.push_str(note);
+            }
+            condition(ACCEPTED, true, REASON_ACCEPTED, message)
+        }
+        Acceptance::Invalid(problems) => {
+            condition(ACCEPTED, false, REASON_INVALID, problems.join("; "))
+        }
+        Acceptance::Conflicted(message) => {
+            condition(ACCEPTED, false, REASON_CONFLICTED, message.clone())
+        }
+    }];
+    if let Some(resolution) = resolution {
+        conditions.push(match resolution {
+            Resolution::Found(key) => condition(
+                RESOLVED_REFS,
+                true,
+                REASON_RESOLVED,
+                format!("Service {key} exists"),
+            ),
+            Resolution::NotFound(key) => condition(
+                RESOLVED_REFS,
+                false,
+                REASON_SERVICE_NOT_FOUND,
+                format!("Service {key} does not exist; the rule applies once it does"),
+            ),
+            Resolution::NotRoutable(key, why) => condition(
+                RESOLVED_REFS,
+                false,
+                REASON_SERVICE_NOT_FOUND,
+                format!("Service {key} {why}, so the mesh has no destination for it"),
+            ),
+            Resolution::BadReference(problem) => condition(
+                RESOLVED_REFS,
+                false,
+                REASON_SERVICE_NOT_FOUND,
+                problem.clone(),
+            ),
+        });
+    }
+    RuleReport {
+        kind: meta.kind,
+        namespace: meta.namespace.clone(),
+        name: meta.name.clone(),
+        generation: meta.generation,
+        conditions,
+    }
+}
+
+fn truncate(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE_LEN {
+        let mut end = MAX_MESSAGE_LEN - 3;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str("...");
+    }
+    message
+}

@@ -1,0 +1,183 @@
+//! The validating admission webhook for RouteRule, EgressRule and TrafficPolicy: what the CRD
+//! schema cannot say (weights adding up to 100, regexes that compile, header names) is refused
+//! at `kubectl apply` with every problem and its field path. A rule for a Service that does not
+//! exist is allowed with a warning: Services and rules are often applied in either order.
+//!
+//! Pure apart from the lookup of Services it is given; the HTTP route is in `server`.
+
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
+use serde::de::DeserializeOwned;
+
+use super::translate;
+use crate::api::{EgressRuleSpec, RouteRuleSpec, TrafficPolicySpec};
+
+/// Answers one admission request. `service_exists(namespace, name)` says whether a Service is
+/// known.
+pub fn review(
+    request: &AdmissionRequest<DynamicObject>,
+    service_exists: impl Fn(&str, &str) -> bool,
+) -> AdmissionResponse {
+    let response = AdmissionResponse::from(request);
+    if !matches!(request.operation, Operation::Create | Operation::Update) {
+        return response;
+    }
+    let Some(object) = &request.object else {
+        return response.deny("the request carries no object");
+    };
+    let namespace = request
+        .namespace
+        .clone()
+        .or_else(|| object.metadata.namespace.clone())
+        .unwrap_or_default();
+    let (problems, service) = match request.kind.kind.as_str() {
+        "RouteRule" => match spec::<RouteRuleSpec>(object) {
+            Ok(spec) => (translate::validate_route_rule(&spec), Some(spec.service)),
+            Err(problem) => (vec![problem], None),
+        },
+        "EgressRule" => match spec::<EgressRuleSpec>(object) {
+            Ok(spec) => (translate::validate_egress_rule(&spec), None),
+            Err(problem) => (vec![problem], None),
+        },
+        "TrafficPolicy" => match spec::<TrafficPolicySpec>(object) {
+            Ok(spec) => (
+                translate::validate_traffic_policy(&spec),
+                Some(spec.service),
+            ),
+            Err(problem) => (vec![problem], None),
+        },
+        // Not ours to judge (a misconfigured registration): let it through.
+        _ => return response,
+    };
+    if !problems.is_empty() {
+        return response.deny(format!(
+            "{} {}/{} is invalid: {}",
+            request.kind.kind,
+            namespace,
+            request.name,
+            problems.join("; ")
+        ));
+    }
+    let mut response = response;
+    if let Some(service) = service {
+        let (name, service_namespace) = match service.split_once('.') {
+            Some((name, ns)) => (name, ns),
+            None => (service.as_str(), namespace.as_str()),
+        };
+        if !service_exists(service_namespace, name) {
+            response.warnings = Some(vec![format!(
+                "Service {service_namespace}/{name} does not exist (yet): the rule takes effect when it does"
+            )]);
+        }
+    }
+    response
+}
+
+fn spec<T: DeserializeOwned>(object: &DynamicObject) -> Result<T, String> {
+    let spec = object.data.get("spec").cloned().unwrap_or_default();
+    serde_json::from_value(spec).map_err(|err| format!("spec: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::admission::AdmissionReview;
+
+    fn request(kind: &str, spec: serde_json::Value) -> AdmissionRequest<DynamicObject> {
+        let review: AdmissionReview<DynamicObject> = serde_json::from_value(serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+                "kind": {"group": "skein.dev", "version": "v1alpha1", "kind": kind},
+                "resource": {"group": "skein.dev", "version": "v1alpha1", "resource": "x"},
+                "name": "r",
+                "namespace": "demo",
+                "operation": "CREATE",
+                "userInfo": {},
+                "object": {
+                    "apiVersion": "skein.dev/v1alpha1",
+                    "kind": kind,
+                    "metadata": {"name": "r", "namespace": "demo"},
+                    "spec": spec
+                }
+            }
+        }))
+        .unwrap();
+        review.try_into().unwrap()
+    }
+
+    #[test]
+    fn weights_that_do_not_add_up_are_refused_with_their_path() {
+        let req = request(
+            "RouteRule",
+            serde_json::json!({"service": "backend", "http": [{"route": [
+                {"subset": {"version": "v1"}, "weight": 80},
+                {"subset": {"version": "v2"}, "weight": 10}
+            ]}]}),
+        );
+        let response = review(&req, |_, _| true);
+        assert!(!response.allowed);
+        let message = response.result.message;
+        assert!(message.contains("spec.http[0]"), "{message}");
+        assert!(message.contains("90"), "{message}");
+    }
+
+    #[test]
+    fn a_valid_rule_for_a_missing_service_is_allowed_with_a_warning() {
+        let req = request(
+            "RouteRule",
+            serde_json::json!({"service": "nowhere", "http": [{"route": [
+                {"subset": {"version": "v1"}, "weight": 100}
+            ]}]}),
+        );
+        let response = review(&req, |_, _| false);
+        assert!(response.allowed);
+        let warnings = response.warnings.unwrap_or_default();
+        assert!(warnings[0].contains("demo/nowhere"), "{warnings:?}");
+        assert!(review(&req, |_, _| true).warnings.is_none());
+    }
+
+    #[test]
+    fn a_regex_that_does_not_compile_is_refused() {
+        let req = request(
+            "RouteRule",
+            serde_json::json!({"service": "backend", "http": [{"match": [{"path": {"regex": "(" }}]}]}),
+        );
+        let response = review(&req, |_, _| true);
+        assert!(!response.allowed);
+        assert!(
+            response.result.message.contains("spec.http[0]"),
+            "{}",
+            response.result.message
+        );
+    }
+
+    /// What users copy must pass: every object of config/samples/traffic-rules.yaml.
+    #[test]
+    fn the_sample_rules_are_valid() {
+        let text = include_str!("../../config/samples/traffic-rules.yaml");
+        let mut kinds = Vec::new();
+        for document in serde_yaml_ng::Deserializer::from_str(text) {
+            let object: serde_json::Value = serde::Deserialize::deserialize(document).unwrap();
+            let kind = object["kind"].as_str().unwrap().to_owned();
+            let req = request(&kind, object["spec"].clone());
+            let response = review(&req, |_, _| true);
+            assert!(response.allowed, "{kind}: {}", response.result.message);
+            kinds.push(kind);
+        }
+        assert_eq!(kinds, ["RouteRule", "EgressRule", "TrafficPolicy"]);
+    }
+
+    #[test]
+    fn a_spec_of_the_wrong_shape_is_refused_not_a_panic() {
+        let req = request("EgressRule", serde_json::json!({"hosts": 7}));
+        let response = review(&req, |_, _| true);
+        assert!(!response.allowed);
+        assert!(
+            response.result.message.contains("spec"),
+            "{}",
+            response.result.message
+        );
+    }
+}
