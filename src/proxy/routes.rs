@@ -25,7 +25,7 @@ pub const MAX_RETRY_ATTEMPTS: u32 = 10;
 
 /// Headers that describe one connection (or, for `Host`, the upstream the proxy picks): the
 /// proxy manages them itself, so a route editing them would break the forwarding.
-const PROXY_MANAGED_HEADERS: [&str; 8] = [
+pub(crate) const PROXY_MANAGED_HEADERS: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-connection",

@@ -18,21 +18,7 @@ use crate::proxy::config::types::{
     Fault, FaultAbort, FaultDelay, HeaderEdits, KeyMatch, Mirror, RequestMatch, RetryOn,
     RetryPolicy, Route, StringMatch, WeightedSubset,
 };
-use crate::proxy::routes::{MAX_RETRY_ATTEMPTS, RouteTable};
-
-/// Headers the proxy manages per connection (hop-by-hop ones, and `Host`, which names the
-/// upstream): the proxy refuses routes that edit them, so the rule is refused first, with a
-/// field path the user can act on.
-const PROXY_MANAGED_HEADERS: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "te",
-    "trailer",
-    "host",
-];
+use crate::proxy::routes::{MAX_RETRY_ATTEMPTS, PROXY_MANAGED_HEADERS, RouteTable};
 
 /// What a retry with an empty `retryOn` retries: failures where the request cannot have reached
 /// the application (the RouteRule API's documented default).
