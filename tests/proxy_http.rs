@@ -268,6 +268,38 @@ fn retries_mask_an_endpoint_failing_30_percent() {
     );
 }
 
+/// One of two endpoints refuses connections (its pod runs nothing). A POST's body is never read
+/// by a try whose connection is refused, yet the retry on `connect-failure` must send it: every
+/// request succeeds.
+#[test]
+fn a_refused_connection_is_retried_with_the_request_body() {
+    let mesh = Mesh::new();
+    let (dead, good) = (mesh.pod("dead"), mesh.pod("good"));
+    let _app = good.demo_app("v1", &[]);
+    let client = mesh.pod("client");
+    let mut destination = backend(&mesh, &[(&dead, "v1"), (&good, "v1")]);
+    // Round robin: half the first tries go to the dead endpoint.
+    destination["loadBalancer"] = json!("roundRobin");
+    destination["routes"] = json!([{
+        "name": "retrying",
+        "retry": {"attempts": 1, "retryOn": ["connect-failure"]},
+    }]);
+    let proxy = client.sidecar(Some(&config("1", destination)));
+
+    let tally = client.curl_many(40, &url(&mesh, "/"), &["-d", "a small request body"]);
+    assert_eq!(tally.status("200"), 40, "client errors: {tally:?}");
+    let metrics = proxy.metrics();
+    let sent = metrics.sum(
+        "skein_proxy_retries_total",
+        &[("destination_service", SERVICE), ("result", "sent")],
+    );
+    assert!(
+        sent >= 10.0,
+        "{}",
+        metrics.matching("skein_proxy_retries_total")
+    );
+}
+
 #[test]
 fn route_timeout_answers_504_quickly() {
     let mesh = Mesh::new();

@@ -11,7 +11,7 @@
 //! | `skein_proxy_requests_total` | request labels (below) | HTTP requests answered, by response |
 //! | `skein_proxy_request_duration_milliseconds` | `direction`, `destination_service`, `classification` | histogram: request start to the end of the response |
 //! | `skein_proxy_retries_total` | `destination_service`, `result` | retries sent (`result=sent`) or refused by the retry budget (`result=budget_exhausted`) |
-//! | `skein_proxy_local_responses_total` | `direction`, `reason` | responses the proxy made itself instead of an upstream's; `reason` is the `x-skein-error` header they carry: `egress-blocked`, `no-endpoints`, `connect-failure`, `timeout`, `overloaded`, `upstream-reset`, `fault-abort` |
+//! | `skein_proxy_local_responses_total` | `direction`, `reason` | responses the proxy made itself instead of an upstream's; `reason` is the `x-skein-error` header they carry: `egress-blocked`, `no-endpoints`, `connect-failure`, `timeout`, `overloaded`, `upstream-reset`, `fault-abort`, `client-body-error` |
 //! | `skein_proxy_egress_blocked_total` | `protocol` | requests (`http`) and connections (`tls`, `tcp`) to unknown destinations refused under `RegistryOnly` |
 //! | `skein_proxy_outlier_ejections_total` | `destination_service` | endpoints ejected by outlier detection |
 //! | `skein_proxy_config_reloads_total` | `result` | configuration changes `applied` or `rejected` (the previous one stays) |

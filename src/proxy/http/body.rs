@@ -82,6 +82,31 @@ impl RequestBody {
         }
     }
 
+    /// Reads a small body of known length (a `Content-Length` within [`MAX_REPLAY_BYTES`]) in
+    /// full before the first try, so that every try, the first included, sends the copy: a try
+    /// that fails before reading the body (a refused connection) loses nothing. Bodies without a
+    /// length (gRPC, chunked streams) and large ones keep streaming.
+    pub async fn read_small(&mut self) -> Result<(), BoxError> {
+        let (Some(first), Some(copy)) = (&self.first, &self.copy) else {
+            return Ok(());
+        };
+        let small = first
+            .size_hint()
+            .exact()
+            .is_some_and(|len| len > 0 && len <= MAX_REPLAY_BYTES as u64);
+        if !small {
+            return Ok(());
+        }
+        let copy = Arc::clone(copy);
+        let mut body = self.first.take().map(|first| Teeing { inner: first, copy });
+        if let Some(body) = &mut body {
+            while let Some(frame) = body.frame().await {
+                frame?;
+            }
+        }
+        Ok(())
+    }
+
     /// The body for the next try: the client's stream the first time; afterwards the copy, if
     /// there is a complete one.
     pub fn take(&mut self) -> Option<ProxyBody> {
@@ -281,6 +306,16 @@ mod tests {
         assert!(body.is_replayable());
         let again = body.take().expect("the replayed copy");
         assert!(again.collect().await.unwrap().to_bytes().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_small_body_read_before_the_first_try_survives_a_try_that_never_read_it() {
+        let mut body = RequestBody::replayable(full("payload"));
+        body.read_small().await.unwrap();
+        drop(body.take());
+        assert!(body.is_replayable());
+        let again = body.take().expect("the copy");
+        assert_eq!(again.collect().await.unwrap().to_bytes(), "payload");
     }
 
     #[test]

@@ -206,6 +206,16 @@ impl Tries<'_> {
             Target::Fixed(_) => None,
         };
 
+        if policy.is_some() && self.upgrade.is_none() {
+            // A retried request's small body is read first, so no try can lose it.
+            if let Err(err) = self.body.read_small().await {
+                return Err(Local::new(
+                    StatusCode::BAD_REQUEST,
+                    "client-body-error",
+                    format!("reading the request body: {err}"),
+                ));
+            }
+        }
         let mut rng = fastrand::Rng::new();
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut retries = 0;
