@@ -175,3 +175,72 @@ async fn each_rule_reports_whether_proxies_got_it() {
     )
     .await;
 }
+
+/// What users copy must work: every object of `config/samples/traffic-rules.yaml` passes the
+/// real apiserver's schema and CEL rules, and the control plane accepts it.
+#[tokio::test]
+async fn the_sample_rules_are_accepted() {
+    let ctx = TestContext::new().await;
+    let _control_plane = ControlPlane::start().await;
+    Api::<Service>::namespaced(ctx.client.clone(), &ctx.namespace)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(service("backend")).unwrap(),
+        )
+        .await
+        .expect("creating the Service the samples name");
+    let text =
+        std::fs::read_to_string(support::source_dir().join("config/samples/traffic-rules.yaml"))
+            .expect("reading the samples");
+    let mut created = Vec::new();
+    for document in serde_yaml_ng::Deserializer::from_str(&text) {
+        let object: serde_json::Value = serde::Deserialize::deserialize(document).unwrap();
+        let kind = object["kind"].as_str().unwrap_or_default().to_owned();
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        match kind.as_str() {
+            "RouteRule" => create::<RouteRule>(&ctx, object).await,
+            "EgressRule" => create::<EgressRule>(&ctx, object).await,
+            "TrafficPolicy" => create::<TrafficPolicy>(&ctx, object).await,
+            other => panic!("unexpected kind {other} in the samples"),
+        }
+        created.push((kind, name));
+    }
+    assert_eq!(created.len(), 3, "{created:?}");
+    let namespace = ctx.namespace.clone();
+    eventually("every sample to be accepted", WAIT, || async {
+        let mut accepted = 0;
+        for (kind, name) in &created {
+            let status = match kind.as_str() {
+                "RouteRule" => {
+                    Api::<RouteRule>::namespaced(ctx.client.clone(), &namespace)
+                        .get_opt(name)
+                        .await
+                        .ok()??
+                        .status
+                }
+                "EgressRule" => {
+                    Api::<EgressRule>::namespaced(ctx.client.clone(), &namespace)
+                        .get_opt(name)
+                        .await
+                        .ok()??
+                        .status
+                }
+                _ => {
+                    Api::<TrafficPolicy>::namespaced(ctx.client.clone(), &namespace)
+                        .get_opt(name)
+                        .await
+                        .ok()??
+                        .status
+                }
+            };
+            if status?.condition("Accepted")?.status == "True" {
+                accepted += 1;
+            }
+        }
+        (accepted == created.len()).then_some(())
+    })
+    .await;
+}
