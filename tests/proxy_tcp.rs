@@ -486,13 +486,7 @@ impl Proxy {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        for var in [
-            "SKEIN_OUTBOUND_PORT",
-            "SKEIN_INBOUND_PORT",
-            "SKEIN_ADMIN_PORT",
-            "SKEIN_DRAIN_TIMEOUT",
-            "SKEIN_CONNECT_TIMEOUT",
-        ] {
+        for var in support::pods::ROLE_ENV {
             command.env_remove(var);
         }
         let mut child = command

@@ -6,9 +6,10 @@
 //!   its identity and, after a reconnect, the versions of what it holds: the control plane
 //!   then sends only what differs.
 //! - It holds what the control plane sent, by type and name. Once every type has arrived
-//!   (the first response of each type is always sent), each response is assembled with the
-//!   rest into a whole configuration and applied: ACK if it compiles, else NACK with the
-//!   reason, and the previous configuration stays active ([`ConfigStore::replace`]).
+//!   (the first response of each type is always sent) and a push is complete (the settings,
+//!   which carry the push's version, come last), what is held is assembled into a whole
+//!   configuration and applied once: ACK if it compiles, else NACK with the reason, and the
+//!   previous configuration stays active ([`ConfigStore::replace`]).
 //! - What is held mirrors what the control plane sent, rejected content included: the
 //!   control plane does not resend what it already sent, so dropping a rejected response
 //!   would lose the good resources that came with it. Each later response is assembled from
@@ -213,7 +214,7 @@ fn node(identity: &ProxyIdentity) -> Node {
 /// What to do after a response.
 #[derive(Debug, PartialEq)]
 enum Step {
-    /// Some type has not arrived yet: nothing to apply (ACK).
+    /// Some type, or the rest of the push, has not arrived yet: nothing to apply (ACK).
     Incomplete,
     /// The configuration is the one applied already (ACK).
     Unchanged,
@@ -271,6 +272,14 @@ impl ClientState {
             return Step::Incomplete;
         }
         match resources::assemble(&self.held) {
+            // Every response of a push names the push's version, and the settings, which carry
+            // it, come last: until they are in, what is held mixes two pushes, and compiling it
+            // would be work thrown away a moment later.
+            Ok(config)
+                if !config.version.is_empty() && config.version != response.system_version_info =>
+            {
+                Step::Incomplete
+            }
             Ok(config) if self.applied.as_ref() == Some(&config) => Step::Unchanged,
             Ok(config) => Step::Apply(config),
             Err(err) => Step::Invalid(err.to_string()),
@@ -338,6 +347,7 @@ mod tests {
                 type_url: (*type_url).to_owned(),
                 resources: resources[type_url].values().cloned().collect(),
                 nonce: format!("n-{type_url}"),
+                system_version_info: config.version.clone(),
                 ..Default::default()
             })
             .collect()
@@ -378,16 +388,38 @@ destinations:
             type_url: DESTINATION_TYPE.to_owned(),
             resources: vec![changed],
             removed_resources: vec!["b".to_owned()],
+            system_version_info: "1".to_owned(),
             ..Default::default()
         });
         assert_eq!(step, Step::Apply(two.clone()));
-        state.applied = Some(two);
+        state.applied = Some(two.clone());
         // An empty response (a resync after a reconnect) changes nothing.
         let step = state.receive(&DeltaDiscoveryResponse {
             type_url: EGRESS_TYPE.to_owned(),
+            system_version_info: "1".to_owned(),
             ..Default::default()
         });
         assert_eq!(step, Step::Unchanged);
+
+        // A push of version 2: its destinations wait for its settings, then it applies once.
+        let mut three = two;
+        three.version = "2".to_owned();
+        three.destinations[0].addresses = vec!["198.19.0.10".parse().unwrap()];
+        let resources = split(&three).expect("split");
+        let step = state.receive(&DeltaDiscoveryResponse {
+            type_url: DESTINATION_TYPE.to_owned(),
+            resources: resources[DESTINATION_TYPE].values().cloned().collect(),
+            system_version_info: "2".to_owned(),
+            ..Default::default()
+        });
+        assert_eq!(step, Step::Incomplete, "half a push is not applied");
+        let step = state.receive(&DeltaDiscoveryResponse {
+            type_url: SETTINGS_TYPE.to_owned(),
+            resources: resources[SETTINGS_TYPE].values().cloned().collect(),
+            system_version_info: "2".to_owned(),
+            ..Default::default()
+        });
+        assert_eq!(step, Step::Apply(three));
     }
 
     #[test]
@@ -479,6 +511,7 @@ destinations:
                 .cloned()
                 .collect(),
             nonce: "n2".to_owned(),
+            system_version_info: "2".to_owned(),
             ..Default::default()
         };
         let step = state.receive(&response);

@@ -57,6 +57,29 @@ pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Lines of a process's log printed when a test fails.
 const LOG_TAIL_LINES: usize = 150;
 
+/// Environment variables the proxy and the demo app read: removed from what the test process
+/// passes on, so a developer's shell never changes what a test runs.
+pub const ROLE_ENV: [&str; 18] = [
+    "SKEIN_OUTBOUND_PORT",
+    "SKEIN_INBOUND_PORT",
+    "SKEIN_ADMIN_PORT",
+    "SKEIN_DRAIN_TIMEOUT",
+    "SKEIN_CONNECT_TIMEOUT",
+    "SKEIN_PROXY_CONFIG",
+    "SKEIN_XDS_ADDRESS",
+    "DEMO_ROLE",
+    "DEMO_VERSION",
+    "DEMO_LISTEN",
+    "DEMO_NEXT",
+    "DEMO_FAIL_PERCENT",
+    "DEMO_FAIL_STATUS",
+    "DEMO_LATENCY",
+    "DEMO_DROP_PERCENT",
+    "POD_NAME",
+    "POD_NAMESPACE",
+    "POD_IP",
+];
+
 // ---------------------------------------------------------------------------------------------
 // The mesh: hub, subnets and the per-test directory.
 
@@ -461,23 +484,7 @@ impl Process {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        for var in [
-            "SKEIN_OUTBOUND_PORT",
-            "SKEIN_INBOUND_PORT",
-            "SKEIN_ADMIN_PORT",
-            "SKEIN_DRAIN_TIMEOUT",
-            "SKEIN_CONNECT_TIMEOUT",
-            "SKEIN_PROXY_CONFIG",
-            "DEMO_ROLE",
-            "DEMO_VERSION",
-            "DEMO_LISTEN",
-            "DEMO_NEXT",
-            "DEMO_FAIL_PERCENT",
-            "DEMO_FAIL_STATUS",
-            "DEMO_LATENCY",
-            "DEMO_DROP_PERCENT",
-            "POD_NAME",
-        ] {
+        for var in ROLE_ENV {
             builder.env_remove(var);
         }
         for (key, value) in env {
