@@ -73,6 +73,7 @@ fn inject_config() -> InjectConfig {
         mesh: MeshConfigSpec::default(),
         xds_address: "skein-control-plane.skein-system.svc:9090".to_owned(),
         native_sidecars_supported: true,
+        sleep_hooks_supported: true,
     }
 }
 

@@ -143,7 +143,8 @@ async fn a_full_spec_and_its_status_round_trip() {
             "uid": 1500,
             "ports": {"inbound": 7006, "outbound": 7001, "admin": 7000},
             "holdApplicationUntilProxyStarts": false,
-            "nativeSidecar": "Disabled"
+            "nativeSidecar": "Disabled",
+            "drainWindow": "20s"
         },
         "traffic": {
             "outboundTrafficPolicy": "AllowAny",
@@ -225,6 +226,11 @@ fn invalid_cases() -> Vec<(&'static str, Value, Vec<&'static str>)> {
                 "Unsupported value",
                 "\"Fail\"",
             ],
+        ),
+        (
+            "drain window above 300s",
+            json!({"proxy": {"drainWindow": "10m"}}),
+            vec!["spec.proxy.drainWindow", "must be at most 300s"],
         ),
         (
             "sampling above 100",

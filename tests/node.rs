@@ -487,6 +487,83 @@ async fn a_deleted_pod_is_terminated_gracefully_and_leaves_nothing_behind() {
     );
 }
 
+/// What a kubelet does for a deleted pod with a `preStop` hook (the injector gives meshed apps
+/// one, to hold them for the drain window): the hook runs first, the pod stays Ready meanwhile,
+/// so the real EndpointSlice controller marks its endpoint serving and terminating; only then
+/// does the app get SIGTERM.
+#[tokio::test]
+async fn a_deleted_pod_runs_its_pre_stop_hook_first_and_serves_meanwhile() {
+    let _agent = AGENT.read().await;
+    let ctx = context().await;
+    let ns = ctx.namespace.as_str();
+    create_service(&ctx.client, ns, "held", "held").await;
+    let mut container = demo_container("app", "backend");
+    container["lifecycle"] = json!({"preStop": {"sleep": {"seconds": 8}}});
+    create_pod(
+        &ctx.client,
+        ns,
+        json!({"metadata": {"name": "held", "labels": {"app": "held"}},
+               "spec": {"containers": [container]}}),
+    )
+    .await;
+    let pod = wait_ready(&ctx.client, ns, "held").await;
+    let ip = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .expect("the pod's IP");
+    let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), ns);
+    let conditions = || async {
+        let list = slices
+            .list(&ListParams::default().labels("kubernetes.io/service-name=held"))
+            .await
+            .ok()?;
+        list.items
+            .iter()
+            .flat_map(|s| s.endpoints.iter().flatten())
+            .find(|e| e.addresses.contains(&ip))
+            .and_then(|e| e.conditions.clone())
+    };
+    eventually("the endpoint to be ready", WAIT, || async {
+        (conditions().await?.ready == Some(true)).then_some(())
+    })
+    .await;
+
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    pods.delete("held", &DeleteParams::default()).await.unwrap();
+    eventually(
+        "the endpoint to be serving and terminating",
+        WAIT,
+        || async {
+            let c = conditions().await?;
+            (c.serving == Some(true) && c.terminating == Some(true) && c.ready == Some(false))
+                .then_some(())
+        },
+    )
+    .await;
+    let during = pods.get("held").await.expect("the pod, still there");
+    assert!(
+        pod_ready(&during),
+        "Ready while its preStop hook runs: {:?}",
+        during.status
+    );
+    eventually("the pod to be gone", WAIT, || async {
+        matches!(pods.get_opt("held").await, Ok(None)).then_some(())
+    })
+    .await;
+
+    let log = support::node::agent_log();
+    let line = |what: &str| {
+        log.lines()
+            .position(|l| l.contains(what) && l.contains(&format!("pod={ns}/held ")))
+            .unwrap_or_else(|| panic!("no {what:?} for {ns}/held in the agent log"))
+    };
+    assert!(
+        line("preStop hook done") < line("container exited"),
+        "the hook ran before the container was stopped"
+    );
+}
+
 #[tokio::test]
 async fn an_image_that_cannot_run_here_waits_with_image_not_runnable() {
     let _agent = AGENT.read().await;

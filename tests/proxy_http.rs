@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::pods::{
-    APP_UID, Curl, Mesh, Pod, Proxy, SETTLE_TIMEOUT, Tally, describe, echo, head_value,
-    http_request, parse_response, read_head, read_to_end_or_reset, reset, tag,
+    APP_UID, Curl, INBOUND_PORT, Mesh, Pod, Proxy, SETTLE_TIMEOUT, Tally, describe, echo,
+    head_value, http_request, parse_response, read_head, read_to_end_or_reset, reset, tag,
 };
 
 /// The mesh service every test calls.
@@ -777,7 +777,8 @@ fn sigterm_drains_in_flight_requests_under_load() {
         ],
         slow_port,
     );
-    let mut server_proxy = server.sidecar(None);
+    // No drain window: this is about what happens once the listeners close.
+    let mut server_proxy = server.sidecar_with(None, &["--drain-window", "0s"]);
     let client = mesh.pod("client");
     let mut destination = backend(&mesh, &[(&server, "v1")]);
     destination["ports"]
@@ -834,6 +835,82 @@ fn sigterm_drains_in_flight_requests_under_load() {
         );
         eprintln!("requests around the drain: {tally:?}");
     });
+}
+
+/// A pod being deleted: once its proxy goes away (its configuration says `draining`, as the
+/// control plane pushes when the pod gets its deletionTimestamp), inbound requests are still
+/// served and the pod stays ready, but HTTP/1 responses close their connection so clients
+/// reconnect (elsewhere, once they know); SIGTERM keeps the listeners open for the drain window,
+/// which a second signal cuts short.
+#[test]
+fn a_proxy_going_away_serves_inbound_but_closes_connections_until_its_window_ends() {
+    let mesh = Mesh::new();
+    let server = mesh.pod("server");
+    let _app = server.demo_app("v1", &[]);
+    let mut proxy = server.sidecar_with(Some(&json!({"version": "1"})), &["--drain-window", "10m"]);
+    // A client outside the mesh (as through kube-proxy): it sees the server proxy's headers.
+    let outside = mesh.pod("outside");
+    let url = format!("http://{}/", server.endpoint());
+    let closes = |response: &Curl| {
+        response
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    };
+
+    let before = outside.curl(&[&url]);
+    assert_eq!(before.status, 200, "{before:?}");
+    assert!(!closes(&before), "keep-alive before going away: {before:?}");
+
+    proxy.reconfigure(&json!({"version": "2", "draining": true}));
+    let going = outside.curl(&[&url]);
+    assert_eq!(
+        going.status, 200,
+        "still served while going away: {going:?}"
+    );
+    assert_eq!(going.json()["pod"], "server", "{going:?}");
+    assert!(
+        closes(&going),
+        "Connection: close while going away: {going:?}"
+    );
+    // HTTP/2: a new connection gets a GOAWAY right after its first request, which is served.
+    let h2 = outside.curl(&["--http2-prior-knowledge", &url]);
+    assert_eq!(h2.status, 200, "an HTTP/2 request while going away: {h2:?}");
+    assert!(h2.status_line.starts_with("HTTP/2"), "{h2:?}");
+    proxy.wait_for_ready_status(200);
+
+    // SIGTERM: the window keeps the listeners open (and it counts from the config's word).
+    proxy.process.signal(libc::SIGTERM);
+    let after_signal = outside.curl(&[&url]);
+    assert_eq!(after_signal.status, 200, "{after_signal:?}");
+    assert!(closes(&after_signal), "{after_signal:?}");
+    proxy.wait_for_ready_status(200);
+
+    // A second signal ends the window: not ready, new connections refused, the request in
+    // flight finishes, then a clean exit.
+    thread::scope(|scope| {
+        let slow = scope.spawn(|| outside.curl(&["-H", "x-demo-backend-latency-ms: 2000", &url]));
+        // In flight: the proxy holds the client's connection (its own pooled connections to
+        // the app would not tell).
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        while server.established_from_port(INBOUND_PORT) < 1 {
+            assert!(
+                Instant::now() < deadline,
+                "the slow request never reached the proxy"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        proxy.process.signal(libc::SIGTERM);
+        proxy.wait_for_ready_status(503);
+        let refused = outside.curl(&[&url]);
+        assert_eq!(
+            refused.status, 0,
+            "refused once the listeners close: {refused:?}"
+        );
+        let slow: Curl = slow.join().expect("curl thread");
+        assert_eq!(slow.status, 200, "the request in flight finished: {slow:?}");
+    });
+    let status = proxy.process.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "the proxy exited with {status}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -185,14 +185,26 @@ fn sigterm_drains_in_flight_connections_refuses_new_ones_and_exits_zero() {
     let pod = Pod::new();
     let _remote = Server::start(&pod.peer.0, at(PEER_IP, 9000), Reply::Echo);
     let _app = Server::start_as(&pod.name, Some(APP_UID), any_v4(8080), Reply::Echo);
-    // Far longer than the test needs: the proxy must exit because the connections are done.
-    let mut proxy = pod.mesh(&["--drain-timeout", "25s"]);
+    // Far longer than the test needs: the proxy must exit because the connections are done,
+    // and leave its drain window because a second signal says so.
+    let mut proxy = pod.mesh(&["--drain-timeout", "25s", "--drain-window", "10m"]);
 
     let mut outbound = connect(&pod.name, Some(APP_UID), at(PEER_IP, 9000));
     echo(&mut outbound, b"before the signal");
     let mut inbound = connect(&pod.peer.0, None, at(POD_IP, 8080));
     echo(&mut inbound, b"before the signal");
 
+    // The drain window: still ready, still accepting both ways (callers may not know yet).
+    proxy.signal(libc::SIGTERM);
+    let mut late = connect(&pod.peer.0, None, at(POD_IP, 8080));
+    echo(&mut late, b"inside the drain window");
+    let mut late_out = connect(&pod.name, Some(APP_UID), at(PEER_IP, 9000));
+    echo(&mut late_out, b"inside the drain window");
+    proxy.wait_for_ready_status(200);
+    finish(late);
+    finish(late_out);
+
+    // A second signal ends the window: the listeners close.
     proxy.signal(libc::SIGTERM);
     proxy.wait_for_ready_status(503);
 
@@ -218,7 +230,7 @@ fn sigterm_drains_in_flight_connections_refuses_new_ones_and_exits_zero() {
 fn connections_still_open_at_the_drain_timeout_are_closed_and_the_proxy_exits_zero() {
     let pod = Pod::new();
     let _remote = Server::start(&pod.peer.0, at(PEER_IP, 9000), Reply::Echo);
-    let mut proxy = pod.mesh(&["--drain-timeout", "500ms"]);
+    let mut proxy = pod.mesh(&["--drain-timeout", "500ms", "--drain-window", "0s"]);
     let mut idle = connect(&pod.name, Some(APP_UID), at(PEER_IP, 9000));
     echo(&mut idle, b"then nothing");
 

@@ -160,6 +160,13 @@ pub struct ProxySpec {
     /// Run the proxy as a native sidecar (an init container with `restartPolicy: Always`).
     /// `Auto` uses one when the cluster supports it (Kubernetes ≥ 1.29).
     pub native_sidecar: NativeSidecar,
+    /// How long a terminating pod keeps serving before its application is told to stop, so
+    /// every caller learns the endpoint is leaving first: the application's containers get a
+    /// `preStop` sleep this long (unless they have a `preStop` hook of their own) and the proxy
+    /// keeps accepting, answering HTTP/1 with `Connection: close` and HTTP/2 with GOAWAY. It
+    /// counts against the pod's termination grace period. `0s` turns it off.
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "duration(self) <= duration('300s')", "message": "must be at most 300s"}]))]
+    pub drain_window: Duration,
 }
 
 impl Default for ProxySpec {
@@ -171,6 +178,7 @@ impl Default for ProxySpec {
             ports: ProxyPorts::default(),
             hold_application_until_proxy_starts: true,
             native_sidecar: NativeSidecar::Auto,
+            drain_window: Duration::from_secs(names::DEFAULT_DRAIN_WINDOW_SECS),
         }
     }
 }

@@ -19,6 +19,8 @@ use crate::inject::InjectConfig;
 
 /// Native sidecars (`restartPolicy: Always` init containers) exist from Kubernetes 1.29 on.
 const NATIVE_SIDECAR_MINOR: u32 = 29;
+/// `preStop: {sleep: ...}` hooks are on by default from Kubernetes 1.30 (beta; GA in 1.34).
+const SLEEP_HOOK_MINOR: u32 = 30;
 
 #[derive(Clone)]
 pub struct ClusterState {
@@ -29,6 +31,7 @@ pub struct ClusterState {
     /// `--xds-address`; a MeshConfig in External mode overrides it.
     xds_address: String,
     native_sidecars_supported: bool,
+    sleep_hooks_supported: bool,
 }
 
 impl ClusterState {
@@ -39,8 +42,10 @@ impl ClusterState {
         xds_address: String,
     ) -> Result<(Self, impl Future<Output = ()> + Send + 'static), kube::Error> {
         let version = client.apiserver_version().await?;
-        let native_sidecars_supported = supports_native_sidecars(&version.major, &version.minor);
-        tracing::info!(version = %version.git_version, native_sidecars_supported, "connected to the apiserver");
+        let native_sidecars_supported =
+            at_least(&version.major, &version.minor, NATIVE_SIDECAR_MINOR);
+        let sleep_hooks_supported = at_least(&version.major, &version.minor, SLEEP_HOOK_MINOR);
+        tracing::info!(version = %version.git_version, native_sidecars_supported, sleep_hooks_supported, "connected to the apiserver");
 
         let (namespaces, ns_writer) = reflector::store();
         let ns_stream = reflector::reflector(
@@ -64,6 +69,7 @@ impl ClusterState {
             synced: Arc::new(AtomicBool::new(false)),
             xds_address,
             native_sidecars_supported,
+            sleep_hooks_supported,
         };
 
         let watches = future::join(
@@ -109,6 +115,7 @@ impl ClusterState {
             mesh,
             xds_address,
             native_sidecars_supported: self.native_sidecars_supported,
+            sleep_hooks_supported: self.sleep_hooks_supported,
         }
     }
 
@@ -144,11 +151,12 @@ async fn drive<K>(
         .await;
 }
 
-/// `major`/`minor` as the apiserver reports them (`"1"`, `"37"`, sometimes `"37+"`).
-fn supports_native_sidecars(major: &str, minor: &str) -> bool {
+/// Whether `major`/`minor`, as the apiserver reports them (`"1"`, `"37"`, sometimes `"37+"`),
+/// is 1.`wanted_minor` or later.
+fn at_least(major: &str, minor: &str, wanted_minor: u32) -> bool {
     let number = |s: &str| s.trim_end_matches('+').parse::<u32>().ok();
     match (number(major), number(minor)) {
-        (Some(major), Some(minor)) => major > 1 || (major == 1 && minor >= NATIVE_SIDECAR_MINOR),
+        (Some(major), Some(minor)) => major > 1 || (major == 1 && minor >= wanted_minor),
         _ => false,
     }
 }
@@ -158,11 +166,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn native_sidecars_from_1_29() {
-        assert!(supports_native_sidecars("1", "37"));
-        assert!(supports_native_sidecars("1", "29+"));
-        assert!(!supports_native_sidecars("1", "28"));
-        assert!(supports_native_sidecars("2", "0"));
-        assert!(!supports_native_sidecars("", ""));
+    fn native_sidecars_from_1_29_sleep_hooks_from_1_30() {
+        let native = |major, minor| at_least(major, minor, NATIVE_SIDECAR_MINOR);
+        assert!(native("1", "37"));
+        assert!(native("1", "29+"));
+        assert!(!native("1", "28"));
+        assert!(native("2", "0"));
+        assert!(!native("", ""));
+        assert!(!at_least("1", "29", SLEEP_HOOK_MINOR));
+        assert!(at_least("1", "30", SLEEP_HOOK_MINOR));
     }
 }

@@ -127,6 +127,9 @@ pub fn config(
         mesh,
         xds_address: xds_address.to_owned(),
         native_sidecars_supported: !no_native_sidecar,
+        // Manifests are injected for a current cluster; an older one refuses the hook with a
+        // message naming it.
+        sleep_hooks_supported: true,
     }
 }
 

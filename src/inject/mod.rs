@@ -25,6 +25,9 @@ pub struct InjectConfig {
     pub xds_address: String,
     /// Whether the cluster runs native sidecars (Kubernetes ≥ 1.29).
     pub native_sidecars_supported: bool,
+    /// Whether the cluster runs `preStop: {sleep: ...}` hooks (Kubernetes ≥ 1.30), which hold a
+    /// terminating app for the drain window.
+    pub sleep_hooks_supported: bool,
 }
 
 impl InjectConfig {

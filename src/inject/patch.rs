@@ -10,6 +10,11 @@
 //!   `restartPolicy: Always`, right after `skein-init`, so the user's init containers already run
 //!   inside the mesh) or, on clusters without native sidecars, as the **first regular container**.
 //!   Native is used when the MeshConfig says `Enabled`, or `Auto` on a cluster that supports it.
+//! - A `preStop` hook `sleep: {seconds: <proxy.drainWindow>}` on each application container
+//!   that has no `preStop` hook of its own (Kubernetes ≥ 1.30), at most half of the pod's
+//!   termination grace period, so the app keeps serving after the pod is deleted until every
+//!   caller has learned the endpoint is leaving; only then does it get SIGTERM. An app's own
+//!   hook is kept: it says how that app wants to stop. See `docs/termination.md`.
 //! - `skein-identity`: a projected service-account token (audience `skein.dev`, one hour) the
 //!   proxy presents to the control plane.
 //! - Annotations: `skein.dev/proxy-version`, `skein.dev/injection-status` (JSON of what was added),
@@ -48,8 +53,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, HTTPGetAction,
     Lifecycle, LifecycleHandler, ObjectFieldSelector, Pod, PodSpec, Probe, ProjectedVolumeSource,
-    ResourceRequirements, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
-    VolumeProjection,
+    ResourceRequirements, SecurityContext, ServiceAccountTokenProjection, SleepAction, Volume,
+    VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -60,6 +65,9 @@ use super::overrides::{self, OverrideErrors, Overrides};
 use crate::api::meshconfig::{NativeSidecar, ResourceAmounts};
 use crate::api::names;
 use crate::capture::{CaptureSettings, PortList};
+
+/// Kubernetes' default `terminationGracePeriodSeconds`.
+const DEFAULT_TERMINATION_GRACE_SECONDS: i64 = 30;
 
 /// JSON record of what the injector added ([`InjectionStatus`]); its presence marks a pod as
 /// injected.
@@ -127,6 +135,9 @@ pub struct InjectionStatus {
     pub volumes: Vec<String>,
     /// Annotation keys added besides the status itself.
     pub annotations: Vec<String>,
+    /// Application containers given the drain window's `preStop` sleep.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pre_stop_hooks: Vec<String>,
 }
 
 /// Whether the pod already has the proxy: the status annotation, or a `skein-proxy` container
@@ -186,10 +197,43 @@ pub fn inject(pod: &Pod, cfg: &InjectConfig) -> Result<Pod, InjectError> {
         .get_or_insert_with(Vec::new)
         .push(identity_volume());
     status.volumes.push(IDENTITY_VOLUME.to_owned());
+    if cfg.sleep_hooks_supported {
+        status.pre_stop_hooks = hold_apps_for_drain(spec, proxy.drain_window);
+    }
 
     let version = cfg.mesh.effective_version();
     annotate(&mut injected, &proxy, version, &app_container, status)?;
     Ok(injected)
+}
+
+/// Gives each application container without a `preStop` hook one that sleeps for the drain
+/// window (whole seconds, rounded up, at most half the termination grace period, so the app
+/// keeps half of it for its own shutdown); returns their names.
+fn hold_apps_for_drain(spec: &mut PodSpec, window: std::time::Duration) -> Vec<String> {
+    let grace = spec
+        .termination_grace_period_seconds
+        .unwrap_or(DEFAULT_TERMINATION_GRACE_SECONDS);
+    let window_secs = i64::try_from(window.as_millis().div_ceil(1000)).unwrap_or(i64::MAX);
+    let seconds = window_secs.min(grace / 2);
+    if seconds <= 0 {
+        return Vec::new();
+    }
+    let mut held = Vec::new();
+    for container in spec
+        .containers
+        .iter_mut()
+        .filter(|c| c.name != names::PROXY_CONTAINER)
+    {
+        let lifecycle = container.lifecycle.get_or_insert_with(Lifecycle::default);
+        if lifecycle.pre_stop.is_none() {
+            lifecycle.pre_stop = Some(LifecycleHandler {
+                sleep: Some(SleepAction { seconds }),
+                ..LifecycleHandler::default()
+            });
+            held.push(container.name.clone());
+        }
+    }
+    held
 }
 
 /// The JSON patch that turns `original` into `injected` (the webhook's response). Computed by
@@ -216,6 +260,7 @@ struct ProxySettings {
     admin_port: i32,
     native: bool,
     hold: bool,
+    drain_window: std::time::Duration,
     resources: ResourceRequirements,
     capture: CaptureSettings,
 }
@@ -259,6 +304,7 @@ impl ProxySettings {
             admin_port: proxy.ports.admin,
             native,
             hold: proxy.hold_application_until_proxy_starts,
+            drain_window: proxy.drain_window.as_std(),
             resources: requirements(&resources.requests, &resources.limits),
             capture: CaptureSettings {
                 proxy_uid: uid,
@@ -442,6 +488,10 @@ fn proxy_env(proxy: &ProxySettings, cfg: &InjectConfig) -> Vec<EnvVar> {
         value("SKEIN_OUTBOUND_PORT", proxy.outbound_port.to_string()),
         value("SKEIN_ADMIN_PORT", proxy.admin_port.to_string()),
         value(
+            "SKEIN_DRAIN_WINDOW",
+            crate::api::Duration::from(proxy.drain_window).to_string(),
+        ),
+        value(
             "SKEIN_IDENTITY_TOKEN",
             format!("{IDENTITY_TOKEN_DIR}/{IDENTITY_TOKEN_FILE}"),
         ),
@@ -542,6 +592,7 @@ mod tests {
             mesh: MeshConfigSpec::default(),
             xds_address: "skein-control-plane.skein-system.svc:9090".to_owned(),
             native_sidecars_supported: native_supported,
+            sleep_hooks_supported: true,
         }
     }
 
@@ -767,6 +818,7 @@ mod tests {
             ("SKEIN_INBOUND_PORT", json!("16006")),
             ("SKEIN_OUTBOUND_PORT", json!("16001")),
             ("SKEIN_ADMIN_PORT", json!("16000")),
+            ("SKEIN_DRAIN_WINDOW", json!("5s")),
             (
                 "SKEIN_IDENTITY_TOKEN",
                 json!("/var/run/secrets/skein.dev/tokens/token"),
@@ -925,10 +977,71 @@ mod tests {
                     PROMETHEUS_PORT_ANNOTATION.into(),
                     PROMETHEUS_PATH_ANNOTATION.into(),
                 ],
+                pre_stop_hooks: vec!["app".into(), "log-shipper".into()],
             }
         );
         // No label is added.
         assert_eq!(injected.metadata.labels, web().metadata.labels);
+    }
+
+    #[test]
+    fn apps_are_held_for_the_drain_window_unless_they_stop_their_own_way() {
+        let pre_stop = |pod: &Pod, name: &str| {
+            find(pod, name)
+                .lifecycle
+                .as_ref()
+                .and_then(|l| l.pre_stop.clone())
+        };
+        let sleep = |seconds| LifecycleHandler {
+            sleep: Some(SleepAction { seconds }),
+            ..LifecycleHandler::default()
+        };
+        let own_hook = LifecycleHandler {
+            exec: Some(ExecAction {
+                command: Some(vec!["/bin/drain".into()]),
+            }),
+            ..LifecycleHandler::default()
+        };
+        let two_apps = || {
+            pod(json!({"spec": {"containers": [
+                {"name": "app", "image": "app:1"},
+                {"name": "own", "image": "own:1",
+                 "lifecycle": {"preStop": {"exec": {"command": ["/bin/drain"]}}}},
+            ]}}))
+        };
+        for native in [true, false] {
+            let injected = inject(&two_apps(), &config(native)).unwrap();
+            assert_eq!(
+                pre_stop(&injected, "app"),
+                Some(sleep(5)),
+                "native {native}"
+            );
+            assert_eq!(pre_stop(&injected, "own"), Some(own_hook.clone()));
+            assert_eq!(pre_stop(&injected, names::PROXY_CONTAINER), None);
+            let proxy = find(&injected, names::PROXY_CONTAINER);
+            assert_eq!(env(proxy)["SKEIN_DRAIN_WINDOW"], json!("5s"));
+        }
+
+        // At most half the grace period, whole seconds rounded up; `0s` adds nothing.
+        let mut short = two_apps();
+        short
+            .spec
+            .as_mut()
+            .unwrap()
+            .termination_grace_period_seconds = Some(4);
+        let injected = inject(&short, &config(true)).unwrap();
+        assert_eq!(pre_stop(&injected, "app"), Some(sleep(2)));
+        let mut cfg = config(true);
+        cfg.mesh.proxy.drain_window = crate::api::Duration::from_millis(1500);
+        let injected = inject(&two_apps(), &cfg).unwrap();
+        assert_eq!(pre_stop(&injected, "app"), Some(sleep(2)));
+        cfg.mesh.proxy.drain_window = crate::api::Duration::from_secs(0);
+        let injected = inject(&two_apps(), &cfg).unwrap();
+        assert_eq!(pre_stop(&injected, "app"), None);
+        // A cluster without sleep hooks would refuse the pod: none is added.
+        let mut old = config(true);
+        old.sleep_hooks_supported = false;
+        assert_eq!(pre_stop(&inject(&two_apps(), &old).unwrap(), "app"), None);
     }
 
     #[test]

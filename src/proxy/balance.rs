@@ -27,7 +27,9 @@
 //!   once and then gets no traffic is probed again later instead of being starved forever.
 //! - Eligibility is relaxed in this order: endpoints must carry the subset labels (always); they
 //!   must not be ejected unless all of the subset is (panic mode: a possibly bad endpoint beats
-//!   none); they should not be in `avoid` unless nothing else is left.
+//!   none); they must not be terminating unless nothing else is left (a pod being deleted still
+//!   serves, so it beats no endpoint, as in kube-proxy); they should not be in `avoid` unless
+//!   nothing else is left.
 //! - Outlier detection ejects at most `floor(endpoints × maxEjectionPercent / 100)` endpoints but
 //!   always at least one, so small destinations (under ten endpoints at the default 10 %) still
 //!   shed a failing endpoint; with a single endpoint that only means panic mode.
@@ -189,10 +191,10 @@ impl Balancer {
         }
     }
 
-    /// Picks an endpoint carrying all `subset` labels (None = any), not ejected, and not in
-    /// `avoid` (addresses already tried by this request) unless nothing else is eligible. If the
-    /// whole subset is ejected, ejection is ignored (panic mode). None only when no endpoint
-    /// carries the labels.
+    /// Picks an endpoint carrying all `subset` labels (None = any), not ejected, not terminating
+    /// and not in `avoid` (addresses already tried by this request), each relaxed in turn when
+    /// nothing else is eligible. If the whole subset is ejected, ejection is ignored (panic
+    /// mode). None only when no endpoint carries the labels.
     pub fn pick(
         &self,
         subset: Option<&BTreeMap<String, String>>,
@@ -211,6 +213,7 @@ impl Balancer {
         if inner.outlier.is_some() {
             narrow(&mut candidates, |i| !inner.is_ejected(i, now));
         }
+        narrow(&mut candidates, |i| !inner.members[i].endpoint.terminating);
         if !avoid.is_empty() {
             narrow(&mut candidates, |i| {
                 !avoid.contains(&inner.members[i].endpoint.address)
@@ -520,6 +523,7 @@ mod tests {
                 name: format!("w{n}"),
                 namespace: "demo".to_owned(),
             }),
+            terminating: false,
         }
     }
 
@@ -761,6 +765,38 @@ mod tests {
         }
         let all = [addr(1), addr(2), addr(3)];
         assert!(b.pick(None, &all, now, &mut rng).is_some());
+    }
+
+    #[test]
+    fn terminating_endpoints_are_used_only_when_nothing_else_is_left() {
+        let now = Instant::now();
+        let mut endpoints = eps(4);
+        endpoints[0].terminating = true;
+        endpoints[1].terminating = true;
+        let b = Balancer::new(endpoints, LoadBalancer::PeakEwma, None, None);
+        let counts = spread(&b, 400, now, 11);
+        assert_eq!(counts.get(&addr(1)), None, "{counts:?}");
+        assert_eq!(counts.get(&addr(2)), None, "{counts:?}");
+        // A retry avoids what it tried among the serving ones, before any terminating one.
+        let mut rng = fastrand::Rng::with_seed(3);
+        for _ in 0..50 {
+            let pick = b.pick(None, &[addr(3)], now, &mut rng).expect("e4");
+            assert_eq!(pick.address(), addr(4));
+        }
+        // Only terminating endpoints carry the subset: they still answer (kube-proxy's rule).
+        let pick = b.pick(Some(&only(1)), &[], now, &mut rng);
+        assert_eq!(pick.map(|p| p.address()), Some(addr(1)));
+        // Everything terminating: all of them share the load.
+        let all_leaving: Vec<Endpoint> = eps(2)
+            .into_iter()
+            .map(|e| Endpoint {
+                terminating: true,
+                ..e
+            })
+            .collect();
+        let b = Balancer::new(all_leaving, LoadBalancer::RoundRobin, None, None);
+        let counts = spread(&b, 100, now, 12);
+        assert_eq!(counts.len(), 2, "{counts:?}");
     }
 
     #[test]

@@ -1,12 +1,17 @@
-//! Graceful shutdown: stop accepting, let in-flight connections finish, reset the stragglers.
+//! Graceful shutdown in three steps: go away (keep serving, but send inbound clients elsewhere),
+//! stop accepting, then reset whatever is still open.
 //!
-//! One [`Drain`] per proxy. Accept loops watch [`Drain::stopped_accepting`]; every accepted
-//! connection holds a [`Tracked`] guard for its whole life, so [`Drain::idle`] knows when the last
-//! one is gone; connection handlers watch [`Drain::aborted`] to close at once when the drain
-//! timeout has run out.
+//! One [`Drain`] per proxy. Inbound HTTP connections watch [`Drain::went_away`]: from then on
+//! HTTP/1 responses carry `Connection: close` and HTTP/2 connections get a GOAWAY, while the
+//! listeners still accept, so callers that have not yet learned the pod is going keep being
+//! served. Accept loops watch [`Drain::stopped_accepting`]; every accepted connection holds a
+//! [`Tracked`] guard for its whole life, so [`Drain::idle`] knows when the last one is gone;
+//! connection handlers watch [`Drain::aborted`] to close at once when the drain timeout has run
+//! out.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use tokio::sync::{Notify, watch};
 
@@ -17,6 +22,8 @@ pub struct Drain {
 
 #[derive(Debug)]
 struct Inner {
+    /// Set once, to when the proxy started sending inbound clients elsewhere.
+    going_away: watch::Sender<Option<Instant>>,
     /// Becomes true once: accept loops stop.
     stop_accepting: watch::Sender<bool>,
     /// Becomes true once: open connections close now.
@@ -37,12 +44,45 @@ impl Drain {
     pub fn new() -> Self {
         Self {
             inner: Arc::new(Inner {
+                going_away: watch::Sender::new(None),
                 stop_accepting: watch::Sender::new(false),
                 abort: watch::Sender::new(false),
                 active: AtomicUsize::new(0),
                 idle: Notify::new(),
             }),
         }
+    }
+
+    /// Starts sending inbound clients elsewhere while still serving them (idempotent: the first
+    /// call's instant is kept). Returns when it started.
+    pub fn go_away(&self) -> Instant {
+        let mut started = Instant::now();
+        self.inner.going_away.send_if_modified(|since| match since {
+            Some(earlier) => {
+                started = *earlier;
+                false
+            }
+            None => {
+                *since = Some(started);
+                true
+            }
+        });
+        started
+    }
+
+    /// When [`Drain::go_away`] was first called.
+    pub fn going_away_since(&self) -> Option<Instant> {
+        *self.inner.going_away.borrow()
+    }
+
+    /// Resolves once [`Drain::go_away`] has been called.
+    pub async fn went_away(&self) {
+        let _ = self
+            .inner
+            .going_away
+            .subscribe()
+            .wait_for(Option::is_some)
+            .await;
     }
 
     /// Tells the accept loops to stop (idempotent).
@@ -158,5 +198,26 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), drain.aborted())
             .await
             .expect("aborted");
+    }
+
+    #[tokio::test]
+    async fn going_away_keeps_its_first_instant_and_keeps_accepting() {
+        let drain = Drain::new();
+        assert_eq!(drain.going_away_since(), None);
+        let first = drain.go_away();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(
+            drain.go_away(),
+            first,
+            "a second call keeps the first instant"
+        );
+        assert_eq!(drain.going_away_since(), Some(first));
+        assert!(
+            !drain.is_draining(),
+            "going away alone does not stop accepting"
+        );
+        tokio::time::timeout(Duration::from_secs(5), drain.went_away())
+            .await
+            .expect("went away");
     }
 }

@@ -23,10 +23,24 @@
 //! Every connection is opaque TCP for now; protocol detection and HTTP routing will sit between
 //! [`listen`] (which hands over an accepted connection and its target) and [`tcp`].
 //!
-//! Shutdown (SIGTERM, SIGINT or `POST /shutdown`): the listeners close (new connections are
-//! refused), `/ready` answers 503, in-flight connections continue for up to `--drain-timeout`,
-//! then whatever is still open is reset and [`run`] returns. `POST /drain` does the first two
-//! steps only; the process keeps running until it is told to exit.
+//! Shutdown of a terminating pod, whatever order Kubernetes delivers its events in (endpoint
+//! removal reaches callers asynchronously to the pod's SIGTERM):
+//!
+//! 1. **Going away** starts at the first of: the control plane saying the pod is being deleted
+//!    (`draining` in the configuration, pushed with the same change that marks the endpoint
+//!    `terminating` for callers), or SIGTERM/SIGINT. Inbound HTTP/1 responses carry
+//!    `Connection: close`, inbound HTTP/2 connections get a GOAWAY; everything is still
+//!    accepted and served, `/ready` stays 200.
+//! 2. **Stop accepting**, once a signal has come and `--drain-window` has passed since going
+//!    away started (at once if it already has): the listeners close (new connections are
+//!    refused), `/ready` answers 503, in-flight connections continue for up to
+//!    `--drain-timeout`.
+//! 3. Whatever is still open is reset and [`run`] returns.
+//!
+//! A second signal cuts the window short; another one after that resets whatever is open.
+//! `POST /shutdown` skips the window (the app asked for it, being done); `POST /drain` does
+//! step 2 at once and keeps the process running until it is told to exit. The whole timeline,
+//! with the app's side of it, is in `docs/termination.md`.
 
 pub mod admin;
 pub mod balance;
@@ -46,7 +60,6 @@ pub mod sni;
 pub mod tcp;
 
 use std::fmt;
-use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -79,7 +92,13 @@ pub struct ProxyArgs {
     /// Port of the admin server (`/live`, `/ready`, `/metrics`, `/drain`, `/shutdown`).
     #[arg(long, env = "SKEIN_ADMIN_PORT", default_value_t = names::DEFAULT_ADMIN_PORT as u16)]
     pub admin_port: u16,
-    /// Grace period for in-flight connections after SIGTERM / POST /drain.
+    /// How long a terminating pod's proxy keeps accepting after it starts going away (the
+    /// control plane's word that the pod is being deleted, or SIGTERM): long enough for every
+    /// caller to learn the endpoint is leaving. The injector sets it from MeshConfig
+    /// `proxy.drainWindow`.
+    #[arg(long, env = "SKEIN_DRAIN_WINDOW", default_value_t = crate::api::Duration::from_secs(names::DEFAULT_DRAIN_WINDOW_SECS))]
+    pub drain_window: crate::api::Duration,
+    /// Grace period for in-flight connections once the listeners have closed.
     #[arg(long, env = "SKEIN_DRAIN_TIMEOUT", default_value = "5s")]
     pub drain_timeout: crate::api::Duration,
     /// Connect timeout to upstreams.
@@ -268,10 +287,7 @@ fn limit_malloc_arenas() {
 pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     args.validate()?;
     // Handlers first: from now on a SIGTERM drains instead of killing the process.
-    let mut signal = pin!(crate::signals::shutdown());
-    if futures::poll!(signal.as_mut()).is_ready() {
-        return Ok(());
-    }
+    let mut signals = crate::signals::Shutdowns::new();
 
     // Bind everything before serving anything: readiness then means "all listeners accept".
     let outbound = listen::bind(args.outbound_port).with_context(|| {
@@ -346,6 +362,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         inbound_port = args.inbound_port,
         admin_port = args.admin_port,
         ipv6,
+        drain_window = %args.drain_window,
         drain_timeout = %args.drain_timeout,
         connect_timeout = %args.connect_timeout,
         "skein proxy listening"
@@ -355,7 +372,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let mut admin_open = true;
     let reason = loop {
         tokio::select! {
-            () = signal.as_mut() => break "signal",
+            () = signals.recv() => break "signal",
             request = requests.recv(), if admin_open => {
                 let Some(AdminRequest { command, done }) = request else {
                     // Only if the admin server is gone; signals still work.
@@ -372,6 +389,9 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     };
     // Requests still queued are answered by their handlers seeing the channel closed.
     drop(requests);
+    if reason == "signal" {
+        serve_out_drain_window(&shared, args.drain_window.as_std(), &mut signals).await;
+    }
 
     stop_accepting(&shared, &mut accept_loops, &ready).await;
     let in_flight = shared.drain.active();
@@ -381,7 +401,6 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         drain_timeout = %args.drain_timeout,
         "shutting down: waiting for in-flight connections"
     );
-    let again = pin!(crate::signals::shutdown());
     tokio::select! {
         () = shared.drain.idle() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(args.drain_timeout.as_std()) => {
@@ -390,7 +409,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
                 "drain timeout reached: resetting the connections still open"
             );
         }
-        () = again => tracing::warn!("second signal: resetting the connections still open"),
+        () = signals.recv() => tracing::warn!("another signal: resetting the connections still open"),
     }
     shared.drain.abort();
     if tokio::time::timeout(ABORT_GRACE, shared.drain.idle())
@@ -416,16 +435,39 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Goes away (if the control plane has not already said so) and keeps accepting until the
+/// drain window since then has passed, or a second signal cuts it short.
+async fn serve_out_drain_window(
+    shared: &Shared,
+    window: Duration,
+    signals: &mut crate::signals::Shutdowns,
+) {
+    let since = shared.drain.go_away();
+    let until = since + window;
+    let left = until.saturating_duration_since(std::time::Instant::now());
+    if left.is_zero() {
+        return;
+    }
+    tracing::info!(
+        left_ms = left.as_millis() as u64,
+        "going away: still accepting until callers have moved to other endpoints"
+    );
+    tokio::select! {
+        () = tokio::time::sleep(left) => {}
+        () = signals.recv() => tracing::warn!("second signal: cutting the drain window short"),
+    }
+}
+
 /// Applies changes of the configuration file, counting and logging each result.
 async fn watch_config(path: std::path::PathBuf, text: String, shared: Arc<Shared>) {
-    let metrics = shared.metrics.http.clone();
+    let applied = shared.clone();
     config::load::watch(
         path,
         text,
         shared.config.clone(),
         move |result| match result {
-            Ok(compiled) => record_config_result(&metrics, Ok(compiled)),
-            Err(err) => record_config_result(&metrics, Err(&err.to_string())),
+            Ok(compiled) => on_config(&applied, Ok(compiled)),
+            Err(err) => on_config(&applied, Err(&err.to_string())),
         },
     )
     .await;
@@ -433,19 +475,27 @@ async fn watch_config(path: std::path::PathBuf, text: String, shared: Arc<Shared
 
 /// Applies the configurations the control plane streams, counting and logging each result.
 async fn stream_config(settings: client::ClientSettings, shared: Arc<Shared>) {
-    let metrics = shared.metrics.http.clone();
+    let applied = shared.clone();
     client::run(settings, shared.config.clone(), move |result| {
-        record_config_result(&metrics, result);
+        on_config(&applied, result);
     })
     .await;
 }
 
-/// Counts and logs one configuration change (from the file or the control plane).
-fn record_config_result(metrics: &metrics::HttpMetrics, result: Result<&Compiled, &str>) {
+/// Counts and logs one configuration change (from the file or the control plane); one saying
+/// the pod is being deleted (`draining`) starts going away.
+fn on_config(shared: &Shared, result: Result<&Compiled, &str>) {
+    let metrics = &shared.metrics.http;
     let outcome = match result {
         Ok(compiled) => {
             metrics.set_config_version(&compiled.source.version);
             tracing::info!(version = %compiled.source.version, "configuration applied");
+            if compiled.source.draining && shared.drain.going_away_since().is_none() {
+                shared.drain.go_away();
+                tracing::info!(
+                    "the pod is terminating: inbound clients are told to reconnect elsewhere"
+                );
+            }
             "applied"
         }
         Err(err) => {

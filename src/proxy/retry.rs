@@ -35,6 +35,32 @@ pub enum AttemptOutcome {
     },
 }
 
+/// What an attempt counts as for the retry policy. Nothing of a response came back in two more
+/// cases than a refused connection, and both are as safe to send again, whatever the method:
+/// - the connection was reset or closed before any byte of a response (the keep-alive race with
+///   a server closing an idle connection as the request went out, or a pod going away);
+/// - the upstream pod's own proxy answered for its app that the app refused the connection or
+///   reset it before answering (`x-skein-error: connect-failure` or `upstream-reset` on a 5xx):
+///   the app is stopping or restarting, and another endpoint may well answer.
+///
+/// Both count as `ConnectFailure`, which the mesh's default policy retries.
+pub fn retried_as(outcome: AttemptOutcome, response_headers: &http::HeaderMap) -> AttemptOutcome {
+    match outcome {
+        AttemptOutcome::Reset => AttemptOutcome::ConnectFailure,
+        AttemptOutcome::Response { status, .. }
+            if status.is_server_error()
+                && response_headers
+                    .get(crate::proxy::http::ERROR_HEADER)
+                    .is_some_and(|reason| {
+                        reason == "connect-failure" || reason == "upstream-reset"
+                    }) =>
+        {
+            AttemptOutcome::ConnectFailure
+        }
+        other => other,
+    }
+}
+
 /// The `grpc-status` of response headers: trailers-only gRPC responses (errors without a body)
 /// carry it there. Anything but plain decimal digits is `None`, so garbage never looks like a
 /// status worth retrying.
@@ -210,6 +236,41 @@ mod tests {
 
     use super::*;
     use crate::api;
+
+    #[test]
+    fn a_reset_or_a_peer_proxys_word_that_its_app_never_answered_count_as_connect_failures() {
+        use AttemptOutcome as O;
+        let none = http::HeaderMap::new();
+        assert_eq!(retried_as(O::Reset, &none), O::ConnectFailure);
+        assert_eq!(retried_as(O::RefusedStream, &none), O::RefusedStream);
+        assert_eq!(retried_as(O::PerTryTimeout, &none), O::PerTryTimeout);
+        let response = |code: u16| O::Response {
+            status: http::StatusCode::from_u16(code).expect("status"),
+            grpc_status: None,
+        };
+        let said = |reason: &'static str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                crate::proxy::http::ERROR_HEADER,
+                http::HeaderValue::from_static(reason),
+            );
+            headers
+        };
+        for reason in ["connect-failure", "upstream-reset"] {
+            assert_eq!(retried_as(response(503), &said(reason)), O::ConnectFailure);
+            assert_eq!(retried_as(response(502), &said(reason)), O::ConnectFailure);
+            // Only an error response means the app never answered.
+            assert_eq!(retried_as(response(200), &said(reason)), response(200));
+        }
+        // Any other 503 is the app's (or another failure's) answer: left to the policy.
+        assert_eq!(retried_as(response(503), &none), response(503));
+        assert_eq!(retried_as(response(503), &said("timeout")), response(503));
+        let default = policy(&[RetryOn::ConnectFailure]);
+        assert!(should_retry(
+            &default,
+            &retried_as(response(503), &said("connect-failure"))
+        ));
+    }
 
     fn policy(retry_on: &[RetryOn]) -> RetryPolicy {
         RetryPolicy {

@@ -47,6 +47,7 @@ pub fn settings_to_proto(config: &cfg::ProxyConfig) -> pb::ProxySettings {
         } as i32,
         opaque_ports: config.opaque_ports.iter().map(|&p| u32::from(p)).collect(),
         detect_timeout_millis: millis(config.detect_timeout),
+        draining: config.draining,
     }
 }
 
@@ -70,6 +71,7 @@ pub fn settings_from_proto(settings: pb::ProxySettings) -> Result<cfg::ProxyConf
         egress: Vec::new(),
         opaque_ports: ports("opaquePorts", &settings.opaque_ports)?,
         detect_timeout: Duration::from_millis(settings.detect_timeout_millis),
+        draining: settings.draining,
     })
 }
 
@@ -238,6 +240,7 @@ fn port_to_proto(port: &cfg::DestinationPort) -> pb::DestinationPort {
                 port: u32::from(endpoint.address.port()),
                 labels: endpoint.labels.clone(),
                 workload: endpoint.workload.as_ref().map(workload_to_proto),
+                terminating: endpoint.terminating,
             })
             .collect(),
     }
@@ -265,6 +268,7 @@ fn port_from_proto(port: pb::DestinationPort) -> Result<cfg::DestinationPort> {
                     ),
                     labels: endpoint.labels,
                     workload: endpoint.workload.map(workload_from_proto),
+                    terminating: endpoint.terminating,
                 })
             })
             .collect::<Result<_>>()?,

@@ -45,6 +45,8 @@ pub const SKEIN: &str = env!("CARGO_BIN_EXE_skein");
 /// The defaults `skein init` and `skein proxy` share.
 pub const PROXY_UID: u32 = 2170;
 pub const ADMIN_PORT: u16 = 16000;
+/// The proxy's inbound listener (`skein init`'s default redirect target).
+pub const INBOUND_PORT: u16 = 16006;
 /// Any UID other than the proxy's: the application and its clients.
 pub const APP_UID: u32 = 1000;
 /// Where `demo-app`s listen.
@@ -452,8 +454,16 @@ impl<'m> Pod<'m> {
 
     /// TCP connections in this pod in state ESTABLISHED whose remote port is `port` (`ss`).
     pub fn established_to_port(&self, port: u16) -> usize {
-        let filter = format!("( dport = :{port} )");
-        let output = self.run(None, &["ss", "-Htn", "state", "established", &filter]);
+        self.established(&format!("( dport = :{port} )"))
+    }
+
+    /// Established TCP connections in this pod whose local port is `port` (accepted there).
+    pub fn established_from_port(&self, port: u16) -> usize {
+        self.established(&format!("( sport = :{port} )"))
+    }
+
+    fn established(&self, filter: &str) -> usize {
+        let output = self.run(None, &["ss", "-Htn", "state", "established", filter]);
         assert!(output.status.success(), "ss: {}", describe(&output));
         String::from_utf8_lossy(&output.stdout)
             .lines()

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::discovery::v1::{EndpointConditions, EndpointSlice};
 
 use super::policy::DestinationPolicy;
 use crate::proxy::config::types::{Destination, DestinationPort, Endpoint, Protocol, Workload};
@@ -195,14 +195,37 @@ fn known_protocol(name: &str) -> Option<Protocol> {
     })
 }
 
-/// An endpoint of a slice, resolved once for all the Service's ports.
-struct ReadyEndpoint {
+/// An endpoint of a slice that can take requests, resolved once for all the Service's ports.
+struct ServingEndpoint {
     ips: Vec<IpAddr>,
     labels: BTreeMap<String, String>,
     workload: Option<Workload>,
+    /// Serving but terminating: a fallback for when nothing else is left.
+    terminating: bool,
 }
 
-fn ready_endpoints(slice: &EndpointSlice, pods: &PodIndex) -> Vec<ReadyEndpoint> {
+/// Whether an endpoint takes requests, and whether only as a fallback (terminating). The
+/// EndpointSlice API's rules: `serving` says whether it answers (set regardless of termination;
+/// when absent, `ready` stands in for it), `ready` is false for every terminating endpoint, and
+/// an unset condition counts as true, except `terminating`.
+fn serving(conditions: Option<&EndpointConditions>) -> Option<Serving> {
+    let ready = conditions.and_then(|c| c.ready);
+    let serving = conditions.and_then(|c| c.serving).or(ready);
+    let terminating = conditions.and_then(|c| c.terminating) == Some(true);
+    match serving {
+        Some(false) => None,
+        _ if terminating => Some(Serving::Terminating),
+        _ => Some(Serving::Ready),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Serving {
+    Ready,
+    Terminating,
+}
+
+fn serving_endpoints(slice: &EndpointSlice, pods: &PodIndex) -> Vec<ServingEndpoint> {
     // FQDN slices name hosts, not addresses a proxy can connect to.
     if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
         return Vec::new();
@@ -213,9 +236,8 @@ fn ready_endpoints(slice: &EndpointSlice, pods: &PodIndex) -> Vec<ReadyEndpoint>
         .as_deref()
         .unwrap_or_default()
         .iter()
-        // Unset means ready (the API's rule); terminating endpoints report ready: false.
-        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
-        .map(|endpoint| {
+        .filter_map(|endpoint| Some((endpoint, serving(endpoint.conditions.as_ref())?)))
+        .map(|(endpoint, serving)| {
             let ips = endpoint
                 .addresses
                 .iter()
@@ -243,10 +265,11 @@ fn ready_endpoints(slice: &EndpointSlice, pods: &PodIndex) -> Vec<ReadyEndpoint>
                 },
                 None => (BTreeMap::new(), None),
             };
-            ReadyEndpoint {
+            ServingEndpoint {
                 ips,
                 labels,
                 workload,
+                terminating: serving == Serving::Terminating,
             }
         })
         .collect()
@@ -264,10 +287,10 @@ pub(super) fn destination(
     let name = svc.metadata.name.as_deref()?;
     let Routable { addresses, ports } = routable(svc).ok()?;
 
-    let slices: Vec<(&EndpointSlice, Vec<ReadyEndpoint>)> = slices
+    let slices: Vec<(&EndpointSlice, Vec<ServingEndpoint>)> = slices
         .of(namespace, name)
         .iter()
-        .map(|slice| (*slice, ready_endpoints(slice, pods)))
+        .map(|slice| (*slice, serving_endpoints(slice, pods)))
         .collect();
     let opaque_ports = policy.map_or(&[][..], |p| p.opaque_ports.as_slice());
     let ports = ports
@@ -302,15 +325,15 @@ pub(super) fn destination(
     })
 }
 
-/// The endpoints of one Service port: each slice's ready endpoints on the slice port with the
+/// The endpoints of one Service port: each slice's serving endpoints on the slice port with the
 /// same name, sorted by address, each address once.
 fn port_endpoints(
     port: &ServicePort,
-    slices: &[(&EndpointSlice, Vec<ReadyEndpoint>)],
+    slices: &[(&EndpointSlice, Vec<ServingEndpoint>)],
 ) -> Vec<Endpoint> {
     let name = port.name.as_deref().unwrap_or_default();
     let mut endpoints = Vec::new();
-    for (slice, ready) in slices {
+    for (slice, serving) in slices {
         let target = slice
             .ports
             .as_deref()
@@ -321,19 +344,21 @@ fn port_endpoints(
             .and_then(|p| u16::try_from(p).ok())
             .filter(|p| *p != 0);
         let Some(target) = target else { continue };
-        for endpoint in ready {
+        for endpoint in serving {
             for ip in &endpoint.ips {
                 endpoints.push(Endpoint {
                     address: SocketAddr::new(*ip, target),
                     labels: endpoint.labels.clone(),
                     workload: endpoint.workload.clone(),
+                    terminating: endpoint.terminating,
                 });
             }
         }
     }
-    // Stable sort, so the first slice by name wins for an address listed twice (during a
-    // slice's replacement).
-    endpoints.sort_by_key(|e| e.address);
+    // An address listed twice: a serving endpoint wins over a terminating one (a new pod can
+    // get the address of one still being removed, and must not be hidden behind it); then the
+    // first slice by name (stable sort), as during a slice's replacement.
+    endpoints.sort_by_key(|e| (e.address, e.terminating));
     endpoints.dedup_by_key(|e| e.address);
     endpoints
 }

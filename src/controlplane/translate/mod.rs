@@ -22,10 +22,15 @@
 //!   rest says.
 //! - Endpoints come from the EndpointSlices labelled `kubernetes.io/service-name` in the
 //!   Service's namespace (IPv4 and IPv6; FQDN slices are skipped): every address of every
-//!   endpoint whose `ready` condition is not `false`, on the slice port whose `name` equals the
-//!   Service port's (unset and empty are the same name). An endpoint carries the labels of its
-//!   Pod (minus `pod-template-hash`, which differs per rollout and would split subsets) and its
-//!   workload: the Deployment for ReplicaSet-owned pods, else the owning controller, else the pod.
+//!   endpoint that is serving (its `serving` condition, else `ready`, is not `false`), on the
+//!   slice port whose `name` equals the Service port's (unset and empty are the same name).
+//!   Terminating endpoints that still serve are marked `terminating`: proxies use them only when
+//!   no other endpoint is left, as kube-proxy does, so a pod being deleted keeps answering the
+//!   callers that have nowhere else to go while the others move away. An address listed twice
+//!   keeps its serving entry over a terminating one (a new pod may get a departing pod's IP).
+//!   An endpoint carries the labels of its Pod (minus `pod-template-hash`, which differs per
+//!   rollout and would split subsets) and its workload: the Deployment for ReplicaSet-owned
+//!   pods, else the owning controller, else the pod.
 //!
 //! # Visibility (per proxy)
 //!
@@ -33,6 +38,10 @@
 //! namespaces whose proxies see the destination, comma-separated: `.` is the Service's own
 //! namespace, `*` all of them; absent or empty means all. Another namespace's proxy does not get
 //! the destination at all (so under `RegistryOnly` it cannot reach it through the mesh).
+//!
+//! The proxy of a pod being deleted (`deletionTimestamp` set) gets `draining: true`: it tells its
+//! inbound clients to go elsewhere (`Connection: close`, GOAWAY) while still serving them; the
+//! same push tells its callers the endpoint is terminating (`docs/termination.md`).
 //!
 //! # Rules
 //!
@@ -346,6 +355,7 @@ impl MeshView {
         let mut config = ProxyConfig {
             workload: self.proxy_workload(namespace, pod, ip),
             outbound_traffic_policy: self.outbound_traffic_policy,
+            draining: self.pods.get(namespace, pod).is_some_and(is_terminating),
             ..ProxyConfig::default()
         };
         hash.write(&json_bytes(&(
@@ -353,6 +363,7 @@ impl MeshView {
             config.outbound_traffic_policy,
             &config.opaque_ports,
             config.detect_timeout,
+            config.draining,
         )));
         config.version = format!("{:016x}", hash.finish());
         config.destinations = destinations;
@@ -386,6 +397,12 @@ impl MeshView {
             namespace: namespace.to_owned(),
         })
     }
+}
+
+/// A pod being deleted: its proxy drains (callers learn of it through the EndpointSlice's
+/// `terminating` condition at about the same time).
+fn is_terminating(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_some()
 }
 
 /// The proxy refuses a whole configuration in which two destinations share a name or a

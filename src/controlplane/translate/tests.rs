@@ -371,6 +371,101 @@ fn endpoints_not_ready_and_unusable_slices_and_ports_are_left_out() {
 }
 
 #[test]
+fn terminating_endpoints_that_still_serve_are_kept_as_a_fallback() {
+    let mut world = World::bare();
+    world.services.push(service(
+        "demo",
+        "web",
+        "10.96.0.20",
+        json!([{"name": "http", "port": 80}]),
+    ));
+    world.slices.push(slice(
+        "demo",
+        "web-1",
+        "web",
+        json!([{"name": "http", "port": 8080}]),
+        json!([
+            {"addresses": ["10.0.0.1"], "conditions": {"ready": true, "serving": true, "terminating": false}},
+            // Deleted, still serving (its app is held for the drain window).
+            {"addresses": ["10.0.0.2"], "conditions": {"ready": false, "serving": true, "terminating": true}},
+            // Deleted and no longer serving.
+            {"addresses": ["10.0.0.3"], "conditions": {"ready": false, "serving": false, "terminating": true}},
+            // Not ready, not terminating (failing its readiness probe).
+            {"addresses": ["10.0.0.4"], "conditions": {"ready": false, "serving": false}},
+            // Terminating, `serving` unknown (an older controller): `ready` decides.
+            {"addresses": ["10.0.0.5"], "conditions": {"ready": false, "terminating": true}},
+        ]),
+    ));
+    // (address, terminating) of each endpoint proxies get.
+    let endpoints = |world: &World| -> Vec<(String, bool)> {
+        let config = config_in(&world.build(), "demo");
+        dest(&config, "web.demo.svc.cluster.local").ports[0]
+            .endpoints
+            .iter()
+            .map(|e| (e.address.to_string(), e.terminating))
+            .collect()
+    };
+    assert_eq!(
+        endpoints(&world),
+        [
+            ("10.0.0.1:8080".to_owned(), false),
+            ("10.0.0.2:8080".to_owned(), true)
+        ]
+    );
+
+    // A new pod got the address of one still being removed (listed in an earlier slice): the
+    // serving one is what proxies get.
+    world.slices.insert(
+        0,
+        slice(
+            "demo",
+            "web-0",
+            "web",
+            json!([{"name": "http", "port": 8080}]),
+            json!([{"addresses": ["10.0.0.1"], "conditions": {"ready": false, "serving": true, "terminating": true}}]),
+        ),
+    );
+    world.slices.push(slice(
+        "demo",
+        "web-2",
+        "web",
+        json!([{"name": "http", "port": 8080}]),
+        json!([{"addresses": ["10.0.0.2"], "conditions": {"ready": true}}]),
+    ));
+    assert_eq!(
+        endpoints(&world),
+        [
+            ("10.0.0.1:8080".to_owned(), false),
+            ("10.0.0.2:8080".to_owned(), false)
+        ]
+    );
+}
+
+#[test]
+fn the_proxy_of_a_pod_being_deleted_is_told_to_drain() {
+    let mut world = World::demo();
+    let view = world.build();
+    let before = view.proxy_config("demo", "backend-v2-7d9f-x1", None);
+    assert!(!before.draining);
+    let mut pod = (*world.pods[1]).clone();
+    assert_eq!(pod.metadata.name.as_deref(), Some("backend-v2-7d9f-x1"));
+    pod.metadata.deletion_timestamp = Some(created(0));
+    world.pods[1] = Arc::new(pod);
+    let view = world.build();
+    let after = view.proxy_config("demo", "backend-v2-7d9f-x1", None);
+    assert!(after.draining);
+    assert_ne!(
+        after.version, before.version,
+        "a new version, so it is pushed"
+    );
+    assert!(
+        !view
+            .proxy_config("demo", "backend-v1-5c4b-y2", None)
+            .draining
+    );
+}
+
+#[test]
 fn endpoint_ports_are_matched_by_port_name() {
     let mut world = World::bare();
     world.services.push(service(

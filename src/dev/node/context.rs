@@ -120,24 +120,33 @@ pub struct NodeContext {
     /// PATH for commands that are not the skein binary (they run from the machine).
     pub host_path: String,
     pub services: Store<Service>,
-    pub used_ips: Mutex<BTreeSet<Ipv4Addr>>,
+    pub pod_ips: Mutex<PodIps>,
+}
+
+/// The pod addresses in use, and the one handed out last (allocation goes round from it).
+#[derive(Debug, Default)]
+pub struct PodIps {
+    pub used: BTreeSet<Ipv4Addr>,
+    pub last: Option<Ipv4Addr>,
 }
 
 impl NodeContext {
     pub fn allocate_ip(&self) -> Result<Ipv4Addr, NetworkError> {
-        let mut used = self
-            .used_ips
+        let mut ips = self
+            .pod_ips
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let ip = self.network.pod_cidr.allocate(&used)?;
-        used.insert(ip);
+        let ip = self.network.pod_cidr.allocate(&ips.used, ips.last)?;
+        ips.used.insert(ip);
+        ips.last = Some(ip);
         Ok(ip)
     }
 
     pub fn release_ip(&self, ip: Ipv4Addr) {
-        self.used_ips
+        self.pod_ips
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .used
             .remove(&ip);
     }
 
@@ -149,7 +158,7 @@ impl NodeContext {
             return;
         }
         let _guard = self
-            .used_ips
+            .pod_ips
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let path = mount_points_file(&self.state_dir);

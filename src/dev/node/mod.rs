@@ -4,14 +4,15 @@
 //!
 //! Layout: `network`/`netns` (the pod network), `sandbox` (a pod's namespace, IP and files),
 //! `pod` (one pod's lifecycle), `process` (a container as a process), `env`/`command`/`volumes`
-//! (pure translation of the pod spec), `probe`, `status` (pure kubelet status), `registration`
-//! (Node and Lease), `addons` (kube-proxy, CoreDNS), `relay` (reaching the apiserver),
-//! `inspect` (`skein dev exec` and `logs`).
+//! (pure translation of the pod spec), `probe`, `hooks` (preStop), `status` (pure kubelet
+//! status), `registration` (Node and Lease), `addons` (kube-proxy, CoreDNS), `relay` (reaching
+//! the apiserver), `inspect` (`skein dev exec` and `logs`).
 
 pub mod addons;
 pub mod command;
 pub mod context;
 pub mod env;
+pub mod hooks;
 pub mod inspect;
 pub mod netns;
 pub mod network;
@@ -287,7 +288,10 @@ async fn serve(
         host_path: std::env::var("PATH")
             .unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_owned()),
         services,
-        used_ips: Mutex::new(sandbox::used_ips(state)),
+        pod_ips: Mutex::new(context::PodIps {
+            used: sandbox::used_ips(state),
+            last: None,
+        }),
     });
     tracing::info!(node = node_name, %node_ip, pod_cidr = %args.pod_cidr, "node ready");
 

@@ -59,9 +59,23 @@ impl Ipv4Cidr {
         self.nth_host(1)
     }
 
-    /// The first address no pod holds yet (after the gateway, before the broadcast address).
-    pub fn allocate(&self, used: &BTreeSet<Ipv4Addr>) -> Result<Ipv4Addr, NetworkError> {
-        (2..self.size() - 1)
+    /// The next address no pod holds (after the gateway, before the broadcast address), going
+    /// round from the one after `last`, as CNI's host-local IPAM does: an address a pod just
+    /// gave up is reused last, so callers never mistake a new pod for the old one whose
+    /// endpoint they may still hold (terminating) or remember.
+    pub fn allocate(
+        &self,
+        used: &BTreeSet<Ipv4Addr>,
+        last: Option<Ipv4Addr>,
+    ) -> Result<Ipv4Addr, NetworkError> {
+        let hosts = 2..self.size() - 1;
+        let start = last
+            .filter(|ip| self.contains(*ip))
+            .map(|ip| u32::from(ip) - u32::from(self.network) + 1)
+            .filter(|n| hosts.contains(n))
+            .unwrap_or(hosts.start);
+        (start..hosts.end)
+            .chain(hosts.start..start)
             .map(|n| self.nth_host(n))
             .find(|ip| !used.contains(ip))
             .ok_or(NetworkError::Exhausted(*self))
@@ -233,14 +247,38 @@ mod tests {
         assert_eq!(pods.gateway(), Ipv4Addr::new(198, 18, 0, 1));
         let mut used = BTreeSet::new();
         let mut got = Vec::new();
-        while let Ok(ip) = pods.allocate(&used) {
+        let mut last = None;
+        while let Ok(ip) = pods.allocate(&used, last) {
             used.insert(ip);
             got.push(ip.octets()[3]);
+            last = Some(ip);
         }
         // .0 network, .1 gateway, .7 broadcast.
         assert_eq!(got, vec![2, 3, 4, 5, 6]);
+        // Full: a released address is the only one left, wherever the round is.
         used.remove(&Ipv4Addr::new(198, 18, 0, 4));
-        assert_eq!(pods.allocate(&used).unwrap(), Ipv4Addr::new(198, 18, 0, 4));
+        assert_eq!(
+            pods.allocate(&used, last).unwrap(),
+            Ipv4Addr::new(198, 18, 0, 4)
+        );
+    }
+
+    #[test]
+    fn a_released_address_is_reused_last() {
+        let pods = cidr("198.18.0.0/29");
+        let ip = |n| Ipv4Addr::new(198, 18, 0, n);
+        let mut used = BTreeSet::from([ip(2), ip(3)]);
+        // .2 is released right after .3 was handed out: .4, .5, .6 come first.
+        used.remove(&ip(2));
+        let mut last = Some(ip(3));
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            let next = pods.allocate(&used, last).unwrap();
+            used.insert(next);
+            got.push(next.octets()[3]);
+            last = Some(next);
+        }
+        assert_eq!(got, vec![4, 5, 6, 2]);
     }
 
     #[test]

@@ -19,6 +19,7 @@ use tokio::sync::{Notify, watch};
 use super::command::{self, ResolvedCommand};
 use super::context::NodeContext;
 use super::env::{self, EnvSources};
+use super::hooks;
 use super::probe::{self, ProbeTarget, ProbeTiming, Verdict};
 use super::process::{self, ProcessSpec};
 use super::sandbox::{self, Sandbox};
@@ -445,7 +446,24 @@ async fn supervise(
             }
             how = shared.stopped() => {
                 stopped_by = Some(how);
-                let grace = if role == ContainerRole::Sidecar { wait_apps_down(&shared, how.grace()).await } else { how.grace() };
+                let mut grace = if role == ContainerRole::Sidecar { wait_apps_down(&shared, how.grace()).await } else { how.grace() };
+                // A deleted pod's containers run their preStop hook first (probes go on, so the
+                // pod stays Ready while its endpoints are marked terminating); the node's own
+                // restarts and forced deletions (no grace) skip it.
+                let pod_ip = shared.record().pod_ip;
+                if matches!(how, Stop::Delete { .. })
+                    && !grace.is_zero()
+                    && let Some(handler) = hooks::pre_stop(&container)
+                    && let Some(pod_ip) = pod_ip
+                {
+                    let target = ProbeTarget {
+                        node_netns: shared.ctx.network.netns.clone(),
+                        pod_ip,
+                        container: container.clone(),
+                        pid: Some(child.pid),
+                    };
+                    grace = hooks::run_pre_stop(handler, &target, grace, &shared.pod_label()).await;
+                }
                 terminate(&mut child, grace).await
             }
         };

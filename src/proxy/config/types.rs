@@ -34,6 +34,11 @@ pub struct ProxyConfig {
     /// How long to wait for a client's first bytes before treating a connection as opaque TCP.
     #[serde(default = "default_detect_timeout")]
     pub detect_timeout: Duration,
+    /// This proxy's pod is terminating (the control plane says so): inbound HTTP/1 responses
+    /// carry `Connection: close` and HTTP/2 clients get a GOAWAY, while the listeners keep
+    /// serving (see `proxy::drain`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
 }
 
 /// The same as an empty file: no destinations, `RegistryOnly`.
@@ -47,6 +52,7 @@ impl Default for ProxyConfig {
             egress: Vec::new(),
             opaque_ports: default_opaque_ports(),
             detect_timeout: default_detect_timeout(),
+            draining: false,
         }
     }
 }
@@ -140,6 +146,10 @@ pub struct Endpoint {
     /// The endpoint's workload, for metric labels.
     #[serde(default)]
     pub workload: Option<Workload>,
+    /// Its pod is terminating but still serving: picked only when no other endpoint is left
+    /// (as kube-proxy does), so callers move away while the pod drains.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub terminating: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

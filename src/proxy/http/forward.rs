@@ -311,14 +311,9 @@ impl Tries<'_> {
                 replayable = self.body.is_replayable(),
                 "try finished"
             );
-            // An idempotent request whose connection closed before any response came back is
-            // the keep-alive race with a server shutting down (it closed an idle connection as
-            // the request went out): as safe to send again as a refused connection.
-            let retry_as = match outcome {
-                AttemptOutcome::Reset if is_idempotent(&self.parts.method) => {
-                    AttemptOutcome::ConnectFailure
-                }
-                other => other,
+            let retry_as = match &attempt {
+                Ok((response, _)) => retry::retried_as(outcome, response.headers()),
+                Err(_) => retry::retried_as(outcome, &http::HeaderMap::new()),
             };
             let retry = policy.filter(|p| {
                 retries < p.attempts
@@ -487,12 +482,6 @@ fn report(
             "endpoint ejected by outlier detection"
         );
     }
-}
-
-/// RFC 9110's idempotent methods: sending one twice has the effect of sending it once.
-fn is_idempotent(method: &http::Method) -> bool {
-    use http::Method as M;
-    [M::GET, M::HEAD, M::OPTIONS, M::TRACE, M::PUT, M::DELETE].contains(method)
 }
 
 /// Whether the policy retries on a gRPC status (which usually comes in trailers).

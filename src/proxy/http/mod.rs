@@ -50,14 +50,15 @@ pub struct Connection {
     pub target: SocketAddr,
 }
 
-/// Runs a hyper server connection with the drain: graceful shutdown when accepting stops,
-/// dropped when the drain runs out of time.
+/// Runs a hyper server connection with the drain: graceful shutdown (idle HTTP/1 connections
+/// close, HTTP/2 ones get a GOAWAY) once `$shut_down` resolves, dropped when the drain runs out
+/// of time.
 macro_rules! drive {
-    ($connection:expr, $shared:expr) => {{
+    ($connection:expr, $shut_down:expr, $shared:expr) => {{
         let mut connection = std::pin::pin!($connection);
         tokio::select! {
             result = connection.as_mut() => result,
-            () = $shared.drain.stopped_accepting() => {
+            () = $shut_down => {
                 connection.as_mut().graceful_shutdown();
                 tokio::select! {
                     result = connection.as_mut() => result,
@@ -68,30 +69,54 @@ macro_rules! drive {
     }};
 }
 
-/// Serves one detected HTTP connection until it ends or the drain closes it: on drain, idle
+/// Serves one detected HTTP connection until it ends or the drain closes it.
+///
+/// Inbound, once the proxy goes away (its pod is terminating) and while it still accepts:
+/// HTTP/2 connections get a GOAWAY at once (requests already sent are still served; the client
+/// opens a new connection, to another endpoint once it knows) and HTTP/1 responses carry
+/// `Connection: close`. Idle HTTP/1 connections are left open until the listeners close: closing
+/// them early would race with a request already on its way. When the listeners close, idle
 /// HTTP/1 connections close and HTTP/2 connections get a GOAWAY, so clients move on without
 /// failed requests; whatever is left when the drain times out is dropped.
 pub(crate) async fn serve<I>(io: I, http2: bool, connection: Connection, shared: Arc<Shared>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let inbound = connection.direction == Direction::Inbound;
     let context = Arc::new(RequestContext {
         connection: connection.clone(),
         shared: shared.clone(),
     });
     let service = service_fn(move |request: Request<Incoming>| {
         let context = context.clone();
-        async move { Ok::<_, Infallible>(handle(request, context).await) }
+        async move {
+            let mut response = handle(request, context.clone()).await;
+            if inbound && !http2 {
+                close_when_going_away(&mut response, &context.shared);
+            }
+            Ok::<_, Infallible>(response)
+        }
     });
     let io = TokioIo::new(io);
+    let drain = &shared.drain;
     let result = if http2 {
         let served = http2::Builder::new(TokioExecutor::new()).serve_connection(io, service);
-        drive!(served, shared)
+        let shut_down = async {
+            if inbound {
+                tokio::select! {
+                    () = drain.went_away() => {}
+                    () = drain.stopped_accepting() => {}
+                }
+            } else {
+                drain.stopped_accepting().await;
+            }
+        };
+        drive!(served, shut_down, shared)
     } else {
         let served = http1::Builder::new()
             .serve_connection(io, service)
             .with_upgrades();
-        drive!(served, shared)
+        drive!(served, drain.stopped_accepting(), shared)
     };
     if let Err(err) = result {
         tracing::debug!(
@@ -100,6 +125,19 @@ where
             error = %super::tcp::ErrorChain(&err),
             "HTTP connection ended with an error"
         );
+    }
+}
+
+/// While the proxy goes away, an inbound HTTP/1 response closes its connection, so the client
+/// connects afresh (to another endpoint, once it has learned this one is leaving). Switching
+/// protocols is left alone: the connection becomes a tunnel.
+fn close_when_going_away(response: &mut Response<ProxyBody>, shared: &Shared) {
+    if shared.drain.going_away_since().is_some()
+        && response.status() != StatusCode::SWITCHING_PROTOCOLS
+    {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
     }
 }
 
