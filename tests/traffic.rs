@@ -551,7 +551,7 @@ struct Load {
     /// The loop runs while this file does not exist (the pod's processes see the host's /tmp).
     stop_file: std::path::PathBuf,
     _dir: tempfile::TempDir,
-    thread: std::thread::JoinHandle<String>,
+    thread: Option<std::thread::JoinHandle<String>>,
 }
 
 impl Load {
@@ -572,13 +572,25 @@ impl Load {
         Self {
             stop_file,
             _dir: dir,
-            thread,
+            thread: Some(thread),
         }
     }
 
-    fn stop(self) -> Vec<Reply> {
+    fn stop(mut self) -> Vec<Reply> {
         std::fs::write(&self.stop_file, b"").expect("writing the stop file");
-        Reply::parse_all(&self.thread.join().expect("the load thread"))
+        let thread = self.thread.take().expect("stopped once");
+        Reply::parse_all(&thread.join().expect("the load thread"))
+    }
+}
+
+/// A test that fails before stopping its load still ends the loop in the pod (and waits for it,
+/// so the stop file outlives the loop's last look at it).
+impl Drop for Load {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.stop_file, b"");
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -600,7 +612,7 @@ fn assert_none_failed(what: &str, replies: &[Reply], retries_before: f64, demo: 
         replies.len(),
         failed.values().sum::<usize>()
     );
-    assert!(replies.len() >= 50, "too few requests: {}", replies.len());
+    assert!(replies.len() >= 20, "too few requests: {}", replies.len());
     if !failed.is_empty() {
         // Whether the caller's proxy answered them itself (it could not reach any endpoint) or
         // passed on an upstream's answer (the backend pod's own proxy, for its app).
