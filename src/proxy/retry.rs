@@ -44,13 +44,16 @@ pub enum AttemptOutcome {
 ///   the app is stopping or restarting, and another endpoint may well answer.
 ///
 /// Both count as `ConnectFailure`, which the mesh's default policy retries.
-pub fn retried_as(outcome: AttemptOutcome, response_headers: &http::HeaderMap) -> AttemptOutcome {
+pub fn retried_as(
+    outcome: AttemptOutcome,
+    response_headers: Option<&http::HeaderMap>,
+) -> AttemptOutcome {
     match outcome {
         AttemptOutcome::Reset => AttemptOutcome::ConnectFailure,
         AttemptOutcome::Response { status, .. }
             if status.is_server_error()
                 && response_headers
-                    .get(crate::proxy::http::ERROR_HEADER)
+                    .and_then(|headers| headers.get(crate::proxy::http::ERROR_HEADER))
                     .is_some_and(|reason| {
                         reason == "connect-failure" || reason == "upstream-reset"
                     }) =>
@@ -240,10 +243,9 @@ mod tests {
     #[test]
     fn a_reset_or_a_peer_proxys_word_that_its_app_never_answered_count_as_connect_failures() {
         use AttemptOutcome as O;
-        let none = http::HeaderMap::new();
-        assert_eq!(retried_as(O::Reset, &none), O::ConnectFailure);
-        assert_eq!(retried_as(O::RefusedStream, &none), O::RefusedStream);
-        assert_eq!(retried_as(O::PerTryTimeout, &none), O::PerTryTimeout);
+        assert_eq!(retried_as(O::Reset, None), O::ConnectFailure);
+        assert_eq!(retried_as(O::RefusedStream, None), O::RefusedStream);
+        assert_eq!(retried_as(O::PerTryTimeout, None), O::PerTryTimeout);
         let response = |code: u16| O::Response {
             status: http::StatusCode::from_u16(code).expect("status"),
             grpc_status: None,
@@ -257,18 +259,30 @@ mod tests {
             headers
         };
         for reason in ["connect-failure", "upstream-reset"] {
-            assert_eq!(retried_as(response(503), &said(reason)), O::ConnectFailure);
-            assert_eq!(retried_as(response(502), &said(reason)), O::ConnectFailure);
+            assert_eq!(
+                retried_as(response(503), Some(&said(reason))),
+                O::ConnectFailure
+            );
+            assert_eq!(
+                retried_as(response(502), Some(&said(reason))),
+                O::ConnectFailure
+            );
             // Only an error response means the app never answered.
-            assert_eq!(retried_as(response(200), &said(reason)), response(200));
+            assert_eq!(
+                retried_as(response(200), Some(&said(reason))),
+                response(200)
+            );
         }
         // Any other 503 is the app's (or another failure's) answer: left to the policy.
-        assert_eq!(retried_as(response(503), &none), response(503));
-        assert_eq!(retried_as(response(503), &said("timeout")), response(503));
+        assert_eq!(retried_as(response(503), None), response(503));
+        assert_eq!(
+            retried_as(response(503), Some(&said("timeout"))),
+            response(503)
+        );
         let default = policy(&[RetryOn::ConnectFailure]);
         assert!(should_retry(
             &default,
-            &retried_as(response(503), &said("connect-failure"))
+            &retried_as(response(503), Some(&said("connect-failure")))
         ));
     }
 

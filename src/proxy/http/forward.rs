@@ -311,10 +311,8 @@ impl Tries<'_> {
                 replayable = self.body.is_replayable(),
                 "try finished"
             );
-            let retry_as = match &attempt {
-                Ok((response, _)) => retry::retried_as(outcome, response.headers()),
-                Err(_) => retry::retried_as(outcome, &http::HeaderMap::new()),
-            };
+            let response_headers = attempt.as_ref().ok().map(|(r, _)| r.headers());
+            let retry_as = retry::retried_as(outcome, response_headers);
             let retry = policy.filter(|p| {
                 retries < p.attempts
                     && self.body.is_replayable()

@@ -89,10 +89,13 @@ where
     });
     let service = service_fn(move |request: Request<Incoming>| {
         let context = context.clone();
+        // Read as the request arrives (no clone of the context for after it): a request that
+        // starts just before the proxy goes away closes its connection on the next one.
+        let close = inbound && !http2 && context.shared.drain.going_away_since().is_some();
         async move {
-            let mut response = handle(request, context.clone()).await;
-            if inbound && !http2 {
-                close_when_going_away(&mut response, &context.shared);
+            let mut response = handle(request, context).await;
+            if close {
+                close_connection(&mut response);
             }
             Ok::<_, Infallible>(response)
         }
@@ -131,10 +134,8 @@ where
 /// While the proxy goes away, an inbound HTTP/1 response closes its connection, so the client
 /// connects afresh (to another endpoint, once it has learned this one is leaving). Switching
 /// protocols is left alone: the connection becomes a tunnel.
-fn close_when_going_away(response: &mut Response<ProxyBody>, shared: &Shared) {
-    if shared.drain.going_away_since().is_some()
-        && response.status() != StatusCode::SWITCHING_PROTOCOLS
-    {
+fn close_connection(response: &mut Response<ProxyBody>) {
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         response
             .headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
