@@ -180,7 +180,8 @@ pub struct DevClusterArgs {
     /// Name of the local cluster; several can run side by side.
     #[arg(long, default_value = crate::dev::cluster::DEFAULT_CLUSTER)]
     pub name: String,
-    /// Skein source checkout holding `tests/cluster/` and `config/samples/`.
-    #[arg(long, env = "SKEIN_SOURCE_DIR", default_value = env!("CARGO_MANIFEST_DIR"))]
-    pub source_dir: PathBuf,
+    /// Skein source checkout holding `tests/cluster/` and `config/`. Default: the working
+    /// directory or the nearest one above it that is a checkout.
+    #[arg(long, env = "SKEIN_SOURCE_DIR")]
+    pub source_dir: Option<PathBuf>,
 }

@@ -8,6 +8,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
@@ -141,10 +142,6 @@ async fn dev_up_brings_the_meshed_demo_up_and_dev_down_leaves_nothing_behind() {
     let links_before = host_links();
 
     let printed = assert_success("skein dev up", &skein_dev(&["up"]));
-    assert!(
-        printed.contains("skein dev exec demo/"),
-        "up tells the user what to do next:\n{printed}"
-    );
     // Idempotent: a second run reuses everything and succeeds.
     let again = skein_dev(&["up"]);
     let again_stderr = String::from_utf8_lossy(&again.stderr).into_owned();
@@ -212,6 +209,68 @@ async fn dev_up_brings_the_meshed_demo_up_and_dev_down_leaves_nothing_behind() {
         .collect();
     assert_eq!(roles, ["frontend", "middleware", "backend"], "{reply}");
 
+    // Every command of the printed "Next:" block works when pasted as printed, as a newcomer
+    // would: in a shell with only the commands' own exports.
+    let next = next_block(&printed);
+    assert!(
+        next.contains("dev exec") && next.contains("export KUBECONFIG="),
+        "up tells the user what to do next:\n{printed}"
+    );
+    let pasted = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &next])
+        .env_remove("KUBECONFIG")
+        .env_remove("SKEIN_SOURCE_DIR")
+        .current_dir(std::env::temp_dir())
+        .stdin(Stdio::null())
+        .output()
+        .expect("running the Next block");
+    let pasted_out = assert_success(&format!("the Next block:\n{next}"), &pasted);
+    assert!(
+        pasted_out.contains(r#""role":"backend""#)
+            && pasted_out.contains("skein_proxy_")
+            && pasted_out.contains("SYNCED"),
+        "the demo's chain, the proxy's metrics and proxy-status:\n{pasted_out}"
+    );
+
+    // A Deployment whose container crashes fails `up` at once, naming the pod, the container
+    // and the end of its log, instead of timing out.
+    let deployments: Api<Deployment> = Api::namespaced(support::client().await, "demo");
+    let crasher: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "crasher"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "crasher"}},
+            "template": {
+                "metadata": {"labels": {"app": "crasher"}},
+                "spec": {"containers": [{
+                    "name": "crasher",
+                    // The node's one image; `sh` comes from the host.
+                    "image": "skein",
+                    "command": ["sh", "-c", "echo boom-from-the-crasher >&2; exit 3"],
+                }]},
+            },
+        },
+    }))
+    .expect("a Deployment");
+    deployments
+        .create(&Default::default(), &crasher)
+        .await
+        .expect("creating the crashing Deployment");
+    let failed = skein_dev(&["up"]);
+    let error = String::from_utf8_lossy(&failed.stderr).into_owned();
+    assert!(!failed.status.success(), "up fails: {error}");
+    assert!(
+        error.contains("pod demo/crasher-")
+            && error.contains("container crasher is failing: CrashLoopBackOff")
+            && error.contains("exit code 3")
+            && error.contains("boom-from-the-crasher")
+            && !error.contains("timed out"),
+        "the failing container, its exit and its log:\n{error}"
+    );
+    deployments
+        .delete("crasher", &Default::default())
+        .await
+        .expect("deleting the crashing Deployment");
+
     // Down: nothing of the node survives.
     let state_dir = cluster::state_dir(CLUSTER);
     let footprint = Footprint::recorded(&state_dir);
@@ -257,6 +316,55 @@ async fn dev_up_brings_the_meshed_demo_up_and_dev_down_leaves_nothing_behind() {
         .collect();
     assert!(image_dirs.is_empty(), "left behind: {image_dirs:?}");
     assert!(!state_dir.exists(), "{} deleted", state_dir.display());
+}
+
+/// The commands of the "Next:" block `up` printed, without their comments.
+fn next_block(printed: &str) -> String {
+    printed
+        .lines()
+        .skip_while(|l| l.trim() != "Next:")
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| l.split("   #").next().unwrap_or(l).trim())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// On a machine without iptables (a PATH without it, and no apt-get to install it), `up` stops
+/// before starting anything, with one line naming the tool and its package.
+#[test]
+fn dev_up_without_iptables_names_it_and_starts_nothing() {
+    const NAME: &str = "skein-test-preflight";
+    let bin = tempfile::tempdir().expect("a temporary bin directory");
+    for tool in skein::dev::preflight::host_tools() {
+        if tool.package == "iptables" {
+            continue;
+        }
+        let found = skein::dev::preflight::SearchPath::from_env()
+            .find(&tool.command)
+            .unwrap_or_else(|| panic!("{} on this machine", tool.command));
+        std::os::unix::fs::symlink(found, bin.path().join(&tool.command)).expect("symlink");
+    }
+    let out = Command::new(SKEIN)
+        .args(["dev", "up", "--name", NAME])
+        .env("PATH", bin.path())
+        .env("SKEIN_SOURCE_DIR", support::source_dir())
+        .stdin(Stdio::null())
+        .output()
+        .expect("running skein dev up");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line:\n{stderr}");
+    assert!(
+        lines[0].contains("missing iptables, ip6tables")
+            && lines[0].contains("apt-get install iptables"),
+        "{stderr}"
+    );
+    assert!(
+        !cluster::state_dir(NAME).exists(),
+        "nothing was started for {NAME}"
+    );
 }
 
 fn nix_is_root() -> bool {

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Installs what building and testing Skein needs on a fresh Debian machine that already has Go
-# and Rust (rustup): rustfmt and clippy, and the few system tools the local cluster scripts use.
-# Idempotent and quiet when everything is present.
+# and Rust (rustup): rustfmt and clippy, and the system tools of tests/cluster/host-tools.txt (the
+# list `skein dev up` checks too). Idempotent and quiet when everything is present.
 set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
 
 missing_apt=()
-# iptables/ip: `skein init` and the network-namespace tests.
-for tool_pkg in openssl:openssl curl:curl python3:python3 flock:util-linux setsid:util-linux setpriv:util-linux iptables:iptables ip:iproute2; do
-  command -v "${tool_pkg%%:*}" >/dev/null || missing_apt+=("${tool_pkg#*:}")
-done
+while read -r tool package _; do
+  case "$tool" in ''|'#'*) continue ;; esac
+  command -v "$tool" >/dev/null || missing_apt+=("$package")
+done <"$here/cluster/host-tools.txt"
 if [ ${#missing_apt[@]} -gt 0 ]; then
+  mapfile -t missing_apt < <(printf '%s\n' "${missing_apt[@]}" | sort -u)
   echo "install-deps: apt-get install ${missing_apt[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

@@ -844,3 +844,29 @@ async fn in_cluster_ready_follows_the_control_plane_pods() {
     assert!(message.contains("0 of 1"), "{message}");
     delete_meshconfig(&client, "default").await;
 }
+
+/// Started by hand with a Lease namespace that does not exist, the operator stops at once with
+/// one line saying what to create, instead of retrying a raw `NotFound` forever.
+#[tokio::test]
+async fn a_missing_lease_namespace_stops_the_operator_with_one_line() {
+    let _ = client().await;
+    let output = Command::new(env!("CARGO_BIN_EXE_skein"))
+        .args([
+            "operator",
+            "--lease-namespace",
+            "skein-test-no-such-namespace",
+        ])
+        .args(["--metrics-addr", "127.0.0.1:0"])
+        .env("KUBECONFIG", kubeconfig())
+        .stdin(Stdio::null())
+        .output()
+        .expect("running skein operator");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "the lease namespace skein-test-no-such-namespace does not exist: create it (`kubectl create namespace skein-test-no-such-namespace`)"
+        ),
+        "{stderr}"
+    );
+}

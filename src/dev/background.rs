@@ -35,6 +35,22 @@ impl Background {
             .is_some_and(alive)
     }
 
+    /// An error naming the process and the end of its log if it is no longer running: what a
+    /// wait on its work reports at once instead of timing out.
+    pub fn still_running(&self, cluster_dir: &Path) -> anyhow::Result<()> {
+        if self.running(cluster_dir) {
+            return Ok(());
+        }
+        let log = self.log_file(cluster_dir);
+        let tail = super::log_tail(&log, 15).unwrap_or_default();
+        anyhow::bail!(
+            "{} exited; the end of its log ({}):\n{}",
+            self.name,
+            log.display(),
+            super::indent(&tail)
+        )
+    }
+
     /// Starts the program unless it already runs; returns whether it started it.
     pub fn ensure(&self, cluster_dir: &Path) -> anyhow::Result<bool> {
         if self.running(cluster_dir) {

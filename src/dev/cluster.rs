@@ -34,6 +34,57 @@ pub enum ClusterError {
     },
     #[error("building a client for {path}: {source}")]
     Client { path: PathBuf, source: kube::Error },
+    #[error(
+        "{0} is not a Skein source checkout (no tests/cluster/up.sh): give the checkout with --source-dir or SKEIN_SOURCE_DIR"
+    )]
+    NotSourceDir(PathBuf),
+    #[error(
+        "no Skein source checkout in {0} or above it: run from the checkout (the local cluster is built from its tests/cluster/), or give --source-dir or SKEIN_SOURCE_DIR"
+    )]
+    NoSourceDir(PathBuf),
+}
+
+/// The pieces `tests/cluster/build.sh` builds, by who needs them, so each command builds only
+/// its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BuildGroup {
+    /// etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl.
+    Cluster,
+    /// kube-proxy and CoreDNS, for `skein dev node`.
+    Node,
+    /// kwok, helm and the proxy tests' peers: only the tests use them.
+    Test,
+}
+
+impl BuildGroup {
+    pub const ALL: &[Self] = &[Self::Cluster, Self::Node, Self::Test];
+
+    fn arg(self) -> &'static str {
+        match self {
+            Self::Cluster => "cluster",
+            Self::Node => "node",
+            Self::Test => "test",
+        }
+    }
+}
+
+/// The Skein checkout whose `tests/cluster/` scripts build and run the local cluster: `explicit`
+/// (`--source-dir`), else the working directory or the nearest directory above it that is one.
+/// Never the directory the binary was built in, which an installed binary cannot rely on.
+pub fn source_dir(explicit: Option<&Path>) -> Result<PathBuf, ClusterError> {
+    let is_checkout = |dir: &Path| dir.join("tests/cluster/up.sh").is_file();
+    if let Some(dir) = explicit {
+        return if is_checkout(dir) {
+            Ok(dir.to_owned())
+        } else {
+            Err(ClusterError::NotSourceDir(dir.to_owned()))
+        };
+    }
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    cwd.ancestors()
+        .find(|dir| is_checkout(dir))
+        .map(Path::to_owned)
+        .ok_or(ClusterError::NoSourceDir(cwd))
 }
 
 /// Starts the named local cluster, or reuses it if it is already healthy, and returns the path
@@ -64,12 +115,13 @@ pub fn ensure_up(source_dir: &Path, name: &str) -> Result<PathBuf, ClusterError>
     })
 }
 
-/// Builds the control plane's binaries if they are not cached yet and returns their directory
-/// (which also holds a `kubectl` of the cluster's version).
-pub fn bin_dir(source_dir: &Path) -> Result<PathBuf, ClusterError> {
+/// Builds the binaries of `groups` that are not cached yet (progress on stderr) and returns their
+/// directory (which also holds a `kubectl` of the cluster's version).
+pub fn bin_dir(source_dir: &Path, groups: &[BuildGroup]) -> Result<PathBuf, ClusterError> {
     let script = source_dir.join("tests/cluster/build.sh");
     let output = Command::new("bash")
         .arg(&script)
+        .args(groups.iter().map(|g| g.arg()))
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()

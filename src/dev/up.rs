@@ -9,15 +9,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Node, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::ApiResource;
 use kube::{Client, ResourceExt};
 
 use super::background::Background;
-use super::cluster;
-use super::node;
+use super::cluster::{self, BuildGroup};
+use super::{node, pod_failures, preflight};
 use crate::api::{MeshConfig, crds, names};
 use crate::cli::DevClusterArgs;
 
@@ -31,8 +31,13 @@ const WAIT: Duration = Duration::from_secs(180);
 /// `skein dev up`.
 pub async fn up(args: &DevClusterArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let kubeconfig = cluster::ensure_up(&args.source_dir, &args.name)?;
+    let source_dir = cluster::source_dir(args.source_dir.as_deref())?;
     let cluster_dir = cluster::state_dir(&args.name);
+    // Before anything slow: what this machine lacks is one line, in seconds.
+    preflight::check(&cluster_dir)?;
+    // Only what `dev up` runs; the tests' tools are built by the test command.
+    let bin_dir = cluster::bin_dir(&source_dir, &[BuildGroup::Cluster, BuildGroup::Node])?;
+    let kubeconfig = cluster::ensure_up(&source_dir, &args.name)?;
     let client = cluster::client(&kubeconfig).await?;
     crds::install(&client)
         .await
@@ -65,18 +70,19 @@ pub async fn up(args: &DevClusterArgs) -> anyhow::Result<()> {
             "--expose-host-port".into(),
             xds_port.to_string(),
             "--source-dir".into(),
-            args.source_dir.to_string_lossy().into_owned(),
+            source_dir.to_string_lossy().into_owned(),
         ],
         env: Vec::new(),
     };
     announce("node", node_agent.ensure(&cluster_dir)?);
     let nodes: Api<Node> = Api::all(client.clone());
-    wait_for("the node to be Ready", || async {
-        let node = nodes.get_opt(&node_name).await.ok()??;
-        node_ready(&node).then_some(())
+    let node_log = node_agent.log_file(&cluster_dir).display().to_string();
+    wait_for("the node to be Ready", node_log.clone(), || async {
+        node_agent.still_running(&cluster_dir)?;
+        let node = nodes.get_opt(&node_name).await.ok().flatten();
+        Ok(node.filter(node_ready).map(|_| ()))
     })
-    .await
-    .with_context(|| format!("see {}", node_agent.log_file(&cluster_dir).display()))?;
+    .await?;
 
     // The operator installs the mesh; the control plane runs here (External mode).
     let operator = Background {
@@ -98,20 +104,30 @@ pub async fn up(args: &DevClusterArgs) -> anyhow::Result<()> {
         .context("the default pod CIDR")?;
     let mesh = apply_meshconfig(
         &client,
-        &args.source_dir.join(SAMPLE_MESHCONFIG),
+        &source_dir.join(SAMPLE_MESHCONFIG),
         &format!("https://127.0.0.1:{webhook_port}/inject"),
         &format!("{node_ip}:{xds_port}"),
     )
     .await?;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), names::MESH_NAMESPACE);
-    wait_for("the operator to write the webhook certificate", || async {
-        secrets.get_opt("skein-webhook-tls").await.ok()?.map(|_| ())
-    })
-    .await
-    .with_context(|| format!("see {}", operator.log_file(&cluster_dir).display()))?;
+    let operator_log = operator.log_file(&cluster_dir).display().to_string();
+    wait_for(
+        "the operator to write the webhook certificate",
+        operator_log.clone(),
+        || async {
+            operator.still_running(&cluster_dir)?;
+            Ok(secrets
+                .get_opt("skein-webhook-tls")
+                .await
+                .ok()
+                .flatten()
+                .map(|_| ()))
+        },
+    )
+    .await?;
     let control_plane = Background {
         name: "skein-control-plane".to_owned(),
-        program: skein,
+        program: skein.clone(),
         args: vec![
             "control-plane".into(),
             "--tls-secret".into(),
@@ -128,75 +144,171 @@ pub async fn up(args: &DevClusterArgs) -> anyhow::Result<()> {
     };
     announce("control plane", control_plane.ensure(&cluster_dir)?);
     let meshconfigs: Api<MeshConfig> = Api::all(client.clone());
-    wait_for("the MeshConfig to be Ready", || async {
-        let mc = meshconfigs.get_opt(&mesh).await.ok()??;
-        mc.status
-            .as_ref()?
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-            .then_some(())
+    let both_logs = format!(
+        "{operator_log} and {}",
+        control_plane.log_file(&cluster_dir).display()
+    );
+    wait_for("the MeshConfig to be Ready", both_logs, || async {
+        operator.still_running(&cluster_dir)?;
+        control_plane.still_running(&cluster_dir)?;
+        let ready = meshconfigs
+            .get_opt(&mesh)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|mc| mc.status)
+            .is_some_and(|status| {
+                status
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            });
+        Ok(ready.then_some(()))
     })
-    .await
-    .with_context(|| {
-        format!(
-            "see {} and {}",
-            operator.log_file(&cluster_dir).display(),
-            control_plane.log_file(&cluster_dir).display()
-        )
-    })?;
+    .await?;
 
     // The demo, meshed.
     ensure_demo_namespace(&client).await?;
-    apply_manifests(
-        &client,
-        &args.source_dir.join(DEMO_MANIFESTS),
-        DEMO_NAMESPACE,
+    apply_manifests(&client, &source_dir.join(DEMO_MANIFESTS), DEMO_NAMESPACE).await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), DEMO_NAMESPACE);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), DEMO_NAMESPACE);
+    let pods_and_node = format!("`kubectl -n {DEMO_NAMESPACE} get pods` and {node_log}");
+    wait_for(
+        "the demo's Deployments to be available",
+        pods_and_node,
+        || async {
+            node_agent.still_running(&cluster_dir)?;
+            control_plane.still_running(&cluster_dir)?;
+            // A failing container fails the wait at once, with its own words.
+            if let Ok(list) = pods.list(&Default::default()).await {
+                explain_failures(&args.name, &list.items)?;
+            }
+            let list = deployments.list(&Default::default()).await.ok();
+            Ok(list
+                .filter(|l| !l.items.is_empty() && l.items.iter().all(deployment_available))
+                .map(|_| ()))
+        },
     )
     .await?;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), DEMO_NAMESPACE);
-    wait_for("the demo's Deployments to be available", || async {
-        let list = deployments.list(&Default::default()).await.ok()?;
-        (!list.items.is_empty() && list.items.iter().all(deployment_available)).then_some(())
-    })
-    .await
-    .with_context(|| {
-        format!(
-            "see `kubectl -n {DEMO_NAMESPACE} get pods` and {}",
-            node_agent.log_file(&cluster_dir).display()
-        )
-    })?;
 
-    let bin_dir = cluster::bin_dir(&args.source_dir)?;
     println!(
-        "\nSkein is up on local cluster `{name}` ({secs}s): node {node_name}, operator, control plane,\n\
-         and the demo (frontend -> middleware -> backend v1/v2) in namespace `{DEMO_NAMESPACE}`, each pod\n\
+        "{}",
+        next_steps(&NextSteps {
+            cluster: &args.name,
+            secs: started.elapsed().as_secs(),
+            node: &node_name,
+            kubeconfig: &kubeconfig,
+            bin_dir: &bin_dir,
+            skein: &skein_command(&skein),
+            source_dir: &source_dir,
+        })
+    );
+    Ok(())
+}
+
+/// What `up` prints at the end: every command in it works when pasted as printed.
+struct NextSteps<'a> {
+    cluster: &'a str,
+    secs: u64,
+    node: &'a str,
+    kubeconfig: &'a Path,
+    bin_dir: &'a Path,
+    /// How to run this binary: `skein` if that is what the PATH finds, else its full path.
+    skein: &'a str,
+    source_dir: &'a Path,
+}
+
+fn next_steps(n: &NextSteps) -> String {
+    let NextSteps {
+        cluster,
+        secs,
+        node,
+        skein,
+        ..
+    } = n;
+    let kubeconfig = n.kubeconfig.display();
+    let bin_dir = n.bin_dir.display();
+    let rules = n.source_dir.join("config/samples/traffic-rules.yaml");
+    let rules = rules.display();
+    let ns = DEMO_NAMESPACE;
+    let on_cluster = cluster_flag(cluster);
+    let frontend =
+        format!("$(kubectl -n {ns} get pod -l app=frontend -o name | head -n 1 | cut -d/ -f2)");
+    format!(
+        "\nSkein is up on local cluster `{cluster}` ({secs}s): node {node}, operator, control plane,\n\
+         and the demo (frontend -> middleware -> backend v1/v2) in namespace `{ns}`, each pod\n\
          with its skein-proxy sidecar, configured by the control plane's stream. Steer traffic with\n\
-         RouteRules, EgressRules and TrafficPolicies (config/samples/traffic-rules.yaml).\n\n\
+         RouteRules, EgressRules and TrafficPolicies ({rules}).\n\n\
          Next:\n  \
          export KUBECONFIG={kubeconfig}\n  \
          export PATH={bin_dir}:$PATH   # a kubectl of the cluster's version\n  \
-         kubectl -n {DEMO_NAMESPACE} get pods -o wide\n  \
-         sudo skein dev exec {DEMO_NAMESPACE}/<frontend pod> -c frontend -- curl -s http://frontend/   # the chain of versions\n  \
-         sudo skein dev exec {DEMO_NAMESPACE}/<frontend pod> -c skein-proxy -- curl -s localhost:16000/metrics\n  \
-         skein dev logs {DEMO_NAMESPACE}/<pod> -c <container>\n  \
-         kubectl -n {DEMO_NAMESPACE} apply -f config/samples/traffic-rules.yaml   # x-canary: 1 -> v2; 90/10 split\n  \
-         kubectl -n {DEMO_NAMESPACE} get routerules,egressrules,trafficpolicies\n  \
-         skein proxy-status --cluster {name}\n  \
+         kubectl -n {ns} get pods -o wide\n  \
+         frontend={frontend}\n  \
+         {skein} dev exec{on_cluster} {ns}/$frontend -c frontend -- curl -s http://frontend/   # the chain of versions\n  \
+         {skein} dev exec{on_cluster} {ns}/$frontend -c skein-proxy -- curl -s localhost:16000/metrics\n  \
+         {skein} dev logs{on_cluster} {ns}/$frontend -c skein-proxy\n  \
+         kubectl -n {ns} apply -f {rules}   # x-canary: 1 -> v2; 90/10 split\n  \
+         kubectl -n {ns} get routerules,egressrules,trafficpolicies\n  \
+         {skein} proxy-status --cluster {cluster}\n  \
          kubectl get meshconfig\n\n\
-         Stop everything and delete its state with `cargo run -- dev down --name {name}`.\n",
-        name = args.name,
-        secs = started.elapsed().as_secs(),
-        kubeconfig = kubeconfig.display(),
-        bin_dir = bin_dir.display(),
-    );
-    Ok(())
+         Stop everything and delete its state with `{skein} dev down --name {cluster}`.\n"
+    )
+}
+
+/// ` --cluster NAME` for `skein dev exec/logs`, or nothing for the default cluster, so the
+/// common case reads short.
+fn cluster_flag(cluster: &str) -> String {
+    if cluster == cluster::DEFAULT_CLUSTER {
+        String::new()
+    } else {
+        format!(" --cluster {cluster}")
+    }
+}
+
+/// `skein` when the PATH finds this very binary, else its full path (e.g. after `cargo run`).
+fn skein_command(current: &Path) -> String {
+    let on_path = preflight::SearchPath::from_env().find("skein");
+    let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b);
+    match on_path {
+        Some(found) if same(&found, current) => "skein".to_owned(),
+        _ => current.display().to_string(),
+    }
+}
+
+/// Fails with every failing container of `pods`, each with the end of its log.
+fn explain_failures(cluster: &str, pods: &[Pod]) -> anyhow::Result<()> {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let mut report = Vec::new();
+    for pod in pods {
+        for failure in pod_failures::failing_containers(pod, now) {
+            let mut entry = failure.to_string();
+            if let Some(tail) = node::inspect::log_tail(cluster, pod, &failure.container, 10)
+                .filter(|t| !t.is_empty())
+            {
+                entry.push_str(&format!(
+                    "\n  the end of its log (`skein dev logs{} {} -c {}`):\n{}",
+                    cluster_flag(cluster),
+                    failure.pod,
+                    failure.container,
+                    super::indent(&tail)
+                ));
+            }
+            report.push(entry);
+        }
+    }
+    if report.is_empty() {
+        return Ok(());
+    }
+    bail!("{}", report.join("\n"))
 }
 
 /// `skein dev down`: stops the node (its pods and namespaces), the background processes and
 /// the cluster, and deletes the cluster's state.
 pub fn down(args: &DevClusterArgs) -> anyhow::Result<()> {
-    cluster::down(&args.source_dir, &args.name)?;
+    cluster::down(
+        &cluster::source_dir(args.source_dir.as_deref())?,
+        &args.name,
+    )?;
     Ok(())
 }
 
@@ -266,20 +378,24 @@ fn announce(what: &str, started: bool) {
     }
 }
 
-/// Polls `probe` until it returns Some, for at most [`WAIT`].
-async fn wait_for<T, F, Fut>(what: &str, mut probe: F) -> anyhow::Result<T>
+/// Polls `probe` until it returns `Ok(Some)`, for at most [`WAIT`]; an `Err` from it fails the
+/// wait at once (something it waits on has failed for good). A timeout names `where_to_look`.
+async fn wait_for<T, F, Fut>(what: &str, where_to_look: String, mut probe: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
 {
     eprintln!("dev up: waiting for {what}");
     let deadline = Instant::now() + WAIT;
     loop {
-        if let Some(value) = probe().await {
+        if let Some(value) = probe().await? {
             return Ok(value);
         }
         if Instant::now() > deadline {
-            bail!("timed out after {}s waiting for {what}", WAIT.as_secs());
+            bail!(
+                "timed out after {}s waiting for {what}: see {where_to_look}",
+                WAIT.as_secs()
+            );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

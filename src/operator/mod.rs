@@ -28,12 +28,12 @@ use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, finalizer};
@@ -116,6 +116,39 @@ impl OperatorMetrics {
     }
 }
 
+/// The Lease lives in a namespace that must exist before leader election can start. The mesh
+/// namespace is the operator's to create (it installs into it anyway); any other is the user's,
+/// and a missing one stops the operator with one line instead of a retry loop on `NotFound`.
+async fn ensure_lease_namespace(client: &Client, namespace: &str) -> anyhow::Result<()> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    match namespaces.get_opt(namespace).await {
+        Ok(Some(_)) => return Ok(()),
+        Ok(None) => {}
+        // Cannot tell (e.g. no `get` on namespaces): leader election reports what follows.
+        Err(err) => {
+            tracing::debug!(error = %err, namespace, "could not check the lease namespace");
+            return Ok(());
+        }
+    }
+    if namespace != names::MESH_NAMESPACE {
+        anyhow::bail!(
+            "the lease namespace {namespace} does not exist: create it (`kubectl create namespace {namespace}`) or pass another --lease-namespace"
+        );
+    }
+    let mut object = Namespace::default();
+    object.metadata.name = Some(namespace.to_owned());
+    match namespaces.create(&PostParams::default(), &object).await {
+        Ok(_) => {
+            tracing::info!(namespace, "created the mesh namespace for the leader lease");
+            Ok(())
+        }
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(err) => Err(anyhow::anyhow!(
+            "the mesh namespace {namespace} does not exist and could not be created ({err}): `kubectl create namespace {namespace}`, or install with the Helm chart (charts/skein) or config/"
+        )),
+    }
+}
+
 pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
@@ -132,6 +165,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", args.metrics_addr))?;
     tokio::spawn(serve_metrics(server, Arc::new(registry)));
 
+    ensure_lease_namespace(&client, &args.lease_namespace).await?;
     tracing::info!(%identity, lease = %args.lease_name, "waiting to become the leader");
     let leadership = leader::Leadership::acquire(
         client.clone(),

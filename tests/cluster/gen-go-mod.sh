@@ -32,7 +32,7 @@ godebug_line=$(grep -m1 '^godebug ' "$upstream_mod" || true)
   echo ")"
   echo
   echo "tool ("
-  for t in $K8S_TOOLS; do echo "	$t"; done
+  for t in $K8S_CLUSTER_TOOLS $K8S_NODE_TOOLS; do echo "	$t"; done
   echo "	go.etcd.io/etcd/server/v3"
   echo ")"
 } > go.mod

@@ -20,7 +20,7 @@ service_cidr=${SKEIN_SERVICE_CIDR:-198.19.0.0/16}
 
 log() { echo "up.sh[$name]: $*" >&2; }
 
-bin_dir=$("$here/build.sh")
+bin_dir=$("$here/build.sh" cluster)
 export PATH="$bin_dir:$PATH"
 
 mkdir -p "$state_root"

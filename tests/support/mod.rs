@@ -76,7 +76,7 @@ pub fn kubeconfig() -> &'static Path {
 pub fn bin_dir() -> &'static Path {
     static BIN_DIR: OnceLock<PathBuf> = OnceLock::new();
     BIN_DIR.get_or_init(|| {
-        cluster::bin_dir(source_dir())
+        cluster::bin_dir(source_dir(), cluster::BuildGroup::ALL)
             .unwrap_or_else(|err| panic!("building the local cluster's binaries: {err}"))
     })
 }

@@ -2,7 +2,7 @@
 //! kubelet, done directly with the node's state directory (the dev node serves no kubelet API).
 
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -84,10 +84,7 @@ async fn locate(target: &PodTarget) -> anyhow::Result<Located> {
     let node = spec
         .node_name
         .with_context(|| format!("pod {namespace}/{name} is not scheduled to a node yet"))?;
-    let uid = pod.uid().unwrap_or_default();
-    let dir = super::state_dir(&target.cluster, &node)
-        .join("pods")
-        .join(uid);
+    let dir = sandbox_dir(&target.cluster, &node, &pod);
     if !dir.exists() {
         bail!(
             "pod {namespace}/{name} has no sandbox on dev node {node:?} (is `skein dev node` running it?)"
@@ -98,6 +95,27 @@ async fn locate(target: &PodTarget) -> anyhow::Result<Located> {
         container,
         label: format!("{namespace}/{name}"),
     })
+}
+
+/// The directory a dev node keeps a pod's sandbox in (see `sandbox.rs`).
+fn sandbox_dir(cluster: &str, node: &str, pod: &Pod) -> PathBuf {
+    super::state_dir(cluster, node)
+        .join("pods")
+        .join(pod.uid().unwrap_or_default())
+}
+
+fn log_file(sandbox: &Path, container: &str) -> PathBuf {
+    sandbox.join("logs").join(format!("{container}.log"))
+}
+
+/// The last `lines` lines a container of `pod` wrote (all its runs), if it ran on a dev node of
+/// `cluster`.
+pub fn log_tail(cluster: &str, pod: &Pod, container: &str, lines: usize) -> Option<String> {
+    let node = pod.spec.as_ref()?.node_name.as_deref()?;
+    crate::dev::log_tail(
+        &log_file(&sandbox_dir(cluster, node, pod), container),
+        lines,
+    )
 }
 
 /// Runs a command inside a running container; returns its exit code.
@@ -129,10 +147,7 @@ pub async fn exec(args: &ExecArgs) -> anyhow::Result<i32> {
 /// Prints a container's log (all runs, oldest first).
 pub async fn logs(args: &LogsArgs) -> anyhow::Result<()> {
     let located = locate(&args.target).await?;
-    let path = located
-        .dir
-        .join("logs")
-        .join(format!("{}.log", located.container));
+    let path = log_file(&located.dir, &located.container);
     let mut file = std::fs::File::open(&path).with_context(|| {
         format!(
             "container {:?} of pod {} has not started yet (no {})",

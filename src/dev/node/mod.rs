@@ -48,7 +48,7 @@ use self::network::{Ipv4Cidr, NodeNetwork};
 use self::pod::Stop;
 use self::registration::NodeIdentity;
 use self::sandbox::Dns;
-use super::cluster;
+use super::cluster::{self, BuildGroup};
 
 /// Pod and Service ranges: inside 198.18.0.0/15, reserved for benchmarking (RFC 2544) and never
 /// routed on real networks, so they cannot collide with anything the machine reaches.
@@ -82,9 +82,10 @@ pub struct NodeArgs {
     /// reach host services (e.g. a control plane run outside the cluster).
     #[arg(long = "expose-host-port", value_name = "PORT")]
     pub expose_host_ports: Vec<u16>,
-    /// Skein source checkout holding `tests/cluster/` (to find kube-proxy and CoreDNS).
-    #[arg(long, env = "SKEIN_SOURCE_DIR", default_value = env!("CARGO_MANIFEST_DIR"))]
-    pub source_dir: PathBuf,
+    /// Skein source checkout holding `tests/cluster/` (to build kube-proxy and CoreDNS).
+    /// Default: the working directory or the nearest one above it that is a checkout.
+    #[arg(long, env = "SKEIN_SOURCE_DIR")]
+    pub source_dir: Option<PathBuf>,
 }
 
 impl NodeArgs {
@@ -173,7 +174,8 @@ async fn serve(
         .await
         .context("reaching the local apiserver")?;
     let api_port = apiserver_port(kubeconfig)?;
-    let bin_dir = cluster::bin_dir(&args.source_dir)?;
+    let source_dir = cluster::source_dir(args.source_dir.as_deref())?;
+    let bin_dir = cluster::bin_dir(&source_dir, &[BuildGroup::Node])?;
 
     let network = NodeNetwork {
         netns: Netns::named(format!("{}.{node_name}", args.cluster)),
