@@ -190,6 +190,40 @@ async fn dev_up_brings_the_meshed_demo_up_and_dev_down_leaves_nothing_behind() {
         .expect("a frontend pod")
         .name_any();
 
+    // The apiserver reaches the node as on a real cluster: `kubectl logs` through the node's
+    // kubelet API, and a Service through the node's network (what an InCluster webhook needs).
+    let kubectl_logs = Command::new(support::bin_dir().join("kubectl"))
+        .args([
+            "-n",
+            "demo",
+            "logs",
+            &frontend,
+            "-c",
+            "skein-proxy",
+            "--tail=20",
+        ])
+        .env("KUBECONFIG", support::kubeconfig())
+        .output()
+        .expect("running kubectl logs");
+    let proxy_log = assert_success("kubectl logs", &kubectl_logs);
+    assert!(
+        proxy_log.contains("skein::proxy") && proxy_log.lines().count() <= 20,
+        "the last 20 lines of the proxy's log:\n{proxy_log}"
+    );
+    let through_service = support::client()
+        .await
+        .request_text(
+            http::Request::get("/api/v1/namespaces/demo/services/frontend:80/proxy/")
+                .body(Vec::new())
+                .expect("a request"),
+        )
+        .await
+        .expect("the apiserver proxies to the frontend Service");
+    assert!(
+        through_service.contains(r#""role":"backend""#),
+        "{through_service}"
+    );
+
     // A user's request: frontend -> middleware -> backend, each hop through the sidecars.
     let exec = Command::new(SKEIN)
         .args(["dev", "exec", "--cluster", CLUSTER])

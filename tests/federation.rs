@@ -38,8 +38,12 @@ const DEADLINE: Duration = Duration::from_secs(60);
 /// Starts (or reuses) a local cluster and returns its admin kubeconfig.
 async fn start_cluster(name: &'static str) -> PathBuf {
     tokio::task::spawn_blocking(move || {
-        cluster::ensure_up(support::source_dir(), name)
-            .unwrap_or_else(|err| panic!("starting the {name} cluster: {err}"))
+        cluster::ensure_up(
+            support::source_dir(),
+            name,
+            cluster::ApiserverNetwork::LoopbackOnly,
+        )
+        .unwrap_or_else(|err| panic!("starting the {name} cluster: {err}"))
     })
     .await
     .unwrap()

@@ -37,8 +37,12 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 fn kubeconfig() -> &'static PathBuf {
     static KUBECONFIG: OnceLock<PathBuf> = OnceLock::new();
     KUBECONFIG.get_or_init(|| {
-        cluster::ensure_up(support::source_dir(), CLUSTER)
-            .unwrap_or_else(|err| panic!("starting the {CLUSTER} cluster: {err}"))
+        cluster::ensure_up(
+            support::source_dir(),
+            CLUSTER,
+            cluster::ApiserverNetwork::LoopbackOnly,
+        )
+        .unwrap_or_else(|err| panic!("starting the {CLUSTER} cluster: {err}"))
     })
 }
 

@@ -87,13 +87,30 @@ pub fn source_dir(explicit: Option<&Path>) -> Result<PathBuf, ClusterError> {
         .ok_or(ClusterError::NoSourceDir(cwd))
 }
 
-/// Starts the named local cluster, or reuses it if it is already healthy, and returns the path
-/// of its admin kubeconfig. The script's progress goes to this process's stderr.
-pub fn ensure_up(source_dir: &Path, name: &str) -> Result<PathBuf, ClusterError> {
+/// How the apiserver reaches pods, Services and nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiserverNetwork {
+    /// It need not: a cluster without a node, or whose webhooks are all URLs on this machine.
+    /// A running cluster started `ThroughNode` is reused as it is.
+    LoopbackOnly,
+    /// Through `skein dev node` (its `egress` module), as on a real cluster: webhooks behind
+    /// Services, the kubelet API, pod and Service proxies. Needs the node running.
+    ThroughNode,
+}
+
+/// Starts the named local cluster, or reuses it if it is already healthy (and has the same
+/// `network`), and returns the path of its admin kubeconfig. The script's progress goes to this
+/// process's stderr.
+pub fn ensure_up(
+    source_dir: &Path,
+    name: &str,
+    network: ApiserverNetwork,
+) -> Result<PathBuf, ClusterError> {
     let script = source_dir.join("tests/cluster/up.sh");
     let output = Command::new("bash")
         .arg(&script)
         .arg(name)
+        .args((network == ApiserverNetwork::ThroughNode).then_some("--node-network"))
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()

@@ -16,7 +16,7 @@ use kube::discovery::ApiResource;
 use kube::{Client, ResourceExt};
 
 use super::background::Background;
-use super::cluster::{self, BuildGroup};
+use super::cluster::{self, ApiserverNetwork, BuildGroup};
 use super::{node, pod_failures, preflight};
 use crate::api::{MeshConfig, crds, names};
 use crate::cli::DevClusterArgs;
@@ -37,7 +37,7 @@ pub async fn up(args: &DevClusterArgs) -> anyhow::Result<()> {
     preflight::check(&cluster_dir)?;
     // Only what `dev up` runs; the tests' tools are built by the test command.
     let bin_dir = cluster::bin_dir(&source_dir, &[BuildGroup::Cluster, BuildGroup::Node])?;
-    let kubeconfig = cluster::ensure_up(&source_dir, &args.name)?;
+    let kubeconfig = cluster::ensure_up(&source_dir, &args.name, ApiserverNetwork::ThroughNode)?;
     let client = cluster::client(&kubeconfig).await?;
     crds::install(&client)
         .await

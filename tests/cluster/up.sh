@@ -3,13 +3,21 @@
 # and kube-scheduler, built from their Go modules by build.sh. Idempotent: a healthy cluster of the
 # same name is reused. Several clusters (different names) run side by side on their own ports.
 #
-#   tests/cluster/up.sh [NAME]       (default NAME: skein-dev)
+#   tests/cluster/up.sh [NAME] [--node-network]      (default NAME: skein-dev)
+#
+# --node-network: the apiserver reaches pods, Services and the node (webhooks behind Services, the
+# kubelet API) as on a real cluster, through `skein dev node`: its "cluster" egress goes as HTTP
+# CONNECT to NAME/egress.sock, which the node serves from inside its network namespace. Without a
+# node running, such calls fail (as they would with every node down). A running cluster started
+# without it is replaced; one started with it is reused by callers that do not ask.
 #
 # The last line printed is `export KUBECONFIG=<absolute path>` (an admin, system:masters kubeconfig).
 # State and logs: ${SKEIN_STATE_DIR:-$HOME/.local/state/skein}/clusters/NAME/{pki,logs,...}.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 name=${1:-skein-dev}
+node_network=false
+[ "${2:-}" = --node-network ] && node_network=true
 [[ "$name" =~ ^[a-z0-9][-a-z0-9]*$ ]] || { echo "up.sh: cluster name must be a DNS label, got '$name'" >&2; exit 2; }
 
 state_root=${SKEIN_STATE_DIR:-$HOME/.local/state/skein}/clusters
@@ -38,7 +46,10 @@ healthy() {
   kubectl --kubeconfig "$dir/kubeconfig" get --raw /readyz >/dev/null 2>&1
 }
 
-if healthy; then
+# A running cluster serves either way, unless --node-network asks for what it lacks.
+network_as_asked() { [ "$node_network" = false ] || [ -f "$dir/egress-selector.yaml" ]; }
+
+if healthy && network_as_asked; then
   log "reusing the running cluster"
   echo "export KUBECONFIG=$dir/kubeconfig"
   exit 0
@@ -76,6 +87,8 @@ sign apiserver "/CN=kube-apiserver" "$pki/apiserver.ext"
 sign admin "/O=system:masters/CN=skein-admin" "$pki/client.ext"
 sign controller-manager "/CN=system:kube-controller-manager" "$pki/client.ext"
 sign scheduler "/CN=system:kube-scheduler" "$pki/client.ext"
+# What the apiserver shows a node's kubelet API (`kubectl logs`; `skein dev node` checks it).
+sign apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "$pki/client.ext"
 openssl_quiet genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$pki/sa.key"
 openssl_quiet pkey -in "$pki/sa.key" -pubout -out "$pki/sa.pub"
 
@@ -132,6 +145,21 @@ start etcd --name "$name" --data-dir "$dir/etcd" --unsafe-no-fsync \
 wait_for etcd 30 curl -fsS "http://127.0.0.1:$etcd_port/health"
 
 # --- kube-apiserver --------------------------------------------------------------------------------
+egress_args=()
+if [ "$node_network" = true ]; then
+  cat >"$dir/egress-selector.yaml" <<EOF
+apiVersion: apiserver.k8s.io/v1beta1
+kind: EgressSelectorConfiguration
+egressSelections:
+- name: cluster
+  connection:
+    proxyProtocol: HTTPConnect
+    transport:
+      uds:
+        udsName: $dir/egress.sock
+EOF
+  egress_args=(--egress-selector-config-file "$dir/egress-selector.yaml")
+fi
 # --advertise-address/--endpoint-reconciler-type: this host may have no default route, and nothing
 # outside loopback should ever be advertised.
 start kube-apiserver \
@@ -146,6 +174,9 @@ start kube-apiserver \
   --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
   --allow-privileged=true \
   --profiling=false \
+  --kubelet-client-certificate "$pki/apiserver-kubelet-client.crt" --kubelet-client-key "$pki/apiserver-kubelet-client.key" \
+  --kubelet-preferred-address-types InternalIP \
+  "${egress_args[@]}" \
   --v=1
 wait_for kube-apiserver 60 kubectl --kubeconfig "$dir/kubeconfig.tmp" get --raw /readyz
 

@@ -62,13 +62,14 @@ pub fn kubeconfig() -> &'static Path {
         {
             return PathBuf::from(path);
         }
-        cluster::ensure_up(source_dir(), name).unwrap_or_else(|err| {
-            panic!(
-                "integration tests need a real cluster and could not start one: {err}\n\
+        cluster::ensure_up(source_dir(), name, cluster::ApiserverNetwork::LoopbackOnly)
+            .unwrap_or_else(|err| {
+                panic!(
+                    "integration tests need a real cluster and could not start one: {err}\n\
                  Start it yourself with `tests/cluster/up.sh {name}` (see README.md), \
                  or point SKEIN_TEST_KUBECONFIG at a kubeconfig."
-            )
-        })
+                )
+            })
     })
 }
 

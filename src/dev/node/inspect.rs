@@ -108,14 +108,16 @@ fn log_file(sandbox: &Path, container: &str) -> PathBuf {
     sandbox.join("logs").join(format!("{container}.log"))
 }
 
-/// The last `lines` lines a container of `pod` wrote (all its runs), if it ran on a dev node of
+/// The log of a container of `pod` (all its runs), if the pod is bound to a dev node of
 /// `cluster`.
-pub fn log_tail(cluster: &str, pod: &Pod, container: &str, lines: usize) -> Option<String> {
+pub fn log_path(cluster: &str, pod: &Pod, container: &str) -> Option<PathBuf> {
     let node = pod.spec.as_ref()?.node_name.as_deref()?;
-    crate::dev::log_tail(
-        &log_file(&sandbox_dir(cluster, node, pod), container),
-        lines,
-    )
+    Some(log_file(&sandbox_dir(cluster, node, pod), container))
+}
+
+/// The last `lines` lines a container of `pod` wrote, if it ran on a dev node of `cluster`.
+pub fn log_tail(cluster: &str, pod: &Pod, container: &str, lines: usize) -> Option<String> {
+    crate::dev::log_tail(&log_path(cluster, pod, container)?, lines)
 }
 
 /// Runs a command inside a running container; returns its exit code.

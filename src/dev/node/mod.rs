@@ -6,14 +6,17 @@
 //! `pod` (one pod's lifecycle), `process` (a container as a process), `env`/`command`/`volumes`
 //! (pure translation of the pod spec), `probe`, `hooks` (preStop), `status` (pure kubelet
 //! status), `registration` (Node and Lease), `addons` (kube-proxy, CoreDNS), `relay` (reaching
-//! the apiserver), `inspect` (`skein dev exec` and `logs`).
+//! the apiserver), `egress` (the apiserver reaching pods, Services and the node), `inspect`
+//! (`skein dev exec` and `logs`).
 
 pub mod addons;
 pub mod command;
 pub mod context;
+pub mod egress;
 pub mod env;
 pub mod hooks;
 pub mod inspect;
+pub mod kubelet_api;
 pub mod netns;
 pub mod network;
 pub mod pod;
@@ -272,6 +275,21 @@ async fn serve(
         .await
         .context("listing Services")?;
 
+    // The apiserver's way to pods, Services and this node, if its cluster was started with one,
+    // and the kubelet API it calls there.
+    let cluster_dir = cluster::state_dir(&args.cluster);
+    let egress = egress::start(&cluster_dir, network.netns.clone(), services.clone());
+    let kubelet_api = kubelet_api::start(
+        &network.netns,
+        node_ip.into(),
+        &cluster_dir.join("pki"),
+        client.clone(),
+        &args.cluster,
+        node_name,
+    )
+    .await
+    .context("starting the kubelet API")?;
+
     let ctx = Arc::new(NodeContext {
         client: client.clone(),
         node_name: node_name.to_owned(),
@@ -301,7 +319,12 @@ async fn serve(
     tracing::info!("node stopped its pods");
     heartbeat.abort();
     services_task.abort();
-    for task in daemons.into_iter().chain(relays) {
+    for task in daemons
+        .into_iter()
+        .chain(relays)
+        .chain(egress)
+        .chain([kubelet_api])
+    {
         task.abort();
         let _ = task.await;
     }

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
-    Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo,
+    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus,
+    NodeSystemInfo,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
@@ -129,6 +130,11 @@ pub fn node_status(id: &NodeIdentity, now: Timestamp, ready: bool) -> NodeStatus
             ),
             condition("Ready", ready_status, ready_reason, ready_message),
         ]),
+        daemon_endpoints: Some(NodeDaemonEndpoints {
+            kubelet_endpoint: Some(DaemonEndpoint {
+                port: i32::from(super::kubelet_api::PORT),
+            }),
+        }),
         addresses: Some(vec![
             NodeAddress {
                 type_: "InternalIP".to_owned(),
