@@ -193,8 +193,7 @@ async fn the_sample_rules_are_accepted() {
         std::fs::read_to_string(support::source_dir().join("config/samples/traffic-rules.yaml"))
             .expect("reading the samples");
     let mut created = Vec::new();
-    for document in serde_yaml_ng::Deserializer::from_str(&text) {
-        let object: serde_json::Value = serde::Deserialize::deserialize(document).unwrap();
+    for object in skein::yaml::documents::<serde_json::Value>(&text).unwrap() {
         let kind = object["kind"].as_str().unwrap_or_default().to_owned();
         let name = object["metadata"]["name"]
             .as_str()

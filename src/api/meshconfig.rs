@@ -630,7 +630,7 @@ mod tests {
     #[test]
     fn the_sample_meshconfig_spells_out_the_defaults() {
         let sample: MeshConfig =
-            serde_yaml_ng::from_str(include_str!("../../config/samples/meshconfig.yaml")).unwrap();
+            crate::yaml::from_str(include_str!("../../config/samples/meshconfig.yaml")).unwrap();
         assert_eq!(
             sample.metadata.name.as_deref(),
             Some(names::ACTIVE_MESHCONFIG)
