@@ -13,12 +13,26 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+/// Boxed: serde-saphyr's errors carry their location and are large, and these travel inside
+/// other errors.
 #[derive(Debug, thiserror::Error)]
 pub enum YamlError {
     #[error("{0}")]
-    Parse(#[from] serde_saphyr::Error),
+    Parse(Box<serde_saphyr::Error>),
     #[error("{0}")]
-    Print(#[from] serde_saphyr::SerializeError),
+    Print(Box<serde_saphyr::SerializeError>),
+}
+
+impl From<serde_saphyr::Error> for YamlError {
+    fn from(err: serde_saphyr::Error) -> Self {
+        Self::Parse(Box::new(err))
+    }
+}
+
+impl From<serde_saphyr::SerializeError> for YamlError {
+    fn from(err: serde_saphyr::SerializeError) -> Self {
+        Self::Print(Box::new(err))
+    }
 }
 
 fn options() -> serde_saphyr::Options {
