@@ -77,7 +77,7 @@ impl Operator {
                 &format!("127.0.0.1:{metrics_port}"),
             ])
             .env("KUBECONFIG", kubeconfig())
-            .env("RUST_LOG", "info,skein=debug")
+            .env("SKEIN_LOG", "info,skein=debug")
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -91,12 +91,17 @@ impl Operator {
         }
     }
 
-    /// The operator's `/metrics` text.
+    /// The operator's `/metrics` text, served as every role serves it.
     async fn metrics(&self) -> String {
         // reqwest needs a process-wide rustls provider even for plain HTTP.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
-        reqwest::get(url).await.unwrap().text().await.unwrap()
+        let response = reqwest::get(url).await.unwrap();
+        assert_eq!(
+            response.headers()[reqwest::header::CONTENT_TYPE],
+            skein::telemetry::METRICS_CONTENT_TYPE
+        );
+        response.text().await.unwrap()
     }
 
     fn log(&self) -> String {

@@ -557,16 +557,7 @@ async fn serve_metrics(listener: tokio::net::TcpListener, registry: Arc<Registry
             "/metrics",
             get(move || {
                 let registry = registry.clone();
-                async move {
-                    let mut text = String::new();
-                    match prometheus_client::encoding::text::encode(&mut text, &registry) {
-                        Ok(()) => (axum::http::StatusCode::OK, text),
-                        Err(err) => (
-                            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                            err.to_string(),
-                        ),
-                    }
-                }
+                async move { crate::telemetry::metrics_response(&registry) }
             }),
         );
     if let Err(err) = axum::serve(listener, app).await {
