@@ -849,3 +849,46 @@ async fn in_cluster_ready_follows_the_control_plane_pods() {
     assert!(message.contains("0 of 1"), "{message}");
     delete_meshconfig(&client, "default").await;
 }
+
+/// A setting the schema accepts but nothing acts on yet is named in status rather than
+/// silently ignored, without holding the install back; the condition clears when it goes.
+#[tokio::test]
+async fn a_setting_not_built_yet_is_named_in_the_status() {
+    let _serial = SERIAL.lock().await;
+    let client = client().await;
+    let _operator = Operator::start("operator-not-acting");
+
+    apply_meshconfig(&client, "default", json!({"mtls": {"mode": "Strict"}})).await;
+    let mc = wait_condition(
+        &client,
+        "default",
+        "FieldsNotActing",
+        "True",
+        "NotImplemented",
+    )
+    .await;
+    let message = condition(&mc, "FieldsNotActing").unwrap().2;
+    assert!(message.contains("spec.mtls.mode (Strict)"), "{message}");
+    assert!(message.contains("not acted on yet"), "{message}");
+    let (installed, _, _) = condition(&mc, "Installed").unwrap();
+    assert_eq!(
+        installed, "True",
+        "the rest of the mesh is installed as usual"
+    );
+
+    // Back to the default (the apiserver defaults the field again): nothing to flag.
+    apply_meshconfig(&client, "default", json!({})).await;
+    let mc = wait_condition(
+        &client,
+        "default",
+        "FieldsNotActing",
+        "False",
+        "AllFieldsAct",
+    )
+    .await;
+    assert_eq!(
+        serde_json::to_value(mc.spec.mtls.mode).unwrap(),
+        "Permissive"
+    );
+    delete_meshconfig(&client, "default").await;
+}

@@ -45,6 +45,7 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 
 use crate::api::meshconfig::{ComponentStatus, ControlPlaneMode};
+use crate::api::not_acting::NotActing;
 use crate::api::{MeshConfig, MeshConfigStatus, names};
 use crate::cli::OperatorArgs;
 use desired::{Inputs, MANAGED_BY};
@@ -343,6 +344,7 @@ async fn install(mc: &MeshConfig, ctx: &Context) -> Result<Action, ReconcileErro
         install: install_result.clone(),
         control_plane: control_plane.clone(),
         rolling_out,
+        fields_not_acting: mc.spec.fields_not_acting(),
     };
     let now = Time(Timestamp::now());
     let previous = mc.status.clone().unwrap_or_default();
