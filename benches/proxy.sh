@@ -413,7 +413,7 @@ start_skein() {
     ip netns exec "$ns" "$SKEIN" init --proxy-uid "$PROXY_UID" --inbound-port 16006 --outbound-port 16001 \
       >"$WORK/logs/skein-init-$side.log" 2>&1 || { log "skein init failed in $ns: $(tail -3 "$WORK/logs/skein-init-$side.log")"; return 1; }
     start "skein-$side" "$ns" "$SERVER_CPU" setpriv --reuid "$PROXY_UID" --regid "$PROXY_UID" --clear-groups \
-      env RUST_LOG=warn "$SKEIN" proxy --outbound-port 16001 --inbound-port 16006 --admin-port 16000 --drain-timeout 1s
+      env SKEIN_LOG=warn "$SKEIN" proxy --outbound-port 16001 --inbound-port 16006 --admin-port 16000 --drain-timeout 1s
     pids+=("$LAST_PID")
   done
   PROXY_GROUPS=("client=${pids[0]}" "server=${pids[1]}")

@@ -8,6 +8,7 @@
 //! - [`capture`]: `skein init`: the pod's iptables traffic capture.
 //! - [`proxy`]: the data-plane proxy.
 //! - [`dev`]: the local development environment (`skein dev ...`).
+//! - [`yaml`]: YAML in and out, for every role.
 
 pub mod api;
 pub mod capture;
@@ -22,3 +23,4 @@ pub mod proxy;
 pub mod signals;
 pub mod telemetry;
 pub mod xds;
+pub mod yaml;

@@ -23,7 +23,7 @@ fn skein_dev(args: &[&str]) -> Output {
         .args(args)
         .args(["--name", CLUSTER])
         .env("SKEIN_SOURCE_DIR", support::source_dir())
-        .env("RUST_LOG", "info")
+        .env("SKEIN_LOG", "info")
         .stdin(Stdio::null())
         .output()
         .expect("running skein dev")

@@ -72,7 +72,7 @@ fn create_secret(kubeconfig: &Path, namespace: &str) -> Secret {
         "create-secret failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    serde_yaml_ng::from_slice(&output.stdout).unwrap()
+    skein::yaml::from_str(&String::from_utf8_lossy(&output.stdout)).unwrap()
 }
 
 /// Creates or replaces the Secret on the primary cluster (server-side apply: keys this test

@@ -16,7 +16,9 @@ use serde_json::json;
 use skein::api::meshconfig::FailurePolicy;
 use support::TestContext;
 use support::control_plane::{ControlPlane, label_namespace, register_webhook};
-use support::node::{AGENT, IMAGE, eventually, exec, exec_ok, pod_ready, ready_node, wait_ready};
+use support::node::{
+    AGENT, IMAGE, eventually, exec, exec_ok, logs, pod_ready, ready_node, wait_ready,
+};
 
 const CLUSTER: &str = "skein-test-node";
 const WAIT: Duration = Duration::from_secs(90);
@@ -235,7 +237,8 @@ async fn an_injected_pod_runs_skein_init_then_its_proxy_and_traffic_crosses_the_
 
     let created = eventually("the webhook to admit the pod", WAIT, || async {
         let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": "web", "labels": {"app": "web"}},
+            "metadata": {"name": "web", "labels": {"app": "web"},
+                         "annotations": {"skein.dev/proxy-log-level": "debug"}},
             "spec": {"containers": [demo_container("web", "backend")]}
         }))
         .unwrap();
@@ -340,7 +343,22 @@ async fn an_injected_pod_runs_skein_init_then_its_proxy_and_traffic_crosses_the_
         ns,
         "web",
         Some("skein-proxy"),
-        &["curl", "-sS", "-m", "5", "http://127.0.0.1:16000/metrics"],
+        &[
+            "curl",
+            "-sS",
+            "-m",
+            "5",
+            "-D",
+            "-",
+            "http://127.0.0.1:16000/metrics",
+        ],
+    );
+    assert!(
+        metrics.to_ascii_lowercase().contains(&format!(
+            "content-type: {}\r\n",
+            skein::telemetry::METRICS_CONTENT_TYPE
+        )),
+        "{metrics}"
     );
     // The request crossed the proxy as HTTP: counted with its status.
     let inbound: f64 = metrics
@@ -354,6 +372,14 @@ async fn an_injected_pod_runs_skein_init_then_its_proxy_and_traffic_crosses_the_
     assert!(
         inbound >= 1.0,
         "no inbound request through the proxy:\n{metrics}"
+    );
+    // The pod asked for a debug proxy (the mesh default is info): the proxy logged that
+    // request's connection at debug level.
+    let log = logs(ns, "web", "skein-proxy");
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" DEBUG ") && l.contains("accepted") && l.contains("inbound")),
+        "no debug line for the inbound connection in the proxy's log:\n{log}"
     );
     drop(control_plane);
 }

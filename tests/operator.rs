@@ -81,7 +81,7 @@ impl Operator {
                 &format!("127.0.0.1:{metrics_port}"),
             ])
             .env("KUBECONFIG", kubeconfig())
-            .env("RUST_LOG", "info,skein=debug")
+            .env("SKEIN_LOG", "info,skein=debug")
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -95,12 +95,17 @@ impl Operator {
         }
     }
 
-    /// The operator's `/metrics` text.
+    /// The operator's `/metrics` text, served as every role serves it.
     async fn metrics(&self) -> String {
         // reqwest needs a process-wide rustls provider even for plain HTTP.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
-        reqwest::get(url).await.unwrap().text().await.unwrap()
+        let response = reqwest::get(url).await.unwrap();
+        assert_eq!(
+            response.headers()[reqwest::header::CONTENT_TYPE],
+            skein::telemetry::METRICS_CONTENT_TYPE
+        );
+        response.text().await.unwrap()
     }
 
     fn log(&self) -> String {
@@ -873,4 +878,47 @@ async fn a_missing_lease_namespace_stops_the_operator_with_one_line() {
         ),
         "{stderr}"
     );
+}
+
+/// A setting the schema accepts but nothing acts on yet is named in status rather than
+/// silently ignored, without holding the install back; the condition clears when it goes.
+#[tokio::test]
+async fn a_setting_not_built_yet_is_named_in_the_status() {
+    let _serial = SERIAL.lock().await;
+    let client = client().await;
+    let _operator = Operator::start("operator-not-acting");
+
+    apply_meshconfig(&client, "default", json!({"mtls": {"mode": "Strict"}})).await;
+    let mc = wait_condition(
+        &client,
+        "default",
+        "FieldsNotActing",
+        "True",
+        "NotImplemented",
+    )
+    .await;
+    let message = condition(&mc, "FieldsNotActing").unwrap().2;
+    assert!(message.contains("spec.mtls.mode (Strict)"), "{message}");
+    assert!(message.contains("not acted on yet"), "{message}");
+    let (installed, _, _) = condition(&mc, "Installed").unwrap();
+    assert_eq!(
+        installed, "True",
+        "the rest of the mesh is installed as usual"
+    );
+
+    // Back to the default (the apiserver defaults the field again): nothing to flag.
+    apply_meshconfig(&client, "default", json!({})).await;
+    let mc = wait_condition(
+        &client,
+        "default",
+        "FieldsNotActing",
+        "False",
+        "AllFieldsAct",
+    )
+    .await;
+    assert_eq!(
+        serde_json::to_value(mc.spec.mtls.mode).unwrap(),
+        "Permissive"
+    );
+    delete_meshconfig(&client, "default").await;
 }

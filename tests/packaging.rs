@@ -13,7 +13,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use serde::Deserialize;
 use serde_json::{Value, json};
 use skein::api::{MeshConfig, MeshConfigSpec, names};
 use skein::operator::desired;
@@ -122,10 +121,7 @@ fn render_with_values(values: &str, extra: &[&str]) -> String {
 
 /// Every object of a multi-document YAML stream (comment-only documents skipped).
 fn objects(yaml: &str) -> Vec<Value> {
-    serde_yaml_ng::Deserializer::from_str(yaml)
-        .map(|document| Value::deserialize(document).expect("valid YAML"))
-        .filter(|object| !object.is_null())
-        .collect()
+    skein::yaml::documents(yaml).expect("valid YAML")
 }
 
 /// The top-level files of config/, as `kubectl apply -f config/` reads them (not recursive, so

@@ -493,7 +493,7 @@ impl Proxy {
             .args(["--regid", &PROXY_UID.to_string(), "--clear-groups"])
             .args([SKEIN, "proxy"])
             .args(args)
-            .env("RUST_LOG", "info,skein::proxy=debug")
+            .env("SKEIN_LOG", "info,skein::proxy=debug")
             .env_remove("RUST_BACKTRACE")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

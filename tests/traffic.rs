@@ -38,7 +38,7 @@ fn demo_up() {
         let out = Command::new(SKEIN)
             .args(["dev", "up", "--name", CLUSTER])
             .env("SKEIN_SOURCE_DIR", support::source_dir())
-            .env("RUST_LOG", "info")
+            .env("SKEIN_LOG", "info")
             .stdin(Stdio::null())
             .output()
             .expect("running skein dev up");

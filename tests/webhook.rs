@@ -231,15 +231,17 @@ async fn pods_in_a_labelled_namespace_are_injected_and_others_are_not() {
     assert_eq!(container_names(&again_stored), container_names(&stored));
 
     // The webhook counted what it did.
-    let metrics = control_plane
+    let response = control_plane
         .http()
         .get(control_plane.url("/metrics"))
         .send()
         .await
-        .unwrap()
-        .text()
-        .await
         .unwrap();
+    assert_eq!(
+        response.headers()[reqwest::header::CONTENT_TYPE],
+        skein::telemetry::METRICS_CONTENT_TYPE
+    );
+    let metrics = response.text().await.unwrap();
     // web, worker-*, migrate and opt-in. The opted-out pod never reached the webhook (its
     // objectSelector excludes it); re-created and reinvoked pods count as already injected.
     assert!(

@@ -22,7 +22,7 @@ pub enum CrdError {
     #[error("rendering CRD {name} as YAML: {source}")]
     Render {
         name: String,
-        source: serde_yaml_ng::Error,
+        source: crate::yaml::YamlError,
     },
     #[error("applying CRD {name}: {source}")]
     Apply { name: String, source: kube::Error },
@@ -74,7 +74,7 @@ fn with_defaulted_spec(mut crd: CustomResourceDefinition) -> CustomResourceDefin
 pub fn render_yaml() -> Result<String, CrdError> {
     let mut out = String::new();
     for crd in all() {
-        let yaml = serde_yaml_ng::to_string(&crd).map_err(|source| CrdError::Render {
+        let yaml = crate::yaml::to_string(&crd).map_err(|source| CrdError::Render {
             name: crd.name_any(),
             source,
         })?;
@@ -127,6 +127,14 @@ mod tests {
             committed == generated,
             "crds/skein.dev.yaml is stale: regenerate it with `cargo run -- crds > crds/skein.dev.yaml`"
         );
+    }
+
+    /// What `kubectl apply -f crds/` reads is exactly the types' CRDs.
+    #[test]
+    fn the_rendered_crds_read_back_as_the_types() {
+        let read: Vec<CustomResourceDefinition> =
+            crate::yaml::documents(&render_yaml().unwrap()).unwrap();
+        assert_eq!(read, all());
     }
 
     #[test]

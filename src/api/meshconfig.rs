@@ -499,7 +499,8 @@ pub struct MeshConfigStatus {
     /// The Skein version installed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
-    /// `Ready`, `Installed`, `Progressing` and `Degraded`, each with a reason and a message.
+    /// `Ready`, `Installed`, `Progressing`, `Degraded` and `FieldsNotActing` (spec fields set
+    /// to a value nothing acts on yet), each with a reason and a message.
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -630,7 +631,7 @@ mod tests {
     #[test]
     fn the_sample_meshconfig_spells_out_the_defaults() {
         let sample: MeshConfig =
-            serde_yaml_ng::from_str(include_str!("../../config/samples/meshconfig.yaml")).unwrap();
+            crate::yaml::from_str(include_str!("../../config/samples/meshconfig.yaml")).unwrap();
         assert_eq!(
             sample.metadata.name.as_deref(),
             Some(names::ACTIVE_MESHCONFIG)

@@ -5,6 +5,7 @@ pub mod duration;
 pub mod egress_rule;
 pub mod meshconfig;
 pub mod names;
+pub mod not_acting;
 pub mod route_rule;
 pub mod rule_status;
 pub mod traffic_policy;

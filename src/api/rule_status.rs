@@ -7,6 +7,8 @@
 //!   `Conflicted` (another rule for the same Service takes precedence; the message names it).
 //! - `ResolvedRefs`: `False` with reason `ServiceNotFound` when the Service the rule names does
 //!   not exist (yet): the rule is accepted and takes effect when the Service appears.
+//! - `FieldsNotActing`: `True` with reason `NotImplemented` when the rule sets a field that
+//!   nothing acts on yet (the message names it; see [`super::not_acting`]), else `False`.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use schemars::JsonSchema;

@@ -124,7 +124,7 @@ async fn discovery(
         "/metrics",
         axum::routing::get(move || {
             let registry = registry.clone();
-            async move { server::encode_metrics(&registry) }
+            async move { crate::telemetry::metrics_response(&registry) }
         }),
     );
     tracing::info!(addr = %args.debug_addr, "serving /debug/proxies, /debug/config and /metrics");

@@ -43,7 +43,7 @@
 //! | `skein_controlplane_pushed_bytes_total` | | encoded bytes of the resources sent |
 //! | `skein_controlplane_acks_total` | | responses the proxies accepted |
 //! | `skein_controlplane_nacks_total` | | responses the proxies rejected |
-//! | `skein_controlplane_push_seconds` | | histogram: computing one proxy's configuration and queueing what changed |
+//! | `skein_controlplane_push_duration_seconds` | | histogram: computing one proxy's configuration and queueing what changed |
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -714,7 +714,7 @@ impl PushMetrics {
             metrics.nacks.clone(),
         );
         registry.register(
-            "skein_controlplane_push_seconds",
+            "skein_controlplane_push_duration_seconds",
             "Time to compute one proxy's configuration and queue what changed",
             metrics.push_seconds.clone(),
         );

@@ -158,8 +158,7 @@ mod tests {
     fn the_sample_rules_are_valid() {
         let text = include_str!("../../config/samples/traffic-rules.yaml");
         let mut kinds = Vec::new();
-        for document in serde_yaml_ng::Deserializer::from_str(text) {
-            let object: serde_json::Value = serde::Deserialize::deserialize(document).unwrap();
+        for object in crate::yaml::documents::<serde_json::Value>(text).unwrap() {
             let kind = object["kind"].as_str().unwrap().to_owned();
             let req = request(&kind, object["spec"].clone());
             let response = review(&req, |_, _| true);

@@ -428,7 +428,7 @@ async fn apply_meshconfig(
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut mesh: serde_json::Value =
-        serde_yaml_ng::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        crate::yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     mesh["spec"]["controlPlane"] = serde_json::json!({
         "mode": "External",
         "external": {"webhookUrl": webhook_url, "xdsAddress": xds_address},
@@ -471,12 +471,9 @@ async fn ensure_demo_namespace(client: &Client) -> anyhow::Result<()> {
 async fn apply_manifests(client: &Client, path: &Path, namespace: &str) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    for document in serde_yaml_ng::Deserializer::from_str(&text) {
-        let value: serde_json::Value = serde::Deserialize::deserialize(document)
-            .with_context(|| format!("parsing {}", path.display()))?;
-        if value.is_null() {
-            continue;
-        }
+    let documents: Vec<serde_json::Value> =
+        crate::yaml::documents(&text).with_context(|| format!("parsing {}", path.display()))?;
+    for value in documents {
         let object: DynamicObject = serde_json::from_value(value).with_context(|| {
             format!("{}: a document is not a Kubernetes object", path.display())
         })?;

@@ -7,8 +7,9 @@
 //!   `CronJob` (`batch/v1`) get the proxy in their pod (template), through the same
 //!   [`patch::inject`] the webhook calls; a `v1` `List` (`kubectl get -o yaml`) has each item
 //!   handled that way.
-//! - anything else passes through with the same content. Output is re-serialized, so comments
-//!   and formatting are not kept; empty documents are dropped.
+//! - anything else passes through with the same content. Output is re-serialized, so comments,
+//!   formatting and key order are not kept (keys come out sorted, which for Kubernetes objects
+//!   is the order `kubectl` prints them in anyway); empty documents are dropped.
 //!
 //! Asking for manual injection is an explicit opt-in, so namespace labels and the MeshConfig's
 //! excluded namespaces are not consulted. A pod template is still left alone when it opts out
@@ -20,7 +21,8 @@
 //! the app must call `POST /shutdown` on the proxy's admin port when done (the proxy implements
 //! this endpoint), or the Job never completes.
 //!
-//! Documents are numbered from 1 in messages.
+//! Documents are numbered from 1 in messages, empty ones not counted; YAML syntax errors give
+//! the line and column instead.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -31,8 +33,8 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet}
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use serde::Serialize;
-use serde::de::{Deserialize, DeserializeOwned};
-use serde_yaml_ng::Value;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use super::InjectConfig;
 use super::decide::{Decision, SkipReason, decide};
@@ -40,20 +42,18 @@ use super::patch::{self, InjectError};
 use crate::api::meshconfig::{InjectionSpec, NativeSidecar};
 use crate::api::{MeshConfig, MeshConfigSpec};
 use crate::cli::InjectArgs;
+use crate::yaml::{self, YamlError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManualError {
-    #[error("document {index}: invalid YAML")]
-    InvalidYaml {
-        index: usize,
-        source: serde_yaml_ng::Error,
-    },
+    #[error("invalid YAML")]
+    InvalidYaml { source: YamlError },
     #[error("document {index} ({object}): not a valid {kind}")]
     InvalidObject {
         index: usize,
         object: String,
         kind: String,
-        source: serde_yaml_ng::Error,
+        source: serde_json::Error,
     },
     #[error("document {index} ({object}): cannot inject the proxy")]
     Inject {
@@ -65,7 +65,13 @@ pub enum ManualError {
     Write {
         index: usize,
         object: String,
-        source: serde_yaml_ng::Error,
+        source: YamlError,
+    },
+    #[error("document {index} ({object}): cannot encode the injected object")]
+    Encode {
+        index: usize,
+        object: String,
+        source: serde_json::Error,
     },
 }
 
@@ -145,20 +151,17 @@ pub fn inject_documents_with_reports(
 ) -> Result<(String, Vec<Report>), ManualError> {
     let mut output = Vec::new();
     let mut reports = Vec::new();
-    for (i, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+    let documents: Vec<Value> =
+        yaml::documents(text).map_err(|source| ManualError::InvalidYaml { source })?;
+    for (i, value) in documents.into_iter().enumerate() {
         let index = i + 1;
-        let value = Value::deserialize(document)
-            .map_err(|source| ManualError::InvalidYaml { index, source })?;
-        if value.is_null() {
-            continue;
-        }
         let mut doc = Document {
             index,
             cfg,
             reports: &mut reports,
         };
         let value = doc.process(value)?;
-        let yaml = serde_yaml_ng::to_string(&value).map_err(|source| ManualError::Write {
+        let yaml = yaml::to_string(&value).map_err(|source| ManualError::Write {
             index,
             object: describe(&value),
             source,
@@ -228,8 +231,8 @@ impl Document<'_> {
     ) -> Result<Value, ManualError> {
         let index = self.index;
         let object = describe(&value);
-        let mut typed: T = serde_yaml_ng::from_value(value.clone()).map_err(|source| {
-            ManualError::InvalidObject {
+        let mut typed: T =
+            serde_json::from_value(value.clone()).map_err(|source| ManualError::InvalidObject {
                 index,
                 object: object.clone(),
                 kind: value
@@ -238,8 +241,7 @@ impl Document<'_> {
                     .unwrap_or("object")
                     .to_owned(),
                 source,
-            }
-        })?;
+            })?;
         let outcome = edit(&mut typed, self.cfg).map_err(|source| ManualError::Inject {
             index,
             object: object.clone(),
@@ -253,7 +255,7 @@ impl Document<'_> {
         match outcome {
             Outcome::Skipped(_) => Ok(value),
             Outcome::Injected => {
-                serde_yaml_ng::to_value(&typed).map_err(|source| ManualError::Write {
+                serde_json::to_value(&typed).map_err(|source| ManualError::Encode {
                     index,
                     object,
                     source,
@@ -263,7 +265,7 @@ impl Document<'_> {
     }
 
     fn list(&mut self, mut value: Value) -> Result<Value, ManualError> {
-        if let Some(items) = value.get_mut("items").and_then(Value::as_sequence_mut) {
+        if let Some(items) = value.get_mut("items").and_then(Value::as_array_mut) {
             for item in items.iter_mut() {
                 *item = self.process(std::mem::take(item))?;
             }
@@ -344,8 +346,8 @@ fn read_input(path: &Path) -> anyhow::Result<String> {
 fn load_meshconfig(path: &Path) -> anyhow::Result<MeshConfigSpec> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let meshconfig: MeshConfig = serde_yaml_ng::from_str(&text)
-        .with_context(|| format!("{} is not a MeshConfig", path.display()))?;
+    let meshconfig: MeshConfig =
+        yaml::from_str(&text).with_context(|| format!("{} is not a MeshConfig", path.display()))?;
     Ok(meshconfig.spec)
 }
 
@@ -358,10 +360,8 @@ mod tests {
         config(MeshConfigSpec::default(), "cp:9090", false)
     }
 
-    fn docs(output: &str) -> Vec<serde_json::Value> {
-        serde_yaml_ng::Deserializer::from_str(output)
-            .map(|d| serde_json::to_value(Value::deserialize(d).unwrap()).unwrap())
-            .collect()
+    fn docs(output: &str) -> Vec<Value> {
+        yaml::documents(output).unwrap()
     }
 
     /// The full error chain, as `skein inject` prints it.
@@ -427,10 +427,8 @@ spec:
             "web"
         );
 
-        let service: serde_json::Value =
-            serde_yaml_ng::from_str::<Value>(DEPLOYMENT_AND_SERVICE.split("---").nth(1).unwrap())
-                .map(|v| serde_json::to_value(v).unwrap())
-                .unwrap();
+        let service: Value =
+            yaml::from_str(DEPLOYMENT_AND_SERVICE.split("---").nth(1).unwrap()).unwrap();
         assert_eq!(docs[1], service);
         assert!(output.contains("zzz-unknown-field: kept"));
 
@@ -579,14 +577,19 @@ items:
     }
 
     #[test]
-    fn invalid_yaml_names_the_document() {
+    fn invalid_yaml_names_the_line() {
         let input = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\nkind: [unclosed\n";
-        let err = inject_documents(input, &cfg()).unwrap_err();
-        assert!(
-            matches!(err, ManualError::InvalidYaml { index: 2, .. }),
-            "{err:?}"
-        );
-        assert!(chain(err).starts_with("document 2: invalid YAML: "));
+        let err = chain(inject_documents(input, &cfg()).unwrap_err());
+        assert!(err.starts_with("invalid YAML: "), "{err}");
+        assert!(err.contains("line 5"), "{err}");
+    }
+
+    /// Modes are octal as `kubectl` reads them, and come out as the number the apiserver stores.
+    #[test]
+    fn octal_modes_mean_what_they_mean_to_kubectl() {
+        let input = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: app}]\n  volumes: [{name: s, secret: {secretName: s, defaultMode: 0644}}]\n";
+        let docs = docs(&inject_documents(input, &cfg()).unwrap());
+        assert_eq!(docs[0]["spec"]["volumes"][0]["secret"]["defaultMode"], 420);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! | `skein.dev/proxy-memory` | quantity (`64Mi`, `1e8`) | memory request of the proxy |
 //! | `skein.dev/proxy-cpu-limit` | quantity | CPU limit of the proxy |
 //! | `skein.dev/proxy-memory-limit` | quantity | memory limit of the proxy |
-//! | `skein.dev/proxy-log-level` | log filter, no whitespace (`debug`, `warn,skein::proxy=debug`) | the proxy's `SKEIN_LOG` |
+//! | `skein.dev/proxy-log-level` | log filter (a level, or `target=level` directives: `debug`, `warn,skein::proxy=debug`), no whitespace | the proxy's `SKEIN_LOG` |
 //! | `skein.dev/proxy-image` | image reference, no whitespace | image of `skein-proxy` and `skein-init` |
 //! | `traffic.skein.dev/exclude-inbound-ports` | comma-separated ports 1-65535 (`22,8081`) | inbound ports not redirected to the proxy |
 //! | `traffic.skein.dev/exclude-outbound-ports` | comma-separated ports 1-65535 (`5432`) | outbound destination ports not redirected |
@@ -131,7 +131,7 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> Result<Overrides
         proxy_memory: p.scalar(PROXY_MEMORY, check_quantity),
         proxy_cpu_limit: p.scalar(PROXY_CPU_LIMIT, check_quantity),
         proxy_memory_limit: p.scalar(PROXY_MEMORY_LIMIT, check_quantity),
-        log_level: p.scalar(PROXY_LOG_LEVEL, check_word),
+        log_level: p.scalar(PROXY_LOG_LEVEL, check_log_filter),
         image: p.scalar(PROXY_IMAGE, check_word),
         exclude_inbound_ports: p.list(EXCLUDE_INBOUND_PORTS, parse_port),
         exclude_outbound_ports: p.list(EXCLUDE_OUTBOUND_PORTS, parse_port),
@@ -341,6 +341,14 @@ fn check_word(value: &str) -> Result<(), String> {
     }
 }
 
+/// A log filter the proxy will use as given (rather than fall back to `info` at start).
+fn check_log_filter(value: &str) -> Result<(), String> {
+    check_word(value)?;
+    crate::telemetry::parse_log_filter(value)
+        .map(|_| ())
+        .map_err(|err| format!("is not a log filter: {err}"))
+}
+
 /// Whether `value` is a valid non-negative Kubernetes quantity.
 pub fn is_quantity(value: &str) -> bool {
     quantity_value(value).is_some()
@@ -481,6 +489,8 @@ mod tests {
             (PROXY_MEMORY_LIMIT, "Mi"),
             (PROXY_LOG_LEVEL, ""),
             (PROXY_LOG_LEVEL, "info debug"),
+            (PROXY_LOG_LEVEL, "verbose"),
+            (PROXY_LOG_LEVEL, "info,skein=loud"),
             (PROXY_IMAGE, ""),
             (PROXY_IMAGE, "skein:dev\n"),
             (EXCLUDE_INBOUND_PORTS, "http"),

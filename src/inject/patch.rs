@@ -483,7 +483,7 @@ fn proxy_env(proxy: &ProxySettings, cfg: &InjectConfig) -> Vec<EnvVar> {
         field("NODE_NAME", "spec.nodeName"),
         field("SERVICE_ACCOUNT", "spec.serviceAccountName"),
         value("SKEIN_XDS_ADDRESS", cfg.xds_address.clone()),
-        value("SKEIN_LOG", proxy.log_level.clone()),
+        value(crate::telemetry::LOG_ENV, proxy.log_level.clone()),
         value("SKEIN_INBOUND_PORT", proxy.inbound_port.to_string()),
         value("SKEIN_OUTBOUND_PORT", proxy.outbound_port.to_string()),
         value("SKEIN_ADMIN_PORT", proxy.admin_port.to_string()),

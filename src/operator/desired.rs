@@ -136,7 +136,7 @@ pub fn desired(mc: &MeshConfig, inputs: &Inputs<'_>) -> Result<Install, DesiredE
         role_ref: role_ref("Role"),
         subjects: Some(vec![control_plane_subject()]),
     }))?;
-    let settings_yaml = serde_yaml_ng::to_string(spec).unwrap_or_default();
+    let settings_yaml = crate::yaml::to_string(spec).unwrap_or_default();
     push(source(ConfigMap {
         metadata: meta(MESH_CONFIG_MAP, true, "mesh-config"),
         data: Some(BTreeMap::from([("mesh.yaml".to_owned(), settings_yaml)])),

@@ -109,7 +109,7 @@ pub enum FederationError {
     #[error("encoding the kubeconfig: {0}")]
     Encode(serde_json::Error),
     #[error("encoding the Secret as YAML: {0}")]
-    Yaml(serde_yaml_ng::Error),
+    Yaml(crate::yaml::YamlError),
 
     // --- probing a remote cluster
     #[error("Secret {namespace}/{name} does not exist")]
@@ -849,7 +849,7 @@ fn exported_services(services: &[Service]) -> Vec<ExportedService> {
 pub async fn create_secret(args: &CreateSecretArgs) -> anyhow::Result<()> {
     let kubeconfig = Kubeconfig::read().map_err(FederationError::ReadKubeconfig)?;
     let secret = kubeconfig_secret(&kubeconfig, args)?;
-    let yaml = serde_yaml_ng::to_string(&secret).map_err(FederationError::Yaml)?;
+    let yaml = crate::yaml::to_string(&secret).map_err(FederationError::Yaml)?;
     std::io::stdout()
         .write_all(yaml.as_bytes())
         .context("writing the Secret to stdout")?;
@@ -863,7 +863,7 @@ pub fn kubeconfig_secret(
     args: &CreateSecretArgs,
 ) -> Result<Secret, FederationError> {
     let minimal = minimal_kubeconfig(kubeconfig, &args.name, args.server.as_deref())?;
-    let yaml = serde_yaml_ng::to_string(&minimal).map_err(FederationError::Yaml)?;
+    let yaml = crate::yaml::to_string(&minimal).map_err(FederationError::Yaml)?;
     let labels = BTreeMap::from([
         (REMOTE_CLUSTER_LABEL.to_owned(), args.name.clone()),
         (PART_OF_LABEL.to_owned(), "skein".to_owned()),
@@ -1424,9 +1424,9 @@ mod tests {
         );
 
         // The Secret prints as YAML that reads back the same.
-        let yaml = serde_yaml_ng::to_string(&secret).unwrap();
+        let yaml = crate::yaml::to_string(&secret).unwrap();
         assert!(yaml.contains("kind: Secret"), "{yaml}");
-        assert_eq!(serde_yaml_ng::from_str::<Secret>(&yaml).unwrap(), secret);
+        assert_eq!(crate::yaml::from_str::<Secret>(&yaml).unwrap(), secret);
 
         // Without --server the kubeconfig's own address is kept.
         let args = CreateSecretArgs {

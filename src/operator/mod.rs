@@ -45,6 +45,7 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 
 use crate::api::meshconfig::{ComponentStatus, ControlPlaneMode};
+use crate::api::not_acting::NotActing;
 use crate::api::{MeshConfig, MeshConfigStatus, names};
 use crate::cli::OperatorArgs;
 use desired::{Inputs, MANAGED_BY};
@@ -377,6 +378,7 @@ async fn install(mc: &MeshConfig, ctx: &Context) -> Result<Action, ReconcileErro
         install: install_result.clone(),
         control_plane: control_plane.clone(),
         rolling_out,
+        fields_not_acting: mc.spec.fields_not_acting(),
     };
     let now = Time(Timestamp::now());
     let previous = mc.status.clone().unwrap_or_default();
@@ -591,16 +593,7 @@ async fn serve_metrics(listener: tokio::net::TcpListener, registry: Arc<Registry
             "/metrics",
             get(move || {
                 let registry = registry.clone();
-                async move {
-                    let mut text = String::new();
-                    match prometheus_client::encoding::text::encode(&mut text, &registry) {
-                        Ok(()) => (axum::http::StatusCode::OK, text),
-                        Err(err) => (
-                            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                            err.to_string(),
-                        ),
-                    }
-                }
+                async move { crate::telemetry::metrics_response(&registry) }
             }),
         );
     if let Err(err) = axum::serve(listener, app).await {

@@ -10,6 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::api::meshconfig::ComponentStatus;
+use crate::api::not_acting::{self, InertField};
 
 pub const CONTROL_PLANE_COMPONENT: &str = "control-plane";
 
@@ -21,9 +22,13 @@ pub struct Observation {
     pub control_plane: ComponentStatus,
     /// A rollout of the control plane is under way.
     pub rolling_out: bool,
+    /// Spec fields set to a value nothing acts on yet.
+    pub fields_not_acting: Vec<InertField>,
 }
 
-/// The four conditions, keeping each one's `lastTransitionTime` while its status is unchanged.
+/// The five conditions, keeping each one's `lastTransitionTime` while its status is unchanged.
+/// `FieldsNotActing` ([`not_acting`]) names every field set that does nothing yet; it does not
+/// make the mesh less Ready: everything else works as installed.
 pub fn conditions(
     previous: &[Condition],
     generation: Option<i64>,
@@ -71,7 +76,9 @@ pub fn conditions(
     } else {
         make("Progressing", false, "Complete", String::new())
     };
-    vec![ready, installed, progressing, degraded]
+    let (inert, reason, message) = not_acting::condition(&observed.fields_not_acting);
+    let not_acting = make(not_acting::FIELDS_NOT_ACTING, inert, reason, message);
+    vec![ready, installed, progressing, degraded, not_acting]
 }
 
 /// The only condition of a MeshConfig other than `default`: `Ready=False`, reason `NotActive`.
@@ -247,6 +254,7 @@ mod tests {
                 message: (!ready).then(|| "0 of 1 available".to_owned()),
             },
             rolling_out: !ready,
+            fields_not_acting: Vec::new(),
         }
     }
 
@@ -290,6 +298,38 @@ mod tests {
         );
         assert_eq!(get(&conditions, "Ready").reason, "NotInstalled");
         assert!(conditions.iter().all(|c| c.observed_generation == Some(2)));
+    }
+
+    #[test]
+    fn fields_not_acting_are_named_without_touching_readiness() {
+        let mut observed = observation(Ok(()), true);
+        let all_act = conditions(&[], Some(1), &observed, &at(1));
+        let condition = get(&all_act, "FieldsNotActing");
+        assert_eq!(
+            (condition.status.as_str(), condition.reason.as_str()),
+            ("False", "AllFieldsAct")
+        );
+
+        observed.fields_not_acting = vec![InertField {
+            path: "spec.mtls.mode".to_owned(),
+            value: "Strict".to_owned(),
+        }];
+        let inert = conditions(&all_act, Some(2), &observed, &at(2));
+        let condition = get(&inert, "FieldsNotActing");
+        assert_eq!(
+            (condition.status.as_str(), condition.reason.as_str()),
+            ("True", "NotImplemented")
+        );
+        assert!(
+            condition
+                .message
+                .starts_with("spec.mtls.mode (Strict) is accepted but not acted on"),
+            "{}",
+            condition.message
+        );
+        assert_eq!(condition.last_transition_time, at(2));
+        assert_eq!(get(&inert, "Ready").status, "True");
+        assert_eq!(get(&inert, "Degraded").status, "False");
     }
 
     #[test]

@@ -335,7 +335,7 @@ mod tests {
     use crate::xds::resources::{DESTINATION_TYPE, EGRESS_TYPE, SETTINGS_TYPE, split};
 
     fn config(yaml: &str) -> ProxyConfig {
-        serde_yaml_ng::from_str(yaml).expect("valid yaml")
+        crate::yaml::from_str(yaml).expect("valid yaml")
     }
 
     /// The first responses of a stream, as the control plane sends them: every type, all of it.

@@ -9,7 +9,7 @@
 //! | `skein_proxy_tcp_connections_rejected_total` | `direction`, `reason` | connections closed at once, without connecting anywhere |
 //!
 //! | `skein_proxy_requests_total` | request labels (below) | HTTP requests answered, by response |
-//! | `skein_proxy_request_duration_milliseconds` | `direction`, `destination_service`, `classification` | histogram: request start to the end of the response |
+//! | `skein_proxy_request_duration_seconds` | `direction`, `destination_service`, `classification` | histogram: request start to the end of the response, in seconds (buckets 0.5 ms to 10 s) |
 //! | `skein_proxy_retries_total` | `destination_service`, `result` | retries sent (`result=sent`) or refused by the retry budget (`result=budget_exhausted`) |
 //! | `skein_proxy_local_responses_total` | `direction`, `reason` | responses the proxy made itself instead of an upstream's; `reason` is the `x-skein-error` header they carry: `egress-blocked`, `no-endpoints`, `connect-failure`, `timeout`, `overloaded`, `upstream-reset`, `fault-abort`, `client-body-error` |
 //! | `skein_proxy_egress_blocked_total` | `protocol` | requests (`http`) and connections (`tls`, `tcp`) to unknown destinations refused under `RegistryOnly` |
@@ -191,10 +191,11 @@ pub struct HttpMetrics {
     pub config_info: Family<VersionLabels, Gauge>,
 }
 
-/// Latency buckets in milliseconds: sub-millisecond hops up to ten-second stalls.
+/// Latency buckets in seconds, as Prometheus names every duration: sub-millisecond hops up to
+/// ten-second stalls.
 fn latency_histogram() -> Histogram {
     Histogram::new([
-        0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
+        0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
     ])
 }
 
@@ -216,7 +217,7 @@ impl HttpMetrics {
             metrics.requests.clone(),
         );
         registry.register(
-            "request_duration_milliseconds",
+            "request_duration_seconds",
             "Request start to the end of the response",
             metrics.latency.clone(),
         );
@@ -381,6 +382,11 @@ impl Metrics {
             Direction::Inbound => &self.inbound,
             Direction::Outbound => &self.outbound,
         }
+    }
+
+    /// The registry, for the admin server's `/metrics`.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// Everything in the Prometheus / OpenMetrics text format.

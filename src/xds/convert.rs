@@ -626,7 +626,7 @@ destinations:
     /// YAML read as JSON would be, so enums are written as maps (`{prefix: /api}`) rather
     /// than YAML tags.
     pub(crate) fn from_yaml(yaml: &str) -> cfg::ProxyConfig {
-        let value: serde_json::Value = serde_yaml_ng::from_str(yaml).expect("valid yaml");
+        let value: serde_json::Value = crate::yaml::from_str(yaml).expect("valid yaml");
         serde_json::from_value(value).expect("valid config")
     }
 

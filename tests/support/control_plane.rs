@@ -56,7 +56,7 @@ impl ControlPlane {
             .arg("--tls-key")
             .arg(dir.path().join("tls.key"))
             .env("KUBECONFIG", super::kubeconfig())
-            .env("RUST_LOG", "info,skein=debug")
+            .env("SKEIN_LOG", "info,skein=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -41,7 +41,7 @@ fn agent() -> Background {
         .iter()
         .map(|s| (*s).to_owned())
         .collect(),
-        env: vec![("RUST_LOG".to_owned(), "info,skein=debug".to_owned())],
+        env: vec![("SKEIN_LOG".to_owned(), "info,skein=debug".to_owned())],
     }
 }
 
@@ -195,6 +195,24 @@ pub fn exec_ok(namespace: &str, pod: &str, container: Option<&str>, command: &[&
         "{command:?} in {namespace}/{pod} failed ({}): {}{}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `skein dev logs NAMESPACE/POD -c CONTAINER`: the container's log so far.
+pub fn logs(namespace: &str, pod: &str, container: &str) -> String {
+    let out = Command::new(SKEIN)
+        .args(["dev", "logs", "--cluster", super::cluster_name()])
+        .arg(format!("{namespace}/{pod}"))
+        .args(["-c", container])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running skein dev logs");
+    assert!(
+        out.status.success(),
+        "skein dev logs {namespace}/{pod} -c {container} failed ({}): {}",
+        out.status,
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()

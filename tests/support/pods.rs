@@ -284,7 +284,7 @@ impl<'m> Pod<'m> {
             &format!("skein proxy in {}", self.name),
             Some(PROXY_UID),
             &args,
-            &[("RUST_LOG", "info,skein::proxy=debug")],
+            &[("SKEIN_LOG", "info,skein::proxy=debug")],
         );
         let mut proxy = Proxy {
             pod: self,
@@ -321,7 +321,7 @@ impl<'m> Pod<'m> {
             &format!("demo-app in {}", self.name),
             Some(APP_UID),
             args,
-            &[("RUST_LOG", "info")],
+            &[("SKEIN_LOG", "info")],
         );
         let mut app = App { pod: self, process };
         app.wait_healthy(port);

@@ -51,7 +51,9 @@
 //!   without a RouteRule gets one catch-all route with those defaults, or no route when there
 //!   are none.
 //! - A TrafficPolicy sets the destination's load balancer, limits, outlier detection and opaque
-//!   ports. Its `mtlsMode` is accepted but not part of the proxy configuration yet.
+//!   ports. Its `mtlsMode` is not part of the proxy configuration yet: a policy setting it
+//!   reports `FieldsNotActing=True` ([`crate::api::not_acting`]), as does any rule with a field
+//!   nothing acts on.
 //! - An EgressRule adds one egress entry per host and port to the proxies of the namespaces it
 //!   applies to (`spec.namespaces`, `*` for all, or only its own namespace by default).
 //! - Several RouteRules (or several TrafficPolicies) for one Service: the oldest
@@ -85,6 +87,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Serialize;
 
 use crate::api::meshconfig::OutboundTrafficPolicy as MeshOutboundPolicy;
+use crate::api::not_acting::NotActing;
 use crate::api::{EgressRule, MeshConfigSpec, RouteRule, TrafficPolicy, names};
 use crate::proxy::config::types::{
     Destination, EgressAllow, OutboundTrafficPolicy, ProxyConfig, Workload,
@@ -198,7 +201,11 @@ impl MeshView {
         // TrafficPolicies first: they shape the destinations (opaque ports, balancing).
         let policies = status::decide(
             inputs.traffic_policies.iter().map(|tp| {
-                let meta = RuleMeta::new(RuleKind::TrafficPolicy, &tp.metadata);
+                let meta = RuleMeta::new(
+                    RuleKind::TrafficPolicy,
+                    &tp.metadata,
+                    tp.spec.fields_not_acting(),
+                );
                 let problems = validate_traffic_policy(&tp.spec);
                 Candidate {
                     target: status::parse_service_ref(&tp.spec.service, &meta.namespace),
@@ -208,17 +215,17 @@ impl MeshView {
                     } else {
                         Err(problems)
                     },
-                    note: tp
-                        .spec
-                        .mtls_mode
-                        .map(|_| policy::MTLS_NOT_APPLIED.to_owned()),
                 }
             }),
             "already applies to",
         );
         let rules = status::decide(
             inputs.route_rules.iter().map(|rr| {
-                let meta = RuleMeta::new(RuleKind::RouteRule, &rr.metadata);
+                let meta = RuleMeta::new(
+                    RuleKind::RouteRule,
+                    &rr.metadata,
+                    rr.spec.fields_not_acting(),
+                );
                 let problems = validate_route_rule(&rr.spec);
                 Candidate {
                     target: status::parse_service_ref(&rr.spec.service, &meta.namespace),
@@ -228,7 +235,6 @@ impl MeshView {
                     } else {
                         Err(problems)
                     },
-                    note: None,
                 }
             }),
             "already routes",
@@ -292,14 +298,18 @@ impl MeshView {
 
         let mut egress = Vec::new();
         for rule in inputs.egress_rules {
-            let meta = RuleMeta::new(RuleKind::EgressRule, &rule.metadata);
+            let meta = RuleMeta::new(
+                RuleKind::EgressRule,
+                &rule.metadata,
+                rule.spec.fields_not_acting(),
+            );
             let problems = validate_egress_rule(&rule.spec);
             let acceptance = if problems.is_empty() {
                 egress.push((
                     (meta.namespace.clone(), meta.name.clone()),
                     egress::prepare(&meta.namespace, &rule.spec),
                 ));
-                Acceptance::Accepted { note: None }
+                Acceptance::Accepted
             } else {
                 Acceptance::Invalid(problems)
             };

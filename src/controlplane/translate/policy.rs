@@ -14,10 +14,6 @@ pub(super) struct DestinationPolicy {
     pub opaque_ports: Vec<u16>,
 }
 
-/// Said in the `Accepted` condition of a policy that sets `mtlsMode`, so nobody believes it
-/// is enforced.
-pub(super) const MTLS_NOT_APPLIED: &str = "mtlsMode is not applied by proxies yet";
-
 /// Checks what the CRD schema cannot (or what a rule created without it could get wrong) and
 /// what the proxy would refuse the whole configuration for: every problem with its field path.
 pub fn validate_traffic_policy(spec: &TrafficPolicySpec) -> Vec<String> {

@@ -7,6 +7,7 @@ use std::fmt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 
+use crate::api::not_acting::{self, InertField};
 use crate::api::rule_status::{
     ACCEPTED, REASON_ACCEPTED, REASON_CONFLICTED, REASON_INVALID, REASON_RESOLVED,
     REASON_SERVICE_NOT_FOUND, RESOLVED_REFS,
@@ -44,8 +45,8 @@ pub struct RuleReport {
     pub namespace: String,
     pub name: String,
     pub generation: Option<i64>,
-    /// `Accepted` and, for rules naming a Service, `ResolvedRefs` (types and reasons from
-    /// [`crate::api::rule_status`]), with `observedGeneration` = `generation` and
+    /// `Accepted`, for rules naming a Service `ResolvedRefs` (types and reasons from
+    /// [`crate::api::rule_status`]), and `FieldsNotActing` ([`not_acting`]), with `observedGeneration` = `generation` and
     /// `lastTransitionTime` = [`TRANSITION_TIME_PLACEHOLDER`].
     pub conditions: Vec<Condition>,
 }
@@ -107,7 +108,7 @@ pub(super) fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-/// Who a rule is, and what decides precedence between rules.
+/// Who a rule is, what decides precedence between rules, and which of its fields do nothing.
 #[derive(Clone, Debug)]
 pub(super) struct RuleMeta {
     pub kind: RuleKind,
@@ -115,16 +116,19 @@ pub(super) struct RuleMeta {
     pub name: String,
     pub generation: Option<i64>,
     created: Option<Time>,
+    /// Spec fields set to a value nothing acts on yet ([`not_acting`]).
+    not_acting: Vec<InertField>,
 }
 
 impl RuleMeta {
-    pub fn new(kind: RuleKind, meta: &ObjectMeta) -> Self {
+    pub fn new(kind: RuleKind, meta: &ObjectMeta, not_acting: Vec<InertField>) -> Self {
         Self {
             kind,
             namespace: meta.namespace.clone().unwrap_or_default(),
             name: meta.name.clone().unwrap_or_default(),
             generation: meta.generation,
             created: meta.creation_timestamp.clone(),
+            not_acting,
         }
     }
 
@@ -143,9 +147,7 @@ impl RuleMeta {
 /// Whether a rule is in the configuration proxies receive.
 #[derive(Clone, Debug)]
 pub(super) enum Acceptance {
-    Accepted {
-        note: Option<String>,
-    },
+    Accepted,
     Invalid(Vec<String>),
     /// The message names the winner.
     Conflicted(String),
@@ -167,8 +169,6 @@ pub(super) struct Candidate<T> {
     pub meta: RuleMeta,
     pub target: Result<ServiceKey, String>,
     pub translated: Result<T, Vec<String>>,
-    /// Said in the `Accepted` message when the rule is accepted.
-    pub note: Option<String>,
 }
 
 /// The outcome for every rule of one kind.
@@ -189,9 +189,7 @@ pub(super) fn decide<T>(
     let mut valid = Vec::new();
     for candidate in candidates {
         match (candidate.translated, &candidate.target) {
-            (Ok(value), Ok(key)) => {
-                valid.push((key.clone(), candidate.meta, value, candidate.note))
-            }
+            (Ok(value), Ok(key)) => valid.push((key.clone(), candidate.meta, value)),
             (Err(problems), _) => {
                 decided.push((
                     candidate.meta,
@@ -213,13 +211,13 @@ pub(super) fn decide<T>(
     valid.sort_by(|a, b| (&a.0, a.1.precedence()).cmp(&(&b.0, b.1.precedence())));
     let mut winners: HashMap<ServiceKey, T> = HashMap::new();
     let mut winner_name = String::new();
-    for (key, meta, value, note) in valid {
+    for (key, meta, value) in valid {
         let acceptance = if winners.contains_key(&key) {
             Acceptance::Conflicted(format!("{winner_name} {verb} {key}; this one is ignored"))
         } else {
             winner_name = format!("{} {}/{}", meta.kind, meta.namespace, meta.name);
             winners.insert(key.clone(), value);
-            Acceptance::Accepted { note }
+            Acceptance::Accepted
         };
         decided.push((meta, Ok(key), acceptance));
     }
@@ -241,14 +239,12 @@ pub(super) fn report(
         last_transition_time: TRANSITION_TIME_PLACEHOLDER,
     };
     let mut conditions = vec![match acceptance {
-        Acceptance::Accepted { note } => {
-            let mut message = "the rule is in the configuration proxies receive".to_owned();
-            if let Some(note) = note {
-                message.push_str("; ");
-                message.push_str(note);
-            }
-            condition(ACCEPTED, true, REASON_ACCEPTED, message)
-        }
+        Acceptance::Accepted => condition(
+            ACCEPTED,
+            true,
+            REASON_ACCEPTED,
+            "the rule is in the configuration proxies receive".to_owned(),
+        ),
         Acceptance::Invalid(problems) => {
             condition(ACCEPTED, false, REASON_INVALID, problems.join("; "))
         }
@@ -284,6 +280,13 @@ pub(super) fn report(
             ),
         });
     }
+    let (inert, reason, message) = not_acting::condition(&meta.not_acting);
+    conditions.push(condition(
+        not_acting::FIELDS_NOT_ACTING,
+        inert,
+        reason,
+        message,
+    ));
     RuleReport {
         kind: meta.kind,
         namespace: meta.namespace.clone(),

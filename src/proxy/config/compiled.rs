@@ -295,7 +295,7 @@ mod tests {
     use super::*;
 
     fn config(yaml: &str) -> ProxyConfig {
-        serde_yaml_ng::from_str(yaml).expect("valid yaml")
+        crate::yaml::from_str(yaml).expect("valid yaml")
     }
 
     const BACKEND: &str = r#"

@@ -33,14 +33,14 @@ pub fn parse(text: &str) -> Result<ProxyConfig, ParseError> {
     if text.trim().is_empty() {
         return Ok(ProxyConfig::default());
     }
-    let value: serde_json::Value = serde_yaml_ng::from_str(text).map_err(ParseError::Syntax)?;
+    let value: serde_json::Value = crate::yaml::from_str(text).map_err(ParseError::Syntax)?;
     serde_json::from_value(value).map_err(ParseError::Structure)
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ParseError {
     #[error("{0}")]
-    Syntax(serde_yaml_ng::Error),
+    Syntax(crate::yaml::YamlError),
     #[error("{0}")]
     Structure(serde_json::Error),
 }

@@ -552,7 +552,7 @@ impl OnResponseEnd for Recorder {
                 destination_service: labels.destination_service.clone(),
                 classification: labels.classification,
             })
-            .observe(elapsed.as_secs_f64() * 1000.0);
+            .observe(elapsed.as_secs_f64());
     }
 }
 
