@@ -20,7 +20,7 @@ fn skein_dev(args: &[&str]) -> Output {
     Command::new(SKEIN)
         .arg("dev")
         .args(args)
-        .args(["--name", CLUSTER])
+        .args(["--cluster", CLUSTER])
         .env("SKEIN_SOURCE_DIR", support::source_dir())
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())

@@ -184,7 +184,7 @@ pub async fn up(args: &DevClusterArgs) -> anyhow::Result<()> {
          kubectl -n {DEMO_NAMESPACE} get routerules,egressrules,trafficpolicies\n  \
          skein proxy-status --cluster {name}\n  \
          kubectl get meshconfig\n\n\
-         Stop everything and delete its state with `cargo run -- dev down --name {name}`.\n",
+         Stop everything and delete its state with `cargo run -- dev down --cluster {name}`.\n",
         name = args.name,
         secs = started.elapsed().as_secs(),
         kubeconfig = kubeconfig.display(),
@@ -253,7 +253,7 @@ pub fn control_plane_debug_url(cluster: &str) -> anyhow::Result<String> {
     let ports = LocalPorts::load(&cluster::state_dir(cluster))
         .filter(|p| p.debug != 0)
         .with_context(|| {
-            format!("no control plane of `skein dev up --name {cluster}` is known here: give --url")
+            format!("no control plane of `skein dev up --cluster {cluster}` known here: give --url")
         })?;
     Ok(format!("http://127.0.0.1:{}", ports.debug))
 }
