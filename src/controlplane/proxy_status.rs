@@ -95,7 +95,13 @@ async fn from_cluster_pods(kube: &KubeArgs) -> anyhow::Result<Vec<ProxyStatus>> 
         let stream = forwarder
             .take_stream(DEBUG_PORT)
             .with_context(|| format!("port-forwarding to {asked}: no stream"))?;
-        let body = get(stream, "localhost", PROXIES_PATH).await;
+        let failed = forwarder.take_error(DEBUG_PORT);
+        // The kubelet says why a forward failed (nothing listening, ...) on the port's error
+        // channel, while the stream just closes; an error channel closed without one is no news.
+        let body = tokio::select! {
+            body = get(stream, "localhost", PROXIES_PATH) => body.map_err(anyhow::Error::from),
+            Some(reason) = async { failed?.await } => Err(anyhow::anyhow!(reason)),
+        };
         forwarder.abort();
         let body = body.with_context(|| format!("asking {asked}"))?;
         proxies.extend(parse_proxies(&body).with_context(|| format!("{asked}{PROXIES_PATH}"))?);
