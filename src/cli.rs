@@ -1,14 +1,36 @@
 //! The `skein` command line: one binary, one subcommand per role.
+//!
+//! Conventions kubectl, istioctl and linkerd users expect: commands that talk to a cluster take
+//! `--kubeconfig` and `--context` ([`KubeArgs`]), commands that print data take
+//! `-o table|json|yaml` ([`OutputFormat`]), and the dev cluster is named by `--cluster`.
+
+pub mod connect;
+pub mod output;
+pub mod version;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+pub use connect::KubeArgs;
+pub use output::{OutputArgs, OutputFormat};
+pub use version::VersionArgs;
+
+/// The roles hidden from the command list, so the list shows what people run.
+const ROLES_HELP: &str = "\
+Roles the mesh runs itself (hidden above; each has its own --help):
+  operator       the operator's Deployment
+  control-plane  the control plane's Deployment (or a process, in External mode)
+  proxy, init    the containers injected into meshed pods
+  demo-app       the demo application
+  dev node       the node `skein dev up` runs";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "skein",
     version,
-    about = "Skein: a service mesh for Kubernetes"
+    about = "Skein: a service mesh for Kubernetes",
+    after_help = ROLES_HELP
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -19,12 +41,15 @@ pub struct Cli {
 pub enum Command {
     /// Print every Skein CustomResourceDefinition as multi-document YAML.
     Crds,
-    /// Print the version of this binary.
-    Version,
+    /// Print the version of this binary and, when a cluster is reachable, of the mesh, its
+    /// control plane and its proxies.
+    Version(VersionArgs),
     /// Run the operator: installs and upgrades the mesh from the MeshConfig named `default`.
+    #[command(hide = true)]
     Operator(OperatorArgs),
     /// Run the control plane: the sidecar-injection and rule-validation webhooks, and the
     /// configuration stream to every proxy (later also the CA).
+    #[command(hide = true)]
     ControlPlane(ControlPlaneArgs),
     /// Show every proxy connected to the control plane: its configuration version, and the
     /// last ACK or NACK.
@@ -33,16 +58,43 @@ pub enum Command {
     #[command(subcommand)]
     Federation(FederationCommand),
     /// Program the pod's traffic capture (the `skein-init` container); needs NET_ADMIN.
+    #[command(hide = true)]
     Init(InitArgs),
     /// Add the Skein proxy to workload YAML, like the webhook does (`-f -` reads stdin).
     Inject(InjectArgs),
     /// Run the data-plane proxy (the `skein-proxy` sidecar).
+    #[command(hide = true)]
     Proxy(crate::proxy::ProxyArgs),
     /// Run the demo application: frontend -> middleware -> backend, with fault knobs.
+    #[command(hide = true)]
     DemoApp(crate::demo::DemoAppArgs),
     /// Local development environment: a real Kubernetes control plane and node on this machine.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "`skein dev node` (hidden above) is the node agent `skein dev up` runs."
+    )]
     Dev(DevCommand),
+    /// Print a shell completion script, e.g. `source <(skein completion bash)`.
+    Completion(CompletionArgs),
+}
+
+impl Command {
+    /// Roles log at `info`. A command a person runs reports its own errors in one line, so the
+    /// kube client's log of the same failure would only repeat it.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self {
+            Self::Version(_) | Self::ProxyStatus(_) | Self::Federation(_) | Self::Completion(_) => {
+                "warn,kube_client=off"
+            }
+            _ => "info",
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CompletionArgs {
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, clap::Args)]
@@ -77,7 +129,7 @@ pub struct CreateSecretArgs {
     #[arg(long)]
     pub name: String,
     /// Namespace of the Secret on the primary cluster.
-    #[arg(long, default_value = crate::api::names::MESH_NAMESPACE)]
+    #[arg(short = 'n', long, default_value = crate::api::names::MESH_NAMESPACE)]
     pub namespace: String,
     /// Key of the kubeconfig in the Secret.
     #[arg(long, default_value = "kubeconfig")]
@@ -86,6 +138,9 @@ pub struct CreateSecretArgs {
     /// cluster reaches this cluster at).
     #[arg(long)]
     pub server: Option<String>,
+    /// The cluster to export: `--context` picks a context other than the current one.
+    #[command(flatten)]
+    pub kube: KubeArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -112,9 +167,9 @@ pub struct ControlPlaneArgs {
     #[arg(long, default_value = "0.0.0.0:9090")]
     pub xds_addr: std::net::SocketAddr,
     /// Address of the plain-HTTP debug server: `/debug/proxies`, `/debug/config?pod=NS/NAME`
-    /// and the configuration stream's `/metrics`. Loopback by default: reach it with
-    /// `kubectl port-forward`.
-    #[arg(long, default_value = "127.0.0.1:9091")]
+    /// and the configuration stream's `/metrics`. Loopback by default: `skein proxy-status`
+    /// reaches it by port-forwarding.
+    #[arg(long, default_value_t = std::net::SocketAddr::from(([127, 0, 0, 1], crate::operator::desired::DEBUG_PORT)))]
     pub debug_addr: std::net::SocketAddr,
     /// The cluster's DNS domain, for Service host names.
     #[arg(long, default_value = "cluster.local")]
@@ -123,13 +178,22 @@ pub struct ControlPlaneArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ProxyStatusArgs {
-    /// The control plane's debug server (`skein control-plane --debug-addr`). Default: the
-    /// one `skein dev up` started for `--cluster`.
-    #[arg(long)]
+    /// The control plane's debug server (`skein control-plane --debug-addr`), e.g.
+    /// `http://127.0.0.1:9091`.
+    #[arg(long, conflicts_with = "cluster")]
     pub url: Option<String>,
-    /// The `skein dev up` cluster whose control plane to ask.
-    #[arg(long, default_value = "skein-dev")]
-    pub cluster: String,
+    /// Ask the control plane that `skein dev up --cluster NAME` runs on this machine.
+    #[arg(long, value_name = "NAME")]
+    pub cluster: Option<String>,
+    /// Without --url or --cluster: the cluster whose control-plane pods to ask, through
+    /// port-forwards.
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    /// Only the proxies of this namespace. Default: all namespaces.
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -168,6 +232,7 @@ pub enum DevCommand {
     /// Stop the local cluster and delete its state.
     Down(DevClusterArgs),
     /// Run a node for the local cluster: pods as processes in network namespaces (root only).
+    #[command(hide = true)]
     Node(crate::dev::node::NodeArgs),
     /// Run a command in a container of a pod on a dev node, like `kubectl exec` (root only).
     Exec(crate::dev::node::inspect::ExecArgs),
@@ -178,7 +243,7 @@ pub enum DevCommand {
 #[derive(Debug, clap::Args)]
 pub struct DevClusterArgs {
     /// Name of the local cluster; several can run side by side.
-    #[arg(long, default_value = crate::dev::cluster::DEFAULT_CLUSTER)]
+    #[arg(long = "cluster", value_name = "NAME", default_value = crate::dev::cluster::DEFAULT_CLUSTER)]
     pub name: String,
     /// Skein source checkout holding `tests/cluster/` and `config/`. Default: the working
     /// directory or the nearest one above it that is a checkout.

@@ -2,14 +2,14 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
-use skein::api::{crds, names};
+use skein::api::crds;
 use skein::cli::{Cli, Command, DevCommand, FederationCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    skein::telemetry::init_logging();
+    skein::telemetry::init_logging(cli.command.default_log_filter());
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
@@ -34,7 +34,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .write_all(yaml.as_bytes())
                 .context("writing the CRDs to stdout")?;
         }
-        Command::Version => println!("skein {}", names::SKEIN_VERSION),
+        Command::Version(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            runtime.block_on(skein::cli::version::run(&args))?;
+        }
+        Command::Completion(args) => {
+            let mut command = Cli::command();
+            clap_complete::generate(args.shell, &mut command, "skein", &mut std::io::stdout());
+        }
         Command::Init(args) => skein::capture::run(&args)?,
         Command::Inject(args) => skein::inject::manual::run(&args)?,
         Command::Operator(args) => {

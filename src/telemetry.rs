@@ -16,7 +16,7 @@ use tracing_subscriber::EnvFilter;
 
 /// The one environment variable that sets every role's log filter.
 pub const LOG_ENV: &str = "SKEIN_LOG";
-/// The filter when [`LOG_ENV`] is unset, empty or invalid.
+/// The filter when [`LOG_ENV`] is invalid (a command's own default applies when it is unset).
 pub const DEFAULT_LOG_FILTER: &str = "info";
 
 /// The levels a bare word may name; anything else needs `target=level`.
@@ -49,12 +49,12 @@ pub fn parse_log_filter(filter: &str) -> Result<EnvFilter, LogFilterError> {
     Ok(EnvFilter::builder().parse(filter)?)
 }
 
-/// The filter for a [`LOG_ENV`] value (`None`: unset), and the warning to log when the value
-/// had to be replaced by [`DEFAULT_LOG_FILTER`].
-fn log_filter(value: Option<&str>) -> (EnvFilter, Option<String>) {
+/// The filter for a [`LOG_ENV`] value (`None`: unset, then `unset`), and the warning to log
+/// when the value had to be replaced by [`DEFAULT_LOG_FILTER`].
+fn log_filter(value: Option<&str>, unset: &str) -> (EnvFilter, Option<String>) {
     let default = || EnvFilter::new(DEFAULT_LOG_FILTER);
     match value.map(str::trim).filter(|v| !v.is_empty()) {
-        None => (default(), None),
+        None => (EnvFilter::new(unset), None),
         Some(value) => match parse_log_filter(value) {
             Ok(filter) => (filter, None),
             Err(err) => (
@@ -67,10 +67,11 @@ fn log_filter(value: Option<&str>) -> (EnvFilter, Option<String>) {
     }
 }
 
-/// Logs to stderr, filtered by [`LOG_ENV`] (default `info`).
-pub fn init_logging() {
+/// Logs to stderr, filtered by [`LOG_ENV`], else by `default` (an `EnvFilter` directive: roles
+/// log at `info`, commands a person runs more quietly).
+pub fn init_logging(default: &str) {
     let value = std::env::var(LOG_ENV).ok();
-    let (filter, warning) = log_filter(value.as_deref());
+    let (filter, warning) = log_filter(value.as_deref(), default);
     // A second initialisation (tests) is harmless: keep the first subscriber.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -101,7 +102,7 @@ mod tests {
     use super::*;
 
     fn accepted(value: Option<&str>) -> bool {
-        log_filter(value).1.is_none()
+        log_filter(value, DEFAULT_LOG_FILTER).1.is_none()
     }
 
     #[test]
@@ -123,14 +124,14 @@ mod tests {
     #[test]
     fn a_bad_filter_falls_back_to_info_and_says_why_in_one_line() {
         for value in ["verbose", "debgu", "info,skein=loud", "skein=debug=x"] {
-            let (filter, warning) = log_filter(Some(value));
+            let (filter, warning) = log_filter(Some(value), DEFAULT_LOG_FILTER);
             let warning = warning.unwrap_or_else(|| panic!("{value} was accepted"));
             assert!(!warning.contains('\n'), "{warning}");
             assert!(warning.starts_with("SKEIN_LOG="), "{warning}");
             assert!(warning.ends_with("logging at info"), "{warning}");
             assert_eq!(filter.to_string(), "info", "{value}");
         }
-        let warning = log_filter(Some("verbose")).1.unwrap();
+        let warning = log_filter(Some("verbose"), DEFAULT_LOG_FILTER).1.unwrap();
         assert!(
             warning.contains("\"verbose\" is neither a level"),
             "{warning}"

@@ -21,7 +21,7 @@ fn skein_dev(args: &[&str]) -> Output {
     Command::new(SKEIN)
         .arg("dev")
         .args(args)
-        .args(["--name", CLUSTER])
+        .args(["--cluster", CLUSTER])
         .env("SKEIN_SOURCE_DIR", support::source_dir())
         .env("SKEIN_LOG", "info")
         .stdin(Stdio::null())
@@ -380,7 +380,7 @@ fn dev_up_without_iptables_names_it_and_starts_nothing() {
         std::os::unix::fs::symlink(found, bin.path().join(&tool.command)).expect("symlink");
     }
     let out = Command::new(SKEIN)
-        .args(["dev", "up", "--name", NAME])
+        .args(["dev", "up", "--cluster", NAME])
         .env("PATH", bin.path())
         .env("SKEIN_SOURCE_DIR", support::source_dir())
         .stdin(Stdio::null())

@@ -36,7 +36,7 @@ fn demo_up() {
     UP.get_or_init(|| {
         support::use_cluster(CLUSTER);
         let out = Command::new(SKEIN)
-            .args(["dev", "up", "--name", CLUSTER])
+            .args(["dev", "up", "--cluster", CLUSTER])
             .env("SKEIN_SOURCE_DIR", support::source_dir())
             .env("SKEIN_LOG", "info")
             .stdin(Stdio::null())
@@ -489,7 +489,7 @@ async fn proxies_keep_their_configuration_while_the_control_plane_is_down_and_re
 /// `skein dev up` again: restarts what is not running (here, the control plane).
 fn demo_restart() {
     let out = Command::new(SKEIN)
-        .args(["dev", "up", "--name", CLUSTER])
+        .args(["dev", "up", "--cluster", CLUSTER])
         .env("SKEIN_SOURCE_DIR", support::source_dir())
         .stdin(Stdio::null())
         .output()

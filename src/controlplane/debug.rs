@@ -33,7 +33,8 @@ async fn proxies(State(state): State<DebugState>) -> Response {
     axum::Json(sorted(state.push.proxies())).into_response()
 }
 
-fn sorted(mut proxies: Vec<ProxyStatus>) -> Vec<ProxyStatus> {
+/// By namespace, pod and stream start: the order `/debug/proxies` and `skein proxy-status` list.
+pub(crate) fn sorted(mut proxies: Vec<ProxyStatus>) -> Vec<ProxyStatus> {
     proxies.sort_by(|a, b| {
         (&a.namespace, &a.pod, &a.connected_since).cmp(&(&b.namespace, &b.pod, &b.connected_since))
     });

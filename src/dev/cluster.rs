@@ -5,8 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
+use kube::Client;
+
+use crate::cli::connect::{ConnectError, KubeArgs};
 
 /// Name of the cluster `skein dev up` starts.
 pub const DEFAULT_CLUSTER: &str = "skein-dev";
@@ -27,13 +28,8 @@ pub enum ClusterError {
         "{script} did not print `export KUBECONFIG=<path>` as its last line (got {last_line:?})"
     )]
     NoKubeconfig { script: PathBuf, last_line: String },
-    #[error("reading kubeconfig {path}: {source}")]
-    Kubeconfig {
-        path: PathBuf,
-        source: kube::config::KubeconfigError,
-    },
-    #[error("building a client for {path}: {source}")]
-    Client { path: PathBuf, source: kube::Error },
+    #[error("{0}")]
+    Connect(ConnectError),
     #[error(
         "{0} is not a Skein source checkout (no tests/cluster/up.sh): give the checkout with --source-dir or SKEIN_SOURCE_DIR"
     )]
@@ -190,18 +186,10 @@ pub fn state_dir(name: &str) -> PathBuf {
 
 /// A client for the cluster behind `kubeconfig`.
 pub async fn client(kubeconfig: &Path) -> Result<Client, ClusterError> {
-    let to_kubeconfig_error = |source| ClusterError::Kubeconfig {
-        path: kubeconfig.to_owned(),
-        source,
-    };
-    let raw = Kubeconfig::read_from(kubeconfig).map_err(to_kubeconfig_error)?;
-    let config = Config::from_custom_kubeconfig(raw, &KubeConfigOptions::default())
+    KubeArgs::file(kubeconfig)
+        .client()
         .await
-        .map_err(to_kubeconfig_error)?;
-    Client::try_from(config).map_err(|source| ClusterError::Client {
-        path: kubeconfig.to_owned(),
-        source,
-    })
+        .map_err(ClusterError::Connect)
 }
 
 /// `export KUBECONFIG=/abs/path` → `/abs/path`.

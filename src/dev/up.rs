@@ -251,7 +251,7 @@ fn next_steps(n: &NextSteps) -> String {
          kubectl -n {ns} get routerules,egressrules,trafficpolicies\n  \
          {skein} proxy-status --cluster {cluster}\n  \
          kubectl get meshconfig\n\n\
-         Stop everything and delete its state with `{skein} dev down --name {cluster}`.\n"
+         Stop everything and delete its state with `{skein} dev down --cluster {cluster}`.\n"
     )
 }
 
@@ -365,7 +365,7 @@ pub fn control_plane_debug_url(cluster: &str) -> anyhow::Result<String> {
     let ports = LocalPorts::load(&cluster::state_dir(cluster))
         .filter(|p| p.debug != 0)
         .with_context(|| {
-            format!("no control plane of `skein dev up --name {cluster}` is known here: give --url")
+            format!("no control plane of `skein dev up --cluster {cluster}` known here: give --url")
         })?;
     Ok(format!("http://127.0.0.1:{}", ports.debug))
 }

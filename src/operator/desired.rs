@@ -38,6 +38,11 @@ pub const WEBHOOK_TLS_SECRET: &str = "skein-webhook-tls";
 pub const WEBHOOK_PORT: i32 = 9443;
 pub const WEBHOOK_SERVICE_PORT: i32 = 443;
 pub const XDS_PORT: i32 = 9090;
+/// Port of the control plane's debug server, on its pod's loopback only: `skein proxy-status`
+/// reaches it by port-forwarding through the apiserver.
+pub const DEBUG_PORT: u16 = 9091;
+/// Name of the control plane's container in its Deployment (its image tag is its version).
+pub const CONTROL_PLANE_CONTAINER: &str = "control-plane";
 /// Pod-template annotation that changes with the settings, so a change restarts the pods.
 pub const SETTINGS_HASH_ANNOTATION: &str = "skein.dev/settings-hash";
 /// Label marking everything the operator manages (cluster-scoped objects are found by it).
@@ -254,7 +259,8 @@ pub fn owner_reference(mc: &MeshConfig) -> OwnerReference {
     }
 }
 
-fn control_plane_selector() -> LabelSelector {
+/// Selects the control plane's pods (Deployment, Service, `skein proxy-status`, `skein version`).
+pub fn control_plane_selector() -> LabelSelector {
     LabelSelector {
         match_labels: Some(BTreeMap::from([(
             "app.kubernetes.io/name".to_owned(),
@@ -284,7 +290,7 @@ fn control_plane_deployment(
     };
     let quantity = |q: &str| Quantity(q.to_owned());
     let container = Container {
-        name: "control-plane".to_owned(),
+        name: CONTROL_PLANE_CONTAINER.to_owned(),
         image: Some(image),
         args: Some(vec![
             "control-plane".to_owned(),

@@ -43,8 +43,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, ObjectMeta};
 use kube::config::{
-    AuthInfo, Context, KubeConfigOptions, Kubeconfig, KubeconfigError, NamedAuthInfo, NamedCluster,
-    NamedContext,
+    AuthInfo, Context, KubeConfigOptions, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext,
 };
 use kube::{Client, Config};
 use serde_json::Value;
@@ -76,8 +75,6 @@ const PART_OF_LABEL: &str = "app.kubernetes.io/part-of";
 #[derive(Debug, thiserror::Error)]
 pub enum FederationError {
     // --- skein federation create-secret
-    #[error("reading the kubeconfig: {0}")]
-    ReadKubeconfig(KubeconfigError),
     #[error("the kubeconfig has no current context (select one with `kubectl config use-context`)")]
     NoCurrentContext,
     #[error("the current context {0:?} is not defined in the kubeconfig")]
@@ -799,8 +796,8 @@ fn is_timeout(err: &kube::Error) -> bool {
 }
 
 /// A one-line description of a kube error with its causes (kube's own messages often stop at
-/// "client error (Connect)" and keep the reason in the source chain).
-fn describe(err: &kube::Error) -> String {
+/// "client error (Connect)" and keep the reason in the source chain). Also the CLI's.
+pub fn describe(err: &kube::Error) -> String {
     if let kube::Error::Api(status) = err {
         return format!("{} {}: {}", status.code, status.reason, status.message);
     }
@@ -844,10 +841,10 @@ fn exported_services(services: &[Service]) -> Vec<ExportedService> {
 // =============================================================================================
 // skein federation create-secret
 
-/// Prints (YAML) a Secret holding a self-contained kubeconfig for the current context, to apply
-/// on the primary cluster.
+/// Prints (YAML) a Secret holding a self-contained kubeconfig for the current (or `--context`)
+/// context, to apply on the primary cluster.
 pub async fn create_secret(args: &CreateSecretArgs) -> anyhow::Result<()> {
-    let kubeconfig = Kubeconfig::read().map_err(FederationError::ReadKubeconfig)?;
+    let kubeconfig = args.kube.kubeconfig()?;
     let secret = kubeconfig_secret(&kubeconfig, args)?;
     let yaml = crate::yaml::to_string(&secret).map_err(FederationError::Yaml)?;
     std::io::stdout()
@@ -1391,6 +1388,7 @@ mod tests {
             namespace: "skein-system".to_owned(),
             key: "config".to_owned(),
             server: Some("https://east.example:6443".to_owned()),
+            kube: Default::default(),
         };
         let secret = kubeconfig_secret(&source, &args).unwrap();
         assert_eq!(secret.metadata.name.as_deref(), Some("skein-remote-east"));
