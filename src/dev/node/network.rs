@@ -137,6 +137,12 @@ impl NodeNetwork {
         self.netns
             .ip(&["addr", "replace", &address, "dev", BRIDGE])?;
         self.netns.ip(&["link", "set", BRIDGE, "up"])?;
+        // Service VIPs are routable from the node itself, as on a real node: what the
+        // apiserver's tunnels (`egress`) dial for a webhook behind a Service. kube-proxy's
+        // OUTPUT rules then rewrite the VIP to a pod; a VIP with no route would fail first.
+        let services = self.service_cidr.to_string();
+        self.netns
+            .ip(&["route", "replace", &services, "dev", BRIDGE])?;
         // Routing between pods and toward Service backends, and iptables on bridged frames so
         // that kube-proxy's NAT applies to pod-to-pod traffic on the same bridge. Both are
         // settings of this namespace only.
