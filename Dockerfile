@@ -4,16 +4,24 @@
 #
 #   docker build -t ghcr.io/skein-mesh/skein:0.1.0 .
 #
-# Untested here (no container engine in the development environment).
+# No container engine runs in the development environment or CI; tests/image.rs rebuilds the
+# build stage's view of the source (exactly what its COPY lines copy, less .dockerignore) and
+# checks the crate there, so a missing input fails the tests.
 
 # ---- build: a static binary ----
 # rust:alpine targets musl natively (x86_64- or aarch64-unknown-linux-musl, following the build
 # platform), and musl binaries are statically linked by default, so the result runs on any base
-# image. musl-dev: headers and crt files for ring's C and assembly parts.
+# image. musl-dev: headers and crt files for ring's C and assembly parts. protoc needs no
+# package: build.rs uses the one protoc-bin-vendored ships, statically linked, so it runs on musl
+# (set PROTOC to use another).
 FROM rust:1.95-alpine AS build
 RUN apk add --no-cache musl-dev
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+# Everything the build reads: the manifest and lockfile, build.rs and the proto/ files it
+# compiles, the sources, and benches/ (Cargo.toml names its targets, so the manifest does not
+# load without them).
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY proto proto
 COPY benches benches
 COPY src src
 # Cache mounts keep the registry and the target dir between builds; the binary is copied out of

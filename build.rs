@@ -1,11 +1,20 @@
 //! Generates the control-plane stream's Rust code (messages, gRPC client and server) from
-//! `proto/`, with the protoc that `protoc-bin-vendored` ships: a build needs no system protobuf
-//! compiler.
+//! `proto/`. protoc is the one named by `PROTOC` when set (the convention prost-build follows),
+//! else the one `protoc-bin-vendored` ships: a build needs no system protobuf compiler. The
+//! vendored Linux binaries are statically linked, so they run on musl (the Dockerfile's alpine
+//! build stage) as well as glibc.
+
+use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-env-changed=PROTOC");
+    let protoc = match std::env::var_os("PROTOC") {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => protoc_bin_vendored::protoc_bin_path()?,
+    };
     let mut config = tonic_prost_build::Config::new();
-    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    config.protoc_executable(protoc);
     // Ordered maps encode in a stable order, so a resource's bytes (and the version hashed from
     // them) depend only on its content.
     config.btree_map(["."]);

@@ -1,8 +1,11 @@
 //! Packaging of the operator: the plain manifests in `config/` and the Helm chart in
 //! `charts/skein/` lint, render, are accepted by a real kube-apiserver (server-side dry run, so
 //! the schemas, RBAC rules and CRD validation are the server's own), say the same thing, and
-//! install exactly the CRDs of `crds/`; and the operator's RBAC lets it install everything it
-//! installs for a MeshConfig, the control plane's (Cluster)Roles included.
+//! install exactly the CRDs of `crds/`, which draw no warning from the apiserver; the chart's
+//! values schema refuses bad values by name, its optional objects (PodDisruptionBudget,
+//! ServiceMonitor) appear when asked and select what they should, and its NOTES tell a user what
+//! to do next without pointing into this repository; and the operator's RBAC lets it install
+//! everything it installs for a MeshConfig, the control plane's (Cluster)Roles included.
 //!
 //! helm comes from tests/cluster/build.sh (built from tests/cluster/helm/go.mod).
 
@@ -42,6 +45,11 @@ affinity:
           labelSelector:
             matchLabels:
               app.kubernetes.io/name: skein-operator
+serviceMonitor:
+  enabled: true
+  interval: 30s
+  labels:
+    release: prometheus
 meshConfig:
   create: true
   spec:
@@ -57,7 +65,12 @@ fn source(path: &str) -> PathBuf {
 
 /// Runs `command` (feeding it `stdin`), fails the test with its output unless it succeeds, and
 /// returns its stdout.
-fn run(mut command: Command, stdin: Option<&str>) -> String {
+fn run(command: Command, stdin: Option<&str>) -> String {
+    run_output(command, stdin).0
+}
+
+/// [`run`], returning stdout and stderr.
+fn run_output(mut command: Command, stdin: Option<&str>) -> (String, String) {
     let described = format!("{command:?}");
     command
         .current_dir(support::source_dir())
@@ -87,13 +100,31 @@ fn run(mut command: Command, stdin: Option<&str>) -> String {
             .unwrap_or_else(|err| panic!("writing the input of {described}: {err}"));
     }
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(
         output.status.success(),
-        "{described} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{}",
+        "{described} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
         output.status,
-        String::from_utf8_lossy(&output.stderr),
     );
-    stdout
+    (stdout, stderr)
+}
+
+/// Runs `command`, fails the test unless it fails too, and returns what it printed (stdout,
+/// then stderr: `helm lint` reports on stdout, `helm template` on stderr).
+fn run_failing(mut command: Command) -> String {
+    let described = format!("{command:?}");
+    let output = command
+        .current_dir(support::source_dir())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|err| panic!("running {described}: {err}"));
+    let printed = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "{described} succeeded:\n{printed}"
+    );
+    printed
 }
 
 /// `helm`, built by tests/cluster/build.sh next to kubectl.
@@ -251,6 +282,15 @@ fn helm_lint_passes() {
     let mut command = helm();
     command.args(["lint", "--strict", CHART, "--set", "meshConfig.create=true"]);
     run(command, None);
+
+    // Every option set: the values pass the schema too.
+    let file = tempfile::NamedTempFile::new().expect("creating a values file");
+    std::fs::write(file.path(), FULL_VALUES).expect("writing the values file");
+    let mut command = helm();
+    command
+        .args(["lint", "--strict", CHART, "-f"])
+        .arg(file.path());
+    run(command, None);
 }
 
 #[test]
@@ -322,6 +362,135 @@ fn meshconfig_is_rendered_only_when_asked() {
         .find(|o| is_meshconfig(o))
         .expect("a MeshConfig");
     assert_eq!(meshconfig["spec"], serde_json::json!({}));
+}
+
+#[test]
+fn values_schema_refuses_bad_values_and_names_them() {
+    // (what `--set` gets, what helm's error must say)
+    let cases = [
+        // A misspelt key, top-level or nested, is refused rather than ignored.
+        ("replica=2", "additional properties 'replica' not allowed"),
+        (
+            "serviceMonitor.enable=true",
+            "additional properties 'enable' not allowed",
+        ),
+        ("replicas=two", "/replicas"),
+        ("replicas=0", "/replicas"),
+        ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
+        ("leaseDuration=15", "/leaseDuration"),
+        ("resources.limits.memory=lots", "/resources/limits/memory"),
+        ("meshConfig.create=yes", "/meshConfig/create"),
+        ("serviceMonitor.interval=often", "/serviceMonitor/interval"),
+    ];
+    for (value, named) in cases {
+        let mut template = helm();
+        template.args([
+            "template",
+            RELEASE,
+            CHART,
+            "-n",
+            MESH_NAMESPACE,
+            "--set",
+            value,
+        ]);
+        let mut lint = helm();
+        lint.args(["lint", "--strict", CHART, "--set", value]);
+        for command in [template, lint] {
+            let described = format!("{command:?}");
+            let printed = run_failing(command);
+            assert!(
+                printed.contains(named),
+                "{described}: the error does not say {named:?}:\n{printed}"
+            );
+        }
+    }
+}
+
+#[test]
+fn disruption_budget_only_with_more_than_one_replica() {
+    let is_pdb = |object: &&Value| object["kind"] == "PodDisruptionBudget";
+    assert_eq!(
+        objects(&render(&[])).iter().filter(is_pdb).count(),
+        0,
+        "one replica needs no PodDisruptionBudget (it would only block a drain)"
+    );
+
+    let rendered = objects(&render_with_values(FULL_VALUES, &[]));
+    let pdbs: Vec<&Value> = rendered.iter().filter(is_pdb).collect();
+    assert_eq!(pdbs.len(), 1, "replicas: 2 renders one PodDisruptionBudget");
+    let pdb = pdbs[0];
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    let deployment = rendered
+        .iter()
+        .find(|o| o["kind"] == "Deployment")
+        .expect("a Deployment");
+    assert_selects(
+        &pdb["spec"]["selector"]["matchLabels"],
+        &deployment["spec"]["template"]["metadata"]["labels"],
+        "the PodDisruptionBudget's selector, the operator's pods",
+    );
+}
+
+/// Fails unless every label of `selector` is in `labels`.
+fn assert_selects(selector: &Value, labels: &Value, what: &str) {
+    let selector = selector.as_object().expect("a label selector");
+    assert!(!selector.is_empty(), "{what}: an empty selector");
+    for (key, value) in selector {
+        assert_eq!(&labels[key], value, "{what}: {key} does not match");
+    }
+}
+
+#[test]
+fn metrics_service_and_service_monitor_reach_the_operators_metrics_port() {
+    let rendered = objects(&render_with_values(FULL_VALUES, &[]));
+    let find = |kind: &str| {
+        let found: Vec<&Value> = rendered.iter().filter(|o| o["kind"] == kind).collect();
+        assert_eq!(found.len(), 1, "one {kind}");
+        found[0]
+    };
+    let deployment = find("Deployment");
+    let service = find("Service");
+    let monitor = find("ServiceMonitor");
+
+    // The Service picks the operator's pods and forwards to their metrics port.
+    assert_eq!(service["metadata"]["name"], "skein-operator-metrics");
+    assert_selects(
+        &service["spec"]["selector"],
+        &deployment["spec"]["template"]["metadata"]["labels"],
+        "the metrics Service's selector, the operator's pods",
+    );
+    let port = &service["spec"]["ports"][0];
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let container_port = container["ports"]
+        .as_array()
+        .expect("container ports")
+        .iter()
+        .find(|p| p["name"] == port["targetPort"])
+        .unwrap_or_else(|| panic!("no container port named {}", port["targetPort"]));
+    assert_eq!(container_port["containerPort"], 8080);
+    assert_eq!(port["port"], 8080);
+
+    // The ServiceMonitor picks that Service, by its labels, and scrapes its port by name.
+    assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(monitor["metadata"]["namespace"], MESH_NAMESPACE);
+    assert_selects(
+        &monitor["spec"]["selector"]["matchLabels"],
+        &service["metadata"]["labels"],
+        "the ServiceMonitor's selector, the metrics Service",
+    );
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(endpoint["port"], port["name"]);
+    assert_eq!(endpoint["path"], "/metrics");
+    assert_eq!(endpoint["interval"], "30s");
+    assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
+
+    // Off by default: it needs the Prometheus Operator's CRDs.
+    assert!(
+        !objects(&render(&[]))
+            .iter()
+            .any(|o| o["kind"] == "ServiceMonitor"),
+        "serviceMonitor.enabled defaults to false"
+    );
 }
 
 #[test]
@@ -459,11 +628,16 @@ async fn config_and_chart_are_accepted_by_the_apiserver() {
     }
 
     // helm install skein charts/skein -n skein-system --create-namespace, as the objects Helm
-    // would create (the CRDs included), with the defaults and with every option set.
+    // would create (the CRDs included), with the defaults and with every option set, except the
+    // ServiceMonitor: the test cluster has no Prometheus Operator, so no such kind
+    // (metrics_service_and_service_monitor_reach_the_operators_metrics_port checks it).
     for rendered in [
         render(&["--include-crds"]),
         render(&["--include-crds", "--set", "meshConfig.create=true"]),
-        render_with_values(FULL_VALUES, &["--include-crds"]),
+        render_with_values(
+            FULL_VALUES,
+            &["--include-crds", "--set", "serviceMonitor.enabled=false"],
+        ),
     ] {
         let output = dry_run_apply(&[], Some(&rendered));
         assert_eq!(
@@ -472,6 +646,106 @@ async fn config_and_chart_are_accepted_by_the_apiserver() {
             "one line per object applied:\n{output}"
         );
     }
+}
+
+#[test]
+fn the_crds_draw_no_warning_from_the_apiserver() {
+    // The apiserver warns about a schema (an unrecognised format, say) only where it is new to
+    // it: re-applying CRDs that exist says nothing. So the committed CRDs are created, as a
+    // dry run, under a group of this test's own, which no cluster holds.
+    const GROUP: &str = "warning-check.skein.dev";
+    let crds =
+        objects(&std::fs::read_to_string(source("crds/skein.dev.yaml")).expect("reading crds/"));
+    // As YAML, like crds/: kubectl's client-side validation refuses a JSON List holding the
+    // `null` of a nullable enum.
+    let renamed: String = crds
+        .iter()
+        .cloned()
+        .map(|mut crd| {
+            let plural = crd["spec"]["names"]["plural"].as_str().expect("a plural");
+            crd["metadata"]["name"] = format!("{plural}.{GROUP}").into();
+            crd["spec"]["group"] = GROUP.into();
+            let yaml = skein::yaml::to_string(&crd).expect("a CRD renders as YAML");
+            format!("---\n{yaml}")
+        })
+        .collect();
+    let mut create = support::kubectl();
+    create.args(["create", "--dry-run=server", "-f", "-"]);
+    let (stdout, stderr) = run_output(create, Some(&renamed));
+    assert_eq!(
+        stdout.lines().count(),
+        crds.len(),
+        "one line per CRD created:\n{stdout}"
+    );
+    assert!(
+        !stderr.contains("Warning"),
+        "the apiserver warns about crds/skein.dev.yaml:\n{stderr}"
+    );
+}
+
+/// The NOTES `helm install` prints, from a client-side dry run against the test cluster (helm
+/// reads the cluster's version and kinds, and changes nothing).
+fn install_notes(extra: &[&str]) -> String {
+    let mut command = helm();
+    command
+        .env("KUBECONFIG", support::kubeconfig())
+        .args([
+            "install",
+            RELEASE,
+            CHART,
+            "-n",
+            MESH_NAMESPACE,
+            "--dry-run=client",
+        ])
+        .args(extra);
+    let output = run(command, None);
+    let (_, notes) = output
+        .split_once("\nNOTES:\n")
+        .unwrap_or_else(|| panic!("no NOTES in:\n{output}"));
+    notes.to_owned()
+}
+
+#[tokio::test]
+async fn install_notes_say_what_was_installed_and_what_to_do_next() {
+    // The MeshConfig kind must exist for helm to map meshConfig.create's object.
+    support::client().await;
+    let defaults = install_notes(&[]);
+    let every_option = install_notes(&["--set", "meshConfig.create=true", "--set", "replicas=2"]);
+    for notes in [&defaults, &every_option] {
+        for expected in [
+            "namespace skein-system",
+            "image ghcr.io/skein-mesh/skein:0.1.0",
+            "kubectl -n skein-system rollout status deployment/skein-operator",
+            "kubectl get meshconfig default -w",
+            "kubectl label namespace <namespace> injection=enabled",
+            "skein proxy-status --url http://127.0.0.1:9091",
+            "helm uninstall skein -n skein-system",
+        ] {
+            assert!(
+                notes.contains(expected),
+                "the NOTES lack {expected:?}:\n{notes}"
+            );
+        }
+        // A user installs from a chart repository, with no checkout of this one at hand.
+        for repository_path in ["config/", "charts/", "crds/", "samples/", ".yaml"] {
+            assert!(
+                !notes.contains(repository_path),
+                "the NOTES point into the repository ({repository_path}):\n{notes}"
+            );
+        }
+    }
+    assert!(every_option.contains("replicas: 2, one leader at a time"));
+
+    // The MeshConfig the NOTES suggest when the release made none is one the apiserver takes.
+    assert!(!every_option.contains("| kubectl apply -f -"));
+    let (_, rest) = defaults
+        .split_once("echo '")
+        .unwrap_or_else(|| panic!("no MeshConfig to create in:\n{defaults}"));
+    let (meshconfig, _) = rest
+        .split_once("' | kubectl apply -f -")
+        .expect("the MeshConfig is piped to kubectl apply");
+    let output = dry_run_apply(&[], Some(meshconfig));
+    assert!(output.contains("meshconfig.skein.dev/default"), "{output}");
 }
 
 #[test]

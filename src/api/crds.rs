@@ -1,6 +1,8 @@
 //! Every Skein CustomResourceDefinition: generated from the Rust types, rendered as the YAML in
 //! `crds/`, and installed into a cluster.
 
+mod formats;
+
 use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -32,12 +34,15 @@ pub enum CrdError {
 
 /// Every CRD Skein defines, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![
+    [
         with_defaulted_spec(MeshConfig::crd()),
         RouteRule::crd(),
         EgressRule::crd(),
         TrafficPolicy::crd(),
     ]
+    .into_iter()
+    .map(formats::with_kubernetes_formats)
+    .collect()
 }
 
 /// Every field of a MeshConfig spec is optional, so the spec itself is too: `spec: {}` is

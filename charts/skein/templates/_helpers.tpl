@@ -11,6 +11,11 @@ fixed names keep the chart interchangeable with the plain manifests in config/.
 skein-operator
 {{- end }}
 
+{{/* Name of the Service in front of the operator's /metrics. */}}
+{{- define "skein.operator.metricsName" -}}
+skein-operator-metrics
+{{- end }}
+
 {{/* Name of the operator's leader-election Role and RoleBinding. */}}
 {{- define "skein.operator.leaderElectionName" -}}
 skein-operator-leader-election
