@@ -43,6 +43,17 @@ pub fn use_cluster(name: &'static str) {
     );
 }
 
+/// How the apiserver of this test binary's cluster reaches pods and Services.
+static NETWORK: OnceLock<cluster::ApiserverNetwork> = OnceLock::new();
+
+/// [`use_cluster`], with the apiserver reaching the node's pods and Services as on a real
+/// cluster (webhooks behind Services, the kubelet API): what the Helm chart's InCluster mode
+/// needs. The test binary runs the node agent.
+pub fn use_cluster_through_node(name: &'static str) {
+    use_cluster(name);
+    NETWORK.get_or_init(|| cluster::ApiserverNetwork::ThroughNode);
+}
+
 /// The local cluster this test binary uses.
 pub fn cluster_name() -> &'static str {
     CLUSTER.get_or_init(|| TEST_CLUSTER)
@@ -62,14 +73,18 @@ pub fn kubeconfig() -> &'static Path {
         {
             return PathBuf::from(path);
         }
-        cluster::ensure_up(source_dir(), name, cluster::ApiserverNetwork::LoopbackOnly)
-            .unwrap_or_else(|err| {
-                panic!(
-                    "integration tests need a real cluster and could not start one: {err}\n\
+        cluster::ensure_up(
+            source_dir(),
+            name,
+            *NETWORK.get_or_init(|| cluster::ApiserverNetwork::LoopbackOnly),
+        )
+        .unwrap_or_else(|err| {
+            panic!(
+                "integration tests need a real cluster and could not start one: {err}\n\
                  Start it yourself with `tests/cluster/up.sh {name}` (see README.md), \
                  or point SKEIN_TEST_KUBECONFIG at a kubeconfig."
-                )
-            })
+            )
+        })
     })
 }
 
