@@ -24,6 +24,8 @@ COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto proto
 COPY benches benches
 COPY src src
+# `skein dev up` checks the machine for the tools this list names (compiled in).
+COPY tests/cluster/host-tools.txt tests/cluster/host-tools.txt
 # Cache mounts keep the registry and the target dir between builds; the binary is copied out of
 # the target cache mount, which later stages cannot see.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
