@@ -56,7 +56,11 @@ if healthy && network_as_asked; then
 fi
 
 if [ -d "$dir" ]; then
-  log "found a stale or partial cluster; replacing it"
+  if network_as_asked; then
+    log "found a stale or partial cluster; replacing it"
+  else
+    log "the running cluster was started without --node-network; replacing it"
+  fi
   "$here/down.sh" "$name" >&2
 fi
 mkdir -p "$dir"/{pki,logs,pids,etcd}
