@@ -43,7 +43,7 @@ fn the_e2e_suite_passes_against_the_local_cluster() {
     let report = std::fs::read_to_string(&junit).expect("the JUnit report");
     let cases = report.matches("<testcase ").count();
     assert!(
-        cases >= 7 && report.contains(r#"failures="0""#) && !report.contains("<failure"),
+        cases >= 8 && report.contains(r#"failures="0""#) && !report.contains("<failure"),
         "every check in the JUnit report passed:\n{report}"
     );
 }

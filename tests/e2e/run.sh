@@ -9,7 +9,8 @@
 #
 # Needs kubectl, helm and curl on PATH. Every check is a JUnit test case (default file:
 # e2e-junit.xml); the last line is the summary; the exit code is non-zero if any check failed.
-# The suite removes what it installed (unless --keep), also when it fails or is interrupted.
+# The suite removes what it installed, also when it fails or is interrupted; --keep leaves it
+# (and skips the uninstall check).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -188,6 +189,41 @@ header_route_and_split() {
   k -n "$NS" delete routerule backend >/dev/null
 }
 
+# failures N CURL ARGS...: how many of N requests to the frontend fail.
+failures() {
+  local n=$1 failed=0; shift
+  for _ in $(seq "$n"); do frontend "$@" >/dev/null 2>&1 || failed=$((failed + 1)); done
+  echo "$failed"
+}
+
+retry_hides_a_flaky_backend() {
+  local flaky=(-H 'x-demo-backend-fail-percent: 30') failed
+  # Without a retry rule about 30% fail (fewer than 3 of 40 would happen once in 10^4 runs).
+  failed=$(failures 40 "${flaky[@]}")
+  [ "$failed" -ge 3 ] || { echo "the flaky backend failed only $failed/40 without retries"; return 1; }
+  k -n "$NS" apply -f - >/dev/null <<EOF || return 1
+apiVersion: skein.dev/v1alpha1
+kind: RouteRule
+metadata: {name: backend-retry}
+spec:
+  service: backend
+  http:
+  - timeout: 1s
+    simpleRetry: {attempts: 5, retryOn: [5xx]}
+EOF
+  # The rule is in force once its timeout cuts a slow backend (the middleware's proxy answers
+  # 504, which the chain reports as a failure).
+  local deadline=$(( $(date +%s) + 60 ))
+  until ! frontend -H 'x-demo-backend-latency-ms: 3000' >/dev/null 2>&1; do
+    [ "$(date +%s)" -ge "$deadline" ] && { echo "the RouteRule's timeout never cut a slow backend"; return 1; }
+    sleep 1
+  done
+  # A request now fails only if six tries in a row do (0.3^6: about 3 in 100 runs see one of 40).
+  failed=$(failures 40 "${flaky[@]}")
+  k -n "$NS" delete routerule backend-retry >/dev/null
+  [ "$failed" -le 1 ] || { echo "with retries $failed/40 still failed"; return 1; }
+}
+
 metrics_per_tier() {
   local app pod metrics
   for app in frontend middleware backend; do
@@ -222,6 +258,10 @@ check "the demo's pods are meshed and Ready" demo_meshed_and_ready || exit 1
 start_kubectl_proxy || exit 1
 check "a request crosses frontend, middleware and backend" three_tiers
 check "a RouteRule routes by header and by weight" header_route_and_split
+check "a simpleRetry hides a backend failing 30%" retry_hides_a_flaky_backend
 check "every tier's proxy serves its metrics" metrics_per_tier
-check "uninstall leaves no webhook and pods are still created" clean_uninstall
+# --keep leaves the mesh and the demo installed to look at, so it skips the uninstall check.
+if [ "$keep" = false ]; then
+  check "uninstall leaves no webhook and pods are still created" clean_uninstall
+fi
 exit $(( failed > 0 ))
