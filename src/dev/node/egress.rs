@@ -85,7 +85,8 @@ pub fn start(
     services: Store<Service>,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let path = cluster_dir.join(SOCKET_NAME);
-    // A socket file left by a node that is gone; a live one refuses connections only if dead.
+    // A socket file that accepts nothing was left by a node that is gone; one that accepts is
+    // another node's, and binding below fails.
     if std::os::unix::net::UnixStream::connect(&path).is_err() {
         let _ = std::fs::remove_file(&path);
     }

@@ -10,7 +10,7 @@
 
 use std::io::{Read, Seek, SeekFrom};
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -233,7 +233,7 @@ fn select(text: &[u8], options: &LogOptions) -> usize {
 }
 
 /// What was appended to `path` after `position`; None when it shrank or vanished.
-fn read_from(path: &PathBuf, position: u64) -> Option<Vec<u8>> {
+fn read_from(path: &Path, position: u64) -> Option<Vec<u8>> {
     let mut file = std::fs::File::open(path).ok()?;
     if file.metadata().ok()?.len() < position {
         return None;
