@@ -94,8 +94,8 @@ pub enum ApiserverNetwork {
     ThroughNode,
 }
 
-/// Starts the named local cluster, or reuses it if it is already healthy (and has the same
-/// `network`), and returns the path of its admin kubeconfig. The script's progress goes to this
+/// Starts the named local cluster, or reuses it if it is already healthy (and, when `network`
+/// asks for `ThroughNode`, was started that way), and returns the path of its admin kubeconfig. The script's progress goes to this
 /// process's stderr.
 pub fn ensure_up(
     source_dir: &Path,
