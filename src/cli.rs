@@ -83,7 +83,13 @@ impl Command {
     /// kube client's log of the same failure would only repeat it.
     pub fn default_log_filter(&self) -> &'static str {
         match self {
-            Self::Version(_) | Self::ProxyStatus(_) | Self::Federation(_) | Self::Completion(_) => {
+            // `dev exec` and `dev connect` also run under the node for kubectl, whose user
+            // sees their stderr.
+            Self::Version(_)
+            | Self::ProxyStatus(_)
+            | Self::Federation(_)
+            | Self::Completion(_)
+            | Self::Dev(DevCommand::Exec(_) | DevCommand::Logs(_) | DevCommand::Connect(_)) => {
                 "warn,kube_client=off"
             }
             _ => "info",
@@ -238,6 +244,10 @@ pub enum DevCommand {
     Exec(crate::dev::node::inspect::ExecArgs),
     /// Print a container's log from a dev node, like `kubectl logs`.
     Logs(crate::dev::node::inspect::LogsArgs),
+    /// Copy stdin/stdout to a port on a pod's localhost: one `kubectl port-forward` connection,
+    /// run by the node (root only).
+    #[command(hide = true)]
+    Connect(crate::dev::node::inspect::ConnectArgs),
 }
 
 #[derive(Debug, clap::Args)]

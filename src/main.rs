@@ -82,6 +82,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 DevCommand::Logs(args) => {
                     runtime.block_on(skein::dev::node::inspect::logs(&args))?
                 }
+                DevCommand::Connect(args) => {
+                    runtime.block_on(skein::dev::node::inspect::connect(&args))?
+                }
             }
         }
     }

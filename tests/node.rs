@@ -1,11 +1,15 @@
 //! `skein dev node` against a real cluster (its own, `skein-test-node`): pods scheduled by the
 //! real kube-scheduler run as processes in real network namespaces, Services work through the
 //! real kube-proxy and CoreDNS, the real webhook injects pods whose `skein-init` and
-//! `skein-proxy` really run. Needs root, iproute2 and iptables (tests never skip).
+//! `skein-proxy` really run, and the real kubectl's exec and port-forward reach them through
+//! the apiserver and the node's kubelet API. Needs root, iproute2 and iptables (tests never
+//! skip).
 
 mod support;
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -24,7 +28,8 @@ const CLUSTER: &str = "skein-test-node";
 const WAIT: Duration = Duration::from_secs(90);
 
 async fn context() -> TestContext {
-    support::use_cluster(CLUSTER);
+    // The apiserver reaches the node's kubelet API, as `kubectl exec` and `port-forward` need.
+    support::use_cluster_through_node(CLUSTER);
     let ctx = TestContext::new().await;
     ready_node(&ctx.client).await;
     ctx
@@ -611,6 +616,132 @@ async fn an_image_that_cannot_run_here_waits_with_image_not_runnable() {
     assert!(waiting.message.unwrap_or_default().contains("nginx:1.27"));
     let pod = pods.get("nginx").await.unwrap();
     assert_eq!(pod.status.unwrap().phase.as_deref(), Some("Pending"));
+}
+
+#[tokio::test]
+async fn kubectl_exec_runs_in_the_container_and_passes_on_its_output_input_and_exit_code() {
+    let _agent = AGENT.read().await;
+    let ctx = context().await;
+    let ns = ctx.namespace.as_str();
+    create_pod(
+        &ctx.client,
+        ns,
+        json!({"metadata": {"name": "shell"}, "spec": {"containers": [demo_container("app", "backend")]}}),
+    )
+    .await;
+    wait_ready(&ctx.client, ns, "shell").await;
+
+    // The container's own hostname (its UTS namespace), both output streams, the exit code.
+    let out = support::kubectl()
+        .args(["exec", "-n", ns, "shell", "--", "sh", "-c"])
+        .arg("cat /proc/sys/kernel/hostname; echo oops >&2; exit 3")
+        .stdin(Stdio::null())
+        .output()
+        .expect("running kubectl exec");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "kubectl exec: {stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "shell\n");
+    assert!(stderr.contains("oops\n"), "{stderr}");
+
+    // -i: stdin reaches the command, whose end of input ends it.
+    let mut cat = support::kubectl()
+        .args(["exec", "-i", "-n", ns, "shell", "--", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running kubectl exec -i");
+    let input = "first line\nsecond line\n";
+    cat.stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = cat.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl exec -i: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), input);
+}
+
+#[tokio::test]
+async fn kubectl_port_forward_reaches_a_server_listening_only_on_the_pods_localhost() {
+    let _agent = AGENT.read().await;
+    let ctx = context().await;
+    let ns = ctx.namespace.as_str();
+    create_pod(
+        &ctx.client,
+        ns,
+        json!({"metadata": {"name": "local"}, "spec": {"containers": [{
+            "name": "app",
+            "image": IMAGE,
+            "args": ["demo-app", "--listen", "127.0.0.1:8080"],
+            "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+        }]}}),
+    )
+    .await;
+    let pod = wait_ready(&ctx.client, ns, "local").await;
+    // Not on the pod's address, even from inside the pod.
+    let direct = exec(
+        ns,
+        "local",
+        None,
+        &[
+            "curl",
+            "-sS",
+            "-m",
+            "5",
+            &format!("http://{}:8080/", pod_ip(&pod)),
+        ],
+    );
+    assert!(!direct.status.success(), "the app answers on the pod IP");
+
+    // Local port 0: kubectl picks a free one and prints it.
+    let mut forward = support::kubectl()
+        .args(["port-forward", "-n", ns, "pod/local", ":8080"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running kubectl port-forward");
+    let stdout = forward.stdout.take().unwrap();
+    // The reader stays open for kubectl's later lines (a closed stdout would kill it).
+    let (port, _lines) = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let port = lines.by_ref().map_while(Result::ok).find_map(|line| {
+            line.strip_prefix("Forwarding from 127.0.0.1:")?
+                .split_whitespace()
+                .next()?
+                .parse::<u16>()
+                .ok()
+        });
+        (port, lines)
+    })
+    .await
+    .unwrap();
+    let Some(port) = port else {
+        let _ = forward.kill();
+        let out = forward.wait_with_output().unwrap();
+        panic!(
+            "kubectl port-forward ended: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let answer = reqwest::get(format!("http://127.0.0.1:{port}/")).await;
+    let _ = forward.kill();
+    let out = forward.wait_with_output().unwrap();
+    let body = answer
+        .and_then(|r| r.error_for_status())
+        .unwrap_or_else(|err| {
+            panic!(
+                "GET through the port-forward: {err}; kubectl: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let body = body.text().await.unwrap();
+    assert_eq!(json_of(&body)["pod"], "local", "{body}");
 }
 
 /// The processes whose network namespace is `netns`.

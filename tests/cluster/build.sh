@@ -5,7 +5,7 @@
 #
 #   tests/cluster/build.sh [GROUP...]    (default: all of them)
 #     cluster  kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd (up.sh)
-#     node     kube-proxy and CoreDNS (`skein dev node`)
+#     node     kube-proxy, CoreDNS and skein-kubelet-streams (`skein dev node`)
 #     test     kwok, helm and the proxy tests' gRPC/WebSocket peers (tests/run.sh)
 #
 # Progress goes to stderr: which of the N steps runs, its cold estimate on 2 cores, and the time
@@ -41,6 +41,10 @@ steps=()
 if wants cluster && [ ! -x "$bin_dir/etcd" ]; then steps+=("etcd ${ETCD_VERSION}|~2 min|build_etcd"); fi
 if wants node && [ "$(built_version coredns -version | sed -n 's/^CoreDNS-\([0-9.]*\).*/v\1/p')" != "$COREDNS_VERSION" ]; then
   steps+=("coredns ${COREDNS_VERSION}|~2 min|build_coredns")
+fi
+if wants node; then
+  streams="$bin_dir/skein-kubelet-streams"
+  if [ ! -x "$streams" ] || [ "$here/kubelet-streams/main.go" -nt "$streams" ]; then steps+=("skein-kubelet-streams (the node's exec and port-forward)|~1 min|build_kubelet_streams"); fi
 fi
 if wants test; then
   [ -x "$bin_dir/kwok" ] || steps+=("kwok ${KWOK_VERSION}|~2 min|build_kwok")
@@ -105,6 +109,12 @@ build_kwok() {
 # CoreDNS, from its own module at COREDNS_VERSION; its default plugin set includes `kubernetes`.
 build_coredns() {
   GOBIN="$bin_dir" go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@${COREDNS_VERSION}"
+}
+
+# The node's exec, attach and port-forward endpoints: the upstream kubelet streaming code
+# (k8s.io/cri-streaming, from this module's Kubernetes graph).
+build_kubelet_streams() {
+  (cd "$here" && go build -trimpath -ldflags "-s -w" -o "$bin_dir/skein-kubelet-streams" ./kubelet-streams)
 }
 
 # helm, for the chart's tests. Its own module (helm/go.mod), so its Kubernetes client libraries

@@ -6,8 +6,9 @@
 //! `pod` (one pod's lifecycle), `process` (a container as a process), `env`/`command`/`volumes`
 //! (pure translation of the pod spec), `probe`, `hooks` (preStop), `status` (pure kubelet
 //! status), `registration` (Node and Lease), `addons` (kube-proxy, CoreDNS), `relay` (reaching
-//! the apiserver), `egress` (the apiserver reaching pods, Services and the node), `inspect`
-//! (`skein dev exec` and `logs`).
+//! the apiserver), `egress` (the apiserver reaching pods, Services and the node), `kubelet_api`
+//! (what the apiserver calls there: logs, exec, attach, port-forward), `inspect` (`skein dev
+//! exec`, `logs` and `connect`).
 
 pub mod addons;
 pub mod command;
@@ -214,6 +215,8 @@ async fn serve(
         &corefile_path,
         addons::corefile(node_ip, kubeconfig, &args.cluster),
     )?;
+    let skein = std::env::current_exe().context("finding the skein binary")?;
+    let streams_socket = state.join(kubelet_api::STREAMS_SOCKET);
     let daemon = |name: &'static str, program: &str, daemon_args: Vec<String>| addons::Daemon {
         name,
         program: bin_dir.join(program),
@@ -236,6 +239,21 @@ async fn serve(
             vec![
                 "-conf".to_owned(),
                 corefile_path.to_string_lossy().into_owned(),
+            ],
+        )
+        .start(),
+        // The kubelet API's exec, attach and port-forward, which run `skein dev exec` and
+        // `skein dev connect` of this very binary.
+        daemon(
+            "kubelet-streams",
+            "skein-kubelet-streams",
+            vec![
+                "--socket".to_owned(),
+                streams_socket.to_string_lossy().into_owned(),
+                "--skein".to_owned(),
+                skein.to_string_lossy().into_owned(),
+                "--cluster".to_owned(),
+                args.cluster.clone(),
             ],
         )
         .start(),
@@ -286,6 +304,7 @@ async fn serve(
         client.clone(),
         &args.cluster,
         node_name,
+        streams_socket,
     )
     .await
     .context("starting the kubelet API")?;
@@ -300,7 +319,7 @@ async fn serve(
         },
         state_dir: state.to_owned(),
         image: ImageCache::new(
-            std::env::current_exe().context("finding the skein binary")?,
+            skein,
             PathBuf::from("/run/skein-dev-node").join(format!("{}-{node_name}", args.cluster)),
         ),
         backoff_base: args.crash_backoff.as_std(),

@@ -91,24 +91,7 @@ impl Netns {
             name: self.name.clone(),
             source,
         })?;
-        let name = self.name.clone();
-        let handle = std::thread::Builder::new()
-            .name(format!("netns-{}", self.name))
-            .spawn(move || -> io::Result<T> {
-                // SAFETY: `file` is an open namespace file; setns affects only this thread.
-                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(work())
-            })
-            .map_err(|source| NetnsError::Enter {
-                name: name.clone(),
-                source,
-            })?;
-        handle
-            .join()
-            .map_err(|_| NetnsError::ThreadPanicked(name.clone()))?
-            .map_err(|source| NetnsError::Enter { name, source })
+        run_in(file, &self.name, work)
     }
 
     /// [`Netns::run`] for async callers: the namespace thread is waited for off the runtime.
@@ -122,6 +105,34 @@ impl Netns {
             .await
             .map_err(|_| NetnsError::ThreadPanicked(self.name.clone()))?
     }
+}
+
+/// Runs `work` on a new thread inside the network namespace `file` (a named one, or a process's
+/// `/proc/PID/ns/net`) and returns its result; `name` names it in errors.
+pub fn run_in<T, F>(file: File, name: &str, work: F) -> Result<T, NetnsError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let enter_error = |source| NetnsError::Enter {
+        name: name.to_owned(),
+        source,
+    };
+    let handle = std::thread::Builder::new()
+        .name(format!("netns-{name}"))
+        .spawn(move || -> io::Result<T> {
+            // SAFETY: `file` is an open file; setns affects only this thread and fails on
+            // anything but a network namespace.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(work())
+        })
+        .map_err(enter_error)?;
+    handle
+        .join()
+        .map_err(|_| NetnsError::ThreadPanicked(name.to_owned()))?
+        .map_err(enter_error)
 }
 
 /// Runs `ip ARGS...`, turning a failure into an error carrying its stderr.
