@@ -28,6 +28,8 @@ fn the_e2e_suite_passes_against_the_local_cluster() {
         .arg(support::kubeconfig())
         .arg("--junit")
         .arg(&junit)
+        // The CLI of this very build, for `skein proxy-status`.
+        .args(["--skein", support::node::SKEIN])
         .env("PATH", path)
         .current_dir(dir.path())
         .stdin(Stdio::null())
@@ -43,7 +45,7 @@ fn the_e2e_suite_passes_against_the_local_cluster() {
     let report = std::fs::read_to_string(&junit).expect("the JUnit report");
     let cases = report.matches("<testcase ").count();
     assert!(
-        cases >= 8 && report.contains(r#"failures="0""#) && !report.contains("<failure"),
+        cases >= 9 && report.contains(r#"failures="0""#) && !report.contains("<failure"),
         "every check in the JUnit report passed:\n{report}"
     );
 }

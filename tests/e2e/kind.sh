@@ -2,7 +2,8 @@
 # The e2e suite on a throwaway kind cluster: create it, build the one image with the Dockerfile,
 # load it into the cluster, run tests/e2e/run.sh against it, delete the cluster.
 #
-#   tests/e2e/kind.sh            (needs docker, kind, kubectl and helm on PATH)
+#   tests/e2e/kind.sh [run.sh ARGS...]   (needs docker, kind, kubectl, helm and the skein CLI on
+#                                         PATH, or give run.sh's --skein PATH)
 #
 # Not run in this project's CI (its machines have no container engine): there the same run.sh
 # runs against the local cluster and `skein dev node` (tests/e2e.rs).

@@ -5,9 +5,9 @@
 # labelled namespace, checks what a user relies on, then uninstalls and checks nothing is left.
 #
 #   tests/e2e/run.sh [--kubeconfig FILE] [--context NAME] [--image REPOSITORY] [--tag TAG]
-#                    [--junit FILE] [--keep]
+#                    [--skein PATH] [--junit FILE] [--keep]
 #
-# Needs kubectl, helm and curl on PATH. Every check is a JUnit test case (default file:
+# Needs kubectl, helm and curl on PATH, and the skein CLI (--skein, default: skein on PATH). Every check is a JUnit test case (default file:
 # e2e-junit.xml); the last line is the summary; the exit code is non-zero if any check failed.
 # The suite removes what it installed, also when it fails or is interrupted; --keep leaves it
 # (and skips the uninstall check).
@@ -15,13 +15,14 @@ set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 
-kube_args=() helm_args=() image_args=() junit=e2e-junit.xml keep=false
+kube_args=() helm_args=() image_args=() junit=e2e-junit.xml keep=false skein=skein
 while [ $# -gt 0 ]; do
   case "$1" in
     --kubeconfig) kube_args+=(--kubeconfig "$2"); helm_args+=(--kubeconfig "$2"); shift 2 ;;
     --context) kube_args+=(--context "$2"); helm_args+=(--kube-context "$2"); shift 2 ;;
     --image) image_args+=(--set "image.repository=$2" --set "meshConfig.spec.image=$2"); shift 2 ;;
     --tag) image_args+=(--set "image.tag=$2" --set "meshConfig.spec.version=$2"); shift 2 ;;
+    --skein) skein=$2; shift 2 ;;
     --junit) junit=$2; shift 2 ;;
     --keep) keep=true; shift ;;
     *) echo "run.sh: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
@@ -30,6 +31,7 @@ done
 for tool in kubectl helm curl; do
   command -v "$tool" >/dev/null || { echo "run.sh: $tool is required on PATH" >&2; exit 2; }
 done
+command -v "$skein" >/dev/null || { echo "run.sh: the skein CLI is required: on PATH, or give --skein PATH" >&2; exit 2; }
 
 readonly NS=skein-e2e-demo MESH_NS=skein-system RELEASE=skein WAIT=180s
 k() { kubectl "${kube_args[@]}" "$@"; }
@@ -235,6 +237,27 @@ metrics_per_tier() {
   done
 }
 
+# skein proxy-status, as a user runs it (no flags but the cluster's): it port-forwards through
+# the apiserver to every control-plane pod. Each demo pod's proxy must be connected and have
+# ACKed the configuration it was last sent.
+every_proxy_synced() {
+  local pods
+  pods=$(k -n "$NS" get pods --field-selector=status.phase=Running -o jsonpath='{.items[*].metadata.name}') || return 1
+  [ -n "$pods" ] || { echo "no Running demo pods"; return 1; }
+  # A push in flight (the last RouteRule was just deleted) is STALE for a moment. $pods unquoted:
+  # one argument per pod.
+  until_ok 30 proxies_synced $pods
+}
+proxies_synced() {
+  local table pod
+  table=$("$skein" proxy-status "${kube_args[@]}" -n "$NS" 2>&1) || { echo "$table"; return 1; }
+  for pod in "$@"; do
+    grep -Eq "^$NS +$pod +[^ ]* +[^ ]+ +[^ ]+ +SYNCED " <<<"$table" ||
+      { echo "the proxy of $pod is not listed as SYNCED:"; echo "$table"; return 1; }
+  done
+  echo "$table"
+}
+
 clean_uninstall() {
   uninstall || return 1
   local left
@@ -260,6 +283,7 @@ check "a request crosses frontend, middleware and backend" three_tiers
 check "a RouteRule routes by header and by weight" header_route_and_split
 check "a simpleRetry hides a backend failing 30%" retry_hides_a_flaky_backend
 check "every tier's proxy serves its metrics" metrics_per_tier
+check "skein proxy-status shows every proxy SYNCED" every_proxy_synced
 # --keep leaves the mesh and the demo installed to look at, so it skips the uninstall check.
 if [ "$keep" = false ]; then
   check "uninstall leaves no webhook and pods are still created" clean_uninstall
