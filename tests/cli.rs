@@ -99,6 +99,7 @@ fn the_dev_cluster_is_named_by_cluster_everywhere() {
         &["dev", "node"],
         &["dev", "exec"],
         &["dev", "logs"],
+        &["dev", "connect"],
         &["proxy-status"],
     ] {
         let args: Vec<&str> = command.iter().copied().chain(["--help"]).collect();

@@ -619,7 +619,7 @@ async fn an_image_that_cannot_run_here_waits_with_image_not_runnable() {
 }
 
 #[tokio::test]
-async fn kubectl_exec_runs_in_the_container_and_passes_on_its_output_input_and_exit_code() {
+async fn kubectl_exec_runs_in_the_container_and_passes_on_its_streams_terminal_and_exit_code() {
     let _agent = AGENT.read().await;
     let ctx = context().await;
     let ns = ctx.namespace.as_str();
@@ -664,6 +664,24 @@ async fn kubectl_exec_runs_in_the_container_and_passes_on_its_output_input_and_e
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), input);
+
+    // -it: the command gets a terminal. kubectl asks for one only with stdin and from a
+    // terminal of its own, which `script` (util-linux) gives it.
+    let kubectl = support::bin_dir().join("kubectl");
+    let out = std::process::Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "{} exec -it -n {ns} shell -- sh -c 'tty; exit 4'",
+            kubectl.display()
+        ))
+        .arg("/dev/null")
+        .env("KUBECONFIG", support::kubeconfig())
+        .stdin(Stdio::null())
+        .output()
+        .expect("running kubectl exec -it under script");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "kubectl exec -it: {shown}");
+    assert!(shown.contains("/dev/pts/"), "no terminal: {shown}");
 }
 
 #[tokio::test]

@@ -46,7 +46,7 @@ pub enum ClusterError {
 pub enum BuildGroup {
     /// etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl.
     Cluster,
-    /// kube-proxy and CoreDNS, for `skein dev node`.
+    /// kube-proxy, CoreDNS and skein-kubelet-streams, for `skein dev node`.
     Node,
     /// kwok, helm and the proxy tests' peers: only the tests use them.
     Test,

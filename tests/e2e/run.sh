@@ -84,7 +84,9 @@ until_ok() {
 proxy_port=""
 start_kubectl_proxy() {
   local out=$(mktemp)
-  k proxy --port 0 >"$out" 2>&1 &
+  # kubectl itself, not the k function: a function in the background is a subshell, and
+  # killing $! would leave kubectl running.
+  kubectl "${kube_args[@]}" proxy --port 0 >"$out" 2>&1 &
   proxy_pid=$!
   for _ in $(seq 50); do
     proxy_port=$(sed -n 's/^Starting to serve on 127.0.0.1:\([0-9]*\).*/\1/p' "$out")

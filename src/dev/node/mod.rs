@@ -86,7 +86,8 @@ pub struct NodeArgs {
     /// reach host services (e.g. a control plane run outside the cluster).
     #[arg(long = "expose-host-port", value_name = "PORT")]
     pub expose_host_ports: Vec<u16>,
-    /// Skein source checkout holding `tests/cluster/` (to build kube-proxy and CoreDNS).
+    /// Skein source checkout holding `tests/cluster/` (to build kube-proxy, CoreDNS and the
+    /// streaming server of the kubelet API).
     /// Default: the working directory or the nearest one above it that is a checkout.
     #[arg(long, env = "SKEIN_SOURCE_DIR")]
     pub source_dir: Option<PathBuf>,

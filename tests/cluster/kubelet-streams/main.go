@@ -156,7 +156,8 @@ func (s *server) ExecInContainer(ctx context.Context, name, _ string, container 
 	if tty {
 		err = runWithTerminal(c, in, out, resize)
 	} else {
-		c.Stdout, c.Stderr = writerOrNil(out), writerOrNil(errOut)
+		// An absent stream is a nil interface here too: the command gets /dev/null.
+		c.Stdout, c.Stderr = out, errOut
 		if err = feed(c, in); err == nil {
 			err = c.Run()
 		}
@@ -187,15 +188,6 @@ func (s *server) PortForward(ctx context.Context, name, _ string, port int32, st
 		return err
 	}
 	return nil
-}
-
-// writerOrNil keeps an absent stream absent (the command then gets /dev/null), rather than
-// wrapping a nil WriteCloser in a non-nil Writer.
-func writerOrNil(w io.WriteCloser) io.Writer {
-	if w == nil {
-		return nil
-	}
-	return w
 }
 
 // exitError turns skein's exit status into the one the streaming code reports as the
