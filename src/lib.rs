@@ -8,6 +8,7 @@
 //! - [`capture`]: `skein init`: the pod's iptables traffic capture.
 //! - [`proxy`]: the data-plane proxy.
 //! - [`dev`]: the local development environment (`skein dev ...`).
+//! - [`identity`]: workload identities (SPIFFE IDs), shared by the control plane, proxy and policies.
 //! - [`yaml`]: YAML in and out, for every role.
 
 pub mod api;
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod controlplane;
 pub mod demo;
 pub mod dev;
+pub mod identity;
 pub mod inject;
 pub mod operator;
 pub mod pki;

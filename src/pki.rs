@@ -1,14 +1,17 @@
-//! Certificates: a mesh CA and the serving certificates it signs (the webhook's, for now;
-//! workload identities later). Pure: PEM in, PEM out; storing them is the caller's business.
+//! Certificates: a mesh CA, the serving certificates it signs (the webhook's, the configuration
+//! stream's) and workload certificates carrying a SPIFFE identity. Pure: PEM in, PEM out;
+//! storing them is the caller's business.
 
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
 use time::OffsetDateTime;
+
+use crate::identity::SpiffeId;
 
 /// Backdating absorbs clock skew between the signer and the verifier.
 const BACKDATE: Duration = Duration::from_secs(5 * 60);
@@ -28,6 +31,10 @@ pub enum PkiError {
     BadCaKey(rcgen::Error),
     #[error("the certificate is not valid PEM/X.509: {0}")]
     BadCertificate(String),
+    #[error("the certificate signing request is not valid PEM/PKCS#10: {0}")]
+    BadCsr(rcgen::Error),
+    #[error("the certificate carries no single spiffe:// URI name: {0}")]
+    NoIdentity(String),
 }
 
 /// A certificate and its private key, PEM-encoded.
@@ -116,6 +123,42 @@ impl Ca {
             key_pem: key.serialize_pem(),
         })
     }
+
+    /// A workload certificate for `id`, valid for `validity`, over the public key of a PKCS#10
+    /// request. Only the key is taken from the request: names, usages and validity are the CA's
+    /// decision, so a request cannot ask for more than the identity it was authenticated as.
+    /// Usable as both TLS client and server (a proxy is both).
+    pub fn issue_workload(
+        &self,
+        csr_pem: &str,
+        id: &SpiffeId,
+        validity: Duration,
+    ) -> Result<String, PkiError> {
+        let generate = |what| move |source| PkiError::Generate { what, source };
+        let mut request =
+            rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(PkiError::BadCsr)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let uri = id
+            .to_string()
+            .try_into()
+            .map_err(generate("the identity's URI name"))?;
+        params.subject_alt_names = vec![SanType::URI(uri)];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        set_validity(&mut params, validity);
+        request.params = params;
+        let cert = request
+            .signed_by(&self.issuer)
+            .map_err(generate("a workload certificate"))?;
+        Ok(cert.pem())
+    }
 }
 
 /// Validity and names of a PEM certificate, for renewal decisions.
@@ -169,6 +212,54 @@ impl CertInfo {
     }
 }
 
+/// What a peer's workload certificate says: its identity and validity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadCertInfo {
+    pub id: SpiffeId,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+impl WorkloadCertInfo {
+    /// Reads a DER certificate (as a TLS handshake delivers it). Exactly one `spiffe://` URI
+    /// name is required: a certificate naming two identities names none.
+    pub fn parse_der(der: &[u8]) -> Result<Self, PkiError> {
+        use x509_parser::extensions::GeneralName;
+        use x509_parser::prelude::FromDer;
+        let bad = |e: &dyn std::fmt::Display| PkiError::BadCertificate(e.to_string());
+        let (_, cert) =
+            x509_parser::certificate::X509Certificate::from_der(der).map_err(|e| bad(&e))?;
+        let uris: Vec<&str> = cert
+            .subject_alternative_name()
+            .map_err(|e| bad(&e))?
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|name| match name {
+                        GeneralName::URI(uri) if uri.starts_with("spiffe://") => Some(*uri),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let [uri] = uris.as_slice() else {
+            return Err(PkiError::NoIdentity(format!("{} found", uris.len())));
+        };
+        let id = uri
+            .parse::<SpiffeId>()
+            .map_err(|e| PkiError::NoIdentity(e.to_string()))?;
+        let time = |t: x509_parser::time::ASN1Time| {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(t.timestamp()).unwrap_or(0))
+        };
+        Ok(Self {
+            id,
+            not_before: time(cert.validity().not_before),
+            not_after: time(cert.validity().not_after),
+        })
+    }
+}
+
 fn ip_text(bytes: &[u8]) -> Option<String> {
     match bytes.len() {
         4 => <[u8; 4]>::try_from(bytes)
@@ -207,6 +298,7 @@ fn set_validity(params: &mut CertificateParams, validity: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::pki_types::pem::PemObject;
 
     #[test]
     fn a_serving_certificate_chains_to_its_ca() {
@@ -266,6 +358,45 @@ mod tests {
         assert!(matches!(
             Ca::from_pem(&original.pem.cert_pem, "junk"),
             Err(PkiError::BadCaKey(_))
+        ));
+    }
+
+    #[test]
+    fn workload_certificates_carry_only_the_identity_the_ca_chose() {
+        let ca = Ca::generate("skein-ca", Duration::from_secs(3600)).unwrap();
+        let key = KeyPair::generate().unwrap();
+        // The request asks for a DNS name and another identity: neither is granted.
+        let mut asked = CertificateParams::new(vec!["evil.example".to_owned()]).unwrap();
+        asked.subject_alt_names.push(SanType::URI(
+            "spiffe://td/ns/kube-system/sa/admin".try_into().unwrap(),
+        ));
+        let csr = asked.serialize_request(&key).unwrap().pem().unwrap();
+        let id = SpiffeId::new("td", "demo", "web");
+        let pem = ca
+            .issue_workload(&csr, &id, Duration::from_secs(600))
+            .unwrap();
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let info = WorkloadCertInfo::parse_der(&der).unwrap();
+        assert_eq!(info.id, id);
+        let lifetime = info.not_after.duration_since(info.not_before).unwrap();
+        assert!(
+            lifetime <= Duration::from_secs(600) + BACKDATE,
+            "{lifetime:?}"
+        );
+        assert!(CertInfo::parse(&pem).unwrap().names.is_empty());
+        assert!(matches!(
+            ca.issue_workload("junk", &id, Duration::from_secs(60)),
+            Err(PkiError::BadCsr(_))
+        ));
+        // A serving certificate has no identity.
+        let serving = ca
+            .issue_serving(&["x.example"], Duration::from_secs(60))
+            .unwrap();
+        let der =
+            rustls::pki_types::CertificateDer::from_pem_slice(serving.cert_pem.as_bytes()).unwrap();
+        assert!(matches!(
+            WorkloadCertInfo::parse_der(&der),
+            Err(PkiError::NoIdentity(_))
         ));
     }
 

@@ -53,6 +53,7 @@ pub mod headers;
 pub mod http;
 pub mod listen;
 pub mod metrics;
+pub mod mtls;
 pub mod original_dst;
 pub mod retry;
 pub mod routes;
