@@ -33,7 +33,7 @@ for tool in kubectl helm curl; do
 done
 command -v "$skein" >/dev/null || { echo "run.sh: the skein CLI is required: on PATH, or give --skein PATH" >&2; exit 2; }
 
-readonly NS=skein-e2e-demo MESH_NS=skein-system RELEASE=skein WAIT=180s
+readonly NS=skein-e2e-demo EXTERNAL_NS=skein-e2e-external MESH_NS=skein-system RELEASE=skein WAIT=180s
 k() { kubectl "${kube_args[@]}" "$@"; }
 log() { echo "e2e: $*" >&2; }
 
@@ -102,7 +102,7 @@ frontend() {
 }
 
 uninstall() {
-  k delete namespace "$NS" --ignore-not-found --wait=false >/dev/null 2>&1
+  k delete namespace "$NS" "$EXTERNAL_NS" --ignore-not-found --wait=false >/dev/null 2>&1
   k delete meshconfig default --ignore-not-found --wait --timeout=120s >/dev/null 2>&1
   helm "${helm_args[@]}" uninstall "$RELEASE" -n "$MESH_NS" --wait >/dev/null 2>&1
 }
@@ -228,6 +228,78 @@ EOF
   [ "$failed" -le 1 ] || { echo "with retries $failed/40 still failed"; return 1; }
 }
 
+# An "external" host: a pod outside the mesh (its namespace is not labelled), reached by its IP,
+# not through a Service. A meshed client calls it (the demo app with --next pointing at it); its
+# proxy blocks the call until an EgressRule names the host, and again once the rule is deleted.
+egress_client() {
+  curl -sS --max-time 10 "http://127.0.0.1:$proxy_port/api/v1/namespaces/$NS/services/egress-client:80/proxy/"
+}
+# Blocked: the client's proxy refused the call (the demo reports its 502) and counted it.
+egress_blocked() {
+  local reply pod metrics
+  reply=$(egress_client) || return 1
+  grep -q 'answered 502' <<<"$reply" || { echo "not blocked: $reply"; return 1; }
+  pod=$(k -n "$NS" get pods -l app=egress-client -o jsonpath='{.items[0].metadata.name}')
+  metrics=$(curl -fsS --max-time 10 "http://127.0.0.1:$proxy_port/api/v1/namespaces/$NS/pods/$pod:16000/proxy/metrics") || return 1
+  grep -Eq '^skein_proxy_egress_blocked_total\{protocol="http"\} [1-9]' <<<"$metrics" ||
+    { echo "the client's proxy counted no blocked egress:"; grep egress_blocked <<<"$metrics"; return 1; }
+}
+egress_open() {
+  local reply
+  reply=$(egress_client) || return 1
+  grep -q '"role":"external"' <<<"$reply" || { echo "the external host did not answer: $reply"; return 1; }
+}
+egress_rule_opens_one_host() {
+  local image ip
+  # The demo's image, whatever registry the cluster pulls it from.
+  image=$(k -n "$NS" get deployment frontend -o jsonpath='{.spec.template.spec.containers[0].image}') || return 1
+  k create namespace "$EXTERNAL_NS" --dry-run=client -o yaml | k apply -f - >/dev/null &&
+    k -n "$EXTERNAL_NS" run api --image="$image" --restart=Never --port=8080 \
+      -- demo-app --role external --version ext >/dev/null &&
+    k -n "$EXTERNAL_NS" wait pod/api --for=condition=Ready --timeout="$WAIT" >/dev/null || return 1
+  ip=$(k -n "$EXTERNAL_NS" get pod api -o jsonpath='{.status.podIP}')
+  [ -n "$ip" ] || { echo "the external pod has no IP"; return 1; }
+  k -n "$NS" apply -f - >/dev/null <<EOF || return 1
+apiVersion: v1
+kind: Service
+metadata: {name: egress-client}
+spec:
+  selector: {app: egress-client}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: egress-client}
+spec:
+  selector: {matchLabels: {app: egress-client}}
+  template:
+    metadata: {labels: {app: egress-client}}
+    spec:
+      containers:
+      - name: client
+        image: $image
+        args: [demo-app, --role, frontend, --version, egress, --next, "http://$ip:8080"]
+        ports: [{containerPort: 8080}]
+EOF
+  k -n "$NS" wait deployment egress-client --for=condition=Available --timeout="$WAIT" >/dev/null || return 1
+  until_ok 30 egress_blocked || return 1
+  k -n "$NS" apply -f - >/dev/null <<EOF || return 1
+apiVersion: skein.dev/v1alpha1
+kind: EgressRule
+metadata: {name: partner}
+spec:
+  hosts: ["$ip"]
+  ports: [{port: 8080}]   # an IP address: matched as the HTTP Host and as the TCP destination
+EOF
+  until_ok 30 egress_open || return 1
+  k -n "$NS" get egressrule partner -o jsonpath='{.status.conditions[?(@.type=="Accepted")].status}' | grep -qx True ||
+    { echo "the EgressRule is not Accepted: $(k -n "$NS" get egressrule partner -o yaml)"; return 1; }
+  k -n "$NS" delete egressrule partner >/dev/null || return 1
+  until_ok 30 egress_blocked || return 1
+  k -n "$NS" delete deployment,service egress-client --wait >/dev/null &&
+    k delete namespace "$EXTERNAL_NS" --wait=false >/dev/null
+}
+
 metrics_per_tier() {
   local app pod metrics
   for app in frontend middleware backend; do
@@ -284,6 +356,7 @@ start_kubectl_proxy || exit 1
 check "a request crosses frontend, middleware and backend" three_tiers
 check "a RouteRule routes by header and by weight" header_route_and_split
 check "a simpleRetry hides a backend failing 30%" retry_hides_a_flaky_backend
+check "an EgressRule opens one external host, and deleting it closes it" egress_rule_opens_one_host
 check "every tier's proxy serves its metrics" metrics_per_tier
 check "skein proxy-status shows every proxy SYNCED" every_proxy_synced
 # --keep leaves the mesh and the demo installed to look at, so it skips the uninstall check.
