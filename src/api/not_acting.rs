@@ -59,10 +59,8 @@ impl NotActing for MeshConfigSpec {
     fn fields_not_acting(&self) -> Vec<InertField> {
         let default = MeshConfigSpec::default();
         let mut fields = Vec::new();
-        // No workload certificates are issued and proxies speak plaintext: mTLS is not built.
-        if self.mtls.mode != default.mtls.mode {
-            fields.push(inert("spec.mtls.mode", format!("{:?}", self.mtls.mode)));
-        }
+        // Proxies hold no workload certificates yet, so nothing is issued in this trust domain
+        // or for this lifetime (`mtls.mode` acts: it is the proxies' inbound mode).
         if self.mtls.trust_domain != default.mtls.trust_domain {
             fields.push(inert("spec.mtls.trustDomain", &self.mtls.trust_domain));
         }
@@ -97,11 +95,8 @@ impl NotActing for MeshConfigSpec {
 
 impl NotActing for TrafficPolicySpec {
     fn fields_not_acting(&self) -> Vec<InertField> {
-        // Proxies speak plaintext: there is no mTLS to turn on or off per Service yet.
-        self.mtls_mode
-            .map(|mode| inert("spec.mtlsMode", format!("{mode:?}")))
-            .into_iter()
-            .collect()
+        // Every field acts: `mtlsMode` decides whether callers originate mTLS.
+        Vec::new()
     }
 }
 
@@ -184,7 +179,6 @@ mod tests {
         assert_eq!(
             paths(&fields),
             [
-                "spec.mtls.mode",
                 "spec.mtls.trustDomain",
                 "spec.mtls.workloadCertLifetime",
                 "spec.tracing.zipkinEndpoint",
@@ -196,7 +190,6 @@ mod tests {
         assert_eq!(
             values,
             [
-                "Strict",
                 "example.org",
                 "1h",
                 "http://zipkin:9411/api/v2/spans",
@@ -219,20 +212,14 @@ mod tests {
     }
 
     #[test]
-    fn a_traffic_policy_names_its_mtls_mode_only() {
+    fn every_traffic_policy_field_acts() {
         let mut spec: TrafficPolicySpec = serde_json::from_value(serde_json::json!({
             "service": "backend", "loadBalancer": "RoundRobin", "opaquePorts": [5432],
         }))
         .unwrap();
         assert!(spec.fields_not_acting().is_empty());
         spec.mtls_mode = Some(MtlsMode::Disabled);
-        assert_eq!(
-            spec.fields_not_acting(),
-            [InertField {
-                path: "spec.mtlsMode".to_owned(),
-                value: "Disabled".to_owned()
-            }]
-        );
+        assert!(spec.fields_not_acting().is_empty());
     }
 
     #[test]

@@ -157,7 +157,6 @@ mod tests {
     use tokio::net::TcpStream;
 
     use super::*;
-    use crate::proxy::drain::Drain;
     use crate::proxy::metrics::Metrics;
 
     struct Server {
@@ -171,16 +170,15 @@ mod tests {
         let (commands, requests) = mpsc::channel(1);
         let state = AdminState {
             ready: Arc::new(AtomicBool::new(true)),
-            shared: Arc::new(Shared {
-                metrics: Metrics::new(),
-                config: Arc::new(crate::proxy::config::ConfigStore::new(
+            shared: Arc::new(Shared::new(
+                Metrics::new(),
+                Arc::new(crate::proxy::config::ConfigStore::new(
                     crate::proxy::config::Compiled::passthrough(),
                 )),
-                upstreams: crate::proxy::http::upstream::Upstreams::new(Duration::from_secs(1)),
-                drain: Drain::new(),
-                connect_timeout: Duration::from_secs(1),
-                own_ports: [16001, 16006, 16000],
-            }),
+                Arc::default(),
+                Duration::from_secs(1),
+                [16001, 16006, 16000],
+            )),
             commands,
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

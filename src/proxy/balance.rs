@@ -524,6 +524,7 @@ mod tests {
                 namespace: "demo".to_owned(),
             }),
             terminating: false,
+            identity: None,
         }
     }
 

@@ -174,9 +174,9 @@ fn apply(
             on_result(Err(&reason));
             Err(reason)
         }
-        Step::Apply(config) => match store.replace(config.clone()) {
+        Step::Apply(config) => match store.replace((*config).clone()) {
             Ok(compiled) => {
-                state.applied = Some(config);
+                state.applied = Some(*config);
                 on_result(Ok(&compiled));
                 Ok(())
             }
@@ -218,7 +218,7 @@ enum Step {
     Incomplete,
     /// The configuration is the one applied already (ACK).
     Unchanged,
-    Apply(ProxyConfig),
+    Apply(Box<ProxyConfig>),
     /// The response or what is held makes no configuration (NACK).
     Invalid(String),
 }
@@ -281,7 +281,7 @@ impl ClientState {
                 Step::Incomplete
             }
             Ok(config) if self.applied.as_ref() == Some(&config) => Step::Unchanged,
-            Ok(config) => Step::Apply(config),
+            Ok(config) => Step::Apply(Box::new(config)),
             Err(err) => Step::Invalid(err.to_string()),
         }
     }
@@ -366,7 +366,10 @@ destinations:
         let responses = full_responses(&config(ONE));
         assert_eq!(state.receive(&responses[0]), Step::Incomplete);
         assert_eq!(state.receive(&responses[1]), Step::Incomplete);
-        assert_eq!(state.receive(&responses[2]), Step::Apply(config(ONE)));
+        assert_eq!(
+            state.receive(&responses[2]),
+            Step::Apply(Box::new(config(ONE)))
+        );
     }
 
     #[test]
@@ -391,7 +394,7 @@ destinations:
             system_version_info: "1".to_owned(),
             ..Default::default()
         });
-        assert_eq!(step, Step::Apply(two.clone()));
+        assert_eq!(step, Step::Apply(Box::new(two.clone())));
         state.applied = Some(two.clone());
         // An empty response (a resync after a reconnect) changes nothing.
         let step = state.receive(&DeltaDiscoveryResponse {
@@ -419,7 +422,7 @@ destinations:
             system_version_info: "2".to_owned(),
             ..Default::default()
         });
-        assert_eq!(step, Step::Apply(three));
+        assert_eq!(step, Step::Apply(Box::new(three)));
     }
 
     #[test]

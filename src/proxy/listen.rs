@@ -31,7 +31,8 @@ use super::config::{EgressProtocol, Protocol};
 use super::detect::{Detected, Detection, PrefixedIo, detect};
 use super::metrics::{ProtocolLabels, RejectReason};
 use super::original_dst::original_dst;
-use super::{Direction, Shared, http, tcp};
+use super::tcp::Upstream;
+use super::{Direction, Shared, http, inbound, tcp};
 
 /// Pending-connection queue of each listener (the kernel caps it at `net.core.somaxconn`).
 const BACKLOG: u32 = 1024;
@@ -175,9 +176,9 @@ async fn handle(stream: TcpStream, peer: SocketAddr, direction: Direction, share
     }
 }
 
-/// Decides how a connection is handled: HTTP by the HTTP proxy, anything else as opaque TCP
-/// (to a mesh service's endpoint, or to its original destination if the egress policy lets
-/// it out).
+/// Decides how a connection is handled. Inbound: [`inbound::serve`]. Outbound: HTTP by the
+/// HTTP proxy, anything else as opaque TCP (to a mesh service's endpoint, over mutual TLS if
+/// the endpoint is meshed, or to its original destination if the egress policy lets it out).
 async fn dispatch(
     mut stream: TcpStream,
     peer: SocketAddr,
@@ -186,11 +187,12 @@ async fn dispatch(
     shared: &Arc<Shared>,
 ) {
     tcp::set_nodelay(&stream);
+    if direction == Direction::Inbound {
+        inbound::serve(stream, peer, target, shared).await;
+        return;
+    }
     let config = shared.config.current();
-    let service = match direction {
-        Direction::Outbound => config.service_at(target).cloned(),
-        Direction::Inbound => None,
-    };
+    let service = config.service_at(target).cloned();
     let opaque = config.opaque_ports.contains(&target.port())
         || service
             .as_ref()
@@ -212,56 +214,61 @@ async fn dispatch(
         }
     };
     let client = PrefixedIo::new(detection.prefix, stream);
-    match (detection.protocol, direction) {
-        (Detected::Http1 | Detected::Http2, _) => {
-            let connection = http::Connection {
-                direction,
-                peer,
-                target,
-            };
-            let http2 = detection.protocol == Detected::Http2;
-            http::serve(client, http2, connection, shared.clone()).await;
-        }
-        (_, Direction::Inbound) => {
-            tcp::forward(client, peer, direction, target, shared).await;
-        }
-        (protocol, Direction::Outbound) => {
-            if let Some(service) = service {
-                let mut rng = fastrand::Rng::new();
-                let Some(pick) = service.balancer.pick(None, &[], Instant::now(), &mut rng) else {
-                    tracing::info!(%peer, service = %service.name, "no endpoints: resetting the connection");
-                    tcp::reset(client.get_ref());
-                    return;
-                };
-                let reached = tcp::forward(client, peer, direction, pick.address(), shared).await;
-                // A connection's lifetime says nothing about the endpoint's latency; only a
-                // failed connect is worth telling the balancer.
-                let outcome = if reached {
-                    Outcome::Cancelled
-                } else {
-                    Outcome::ConnectFailure
-                };
-                pick.finish(outcome, Instant::now());
-                return;
-            }
-            let (host, egress_protocol, label) = match (&detection.sni, protocol) {
-                (Some(sni), Detected::Tls) => (sni.clone(), EgressProtocol::Tls, "tls"),
-                _ => (target.ip().to_string(), EgressProtocol::Tcp, "tcp"),
-            };
-            if !config.allow_any() && !config.egress.allows(&host, target.port(), egress_protocol) {
-                shared
-                    .metrics
-                    .http
-                    .egress_blocked
-                    .get_or_create(&ProtocolLabels { protocol: label })
-                    .inc();
-                tracing::info!(%peer, %target, %host, protocol = label, "egress blocked: resetting the connection");
-                tcp::reset(client.get_ref());
-                return;
-            }
-            tcp::forward(client, peer, direction, target, shared).await;
-        }
+    let protocol = detection.protocol;
+    if matches!(protocol, Detected::Http1 | Detected::Http2) {
+        let connection = http::Connection {
+            direction,
+            peer,
+            target,
+            peer_id: None,
+        };
+        http::serve(
+            client,
+            protocol == Detected::Http2,
+            connection,
+            shared.clone(),
+        )
+        .await;
+        return;
     }
+    if let Some(service) = service {
+        let mut rng = fastrand::Rng::new();
+        let Some(pick) = service.balancer.pick(None, &[], Instant::now(), &mut rng) else {
+            tracing::info!(%peer, service = %service.name, "no endpoints: resetting the connection");
+            tcp::reset(client.get_ref());
+            return;
+        };
+        let upstream = Upstream {
+            address: pick.address(),
+            identity: config.identity_of(pick.address()),
+        };
+        let reached = tcp::forward(client, peer, direction, upstream, shared).await;
+        // A connection's lifetime says nothing about the endpoint's latency; only a
+        // failed connect is worth telling the balancer.
+        let outcome = if reached {
+            Outcome::Cancelled
+        } else {
+            Outcome::ConnectFailure
+        };
+        pick.finish(outcome, Instant::now());
+        return;
+    }
+    let (host, egress_protocol, label) = match (&detection.sni, protocol) {
+        (Some(sni), Detected::Tls) => (sni.clone(), EgressProtocol::Tls, "tls"),
+        _ => (target.ip().to_string(), EgressProtocol::Tcp, "tcp"),
+    };
+    if !config.allow_any() && !config.egress.allows(&host, target.port(), egress_protocol) {
+        shared
+            .metrics
+            .http
+            .egress_blocked
+            .get_or_create(&ProtocolLabels { protocol: label })
+            .inc();
+        tracing::info!(%peer, %target, %host, protocol = label, "egress blocked: resetting the connection");
+        tcp::reset(client.get_ref());
+        return;
+    }
+    tcp::forward(client, peer, direction, Upstream::plain(target), shared).await;
 }
 
 /// Why an accepted connection is not forwarded.

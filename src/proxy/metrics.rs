@@ -6,7 +6,7 @@
 //! | `skein_proxy_tcp_connections_closed_total` | `direction` | of those, the ones that have ended, however they ended (`opened - closed` are open now) |
 //! | `skein_proxy_tcp_connect_failures_total` | `direction` | upstream connects that failed or timed out (the client's connection is then reset) |
 //! | `skein_proxy_tcp_bytes_total` | `direction`, `flow` | bytes forwarded |
-//! | `skein_proxy_tcp_connections_rejected_total` | `direction`, `reason` | connections closed at once, without connecting anywhere |
+//! | `skein_proxy_tcp_connections_rejected_total` | `direction`, `reason` | connections closed at once, without connecting anywhere: `no_original_destination`, `loop`, `plaintext_refused` (mTLS `Strict`), `mtls_handshake_failed`, `no_certificate` |
 //!
 //! | `skein_proxy_requests_total` | request labels (below) | HTTP requests answered, by response |
 //! | `skein_proxy_request_duration_seconds` | `direction`, `destination_service`, `classification` | histogram: request start to the end of the response, in seconds (buckets 0.5 ms to 10 s) |
@@ -22,7 +22,10 @@
 //! `destination_workload`, `destination_namespace`, `status_code` (HTTP status; 0 if the
 //! client went away first), `grpc_status` (empty for plain HTTP) and `classification`:
 //! `failure` for 5xx, a gRPC status other than OK, or no response; `success` otherwise.
-//! Outbound, the source is this proxy's workload; inbound, the destination is.
+//! Outbound, the source is this proxy's workload; inbound, the destination is. Inbound requests
+//! also carry `tls` (`true` over mutual TLS) and `source_principal` (the client's proven
+//! identity, `spiffe://...`; empty for plaintext); with mTLS, `source_workload` is named only
+//! if the workload at the client's address has that identity.
 //!
 //! Labels:
 //! - `direction`: `outbound` (the app connecting out) or `inbound` (a client connecting to the
@@ -53,15 +56,30 @@ use super::Direction;
 pub enum RejectReason {
     NoOriginalDestination,
     Loop,
+    /// Plaintext to a port whose mTLS mode is `Strict`.
+    PlaintextRefused,
+    /// A client asked for mutual TLS and the handshake failed (untrusted or wrong identity).
+    MtlsHandshakeFailed,
+    /// A client asked for mutual TLS and this proxy has no certificate yet.
+    NoCertificate,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 2] = [RejectReason::NoOriginalDestination, RejectReason::Loop];
+    pub const ALL: [RejectReason; 5] = [
+        RejectReason::NoOriginalDestination,
+        RejectReason::Loop,
+        RejectReason::PlaintextRefused,
+        RejectReason::MtlsHandshakeFailed,
+        RejectReason::NoCertificate,
+    ];
 
     pub const fn as_str(self) -> &'static str {
         match self {
             RejectReason::NoOriginalDestination => "no_original_destination",
             RejectReason::Loop => "loop",
+            RejectReason::PlaintextRefused => "plaintext_refused",
+            RejectReason::MtlsHandshakeFailed => "mtls_handshake_failed",
+            RejectReason::NoCertificate => "no_certificate",
         }
     }
 }
@@ -129,6 +147,8 @@ pub struct RequestLabels {
     pub protocol: &'static str,
     pub source_workload: String,
     pub source_namespace: String,
+    pub source_principal: String,
+    pub tls: &'static str,
     pub destination_service: String,
     pub destination_workload: String,
     pub destination_namespace: String,
@@ -291,16 +311,13 @@ pub struct TcpMetrics {
     pub bytes_sent: Counter,
     /// Bytes that came into the pod.
     pub bytes_received: Counter,
-    rejected_no_original_destination: Counter,
-    rejected_loop: Counter,
+    /// By [`RejectReason`], in the order of [`RejectReason::ALL`].
+    rejected: [Counter; RejectReason::ALL.len()],
 }
 
 impl TcpMetrics {
     pub fn rejected(&self, reason: RejectReason) -> &Counter {
-        match reason {
-            RejectReason::NoOriginalDestination => &self.rejected_no_original_destination,
-            RejectReason::Loop => &self.rejected_loop,
-        }
+        &self.rejected[reason as usize]
     }
 }
 
@@ -363,8 +380,7 @@ impl Metrics {
                 connect_failures: connect_failures.get_or_create(&by_direction).clone(),
                 bytes_sent: bytes(Flow::Sent),
                 bytes_received: bytes(Flow::Received),
-                rejected_no_original_destination: rejected(RejectReason::NoOriginalDestination),
-                rejected_loop: rejected(RejectReason::Loop),
+                rejected: RejectReason::ALL.map(rejected),
             }
         };
         let (inbound, outbound) = (tcp(Direction::Inbound), tcp(Direction::Outbound));

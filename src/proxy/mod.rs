@@ -51,6 +51,7 @@ pub mod drain;
 pub mod egress;
 pub mod headers;
 pub mod http;
+pub mod inbound;
 pub mod listen;
 pub mod metrics;
 pub mod mtls;
@@ -207,11 +208,34 @@ pub(crate) struct Shared {
     pub metrics: Metrics,
     pub config: Arc<ConfigStore>,
     pub upstreams: http::upstream::Upstreams,
+    /// Mutual TLS: the workload certificate and the TLS configurations that use it.
+    pub mtls: Arc<mtls::Mtls>,
     pub drain: Drain,
     pub connect_timeout: Duration,
     /// The proxy's own ports: a connection whose original destination is one of them (on this
     /// host) would be forwarded back into the proxy.
     pub own_ports: [u16; 3],
+}
+
+impl Shared {
+    pub(crate) fn new(
+        metrics: Metrics,
+        config: Arc<ConfigStore>,
+        credentials: Arc<mtls::Credentials>,
+        connect_timeout: Duration,
+        own_ports: [u16; 3],
+    ) -> Self {
+        let mtls = Arc::new(mtls::Mtls::new(credentials));
+        Self {
+            metrics,
+            upstreams: http::upstream::Upstreams::new(connect_timeout, &mtls, config.clone()),
+            config,
+            mtls,
+            drain: Drain::new(),
+            connect_timeout,
+            own_ports,
+        }
+    }
 }
 
 /// The runtime the proxy runs on: a single-threaded one for one worker, else a multi-threaded
@@ -313,14 +337,14 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     metrics.http.set_config_version(&config.source.version);
     let config = Arc::new(ConfigStore::new(config));
-    let shared = Arc::new(Shared {
+    let credentials = Arc::new(mtls::Credentials::default());
+    let shared = Arc::new(Shared::new(
         metrics,
-        config: config.clone(),
-        upstreams: http::upstream::Upstreams::new(args.connect_timeout.as_std()),
-        drain: Drain::new(),
-        connect_timeout: args.connect_timeout.as_std(),
-        own_ports: [args.outbound_port, args.inbound_port, args.admin_port],
-    });
+        config.clone(),
+        credentials,
+        args.connect_timeout.as_std(),
+        [args.outbound_port, args.inbound_port, args.admin_port],
+    ));
 
     let mut accept_loops = Vec::new();
     for (direction, listeners) in [

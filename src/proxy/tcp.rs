@@ -21,8 +21,11 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use futures::future::Either;
+
 use super::detect::PrefixedIo;
 use super::{Direction, Shared};
+use crate::identity::SpiffeId;
 
 /// The upstream could not be reached.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +40,13 @@ pub enum ConnectError {
     Timeout {
         target: SocketAddr,
         timeout: Duration,
+    },
+    #[error("mutual TLS with {target} (expected to be {identity}) failed")]
+    Handshake {
+        target: SocketAddr,
+        identity: SpiffeId,
+        #[source]
+        source: io::Error,
     },
 }
 
@@ -73,30 +83,71 @@ impl Drop for CountClosed<'_> {
     }
 }
 
-/// Forwards one accepted connection to `target` until both sides are done, a side fails, or
+/// Where a forwarded connection goes, and as whom the upstream must prove to be: with an
+/// identity the connection is mutual TLS (the upstream is a meshed pod's proxy).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Upstream<'a> {
+    pub address: SocketAddr,
+    pub identity: Option<&'a SpiffeId>,
+}
+
+impl Upstream<'_> {
+    pub fn plain(address: SocketAddr) -> Upstream<'static> {
+        Upstream {
+            address,
+            identity: None,
+        }
+    }
+}
+
+/// Forwards one accepted connection to `upstream` until both sides are done, a side fails, or
 /// the drain runs out of time. `client` replays the bytes protocol detection read. Returns
 /// whether the upstream was reached (the balancer learns of connect failures).
-pub(crate) async fn forward(
-    client: PrefixedIo<TcpStream>,
+pub(crate) async fn forward<C>(
+    client: C,
     peer: SocketAddr,
     direction: Direction,
-    target: SocketAddr,
+    upstream: Upstream<'_>,
     shared: &Shared,
-) -> bool {
+) -> bool
+where
+    C: AsyncRead + AsyncWrite + Unpin + OnTcp,
+{
     let metrics = shared.metrics.tcp(direction);
     metrics.opened.inc();
     let _closed = CountClosed(&metrics.closed);
 
+    let connecting = async {
+        let tcp = connect(upstream.address, shared.connect_timeout).await?;
+        set_nodelay(&tcp);
+        let Some(identity) = upstream.identity else {
+            return Ok(Either::Left(tcp));
+        };
+        let handshake = shared.mtls.connect(tcp, identity);
+        match tokio::time::timeout(shared.connect_timeout, handshake).await {
+            Ok(Ok(tls)) => Ok(Either::Right(tls)),
+            Ok(Err(source)) => Err(ConnectError::Handshake {
+                target: upstream.address,
+                identity: identity.clone(),
+                source,
+            }),
+            Err(_) => Err(ConnectError::Timeout {
+                target: upstream.address,
+                timeout: shared.connect_timeout,
+            }),
+        }
+    };
     let connected = tokio::select! {
         biased;
         () = shared.drain.aborted() => {
-            reset(client.get_ref());
+            reset(client.tcp());
             return true;
         }
-        connected = connect(target, shared.connect_timeout) => connected,
+        connected = connecting => connected,
     };
-    let mut upstream = match connected {
-        Ok(upstream) => upstream,
+    match connected {
+        Ok(Either::Left(tcp)) => relay(client, tcp, peer, direction, upstream, shared).await,
+        Ok(Either::Right(tls)) => relay(client, tls, peer, direction, upstream, shared).await,
         Err(err) => {
             metrics.connect_failures.inc();
             tracing::warn!(
@@ -105,12 +156,27 @@ pub(crate) async fn forward(
                 error = %ErrorChain(&err),
                 "upstream unreachable: resetting the client connection"
             );
-            reset(client.get_ref());
+            reset(client.tcp());
             return false;
         }
-    };
-    set_nodelay(&upstream);
+    }
+    true
+}
 
+/// Copies both ways between a client and a connected upstream.
+async fn relay<C, U>(
+    client: C,
+    mut upstream: U,
+    peer: SocketAddr,
+    direction: Direction,
+    target: Upstream<'_>,
+    shared: &Shared,
+) where
+    C: AsyncRead + AsyncWrite + Unpin + OnTcp,
+    U: AsyncRead + AsyncWrite + Unpin + OnTcp,
+{
+    let metrics = shared.metrics.tcp(direction);
+    let target = target.address;
     // Bytes the client sends leave the pod when the client is the app (outbound) and enter it
     // when the client is outside (inbound).
     let (from_client, to_client) = match direction {
@@ -130,23 +196,51 @@ pub(crate) async fn forward(
             tracing::debug!(%direction, %peer, %target, from_client, to_client, ?duration, "closed");
         }
         Some(Err(err)) => {
-            reset(client.get_ref().get_ref());
-            reset(&upstream);
+            reset(client.get_ref().tcp());
+            reset(upstream.tcp());
             tracing::debug!(
                 %direction, %peer, %target, from_client, to_client, ?duration, error = %err,
                 "connection broke: reset both sides"
             );
         }
         None => {
-            reset(client.get_ref().get_ref());
-            reset(&upstream);
+            reset(client.get_ref().tcp());
+            reset(upstream.tcp());
             tracing::debug!(
                 %direction, %peer, %target, from_client, to_client, ?duration,
                 "still open at the end of the drain: reset"
             );
         }
     }
-    true
+}
+
+/// A stream carried by a TCP connection, which a failure resets.
+pub(crate) trait OnTcp {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl OnTcp for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl<T: OnTcp> OnTcp for PrefixedIo<T> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().tcp()
+    }
+}
+
+impl<T: OnTcp> OnTcp for tokio_rustls::server::TlsStream<T> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0.tcp()
+    }
+}
+
+impl<T: OnTcp> OnTcp for tokio_rustls::client::TlsStream<T> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0.tcp()
+    }
 }
 
 /// An error and its sources on one line (what `{:#}` does for anyhow).

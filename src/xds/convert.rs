@@ -48,6 +48,7 @@ pub fn settings_to_proto(config: &cfg::ProxyConfig) -> pb::ProxySettings {
         opaque_ports: config.opaque_ports.iter().map(|&p| u32::from(p)).collect(),
         detect_timeout_millis: millis(config.detect_timeout),
         draining: config.draining,
+        inbound_mtls: Some(inbound_mtls_to_proto(&config.inbound_mtls)),
     }
 }
 
@@ -72,6 +73,78 @@ pub fn settings_from_proto(settings: pb::ProxySettings) -> Result<cfg::ProxyConf
         opaque_ports: ports("opaquePorts", &settings.opaque_ports)?,
         detect_timeout: Duration::from_millis(settings.detect_timeout_millis),
         draining: settings.draining,
+        inbound_mtls: settings
+            .inbound_mtls
+            .map(inbound_mtls_from_proto)
+            .transpose()?
+            .unwrap_or_default(),
+    })
+}
+
+fn mtls_mode_to_proto(mode: cfg::MtlsMode) -> i32 {
+    (match mode {
+        cfg::MtlsMode::Permissive => pb::MtlsMode::Permissive,
+        cfg::MtlsMode::Strict => pb::MtlsMode::Strict,
+        cfg::MtlsMode::Disabled => pb::MtlsMode::Disabled,
+    }) as i32
+}
+
+fn mtls_mode_from_proto(field: &'static str, value: i32) -> Result<cfg::MtlsMode> {
+    Ok(match enum_value::<pb::MtlsMode>(field, value)? {
+        pb::MtlsMode::Permissive => cfg::MtlsMode::Permissive,
+        pb::MtlsMode::Strict => cfg::MtlsMode::Strict,
+        pb::MtlsMode::Disabled => cfg::MtlsMode::Disabled,
+    })
+}
+
+fn inbound_mtls_to_proto(mtls: &cfg::InboundMtls) -> pb::InboundMtls {
+    pb::InboundMtls {
+        mode: mtls_mode_to_proto(mtls.mode),
+        port_modes: mtls
+            .port_modes
+            .iter()
+            .map(|(&port, &mode)| (u32::from(port), mtls_mode_to_proto(mode)))
+            .collect(),
+        probes: mtls
+            .probes
+            .iter()
+            .map(|probe| pb::ProbePort {
+                port: u32::from(probe.port),
+                http_paths: probe.http_paths.clone(),
+            })
+            .collect(),
+        node_ip: mtls.node_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+    }
+}
+
+fn inbound_mtls_from_proto(mtls: pb::InboundMtls) -> Result<cfg::InboundMtls> {
+    Ok(cfg::InboundMtls {
+        mode: mtls_mode_from_proto("inboundMtls.mode", mtls.mode)?,
+        port_modes: mtls
+            .port_modes
+            .into_iter()
+            .map(|(port, mode)| {
+                Ok((
+                    port_number("inboundMtls.portModes", port)?,
+                    mtls_mode_from_proto("inboundMtls.portModes", mode)?,
+                ))
+            })
+            .collect::<Result<_>>()?,
+        probes: mtls
+            .probes
+            .into_iter()
+            .map(|probe| {
+                Ok(cfg::ProbePort {
+                    port: port_number("inboundMtls.probes.port", probe.port)?,
+                    http_paths: probe.http_paths,
+                })
+            })
+            .collect::<Result<_>>()?,
+        node_ip: if mtls.node_ip.is_empty() {
+            None
+        } else {
+            Some(ip("inboundMtls.nodeIp", &mtls.node_ip)?)
+        },
     })
 }
 
@@ -241,6 +314,7 @@ fn port_to_proto(port: &cfg::DestinationPort) -> pb::DestinationPort {
                 labels: endpoint.labels.clone(),
                 workload: endpoint.workload.as_ref().map(workload_to_proto),
                 terminating: endpoint.terminating,
+                identity: endpoint.identity.clone().unwrap_or_default(),
             })
             .collect(),
     }
@@ -269,6 +343,7 @@ fn port_from_proto(port: pb::DestinationPort) -> Result<cfg::DestinationPort> {
                     labels: endpoint.labels,
                     workload: endpoint.workload.map(workload_from_proto),
                     terminating: endpoint.terminating,
+                    identity: Some(endpoint.identity).filter(|id| !id.is_empty()),
                 })
             })
             .collect::<Result<_>>()?,

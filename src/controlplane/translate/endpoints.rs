@@ -8,7 +8,9 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::{EndpointConditions, EndpointSlice};
 
+use super::mtls::MeshMtls;
 use super::policy::DestinationPolicy;
+use crate::api::meshconfig::MtlsMode;
 use crate::proxy::config::types::{Destination, DestinationPort, Endpoint, Protocol, Workload};
 
 /// The label the EndpointSlice controller puts on a Service's slices.
@@ -37,7 +39,11 @@ impl PodIndex {
     }
 
     pub fn get(&self, namespace: &str, name: &str) -> Option<&Pod> {
-        self.by_namespace.get(namespace)?.get(name).map(Arc::as_ref)
+        self.get_shared(namespace, name).map(Arc::as_ref)
+    }
+
+    pub fn get_shared(&self, namespace: &str, name: &str) -> Option<&Arc<Pod>> {
+        self.by_namespace.get(namespace)?.get(name)
     }
 }
 
@@ -202,6 +208,8 @@ struct ServingEndpoint {
     workload: Option<Workload>,
     /// Serving but terminating: a fallback for when nothing else is left.
     terminating: bool,
+    /// Its pod, when the cache has it (for its identity).
+    pod: Option<Arc<Pod>>,
 }
 
 /// Whether an endpoint takes requests, and whether only as a fallback (terminating). The
@@ -251,8 +259,9 @@ fn serving_endpoints(slice: &EndpointSlice, pods: &PodIndex) -> Vec<ServingEndpo
                     let namespace = r.namespace.as_deref().unwrap_or(slice_namespace);
                     Some((namespace, r.name.as_deref()?))
                 });
+            let pod = pod_ref.and_then(|(namespace, name)| pods.get_shared(namespace, name));
             let (labels, workload) = match pod_ref {
-                Some((namespace, name)) => match pods.get(namespace, name) {
+                Some((namespace, name)) => match pod {
                     Some(pod) => (pod_labels(pod), Some(workload_of(pod, namespace))),
                     // Not in the pod cache yet: the pod is all we know.
                     None => (
@@ -270,6 +279,7 @@ fn serving_endpoints(slice: &EndpointSlice, pods: &PodIndex) -> Vec<ServingEndpo
                 labels,
                 workload,
                 terminating: serving == Serving::Terminating,
+                pod: pod.cloned(),
             }
         })
         .collect()
@@ -282,6 +292,7 @@ pub(super) fn destination(
     pods: &PodIndex,
     cluster_domain: &str,
     policy: Option<&DestinationPolicy>,
+    mtls: &MeshMtls,
 ) -> Option<Destination> {
     let namespace = svc.metadata.namespace.as_deref()?;
     let name = svc.metadata.name.as_deref()?;
@@ -298,7 +309,7 @@ pub(super) fn destination(
         .map(|(number, port)| DestinationPort {
             port: number,
             protocol: port_protocol(port, number, opaque_ports),
-            endpoints: port_endpoints(port, &slices),
+            endpoints: port_endpoints(port, &slices, mtls, policy.and_then(|p| p.mtls_mode)),
         })
         .collect();
 
@@ -330,6 +341,8 @@ pub(super) fn destination(
 fn port_endpoints(
     port: &ServicePort,
     slices: &[(&EndpointSlice, Vec<ServingEndpoint>)],
+    mtls: &MeshMtls,
+    client_mtls: Option<MtlsMode>,
 ) -> Vec<Endpoint> {
     let name = port.name.as_deref().unwrap_or_default();
     let mut endpoints = Vec::new();
@@ -345,12 +358,22 @@ fn port_endpoints(
             .filter(|p| *p != 0);
         let Some(target) = target else { continue };
         for endpoint in serving {
+            let identity = endpoint
+                .pod
+                .as_ref()
+                .and_then(|pod| mtls.endpoint_identity(pod, target, client_mtls));
+            // A caller told to use mTLS only (its TrafficPolicy's `Strict`) never gets an
+            // endpoint it would have to reach in plaintext.
+            if identity.is_none() && client_mtls == Some(MtlsMode::Strict) {
+                continue;
+            }
             for ip in &endpoint.ips {
                 endpoints.push(Endpoint {
                     address: SocketAddr::new(*ip, target),
                     labels: endpoint.labels.clone(),
                     workload: endpoint.workload.clone(),
                     terminating: endpoint.terminating,
+                    identity: identity.clone(),
                 });
             }
         }

@@ -51,9 +51,9 @@
 //!   without a RouteRule gets one catch-all route with those defaults, or no route when there
 //!   are none.
 //! - A TrafficPolicy sets the destination's load balancer, limits, outlier detection and opaque
-//!   ports. Its `mtlsMode` is not part of the proxy configuration yet: a policy setting it
-//!   reports `FieldsNotActing=True` ([`crate::api::not_acting`]), as does any rule with a field
-//!   nothing acts on.
+//!   ports; `mtlsMode: Disabled` makes its callers speak plaintext to the Service's endpoints
+//!   (see [`mtls`]). A rule with a field nothing acts on reports `FieldsNotActing=True`
+//!   ([`crate::api::not_acting`]).
 //! - An EgressRule adds one egress entry per host and port to the proxies of the namespaces it
 //!   applies to (`spec.namespaces`, `*` for all, or only its own namespace by default).
 //! - Several RouteRules (or several TrafficPolicies) for one Service: the oldest
@@ -72,6 +72,7 @@
 
 mod egress;
 mod endpoints;
+mod mtls;
 mod policy;
 mod routes;
 mod status;
@@ -122,6 +123,7 @@ pub struct MeshView {
     /// Accepted EgressRules, sorted by namespace and name.
     egress: Vec<egress::PreparedEgress>,
     pods: endpoints::PodIndex,
+    mtls: mtls::MeshMtls,
     outbound_traffic_policy: OutboundTrafficPolicy,
     /// Sorted by kind, namespace and name.
     reports: Vec<RuleReport>,
@@ -182,6 +184,7 @@ impl MeshView {
     pub fn build(inputs: &Inputs) -> MeshView {
         let defaults = routes::Defaults::from_mesh(&inputs.mesh.traffic);
         let pods = endpoints::PodIndex::new(inputs.pods);
+        let mesh_mtls = mtls::MeshMtls::from_mesh(inputs.mesh);
         let slices = endpoints::SliceIndex::new(inputs.endpoint_slices);
         let mut reports = Vec::new();
 
@@ -248,8 +251,14 @@ impl MeshView {
                 let name = svc.metadata.name.as_deref()?;
                 let key = ServiceKey::new(namespace, name);
                 let policy = policies.winners.get(&key);
-                let mut destination =
-                    endpoints::destination(svc, &slices, &pods, inputs.cluster_domain, policy)?;
+                let mut destination = endpoints::destination(
+                    svc,
+                    &slices,
+                    &pods,
+                    inputs.cluster_domain,
+                    policy,
+                    &mesh_mtls,
+                )?;
                 destination.routes = match rules.winners.get(&key) {
                     Some(routes) => routes.clone(),
                     None => defaults.catch_all().into_iter().collect(),
@@ -323,6 +332,7 @@ impl MeshView {
             destinations,
             egress: egress.into_iter().map(|(_, e)| e).collect(),
             pods,
+            mtls: mesh_mtls,
             outbound_traffic_policy: match inputs.mesh.traffic.outbound_traffic_policy {
                 MeshOutboundPolicy::RegistryOnly => OutboundTrafficPolicy::RegistryOnly,
                 MeshOutboundPolicy::AllowAny => OutboundTrafficPolicy::AllowAny,
@@ -366,6 +376,7 @@ impl MeshView {
             workload: self.proxy_workload(namespace, pod, ip),
             outbound_traffic_policy: self.outbound_traffic_policy,
             draining: self.pods.get(namespace, pod).is_some_and(is_terminating),
+            inbound_mtls: self.mtls.inbound(self.pods.get(namespace, pod)),
             ..ProxyConfig::default()
         };
         hash.write(&json_bytes(&(
@@ -374,6 +385,7 @@ impl MeshView {
             &config.opaque_ports,
             config.detect_timeout,
             config.draining,
+            &config.inbound_mtls,
         )));
         config.version = format!("{:016x}", hash.finish());
         config.destinations = destinations;

@@ -1,6 +1,7 @@
 //! TrafficPolicy → a destination's load balancer, limits, outlier detection and opaque ports.
 
 use crate::api::TrafficPolicySpec;
+use crate::api::meshconfig::MtlsMode;
 use crate::api::traffic_policy::LoadBalancerAlgorithm;
 use crate::proxy::config::types::{Limits, LoadBalancer, OutlierDetection};
 
@@ -12,6 +13,8 @@ pub(super) struct DestinationPolicy {
     pub outlier_detection: Option<OutlierDetection>,
     /// Service ports forwarded as bytes.
     pub opaque_ports: Vec<u16>,
+    /// `Disabled`: callers speak plaintext to the Service's endpoints.
+    pub mtls_mode: Option<MtlsMode>,
 }
 
 /// Checks what the CRD schema cannot (or what a rule created without it could get wrong) and
@@ -83,6 +86,7 @@ pub(super) fn translate(spec: &TrafficPolicySpec) -> DestinationPolicy {
             }
         }),
         opaque_ports: spec.opaque_ports.clone(),
+        mtls_mode: spec.mtls_mode,
     }
 }
 

@@ -5,7 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::api::not_acting::{FIELDS_NOT_ACTING, REASON_ALL_FIELDS_ACT, REASON_NOT_IMPLEMENTED};
+use crate::api::not_acting::{FIELDS_NOT_ACTING, REASON_ALL_FIELDS_ACT};
 use crate::api::rule_status::{
     ACCEPTED, REASON_ACCEPTED, REASON_CONFLICTED, REASON_INVALID, REASON_RESOLVED,
     REASON_SERVICE_NOT_FOUND, RESOLVED_REFS,
@@ -1049,14 +1049,10 @@ fn traffic_policy_sets_balancing_limits_and_outlier_detection_and_conflicts() {
         message(new, ACCEPTED),
         "TrafficPolicy demo/old already applies to backend.demo; this one is ignored"
     );
-    // The policy's mtlsMode does nothing yet, and its status says so.
+    // Every field of the policy acts, mtlsMode included.
     assert_eq!(
         cond(old, FIELDS_NOT_ACTING),
-        (s("True"), s(REASON_NOT_IMPLEMENTED))
-    );
-    assert_eq!(
-        message(old, FIELDS_NOT_ACTING),
-        "spec.mtlsMode (Strict) is accepted but not acted on yet: setting it changes nothing"
+        (s("False"), s(REASON_ALL_FIELDS_ACT))
     );
     assert_eq!(
         cond(new, FIELDS_NOT_ACTING),

@@ -9,6 +9,7 @@ use std::sync::{Arc, RwLock};
 use super::types::{
     Destination, DestinationPort, Limits, OutboundTrafficPolicy, Protocol, ProxyConfig, Workload,
 };
+use crate::identity::SpiffeId;
 use crate::proxy::balance::Balancer;
 use crate::proxy::egress::{EgressError, EgressPolicy};
 use crate::proxy::retry::RetryBudget;
@@ -60,6 +61,11 @@ pub struct Compiled {
     pub egress: EgressPolicy,
     pub opaque_ports: HashSet<u16>,
     workloads: HashMap<IpAddr, Workload>,
+    /// Endpoints that accept mutual TLS, and as whom.
+    identities: HashMap<SocketAddr, SpiffeId>,
+    /// The identity of the workload at an address (any of its ports), to trust an inbound
+    /// peer's address only when its certificate says the same.
+    identities_by_ip: HashMap<IpAddr, SpiffeId>,
     /// No `--config`: forward everything to its original destination, as before a mesh.
     pub passthrough: bool,
 }
@@ -77,6 +83,8 @@ impl Compiled {
         let mut by_address = HashMap::new();
         let mut by_host = HashMap::new();
         let mut workloads = HashMap::new();
+        let mut identities = HashMap::new();
+        let mut identities_by_ip = HashMap::new();
         let mut names = HashSet::new();
         for destination in &config.destinations {
             if !names.insert(destination.name.as_str()) {
@@ -90,8 +98,19 @@ impl Compiled {
                     previous.and_then(|p| p.service_named(&destination.name, port.port));
                 let service = Arc::new(compile_service(destination, port, previous_service)?);
                 for endpoint in &port.endpoints {
+                    let ip = endpoint.address.ip().to_canonical();
                     if let Some(workload) = &endpoint.workload {
-                        workloads.insert(endpoint.address.ip(), workload.clone());
+                        workloads.insert(ip, workload.clone());
+                    }
+                    if let Some(identity) = &endpoint.identity {
+                        let id = identity.parse::<SpiffeId>().map_err(|err| {
+                            invalid(
+                                destination,
+                                &format!("endpoint {}: {err}", endpoint.address),
+                            )
+                        })?;
+                        identities_by_ip.insert(ip, id.clone());
+                        identities.insert(SocketAddr::new(ip, endpoint.address.port()), id);
                     }
                 }
                 for address in &destination.addresses {
@@ -120,6 +139,8 @@ impl Compiled {
             by_address,
             by_host,
             workloads,
+            identities,
+            identities_by_ip,
             passthrough: false,
             source: config,
         })
@@ -138,6 +159,8 @@ impl Compiled {
             by_address: HashMap::new(),
             by_host: HashMap::new(),
             workloads: HashMap::new(),
+            identities: HashMap::new(),
+            identities_by_ip: HashMap::new(),
             passthrough: true,
             source,
         }
@@ -171,9 +194,24 @@ impl Compiled {
             .filter(move |s| seen.insert(Arc::as_ptr(s)))
     }
 
-    /// The workload behind a mesh address (the source of an inbound request).
-    pub fn workload_at(&self, ip: IpAddr) -> Option<&Workload> {
-        self.workloads.get(&ip.to_canonical())
+    /// The workload behind an inbound peer. With mutual TLS, the address is believed only if
+    /// the workload there has the identity the peer proved (an address alone can be a NAT, a
+    /// reused pod IP or anyone's); without it, the address is the only clue.
+    pub fn workload_at(&self, ip: IpAddr, peer: Option<&SpiffeId>) -> Option<&Workload> {
+        let ip = ip.to_canonical();
+        let workload = self.workloads.get(&ip)?;
+        match peer {
+            Some(peer) => (self.identities_by_ip.get(&ip) == Some(peer)).then_some(workload),
+            None => Some(workload),
+        }
+    }
+
+    /// The identity an endpoint proves with mutual TLS; `None`: it takes plaintext.
+    pub fn identity_of(&self, endpoint: SocketAddr) -> Option<&SpiffeId> {
+        self.identities.get(&SocketAddr::new(
+            endpoint.ip().to_canonical(),
+            endpoint.port(),
+        ))
     }
 
     pub fn allow_any(&self) -> bool {
@@ -333,7 +371,7 @@ destinations:
         assert!(compiled.service_for_host("frontend", 80).is_none());
         assert_eq!(
             compiled
-                .workload_at("198.18.0.5".parse().unwrap())
+                .workload_at("198.18.0.5".parse().unwrap(), None)
                 .map(|w| w.name.as_str()),
             Some("backend-v1")
         );

@@ -2,6 +2,7 @@
 //! and, later, what the control plane streams. Plain serde types without behaviour; the
 //! modules that act on them compile what they need (regexes, weights) when a config is loaded.
 
+pub use crate::api::meshconfig::MtlsMode;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
@@ -39,6 +40,43 @@ pub struct ProxyConfig {
     /// serving (see `proxy::drain`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub draining: bool,
+    /// Which inbound connections must be mutual TLS.
+    #[serde(default)]
+    pub inbound_mtls: InboundMtls,
+}
+
+/// The server side of mutual TLS: whether plaintext is accepted, mesh-wide and per port.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InboundMtls {
+    /// `Permissive` (the default) accepts mTLS and plaintext, `Strict` only mTLS, `Disabled`
+    /// is plaintext (callers are not told to use mTLS).
+    #[serde(default)]
+    pub mode: MtlsMode,
+    /// Ports whose mode differs from `mode`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub port_modes: BTreeMap<u16, MtlsMode>,
+    /// The kubelet's probes, which are plaintext by nature: under `Strict` they are let in from
+    /// `nodeIp` to these ports (and, for HTTP probes, these paths) only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<ProbePort>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_ip: Option<IpAddr>,
+}
+
+impl InboundMtls {
+    pub fn mode_for(&self, port: u16) -> MtlsMode {
+        self.port_modes.get(&port).copied().unwrap_or(self.mode)
+    }
+}
+
+/// A port the kubelet probes, with the HTTP paths it asks for (none for TCP probes).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProbePort {
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http_paths: Vec<String>,
 }
 
 /// The same as an empty file: no destinations, `RegistryOnly`.
@@ -53,6 +91,7 @@ impl Default for ProxyConfig {
             opaque_ports: default_opaque_ports(),
             detect_timeout: default_detect_timeout(),
             draining: false,
+            inbound_mtls: InboundMtls::default(),
         }
     }
 }
@@ -150,6 +189,10 @@ pub struct Endpoint {
     /// (as kube-proxy does), so callers move away while the pod drains.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub terminating: bool,
+    /// The endpoint's pod is meshed and accepts mutual TLS as this identity
+    /// (`spiffe://...`): callers originate mTLS and require it. Unset: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

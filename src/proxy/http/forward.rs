@@ -569,6 +569,8 @@ pub fn labels(
         protocol: if grpc { "grpc" } else { "http" },
         source_workload: source.map(|w| w.name.clone()).unwrap_or_default(),
         source_namespace: source.map(|w| w.namespace.clone()).unwrap_or_default(),
+        source_principal: String::new(),
+        tls: "",
         destination_service: destination_service.to_owned(),
         destination_workload: destination.map(|w| w.name.clone()).unwrap_or_default(),
         destination_namespace: destination.map(|w| w.namespace.clone()).unwrap_or_default(),

@@ -3,14 +3,15 @@
 
 use std::time::Instant;
 
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::body::{ProxyBody, RequestBody, boxed};
-use super::forward::{self, Forward, Target};
+use super::forward::{self, Forward, Local, Target};
 use super::{Prepared, RequestContext, prepare, request_host};
 use crate::proxy::Direction;
 use crate::proxy::config::compiled::normalize_host;
+use crate::proxy::inbound::{self, Plaintext};
 
 pub async fn handle(
     request: Request<Incoming>,
@@ -26,9 +27,34 @@ pub async fn handle(
         grpc,
     } = prepare(request, &mut fastrand::Rng::new());
     let service = request_host(&parts).map(normalize_host).unwrap_or_default();
-    let source = config.workload_at(connection.peer.ip());
+    let peer_id = connection.peer_id.as_ref();
+    let source = config.workload_at(connection.peer.ip(), peer_id);
     let own = Some(&config.source.workload).filter(|w| !w.name.is_empty());
-    let labels = forward::labels(Direction::Inbound, grpc, source, &service, own);
+    let mut labels = forward::labels(Direction::Inbound, grpc, source, &service, own);
+    if let Some(peer_id) = peer_id {
+        labels.source_principal = peer_id.to_string();
+        // The namespace is proven even when the workload is not known.
+        labels.source_namespace.clone_from(&peer_id.namespace);
+    }
+    labels.tls = if peer_id.is_some() { "true" } else { "false" };
+
+    // Plaintext let into a Strict port only as the kubelet's probe: only the probes' paths.
+    let mtls = &config.source.inbound_mtls;
+    let port = connection.target.port();
+    if peer_id.is_none()
+        && inbound::plaintext(mtls, connection.peer.ip(), port) == Plaintext::ProbeOnly
+        && !inbound::probe_path_allowed(mtls, port, parts.uri.path())
+    {
+        tracing::info!(peer = %connection.peer, port, path = parts.uri.path(), "refusing plaintext: the port's mTLS mode is Strict and this is not a probe's path");
+        let refused = Local::new(
+            StatusCode::FORBIDDEN,
+            "mtls-required",
+            format!(
+                "port {port} takes mutual TLS only (Strict); plaintext from the node reaches the probes' paths only"
+            ),
+        );
+        return forward::finish(context, None, labels, started, Err(refused));
+    }
 
     let request = Forward {
         parts,

@@ -2,16 +2,20 @@
 //! for retries.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::request::Parts;
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use super::body::ProxyBody;
+use crate::proxy::config::ConfigStore;
+use crate::proxy::mtls::{self, Mtls};
 use crate::proxy::retry::AttemptOutcome;
 use crate::proxy::tcp::ErrorChain;
 
@@ -41,56 +45,107 @@ impl UpstreamError {
     }
 }
 
-/// Pooled clients to upstreams, shared by all connections of the proxy.
-#[derive(Clone, Debug)]
+/// Pooled clients to upstreams, shared by all connections of the proxy: plaintext, and mutual
+/// TLS for endpoints the control plane says are meshed, one of each per HTTP version.
+#[derive(Clone)]
 pub struct Upstreams {
     http1: Client<HttpConnector, ProxyBody>,
     http2: Client<HttpConnector, ProxyBody>,
+    mtls_http1: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    mtls_http2: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    config: Arc<ConfigStore>,
+}
+
+impl std::fmt::Debug for Upstreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Upstreams")
+    }
 }
 
 impl Upstreams {
-    pub fn new(connect_timeout: Duration) -> Self {
+    pub fn new(connect_timeout: Duration, mtls: &Mtls, config: Arc<ConfigStore>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
-        // Requests carry absolute URIs built from endpoint addresses; nothing else is resolved.
-        connector.enforce_http(true);
         let mut builder = Client::builder(TokioExecutor::new());
         builder.pool_idle_timeout(POOL_IDLE_TIMEOUT);
-        let http1 = builder.clone().build(connector.clone());
-        let http2 = builder.http2_only(true).build(connector);
-        Self { http1, http2 }
+        // Requests carry absolute URIs built from endpoint addresses; nothing else is resolved.
+        let mut plain = connector.clone();
+        plain.enforce_http(true);
+        let http1 = builder.clone().build(plain.clone());
+        let http2 = builder.clone().http2_only(true).build(plain);
+
+        connector.enforce_http(false);
+        // The server name is the identity the endpoint must prove, looked up when connecting.
+        let identities = config.clone();
+        let server_name = move |uri: &Uri| {
+            let address = uri
+                .authority()
+                .and_then(|authority| authority.as_str().parse::<SocketAddr>().ok())
+                .ok_or_else(|| format!("{uri} names no endpoint address"))?;
+            let current = identities.current();
+            let identity = current
+                .identity_of(address)
+                .ok_or_else(|| format!("{address} is no longer a meshed endpoint"))?;
+            mtls::server_name(identity).map_err(|err| err.to_string())
+        };
+        let mtls_http1 = builder.clone().build(
+            HttpsConnectorBuilder::new()
+                .with_tls_config(mtls.client_http.clone())
+                .https_only()
+                .with_server_name_resolver(server_name.clone())
+                .enable_http1()
+                .wrap_connector(connector.clone()),
+        );
+        let mtls_http2 = builder.http2_only(true).build(
+            HttpsConnectorBuilder::new()
+                .with_tls_config(mtls.client_http.clone())
+                .https_only()
+                .with_server_name_resolver(server_name)
+                .enable_http2()
+                .wrap_connector(connector),
+        );
+        Self {
+            http1,
+            http2,
+            mtls_http1,
+            mtls_http2,
+            config,
+        }
     }
 
-    /// Sends one try of a request to `address`, speaking the version the client spoke.
+    /// Sends one try of a request to `address`, speaking the version the client spoke, over
+    /// mutual TLS if the endpoint is meshed.
     pub async fn send(
         &self,
         address: SocketAddr,
         parts: &Parts,
         body: ProxyBody,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let request = build(address, parts, body)?;
-        let client = if parts.version == Version::HTTP_2 {
-            &self.http2
-        } else {
-            &self.http1
+        let meshed = self.config.current().identity_of(address).is_some();
+        let request = build(address, meshed, parts, body)?;
+        let http2 = parts.version == Version::HTTP_2;
+        let sent = match (meshed, http2) {
+            (false, false) => self.http1.request(request).await,
+            (false, true) => self.http2.request(request).await,
+            (true, false) => self.mtls_http1.request(request).await,
+            (true, true) => self.mtls_http2.request(request).await,
         };
-        client
-            .request(request)
-            .await
-            .map_err(|err| classify(address, &err))
+        sent.map_err(|err| classify(address, &err))
     }
 }
 
 /// The request as the upstream gets it: the same method, headers and path, aimed at `address`.
 fn build(
     address: SocketAddr,
+    mtls: bool,
     parts: &Parts,
     body: ProxyBody,
 ) -> Result<Request<ProxyBody>, UpstreamError> {
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let scheme = if mtls { "https" } else { "http" };
     let uri: Uri =
-        format!("http://{address}{path}")
+        format!("{scheme}://{address}{path}")
             .parse()
             .map_err(|err: http::uri::InvalidUri| UpstreamError::BadRequest {
                 address,

@@ -11,6 +11,8 @@ use std::time::SystemTime;
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::CertifiedKey;
 use tokio::sync::watch;
 
@@ -27,6 +29,8 @@ pub enum CredentialsError {
     KeyMismatch(rustls::Error),
     #[error("the trust bundle holds no usable root certificate")]
     EmptyBundle,
+    #[error("the trust bundle cannot verify clients: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
     #[error("the certificate's identity: {0}")]
     Identity(#[from] pki::PkiError),
 }
@@ -38,6 +42,8 @@ pub struct Loaded {
     pub not_after: SystemTime,
     pub key: Arc<CertifiedKey>,
     pub roots: Arc<RootCertStore>,
+    /// Checks client certificates against `roots` (built once per bundle, not per handshake).
+    pub client_verifier: Arc<dyn ClientCertVerifier>,
     /// The bundle as PEM, for `/config` and to compare updates.
     pub bundle_pem: String,
 }
@@ -91,12 +97,14 @@ impl Credentials {
         let provider = rustls::crypto::ring::default_provider();
         let certified =
             CertifiedKey::from_der(chain, key, &provider).map_err(CredentialsError::KeyMismatch)?;
+        let (roots, client_verifier) = trust(bundle_pem)?;
         let loaded = Arc::new(Loaded {
             id: identity.id,
             not_before: identity.not_before,
             not_after: identity.not_after,
             key: Arc::new(certified),
-            roots: Arc::new(roots(bundle_pem)?),
+            roots,
+            client_verifier,
             bundle_pem: bundle_pem.to_owned(),
         });
         self.set(loaded.clone());
@@ -112,22 +120,37 @@ impl Credentials {
         if current.bundle_pem == bundle_pem {
             return Ok(());
         }
-        let roots = Arc::new(roots(bundle_pem)?);
+        let (roots, client_verifier) = trust(bundle_pem)?;
         self.set(Arc::new(Loaded {
             id: current.id.clone(),
             not_before: current.not_before,
             not_after: current.not_after,
             key: current.key.clone(),
             roots,
+            client_verifier,
             bundle_pem: bundle_pem.to_owned(),
         }));
         Ok(())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_for_test(&self, loaded: Arc<Loaded>) {
+        self.set(loaded);
     }
 
     fn set(&self, loaded: Arc<Loaded>) {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(loaded);
         self.changes.send_modify(|n| *n += 1);
     }
+}
+
+fn trust(
+    bundle_pem: &str,
+) -> Result<(Arc<RootCertStore>, Arc<dyn ClientCertVerifier>), CredentialsError> {
+    let roots = Arc::new(roots(bundle_pem)?);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider).build()?;
+    Ok((roots, verifier))
 }
 
 /// The roots of a PEM trust bundle; certificates rustls cannot use as anchors are skipped.
