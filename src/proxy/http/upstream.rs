@@ -15,7 +15,7 @@ use hyper_util::rt::TokioExecutor;
 
 use super::body::ProxyBody;
 use crate::proxy::config::ConfigStore;
-use crate::proxy::mtls::{self, Mtls};
+use crate::proxy::mtls::{self, Credentials, Mtls};
 use crate::proxy::retry::AttemptOutcome;
 use crate::proxy::tcp::ErrorChain;
 
@@ -54,6 +54,7 @@ pub struct Upstreams {
     mtls_http1: Client<HttpsConnector<HttpConnector>, ProxyBody>,
     mtls_http2: Client<HttpsConnector<HttpConnector>, ProxyBody>,
     config: Arc<ConfigStore>,
+    credentials: Arc<Credentials>,
 }
 
 impl std::fmt::Debug for Upstreams {
@@ -111,6 +112,7 @@ impl Upstreams {
             mtls_http1,
             mtls_http2,
             config,
+            credentials: mtls.credentials.clone(),
         }
     }
 
@@ -122,7 +124,10 @@ impl Upstreams {
         parts: &Parts,
         body: ProxyBody,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let meshed = self.config.current().identity_of(address).is_some();
+        // Without a certificate of its own this proxy cannot take part: plaintext, which a
+        // Strict server refuses, as it should.
+        let meshed = self.config.current().identity_of(address).is_some()
+            && self.credentials.current().is_some();
         let request = build(address, meshed, parts, body)?;
         let http2 = parts.version == Version::HTTP_2;
         let sent = match (meshed, http2) {
