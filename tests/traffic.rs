@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use skein::api::{EgressRule, RouteRule, TrafficPolicy};
+use skein::api::{EgressRule, MeshConfig, RouteRule, TrafficPolicy};
 use support::node::{eventually, exec_ok, pod_ready};
 
 const CLUSTER: &str = "skein-test-traffic";
@@ -354,50 +354,9 @@ async fn an_egress_rule_opens_one_external_host_and_deleting_it_closes_it_again(
     let _turn = TURN.lock().await;
     let demo = Demo::new().await;
 
-    // An "external" server: a pod outside the mesh (namespace not labelled, pod opted out),
-    // reached by its IP, not through any Service.
-    let external_ns = "traffic-external";
-    let namespaces: Api<Namespace> = Api::all(demo.client.clone());
-    let _ = namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": external_ns}})).unwrap(),
-        )
-        .await;
-    let pods: Api<Pod> = Api::namespaced(demo.client.clone(), external_ns);
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "api", "labels": {"skein.dev/inject": "false"}},
-        "spec": {"containers": [{
-            "name": "api", "image": "ghcr.io/skein-mesh/skein:0.1.0",
-            "args": ["demo-app", "--role", "external", "--version", "ext"],
-            "ports": [{"containerPort": 8080}]
-        }]}
-    }))
-    .unwrap();
-    let _ = pods.create(&PostParams::default(), &pod).await;
-    let ip = eventually("the external server to run", WAIT, || async {
-        let pod = pods.get_opt("api").await.ok()??;
-        pod.status?.pod_ip
-    })
-    .await;
+    let ip = external_server(&demo).await;
     let url = format!("http://{ip}:8080/");
     let host = "Host: api.partner.example";
-    eventually(
-        "the external server to answer its own pod",
-        WAIT,
-        || async {
-            let probe = [
-                "curl",
-                "-sf",
-                "--max-time",
-                "2",
-                "http://127.0.0.1:8080/healthz",
-            ];
-            let out = support::node::exec(external_ns, "api", Some("api"), &probe);
-            out.status.success().then_some(())
-        },
-    )
-    .await;
 
     // Blocked, with an explanation.
     let body = demo.run_in_frontend(&format!("curl -s --max-time 10 -H '{host}' {url}"));
@@ -426,9 +385,55 @@ async fn an_egress_rule_opens_one_external_host_and_deleting_it_closes_it_again(
         (demo.requests(1, &url, &[host])[0].0 == 502).then_some(())
     })
     .await;
+}
+
+/// The namespace of [`external_server`]: not labelled for injection.
+const EXTERNAL: &str = "traffic-external";
+
+/// A server outside the mesh (namespace not labelled, pod opted out), reached by its IP, not
+/// through any Service; started once and kept (tests only send it requests, or send requests
+/// from it). Returns its IP once it answers.
+async fn external_server(demo: &Demo) -> std::net::IpAddr {
+    let namespaces: Api<Namespace> = Api::all(demo.client.clone());
     let _ = namespaces
-        .delete(external_ns, &DeleteParams::default())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": EXTERNAL}})).unwrap(),
+        )
         .await;
+    let pods: Api<Pod> = Api::namespaced(demo.client.clone(), EXTERNAL);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "api", "labels": {"skein.dev/inject": "false"}},
+        "spec": {"containers": [{
+            "name": "api", "image": "ghcr.io/skein-mesh/skein:0.1.0",
+            "args": ["demo-app", "--role", "external", "--version", "ext"],
+            "ports": [{"containerPort": 8080}]
+        }]}
+    }))
+    .unwrap();
+    let _ = pods.create(&PostParams::default(), &pod).await;
+    let ip = eventually("the external server to run", WAIT, || async {
+        let pod = pods.get_opt("api").await.ok()??;
+        pod.status?.pod_ip?.parse().ok()
+    })
+    .await;
+    eventually(
+        "the external server to answer its own pod",
+        WAIT,
+        || async {
+            let probe = [
+                "curl",
+                "-sf",
+                "--max-time",
+                "2",
+                "http://127.0.0.1:8080/healthz",
+            ];
+            let out = support::node::exec(EXTERNAL, "api", Some("api"), &probe);
+            out.status.success().then_some(())
+        },
+    )
+    .await;
+    ip
 }
 
 #[tokio::test]
@@ -893,4 +898,220 @@ fn backend_endpoint_state(demo: &Demo, ip: std::net::IpAddr) -> Option<bool> {
                 .is_some_and(|a| a.ip() == ip)
         })
         .map(|e| e["terminating"].as_bool() == Some(true))
+}
+
+/// The identity every demo pod has (they run as their namespace's default service account).
+const DEMO_IDENTITY: &str = "spiffe://cluster.local/ns/demo/sa/default";
+
+/// Captures what crosses `app`'s pod interface for `seconds` while `send` runs, and says
+/// whether `marker` appeared in any packet (a raw socket in the pod's network namespace).
+fn marker_on_the_wire(demo: &Demo, app: &str, marker: &str, send: impl FnOnce()) -> bool {
+    const SNIFF: &str = "import socket, sys, time\n\
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))\n\
+        s.bind(('eth0', 0)); s.settimeout(0.2)\n\
+        print('listening', flush=True)\n\
+        end, seen = time.time() + float(sys.argv[1]), b''\n\
+        while time.time() < end:\n\
+        \x20   try: seen += s.recv(65535)\n\
+        \x20   except socket.timeout: pass\n\
+        print('FOUND' if sys.argv[2].encode() in seen else 'ABSENT', len(seen))\n";
+    let pod = demo.pod(app).to_owned();
+    let (app, marker) = (app.to_owned(), marker.to_owned());
+    let capture = std::thread::spawn(move || {
+        exec_ok(
+            DEMO,
+            &pod,
+            Some(&app),
+            &["python3", "-c", SNIFF, "4", &marker],
+        )
+    });
+    // The capture is listening well within a second; the requests then take about one.
+    std::thread::sleep(Duration::from_millis(1500));
+    send();
+    let out = capture.join().expect("the capture thread");
+    assert!(
+        out.contains("listening"),
+        "the capture did not start: {out}"
+    );
+    out.contains("FOUND")
+}
+
+#[tokio::test]
+async fn meshed_calls_are_mutual_tls_carrying_the_callers_identity() {
+    let _turn = TURN.lock().await;
+    let demo = Demo::new().await;
+    let marker = format!("x-skein-marker-{}", std::process::id());
+
+    // Frontend → middleware, proxy to proxy: nothing of the request is readable on the wire.
+    let plain_seen = marker_on_the_wire(&demo, "middleware", &marker, || {
+        let replies = demo.requests(5, "http://middleware/", &[&format!("{marker}: 1")]);
+        assert!(
+            replies.iter().all(|(status, _)| *status == 200),
+            "{replies:?}"
+        );
+    });
+    assert!(
+        !plain_seen,
+        "the marker header crossed the wire in plaintext"
+    );
+
+    // The same capture sees plaintext from a client outside the mesh (Permissive), so the
+    // absence above means encryption, not a capture that sees nothing.
+    let _ = external_server(&demo).await;
+    let middleware_ip = pod_ip(&demo, "middleware").await;
+    let seen = marker_on_the_wire(&demo, "middleware", &marker, || {
+        let url = format!("http://{middleware_ip}:8080/");
+        let out = support::node::exec(
+            EXTERNAL,
+            "api",
+            Some("api"),
+            &[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "5",
+                "-H",
+                &format!("{marker}: 1"),
+                &url,
+            ],
+        );
+        assert!(out.status.success(), "{out:?}");
+    });
+    assert!(
+        seen,
+        "the capture saw no plaintext request from outside the mesh"
+    );
+
+    // The server's proxy counts who called, from the certificate: identity, workload, TLS.
+    let metrics = demo.proxy_metrics("middleware");
+    let by_identity = counter(
+        &metrics,
+        "skein_proxy_requests_total",
+        &[
+            "direction=\"inbound\"",
+            &format!("source_principal=\"{DEMO_IDENTITY}\""),
+            "source_workload=\"frontend\"",
+            "tls=\"true\"",
+        ],
+    );
+    assert!(by_identity >= 5.0, "{metrics}");
+    let plaintext = counter(
+        &metrics,
+        "skein_proxy_requests_total",
+        &[
+            "direction=\"inbound\"",
+            "source_principal=\"\"",
+            "tls=\"false\"",
+        ],
+    );
+    assert!(
+        plaintext >= 1.0,
+        "the outside client's request as plaintext: {metrics}"
+    );
+}
+
+#[tokio::test]
+async fn strict_refuses_plaintext_from_outside_the_mesh_while_meshed_calls_and_probes_work() {
+    let _turn = TURN.lock().await;
+    let demo = Demo::new().await;
+    let _ = external_server(&demo).await;
+    let middleware_ip = pod_ip(&demo, "middleware").await;
+    let from_outside = || {
+        let url = format!("http://{middleware_ip}:8080/");
+        support::node::exec(
+            EXTERNAL,
+            "api",
+            Some("api"),
+            &[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+                &url,
+            ],
+        )
+    };
+    assert!(
+        from_outside().status.success(),
+        "Permissive lets plaintext in"
+    );
+
+    set_mesh_mtls_mode(&demo, "Strict").await;
+    eventually(
+        "plaintext from outside the mesh to be refused",
+        WAIT,
+        || async { (!from_outside().status.success()).then_some(()) },
+    )
+    .await;
+    // Meshed callers go on, through all three tiers.
+    let replies = demo.requests(10, "http://frontend/", &[]);
+    assert!(
+        replies.iter().all(|(status, _)| *status == 200),
+        "{replies:?}"
+    );
+    let refused = counter(
+        &demo.proxy_metrics("middleware"),
+        "skein_proxy_tcp_connections_rejected_total",
+        &["direction=\"inbound\"", "reason=\"plaintext_refused\""],
+    );
+    assert!(refused >= 1.0, "refusals are counted");
+    // The kubelet's probes (plaintext from the node) still pass: the pods stay Ready through
+    // several readiness periods (2 s) and liveness periods (10 s, a failure restarts).
+    let pods: Api<Pod> = Api::namespaced(demo.client.clone(), DEMO);
+    let restarts = |pod: &Pod| -> i32 {
+        pod.status
+            .iter()
+            .flat_map(|s| s.container_statuses.iter().flatten())
+            .map(|c| c.restart_count)
+            .sum()
+    };
+    let before = pods.get(demo.pod("middleware")).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let after = pods.get(demo.pod("middleware")).await.unwrap();
+    assert!(
+        pod_ready(&after),
+        "the probes failed under Strict: {:?}",
+        after.status
+    );
+    assert_eq!(
+        restarts(&before),
+        restarts(&after),
+        "a liveness probe failed under Strict"
+    );
+
+    set_mesh_mtls_mode(&demo, "Permissive").await;
+    eventually("plaintext to be accepted again", WAIT, || async {
+        from_outside().status.success().then_some(())
+    })
+    .await;
+}
+
+async fn pod_ip(demo: &Demo, app: &str) -> std::net::IpAddr {
+    let pod = Api::<Pod>::namespaced(demo.client.clone(), DEMO)
+        .get(demo.pod(app))
+        .await
+        .expect("the pod");
+    pod.status
+        .and_then(|s| s.pod_ip)
+        .and_then(|ip| ip.parse().ok())
+        .expect("a pod IP")
+}
+
+/// Sets MeshConfig `mtls.mode` (mesh-wide: callers restore `Permissive`).
+async fn set_mesh_mtls_mode(demo: &Demo, mode: &str) {
+    let meshconfigs: Api<MeshConfig> = Api::all(demo.client.clone());
+    meshconfigs
+        .patch(
+            "default",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"mtls": {"mode": mode}}})),
+        )
+        .await
+        .expect("patching the MeshConfig");
 }
