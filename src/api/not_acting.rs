@@ -15,6 +15,7 @@
 
 use std::fmt;
 
+use super::access_policy::AccessPolicySpec;
 use super::egress_rule::EgressRuleSpec;
 use super::meshconfig::MeshConfigSpec;
 use super::route_rule::RouteRuleSpec;
@@ -102,6 +103,32 @@ impl NotActing for TrafficPolicySpec {
             .map(|mode| inert("spec.mtlsMode", format!("{mode:?}")))
             .into_iter()
             .collect()
+    }
+}
+
+impl NotActing for AccessPolicySpec {
+    fn fields_not_acting(&self) -> Vec<InertField> {
+        // Proxies speak plaintext, so no peer has a verified identity yet: a source naming
+        // service accounts or namespaces matches nobody (an Allow allows nothing through it,
+        // a Deny denies nothing). `unauthenticated` and `to` act.
+        let mut fields = Vec::new();
+        for (i, rule) in self.rules.iter().enumerate() {
+            for (j, source) in rule.from.iter().enumerate() {
+                if !source.service_accounts.is_empty() {
+                    fields.push(inert(
+                        format!("spec.rules[{i}].from[{j}].serviceAccounts"),
+                        source.service_accounts.join(", "),
+                    ));
+                }
+                if !source.namespaces.is_empty() {
+                    fields.push(inert(
+                        format!("spec.rules[{i}].from[{j}].namespaces"),
+                        source.namespaces.join(", "),
+                    ));
+                }
+            }
+        }
+        fields
     }
 }
 

@@ -26,12 +26,14 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use bytes::Bytes;
 
+use super::authz::{self, RequestFacts};
 use super::balance::Outcome;
 use super::config::{EgressProtocol, Protocol};
 use super::detect::{Detected, Detection, PrefixedIo, detect};
 use super::metrics::{ProtocolLabels, RejectReason};
 use super::original_dst::original_dst;
 use super::{Direction, Shared, http, tcp};
+use crate::identity::SpiffeId;
 
 /// Pending-connection queue of each listener (the kernel caps it at `net.core.somaxconn`).
 const BACKLOG: u32 = 1024;
@@ -212,17 +214,33 @@ async fn dispatch(
         }
     };
     let client = PrefixedIo::new(detection.prefix, stream);
+    // The client's verified identity: set once inbound mTLS is terminated here; until then
+    // every client is unauthenticated to AccessPolicies.
+    let peer_id: Option<SpiffeId> = None;
     match (detection.protocol, direction) {
         (Detected::Http1 | Detected::Http2, _) => {
             let connection = http::Connection {
                 direction,
                 peer,
                 target,
+                peer_id,
             };
             let http2 = detection.protocol == Detected::Http2;
             http::serve(client, http2, connection, shared.clone()).await;
         }
         (_, Direction::Inbound) => {
+            // Opaque TCP: decided on the port and the peer alone, before the app is reached.
+            let facts = RequestFacts {
+                peer: peer_id.as_ref(),
+                port: target.port(),
+                method: None,
+                path: None,
+            };
+            let decision = authz::decide(&config.source.access_policies, &facts);
+            if authz::account(decision, &shared.metrics.http, "tcp", peer).is_some() {
+                tcp::reset(client.get_ref());
+                return;
+            }
             tcp::forward(client, peer, direction, target, shared).await;
         }
         (protocol, Direction::Outbound) => {

@@ -141,6 +141,7 @@ struct World {
     route_rules: Vec<Arc<RouteRule>>,
     egress_rules: Vec<Arc<EgressRule>>,
     traffic_policies: Vec<Arc<TrafficPolicy>>,
+    access_policies: Vec<Arc<AccessPolicy>>,
 }
 
 impl World {
@@ -196,6 +197,7 @@ impl World {
             route_rules: &self.route_rules,
             egress_rules: &self.egress_rules,
             traffic_policies: &self.traffic_policies,
+            access_policies: &self.access_policies,
             cluster_domain: "cluster.local",
         })
     }

@@ -39,6 +39,10 @@ pub struct ProxyConfig {
     /// serving (see `proxy::drain`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub draining: bool,
+    /// The AccessPolicies that select this proxy's pod, enforced on inbound traffic (see
+    /// `proxy::authz`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_policies: Vec<AccessPolicy>,
 }
 
 /// The same as an empty file: no destinations, `RegistryOnly`.
@@ -53,6 +57,7 @@ impl Default for ProxyConfig {
             opaque_ports: default_opaque_ports(),
             detect_timeout: default_detect_timeout(),
             draining: false,
+            access_policies: Vec::new(),
         }
     }
 }
@@ -436,4 +441,68 @@ pub enum EgressProtocol {
     /// Matched on the destination address's host only when it is an IP literal written as
     /// `host`.
     Tcp,
+}
+
+/// One AccessPolicy as a proxy enforces it (`crate::api::access_policy` has the semantics).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessPolicy {
+    /// `namespace/name` of the AccessPolicy: what denials, logs and metrics name.
+    pub name: String,
+    pub action: AccessAction,
+    #[serde(default)]
+    pub rules: Vec<AccessRule>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AccessAction {
+    Allow,
+    Deny,
+    /// Decided as `Allow`, but only counted and logged.
+    Audit,
+}
+
+/// Matches when one `from` and one `to` entry match; an empty list matches anything.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessRule {
+    #[serde(default)]
+    pub from: Vec<AccessSource>,
+    #[serde(default)]
+    pub to: Vec<AccessOperation>,
+}
+
+/// Every field set must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessSource {
+    /// Full SPIFFE IDs (`spiffe://cluster.local/ns/demo/sa/frontend`).
+    #[serde(default)]
+    pub identities: Vec<String>,
+    /// Namespaces of the peer's identity.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Matches peers without a verified identity (and only them).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unauthenticated: bool,
+}
+
+/// Every field set must match; methods and paths only match HTTP requests.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessOperation {
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    /// Upper case.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub paths: Vec<PathMatch>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PathMatch {
+    Exact(String),
+    Prefix(String),
 }

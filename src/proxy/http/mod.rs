@@ -35,6 +35,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use self::body::ProxyBody;
 use super::{Direction, Shared, headers};
+use crate::identity::SpiffeId;
 
 /// Header on every response the proxy makes itself, saying why (`egress-blocked`,
 /// `no-endpoints`, `connect-failure`, `timeout`, `overloaded`, ...).
@@ -48,6 +49,10 @@ pub struct Connection {
     /// Outbound: the address the app connected to (before the capture redirected it);
     /// inbound: the app's address on loopback.
     pub target: SocketAddr,
+    /// Inbound: the client's verified workload identity (from its mTLS certificate); `None`
+    /// for a client without one (plaintext) and for outbound connections. AccessPolicies
+    /// match on it.
+    pub peer_id: Option<SpiffeId>,
 }
 
 /// Runs a hyper server connection with the drain: graceful shutdown (idle HTTP/1 connections
