@@ -63,6 +63,15 @@
 //!   part: neither in the configuration nor in conflicts. A rule naming a Service that does not
 //!   exist is accepted with `ResolvedRefs=False` (`ServiceNotFound`) and applies once it appears.
 //!
+//! # Access policies
+//!
+//! Each AccessPolicy goes to the proxies of the pods it selects ([`access`]: its namespace,
+//! labels including `selector.matchLabels`), service accounts spelt as SPIFFE IDs in the mesh's
+//! trust domain. Invalid ones ([`validate_access_policy`]) report `Accepted=False` and reach no
+//! proxy; `ResolvedRefs` says how many pods the selector matches (`False`, `NoPodsSelected`,
+//! for none). A proxy whose pod is not in the cache yet gets only the policies without a
+//! selector until it is.
+//!
 //! # Versions
 //!
 //! Every configuration carries a `version`: a 64-bit FNV-1a hash (hex) of its content, so an
