@@ -205,6 +205,18 @@ mod tests {
     }
 
     #[test]
+    fn the_sample_access_policies_are_valid() {
+        let text = include_str!("../../config/samples/access-policies.yaml");
+        let objects = crate::yaml::documents::<serde_json::Value>(text).unwrap();
+        assert_eq!(objects.len(), 2);
+        for object in objects {
+            let req = request("AccessPolicy", object["spec"].clone());
+            let response = review(&req, |_, _| true);
+            assert!(response.allowed, "{}", response.result.message);
+        }
+    }
+
+    #[test]
     fn a_spec_of_the_wrong_shape_is_refused_not_a_panic() {
         let req = request("EgressRule", serde_json::json!({"hosts": 7}));
         let response = review(&req, |_, _| true);
