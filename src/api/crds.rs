@@ -10,6 +10,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, CustomResourceExt, ResourceExt};
 
+use super::access_policy::AccessPolicy;
 use super::egress_rule::EgressRule;
 use super::meshconfig::MeshConfig;
 use super::names;
@@ -39,6 +40,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         RouteRule::crd(),
         EgressRule::crd(),
         TrafficPolicy::crd(),
+        AccessPolicy::crd(),
     ]
     .into_iter()
     .map(formats::with_kubernetes_formats)

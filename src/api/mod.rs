@@ -1,5 +1,6 @@
 //! The Skein API: custom resource types and the names every role shares.
 
+pub mod access_policy;
 pub mod crds;
 pub mod duration;
 pub mod egress_rule;
@@ -10,6 +11,7 @@ pub mod route_rule;
 pub mod rule_status;
 pub mod traffic_policy;
 
+pub use access_policy::{AccessPolicy, AccessPolicySpec};
 pub use duration::Duration;
 pub use egress_rule::{EgressRule, EgressRuleSpec};
 pub use meshconfig::{MeshConfig, MeshConfigSpec, MeshConfigStatus};

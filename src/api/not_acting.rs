@@ -15,6 +15,7 @@
 
 use std::fmt;
 
+use super::access_policy::AccessPolicySpec;
 use super::egress_rule::EgressRuleSpec;
 use super::meshconfig::MeshConfigSpec;
 use super::route_rule::RouteRuleSpec;
@@ -96,6 +97,13 @@ impl NotActing for MeshConfigSpec {
 impl NotActing for TrafficPolicySpec {
     fn fields_not_acting(&self) -> Vec<InertField> {
         // Every field acts: `mtlsMode` decides whether callers originate mTLS.
+        Vec::new()
+    }
+}
+
+impl NotActing for AccessPolicySpec {
+    fn fields_not_acting(&self) -> Vec<InertField> {
+        // Every field acts: sources match the identity a client proves with mutual TLS.
         Vec::new()
     }
 }

@@ -18,7 +18,9 @@ use tokio::sync::watch;
 
 use super::push::{ConfigSource, ProxyIdentity};
 use super::translate::{Inputs, MeshView, RuleKind};
-use crate::api::{EgressRule, MeshConfig, RouteRule, RuleStatus, TrafficPolicy, names};
+use crate::api::{
+    AccessPolicy, EgressRule, MeshConfig, RouteRule, RuleStatus, TrafficPolicy, names,
+};
 use crate::proxy::config::types::ProxyConfig;
 
 /// A change waits this long for more changes before the view is rebuilt ...
@@ -36,6 +38,7 @@ struct Stores {
     route_rules: Store<RouteRule>,
     egress_rules: Store<EgressRule>,
     traffic_policies: Store<TrafficPolicy>,
+    access_policies: Store<AccessPolicy>,
 }
 
 /// The current view of the mesh and its change counter.
@@ -61,6 +64,7 @@ impl Index {
         let (route_rules, route_rules_w) = reflector::store();
         let (egress_rules, egress_rules_w) = reflector::store();
         let (traffic_policies, traffic_policies_w) = reflector::store();
+        let (access_policies, access_policies_w) = reflector::store();
         let all = watcher::Config::default();
         let only_active = watcher::Config::default()
             .fields(&format!("metadata.name={}", names::ACTIVE_MESHCONFIG));
@@ -113,11 +117,19 @@ impl Index {
             keep,
         ));
         tokio::spawn(watch_into(
+            Api::all(client.clone()),
+            all.clone(),
+            traffic_policies_w,
+            dirty.clone(),
+            "trafficpolicies",
+            keep,
+        ));
+        tokio::spawn(watch_into(
             Api::all(client),
             all,
-            traffic_policies_w,
+            access_policies_w,
             dirty,
-            "trafficpolicies",
+            "accesspolicies",
             keep,
         ));
 
@@ -129,6 +141,7 @@ impl Index {
             route_rules,
             egress_rules,
             traffic_policies,
+            access_policies,
         };
         stores.wait_until_ready().await;
         let (changes_tx, changes) = watch::channel(0);
@@ -171,6 +184,7 @@ impl Index {
             RuleKind::RouteRule => status_in(&s.route_rules, namespace, name),
             RuleKind::EgressRule => status_in(&s.egress_rules, namespace, name),
             RuleKind::TrafficPolicy => status_in(&s.traffic_policies, namespace, name),
+            RuleKind::AccessPolicy => status_in(&s.access_policies, namespace, name),
         }
     }
 
@@ -222,6 +236,7 @@ impl Stores {
             route_rules: &self.route_rules.state(),
             egress_rules: &self.egress_rules.state(),
             traffic_policies: &self.traffic_policies.state(),
+            access_policies: &self.access_policies.state(),
             cluster_domain,
         })
     }
@@ -236,6 +251,7 @@ impl Stores {
             Box::pin(self.route_rules.wait_until_ready()),
             Box::pin(self.egress_rules.wait_until_ready()),
             Box::pin(self.traffic_policies.wait_until_ready()),
+            Box::pin(self.access_policies.wait_until_ready()),
         ])
         .await;
         tracing::info!("service, endpoint, pod and traffic-rule caches are synced");
@@ -297,6 +313,12 @@ impl HasRuleStatus for RouteRule {
 }
 
 impl HasRuleStatus for EgressRule {
+    fn rule_status(&self) -> Option<&RuleStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl HasRuleStatus for AccessPolicy {
     fn rule_status(&self) -> Option<&RuleStatus> {
         self.status.as_ref()
     }

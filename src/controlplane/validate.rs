@@ -1,4 +1,5 @@
-//! The validating admission webhook for RouteRule, EgressRule and TrafficPolicy: what the CRD
+//! The validating admission webhook for RouteRule, EgressRule, TrafficPolicy and AccessPolicy:
+//! what the CRD
 //! schema cannot say (weights adding up to 100, regexes that compile, header names) is refused
 //! at `kubectl apply` with every problem and its field path. A rule for a Service that does not
 //! exist is allowed with a warning: Services and rules are often applied in either order.
@@ -10,7 +11,7 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use serde::de::DeserializeOwned;
 
 use super::translate;
-use crate::api::{EgressRuleSpec, RouteRuleSpec, TrafficPolicySpec};
+use crate::api::{AccessPolicySpec, EgressRuleSpec, RouteRuleSpec, TrafficPolicySpec};
 
 /// Answers one admission request. `service_exists(namespace, name)` says whether a Service is
 /// known.
@@ -44,6 +45,10 @@ pub fn review(
                 translate::validate_traffic_policy(&spec),
                 Some(spec.service),
             ),
+            Err(problem) => (vec![problem], None),
+        },
+        "AccessPolicy" => match spec::<AccessPolicySpec>(object) {
+            Ok(spec) => (translate::validate_access_policy(&spec), None),
             Err(problem) => (vec![problem], None),
         },
         // Not ours to judge (a misconfigured registration): let it through.
@@ -166,6 +171,49 @@ mod tests {
             kinds.push(kind);
         }
         assert_eq!(kinds, ["RouteRule", "EgressRule", "TrafficPolicy"]);
+    }
+
+    #[test]
+    fn a_malformed_access_policy_is_refused_naming_each_problem() {
+        let req = request(
+            "AccessPolicy",
+            serde_json::json!({"action": "Deny", "rules": [{
+                "from": [{"serviceAccounts": ["Batch"]}],
+                "to": [{"ports": [0], "methods": ["FETCH"], "paths": [{"prefix": "admin"}]}]
+            }]}),
+        );
+        let response = review(&req, |_, _| true);
+        assert!(!response.allowed);
+        let message = response.result.message;
+        for want in [
+            "AccessPolicy demo/r is invalid",
+            "spec.rules[0].from[0].serviceAccounts[0]",
+            "spec.rules[0].to[0].ports[0]: 0 is not a port",
+            "\"FETCH\" is not an HTTP method",
+            "\"admin\" does not start with /",
+        ] {
+            assert!(message.contains(want), "{want:?} not in {message}");
+        }
+        let req = request(
+            "AccessPolicy",
+            serde_json::json!({"action": "Allow", "rules": [{"from": [{"unauthenticated": true}],
+                               "to": [{"paths": [{"exact": "/healthz"}]}]}]}),
+        );
+        let response = review(&req, |_, _| false);
+        assert!(response.allowed, "{}", response.result.message);
+        assert!(response.warnings.is_none());
+    }
+
+    #[test]
+    fn the_sample_access_policies_are_valid() {
+        let text = include_str!("../../config/samples/access-policies.yaml");
+        let objects = crate::yaml::documents::<serde_json::Value>(text).unwrap();
+        assert_eq!(objects.len(), 2);
+        for object in objects {
+            let req = request("AccessPolicy", object["spec"].clone());
+            let response = review(&req, |_, _| true);
+            assert!(response.allowed, "{}", response.result.message);
+        }
     }
 
     #[test]

@@ -16,8 +16,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use super::authz::{self, RequestFacts};
 use super::config::{InboundMtls, MtlsMode};
 use super::detect::{Detected, Detection, PrefixedIo, detect};
 use super::metrics::RejectReason;
@@ -120,17 +122,41 @@ pub(crate) async fn serve(
             )
             .await;
         }
-        _ => {
-            tcp::forward(
-                client,
-                peer,
-                Direction::Inbound,
-                Upstream::plain(target),
-                shared,
-            )
-            .await;
-        }
+        _ => forward_opaque(client, peer, None, target, shared).await,
     }
+}
+
+/// Opaque TCP to the app: AccessPolicies decide on the port and the peer alone, before the app
+/// is reached.
+async fn forward_opaque<C>(
+    client: C,
+    peer: SocketAddr,
+    peer_id: Option<&SpiffeId>,
+    target: SocketAddr,
+    shared: &Arc<Shared>,
+) where
+    C: AsyncRead + AsyncWrite + Unpin + OnTcp,
+{
+    let config = shared.config.current();
+    let facts = RequestFacts {
+        peer: peer_id,
+        port: target.port(),
+        method: None,
+        path: None,
+    };
+    let decision = authz::decide(&config.source.access_policies, &facts);
+    if authz::account(decision, &shared.metrics.http, "tcp", peer).is_some() {
+        tcp::reset(client.tcp());
+        return;
+    }
+    tcp::forward(
+        client,
+        peer,
+        Direction::Inbound,
+        Upstream::plain(target),
+        shared,
+    )
+    .await;
 }
 
 /// Completes the mTLS handshake, then serves what the client sends inside it.
@@ -194,16 +220,7 @@ async fn terminate(
             let connection = connection(peer, target, Some(peer_id));
             http::serve(client, http2, connection, shared.clone()).await;
         }
-        _ => {
-            tcp::forward(
-                client,
-                peer,
-                Direction::Inbound,
-                Upstream::plain(target),
-                shared,
-            )
-            .await;
-        }
+        _ => forward_opaque(client, peer, Some(&peer_id), target, shared).await,
     }
 }
 

@@ -11,11 +11,13 @@
 //! | `skein_proxy_requests_total` | request labels (below) | HTTP requests answered, by response |
 //! | `skein_proxy_request_duration_seconds` | `direction`, `destination_service`, `classification` | histogram: request start to the end of the response, in seconds (buckets 0.5 ms to 10 s) |
 //! | `skein_proxy_retries_total` | `destination_service`, `result` | retries sent (`result=sent`) or refused by the retry budget (`result=budget_exhausted`) |
-//! | `skein_proxy_local_responses_total` | `direction`, `reason` | responses the proxy made itself instead of an upstream's; `reason` is the `x-skein-error` header they carry: `egress-blocked`, `no-endpoints`, `connect-failure`, `timeout`, `overloaded`, `upstream-reset`, `fault-abort`, `client-body-error` |
+//! | `skein_proxy_local_responses_total` | `direction`, `reason` | responses the proxy made itself instead of an upstream's; `reason` is the `x-skein-error` header they carry: `access-denied`, `egress-blocked`, `no-endpoints`, `connect-failure`, `timeout`, `overloaded`, `upstream-reset`, `fault-abort`, `client-body-error` |
 //! | `skein_proxy_egress_blocked_total` | `protocol` | requests (`http`) and connections (`tls`, `tcp`) to unknown destinations refused under `RegistryOnly` |
 //! | `skein_proxy_outlier_ejections_total` | `destination_service` | endpoints ejected by outlier detection |
 //! | `skein_proxy_config_reloads_total` | `result` | configuration changes `applied` or `rejected` (the previous one stays) |
 //! | `skein_proxy_config_info` | `version` | 1 for the active configuration's version |
+//! | `skein_proxy_authz_denied_total` | `policy`, `protocol` | inbound requests (`http`, `grpc`) and connections (`tcp`) an AccessPolicy (`namespace/name`) denied |
+//! | `skein_proxy_authz_audit_would_deny_total` | `policy`, `protocol` | inbound traffic an `Audit` AccessPolicy would have denied (it passed) |
 //!
 //! Request labels, as the meshes users know name them: `direction`, `protocol` (`http` or
 //! `grpc`), `source_workload`, `source_namespace`, `destination_service`,
@@ -192,6 +194,13 @@ pub struct ResultLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct AuthzLabels {
+    /// `namespace/name` of the AccessPolicy.
+    pub policy: String,
+    pub protocol: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct VersionLabels {
     pub version: String,
 }
@@ -209,6 +218,8 @@ pub struct HttpMetrics {
     pub outlier_ejections: Family<ServiceLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub config_info: Family<VersionLabels, Gauge>,
+    pub authz_denied: Family<AuthzLabels, Counter>,
+    pub authz_audit_would_deny: Family<AuthzLabels, Counter>,
 }
 
 /// Latency buckets in seconds, as Prometheus names every duration: sub-millisecond hops up to
@@ -230,6 +241,8 @@ impl HttpMetrics {
             outlier_ejections: Family::default(),
             config_reloads: Family::default(),
             config_info: Family::default(),
+            authz_denied: Family::default(),
+            authz_audit_would_deny: Family::default(),
         };
         registry.register(
             "requests",
@@ -270,6 +283,16 @@ impl HttpMetrics {
             "config_info",
             "The active configuration's version",
             metrics.config_info.clone(),
+        );
+        registry.register(
+            "authz_denied",
+            "Inbound traffic denied by an AccessPolicy",
+            metrics.authz_denied.clone(),
+        );
+        registry.register(
+            "authz_audit_would_deny",
+            "Inbound traffic an Audit AccessPolicy would have denied",
+            metrics.authz_audit_would_deny.clone(),
         );
         for result in ["applied", "rejected"] {
             let _ = metrics

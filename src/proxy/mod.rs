@@ -15,6 +15,7 @@
 //! - [`tcp`]: opaque TCP forwarding (both ways, with half-close) to the upstream.
 //! - [`admin`]: the admin HTTP server: `/live`, `/ready`, `/metrics`, `POST /drain`,
 //!   `POST /shutdown`.
+//! - [`authz`]: AccessPolicy decisions on inbound traffic (403 or a reset, audit counts).
 //! - [`client`]: the configuration stream from the control plane (`--xds-address`).
 //! - [`drain`]: stopping accepts, tracking in-flight connections, closing stragglers.
 //! - [`metrics`]: the proxy's Prometheus metrics (names and labels documented there).
@@ -43,6 +44,7 @@
 //! with the app's side of it, is in `docs/termination.md`.
 
 pub mod admin;
+pub mod authz;
 pub mod balance;
 pub mod client;
 pub mod config;

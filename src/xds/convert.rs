@@ -24,6 +24,8 @@ pub enum ConvertError {
     },
     #[error("{field}: unknown value {value}")]
     UnknownEnum { field: &'static str, value: i32 },
+    #[error("{field}: no value set")]
+    MissingField { field: &'static str },
     #[error("destination {name:?}: {source}")]
     Destination {
         name: String,
@@ -49,6 +51,11 @@ pub fn settings_to_proto(config: &cfg::ProxyConfig) -> pb::ProxySettings {
         detect_timeout_millis: millis(config.detect_timeout),
         draining: config.draining,
         inbound_mtls: Some(inbound_mtls_to_proto(&config.inbound_mtls)),
+        access_policies: config
+            .access_policies
+            .iter()
+            .map(access_policy_to_proto)
+            .collect(),
     }
 }
 
@@ -73,6 +80,11 @@ pub fn settings_from_proto(settings: pb::ProxySettings) -> Result<cfg::ProxyConf
         opaque_ports: ports("opaquePorts", &settings.opaque_ports)?,
         detect_timeout: Duration::from_millis(settings.detect_timeout_millis),
         draining: settings.draining,
+        access_policies: settings
+            .access_policies
+            .into_iter()
+            .map(access_policy_from_proto)
+            .collect::<Result<_>>()?,
         inbound_mtls: settings
             .inbound_mtls
             .map(inbound_mtls_from_proto)
@@ -160,6 +172,112 @@ fn workload_from_proto(workload: pb::Workload) -> cfg::Workload {
         name: workload.name,
         namespace: workload.namespace,
     }
+}
+
+// ---- Access policies ----
+
+fn access_policy_to_proto(policy: &cfg::AccessPolicy) -> pb::AccessPolicy {
+    pb::AccessPolicy {
+        name: policy.name.clone(),
+        action: match policy.action {
+            cfg::AccessAction::Allow => pb::AccessAction::Allow,
+            cfg::AccessAction::Deny => pb::AccessAction::Deny,
+            cfg::AccessAction::Audit => pb::AccessAction::Audit,
+        } as i32,
+        rules: policy
+            .rules
+            .iter()
+            .map(|rule| pb::AccessRule {
+                from: rule
+                    .from
+                    .iter()
+                    .map(|source| pb::AccessSource {
+                        identities: source.identities.clone(),
+                        namespaces: source.namespaces.clone(),
+                        unauthenticated: source.unauthenticated,
+                    })
+                    .collect(),
+                to: rule
+                    .to
+                    .iter()
+                    .map(|operation| pb::AccessOperation {
+                        ports: operation.ports.iter().map(|&p| u32::from(p)).collect(),
+                        methods: operation.methods.clone(),
+                        paths: operation
+                            .paths
+                            .iter()
+                            .map(|path| pb::PathMatch {
+                                kind: Some(match path {
+                                    cfg::PathMatch::Exact(p) => {
+                                        pb::path_match::Kind::Exact(p.clone())
+                                    }
+                                    cfg::PathMatch::Prefix(p) => {
+                                        pb::path_match::Kind::Prefix(p.clone())
+                                    }
+                                }),
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+fn access_policy_from_proto(policy: pb::AccessPolicy) -> Result<cfg::AccessPolicy> {
+    let action = enum_value::<pb::AccessAction>("accessPolicies.action", policy.action)?;
+    Ok(cfg::AccessPolicy {
+        name: policy.name,
+        action: match action {
+            pb::AccessAction::Allow => cfg::AccessAction::Allow,
+            pb::AccessAction::Deny => cfg::AccessAction::Deny,
+            pb::AccessAction::Audit => cfg::AccessAction::Audit,
+        },
+        rules: policy
+            .rules
+            .into_iter()
+            .map(|rule| {
+                Ok(cfg::AccessRule {
+                    from: rule
+                        .from
+                        .into_iter()
+                        .map(|source| cfg::AccessSource {
+                            identities: source.identities,
+                            namespaces: source.namespaces,
+                            unauthenticated: source.unauthenticated,
+                        })
+                        .collect(),
+                    to: rule
+                        .to
+                        .into_iter()
+                        .map(|operation| {
+                            Ok(cfg::AccessOperation {
+                                ports: ports("accessPolicies.rules.to.ports", &operation.ports)?,
+                                methods: operation.methods,
+                                // A path match without a kind is refused rather than read as
+                                // "any path", which would widen an Allow.
+                                paths: operation
+                                    .paths
+                                    .into_iter()
+                                    .map(|path| match path.kind {
+                                        Some(pb::path_match::Kind::Exact(p)) => {
+                                            Ok(cfg::PathMatch::Exact(p))
+                                        }
+                                        Some(pb::path_match::Kind::Prefix(p)) => {
+                                            Ok(cfg::PathMatch::Prefix(p))
+                                        }
+                                        None => Err(ConvertError::MissingField {
+                                            field: "accessPolicies.rules.to.paths",
+                                        }),
+                                    })
+                                    .collect::<Result<_>>()?,
+                            })
+                        })
+                        .collect::<Result<_>>()?,
+                })
+            })
+            .collect::<Result<_>>()?,
+    })
 }
 
 // ---- Egress ----
@@ -640,6 +758,18 @@ workload: {name: frontend, namespace: demo}
 outboundTrafficPolicy: AllowAny
 opaquePorts: [5432, 6379]
 detectTimeout: 250ms
+accessPolicies:
+  - name: demo/deny-admin
+    action: Deny
+    rules: [{to: [{paths: [{prefix: /admin}]}]}]
+  - name: demo/allow-frontend
+    action: Allow
+    rules:
+      - from:
+          - {identities: ["spiffe://cluster.local/ns/demo/sa/frontend"], namespaces: [demo]}
+          - {unauthenticated: true}
+        to: [{ports: [8080, 9090], methods: [GET, POST], paths: [{exact: /}, {prefix: /api/}]}]
+  - {name: demo/try, action: Audit}
 egress:
   - {host: api.example.com, ports: [443], protocol: tls}
   - {host: "*.example.org", protocol: http}

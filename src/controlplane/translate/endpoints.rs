@@ -45,6 +45,14 @@ impl PodIndex {
     pub fn get_shared(&self, namespace: &str, name: &str) -> Option<&Arc<Pod>> {
         self.by_namespace.get(namespace)?.get(name)
     }
+
+    /// The pods of one namespace, in no particular order.
+    pub fn in_namespace(&self, namespace: &str) -> impl Iterator<Item = &Pod> {
+        self.by_namespace
+            .get(namespace)
+            .into_iter()
+            .flat_map(|pods| pods.values().map(Arc::as_ref))
+    }
 }
 
 /// EndpointSlices by the Service they belong to, each Service's in name order (so which of two

@@ -63,6 +63,15 @@
 //!   part: neither in the configuration nor in conflicts. A rule naming a Service that does not
 //!   exist is accepted with `ResolvedRefs=False` (`ServiceNotFound`) and applies once it appears.
 //!
+//! # Access policies
+//!
+//! Each AccessPolicy goes to the proxies of the pods it selects ([`access`]: its namespace,
+//! labels including `selector.matchLabels`), service accounts spelt as SPIFFE IDs in the mesh's
+//! trust domain. Invalid ones ([`validate_access_policy`]) report `Accepted=False` and reach no
+//! proxy; `ResolvedRefs` says how many pods the selector matches (`False`, `NoPodsSelected`,
+//! for none). A proxy whose pod is not in the cache yet gets only the policies without a
+//! selector until it is.
+//!
 //! # Versions
 //!
 //! Every configuration carries a `version`: a 64-bit FNV-1a hash (hex) of its content, so an
@@ -70,6 +79,7 @@
 //! update. Each destination's hash is computed once per build; a proxy's version combines those
 //! with its own fields, so `proxy_config` never serializes the whole mesh.
 
+mod access;
 mod egress;
 mod endpoints;
 mod mtls;
@@ -89,11 +99,12 @@ use serde::Serialize;
 
 use crate::api::meshconfig::OutboundTrafficPolicy as MeshOutboundPolicy;
 use crate::api::not_acting::NotActing;
-use crate::api::{EgressRule, MeshConfigSpec, RouteRule, TrafficPolicy, names};
+use crate::api::{AccessPolicy, EgressRule, MeshConfigSpec, RouteRule, TrafficPolicy, names};
 use crate::proxy::config::types::{
     Destination, EgressAllow, OutboundTrafficPolicy, ProxyConfig, Workload,
 };
 
+pub use access::validate_access_policy;
 pub use egress::validate_egress_rule;
 pub use policy::validate_traffic_policy;
 pub use routes::validate_route_rule;
@@ -112,6 +123,7 @@ pub struct Inputs<'a> {
     pub route_rules: &'a [Arc<RouteRule>],
     pub egress_rules: &'a [Arc<EgressRule>],
     pub traffic_policies: &'a [Arc<TrafficPolicy>],
+    pub access_policies: &'a [Arc<AccessPolicy>],
     /// `cluster.local` in most clusters.
     pub cluster_domain: &'a str,
 }
@@ -125,6 +137,8 @@ pub struct MeshView {
     pods: endpoints::PodIndex,
     mtls: mtls::MeshMtls,
     outbound_traffic_policy: OutboundTrafficPolicy,
+    /// Accepted AccessPolicies, sorted by namespace and name.
+    access_policies: Vec<access::PreparedAccessPolicy>,
     /// Sorted by kind, namespace and name.
     reports: Vec<RuleReport>,
 }
@@ -326,6 +340,45 @@ impl MeshView {
         }
         egress.sort_by(|a, b| a.0.cmp(&b.0));
 
+        let mut access_policies = Vec::new();
+        for policy in inputs.access_policies {
+            let meta = RuleMeta::new(
+                RuleKind::AccessPolicy,
+                &policy.metadata,
+                policy.spec.fields_not_acting(),
+            );
+            let match_labels = access::match_labels(&policy.spec);
+            let selected = pods
+                .in_namespace(&meta.namespace)
+                .filter(|pod| access::selector_matches(&match_labels, &access::labels_of(pod)))
+                .count();
+            let resolution = if selected == 0 {
+                Resolution::NoPodsSelected(meta.namespace.clone())
+            } else {
+                Resolution::PodsSelected(selected)
+            };
+            let problems = validate_access_policy(&policy.spec);
+            let acceptance = if problems.is_empty() {
+                let translated = access::translate(
+                    &meta.namespace,
+                    &meta.name,
+                    &policy.spec,
+                    &inputs.mesh.mtls.trust_domain,
+                );
+                access_policies.push(access::PreparedAccessPolicy {
+                    namespace: meta.namespace.clone(),
+                    match_labels,
+                    hash: hash_json(&translated),
+                    policy: translated,
+                });
+                Acceptance::Accepted
+            } else {
+                Acceptance::Invalid(problems)
+            };
+            reports.push(status::report(&meta, &acceptance, Some(&resolution)));
+        }
+        access_policies.sort_by(|a, b| a.policy.name.cmp(&b.policy.name));
+
         reports
             .sort_by(|a, b| (a.kind, &a.namespace, &a.name).cmp(&(b.kind, &b.namespace, &b.name)));
         MeshView {
@@ -337,6 +390,7 @@ impl MeshView {
                 MeshOutboundPolicy::RegistryOnly => OutboundTrafficPolicy::RegistryOnly,
                 MeshOutboundPolicy::AllowAny => OutboundTrafficPolicy::AllowAny,
             },
+            access_policies,
             reports,
         }
     }
@@ -372,6 +426,22 @@ impl MeshView {
                 e.entries.iter().cloned()
             })
             .collect();
+        // A pod not (yet) in the cache gets only the namespace-wide policies; the push that
+        // follows its arrival brings the rest.
+        let pod_labels = self
+            .pods
+            .get(namespace, pod)
+            .map(access::labels_of)
+            .unwrap_or_default();
+        let access_policies: Vec<_> = self
+            .access_policies
+            .iter()
+            .filter(|p| p.selects(namespace, &pod_labels))
+            .map(|p| {
+                hash.write(&p.hash.to_le_bytes());
+                p.policy.clone()
+            })
+            .collect();
         let mut config = ProxyConfig {
             workload: self.proxy_workload(namespace, pod, ip),
             outbound_traffic_policy: self.outbound_traffic_policy,
@@ -390,6 +460,7 @@ impl MeshView {
         config.version = format!("{:016x}", hash.finish());
         config.destinations = destinations;
         config.egress = egress;
+        config.access_policies = access_policies;
         config
     }
 

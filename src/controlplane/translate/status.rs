@@ -9,8 +9,8 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::api::not_acting::{self, InertField};
 use crate::api::rule_status::{
-    ACCEPTED, REASON_ACCEPTED, REASON_CONFLICTED, REASON_INVALID, REASON_RESOLVED,
-    REASON_SERVICE_NOT_FOUND, RESOLVED_REFS,
+    ACCEPTED, REASON_ACCEPTED, REASON_CONFLICTED, REASON_INVALID, REASON_NO_PODS_SELECTED,
+    REASON_RESOLVED, REASON_SERVICE_NOT_FOUND, RESOLVED_REFS,
 };
 
 /// The `lastTransitionTime` of every reported condition. The translation is pure, so it cannot
@@ -26,6 +26,7 @@ pub enum RuleKind {
     RouteRule,
     EgressRule,
     TrafficPolicy,
+    AccessPolicy,
 }
 
 impl fmt::Display for RuleKind {
@@ -34,6 +35,7 @@ impl fmt::Display for RuleKind {
             RuleKind::RouteRule => "RouteRule",
             RuleKind::EgressRule => "EgressRule",
             RuleKind::TrafficPolicy => "TrafficPolicy",
+            RuleKind::AccessPolicy => "AccessPolicy",
         })
     }
 }
@@ -162,6 +164,10 @@ pub(super) enum Resolution {
     NotRoutable(ServiceKey, &'static str),
     /// `spec.service` cannot name a Service; says why.
     BadReference(String),
+    /// An AccessPolicy's selector matches this many pods of its namespace (at least one).
+    PodsSelected(usize),
+    /// An AccessPolicy's selector matches no pod of its namespace (named).
+    NoPodsSelected(String),
 }
 
 /// One rule naming a Service, validated and translated (or not).
@@ -277,6 +283,21 @@ pub(super) fn report(
                 false,
                 REASON_SERVICE_NOT_FOUND,
                 problem.clone(),
+            ),
+            Resolution::PodsSelected(count) => condition(
+                RESOLVED_REFS,
+                true,
+                REASON_RESOLVED,
+                format!("the selector matches {count} pod(s)"),
+            ),
+            Resolution::NoPodsSelected(namespace) => condition(
+                RESOLVED_REFS,
+                false,
+                REASON_NO_PODS_SELECTED,
+                format!(
+                    "no pod in namespace {namespace} matches the selector (yet); the policy \
+                     applies to matching pods as they appear"
+                ),
             ),
         });
     }

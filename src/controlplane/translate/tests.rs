@@ -141,6 +141,7 @@ struct World {
     route_rules: Vec<Arc<RouteRule>>,
     egress_rules: Vec<Arc<EgressRule>>,
     traffic_policies: Vec<Arc<TrafficPolicy>>,
+    access_policies: Vec<Arc<AccessPolicy>>,
 }
 
 impl World {
@@ -196,6 +197,7 @@ impl World {
             route_rules: &self.route_rules,
             egress_rules: &self.egress_rules,
             traffic_policies: &self.traffic_policies,
+            access_policies: &self.access_policies,
             cluster_domain: "cluster.local",
         })
     }
@@ -1482,5 +1484,125 @@ fn validate_traffic_policy_and_egress_rule() {
             "spec.hosts[2]: \"1.2.3.4\": an IP address can only be allowed with protocol tcp or any (spec.ports[1] has protocol tls)",
             "spec.namespaces[0]: \"Shop\" is neither a namespace name nor *",
         ]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// access policies
+
+fn access_policy(ns: &str, name: &str, spec: Value) -> Arc<AccessPolicy> {
+    let spec: crate::api::AccessPolicySpec = serde_json::from_value(spec).unwrap();
+    let mut policy = AccessPolicy::new(name, spec);
+    policy.metadata.namespace = Some(ns.to_owned());
+    policy.metadata.generation = Some(4);
+    Arc::new(policy)
+}
+
+#[test]
+fn access_policies_go_to_the_proxies_of_the_pods_they_select() {
+    let mut world = World::demo();
+    world.mesh.mtls.trust_domain = s("example.org");
+    world.access_policies = vec![
+        access_policy(
+            "demo",
+            "v2-only",
+            json!({"selector": {"matchLabels": {"version": "v2"}}, "action": "Allow",
+                   "rules": [{"from": [{"serviceAccounts": ["frontend"]}]}]}),
+        ),
+        access_policy(
+            "demo",
+            "deny-admin",
+            json!({"action": "Deny", "rules": [{"to": [{"paths": [{"prefix": "/admin"}]}]}]}),
+        ),
+        access_policy("shop", "elsewhere", json!({"action": "Audit"})),
+        access_policy(
+            "demo",
+            "nobody",
+            json!({"selector": {"matchLabels": {"app": "gone"}}, "action": "Deny"}),
+        ),
+        access_policy(
+            "demo",
+            "broken",
+            json!({"action": "Deny", "rules": [{"to": [{"ports": [0]}]}]}),
+        ),
+    ];
+    let view = world.build();
+    let names = |pod: &str| -> Vec<String> {
+        let config = view.proxy_config("demo", pod, None);
+        Compiled::new(config.clone(), None).expect("the proxy takes it");
+        config.access_policies.into_iter().map(|p| p.name).collect()
+    };
+    assert_eq!(names("backend-v1-5c4b-y2"), ["demo/deny-admin"]);
+    assert_eq!(
+        names("backend-v2-7d9f-x1"),
+        ["demo/deny-admin", "demo/v2-only"]
+    );
+    // Not in the cache yet: only what applies to every pod of the namespace.
+    assert_eq!(names("unknown"), ["demo/deny-admin"]);
+    let v2 = view.proxy_config("demo", "backend-v2-7d9f-x1", None);
+    let allow = v2
+        .access_policies
+        .iter()
+        .find(|p| p.name == "demo/v2-only")
+        .unwrap();
+    assert_eq!(
+        allow.rules[0].from[0].identities,
+        ["spiffe://example.org/ns/demo/sa/frontend"]
+    );
+
+    // Status: accepted, and how many pods the selector matches.
+    let report_of = |name| report(&view, RuleKind::AccessPolicy, "demo", name);
+    assert_eq!(
+        cond(report_of("v2-only"), ACCEPTED),
+        (s("True"), s(REASON_ACCEPTED))
+    );
+    assert_eq!(
+        cond(report_of("v2-only"), RESOLVED_REFS),
+        (s("True"), s(REASON_RESOLVED))
+    );
+    assert!(message(report_of("deny-admin"), RESOLVED_REFS).contains("2 pod(s)"));
+    assert_eq!(
+        cond(report_of("nobody"), RESOLVED_REFS),
+        (
+            s("False"),
+            s(crate::api::rule_status::REASON_NO_PODS_SELECTED)
+        )
+    );
+    assert_eq!(
+        cond(report_of("broken"), ACCEPTED),
+        (s("False"), s(REASON_INVALID))
+    );
+    assert!(message(report_of("broken"), ACCEPTED).contains("spec.rules[0].to[0].ports[0]"));
+    // Identities match the peer's mTLS identity: every field acts.
+    assert_eq!(
+        cond(report_of("v2-only"), FIELDS_NOT_ACTING),
+        (s("False"), s(REASON_ALL_FIELDS_ACT))
+    );
+    assert_eq!(
+        cond(report_of("deny-admin"), FIELDS_NOT_ACTING),
+        (s("False"), s(REASON_ALL_FIELDS_ACT))
+    );
+
+    // A policy changes the version of the proxies it selects, and only theirs.
+    let before = World::demo().build();
+    let v1_before = before
+        .proxy_config("demo", "backend-v1-5c4b-y2", None)
+        .version;
+    let mut only_v2 = World::demo();
+    only_v2.access_policies = vec![world.access_policies[0].clone()];
+    let after = only_v2.build();
+    assert_eq!(
+        after
+            .proxy_config("demo", "backend-v1-5c4b-y2", None)
+            .version,
+        v1_before
+    );
+    assert_ne!(
+        after
+            .proxy_config("demo", "backend-v2-7d9f-x1", None)
+            .version,
+        before
+            .proxy_config("demo", "backend-v2-7d9f-x1", None)
+            .version
     );
 }

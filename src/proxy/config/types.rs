@@ -43,6 +43,10 @@ pub struct ProxyConfig {
     /// Which inbound connections must be mutual TLS.
     #[serde(default)]
     pub inbound_mtls: InboundMtls,
+    /// The AccessPolicies that select this proxy's pod, enforced on inbound traffic (see
+    /// `proxy::authz`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_policies: Vec<AccessPolicy>,
 }
 
 /// The server side of mutual TLS: whether plaintext is accepted, mesh-wide and per port.
@@ -92,6 +96,7 @@ impl Default for ProxyConfig {
             detect_timeout: default_detect_timeout(),
             draining: false,
             inbound_mtls: InboundMtls::default(),
+            access_policies: Vec::new(),
         }
     }
 }
@@ -479,4 +484,68 @@ pub enum EgressProtocol {
     /// Matched on the destination address's host only when it is an IP literal written as
     /// `host`.
     Tcp,
+}
+
+/// One AccessPolicy as a proxy enforces it (`crate::api::access_policy` has the semantics).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessPolicy {
+    /// `namespace/name` of the AccessPolicy: what denials, logs and metrics name.
+    pub name: String,
+    pub action: AccessAction,
+    #[serde(default)]
+    pub rules: Vec<AccessRule>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AccessAction {
+    Allow,
+    Deny,
+    /// Decided as `Allow`, but only counted and logged.
+    Audit,
+}
+
+/// Matches when one `from` and one `to` entry match; an empty list matches anything.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessRule {
+    #[serde(default)]
+    pub from: Vec<AccessSource>,
+    #[serde(default)]
+    pub to: Vec<AccessOperation>,
+}
+
+/// Every field set must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessSource {
+    /// Full SPIFFE IDs (`spiffe://cluster.local/ns/demo/sa/frontend`).
+    #[serde(default)]
+    pub identities: Vec<String>,
+    /// Namespaces of the peer's identity.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Matches peers without a verified identity (and only them).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unauthenticated: bool,
+}
+
+/// Every field set must match; methods and paths only match HTTP requests.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessOperation {
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    /// Upper case.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub paths: Vec<PathMatch>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PathMatch {
+    Exact(String),
+    Prefix(String),
 }

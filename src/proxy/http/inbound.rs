@@ -1,4 +1,6 @@
-//! Requests to the app: forwarded to it on loopback, at the port the client asked for, with
+//! Requests to the app: checked against the pod's AccessPolicies (a denied one is answered
+//! `403` with `x-skein-error: access-denied` and a body naming the policy and why, and never
+//! reaches the app), then forwarded to it on loopback, at the port the client asked for, with
 //! server-side metrics.
 
 use std::time::Instant;
@@ -10,6 +12,7 @@ use super::body::{ProxyBody, RequestBody, boxed};
 use super::forward::{self, Forward, Local, Target};
 use super::{Prepared, RequestContext, prepare, request_host};
 use crate::proxy::Direction;
+use crate::proxy::authz::{self, RequestFacts};
 use crate::proxy::config::compiled::normalize_host;
 use crate::proxy::inbound::{self, Plaintext};
 
@@ -54,6 +57,24 @@ pub async fn handle(
             ),
         );
         return forward::finish(context, None, labels, started, Err(refused));
+    }
+
+    let path = authz::normalize_path(parts.uri.path());
+    let facts = RequestFacts {
+        peer: connection.peer_id.as_ref(),
+        port: connection.target.port(),
+        method: Some(&parts.method),
+        path: Some(&path),
+    };
+    let decision = authz::decide(&config.source.access_policies, &facts);
+    let metrics = &context.shared.metrics.http;
+    if let Some(denial) = authz::account(decision, metrics, labels.protocol, connection.peer) {
+        let local = Local::new(
+            StatusCode::FORBIDDEN,
+            authz::ACCESS_DENIED,
+            denial.to_string(),
+        );
+        return forward::finish(context, None, labels, started, Err(local));
     }
 
     let request = Forward {

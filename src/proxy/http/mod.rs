@@ -49,7 +49,9 @@ pub struct Connection {
     /// Outbound: the address the app connected to (before the capture redirected it);
     /// inbound: the app's address on loopback.
     pub target: SocketAddr,
-    /// Inbound over mutual TLS: the identity the client proved. `None`: plaintext.
+    /// Inbound: the client's verified workload identity (from its mTLS certificate); `None`
+    /// for a client without one (plaintext) and for outbound connections. AccessPolicies
+    /// match on it.
     pub peer_id: Option<SpiffeId>,
 }
 
