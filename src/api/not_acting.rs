@@ -59,18 +59,10 @@ impl NotActing for MeshConfigSpec {
     fn fields_not_acting(&self) -> Vec<InertField> {
         let default = MeshConfigSpec::default();
         let mut fields = Vec::new();
-        // No workload certificates are issued and proxies speak plaintext: mTLS is not built.
+        // Proxies speak plaintext: the data plane does not use mTLS yet. (`trustDomain` and
+        // `workloadCertLifetime` act: the control plane issues workload certificates with them.)
         if self.mtls.mode != default.mtls.mode {
             fields.push(inert("spec.mtls.mode", format!("{:?}", self.mtls.mode)));
-        }
-        if self.mtls.trust_domain != default.mtls.trust_domain {
-            fields.push(inert("spec.mtls.trustDomain", &self.mtls.trust_domain));
-        }
-        if self.mtls.workload_cert_lifetime != default.mtls.workload_cert_lifetime {
-            fields.push(inert(
-                "spec.mtls.workloadCertLifetime",
-                self.mtls.workload_cert_lifetime,
-            ));
         }
         // Proxies propagate trace headers but neither sample new traces nor export spans.
         if let Some(endpoint) = &self.tracing.zipkin_endpoint {
@@ -148,7 +140,6 @@ pub fn condition(fields: &[InertField]) -> (bool, &'static str, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::Duration;
     use crate::api::meshconfig::{MtlsMode, RemoteCluster, SecretKeyRef};
 
     fn paths(fields: &[InertField]) -> Vec<&str> {
@@ -167,8 +158,6 @@ mod tests {
     fn every_meshconfig_field_not_built_yet_is_named_with_its_value() {
         let mut spec = MeshConfigSpec::default();
         spec.mtls.mode = MtlsMode::Strict;
-        spec.mtls.trust_domain = "example.org".to_owned();
-        spec.mtls.workload_cert_lifetime = Duration::from_secs(3600);
         spec.tracing.zipkin_endpoint = Some("http://zipkin:9411/api/v2/spans".to_owned());
         spec.tracing.sampling_percentage = 12.5;
         spec.federation.clusters = vec![RemoteCluster {
@@ -185,8 +174,6 @@ mod tests {
             paths(&fields),
             [
                 "spec.mtls.mode",
-                "spec.mtls.trustDomain",
-                "spec.mtls.workloadCertLifetime",
                 "spec.tracing.zipkinEndpoint",
                 "spec.tracing.samplingPercentage",
                 "spec.federation.clusters[0].network",
@@ -197,8 +184,6 @@ mod tests {
             values,
             [
                 "Strict",
-                "example.org",
-                "1h",
                 "http://zipkin:9411/api/v2/spans",
                 "12.5",
                 "net-east"
@@ -213,6 +198,7 @@ mod tests {
             "traffic": {"outboundTrafficPolicy": "AllowAny", "timeout": "3s"},
             "controlPlane": {"replicas": 3},
             "federation": {"clusters": [{"name": "east", "kubeconfigSecretRef": {"namespace": "a", "name": "b"}}]},
+            "mtls": {"trustDomain": "example.org", "workloadCertLifetime": "1h"},
         }))
         .unwrap();
         assert!(spec.fields_not_acting().is_empty());

@@ -12,8 +12,13 @@
 //! [`translate`] (pure: cluster state → each proxy's configuration) → [`push`] (the
 //! Delta-ADS-shaped gRPC stream, ACK/NACK) → proxies; [`status`] writes each rule's verdict
 //! back; [`debug`] and [`proxy_status`] show who got what.
+//!
+//! Identity: [`identity`] signs workload certificates with the mesh CA (`Identity/Certify`,
+//! on the stream's port) and authenticates the stream's proxies by their service-account
+//! tokens.
 
 pub mod debug;
+pub mod identity;
 pub mod index;
 pub mod proxy_status;
 pub mod push;
@@ -74,6 +79,7 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let metrics = WebhookMetrics::register(&mut registry);
     let index = Arc::new(OnceLock::new());
+    let cluster_for_identity = cluster.clone();
     let app = server::router(AppState {
         cluster,
         metrics,
@@ -96,7 +102,10 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     };
     // The webhooks serve at once; discovery starts serving once its caches are synced. Either
     // failing (a port taken) stops the process.
-    tokio::try_join!(webhooks, discovery(client, &args, index))?;
+    tokio::try_join!(
+        webhooks,
+        discovery(client, &args, index, cluster_for_identity)
+    )?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -107,6 +116,7 @@ async fn discovery(
     client: kube::Client,
     args: &ControlPlaneArgs,
     slot: Arc<OnceLock<Index>>,
+    cluster: ClusterState,
 ) -> anyhow::Result<()> {
     // Bind before the (possibly slow) first sync, so a taken port fails fast.
     let debug_listener = tokio::net::TcpListener::bind(args.debug_addr)
@@ -116,7 +126,18 @@ async fn discovery(
     let _ = slot.set(index.clone());
     let source: Arc<dyn ConfigSource> = Arc::new(index.clone());
     let mut registry = Registry::default();
-    let push = PushServer::new(source.clone(), &mut registry);
+    let ca = Arc::new(identity::CaStore::default());
+    tokio::spawn(ca.clone().watch(client.clone()));
+    let authn: Arc<dyn identity::Authenticate> =
+        Arc::new(identity::KubeAuthenticator::new(client.clone()));
+    let push = PushServer::new(source.clone(), authn.clone(), &mut registry).with_identity(
+        identity::IdentityService {
+            ca,
+            authn,
+            mtls: Arc::new(move || cluster.mtls()),
+            issued: Arc::default(),
+        },
+    );
     tokio::spawn(status::run(client, index));
 
     let registry = Arc::new(registry);

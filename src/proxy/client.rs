@@ -55,6 +55,9 @@ pub struct ClientSettings {
     /// `host:port` (or a URL with a scheme).
     pub address: String,
     pub identity: ProxyIdentity,
+    /// The pod's projected service-account token (audience `skein.dev`), read afresh for each
+    /// stream: the kubelet rotates it. The control plane refuses a stream without one.
+    pub token_path: Option<std::path::PathBuf>,
 }
 
 /// Why a stream ended.
@@ -71,6 +74,8 @@ enum StreamError {
         address: String,
         source: tonic::transport::Error,
     },
+    #[error("{0}")]
+    Token(super::identity::IdentityError),
     #[error("the control plane refused the stream: {0}")]
     Refused(tonic::Status),
     #[error("the stream broke: {0}")]
@@ -128,7 +133,16 @@ async fn stream(
     let outgoing = futures::stream::poll_fn(move |cx| queued.poll_recv(cx));
     let mut client = AggregatedDiscoveryServiceClient::new(channel)
         .max_decoding_message_size(MAX_RESPONSE_BYTES);
-    let mut responses = match client.delta_aggregated_resources(outgoing).await {
+    let mut request = tonic::Request::new(outgoing);
+    if let Some(path) = &settings.token_path {
+        let authorized = super::identity::read_token(path)
+            .await
+            .and_then(|token| super::identity::authorize(&mut request, &token));
+        if let Err(err) = authorized {
+            return StreamError::Token(err);
+        }
+    }
+    let mut responses = match client.delta_aggregated_resources(request).await {
         Ok(response) => response.into_inner(),
         Err(status) => return StreamError::Refused(status),
     };
@@ -147,7 +161,9 @@ async fn stream(
     }
 }
 
-fn endpoint(address: &str) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+pub(crate) fn endpoint(
+    address: &str,
+) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
     let uri = if address.contains("://") {
         address.to_owned()
     } else {

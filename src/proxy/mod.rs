@@ -16,6 +16,7 @@
 //! - [`admin`]: the admin HTTP server: `/live`, `/ready`, `/metrics`, `POST /drain`,
 //!   `POST /shutdown`.
 //! - [`client`]: the configuration stream from the control plane (`--xds-address`).
+//! - [`identity`]: the workload certificate (key, CSR, renewal) from the control plane.
 //! - [`drain`]: stopping accepts, tracking in-flight connections, closing stragglers.
 //! - [`metrics`]: the proxy's Prometheus metrics (names and labels documented there).
 //! - [`original_dst`]: `SO_ORIGINAL_DST` for redirected connections.
@@ -51,6 +52,7 @@ pub mod drain;
 pub mod egress;
 pub mod headers;
 pub mod http;
+pub mod identity;
 pub mod listen;
 pub mod metrics;
 pub mod mtls;
@@ -129,6 +131,11 @@ pub struct ProxyArgs {
     pub pod_namespace: Option<String>,
     #[arg(long, env = "POD_IP")]
     pub pod_ip: Option<std::net::IpAddr>,
+    /// The pod's projected service-account token (audience `skein.dev`; the injector mounts
+    /// it): with `--xds-address`, the proxy authenticates the configuration stream with it and
+    /// requests its workload certificate. Re-read on every use (the kubelet rotates it).
+    #[arg(long, env = "SKEIN_IDENTITY_TOKEN")]
+    pub identity_token: Option<std::path::PathBuf>,
 }
 
 impl ProxyArgs {
@@ -166,6 +173,7 @@ impl ProxyArgs {
         };
         Ok(Some(client::ClientSettings {
             address: address.clone(),
+            token_path: self.identity_token.clone(),
             identity: crate::controlplane::push::ProxyIdentity {
                 pod: pod.clone(),
                 namespace: namespace.clone(),
@@ -208,6 +216,8 @@ pub(crate) struct Shared {
     pub config: Arc<ConfigStore>,
     pub upstreams: http::upstream::Upstreams,
     pub drain: Drain,
+    /// The workload certificate and trust bundle ([`identity`] installs, mTLS reads).
+    pub credentials: Arc<mtls::Credentials>,
     pub connect_timeout: Duration,
     /// The proxy's own ports: a connection whose original destination is one of them (on this
     /// host) would be forwarded back into the proxy.
@@ -310,7 +320,8 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         }
         None => (Compiled::passthrough(), None),
     };
-    let metrics = Metrics::new();
+    let credentials = Arc::new(mtls::Credentials::default());
+    let metrics = Metrics::with_identity(credentials.clone());
     metrics.http.set_config_version(&config.source.version);
     let config = Arc::new(ConfigStore::new(config));
     let shared = Arc::new(Shared {
@@ -318,6 +329,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         config: config.clone(),
         upstreams: http::upstream::Upstreams::new(args.connect_timeout.as_std()),
         drain: Drain::new(),
+        credentials,
         connect_timeout: args.connect_timeout.as_std(),
         own_ports: [args.outbound_port, args.inbound_port, args.admin_port],
     });
@@ -335,6 +347,24 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         }
     }
     let xds = args.xds_client()?;
+    let issuer = match (&xds, &args.identity_token) {
+        (Some(settings), Some(token_path)) => Some(tokio::spawn(identity::run(
+            identity::IdentitySettings {
+                address: settings.address.clone(),
+                token_path: token_path.clone(),
+            },
+            shared.credentials.clone(),
+            shared.metrics.identity.clone(),
+        ))),
+        (Some(_), None) => {
+            tracing::warn!(
+                "no --identity-token (SKEIN_IDENTITY_TOKEN): the control plane will refuse the \
+                 configuration stream, and no workload certificate is requested"
+            );
+            None
+        }
+        _ => None,
+    };
     let ready = Arc::new(AtomicBool::new(true));
     let config_watch = match (&args.config, config_text, xds) {
         (Some(path), Some(text), _) => Some(tokio::spawn(watch_config(
@@ -431,6 +461,9 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     }
     if let Some(watch) = config_watch {
         watch.abort();
+    }
+    if let Some(issuer) = issuer {
+        issuer.abort();
     }
     tracing::info!("skein proxy stopped");
     Ok(())
