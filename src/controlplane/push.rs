@@ -8,7 +8,9 @@
 //!    the gRPC metadata `authorization: Bearer TOKEN`, checked by
 //!    [`crate::controlplane::identity::authn`]: no token or a refused one is
 //!    `UNAUTHENTICATED`, a token that is not bound to a live pod `PERMISSION_DENIED`; either
-//!    way the stream ends before any configuration is sent.
+//!    way the stream ends before any configuration is sent. The token is checked when the
+//!    stream opens; the stream then lives as long as its connection (a deleted pod's proxy
+//!    goes with its pod, and a reconnect presents the kubelet's current token).
 //! 1. The proxy opens the stream with one subscription request per resource type
 //!    ([`TYPE_URLS`]); the first carries its [`Node`], without which the stream is
 //!    refused (`INVALID_ARGUMENT`). Its pod and namespace must be the authenticated pod's

@@ -34,7 +34,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use super::metrics::ResultLabels;
-use super::mtls::{Credentials, CredentialsError};
+use super::mtls::{Credentials, CredentialsError, Loaded};
 use crate::xds::identity::CertifyRequest;
 use crate::xds::identity::identity_client::IdentityClient;
 
@@ -53,8 +53,10 @@ pub enum IdentityError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("the service-account token {0} is empty or not valid header text")]
-    BadToken(PathBuf),
+    #[error("the service-account token {0} is empty")]
+    EmptyToken(PathBuf),
+    #[error("the service-account token holds characters a gRPC header cannot carry")]
+    TokenNotHeaderText,
     #[error("generating the key or the CSR: {0}")]
     Key(#[from] rcgen::Error),
     #[error("invalid control-plane address {0:?}")]
@@ -88,7 +90,7 @@ pub async fn read_token(path: &Path) -> Result<String, IdentityError> {
         })?;
     let token = text.trim();
     if token.is_empty() {
-        return Err(IdentityError::BadToken(path.to_owned()));
+        return Err(IdentityError::EmptyToken(path.to_owned()));
     }
     Ok(token.to_owned())
 }
@@ -97,7 +99,7 @@ pub async fn read_token(path: &Path) -> Result<String, IdentityError> {
 pub fn authorize<T>(request: &mut tonic::Request<T>, token: &str) -> Result<(), IdentityError> {
     let value = format!("Bearer {token}")
         .parse()
-        .map_err(|_| IdentityError::BadToken(PathBuf::from("(token)")))?;
+        .map_err(|_| IdentityError::TokenNotHeaderText)?;
     request.metadata_mut().insert("authorization", value);
     Ok(())
 }
@@ -111,12 +113,9 @@ pub async fn run(
     let mut failures: u32 = 0;
     loop {
         let delay = match certify(&settings, &credentials).await {
-            Ok(()) => {
+            Ok(current) => {
                 failures = 0;
                 metrics.renewed(true);
-                let Some(current) = credentials.current() else {
-                    continue;
-                };
                 let renew_at = renewal_time(current.not_before, current.not_after, fastrand::f64());
                 tracing::info!(
                     id = %current.id,
@@ -164,7 +163,7 @@ pub async fn run(
 async fn certify(
     settings: &IdentitySettings,
     credentials: &Credentials,
-) -> Result<(), IdentityError> {
+) -> Result<Arc<Loaded>, IdentityError> {
     let token = read_token(&settings.token_path).await?;
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     // The CSR names nothing: the control plane decides the identity from the token.
@@ -187,12 +186,11 @@ async fn certify(
         .await
         .map_err(IdentityError::Refused)?
         .into_inner();
-    credentials.install(
+    Ok(credentials.install(
         &answer.cert_chain_pem,
         &key.serialize_pem(),
         &answer.trust_bundle_pem,
-    )?;
-    Ok(())
+    )?)
 }
 
 /// Pure: when to renew a certificate valid from `not_before` to `not_after`; `jitter` in [0, 1).

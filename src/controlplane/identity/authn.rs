@@ -6,7 +6,8 @@
 //! run as that service account (a terminating pod keeps its identity until it is gone: it is
 //! still serving its last requests). Successful reviews are cached for [`REVIEW_CACHE_TTL`],
 //! keyed by a SHA-256 of the token, so a reconnect storm (a control-plane restart) is not a
-//! TokenReview storm; failures are never cached.
+//! TokenReview storm; failures are never cached. So a token stays good for up to the TTL
+//! after its pod is deleted: a short window, for a pod whose proxy is on its way out anyway.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
