@@ -208,6 +208,7 @@ async fn a_pod_gets_its_service_accounts_certificate_and_nobody_else_does() {
         IdentitySettings {
             address: format!("127.0.0.1:{}", control_plane.xds_port),
             token_path: file.path().to_owned(),
+            xds_ca: None,
         },
         credentials.clone(),
         metrics,
@@ -344,6 +345,7 @@ async fn the_stream_serves_only_the_pod_the_token_belongs_to() {
                 ip: None,
             },
             token_path: Some(file.path().to_owned()),
+            xds_ca: None,
         },
         store,
         move |result| {

@@ -128,6 +128,17 @@ async fn discovery(
     let mut registry = Registry::default();
     let ca = Arc::new(identity::CaStore::default());
     tokio::spawn(ca.clone().watch(client.clone()));
+    let xds_tls = if args.xds_tls {
+        let names = identity::serving::serving_names(&args.xds_address, &args.cluster_domain);
+        let certs = Arc::new(identity::serving::ServingCerts::new(ca.clone(), names));
+        Some(Arc::new(
+            certs
+                .server_config()
+                .context("the configuration stream's TLS settings")?,
+        ))
+    } else {
+        None
+    };
     let authn: Arc<dyn identity::Authenticate> =
         Arc::new(identity::KubeAuthenticator::new(client.clone()));
     let push = PushServer::new(source.clone(), authn.clone(), &mut registry).with_identity(
@@ -155,11 +166,21 @@ async fn discovery(
             .await
             .with_context(|| format!("serving on {}", args.debug_addr))
     };
-    tracing::info!(addr = %args.xds_addr, "serving the configuration stream");
+    tracing::info!(addr = %args.xds_addr, tls = args.xds_tls, "serving the configuration stream");
     let stream = async {
-        push.serve(args.xds_addr, crate::signals::shutdown())
-            .await
-            .with_context(|| format!("serving the configuration stream on {}", args.xds_addr))
+        match xds_tls {
+            Some(tls) => {
+                let listener = tokio::net::TcpListener::bind(args.xds_addr)
+                    .await
+                    .with_context(|| {
+                        format!("binding the configuration stream to {}", args.xds_addr)
+                    })?;
+                push.serve_tls_with_listener(listener, tls, crate::signals::shutdown())
+                    .await
+            }
+            None => push.serve(args.xds_addr, crate::signals::shutdown()).await,
+        }
+        .with_context(|| format!("serving the configuration stream on {}", args.xds_addr))
     };
     tokio::try_join!(debug, stream)?;
     Ok(())

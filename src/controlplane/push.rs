@@ -39,9 +39,11 @@
 //! go through a channel of [`RESPONSE_QUEUE`] (a slow proxy slows its own pushes only).
 //!
 //! Transport: plain gRPC over TCP (h2c) for now, with HTTP/2 keepalive so a proxy that
-//! vanished without closing its connection is noticed. The same server answers
-//! `Identity/Certify` ([`PushServer::with_identity`]). TODO: TLS with a serving certificate
-//! from the mesh CA.
+//! vanished without closing its connection is noticed; with `--xds-tls`, TLS with a serving
+//! certificate the control plane issues itself from the mesh CA
+//! ([`PushServer::serve_tls_with_listener`], [`crate::controlplane::identity::serving`]),
+//! which proxies verify against the trust bundle (`--xds-ca`). The same server answers
+//! `Identity/Certify` ([`PushServer::with_identity`]).
 //!
 //! Metrics, registered on the registry given to [`PushServer::new`]:
 //!
@@ -88,6 +90,8 @@ pub const QUIET: Duration = Duration::from_millis(100);
 pub const MAX_DELAY: Duration = Duration::from_secs(1);
 /// Responses queued to one proxy's stream (each is one type's changes).
 pub const RESPONSE_QUEUE: usize = 4;
+/// A TLS handshake must be done this soon after the connection is accepted.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A proxy must send its first request this soon after opening the stream.
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// HTTP/2 pings on idle connections, and how long an answer may take before the connection is
@@ -219,6 +223,22 @@ impl PushServer {
             .await
     }
 
+    /// Like [`serve_with_listener`](Self::serve_with_listener), over TLS with `tls` (see
+    /// [`crate::controlplane::identity::serving`]).
+    pub async fn serve_tls_with_listener(
+        self,
+        listener: tokio::net::TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), tonic::transport::Error> {
+        let (stop, stopped) = watch::channel(false);
+        Self::transport()
+            .add_service(self.service(stopped))
+            .add_optional_service(self.identity.clone())
+            .serve_with_incoming_shutdown(tls_incoming(listener, tls), stop_streams(shutdown, stop))
+            .await
+    }
+
     /// Connected proxies, for /debug/proxies and `skein proxy-status`.
     pub fn proxies(&self) -> Vec<ProxyStatus> {
         let mut proxies: Vec<ProxyStatus> = self.inner.registry().values().cloned().collect();
@@ -248,6 +268,50 @@ impl PushServer {
         })
         .max_decoding_message_size(MAX_REQUEST_BYTES)
     }
+}
+
+/// Connections on `listener` once their TLS handshake is done. Each handshake runs on its own
+/// task, bounded by [`HANDSHAKE_TIMEOUT`], so a slow client holds up nobody else; accepting
+/// stops when the server drops the stream.
+fn tls_incoming(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+) -> impl Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let (ready, mut handshaken) = mpsc::channel(RESPONSE_QUEUE * 16);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = ready.closed() => break,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    tracing::warn!(error = %err, "configuration stream: accepting a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, ready) = (acceptor.clone(), ready.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = ready.send(Ok(stream)).await;
+                    }
+                    Ok(Err(err)) => {
+                        tracing::info!(%peer, error = %err, "configuration stream: TLS handshake failed")
+                    }
+                    Err(_) => {
+                        tracing::info!(%peer, "configuration stream: TLS handshake timed out")
+                    }
+                }
+            });
+        }
+    });
+    futures::stream::poll_fn(move |cx| handshaken.poll_recv(cx))
 }
 
 /// The server's graceful shutdown waits for open streams, and proxy streams never end by
@@ -1210,6 +1274,7 @@ egress: [{{host: api.example.com}}]
                 address: addr.to_string(),
                 identity: web_identity(),
                 token_path: Some(token.path().to_owned()),
+                xds_ca: None,
             },
             store.clone(),
             {
@@ -1449,5 +1514,75 @@ egress: [{{host: api.example.com}}]
 
         let own = open(addr, Some("web-1-token"), Some(node("demo", "web-1"))).await;
         assert_eq!(own.expect("served").type_url, SETTINGS_TYPE);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn over_tls_a_proxy_trusting_the_mesh_ca_syncs_and_others_cannot_connect() {
+        use crate::controlplane::identity::ca::{CaStore, Signer};
+        use crate::controlplane::identity::serving::ServingCerts;
+        use crate::pki::Ca;
+
+        let ca = Ca::generate("mesh-ca", Duration::from_secs(3600)).unwrap();
+        let bundle_pem = ca.pem.cert_pem.clone();
+        let store = Arc::new(CaStore::default());
+        store.set(Signer {
+            ca,
+            bundle_pem: bundle_pem.clone(),
+        });
+        let certs = Arc::new(ServingCerts::new(store, vec!["127.0.0.1".to_owned()]));
+        let tls = Arc::new(certs.server_config().unwrap());
+
+        let first = destinations("1", "198.18.0.5:8080", "/v[0-9]+");
+        let source = FakeSource::new(first.clone());
+        let authn = Arc::new(FixedTokens::pod("web-1-token", "demo", "web-1"));
+        let server = PushServer::new(source, authn, &mut Registry::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(server.serve_tls_with_listener(listener, tls, std::future::pending()));
+
+        let token = FixedTokens::file("web-1-token");
+        let bundle = FixedTokens::file(&bundle_pem);
+        let store = Arc::new(ConfigStore::new(Compiled::passthrough()));
+        let proxy = tokio::spawn(client::run(
+            ClientSettings {
+                address: addr.to_string(),
+                identity: web_identity(),
+                token_path: Some(token.path().to_owned()),
+                xds_ca: Some(bundle.path().to_owned()),
+            },
+            store.clone(),
+            |_| {},
+        ));
+        eventually("the configuration over TLS", || {
+            store.current().source == first
+        })
+        .await;
+        proxy.abort();
+
+        // A client trusting another CA fails the handshake; a plaintext one gets no HTTP/2.
+        let other = Ca::generate("other-ca", Duration::from_secs(3600)).unwrap();
+        let other_bundle = FixedTokens::file(&other.pem.cert_pem);
+        let distrusting = client::endpoint(&addr.to_string(), Some(other_bundle.path()))
+            .await
+            .expect("endpoint");
+        assert!(distrusting.connect().await.is_err(), "an unknown CA");
+        let plaintext = client::endpoint(&addr.to_string(), None)
+            .await
+            .expect("endpoint");
+        let refused = match plaintext.connect().await {
+            Err(_) => true,
+            Ok(channel) => {
+                use crate::xds::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+                let mut request = Request::new(futures::stream::pending());
+                crate::proxy::identity::authorize(&mut request, "web-1-token").expect("header");
+                AggregatedDiscoveryServiceClient::new(channel)
+                    .delta_aggregated_resources(request)
+                    .await
+                    .is_err()
+            }
+        };
+        assert!(refused, "plaintext is not served");
     }
 }

@@ -59,8 +59,8 @@ pub enum IdentityError {
     TokenNotHeaderText,
     #[error("generating the key or the CSR: {0}")]
     Key(#[from] rcgen::Error),
-    #[error("invalid control-plane address {0:?}")]
-    Address(String),
+    #[error(transparent)]
+    Endpoint(#[from] super::client::EndpointError),
     #[error("connecting to the control plane at {address}: {}", crate::proxy::tcp::ErrorChain(.source))]
     Connect {
         address: String,
@@ -78,6 +78,8 @@ pub struct IdentitySettings {
     /// The control plane (`--xds-address`): `Certify` is served next to the stream.
     pub address: String,
     pub token_path: PathBuf,
+    /// As the stream's [`ClientSettings::xds_ca`](super::client::ClientSettings::xds_ca).
+    pub xds_ca: Option<PathBuf>,
 }
 
 /// The token, read afresh.
@@ -170,8 +172,7 @@ async fn certify(
     let csr_pem = rcgen::CertificateParams::default()
         .serialize_request(&key)?
         .pem()?;
-    let endpoint = super::client::endpoint(&settings.address)
-        .map_err(|_| IdentityError::Address(settings.address.clone()))?;
+    let endpoint = super::client::endpoint(&settings.address, settings.xds_ca.as_deref()).await?;
     let channel = endpoint
         .connect()
         .await

@@ -136,6 +136,11 @@ pub struct ProxyArgs {
     /// requests its workload certificate. Re-read on every use (the kubelet rotates it).
     #[arg(long, env = "SKEIN_IDENTITY_TOKEN")]
     pub identity_token: Option<std::path::PathBuf>,
+    /// The mesh's trust bundle (PEM file): with it the configuration stream and certificate
+    /// requests use TLS, and the control plane's certificate must chain to it. Re-read on every
+    /// connection.
+    #[arg(long, env = "SKEIN_XDS_CA")]
+    pub xds_ca: Option<std::path::PathBuf>,
 }
 
 impl ProxyArgs {
@@ -174,6 +179,7 @@ impl ProxyArgs {
         Ok(Some(client::ClientSettings {
             address: address.clone(),
             token_path: self.identity_token.clone(),
+            xds_ca: self.xds_ca.clone(),
             identity: crate::controlplane::push::ProxyIdentity {
                 pod: pod.clone(),
                 namespace: namespace.clone(),
@@ -352,6 +358,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
             identity::IdentitySettings {
                 address: settings.address.clone(),
                 token_path: token_path.clone(),
+                xds_ca: settings.xds_ca.clone(),
             },
             shared.credentials.clone(),
             shared.metrics.identity.clone(),
