@@ -132,9 +132,10 @@ fn csr() -> String {
         .unwrap()
 }
 
-fn token_file(token: &str) -> tempfile::NamedTempFile {
+/// A file holding `text` (a token, a trust bundle).
+fn file_with(text: &str) -> tempfile::NamedTempFile {
     let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), token).unwrap();
+    std::fs::write(file.path(), text).unwrap();
     file
 }
 
@@ -200,7 +201,7 @@ async fn a_pod_gets_its_service_accounts_certificate_and_nobody_else_does() {
     );
 
     // The proxy's own issuer: a key of its own, the token from its file, installed.
-    let file = token_file(&token);
+    let file = file_with(&token);
     let credentials = Arc::new(Credentials::default());
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = IdentityMetrics::register(&mut registry, credentials.clone());
@@ -333,7 +334,7 @@ async fn the_stream_serves_only_the_pod_the_token_belongs_to() {
     assert_eq!(forged.code(), tonic::Code::Unauthenticated, "{forged}");
 
     // The proxy's own client, with its token file, syncs.
-    let file = token_file(&token_a);
+    let file = file_with(&token_a);
     let store = Arc::new(ConfigStore::new(Compiled::passthrough()));
     let (applied, mut applied_rx) = tokio::sync::mpsc::unbounded_channel();
     let proxy = tokio::spawn(client::run(
@@ -357,4 +358,65 @@ async fn the_stream_serves_only_the_pod_the_token_belongs_to() {
         .expect("the proxy gets a configuration");
     assert_eq!(result, Some(true));
     proxy.abort();
+}
+
+/// `--xds-tls`: the stream and `Certify` over TLS with a certificate from the mesh CA for the
+/// advertised address (`--xds-address 127.0.0.1:9090` here); a proxy trusting the bundle syncs
+/// and gets its certificate, a plaintext one gets nothing.
+#[tokio::test]
+async fn over_tls_the_proxy_verifies_the_control_plane_against_the_mesh_ca() {
+    let (ctx, ca_pem) = mesh().await;
+    let ns = ctx.namespace.as_str();
+    let control_plane = ControlPlane::start_with(&["--xds-tls"]).await;
+    let token = pod_token(&ctx.client, ns, "web-tls").await;
+    let token_path = file_with(&token);
+    let bundle = file_with(&ca_pem);
+    let address = format!("127.0.0.1:{}", control_plane.xds_port);
+
+    let credentials = Arc::new(Credentials::default());
+    let mut registry = prometheus_client::registry::Registry::default();
+    let issuer = tokio::spawn(skein::proxy::identity::run(
+        IdentitySettings {
+            address: address.clone(),
+            token_path: token_path.path().to_owned(),
+            xds_ca: Some(bundle.path().to_owned()),
+        },
+        credentials.clone(),
+        IdentityMetrics::register(&mut registry, credentials.clone()),
+    ));
+    let store = Arc::new(ConfigStore::new(Compiled::passthrough()));
+    let (applied, mut applied_rx) = tokio::sync::mpsc::unbounded_channel();
+    let proxy = tokio::spawn(client::run(
+        ClientSettings {
+            address: address.clone(),
+            identity: ProxyIdentity {
+                pod: "web-tls".to_owned(),
+                namespace: ns.to_owned(),
+                ip: None,
+            },
+            token_path: Some(token_path.path().to_owned()),
+            xds_ca: Some(bundle.path().to_owned()),
+        },
+        store,
+        move |result| {
+            let _ = applied.send(result.is_ok());
+        },
+    ));
+    let result = tokio::time::timeout(WAIT, applied_rx.recv()).await;
+    assert_eq!(
+        result.ok().flatten(),
+        Some(true),
+        "the proxy gets a configuration over TLS; log:\n{}",
+        control_plane.log()
+    );
+    let deadline = Instant::now() + WAIT;
+    while credentials.current().is_none() {
+        assert!(Instant::now() < deadline, "no certificate over TLS");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    proxy.abort();
+    issuer.abort();
+
+    let plaintext = certify(&control_plane, Some(&token), &csr()).await;
+    assert!(plaintext.is_err(), "plaintext is not served");
 }
