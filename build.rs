@@ -1,4 +1,4 @@
-//! Generates the control-plane stream's Rust code (messages, gRPC client and server) from
+//! Generates the control-plane stream's (and workload-certificate service's) Rust code (messages, gRPC client and server) from
 //! `proto/`. protoc is the one named by `PROTOC` when set (the convention prost-build follows),
 //! else the one `protoc-bin-vendored` ships: a build needs no system protobuf compiler. The
 //! vendored Linux binaries are statically linked, so they run on musl (the Dockerfile's alpine
@@ -26,6 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[
                 "proto/skein/discovery/v1alpha1/discovery.proto",
                 "proto/skein/config/v1alpha1/config.proto",
+                "proto/skein/identity/v1alpha1/identity.proto",
             ],
             &["proto"],
         )?;

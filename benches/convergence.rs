@@ -100,12 +100,22 @@ async fn run(scale: Scale, full: bool) {
     let current = Arc::new(Mutex::new(None::<(usize, String, Instant)>));
     let connect_started = Instant::now();
     let mut synced = Vec::new();
+    // Each simulated proxy authenticates as the real one does: a token bound to its (pending) pod.
+    support::identity::service_account(&ctx.client, &namespace).await;
+    let mut tokens = Vec::new();
     for index in 0..scale.proxies {
+        let pod = support::identity::pod(&ctx.client, &namespace, &format!("proxy-{index}")).await;
+        tokens.push(support::identity::token_for(&ctx.client, &pod, "skein.dev").await);
+    }
+    for (index, token) in tokens.into_iter().enumerate() {
         let (synced_tx, synced_rx) = tokio::sync::oneshot::channel();
         synced.push(synced_rx);
         tokio::spawn(proxy(
             endpoint.clone(),
-            format!("proxy-{index}"),
+            SimulatedPod {
+                name: format!("proxy-{index}"),
+                token,
+            },
             namespace.clone(),
             scale.services,
             current.clone(),
@@ -228,9 +238,15 @@ fn endpoints(service: usize, count: usize, first: Option<String>) -> serde_json:
 
 /// One simulated proxy: subscribes like `skein proxy`, ACKs every response, reports the first
 /// full configuration's size on `synced` and each change it sees on `seen`.
+/// Who a simulated proxy is: its pod, and a `skein.dev` token bound to it.
+struct SimulatedPod {
+    name: String,
+    token: String,
+}
+
 async fn proxy(
     endpoint: String,
-    pod: String,
+    SimulatedPod { name: pod, token }: SimulatedPod,
     namespace: String,
     services: usize,
     current: Arc<Mutex<Option<(usize, String, Instant)>>>,
@@ -259,7 +275,8 @@ async fn proxy(
             })
             .await;
     }
-    let outbound = tokio_stream_from(outbound);
+    let mut outbound = tonic::Request::new(tokio_stream_from(outbound));
+    skein::proxy::identity::authorize(&mut outbound, &token).expect("a token header");
     let mut responses = client
         .delta_aggregated_resources(outbound)
         .await

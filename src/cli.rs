@@ -172,6 +172,11 @@ pub struct ControlPlaneArgs {
     /// Address the configuration stream (gRPC) listens on.
     #[arg(long, default_value = "0.0.0.0:9090")]
     pub xds_addr: std::net::SocketAddr,
+    /// Serve the configuration stream (and certificate requests) over TLS, with a certificate
+    /// the control plane issues itself from the mesh CA for its Service names and the host of
+    /// `--xds-address`. Proxies then need the trust bundle (`skein proxy --xds-ca`).
+    #[arg(long)]
+    pub xds_tls: bool,
     /// Address of the plain-HTTP debug server: `/debug/proxies`, `/debug/config?pod=NS/NAME`
     /// and the configuration stream's `/metrics`. Loopback by default: `skein proxy-status`
     /// reaches it by port-forwarding.

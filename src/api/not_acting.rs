@@ -60,17 +60,8 @@ impl NotActing for MeshConfigSpec {
     fn fields_not_acting(&self) -> Vec<InertField> {
         let default = MeshConfigSpec::default();
         let mut fields = Vec::new();
-        // Proxies hold no workload certificates yet, so nothing is issued in this trust domain
-        // or for this lifetime (`mtls.mode` acts: it is the proxies' inbound mode).
-        if self.mtls.trust_domain != default.mtls.trust_domain {
-            fields.push(inert("spec.mtls.trustDomain", &self.mtls.trust_domain));
-        }
-        if self.mtls.workload_cert_lifetime != default.mtls.workload_cert_lifetime {
-            fields.push(inert(
-                "spec.mtls.workloadCertLifetime",
-                self.mtls.workload_cert_lifetime,
-            ));
-        }
+        // Every `mtls` field acts: the mode is each proxy's inbound mode (and whether callers
+        // originate mTLS), the trust domain and lifetime shape the certificates issued.
         // Proxies propagate trace headers but neither sample new traces nor export spans.
         if let Some(endpoint) = &self.tracing.zipkin_endpoint {
             fields.push(inert("spec.tracing.zipkinEndpoint", endpoint));
@@ -151,7 +142,6 @@ pub fn condition(fields: &[InertField]) -> (bool, &'static str, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::Duration;
     use crate::api::meshconfig::{MtlsMode, RemoteCluster, SecretKeyRef};
 
     fn paths(fields: &[InertField]) -> Vec<&str> {
@@ -170,8 +160,6 @@ mod tests {
     fn every_meshconfig_field_not_built_yet_is_named_with_its_value() {
         let mut spec = MeshConfigSpec::default();
         spec.mtls.mode = MtlsMode::Strict;
-        spec.mtls.trust_domain = "example.org".to_owned();
-        spec.mtls.workload_cert_lifetime = Duration::from_secs(3600);
         spec.tracing.zipkin_endpoint = Some("http://zipkin:9411/api/v2/spans".to_owned());
         spec.tracing.sampling_percentage = 12.5;
         spec.federation.clusters = vec![RemoteCluster {
@@ -187,8 +175,6 @@ mod tests {
         assert_eq!(
             paths(&fields),
             [
-                "spec.mtls.trustDomain",
-                "spec.mtls.workloadCertLifetime",
                 "spec.tracing.zipkinEndpoint",
                 "spec.tracing.samplingPercentage",
                 "spec.federation.clusters[0].network",
@@ -198,8 +184,6 @@ mod tests {
         assert_eq!(
             values,
             [
-                "example.org",
-                "1h",
                 "http://zipkin:9411/api/v2/spans",
                 "12.5",
                 "net-east"
@@ -214,6 +198,7 @@ mod tests {
             "traffic": {"outboundTrafficPolicy": "AllowAny", "timeout": "3s"},
             "controlPlane": {"replicas": 3},
             "federation": {"clusters": [{"name": "east", "kubeconfigSecretRef": {"namespace": "a", "name": "b"}}]},
+            "mtls": {"trustDomain": "example.org", "workloadCertLifetime": "1h"},
         }))
         .unwrap();
         assert!(spec.fields_not_acting().is_empty());

@@ -103,6 +103,8 @@ mod tests {
             last_nack: None,
             resources: 0,
             pushes: 0,
+            cert_expires: None,
+            cert_expires_in_seconds: None,
         }
     }
 

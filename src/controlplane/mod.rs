@@ -12,8 +12,13 @@
 //! [`translate`] (pure: cluster state → each proxy's configuration) → [`push`] (the
 //! Delta-ADS-shaped gRPC stream, ACK/NACK) → proxies; [`status`] writes each rule's verdict
 //! back; [`debug`] and [`proxy_status`] show who got what.
+//!
+//! Identity: [`identity`] signs workload certificates with the mesh CA (`Identity/Certify`,
+//! on the stream's port) and authenticates the stream's proxies by their service-account
+//! tokens.
 
 pub mod debug;
+pub mod identity;
 pub mod index;
 pub mod proxy_status;
 pub mod push;
@@ -74,6 +79,7 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let metrics = WebhookMetrics::register(&mut registry);
     let index = Arc::new(OnceLock::new());
+    let cluster_for_identity = cluster.clone();
     let app = server::router(AppState {
         cluster,
         metrics,
@@ -96,7 +102,10 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     };
     // The webhooks serve at once; discovery starts serving once its caches are synced. Either
     // failing (a port taken) stops the process.
-    tokio::try_join!(webhooks, discovery(client, &args, index))?;
+    tokio::try_join!(
+        webhooks,
+        discovery(client, &args, index, cluster_for_identity)
+    )?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -107,6 +116,7 @@ async fn discovery(
     client: kube::Client,
     args: &ControlPlaneArgs,
     slot: Arc<OnceLock<Index>>,
+    cluster: ClusterState,
 ) -> anyhow::Result<()> {
     // Bind before the (possibly slow) first sync, so a taken port fails fast.
     let debug_listener = tokio::net::TcpListener::bind(args.debug_addr)
@@ -116,7 +126,29 @@ async fn discovery(
     let _ = slot.set(index.clone());
     let source: Arc<dyn ConfigSource> = Arc::new(index.clone());
     let mut registry = Registry::default();
-    let push = PushServer::new(source.clone(), &mut registry);
+    let ca = Arc::new(identity::CaStore::default());
+    tokio::spawn(ca.clone().watch(client.clone()));
+    let xds_tls = if args.xds_tls {
+        let names = identity::serving::serving_names(&args.xds_address, &args.cluster_domain);
+        let certs = Arc::new(identity::serving::ServingCerts::new(ca.clone(), names));
+        Some(Arc::new(
+            certs
+                .server_config()
+                .context("the configuration stream's TLS settings")?,
+        ))
+    } else {
+        None
+    };
+    let authn: Arc<dyn identity::Authenticate> =
+        Arc::new(identity::KubeAuthenticator::new(client.clone()));
+    let push = PushServer::new(source.clone(), authn.clone(), &mut registry).with_identity(
+        identity::IdentityService {
+            ca,
+            authn,
+            mtls: Arc::new(move || cluster.mtls()),
+            issued: Arc::default(),
+        },
+    );
     tokio::spawn(status::run(client, index));
 
     let registry = Arc::new(registry);
@@ -134,11 +166,21 @@ async fn discovery(
             .await
             .with_context(|| format!("serving on {}", args.debug_addr))
     };
-    tracing::info!(addr = %args.xds_addr, "serving the configuration stream");
+    tracing::info!(addr = %args.xds_addr, tls = args.xds_tls, "serving the configuration stream");
     let stream = async {
-        push.serve(args.xds_addr, crate::signals::shutdown())
-            .await
-            .with_context(|| format!("serving the configuration stream on {}", args.xds_addr))
+        match xds_tls {
+            Some(tls) => {
+                let listener = tokio::net::TcpListener::bind(args.xds_addr)
+                    .await
+                    .with_context(|| {
+                        format!("binding the configuration stream to {}", args.xds_addr)
+                    })?;
+                push.serve_tls_with_listener(listener, tls, crate::signals::shutdown())
+                    .await
+            }
+            None => push.serve(args.xds_addr, crate::signals::shutdown()).await,
+        }
+        .with_context(|| format!("serving the configuration stream on {}", args.xds_addr))
     };
     tokio::try_join!(debug, stream)?;
     Ok(())

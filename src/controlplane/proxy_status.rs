@@ -210,6 +210,7 @@ pub fn table(proxies: &[ProxyStatus]) -> String {
         "ACKED",
         "STATUS",
         "RESOURCES",
+        "CERT EXPIRES",
         "CONNECTED",
     ]
     .map(str::to_owned);
@@ -228,10 +229,25 @@ pub fn table(proxies: &[ProxyStatus]) -> String {
             p.acked_version.clone(),
             status,
             p.resources.to_string(),
+            p.cert_expires_in_seconds
+                .map_or_else(|| "-".to_owned(), time_left),
             p.connected_since.clone(),
         ]);
     }
     output::columns(&rows)
+}
+
+/// `23h59m`, `4m10s`, `9s`, or `expired`: a certificate's time left, at a glance.
+fn time_left(seconds: i64) -> String {
+    if seconds <= 0 {
+        return "expired".to_owned();
+    }
+    let (hours, minutes, seconds) = (seconds / 3600, seconds % 3600 / 60, seconds % 60);
+    match (hours, minutes) {
+        (0, 0) => format!("{seconds}s"),
+        (0, _) => format!("{minutes}m{seconds}s"),
+        _ => format!("{hours}h{minutes}m"),
+    }
 }
 
 #[cfg(test)]
@@ -241,6 +257,8 @@ mod tests {
     use tokio::sync::watch;
 
     use super::*;
+    use crate::controlplane::identity::authn::FixedTokens;
+    use crate::controlplane::identity::{IdentityService, IssuedCerts};
     use crate::controlplane::push::{ConfigSource, ProxyIdentity, PushServer};
     use crate::proxy::client::{self, ClientSettings};
     use crate::proxy::config::types::ProxyConfig;
@@ -272,7 +290,18 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_debug_server_answers_over_a_stream() {
         let source: Arc<dyn ConfigSource> = Arc::new(Unchanging(watch::channel(0).0));
-        let push = PushServer::new(source.clone(), &mut Default::default());
+        let authn = Arc::new(FixedTokens::pod("web-1-token", "demo", "web-1"));
+        let issued = Arc::new(IssuedCerts::default());
+        let expiry = std::time::SystemTime::now() + Duration::from_secs(7230);
+        issued.record("demo", "web-1", expiry);
+        let push = PushServer::new(source.clone(), authn.clone(), &mut Default::default())
+            .with_identity(IdentityService {
+                ca: Arc::default(),
+                authn,
+                mtls: Arc::new(crate::api::meshconfig::MtlsSpec::default),
+                issued,
+            });
+        let token = FixedTokens::file("web-1-token");
         let (xds, xds_addr) = listener().await;
         tokio::spawn(
             push.clone()
@@ -293,6 +322,8 @@ mod tests {
             ClientSettings {
                 address: xds_addr,
                 identity,
+                token_path: Some(token.path().to_owned()),
+                xds_ca: None,
             },
             store,
             {
@@ -310,6 +341,10 @@ mod tests {
         let text = table(&proxies);
         assert!(text.starts_with("NAMESPACE  POD"), "{text}");
         assert!(text.contains("demo       web-1  198.18.0.7"), "{text}");
+        assert!(
+            text.contains("CERT EXPIRES") && text.contains(" 2h0m "),
+            "{text}"
+        );
 
         let stream = tokio::net::TcpStream::connect(&debug_addr)
             .await
@@ -330,6 +365,15 @@ mod tests {
             "status": {"phase": phase},
         }))
         .expect("a pod")
+    }
+
+    #[test]
+    fn certificate_lifetimes_read_at_a_glance() {
+        assert_eq!(time_left(86_399), "23h59m");
+        assert_eq!(time_left(250), "4m10s");
+        assert_eq!(time_left(9), "9s");
+        assert_eq!(time_left(0), "expired");
+        assert_eq!(time_left(-5), "expired");
     }
 
     #[test]

@@ -4,9 +4,18 @@
 //!
 //! Protocol, per proxy (one bidirectional stream each):
 //!
+//! 0. The proxy authenticates with its pod's service-account token (audience `skein.dev`) in
+//!    the gRPC metadata `authorization: Bearer TOKEN`, checked by
+//!    [`crate::controlplane::identity::authn`]: no token or a refused one is
+//!    `UNAUTHENTICATED`, a token that is not bound to a live pod `PERMISSION_DENIED`; either
+//!    way the stream ends before any configuration is sent. The token is checked when the
+//!    stream opens; the stream then lives as long as its connection (a deleted pod's proxy
+//!    goes with its pod, and a reconnect presents the kubelet's current token).
 //! 1. The proxy opens the stream with one subscription request per resource type
-//!    ([`TYPE_URLS`]); the first carries its [`Node`] (identity), without which the stream is
-//!    refused (`INVALID_ARGUMENT`). Subscriptions are wildcard: every resource of the type.
+//!    ([`TYPE_URLS`]); the first carries its [`Node`], without which the stream is
+//!    refused (`INVALID_ARGUMENT`). Its pod and namespace must be the authenticated pod's
+//!    (else `PERMISSION_DENIED`, saying what was claimed and what was authenticated): the
+//!    configuration is scoped by the authenticated pod only. Its IP is taken as given. Subscriptions are wildcard: every resource of the type.
 //!    `initial_resource_versions` (after a reconnect) are taken as what the proxy holds, so
 //!    only what differs is sent.
 //! 2. For each subscribed type the server sends one response with the resources that are new
@@ -30,9 +39,11 @@
 //! go through a channel of [`RESPONSE_QUEUE`] (a slow proxy slows its own pushes only).
 //!
 //! Transport: plain gRPC over TCP (h2c) for now, with HTTP/2 keepalive so a proxy that
-//! vanished without closing its connection is noticed. TODO: mTLS with workload identities
-//! once the control plane's CA exists; until then the stream is not authenticated and the
-//! proxy's identity is what it says.
+//! vanished without closing its connection is noticed; with `--xds-tls`, TLS with a serving
+//! certificate the control plane issues itself from the mesh CA
+//! ([`PushServer::serve_tls_with_listener`], [`crate::controlplane::identity::serving`]),
+//! which proxies verify against the trust bundle (`--xds-ca`). The same server answers
+//! `Identity/Certify` ([`PushServer::with_identity`]).
 //!
 //! Metrics, registered on the registry given to [`PushServer::new`]:
 //!
@@ -63,11 +74,14 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::controlplane::identity::authn::bearer_token;
+use crate::controlplane::identity::{Authenticate, IdentityService, IssuedCerts};
 use crate::proxy::config::types::ProxyConfig;
 use crate::xds::discovery::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
 use crate::xds::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node};
+use crate::xds::identity::identity_server::IdentityServer;
 use crate::xds::resources::{self, Resources, TYPE_URLS};
 
 /// Quiet time after a change before pushing.
@@ -76,6 +90,8 @@ pub const QUIET: Duration = Duration::from_millis(100);
 pub const MAX_DELAY: Duration = Duration::from_secs(1);
 /// Responses queued to one proxy's stream (each is one type's changes).
 pub const RESPONSE_QUEUE: usize = 4;
+/// A TLS handshake must be done this soon after the connection is accepted.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A proxy must send its first request this soon after opening the stream.
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// HTTP/2 pings on idle connections, and how long an answer may take before the connection is
@@ -123,31 +139,57 @@ pub struct ProxyStatus {
     pub resources: usize,
     /// Pushes that sent this proxy something.
     pub pushes: u64,
+    /// When the workload certificate this control plane last issued to the pod expires (RFC
+    /// 3339, UTC); absent if it issued none that is still valid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_expires: Option<String>,
+    /// Seconds from this answer to [`cert_expires`](Self::cert_expires).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_expires_in_seconds: Option<i64>,
 }
 
 /// The configuration stream's server; cheap to clone (clones share the registry).
 #[derive(Clone)]
 pub struct PushServer {
     inner: Arc<Inner>,
+    /// `Identity/Certify`, served on the same port.
+    identity: Option<IdentityServer<IdentityService>>,
+    issued: Option<Arc<IssuedCerts>>,
 }
 
 struct Inner {
     source: Arc<dyn ConfigSource>,
+    authn: Arc<dyn Authenticate>,
     metrics: PushMetrics,
     proxies: Mutex<HashMap<u64, ProxyStatus>>,
     next_id: AtomicU64,
 }
 
 impl PushServer {
-    pub fn new(source: Arc<dyn ConfigSource>, registry: &mut Registry) -> Self {
+    pub fn new(
+        source: Arc<dyn ConfigSource>,
+        authn: Arc<dyn Authenticate>,
+        registry: &mut Registry,
+    ) -> Self {
         Self {
+            identity: None,
+            issued: None,
             inner: Arc::new(Inner {
                 source,
+                authn,
                 metrics: PushMetrics::register(registry),
                 proxies: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
             }),
         }
+    }
+
+    /// Also serves `Identity/Certify`, and shows what it issued in [`proxies`](Self::proxies).
+    #[must_use]
+    pub fn with_identity(mut self, service: IdentityService) -> Self {
+        self.issued = Some(service.issued.clone());
+        self.identity = Some(service.into_server());
+        self
     }
 
     /// Serves the stream on `addr` until `shutdown` completes.
@@ -159,6 +201,7 @@ impl PushServer {
         let (stop, stopped) = watch::channel(false);
         Self::transport()
             .add_service(self.service(stopped))
+            .add_optional_service(self.identity.clone())
             .serve_with_shutdown(addr, stop_streams(shutdown, stop))
             .await
     }
@@ -175,13 +218,40 @@ impl PushServer {
             .with_keepalive(Some(KEEPALIVE_INTERVAL));
         Self::transport()
             .add_service(self.service(stopped))
+            .add_optional_service(self.identity.clone())
             .serve_with_incoming_shutdown(incoming, stop_streams(shutdown, stop))
+            .await
+    }
+
+    /// Like [`serve_with_listener`](Self::serve_with_listener), over TLS with `tls` (see
+    /// [`crate::controlplane::identity::serving`]).
+    pub async fn serve_tls_with_listener(
+        self,
+        listener: tokio::net::TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), tonic::transport::Error> {
+        let (stop, stopped) = watch::channel(false);
+        Self::transport()
+            .add_service(self.service(stopped))
+            .add_optional_service(self.identity.clone())
+            .serve_with_incoming_shutdown(tls_incoming(listener, tls), stop_streams(shutdown, stop))
             .await
     }
 
     /// Connected proxies, for /debug/proxies and `skein proxy-status`.
     pub fn proxies(&self) -> Vec<ProxyStatus> {
-        self.inner.registry().values().cloned().collect()
+        let mut proxies: Vec<ProxyStatus> = self.inner.registry().values().cloned().collect();
+        if let Some(issued) = &self.issued {
+            let now = SystemTime::now();
+            for proxy in &mut proxies {
+                let expiry = issued.expiry(&proxy.namespace, &proxy.pod);
+                proxy.cert_expires = expiry.map(rfc3339);
+                proxy.cert_expires_in_seconds =
+                    expiry.map(|at| crate::proxy::identity::seconds_until(at, now));
+            }
+        }
+        proxies
     }
 
     fn transport() -> tonic::transport::Server {
@@ -198,6 +268,50 @@ impl PushServer {
         })
         .max_decoding_message_size(MAX_REQUEST_BYTES)
     }
+}
+
+/// Connections on `listener` once their TLS handshake is done. Each handshake runs on its own
+/// task, bounded by [`HANDSHAKE_TIMEOUT`], so a slow client holds up nobody else; accepting
+/// stops when the server drops the stream.
+fn tls_incoming(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+) -> impl Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let (ready, mut handshaken) = mpsc::channel(RESPONSE_QUEUE * 16);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = ready.closed() => break,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    tracing::warn!(error = %err, "configuration stream: accepting a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, ready) = (acceptor.clone(), ready.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = ready.send(Ok(stream)).await;
+                    }
+                    Ok(Err(err)) => {
+                        tracing::info!(%peer, error = %err, "configuration stream: TLS handshake failed")
+                    }
+                    Err(_) => {
+                        tracing::info!(%peer, "configuration stream: TLS handshake timed out")
+                    }
+                }
+            });
+        }
+    });
+    futures::stream::poll_fn(move |cx| handshaken.poll_recv(cx))
 }
 
 /// The server's graceful shutdown waits for open streams, and proxy streams never end by
@@ -238,6 +352,12 @@ impl AggregatedDiscoveryService for Ads {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
         let peer = request.remote_addr();
+        // Before reading anything: an unauthenticated client learns nothing.
+        let token = bearer_token(request.metadata()).map_err(|err| err.status())?;
+        let authenticated = self.inner.authn.authenticate(token).await.map_err(|err| {
+            tracing::info!(?peer, error = %err, "configuration stream refused");
+            err.status()
+        })?;
         let mut requests = request.into_inner();
         let first = match tokio::time::timeout(FIRST_REQUEST_TIMEOUT, requests.message()).await {
             Err(_) => return Err(Status::deadline_exceeded("no request on the stream")),
@@ -246,6 +366,15 @@ impl AggregatedDiscoveryService for Ads {
             Ok(Ok(Some(first))) => first,
         };
         let identity = identity(first.node.as_ref())?;
+        if (identity.pod.as_str(), identity.namespace.as_str())
+            != (authenticated.pod.as_str(), authenticated.namespace.as_str())
+        {
+            tracing::warn!(?peer, claimed_pod = %identity.pod, claimed_namespace = %identity.namespace, pod = %authenticated.pod, namespace = %authenticated.namespace, "configuration stream refused: the node is not the authenticated pod");
+            return Err(Status::permission_denied(format!(
+                "the node claims pod {}/{} but the token is pod {}/{}'s",
+                identity.namespace, identity.pod, authenticated.namespace, authenticated.pod
+            )));
+        }
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         tracing::info!(pod = %identity.pod, namespace = %identity.namespace, ip = ?identity.ip, ?peer, "proxy connected");
         let (responses, mut queued) = mpsc::channel(RESPONSE_QUEUE);
@@ -460,6 +589,8 @@ impl<'a> Registration<'a> {
                 last_nack: None,
                 resources: 0,
                 pushes: 0,
+                cert_expires: None,
+                cert_expires_in_seconds: None,
             },
         );
         inner.metrics.connected.inc();
@@ -728,7 +859,7 @@ impl PushMetrics {
 }
 
 /// `2026-12-02T02:07:52Z`: RFC 3339 in UTC, to the second.
-fn rfc3339(time: SystemTime) -> String {
+pub(crate) fn rfc3339(time: SystemTime) -> String {
     let secs = time
         .duration_since(UNIX_EPOCH)
         .map(|since| since.as_secs())
@@ -1030,6 +1161,7 @@ destinations:
 
     use std::sync::atomic::AtomicUsize;
 
+    use crate::controlplane::identity::authn::FixedTokens;
     use crate::proxy::client::{self, ClientSettings};
     use crate::proxy::config::{Compiled, ConfigStore};
 
@@ -1123,7 +1255,9 @@ egress: [{{host: api.example.com}}]
         let first = destinations("1", "198.18.0.5:8080", "/v[0-9]+");
         let source = FakeSource::new(first.clone());
         let registry = Arc::new(Mutex::new(Registry::default()));
-        let server = PushServer::new(source.clone(), &mut registry.lock().unwrap());
+        let authn = Arc::new(FixedTokens::pod("web-1-token", "demo", "web-1"));
+        let server = PushServer::new(source.clone(), authn, &mut registry.lock().unwrap());
+        let token = FixedTokens::file("web-1-token");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -1139,6 +1273,8 @@ egress: [{{host: api.example.com}}]
             ClientSettings {
                 address: addr.to_string(),
                 identity: web_identity(),
+                token_path: Some(token.path().to_owned()),
+                xds_ca: None,
             },
             store.clone(),
             {
@@ -1302,25 +1438,151 @@ egress: [{{host: api.example.com}}]
             .expect("server");
     }
 
-    #[tokio::test]
-    async fn a_stream_without_a_node_is_refused() {
+    /// The first request's status: what a client gets with `token` claiming `node`.
+    async fn open(
+        addr: SocketAddr,
+        token: Option<&str>,
+        node: Option<Node>,
+    ) -> Result<DeltaDiscoveryResponse, Status> {
         use crate::xds::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect");
+        let mut first = subscribe(SETTINGS_TYPE, &[]);
+        first.node = node;
+        // Kept open: a stream the proxy closes ends before anything is pushed.
+        let requests =
+            futures::StreamExt::chain(futures::stream::iter([first]), futures::stream::pending());
+        let mut request = Request::new(requests);
+        if let Some(token) = token {
+            crate::proxy::identity::authorize(&mut request, token).expect("header");
+        }
+        let mut responses = client
+            .delta_aggregated_resources(request)
+            .await?
+            .into_inner();
+        Ok(responses.message().await?.expect("a response"))
+    }
 
+    #[tokio::test]
+    async fn only_an_authenticated_pod_gets_a_configuration_and_only_its_own() {
         let source = FakeSource::new(ProxyConfig::default());
-        let server = PushServer::new(source, &mut Registry::default());
+        let authn = Arc::new(FixedTokens::pod("web-1-token", "demo", "web-1"));
+        let server = PushServer::new(source, authn, &mut Registry::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(server.serve_with_listener(listener, std::future::pending()));
-        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+        let node = |namespace: &str, pod: &str| Node {
+            id: String::new(),
+            pod: pod.to_owned(),
+            namespace: namespace.to_owned(),
+            ip: "10.1.0.7".to_owned(),
+        };
+        let refused = |result: Result<DeltaDiscoveryResponse, Status>| result.expect_err("refused");
+
+        let no_token = refused(open(addr, None, Some(node("demo", "web-1"))).await);
+        assert_eq!(no_token.code(), tonic::Code::Unauthenticated, "{no_token}");
+        let bad_token = refused(open(addr, Some("stolen"), Some(node("demo", "web-1"))).await);
+        assert_eq!(
+            bad_token.code(),
+            tonic::Code::Unauthenticated,
+            "{bad_token}"
+        );
+        assert!(
+            bad_token.message().contains("token has expired"),
+            "{bad_token}"
+        );
+
+        let other_pod = refused(open(addr, Some("web-1-token"), Some(node("demo", "db-0"))).await);
+        assert_eq!(
+            other_pod.code(),
+            tonic::Code::PermissionDenied,
+            "{other_pod}"
+        );
+        assert!(
+            other_pod.message().contains("demo/db-0") && other_pod.message().contains("demo/web-1"),
+            "says what was claimed and what was authenticated: {other_pod}"
+        );
+        let other_namespace =
+            refused(open(addr, Some("web-1-token"), Some(node("prod", "web-1"))).await);
+        assert_eq!(other_namespace.code(), tonic::Code::PermissionDenied);
+
+        let no_node = refused(open(addr, Some("web-1-token"), None).await);
+        assert_eq!(no_node.code(), tonic::Code::InvalidArgument, "{no_node}");
+
+        let own = open(addr, Some("web-1-token"), Some(node("demo", "web-1"))).await;
+        assert_eq!(own.expect("served").type_url, SETTINGS_TYPE);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn over_tls_a_proxy_trusting_the_mesh_ca_syncs_and_others_cannot_connect() {
+        use crate::controlplane::identity::ca::{CaStore, Signer};
+        use crate::controlplane::identity::serving::ServingCerts;
+        use crate::pki::Ca;
+
+        let ca = Ca::generate("mesh-ca", Duration::from_secs(3600)).unwrap();
+        let bundle_pem = ca.pem.cert_pem.clone();
+        let store = Arc::new(CaStore::default());
+        store.set(Signer {
+            ca,
+            bundle_pem: bundle_pem.clone(),
+        });
+        let certs = Arc::new(ServingCerts::new(store, vec!["127.0.0.1".to_owned()]));
+        let tls = Arc::new(certs.server_config().unwrap());
+
+        let first = destinations("1", "198.18.0.5:8080", "/v[0-9]+");
+        let source = FakeSource::new(first.clone());
+        let authn = Arc::new(FixedTokens::pod("web-1-token", "demo", "web-1"));
+        let server = PushServer::new(source, authn, &mut Registry::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
-            .expect("connect");
-        let requests = futures::stream::iter([subscribe(SETTINGS_TYPE, &[])]);
-        let err = client
-            .delta_aggregated_resources(requests)
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(server.serve_tls_with_listener(listener, tls, std::future::pending()));
+
+        let token = FixedTokens::file("web-1-token");
+        let bundle = FixedTokens::file(&bundle_pem);
+        let store = Arc::new(ConfigStore::new(Compiled::passthrough()));
+        let proxy = tokio::spawn(client::run(
+            ClientSettings {
+                address: addr.to_string(),
+                identity: web_identity(),
+                token_path: Some(token.path().to_owned()),
+                xds_ca: Some(bundle.path().to_owned()),
+            },
+            store.clone(),
+            |_| {},
+        ));
+        eventually("the configuration over TLS", || {
+            store.current().source == first
+        })
+        .await;
+        proxy.abort();
+
+        // A client trusting another CA fails the handshake; a plaintext one gets no HTTP/2.
+        let other = Ca::generate("other-ca", Duration::from_secs(3600)).unwrap();
+        let other_bundle = FixedTokens::file(&other.pem.cert_pem);
+        let distrusting = client::endpoint(&addr.to_string(), Some(other_bundle.path()))
             .await
-            .expect_err("refused");
-        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+            .expect("endpoint");
+        assert!(distrusting.connect().await.is_err(), "an unknown CA");
+        let plaintext = client::endpoint(&addr.to_string(), None)
+            .await
+            .expect("endpoint");
+        let refused = match plaintext.connect().await {
+            Err(_) => true,
+            Ok(channel) => {
+                use crate::xds::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+                let mut request = Request::new(futures::stream::pending());
+                crate::proxy::identity::authorize(&mut request, "web-1-token").expect("header");
+                AggregatedDiscoveryServiceClient::new(channel)
+                    .delta_aggregated_resources(request)
+                    .await
+                    .is_err()
+            }
+        };
+        assert!(refused, "plaintext is not served");
     }
 }

@@ -13,7 +13,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
-use crate::api::meshconfig::ControlPlaneMode;
+use crate::api::meshconfig::{ControlPlaneMode, MeshConfigSpec, MtlsSpec};
 use crate::api::{MeshConfig, names};
 use crate::inject::InjectConfig;
 
@@ -100,13 +100,22 @@ impl ClusterState {
         self.synced.load(Ordering::Acquire)
     }
 
-    /// The injector's settings from the active MeshConfig (its defaults when there is none).
-    pub fn inject_config(&self) -> InjectConfig {
-        let mesh = self
-            .meshconfigs
+    /// The active MeshConfig's spec (the defaults when there is none).
+    fn mesh(&self) -> MeshConfigSpec {
+        self.meshconfigs
             .get(&ObjectRef::new(names::ACTIVE_MESHCONFIG))
             .map(|mc| mc.spec.clone())
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    /// The workload-certificate settings (trust domain, lifetime) of the active MeshConfig.
+    pub fn mtls(&self) -> MtlsSpec {
+        self.mesh().mtls
+    }
+
+    /// The injector's settings from the active MeshConfig (its defaults when there is none).
+    pub fn inject_config(&self) -> InjectConfig {
+        let mesh = self.mesh();
         let xds_address = match (&mesh.control_plane.mode, &mesh.control_plane.external) {
             (ControlPlaneMode::External, Some(external)) => external.xds_address.clone(),
             _ => self.xds_address.clone(),

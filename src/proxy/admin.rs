@@ -3,9 +3,9 @@
 //! | request | answer |
 //! |---|---|
 //! | `GET /live` | 200 while the process serves HTTP at all |
-//! | `GET /ready` | 200 while the listeners accept connections; 503 once draining |
+//! | `GET /ready` | 200 while the listeners accept connections; 503 once draining, or once the workload certificate has expired (see [`super::identity`]) |
 //! | `GET /metrics` | the [`metrics`](super::metrics), OpenMetrics text |
-//! | `GET /config` | the active configuration as JSON: `version`, `passthrough` (no `--config`), `config` (as loaded) and `ejected` (endpoints outlier detection has ejected now, per service) |
+//! | `GET /config` | the active configuration as JSON: `version`, `passthrough` (no `--config`), `config` (as loaded), `ejected` (endpoints outlier detection has ejected now, per service) and `identity` (the workload certificate: `id`, `notBefore`, `notAfter`, `expiresInSeconds`; null before the first) |
 //! | `POST /drain` | stop accepting (new connections are refused, `/ready` 503); in-flight connections continue and the process keeps running. Answers once the listeners are closed |
 //! | `POST /shutdown` | drain, then exit once in-flight connections are done or the drain timeout has passed (what a Job's app calls when it is done, if the proxy is not a native sidecar) |
 //!
@@ -14,6 +14,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
 
 use axum::Router;
 use axum::extract::State;
@@ -82,7 +83,15 @@ pub(crate) async fn serve(
 }
 
 async fn ready(State(state): State<AdminState>) -> Response {
-    if state.ready.load(Ordering::SeqCst) {
+    let expired = super::identity::expired_at(&state.shared.credentials, SystemTime::now());
+    if let Some(at) = expired {
+        let at = crate::controlplane::push::rfc3339(at);
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("workload certificate expired at {at}, and renewing it keeps failing\n"),
+        )
+            .into_response()
+    } else if state.ready.load(Ordering::SeqCst) {
         (StatusCode::OK, "ready\n").into_response()
     } else if state.shared.drain.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
@@ -115,6 +124,7 @@ async fn config(State(state): State<AdminState>) -> Response {
         "passthrough": config.passthrough,
         "config": config.source,
         "ejected": ejected,
+        "identity": super::identity::describe(&state.shared.credentials, std::time::SystemTime::now()),
     }))
     .into_response()
 }

@@ -55,22 +55,43 @@ pub struct ClientSettings {
     /// `host:port` (or a URL with a scheme).
     pub address: String,
     pub identity: ProxyIdentity,
+    /// The pod's projected service-account token (audience `skein.dev`), read afresh for each
+    /// stream: the kubelet rotates it. The control plane refuses a stream without one.
+    pub token_path: Option<std::path::PathBuf>,
+    /// The mesh's trust bundle (PEM): with it the stream is TLS, the control plane's
+    /// certificate verified against it; read afresh for each connection.
+    pub xds_ca: Option<std::path::PathBuf>,
+}
+
+/// Why there is no endpoint to connect to.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error("invalid control-plane address {address:?}: {source}")]
+    Address {
+        address: String,
+        source: tonic::transport::Error,
+    },
+    #[error("reading the control plane's trust bundle {path}: {source}")]
+    Bundle {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the control plane's TLS settings: {0}")]
+    Tls(tonic::transport::Error),
 }
 
 /// Why a stream ended.
 #[derive(Debug, thiserror::Error)]
 enum StreamError {
-    #[error("invalid control-plane address {address:?}: {source}")]
-    Address {
-        address: String,
-        #[source]
-        source: tonic::transport::Error,
-    },
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
     #[error("connecting to {address}: {}", crate::proxy::tcp::ErrorChain(.source))]
     Connect {
         address: String,
         source: tonic::transport::Error,
     },
+    #[error("{0}")]
+    Token(super::identity::IdentityError),
     #[error("the control plane refused the stream: {0}")]
     Refused(tonic::Status),
     #[error("the stream broke: {0}")]
@@ -102,7 +123,7 @@ async fn stream(
     state: &mut ClientState,
     outage: &mut Outage,
 ) -> StreamError {
-    let channel = match endpoint(&settings.address) {
+    let channel = match endpoint(&settings.address, settings.xds_ca.as_deref()).await {
         Ok(endpoint) => match endpoint.connect().await {
             Ok(channel) => channel,
             Err(source) => {
@@ -112,12 +133,7 @@ async fn stream(
                 };
             }
         },
-        Err(source) => {
-            return StreamError::Address {
-                address: settings.address.clone(),
-                source,
-            };
-        }
+        Err(err) => return StreamError::Endpoint(err),
     };
     let (requests, mut queued) = mpsc::channel(REQUEST_QUEUE);
     for subscription in state.subscriptions(&settings.identity) {
@@ -128,7 +144,16 @@ async fn stream(
     let outgoing = futures::stream::poll_fn(move |cx| queued.poll_recv(cx));
     let mut client = AggregatedDiscoveryServiceClient::new(channel)
         .max_decoding_message_size(MAX_RESPONSE_BYTES);
-    let mut responses = match client.delta_aggregated_resources(outgoing).await {
+    let mut request = tonic::Request::new(outgoing);
+    if let Some(path) = &settings.token_path {
+        let authorized = super::identity::read_token(path)
+            .await
+            .and_then(|token| super::identity::authorize(&mut request, &token));
+        if let Err(err) = authorized {
+            return StreamError::Token(err);
+        }
+    }
+    let mut responses = match client.delta_aggregated_resources(request).await {
         Ok(response) => response.into_inner(),
         Err(status) => return StreamError::Refused(status),
     };
@@ -147,13 +172,34 @@ async fn stream(
     }
 }
 
-fn endpoint(address: &str) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+/// The control plane at `address`; over TLS, trusting the roots of `xds_ca`, when given.
+pub(crate) async fn endpoint(
+    address: &str,
+    xds_ca: Option<&std::path::Path>,
+) -> Result<tonic::transport::Endpoint, EndpointError> {
+    let scheme = if xds_ca.is_some() { "https" } else { "http" };
     let uri = if address.contains("://") {
         address.to_owned()
     } else {
-        format!("http://{address}")
+        format!("{scheme}://{address}")
     };
-    Ok(tonic::transport::Endpoint::from_shared(uri)?
+    let mut endpoint =
+        tonic::transport::Endpoint::from_shared(uri).map_err(|source| EndpointError::Address {
+            address: address.to_owned(),
+            source,
+        })?;
+    if let Some(path) = xds_ca {
+        let bundle = tokio::fs::read(path)
+            .await
+            .map_err(|source| EndpointError::Bundle {
+                path: path.to_owned(),
+                source,
+            })?;
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(bundle));
+        endpoint = endpoint.tls_config(tls).map_err(EndpointError::Tls)?;
+    }
+    Ok(endpoint
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)

@@ -18,6 +18,7 @@
 //! | `skein_proxy_config_info` | `version` | 1 for the active configuration's version |
 //! | `skein_proxy_authz_denied_total` | `policy`, `protocol` | inbound requests (`http`, `grpc`) and connections (`tcp`) an AccessPolicy (`namespace/name`) denied |
 //! | `skein_proxy_authz_audit_would_deny_total` | `policy`, `protocol` | inbound traffic an `Audit` AccessPolicy would have denied (it passed) |
+//! | `skein_proxy_identity_cert_expiry_seconds`, `skein_proxy_identity_renewals_total` | `result` | the workload certificate: see [`super::identity`] |
 //!
 //! Request labels, as the meshes users know name them: `direction`, `protocol` (`http` or
 //! `grpc`), `source_workload`, `source_namespace`, `destination_service`,
@@ -140,6 +141,7 @@ pub struct Metrics {
     inbound: TcpMetrics,
     outbound: TcpMetrics,
     pub http: HttpMetrics,
+    pub identity: super::identity::IdentityMetrics,
 }
 
 /// Labels of one answered HTTP request.
@@ -352,6 +354,11 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        Self::with_identity(std::sync::Arc::default())
+    }
+
+    /// With the workload certificate's metrics reading `credentials`.
+    pub fn with_identity(credentials: std::sync::Arc<super::mtls::Credentials>) -> Self {
         let mut registry = Registry::with_prefix("skein_proxy");
         let opened = Family::<DirectionLabels, Counter>::default();
         let closed = Family::<DirectionLabels, Counter>::default();
@@ -408,11 +415,13 @@ impl Metrics {
         };
         let (inbound, outbound) = (tcp(Direction::Inbound), tcp(Direction::Outbound));
         let http = HttpMetrics::register(&mut registry);
+        let identity = super::identity::IdentityMetrics::register(&mut registry, credentials);
         Self {
             registry,
             inbound,
             outbound,
             http,
+            identity,
         }
     }
 

@@ -17,6 +17,7 @@
 //!   `POST /shutdown`.
 //! - [`authz`]: AccessPolicy decisions on inbound traffic (403 or a reset, audit counts).
 //! - [`client`]: the configuration stream from the control plane (`--xds-address`).
+//! - [`identity`]: the workload certificate (key, CSR, renewal) from the control plane.
 //! - [`drain`]: stopping accepts, tracking in-flight connections, closing stragglers.
 //! - [`metrics`]: the proxy's Prometheus metrics (names and labels documented there).
 //! - [`original_dst`]: `SO_ORIGINAL_DST` for redirected connections.
@@ -54,6 +55,7 @@ pub mod egress;
 pub mod headers;
 pub mod http;
 pub mod inbound;
+pub mod identity;
 pub mod listen;
 pub mod metrics;
 pub mod mtls;
@@ -132,6 +134,16 @@ pub struct ProxyArgs {
     pub pod_namespace: Option<String>,
     #[arg(long, env = "POD_IP")]
     pub pod_ip: Option<std::net::IpAddr>,
+    /// The pod's projected service-account token (audience `skein.dev`; the injector mounts
+    /// it): with `--xds-address`, the proxy authenticates the configuration stream with it and
+    /// requests its workload certificate. Re-read on every use (the kubelet rotates it).
+    #[arg(long, env = "SKEIN_IDENTITY_TOKEN")]
+    pub identity_token: Option<std::path::PathBuf>,
+    /// The mesh's trust bundle (PEM file): with it the configuration stream and certificate
+    /// requests use TLS, and the control plane's certificate must chain to it. Re-read on every
+    /// connection.
+    #[arg(long, env = "SKEIN_XDS_CA")]
+    pub xds_ca: Option<std::path::PathBuf>,
 }
 
 impl ProxyArgs {
@@ -169,6 +181,8 @@ impl ProxyArgs {
         };
         Ok(Some(client::ClientSettings {
             address: address.clone(),
+            token_path: self.identity_token.clone(),
+            xds_ca: self.xds_ca.clone(),
             identity: crate::controlplane::push::ProxyIdentity {
                 pod: pod.clone(),
                 namespace: namespace.clone(),
@@ -213,6 +227,8 @@ pub(crate) struct Shared {
     /// Mutual TLS: the workload certificate and the TLS configurations that use it.
     pub mtls: Arc<mtls::Mtls>,
     pub drain: Drain,
+    /// The workload certificate and trust bundle ([`identity`] installs, mTLS reads).
+    pub credentials: Arc<mtls::Credentials>,
     pub connect_timeout: Duration,
     /// The proxy's own ports: a connection whose original destination is one of them (on this
     /// host) would be forwarded back into the proxy.
@@ -227,12 +243,13 @@ impl Shared {
         connect_timeout: Duration,
         own_ports: [u16; 3],
     ) -> Self {
-        let mtls = Arc::new(mtls::Mtls::new(credentials));
+        let mtls = Arc::new(mtls::Mtls::new(credentials.clone()));
         Self {
             metrics,
             upstreams: http::upstream::Upstreams::new(connect_timeout, &mtls, config.clone()),
             config,
             mtls,
+            credentials,
             drain: Drain::new(),
             connect_timeout,
             own_ports,
@@ -336,7 +353,8 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         }
         None => (Compiled::passthrough(), None),
     };
-    let metrics = Metrics::new();
+    let credentials = Arc::new(mtls::Credentials::default());
+    let metrics = Metrics::with_identity(credentials.clone());
     metrics.http.set_config_version(&config.source.version);
     let config = Arc::new(ConfigStore::new(config));
     let credentials = Arc::new(mtls::Credentials::default());
@@ -361,6 +379,25 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         }
     }
     let xds = args.xds_client()?;
+    let issuer = match (&xds, &args.identity_token) {
+        (Some(settings), Some(token_path)) => Some(tokio::spawn(identity::run(
+            identity::IdentitySettings {
+                address: settings.address.clone(),
+                token_path: token_path.clone(),
+                xds_ca: settings.xds_ca.clone(),
+            },
+            shared.credentials.clone(),
+            shared.metrics.identity.clone(),
+        ))),
+        (Some(_), None) => {
+            tracing::warn!(
+                "no --identity-token (SKEIN_IDENTITY_TOKEN): the control plane will refuse the \
+                 configuration stream, and no workload certificate is requested"
+            );
+            None
+        }
+        _ => None,
+    };
     let ready = Arc::new(AtomicBool::new(true));
     let config_watch = match (&args.config, config_text, xds) {
         (Some(path), Some(text), _) => Some(tokio::spawn(watch_config(
@@ -457,6 +494,9 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     }
     if let Some(watch) = config_watch {
         watch.abort();
+    }
+    if let Some(issuer) = issuer {
+        issuer.abort();
     }
     tracing::info!("skein proxy stopped");
     Ok(())

@@ -37,5 +37,18 @@ pub mod config {
     tonic::include_proto!("skein.config.v1alpha1");
 }
 
+/// Generated from `identity.proto` (workload certificates: `identity_client`,
+/// `identity_server`); served next to the stream by [`crate::controlplane::identity`].
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    clippy::nursery,
+    missing_docs,
+    unreachable_pub
+)]
+pub mod identity {
+    tonic::include_proto!("skein.identity.v1alpha1");
+}
+
 pub mod convert;
 pub mod resources;

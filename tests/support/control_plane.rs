@@ -31,6 +31,11 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Starts a control plane and waits until it is ready (caches synced).
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// [`start`](Self::start), with more flags (`--xds-tls`, ...).
+    pub async fn start_with(flags: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("creating a temporary directory");
         let ca = Ca::generate("skein-test-webhook-ca", Duration::from_secs(3600)).unwrap();
         let serving = ca
@@ -51,6 +56,7 @@ impl ControlPlane {
                 "--debug-addr",
                 &format!("127.0.0.1:{debug_port}"),
             ])
+            .args(flags)
             .arg("--tls-cert")
             .arg(dir.path().join("tls.crt"))
             .arg("--tls-key")

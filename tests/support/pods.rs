@@ -61,7 +61,7 @@ const LOG_TAIL_LINES: usize = 150;
 
 /// Environment variables the proxy and the demo app read: removed from what the test process
 /// passes on, so a developer's shell never changes what a test runs.
-pub const ROLE_ENV: [&str; 18] = [
+pub const ROLE_ENV: [&str; 20] = [
     "SKEIN_OUTBOUND_PORT",
     "SKEIN_INBOUND_PORT",
     "SKEIN_ADMIN_PORT",
@@ -69,6 +69,8 @@ pub const ROLE_ENV: [&str; 18] = [
     "SKEIN_CONNECT_TIMEOUT",
     "SKEIN_PROXY_CONFIG",
     "SKEIN_XDS_ADDRESS",
+    "SKEIN_IDENTITY_TOKEN",
+    "SKEIN_XDS_CA",
     "DEMO_ROLE",
     "DEMO_VERSION",
     "DEMO_LISTEN",

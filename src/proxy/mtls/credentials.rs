@@ -64,6 +64,13 @@ impl Default for Credentials {
     }
 }
 
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let id = self.current().map(|loaded| loaded.id.to_string());
+        f.debug_struct("Credentials").field("id", &id).finish()
+    }
+}
+
 impl Credentials {
     /// The current certificate, if one was ever installed (it may have expired: see
     /// [`Loaded::not_after`]).

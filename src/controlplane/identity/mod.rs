@@ -1,0 +1,16 @@
+//! Workload identity: the control plane as the mesh's certificate authority.
+//!
+//! - [`ca`]: the signing CA and trust bundle, from the Secret `skein-system/skein-ca`.
+//! - [`authn`]: who is asking: a projected service-account token, checked with a TokenReview
+//!   and bound to a live pod. The configuration stream authenticates with it too.
+//! - [`service`]: `Identity/Certify`, a CSR in, a certificate for the pod's SPIFFE ID out.
+//! - [`serving`]: the configuration stream's own TLS certificate, from the same CA.
+
+pub mod authn;
+pub mod ca;
+pub mod service;
+pub mod serving;
+
+pub use authn::{Authenticate, AuthenticatedProxy, AuthnError, KubeAuthenticator};
+pub use ca::CaStore;
+pub use service::{IdentityService, IssuedCerts, MtlsSettings};
