@@ -3,7 +3,7 @@
 //! | request | answer |
 //! |---|---|
 //! | `GET /live` | 200 while the process serves HTTP at all |
-//! | `GET /ready` | 200 while the listeners accept connections; 503 once draining, or once the workload certificate has expired (see [`super::identity`]) |
+//! | `GET /ready` | 200 while the listeners accept connections; 503 once draining, once the workload certificate has expired (see [`super::identity`]), and for up to 10 s at start while the first certificate is requested (callers of a Ready pod use mTLS at once) |
 //! | `GET /metrics` | the [`metrics`](super::metrics), OpenMetrics text |
 //! | `GET /config` | the active configuration as JSON: `version`, `passthrough` (no `--config`), `config` (as loaded), `ejected` (endpoints outlier detection has ejected now, per service) and `identity` (the workload certificate: `id`, `notBefore`, `notAfter`, `expiresInSeconds`; null before the first) |
 //! | `POST /drain` | stop accepting (new connections are refused, `/ready` 503); in-flight connections continue and the process keeps running. Answers once the listeners are closed |
@@ -44,6 +44,8 @@ pub(crate) struct AdminRequest {
 pub(crate) struct AdminState {
     /// True from the moment every listener accepts until the drain has closed them.
     pub ready: Arc<AtomicBool>,
+    /// With a certificate to come from the control plane: `/ready` waits for it until then.
+    pub first_certificate_by: Option<std::time::Instant>,
     pub shared: Arc<Shared>,
     pub commands: mpsc::Sender<AdminRequest>,
 }
@@ -89,6 +91,16 @@ async fn ready(State(state): State<AdminState>) -> Response {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("workload certificate expired at {at}, and renewing it keeps failing\n"),
+        )
+            .into_response()
+    } else if state.shared.credentials.current().is_none()
+        && state
+            .first_certificate_by
+            .is_some_and(|by| std::time::Instant::now() < by)
+    {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the workload certificate\n",
         )
             .into_response()
     } else if state.ready.load(Ordering::SeqCst) {
@@ -180,6 +192,7 @@ mod tests {
         let (commands, requests) = mpsc::channel(1);
         let state = AdminState {
             ready: Arc::new(AtomicBool::new(true)),
+            first_certificate_by: None,
             shared: Arc::new(Shared::new(
                 Metrics::new(),
                 Arc::new(crate::proxy::config::ConfigStore::new(

@@ -83,6 +83,11 @@ use self::metrics::Metrics;
 
 /// How long the admin server gets to finish its last responses once the proxy stops.
 const ADMIN_STOP_GRACE: Duration = Duration::from_secs(1);
+/// How long `/ready` waits for the first workload certificate. Callers reach a Ready pod over
+/// mTLS at once, which needs the certificate; but an unreachable control plane must not keep
+/// pods from starting for longer than this (they then serve plaintext, and mTLS once the
+/// certificate comes).
+const FIRST_CERTIFICATE_WAIT: Duration = Duration::from_secs(10);
 /// How long connections get to close after being told to, at the end of the drain.
 const ABORT_GRACE: Duration = Duration::from_secs(1);
 
@@ -415,6 +420,9 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         admin,
         admin::AdminState {
             ready: ready.clone(),
+            first_certificate_by: issuer
+                .is_some()
+                .then(|| std::time::Instant::now() + FIRST_CERTIFICATE_WAIT),
             shared: shared.clone(),
             commands,
         },
