@@ -174,7 +174,7 @@ pub struct ControlPlaneArgs {
     pub xds_addr: std::net::SocketAddr,
     /// Serve the configuration stream (and certificate requests) over TLS, with a certificate
     /// the control plane issues itself from the mesh CA for its Service names and the host of
-    /// `--xds-address`. Proxies then need the trust bundle (`skein proxy --xds-ca`).
+    /// `--xds-address`. Proxies then need the trust bundle (`skein proxy --trust-bundle`).
     #[arg(long)]
     pub xds_tls: bool,
     /// Address of the plain-HTTP debug server: `/debug/proxies`, `/debug/config?pod=NS/NAME`

@@ -23,8 +23,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::pods::{
-    APP_UID, Curl, INBOUND_PORT, Mesh, Pod, Proxy, SETTLE_TIMEOUT, Tally, describe, echo,
-    head_value, http_request, parse_response, read_head, read_to_end_or_reset, reset, tag,
+    APP_UID, Curl, INBOUND_PORT, Mesh, Pod, Proxy, SETTLE_TIMEOUT, Tally, WEBSOCKET_ACCEPT,
+    describe, echo, head_value, http_request, parse_response, read_head, read_to_end_or_reset,
+    reset, tag, websocket_echo,
 };
 
 /// The mesh service every test calls.
@@ -1161,30 +1162,6 @@ fn grpc_calls_cross_both_sidecars_and_unavailable_is_retried() {
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
-
-/// RFC 6455's example: the accept value of key `dGhlIHNhbXBsZSBub25jZQ==`.
-const WEBSOCKET_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
-
-/// A WebSocket server as far as the proxy can tell: answers the handshake with 101, then
-/// echoes raw bytes (no framing needed: the proxy only copies).
-fn websocket_echo(mut stream: std::net::TcpStream) {
-    let Some(head) = read_head(&mut stream) else {
-        return;
-    };
-    if !head_value(&head, "upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket")) {
-        let _ = stream.write_all(
-            b"HTTP/1.1 426 Upgrade Required\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-        );
-        return;
-    }
-    let answer = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {WEBSOCKET_ACCEPT}\r\n\r\n"
-    );
-    if stream.write_all(answer.as_bytes()).is_ok() {
-        echo(stream);
-    }
-}
 
 /// HTTP/1.1 keep-alive server: `GET /download` answers `size` zero bytes, `POST /upload` reads
 /// its `Content-Length` body and answers `received N`.

@@ -183,11 +183,7 @@ mod tests {
         let values: Vec<&str> = fields.iter().map(|f| f.value.as_str()).collect();
         assert_eq!(
             values,
-            [
-                "http://zipkin:9411/api/v2/spans",
-                "12.5",
-                "net-east"
-            ]
+            ["http://zipkin:9411/api/v2/spans", "12.5", "net-east"]
         );
     }
 

@@ -42,7 +42,7 @@
 //! vanished without closing its connection is noticed; with `--xds-tls`, TLS with a serving
 //! certificate the control plane issues itself from the mesh CA
 //! ([`PushServer::serve_tls_with_listener`], [`crate::controlplane::identity::serving`]),
-//! which proxies verify against the trust bundle (`--xds-ca`). The same server answers
+//! which proxies verify against the trust bundle (`--trust-bundle`). The same server answers
 //! `Identity/Certify` ([`PushServer::with_identity`]).
 //!
 //! Metrics, registered on the registry given to [`PushServer::new`]:
@@ -1274,7 +1274,7 @@ egress: [{{host: api.example.com}}]
                 address: addr.to_string(),
                 identity: web_identity(),
                 token_path: Some(token.path().to_owned()),
-                xds_ca: None,
+                trust_bundle: None,
             },
             store.clone(),
             {
@@ -1550,7 +1550,7 @@ egress: [{{host: api.example.com}}]
                 address: addr.to_string(),
                 identity: web_identity(),
                 token_path: Some(token.path().to_owned()),
-                xds_ca: Some(bundle.path().to_owned()),
+                trust_bundle: Some(bundle.path().to_owned()),
             },
             store.clone(),
             |_| {},

@@ -60,7 +60,7 @@ pub struct ClientSettings {
     pub token_path: Option<std::path::PathBuf>,
     /// The mesh's trust bundle (PEM): with it the stream is TLS, the control plane's
     /// certificate verified against it; read afresh for each connection.
-    pub xds_ca: Option<std::path::PathBuf>,
+    pub trust_bundle: Option<std::path::PathBuf>,
 }
 
 /// Why there is no endpoint to connect to.
@@ -123,7 +123,7 @@ async fn stream(
     state: &mut ClientState,
     outage: &mut Outage,
 ) -> StreamError {
-    let channel = match endpoint(&settings.address, settings.xds_ca.as_deref()).await {
+    let channel = match endpoint(&settings.address, settings.trust_bundle.as_deref()).await {
         Ok(endpoint) => match endpoint.connect().await {
             Ok(channel) => channel,
             Err(source) => {
@@ -172,12 +172,16 @@ async fn stream(
     }
 }
 
-/// The control plane at `address`; over TLS, trusting the roots of `xds_ca`, when given.
+/// The control plane at `address`; over TLS, trusting the roots of `trust_bundle`, when given.
 pub(crate) async fn endpoint(
     address: &str,
-    xds_ca: Option<&std::path::Path>,
+    trust_bundle: Option<&std::path::Path>,
 ) -> Result<tonic::transport::Endpoint, EndpointError> {
-    let scheme = if xds_ca.is_some() { "https" } else { "http" };
+    let scheme = if trust_bundle.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let uri = if address.contains("://") {
         address.to_owned()
     } else {
@@ -188,7 +192,7 @@ pub(crate) async fn endpoint(
             address: address.to_owned(),
             source,
         })?;
-    if let Some(path) = xds_ca {
+    if let Some(path) = trust_bundle {
         let bundle = tokio::fs::read(path)
             .await
             .map_err(|source| EndpointError::Bundle {

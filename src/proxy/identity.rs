@@ -19,7 +19,7 @@
 //! |---|---|
 //! | `skein_proxy_identity_cert_expiry_seconds` | seconds until the current certificate expires (negative once expired), computed at scrape time; absent before the first certificate |
 //! | `skein_proxy_identity_renewals_total{result}` | certificate requests that `succeeded` or `failed` |
-//! | `/ready` | 503 `workload certificate expired` once the certificate has expired; a proxy that never got one (no control plane yet, or mTLS unused) stays ready |
+//! | `/ready` | 503 `workload certificate expired` once the certificate has expired; at start it waits up to 10 s for the first one; after that, a proxy that never got one (no control plane yet) is ready and serves plaintext |
 //! | `/config` | `identity`: the SPIFFE ID, `notBefore`, `notAfter`, `expiresInSeconds` |
 
 use std::path::{Path, PathBuf};
@@ -78,8 +78,81 @@ pub struct IdentitySettings {
     /// The control plane (`--xds-address`): `Certify` is served next to the stream.
     pub address: String,
     pub token_path: PathBuf,
-    /// As the stream's [`ClientSettings::xds_ca`](super::client::ClientSettings::xds_ca).
-    pub xds_ca: Option<PathBuf>,
+    /// As the stream's [`ClientSettings::trust_bundle`](super::client::ClientSettings::trust_bundle).
+    pub trust_bundle: Option<PathBuf>,
+}
+
+/// A workload certificate from files (`--workload-cert`, `--workload-key`, `--trust-bundle`)
+/// rather than the control plane.
+#[derive(Debug, Clone)]
+pub struct CertificateFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub bundle: PathBuf,
+}
+
+/// How often [`CertificateFiles::watch`] looks for new files (mounted Secrets change by
+/// renaming, which a poll of the content handles).
+const FILES_POLL: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum FilesError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{cert}: {source}")]
+    Install {
+        cert: PathBuf,
+        source: CredentialsError,
+    },
+}
+
+impl CertificateFiles {
+    fn read(&self) -> Result<[String; 3], FilesError> {
+        let read = |path: &PathBuf| {
+            std::fs::read_to_string(path).map_err(|source| FilesError::Read {
+                path: path.clone(),
+                source,
+            })
+        };
+        Ok([read(&self.cert)?, read(&self.key)?, read(&self.bundle)?])
+    }
+
+    /// Reads and installs the files.
+    pub fn install(&self, credentials: &Credentials) -> Result<(), FilesError> {
+        let [cert, key, bundle] = self.read()?;
+        credentials
+            .install(&cert, &key, &bundle)
+            .map_err(|source| FilesError::Install {
+                cert: self.cert.clone(),
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// Installs the files again whenever their content changes; a bad change is logged and
+    /// the current certificate stays.
+    pub async fn watch(self, credentials: Arc<Credentials>) {
+        let mut last = self.read().ok();
+        loop {
+            tokio::time::sleep(FILES_POLL).await;
+            let current = self.read().ok();
+            if current.is_none() || current == last {
+                continue;
+            }
+            match self.install(&credentials) {
+                Ok(()) => {
+                    tracing::info!(cert = %self.cert.display(), "workload certificate reloaded")
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "keeping the current workload certificate")
+                }
+            }
+            last = current;
+        }
+    }
 }
 
 /// The token, read afresh.
@@ -172,7 +245,8 @@ async fn certify(
     let csr_pem = rcgen::CertificateParams::default()
         .serialize_request(&key)?
         .pem()?;
-    let endpoint = super::client::endpoint(&settings.address, settings.xds_ca.as_deref()).await?;
+    let endpoint =
+        super::client::endpoint(&settings.address, settings.trust_bundle.as_deref()).await?;
     let channel = endpoint
         .connect()
         .await

@@ -54,8 +54,8 @@ pub mod drain;
 pub mod egress;
 pub mod headers;
 pub mod http;
-pub mod inbound;
 pub mod identity;
+pub mod inbound;
 pub mod listen;
 pub mod metrics;
 pub mod mtls;
@@ -147,8 +147,15 @@ pub struct ProxyArgs {
     /// The mesh's trust bundle (PEM file): with it the configuration stream and certificate
     /// requests use TLS, and the control plane's certificate must chain to it. Re-read on every
     /// connection.
-    #[arg(long, env = "SKEIN_XDS_CA")]
-    pub xds_ca: Option<std::path::PathBuf>,
+    #[arg(long, env = "SKEIN_TRUST_BUNDLE")]
+    pub trust_bundle: Option<std::path::PathBuf>,
+    /// A workload certificate (PEM chain) to use instead of requesting one: for a proxy without
+    /// a control plane (a VM, a test, a benchmark). Needs `--workload-key` and `--trust-bundle`
+    /// (the roots peers are checked against); the files are re-read when they change.
+    #[arg(long, env = "SKEIN_WORKLOAD_CERT", requires_all = ["workload_key", "trust_bundle"], conflicts_with = "identity_token")]
+    pub workload_cert: Option<std::path::PathBuf>,
+    #[arg(long, env = "SKEIN_WORKLOAD_KEY", requires = "workload_cert")]
+    pub workload_key: Option<std::path::PathBuf>,
 }
 
 impl ProxyArgs {
@@ -187,7 +194,7 @@ impl ProxyArgs {
         Ok(Some(client::ClientSettings {
             address: address.clone(),
             token_path: self.identity_token.clone(),
-            xds_ca: self.xds_ca.clone(),
+            trust_bundle: self.trust_bundle.clone(),
             identity: crate::controlplane::push::ProxyIdentity {
                 pod: pod.clone(),
                 namespace: namespace.clone(),
@@ -383,13 +390,27 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
             )));
         }
     }
+    let static_identity = match (&args.workload_cert, &args.workload_key, &args.trust_bundle) {
+        (Some(cert), Some(key), Some(bundle)) => {
+            let files = identity::CertificateFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                bundle: bundle.clone(),
+            };
+            files
+                .install(&shared.credentials)
+                .context("loading the workload certificate")?;
+            Some(tokio::spawn(files.watch(shared.credentials.clone())))
+        }
+        _ => None,
+    };
     let xds = args.xds_client()?;
     let issuer = match (&xds, &args.identity_token) {
         (Some(settings), Some(token_path)) => Some(tokio::spawn(identity::run(
             identity::IdentitySettings {
                 address: settings.address.clone(),
                 token_path: token_path.clone(),
-                xds_ca: settings.xds_ca.clone(),
+                trust_bundle: settings.trust_bundle.clone(),
             },
             shared.credentials.clone(),
             shared.metrics.identity.clone(),
@@ -505,6 +526,9 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     }
     if let Some(issuer) = issuer {
         issuer.abort();
+    }
+    if let Some(watch) = static_identity {
+        watch.abort();
     }
     tracing::info!("skein proxy stopped");
     Ok(())

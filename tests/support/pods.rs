@@ -32,7 +32,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -61,7 +61,7 @@ const LOG_TAIL_LINES: usize = 150;
 
 /// Environment variables the proxy and the demo app read: removed from what the test process
 /// passes on, so a developer's shell never changes what a test runs.
-pub const ROLE_ENV: [&str; 20] = [
+pub const ROLE_ENV: [&str; 22] = [
     "SKEIN_OUTBOUND_PORT",
     "SKEIN_INBOUND_PORT",
     "SKEIN_ADMIN_PORT",
@@ -70,7 +70,9 @@ pub const ROLE_ENV: [&str; 20] = [
     "SKEIN_PROXY_CONFIG",
     "SKEIN_XDS_ADDRESS",
     "SKEIN_IDENTITY_TOKEN",
-    "SKEIN_XDS_CA",
+    "SKEIN_TRUST_BUNDLE",
+    "SKEIN_WORKLOAD_CERT",
+    "SKEIN_WORKLOAD_KEY",
     "DEMO_ROLE",
     "DEMO_VERSION",
     "DEMO_LISTEN",
@@ -98,6 +100,8 @@ pub struct Mesh {
     has_external: AtomicBool,
     dir: tempfile::TempDir,
     hub: Netns,
+    /// The mesh CA, made on first use by [`Pod::identity_flags`].
+    ca: OnceLock<skein::pki::Ca>,
 }
 
 impl Mesh {
@@ -140,7 +144,26 @@ impl Mesh {
             has_external: AtomicBool::new(false),
             dir,
             hub,
+            ca: OnceLock::new(),
         }
+    }
+
+    /// This mesh's CA (its trust bundle is the one root).
+    pub fn ca(&self) -> &skein::pki::Ca {
+        self.ca.get_or_init(|| {
+            skein::pki::Ca::generate("skein-test-mesh", Duration::from_secs(3600))
+                .expect("generating the mesh CA")
+        })
+    }
+
+    /// The hub's address on the pods' bridge (the node, as pods see it).
+    pub fn hub_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 220, self.octet, 1)
+    }
+
+    /// Runs a command in the hub's namespace (the node), as root.
+    pub fn run_in_hub(&self, args: &[&str]) -> Output {
+        run("ip", &[&["netns", "exec", &self.hub.0][..], args].concat())
     }
 
     /// The directory for this test's files (configurations), readable by every UID.
@@ -248,6 +271,50 @@ impl<'m> Pod<'m> {
     /// `ip:port` of this pod's app.
     pub fn endpoint(&self) -> SocketAddr {
         SocketAddr::from((self.ip, APP_PORT))
+    }
+
+    /// The workload identity this pod's certificate carries (service account = pod name).
+    pub fn identity(&self) -> String {
+        format!("spiffe://cluster.local/ns/demo/sa/{}", self.name)
+    }
+
+    /// `skein proxy` flags giving the sidecar a workload certificate for [`Pod::identity`]
+    /// from the mesh CA, as the control plane would issue it (files in the test directory).
+    pub fn identity_flags(&self) -> Vec<String> {
+        let ca = self.mesh.ca();
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let csr = rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .and_then(|csr| csr.pem())
+            .expect("a CSR");
+        let id = self.identity().parse().expect("a SPIFFE ID");
+        let cert = ca
+            .issue_workload(&csr, &id, Duration::from_secs(3600))
+            .expect("a workload certificate");
+        let path = |what: &str| self.mesh.dir().join(format!("{}-{what}.pem", self.name));
+        let files = [
+            ("cert", cert),
+            ("key", key.serialize_pem()),
+            ("bundle", ca.pem.cert_pem.clone()),
+        ];
+        for (what, pem) in &files {
+            write_atomically(&path(what), pem);
+        }
+        vec![
+            "--workload-cert".to_owned(),
+            path("cert").display().to_string(),
+            "--workload-key".to_owned(),
+            path("key").display().to_string(),
+            "--trust-bundle".to_owned(),
+            path("bundle").display().to_string(),
+        ]
+    }
+
+    /// [`Pod::sidecar`] with a workload certificate ([`Pod::identity_flags`]).
+    pub fn meshed_sidecar(&self, config: Option<&serde_json::Value>) -> Proxy<'_> {
+        let flags = self.identity_flags();
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        self.sidecar_with(config, &flags)
     }
 
     /// Programs the capture with the real `skein init` (defaults).
@@ -1307,4 +1374,28 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// RFC 6455's example: the accept value of key `dGhlIHNhbXBsZSBub25jZQ==`.
+pub const WEBSOCKET_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+/// A WebSocket server as far as the proxy can tell: answers the handshake with 101, then
+/// echoes raw bytes (no framing needed: the proxy only copies).
+pub fn websocket_echo(mut stream: std::net::TcpStream) {
+    let Some(head) = read_head(&mut stream) else {
+        return;
+    };
+    if !head_value(&head, "upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket")) {
+        let _ = stream.write_all(
+            b"HTTP/1.1 426 Upgrade Required\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        );
+        return;
+    }
+    let answer = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {WEBSOCKET_ACCEPT}\r\n\r\n"
+    );
+    if stream.write_all(answer.as_bytes()).is_ok() {
+        echo(stream);
+    }
 }

@@ -1,0 +1,266 @@
+//! Mutual TLS between two real sidecars on a real network (the harness of `proxy_http.rs`: pods
+//! in network namespaces, the real `skein init` capture, the real `skein proxy`): each sidecar
+//! holds a workload certificate from the test mesh's CA (`--workload-cert`, as the control
+//! plane would issue it), the client's configuration names the identity each endpoint must
+//! prove, and every protocol crosses the encrypted hop. Strict mode refuses plaintext but the
+//! node's probes. Needs root, iproute2, iptables and curl.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::thread;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::pods::{APP_UID, Mesh, Pod, head_value, read_head, websocket_echo};
+
+const SERVICE: &str = "backend.demo.svc.cluster.local";
+const VIP: u8 = 10;
+const HTTP_PORT: u16 = 80;
+/// Server-speaks-first protocols (PostgreSQL's port is opaque by default).
+const OPAQUE_PORT: u16 = 5432;
+
+/// The client sidecar's configuration: the backend Service with one endpoint per
+/// `(port, server port)`, all on `server`, which must prove `identity`.
+fn config(mesh: &Mesh, server: &Pod, identity: &str, ports: &[(u16, u16)]) -> Value {
+    let ports: Vec<Value> = ports
+        .iter()
+        .map(|(port, target)| {
+            json!({"port": port, "endpoints": [{
+                "address": SocketAddr::from((server.ip, *target)).to_string(),
+                "workload": {"name": "backend", "namespace": "demo"},
+                "identity": identity,
+            }]})
+        })
+        .collect();
+    json!({
+        "version": "1",
+        "workload": {"name": "client", "namespace": "demo"},
+        "destinations": [{
+            "name": SERVICE,
+            "addresses": [mesh.vip(VIP).to_string()],
+            "hosts": ["backend"],
+            "ports": ports,
+        }],
+    })
+}
+
+#[test]
+fn http1_and_http2_cross_mutual_tls_and_the_server_sees_the_callers_identity() {
+    let mesh = Mesh::new();
+    let server = mesh.pod("server");
+    let _app = server.demo_app("v1", &[]);
+    let server_proxy = server.meshed_sidecar(None);
+    let client = mesh.pod("client");
+    let _client_proxy = client.meshed_sidecar(Some(&config(
+        &mesh,
+        &server,
+        &server.identity(),
+        &[(HTTP_PORT, 8080)],
+    )));
+    let url = format!("http://{}:{HTTP_PORT}/hello", mesh.vip(VIP));
+
+    let h1 = client.curl(&[&url]);
+    assert_eq!(h1.status, 200, "{h1:?}");
+    let h2 = client.curl(&["--http2-prior-knowledge", &url]);
+    assert_eq!(h2.status, 200, "{h2:?}");
+    assert!(h2.status_line.starts_with("HTTP/2"), "{h2:?}");
+
+    // The server's sidecar knows who called from the certificate, not the address.
+    server_proxy.wait_for_metric(
+        "skein_proxy_requests_total",
+        &[
+            ("direction", "inbound"),
+            ("source_principal", &client.identity()),
+            ("source_namespace", "demo"),
+            ("tls", "true"),
+            ("status_code", "200"),
+        ],
+        |n| n == 2.0,
+    );
+}
+
+#[test]
+fn a_server_that_is_not_the_expected_identity_gets_no_request() {
+    let mesh = Mesh::new();
+    let server = mesh.pod("server");
+    let _app = server.demo_app("v1", &[]);
+    let server_proxy = server.meshed_sidecar(None);
+    let client = mesh.pod("client");
+    // The control plane says the endpoint is someone else (a reused pod IP, say).
+    let elsewhere = "spiffe://cluster.local/ns/demo/sa/payments";
+    let client_proxy = client.meshed_sidecar(Some(&config(
+        &mesh,
+        &server,
+        elsewhere,
+        &[(HTTP_PORT, 8080)],
+    )));
+    let response = client.curl(&[&format!("http://{}:{HTTP_PORT}/", mesh.vip(VIP))]);
+    assert_eq!(response.status, 503, "{response:?}");
+    assert_eq!(
+        response.header("x-skein-error"),
+        Some("connect-failure"),
+        "{response:?}"
+    );
+    client_proxy.wait_for_metric(
+        "skein_proxy_local_responses_total",
+        &[("reason", "connect-failure")],
+        |n| n >= 1.0,
+    );
+    // The server refused the handshake (asked for another identity) before the app saw it.
+    server_proxy.wait_for_metric(
+        "skein_proxy_tcp_connections_rejected_total",
+        &[
+            ("direction", "inbound"),
+            ("reason", "mtls_handshake_failed"),
+        ],
+        |n| n >= 1.0,
+    );
+    assert_eq!(
+        server_proxy
+            .metrics()
+            .sum("skein_proxy_requests_total", &[("direction", "inbound")]),
+        0.0
+    );
+}
+
+#[test]
+fn websocket_and_server_first_opaque_tcp_cross_mutual_tls() {
+    let mesh = Mesh::new();
+    let server = mesh.pod("server");
+    let _ws = server.tcp_server(9100, websocket_echo);
+    // A server that speaks first, as SMTP or PostgreSQL do: the client sends nothing until it
+    // has read the banner, so nothing on the way may wait for the client's bytes.
+    let _banner = server.tcp_server(OPAQUE_PORT, |mut stream| {
+        let _ = stream.write_all(b"220 banner\r\n");
+        let mut line = [0u8; 5];
+        if stream.read_exact(&mut line).is_ok() {
+            let _ = stream.write_all(&line);
+        }
+    });
+    let server_proxy = server.meshed_sidecar(None);
+    let client = mesh.pod("client");
+    let _client_proxy = client.meshed_sidecar(Some(&config(
+        &mesh,
+        &server,
+        &server.identity(),
+        &[(HTTP_PORT, 9100), (OPAQUE_PORT, OPAQUE_PORT)],
+    )));
+
+    // WebSocket: upgrade, then bytes both ways, then a half-close.
+    let vip = SocketAddr::from((mesh.vip(VIP), HTTP_PORT));
+    let mut stream = client.connect(Some(APP_UID), vip).expect("connect");
+    stream
+        .write_all(
+            b"GET /chat HTTP/1.1\r\nHost: backend\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .expect("send the handshake");
+    let head = read_head(&mut stream).expect("the handshake's answer");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(head_value(&head, "upgrade"), Some("websocket"), "{head}");
+    let big: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+    let mut writer = stream.try_clone().expect("clone");
+    let sent = big.clone();
+    let sender = thread::spawn(move || {
+        writer.write_all(&sent).expect("send");
+        writer.shutdown(Shutdown::Write).expect("half-close");
+    });
+    let mut echoed = Vec::new();
+    stream.read_to_end(&mut echoed).expect("the echo");
+    sender.join().expect("sender");
+    assert!(
+        echoed == big,
+        "echoed {} of {} bytes",
+        echoed.len(),
+        big.len()
+    );
+
+    // Server first: the banner arrives with the client silent.
+    let vip = SocketAddr::from((mesh.vip(VIP), OPAQUE_PORT));
+    let mut stream = client.connect(Some(APP_UID), vip).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut banner = [0u8; 12];
+    stream
+        .read_exact(&mut banner)
+        .expect("the server's banner without sending a byte");
+    assert_eq!(&banner, b"220 banner\r\n");
+    stream.write_all(b"HELO\n").expect("send");
+    let mut reply = [0u8; 5];
+    stream.read_exact(&mut reply).expect("the reply");
+    assert_eq!(&reply, b"HELO\n");
+    drop(stream);
+
+    server_proxy.wait_for_metric(
+        "skein_proxy_requests_total",
+        &[
+            ("direction", "inbound"),
+            ("status_code", "101"),
+            ("tls", "true"),
+        ],
+        |n| n == 1.0,
+    );
+}
+
+#[test]
+fn strict_refuses_plaintext_but_lets_the_nodes_probes_reach_their_paths() {
+    let mesh = Mesh::new();
+    let server = mesh.pod("server");
+    let _app = server.demo_app("v1", &[]);
+    let server_config = json!({
+        "version": "1",
+        "inboundMtls": {
+            "mode": "Strict",
+            "probes": [{"port": 8080, "httpPaths": ["/healthz"]}],
+            "nodeIp": mesh.hub_ip().to_string(),
+        },
+    });
+    let server_proxy = server.meshed_sidecar(Some(&server_config));
+    let url = |path: &str| format!("http://{}:8080{path}", server.ip);
+
+    // A pod outside the mesh (no sidecar) is refused at the connection.
+    let outsider = mesh.pod("outsider");
+    let refused = outsider.curl(&[&url("/")]);
+    assert_eq!(refused.status, 0, "plaintext got an answer: {refused:?}");
+    server_proxy.wait_for_metric(
+        "skein_proxy_tcp_connections_rejected_total",
+        &[("direction", "inbound"), ("reason", "plaintext_refused")],
+        |n| n >= 1.0,
+    );
+
+    // The node (the hub, as the kubelet) reaches the probe's path, and only that.
+    let probe = mesh.run_in_hub(&[
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &url("/healthz"),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&probe.stdout), "200", "{probe:?}");
+    let other = mesh.run_in_hub(&[
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &url("/"),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&other.stdout), "403", "{other:?}");
+
+    // A meshed client still gets through.
+    let client = mesh.pod("client");
+    let _client_proxy = client.meshed_sidecar(Some(&config(
+        &mesh,
+        &server,
+        &server.identity(),
+        &[(HTTP_PORT, 8080)],
+    )));
+    let meshed = client.curl(&[&format!("http://{}:{HTTP_PORT}/", mesh.vip(VIP))]);
+    assert_eq!(meshed.status, 200, "{meshed:?}");
+}
