@@ -903,9 +903,10 @@ fn backend_endpoint_state(demo: &Demo, ip: std::net::IpAddr) -> Option<bool> {
 /// The identity every demo pod has (they run as their namespace's default service account).
 const DEMO_IDENTITY: &str = "spiffe://cluster.local/ns/demo/sa/default";
 
-/// Captures what crosses `app`'s pod interface for `seconds` while `send` runs, and says
-/// whether `marker` appeared in any packet (a raw socket in the pod's network namespace).
-fn marker_on_the_wire(demo: &Demo, app: &str, marker: &str, send: impl FnOnce()) -> bool {
+/// Captures what crosses `app`'s pod interface while `send` runs, and says whether `marker`
+/// appeared in any packet: a raw socket on the pod's `eth0`, opened as root in the pod's network
+/// namespace (`skein-pod-<uid>`, the node's name for it).
+async fn marker_on_the_wire(demo: &Demo, app: &str, marker: &str, send: impl FnOnce()) -> bool {
     const SNIFF: &str = "import socket, sys, time\n\
         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))\n\
         s.bind(('eth0', 0)); s.settimeout(0.2)\n\
@@ -915,25 +916,34 @@ fn marker_on_the_wire(demo: &Demo, app: &str, marker: &str, send: impl FnOnce())
         \x20   try: seen += s.recv(65535)\n\
         \x20   except socket.timeout: pass\n\
         print('FOUND' if sys.argv[2].encode() in seen else 'ABSENT', len(seen))\n";
-    let pod = demo.pod(app).to_owned();
-    let (app, marker) = (app.to_owned(), marker.to_owned());
+    let uid = Api::<Pod>::namespaced(demo.client.clone(), DEMO)
+        .get(demo.pod(app))
+        .await
+        .expect("the pod")
+        .metadata
+        .uid
+        .expect("a uid");
+    let netns = format!("skein-pod-{uid}");
+    let marker = marker.to_owned();
     let capture = std::thread::spawn(move || {
-        exec_ok(
-            DEMO,
-            &pod,
-            Some(&app),
-            &["python3", "-c", SNIFF, "4", &marker],
-        )
+        Command::new("ip")
+            .args([
+                "netns", "exec", &netns, "python3", "-c", SNIFF, "4", &marker,
+            ])
+            .output()
+            .expect("running the capture")
     });
     // The capture is listening well within a second; the requests then take about one.
     std::thread::sleep(Duration::from_millis(1500));
     send();
     let out = capture.join().expect("the capture thread");
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.contains("listening"),
-        "the capture did not start: {out}"
+        stdout.contains("listening"),
+        "the capture did not start: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    out.contains("FOUND")
+    stdout.contains("FOUND")
 }
 
 #[tokio::test]
@@ -949,7 +959,8 @@ async fn meshed_calls_are_mutual_tls_carrying_the_callers_identity() {
             replies.iter().all(|(status, _)| *status == 200),
             "{replies:?}"
         );
-    });
+    })
+    .await;
     assert!(
         !plain_seen,
         "the marker header crossed the wire in plaintext"
@@ -978,7 +989,8 @@ async fn meshed_calls_are_mutual_tls_carrying_the_callers_identity() {
             ],
         );
         assert!(out.status.success(), "{out:?}");
-    });
+    })
+    .await;
     assert!(
         seen,
         "the capture saw no plaintext request from outside the mesh"
@@ -1043,6 +1055,8 @@ async fn strict_refuses_plaintext_from_outside_the_mesh_while_meshed_calls_and_p
     );
 
     set_mesh_mtls_mode(&demo, "Strict").await;
+    // Whatever happens below, the other tests get their Permissive mesh back.
+    let _restore = RestorePermissive;
     eventually(
         "plaintext from outside the mesh to be refused",
         WAIT,
@@ -1101,6 +1115,18 @@ async fn pod_ip(demo: &Demo, app: &str) -> std::net::IpAddr {
         .and_then(|s| s.pod_ip)
         .and_then(|ip| ip.parse().ok())
         .expect("a pod IP")
+}
+
+/// Sets MeshConfig `mtls.mode` back to `Permissive` when dropped (also when a test fails).
+struct RestorePermissive;
+
+impl Drop for RestorePermissive {
+    fn drop(&mut self) {
+        let _ = support::kubectl()
+            .args(["patch", "meshconfig", "default", "--type", "merge", "-p"])
+            .arg(r#"{"spec":{"mtls":{"mode":"Permissive"}}}"#)
+            .output();
+    }
 }
 
 /// Sets MeshConfig `mtls.mode` (mesh-wide: callers restore `Permissive`).

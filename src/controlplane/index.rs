@@ -6,8 +6,9 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::inject::patch::STATUS_ANNOTATION;
 use futures::{StreamExt, future};
-use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus, Service};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -333,19 +334,79 @@ impl HasRuleStatus for TrafficPolicy {
 /// Objects kept as they come.
 fn keep<K>(_: &mut K) {}
 
-/// A pod as the translation needs it: metadata (labels, owners) and its IPs. The rest (the
-/// spec, container statuses) is most of a pod's size and would only cost memory.
+/// A pod as the translation needs it: metadata (labels, owners, whether it is meshed), its
+/// service account (its identity), its containers' ports and probes (let in as plaintext under
+/// Strict mTLS), its node's address and its IPs. The rest (most of the spec, container
+/// statuses) is most of a pod's size and would only cost memory.
 fn slim_pod(pod: &mut Pod) {
     pod.metadata.managed_fields = None;
-    pod.metadata.annotations = None;
-    pod.spec = Some(PodSpec {
-        service_account_name: pod.spec.take().and_then(|s| s.service_account_name),
+    // Only whether the injector meshed it (the value, a JSON summary, is not needed).
+    pod.metadata.annotations = pod
+        .metadata
+        .annotations
+        .take()
+        .filter(|annotations| annotations.contains_key(STATUS_ANNOTATION))
+        .map(|_| [(STATUS_ANNOTATION.to_owned(), String::new())].into());
+    pod.spec = pod.spec.take().map(|spec| PodSpec {
+        service_account_name: spec.service_account_name,
+        containers: spec
+            .containers
+            .into_iter()
+            .map(|container| Container {
+                name: container.name,
+                ports: container.ports,
+                liveness_probe: container.liveness_probe,
+                readiness_probe: container.readiness_probe,
+                startup_probe: container.startup_probe,
+                ..Container::default()
+            })
+            .collect(),
         ..PodSpec::default()
     });
     pod.status = pod.status.take().map(|s| PodStatus {
         pod_ip: s.pod_ip,
         pod_ips: s.pod_ips,
+        host_ip: s.host_ip,
         phase: s.phase,
         ..PodStatus::default()
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slim_pod_keeps_what_mtls_needs() {
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "demo", "annotations": {
+                STATUS_ANNOTATION: "{\"containers\":[\"skein-proxy\"]}", "big": "x"}},
+            "spec": {"serviceAccountName": "web", "containers": [{
+                "name": "web", "image": "web:1", "args": ["--serve"],
+                "ports": [{"name": "http", "containerPort": 8080}],
+                "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}}
+            }]},
+            "status": {"hostIP": "10.0.0.1", "podIP": "10.1.0.5", "phase": "Running"}
+        }))
+        .unwrap();
+        slim_pod(&mut pod);
+        let annotations = pod.metadata.annotations.as_ref().unwrap();
+        assert_eq!(annotations.keys().collect::<Vec<_>>(), [STATUS_ANNOTATION]);
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.service_account_name.as_deref(), Some("web"));
+        let container = &spec.containers[0];
+        assert!(container.readiness_probe.is_some() && container.ports.is_some());
+        assert_eq!(container.image, None);
+        assert_eq!(container.args, None);
+        let status = pod.status.as_ref().unwrap();
+        assert_eq!(status.host_ip.as_deref(), Some("10.0.0.1"));
+
+        // An unmeshed pod keeps no annotation at all.
+        let mut plain: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "x", "annotations": {"a": "b"}}
+        }))
+        .unwrap();
+        slim_pod(&mut plain);
+        assert_eq!(plain.metadata.annotations, None);
+    }
 }
