@@ -603,7 +603,7 @@ mod tests {
             policy("demo", "db", 2, spec)
         };
         // (policies, app of the pod, port, want)
-        let cases: Vec<(&str, Vec<Arc<MtlsPolicy>>, &str, u16, MtlsMode)> = vec![
+        let cases = vec![
             ("no policy: the mesh's mode", vec![], "db", 8080, Permissive),
             ("namespace mode", vec![ns_strict()], "db", 8080, Strict),
             (
