@@ -13,6 +13,7 @@ use kube::{Client, CustomResourceExt, ResourceExt};
 use super::access_policy::AccessPolicy;
 use super::egress_rule::EgressRule;
 use super::meshconfig::MeshConfig;
+use super::mtls_policy::MtlsPolicy;
 use super::names;
 use super::route_rule::RouteRule;
 use super::traffic_policy::TrafficPolicy;
@@ -41,6 +42,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         EgressRule::crd(),
         TrafficPolicy::crd(),
         AccessPolicy::crd(),
+        MtlsPolicy::crd(),
     ]
     .into_iter()
     .map(formats::with_kubernetes_formats)

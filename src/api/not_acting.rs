@@ -18,6 +18,7 @@ use std::fmt;
 use super::access_policy::AccessPolicySpec;
 use super::egress_rule::EgressRuleSpec;
 use super::meshconfig::MeshConfigSpec;
+use super::mtls_policy::MtlsPolicySpec;
 use super::route_rule::RouteRuleSpec;
 use super::traffic_policy::TrafficPolicySpec;
 
@@ -95,6 +96,13 @@ impl NotActing for TrafficPolicySpec {
 impl NotActing for AccessPolicySpec {
     fn fields_not_acting(&self) -> Vec<InertField> {
         // Every field acts: sources match the identity a client proves with mutual TLS.
+        Vec::new()
+    }
+}
+
+impl NotActing for MtlsPolicySpec {
+    fn fields_not_acting(&self) -> Vec<InertField> {
+        // Every field acts: the selected proxies' inbound mode and their callers' mTLS.
         Vec::new()
     }
 }

@@ -1,14 +1,17 @@
-//! The status every traffic rule (RouteRule, EgressRule, TrafficPolicy, AccessPolicy) reports: which generation
-//! the control plane last looked at and whether it took it.
+//! The status every traffic rule (RouteRule, EgressRule, TrafficPolicy, AccessPolicy,
+//! MtlsPolicy) reports: which generation the control plane last looked at and whether it took
+//! it.
 //!
 //! Conditions:
 //! - `Accepted`: `True` when the rule is in the configuration proxies receive; `False` with
 //!   reason `Invalid` (the message says what is wrong; proxies keep what they had) or
-//!   `Conflicted` (another rule for the same Service takes precedence; the message names it).
+//!   `Conflicted` (another rule for the same Service takes precedence; the message names it;
+//!   for MtlsPolicy: an older policy of the namespace without a selector, or older policies
+//!   for every pod it selects).
 //! - `ResolvedRefs`: `False` with reason `ServiceNotFound` when the Service the rule names does
 //!   not exist (yet): the rule is accepted and takes effect when the Service appears. An
-//!   AccessPolicy reports `False` with reason `NoPodsSelected` when its selector matches no pod
-//!   of its namespace (yet), and `True` with the number of pods it selects.
+//!   AccessPolicy or MtlsPolicy reports `False` with reason `NoPodsSelected` when its selector
+//!   matches no pod of its namespace (yet), and `True` with the number of pods it applies to.
 //! - `FieldsNotActing`: `True` with reason `NotImplemented` when the rule sets a field that
 //!   nothing acts on yet (the message names it; see [`super::not_acting`]), else `False`.
 
@@ -26,7 +29,7 @@ pub const REASON_CONFLICTED: &str = "Conflicted";
 /// Reasons of the `ResolvedRefs` condition.
 pub const REASON_RESOLVED: &str = "ResolvedRefs";
 pub const REASON_SERVICE_NOT_FOUND: &str = "ServiceNotFound";
-/// An AccessPolicy's selector matches no pod (yet).
+/// An AccessPolicy's or MtlsPolicy's selector matches no pod (yet).
 pub const REASON_NO_PODS_SELECTED: &str = "NoPodsSelected";
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

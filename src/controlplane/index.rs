@@ -6,7 +6,6 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::inject::patch::STATUS_ANNOTATION;
 use futures::{StreamExt, future};
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -20,8 +19,9 @@ use tokio::sync::watch;
 use super::push::{ConfigSource, ProxyIdentity};
 use super::translate::{Inputs, MeshView, RuleKind};
 use crate::api::{
-    AccessPolicy, EgressRule, MeshConfig, RouteRule, RuleStatus, TrafficPolicy, names,
+    AccessPolicy, EgressRule, MeshConfig, MtlsPolicy, RouteRule, RuleStatus, TrafficPolicy, names,
 };
+use crate::inject::patch::STATUS_ANNOTATION;
 use crate::proxy::config::types::ProxyConfig;
 
 /// A change waits this long for more changes before the view is rebuilt ...
@@ -40,6 +40,7 @@ struct Stores {
     egress_rules: Store<EgressRule>,
     traffic_policies: Store<TrafficPolicy>,
     access_policies: Store<AccessPolicy>,
+    mtls_policies: Store<MtlsPolicy>,
 }
 
 /// The current view of the mesh and its change counter.
@@ -66,6 +67,7 @@ impl Index {
         let (egress_rules, egress_rules_w) = reflector::store();
         let (traffic_policies, traffic_policies_w) = reflector::store();
         let (access_policies, access_policies_w) = reflector::store();
+        let (mtls_policies, mtls_policies_w) = reflector::store();
         let all = watcher::Config::default();
         let only_active = watcher::Config::default()
             .fields(&format!("metadata.name={}", names::ACTIVE_MESHCONFIG));
@@ -126,11 +128,19 @@ impl Index {
             keep,
         ));
         tokio::spawn(watch_into(
+            Api::all(client.clone()),
+            all.clone(),
+            access_policies_w,
+            dirty.clone(),
+            "accesspolicies",
+            keep,
+        ));
+        tokio::spawn(watch_into(
             Api::all(client),
             all,
-            access_policies_w,
+            mtls_policies_w,
             dirty,
-            "accesspolicies",
+            "mtlspolicies",
             keep,
         ));
 
@@ -143,6 +153,7 @@ impl Index {
             egress_rules,
             traffic_policies,
             access_policies,
+            mtls_policies,
         };
         stores.wait_until_ready().await;
         let (changes_tx, changes) = watch::channel(0);
@@ -186,6 +197,7 @@ impl Index {
             RuleKind::EgressRule => status_in(&s.egress_rules, namespace, name),
             RuleKind::TrafficPolicy => status_in(&s.traffic_policies, namespace, name),
             RuleKind::AccessPolicy => status_in(&s.access_policies, namespace, name),
+            RuleKind::MtlsPolicy => status_in(&s.mtls_policies, namespace, name),
         }
     }
 
@@ -238,6 +250,7 @@ impl Stores {
             egress_rules: &self.egress_rules.state(),
             traffic_policies: &self.traffic_policies.state(),
             access_policies: &self.access_policies.state(),
+            mtls_policies: &self.mtls_policies.state(),
             cluster_domain,
         })
     }
@@ -253,6 +266,7 @@ impl Stores {
             Box::pin(self.egress_rules.wait_until_ready()),
             Box::pin(self.traffic_policies.wait_until_ready()),
             Box::pin(self.access_policies.wait_until_ready()),
+            Box::pin(self.mtls_policies.wait_until_ready()),
         ])
         .await;
         tracing::info!("service, endpoint, pod and traffic-rule caches are synced");
@@ -325,6 +339,12 @@ impl HasRuleStatus for AccessPolicy {
     }
 }
 
+impl HasRuleStatus for MtlsPolicy {
+    fn rule_status(&self) -> Option<&RuleStatus> {
+        self.status.as_ref()
+    }
+}
+
 impl HasRuleStatus for TrafficPolicy {
     fn rule_status(&self) -> Option<&RuleStatus> {
         self.status.as_ref()
@@ -334,30 +354,28 @@ impl HasRuleStatus for TrafficPolicy {
 /// Objects kept as they come.
 fn keep<K>(_: &mut K) {}
 
-/// A pod as the translation needs it: metadata (labels, owners, whether it is meshed), its
-/// service account (its identity), its containers' ports and probes (let in as plaintext under
-/// Strict mTLS), its node's address and its IPs. The rest (most of the spec, container
+/// A pod as the translation needs it: labels, owners, whether it is meshed, its service account,
+/// IPs, node and its containers' ports and probes (the mTLS translation lets the kubelet's
+/// probes in under Strict). The rest (other annotations, the rest of the spec, container
 /// statuses) is most of a pod's size and would only cost memory.
 fn slim_pod(pod: &mut Pod) {
     pod.metadata.managed_fields = None;
-    // Only whether the injector meshed it (the value, a JSON summary, is not needed).
-    pod.metadata.annotations = pod
-        .metadata
-        .annotations
-        .take()
-        .filter(|annotations| annotations.contains_key(STATUS_ANNOTATION))
-        .map(|_| [(STATUS_ANNOTATION.to_owned(), String::new())].into());
-    pod.spec = pod.spec.take().map(|spec| PodSpec {
+    pod.metadata.annotations = pod.metadata.annotations.take().and_then(|mut all| {
+        let status = all.remove(STATUS_ANNOTATION)?;
+        Some([(STATUS_ANNOTATION.to_owned(), status)].into())
+    });
+    let spec = pod.spec.take().unwrap_or_default();
+    pod.spec = Some(PodSpec {
         service_account_name: spec.service_account_name,
         containers: spec
             .containers
             .into_iter()
-            .map(|container| Container {
-                name: container.name,
-                ports: container.ports,
-                liveness_probe: container.liveness_probe,
-                readiness_probe: container.readiness_probe,
-                startup_probe: container.startup_probe,
+            .map(|c| Container {
+                name: c.name,
+                ports: c.ports,
+                liveness_probe: c.liveness_probe,
+                readiness_probe: c.readiness_probe,
+                startup_probe: c.startup_probe,
                 ..Container::default()
             })
             .collect(),
@@ -376,17 +394,25 @@ fn slim_pod(pod: &mut Pod) {
 mod tests {
     use super::*;
 
+    /// The mTLS translation reads the injection annotation, the probes and the node's IP: the
+    /// slimmed pod must keep them.
     #[test]
-    fn a_slim_pod_keeps_what_mtls_needs() {
+    fn a_slim_pod_keeps_what_the_translation_reads() {
         let mut pod: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "web", "namespace": "demo", "annotations": {
-                STATUS_ANNOTATION: "{\"containers\":[\"skein-proxy\"]}", "big": "x"}},
-            "spec": {"serviceAccountName": "web", "containers": [{
-                "name": "web", "image": "web:1", "args": ["--serve"],
-                "ports": [{"name": "http", "containerPort": 8080}],
-                "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}}
-            }]},
-            "status": {"hostIP": "10.0.0.1", "podIP": "10.1.0.5", "phase": "Running"}
+            "metadata": {"name": "web-1", "namespace": "demo", "labels": {"app": "web"},
+                         "annotations": {STATUS_ANNOTATION: "{}", "big": "x"}},
+            "spec": {
+                "serviceAccountName": "web",
+                "nodeName": "node-1",
+                "containers": [{
+                    "name": "web", "image": "web:1", "env": [{"name": "A", "value": "b"}],
+                    "ports": [{"name": "http", "containerPort": 8080}],
+                    "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}}
+                }]
+            },
+            "status": {"hostIP": "10.0.0.1", "podIP": "10.1.0.5", "phase": "Running",
+                       "containerStatuses": [{"name": "web", "image": "web:1", "imageID": "",
+                                              "ready": true, "restartCount": 0}]}
         }))
         .unwrap();
         slim_pod(&mut pod);
@@ -394,19 +420,15 @@ mod tests {
         assert_eq!(annotations.keys().collect::<Vec<_>>(), [STATUS_ANNOTATION]);
         let spec = pod.spec.as_ref().unwrap();
         assert_eq!(spec.service_account_name.as_deref(), Some("web"));
+        assert_eq!(spec.node_name, None);
         let container = &spec.containers[0];
         assert!(container.readiness_probe.is_some() && container.ports.is_some());
-        assert_eq!(container.image, None);
-        assert_eq!(container.args, None);
+        assert_eq!(
+            (container.image.as_ref(), container.env.as_ref()),
+            (None, None)
+        );
         let status = pod.status.as_ref().unwrap();
         assert_eq!(status.host_ip.as_deref(), Some("10.0.0.1"));
-
-        // An unmeshed pod keeps no annotation at all.
-        let mut plain: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "x", "annotations": {"a": "b"}}
-        }))
-        .unwrap();
-        slim_pod(&mut plain);
-        assert_eq!(plain.metadata.annotations, None);
+        assert_eq!(status.container_statuses, None);
     }
 }

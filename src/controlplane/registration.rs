@@ -18,8 +18,8 @@ pub const VALIDATING_WEBHOOK_NAME: &str = "skein-rule-validator";
 /// The path of the validating webhook on the control plane's HTTPS server.
 pub const VALIDATE_PATH: &str = "/validate";
 
-/// The ValidatingWebhookConfiguration for RouteRule, EgressRule, TrafficPolicy and
-/// AccessPolicy.
+/// The ValidatingWebhookConfiguration for RouteRule, EgressRule, TrafficPolicy, AccessPolicy
+/// and MtlsPolicy.
 pub fn validating_webhook_configuration(
     target: &WebhookTarget,
     ca_bundle_pem: &[u8],
@@ -47,6 +47,7 @@ pub fn validating_webhook_configuration(
                     "egressrules".to_owned(),
                     "trafficpolicies".to_owned(),
                     "accesspolicies".to_owned(),
+                    "mtlspolicies".to_owned(),
                 ]),
                 scope: Some("Namespaced".to_owned()),
             }]),

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use super::index::Index;
 use super::push::ConfigSource;
 use super::translate::{RuleKind, RuleReport};
-use crate::api::{AccessPolicy, EgressRule, RouteRule, RuleStatus, TrafficPolicy};
+use crate::api::{AccessPolicy, EgressRule, MtlsPolicy, RouteRule, RuleStatus, TrafficPolicy};
 
 /// Keeps rule statuses in step with the mesh view, until the process ends. A status written
 /// here comes back through the watch (and a rebuild), is then found equal, and is left alone.
@@ -94,6 +94,7 @@ async fn write(client: &Client, report: &RuleReport, status: &RuleStatus) -> kub
         RuleKind::EgressRule => patch::<EgressRule>(client, report, status).await,
         RuleKind::TrafficPolicy => patch::<TrafficPolicy>(client, report, status).await,
         RuleKind::AccessPolicy => patch::<AccessPolicy>(client, report, status).await,
+        RuleKind::MtlsPolicy => patch::<MtlsPolicy>(client, report, status).await,
     }
 }
 

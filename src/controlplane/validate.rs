@@ -1,8 +1,8 @@
-//! The validating admission webhook for RouteRule, EgressRule, TrafficPolicy and AccessPolicy:
-//! what the CRD
-//! schema cannot say (weights adding up to 100, regexes that compile, header names) is refused
-//! at `kubectl apply` with every problem and its field path. A rule for a Service that does not
-//! exist is allowed with a warning: Services and rules are often applied in either order.
+//! The validating admission webhook for RouteRule, EgressRule, TrafficPolicy, AccessPolicy and
+//! MtlsPolicy: what the CRD schema cannot say (weights adding up to 100, regexes that compile,
+//! header names) is refused at `kubectl apply` with every problem and its field path. A rule
+//! for a Service that does not exist is allowed with a warning: Services and rules are often
+//! applied in either order.
 //!
 //! Pure apart from the lookup of Services it is given; the HTTP route is in `server`.
 
@@ -11,7 +11,9 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use serde::de::DeserializeOwned;
 
 use super::translate;
-use crate::api::{AccessPolicySpec, EgressRuleSpec, RouteRuleSpec, TrafficPolicySpec};
+use crate::api::{
+    AccessPolicySpec, EgressRuleSpec, MtlsPolicySpec, RouteRuleSpec, TrafficPolicySpec,
+};
 
 /// Answers one admission request. `service_exists(namespace, name)` says whether a Service is
 /// known.
@@ -49,6 +51,10 @@ pub fn review(
         },
         "AccessPolicy" => match spec::<AccessPolicySpec>(object) {
             Ok(spec) => (translate::validate_access_policy(&spec), None),
+            Err(problem) => (vec![problem], None),
+        },
+        "MtlsPolicy" => match spec::<MtlsPolicySpec>(object) {
+            Ok(spec) => (translate::validate_mtls_policy(&spec), None),
             Err(problem) => (vec![problem], None),
         },
         // Not ours to judge (a misconfigured registration): let it through.
@@ -214,6 +220,34 @@ mod tests {
             let response = review(&req, |_, _| true);
             assert!(response.allowed, "{}", response.result.message);
         }
+    }
+
+    #[test]
+    fn a_malformed_mtls_policy_is_refused_naming_each_problem() {
+        let req = request(
+            "MtlsPolicy",
+            serde_json::json!({"selector": {"matchLabels": {"app/x/y": "db"}},
+                               "ports": [{"port": 8080, "mode": "Strict"},
+                                         {"port": 8080, "mode": "Disabled"}]}),
+        );
+        let response = review(&req, |_, _| true);
+        assert!(!response.allowed);
+        let message = response.result.message;
+        for want in [
+            "MtlsPolicy demo/r is invalid",
+            "spec.selector.matchLabels: \"app/x/y\" is not a label key",
+            "spec.ports[1].port: 8080 is already set by spec.ports[0]",
+        ] {
+            assert!(message.contains(want), "{want:?} not in {message}");
+        }
+        let response = review(&request("MtlsPolicy", serde_json::json!({})), |_, _| true);
+        assert!(response.result.message.contains("spec: sets nothing"));
+        let req = request(
+            "MtlsPolicy",
+            serde_json::json!({"mode": "Strict", "ports": [{"port": 9090, "mode": "Permissive"}]}),
+        );
+        let response = review(&req, |_, _| false);
+        assert!(response.allowed, "{}", response.result.message);
     }
 
     #[test]

@@ -59,12 +59,7 @@ pub(super) fn match_labels(spec: &AccessPolicySpec) -> BTreeMap<String, String> 
 
 /// Every problem of a policy, with its field path; empty when it is valid.
 pub fn validate_access_policy(spec: &AccessPolicySpec) -> Vec<String> {
-    let mut problems = Vec::new();
-    for key in match_labels(spec).keys() {
-        if key.is_empty() {
-            problems.push("spec.selector.matchLabels: a label key is empty".to_owned());
-        }
-    }
+    let mut problems = validate_match_labels(&match_labels(spec));
     for (i, rule) in spec.rules.iter().enumerate() {
         for (j, source) in rule.from.iter().enumerate() {
             let at = format!("spec.rules[{i}].from[{j}]");
@@ -118,6 +113,43 @@ pub fn validate_access_policy(spec: &AccessPolicySpec) -> Vec<String> {
         }
     }
     problems
+}
+
+/// The problems of a selector's `matchLabels` (Kubernetes label syntax), with field paths.
+pub(super) fn validate_match_labels(labels: &BTreeMap<String, String>) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (key, value) in labels {
+        let at = "spec.selector.matchLabels";
+        let (prefix, name) = key
+            .rsplit_once('/')
+            .map_or((None, key.as_str()), |(p, n)| (Some(p), n));
+        if !is_label_name(name) || prefix.is_some_and(|p| !is_dns_subdomain(p)) {
+            problems.push(format!(
+                "{at}: {key:?} is not a label key ([PREFIX/]NAME: NAME up to 63 letters, digits, \
+                 '-', '_' or '.', starting and ending with a letter or digit; PREFIX a DNS name)"
+            ));
+        }
+        if !value.is_empty() && !is_label_name(value) {
+            problems.push(format!(
+                "{at}.{key}: {value:?} is not a label value (up to 63 letters, digits, '-', '_' \
+                 or '.', starting and ending with a letter or digit)"
+            ));
+        }
+    }
+    problems
+}
+
+/// A label name, or a non-empty label value.
+fn is_label_name(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    let alnum = |b: &u8| b.is_ascii_alphanumeric();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes.first().is_some_and(alnum)
+        && bytes.last().is_some_and(alnum)
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// `sa` (in `policy_namespace`) or `namespace/sa` → (namespace, service account).

@@ -1,6 +1,6 @@
 //! The pure translation from what the control plane watches (Services, EndpointSlices, Pods,
-//! RouteRules, EgressRules, TrafficPolicies, the MeshConfig) to each proxy's [`ProxyConfig`],
-//! plus the status every rule should report. No I/O: the caller feeds snapshots of its watch
+//! RouteRules, EgressRules, TrafficPolicies, AccessPolicies, MtlsPolicies, the MeshConfig) to
+//! each proxy's [`ProxyConfig`], plus the status every rule should report. No I/O: the caller feeds snapshots of its watch
 //! caches in [`Inputs`], calls [`MeshView::build`] once per batch of changes, then
 //! [`MeshView::proxy_config`] for every connected proxy.
 //!
@@ -72,6 +72,14 @@
 //! for none). A proxy whose pod is not in the cache yet gets only the policies without a
 //! selector until it is.
 //!
+//! # mTLS modes
+//!
+//! MtlsPolicies override MeshConfig `mtls.mode` per namespace, workload and port ([`mtls`] has
+//! the precedence and which of several policies applies); they set the inbound mode of the
+//! proxies of the pods they select, and whether callers originate mTLS to those pods' ports
+//! (not to a `Disabled` one). They report like AccessPolicies, plus `Conflicted` for a policy
+//! an older one overrides on every pod it selects.
+//!
 //! # Versions
 //!
 //! Every configuration carries a `version`: a 64-bit FNV-1a hash (hex) of its content, so an
@@ -99,13 +107,16 @@ use serde::Serialize;
 
 use crate::api::meshconfig::OutboundTrafficPolicy as MeshOutboundPolicy;
 use crate::api::not_acting::NotActing;
-use crate::api::{AccessPolicy, EgressRule, MeshConfigSpec, RouteRule, TrafficPolicy, names};
+use crate::api::{
+    AccessPolicy, EgressRule, MeshConfigSpec, MtlsPolicy, RouteRule, TrafficPolicy, names,
+};
 use crate::proxy::config::types::{
     Destination, EgressAllow, OutboundTrafficPolicy, ProxyConfig, Workload,
 };
 
 pub use access::validate_access_policy;
 pub use egress::validate_egress_rule;
+pub use mtls::validate_mtls_policy;
 pub use policy::validate_traffic_policy;
 pub use routes::validate_route_rule;
 pub use status::{RuleKind, RuleReport, TRANSITION_TIME_PLACEHOLDER};
@@ -124,6 +135,7 @@ pub struct Inputs<'a> {
     pub egress_rules: &'a [Arc<EgressRule>],
     pub traffic_policies: &'a [Arc<TrafficPolicy>],
     pub access_policies: &'a [Arc<AccessPolicy>],
+    pub mtls_policies: &'a [Arc<MtlsPolicy>],
     /// `cluster.local` in most clusters.
     pub cluster_domain: &'a str,
 }
@@ -198,9 +210,10 @@ impl MeshView {
     pub fn build(inputs: &Inputs) -> MeshView {
         let defaults = routes::Defaults::from_mesh(&inputs.mesh.traffic);
         let pods = endpoints::PodIndex::new(inputs.pods);
-        let mesh_mtls = mtls::MeshMtls::from_mesh(inputs.mesh);
         let slices = endpoints::SliceIndex::new(inputs.endpoint_slices);
-        let mut reports = Vec::new();
+        // MtlsPolicies first: they decide which endpoints callers reach over mTLS.
+        let (mesh_mtls, mut reports) =
+            mtls::MeshMtls::build(inputs.mesh, inputs.mtls_policies, &pods);
 
         // Which Services exist at all (whatever their type), for ResolvedRefs.
         let existing: HashMap<(&str, &str), &Service> = inputs
@@ -446,7 +459,7 @@ impl MeshView {
             workload: self.proxy_workload(namespace, pod, ip),
             outbound_traffic_policy: self.outbound_traffic_policy,
             draining: self.pods.get(namespace, pod).is_some_and(is_terminating),
-            inbound_mtls: self.mtls.inbound(self.pods.get(namespace, pod)),
+            inbound_mtls: self.mtls.inbound(namespace, self.pods.get(namespace, pod)),
             ..ProxyConfig::default()
         };
         hash.write(&json_bytes(&(

@@ -27,6 +27,7 @@ pub enum RuleKind {
     EgressRule,
     TrafficPolicy,
     AccessPolicy,
+    MtlsPolicy,
 }
 
 impl fmt::Display for RuleKind {
@@ -36,6 +37,7 @@ impl fmt::Display for RuleKind {
             RuleKind::EgressRule => "EgressRule",
             RuleKind::TrafficPolicy => "TrafficPolicy",
             RuleKind::AccessPolicy => "AccessPolicy",
+            RuleKind::MtlsPolicy => "MtlsPolicy",
         })
     }
 }
@@ -136,7 +138,7 @@ impl RuleMeta {
 
     /// Oldest first; a rule without a creation time (never from the apiserver) last; then by
     /// namespace and name, so the order never depends on the order of the watch cache.
-    fn precedence(&self) -> (bool, Option<&Time>, &str, &str) {
+    pub fn precedence(&self) -> (bool, Option<&Time>, &str, &str) {
         (
             self.created.is_none(),
             self.created.as_ref(),
@@ -164,9 +166,17 @@ pub(super) enum Resolution {
     NotRoutable(ServiceKey, &'static str),
     /// `spec.service` cannot name a Service; says why.
     BadReference(String),
-    /// An AccessPolicy's selector matches this many pods of its namespace (at least one).
+    /// An AccessPolicy's (or MtlsPolicy's) selector matches this many pods of its namespace (at
+    /// least one).
     PodsSelected(usize),
-    /// An AccessPolicy's selector matches no pod of its namespace (named).
+    /// An MtlsPolicy's selector matches `selected` pods, of which it decides `applies`; older
+    /// policies (`others`) decide the rest.
+    PodsShared {
+        selected: usize,
+        applies: usize,
+        others: String,
+    },
+    /// A policy's selector matches no pod of its namespace (named).
     NoPodsSelected(String),
 }
 
@@ -289,6 +299,19 @@ pub(super) fn report(
                 true,
                 REASON_RESOLVED,
                 format!("the selector matches {count} pod(s)"),
+            ),
+            Resolution::PodsShared {
+                selected,
+                applies,
+                others,
+            } => condition(
+                RESOLVED_REFS,
+                true,
+                REASON_RESOLVED,
+                format!(
+                    "the selector matches {selected} pod(s); the policy applies to {applies} of \
+                     them, the older {others} to the others"
+                ),
             ),
             Resolution::NoPodsSelected(namespace) => condition(
                 RESOLVED_REFS,

@@ -142,6 +142,7 @@ struct World {
     egress_rules: Vec<Arc<EgressRule>>,
     traffic_policies: Vec<Arc<TrafficPolicy>>,
     access_policies: Vec<Arc<AccessPolicy>>,
+    mtls_policies: Vec<Arc<MtlsPolicy>>,
 }
 
 impl World {
@@ -198,6 +199,7 @@ impl World {
             egress_rules: &self.egress_rules,
             traffic_policies: &self.traffic_policies,
             access_policies: &self.access_policies,
+            mtls_policies: &self.mtls_policies,
             cluster_domain: "cluster.local",
         })
     }
