@@ -699,49 +699,109 @@ async fn scaling_the_backend_updates_every_proxy_without_failing_a_request() {
 async fn rolling_restarts_of_the_backend_fail_no_request() {
     let _turn = TURN.lock().await;
     let demo = Demo::new().await;
-    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
-        Api::namespaced(demo.client.clone(), DEMO);
     backend_settled(&demo, 1).await;
     let retries = backend_retries(&demo);
     let load = Load::start(&demo, "http://backend/", &[]);
     for deployment in ["backend-v1", "backend-v2", "backend-v1"] {
-        let before: Vec<String> = demo
-            .pods_labelled("app=backend")
-            .await
-            .expect("listing backend pods")
-            .iter()
-            .map(|p| p.name_any())
-            .collect();
-        // What `kubectl rollout restart` does (a new value each time, or nothing rolls).
-        let restarted_at = k8s_openapi::jiff::Timestamp::now().to_string();
-        deployments
-            .patch(
-                deployment,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {
-                    "kubectl.kubernetes.io/restartedAt": restarted_at
-                }}}}})),
-            )
-            .await
-            .expect("restarting the deployment");
-        eventually(
-            &format!("{deployment} to roll out and its old pod to be gone"),
-            Duration::from_secs(90),
-            || async {
-                let backend = demo.pods_labelled("app=backend").await?;
-                let replaced = backend.iter().filter(|p| !before.contains(&p.name_any()));
-                let done = backend.len() == 2
-                    && replaced.count() == 1
-                    && backend.iter().all(pod_ready)
-                    && backend_endpoints(&demo) == (2, 0);
-                done.then_some(())
-            },
-        )
-        .await;
+        restart_backend(&demo, deployment).await;
     }
     assert_none_failed(
         "three rolling restarts of the backend",
         &load.stop(),
+        retries,
+        &demo,
+    );
+}
+
+/// What `kubectl rollout restart` does to one backend Deployment, waiting until its new pod is
+/// Ready, its old one gone and both backends are endpoints again.
+async fn restart_backend(demo: &Demo, deployment: &str) {
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(demo.client.clone(), DEMO);
+    let before: Vec<String> = demo
+        .pods_labelled("app=backend")
+        .await
+        .expect("listing backend pods")
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    // A new value each time, or nothing rolls.
+    let restarted_at = k8s_openapi::jiff::Timestamp::now().to_string();
+    deployments
+        .patch(
+            deployment,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {
+                "kubectl.kubernetes.io/restartedAt": restarted_at
+            }}}}})),
+        )
+        .await
+        .expect("restarting the deployment");
+    eventually(
+        &format!("{deployment} to roll out and its old pod to be gone"),
+        Duration::from_secs(90),
+        || async {
+            let backend = demo.pods_labelled("app=backend").await?;
+            let replaced = backend.iter().filter(|p| !before.contains(&p.name_any()));
+            let done = backend.len() == 2
+                && replaced.count() == 1
+                && backend.iter().all(pod_ready)
+                && backend_endpoints(demo) == (2, 0);
+            done.then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn one_minute_certificates_renew_under_load_without_a_failed_request() {
+    let _turn = TURN.lock().await;
+    let demo = Demo::new().await;
+    backend_settled(&demo, 1).await;
+    set_mesh_spec(&demo, json!({"mtls": {"workloadCertLifetime": "1m"}})).await;
+    let _restore = RestoreMesh(json!({"mtls": {"workloadCertLifetime": "24h"}}));
+    // New backend pods get one-minute certificates (renewed every 30-36 s); the other tiers
+    // keep theirs, so mTLS crosses old and new certificates alike.
+    for deployment in ["backend-v1", "backend-v2"] {
+        restart_backend(&demo, deployment).await;
+    }
+    let demo = Demo::new().await;
+    let renewals = |demo: &Demo| {
+        counter(
+            &demo.proxy_metrics("backend"),
+            "skein_proxy_identity_renewals_total",
+            &["result=\"succeeded\""],
+        )
+    };
+    let expiry = counter(
+        &demo.proxy_metrics("backend"),
+        "skein_proxy_identity_cert_expiry_seconds",
+        &[],
+    );
+    assert!(
+        expiry <= 60.0,
+        "the backend holds a one-minute certificate: {expiry} s left"
+    );
+
+    let retries = backend_retries(&demo);
+    let before = renewals(&demo);
+    // Three tiers: the frontend's Service, then middleware, then backend, every hop mTLS.
+    let load = Load::start(&demo, "http://frontend/", &[]);
+    tokio::time::sleep(Duration::from_secs(80)).await;
+    let replies = load.stop();
+    let renewed = renewals(&demo) - before;
+    assert!(
+        renewed >= 2.0,
+        "the backend renewed {renewed} times in 80 s"
+    );
+    assert!(
+        replies.len() > 100,
+        "the load ran: {} replies",
+        replies.len()
+    );
+    assert_none_failed(
+        "two renewals of one-minute certificates",
+        &replies,
         retries,
         &demo,
     );
@@ -1054,9 +1114,9 @@ async fn strict_refuses_plaintext_from_outside_the_mesh_while_meshed_calls_and_p
         "Permissive lets plaintext in"
     );
 
-    set_mesh_mtls_mode(&demo, "Strict").await;
+    set_mesh_spec(&demo, json!({"mtls": {"mode": "Strict"}})).await;
     // Whatever happens below, the other tests get their Permissive mesh back.
-    let _restore = RestorePermissive;
+    let _restore = RestoreMesh(json!({"mtls": {"mode": "Permissive"}}));
     eventually(
         "plaintext from outside the mesh to be refused",
         WAIT,
@@ -1099,7 +1159,7 @@ async fn strict_refuses_plaintext_from_outside_the_mesh_while_meshed_calls_and_p
         "a liveness probe failed under Strict"
     );
 
-    set_mesh_mtls_mode(&demo, "Permissive").await;
+    set_mesh_spec(&demo, json!({"mtls": {"mode": "Permissive"}})).await;
     eventually("plaintext to be accepted again", WAIT, || async {
         from_outside().status.success().then_some(())
     })
@@ -1117,26 +1177,27 @@ async fn pod_ip(demo: &Demo, app: &str) -> std::net::IpAddr {
         .expect("a pod IP")
 }
 
-/// Sets MeshConfig `mtls.mode` back to `Permissive` when dropped (also when a test fails).
-struct RestorePermissive;
+/// Merges this into the MeshConfig's spec when dropped (also when a test fails): what a test
+/// changed mesh-wide, back as the other tests expect it.
+struct RestoreMesh(serde_json::Value);
 
-impl Drop for RestorePermissive {
+impl Drop for RestoreMesh {
     fn drop(&mut self) {
         let _ = support::kubectl()
             .args(["patch", "meshconfig", "default", "--type", "merge", "-p"])
-            .arg(r#"{"spec":{"mtls":{"mode":"Permissive"}}}"#)
+            .arg(json!({"spec": self.0}).to_string())
             .output();
     }
 }
 
-/// Sets MeshConfig `mtls.mode` (mesh-wide: callers restore `Permissive`).
-async fn set_mesh_mtls_mode(demo: &Demo, mode: &str) {
+/// Merges `spec` into the MeshConfig's (mesh-wide: callers restore it with [`RestoreMesh`]).
+async fn set_mesh_spec(demo: &Demo, spec: serde_json::Value) {
     let meshconfigs: Api<MeshConfig> = Api::all(demo.client.clone());
     meshconfigs
         .patch(
             "default",
             &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"mtls": {"mode": mode}}})),
+            &Patch::Merge(json!({"spec": spec})),
         )
         .await
         .expect("patching the MeshConfig");
