@@ -80,11 +80,15 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let metrics = WebhookMetrics::register(&mut registry);
     let index = Arc::new(OnceLock::new());
     let cluster_for_identity = cluster.clone();
+    // The mesh CA: the identity service signs with it, readiness reports it unusable.
+    let ca = Arc::new(identity::CaStore::default());
+    tokio::spawn(ca.clone().watch(client.clone()));
     let app = server::router(AppState {
         cluster,
         metrics,
         registry: Arc::new(registry),
         index: index.clone(),
+        ca: ca.clone(),
     });
 
     tokio::spawn(watches);
@@ -104,7 +108,7 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     // failing (a port taken) stops the process.
     tokio::try_join!(
         webhooks,
-        discovery(client, &args, index, cluster_for_identity)
+        discovery(client, &args, index, cluster_for_identity, ca)
     )?;
     tracing::info!("stopped");
     Ok(())
@@ -117,6 +121,7 @@ async fn discovery(
     args: &ControlPlaneArgs,
     slot: Arc<OnceLock<Index>>,
     cluster: ClusterState,
+    ca: Arc<identity::CaStore>,
 ) -> anyhow::Result<()> {
     // Bind before the (possibly slow) first sync, so a taken port fails fast.
     let debug_listener = tokio::net::TcpListener::bind(args.debug_addr)
@@ -126,8 +131,6 @@ async fn discovery(
     let _ = slot.set(index.clone());
     let source: Arc<dyn ConfigSource> = Arc::new(index.clone());
     let mut registry = Registry::default();
-    let ca = Arc::new(identity::CaStore::default());
-    tokio::spawn(ca.clone().watch(client.clone()));
     let xds_tls = if args.xds_tls {
         let names = identity::serving::serving_names(&args.xds_address, &args.cluster_domain);
         let certs = Arc::new(identity::serving::ServingCerts::new(ca.clone(), names));

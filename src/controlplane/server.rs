@@ -29,6 +29,8 @@ pub struct AppState {
     /// The discovery index, once its caches are synced (the validator warns about rules for
     /// Services it does not know).
     pub index: Arc<OnceLock<Index>>,
+    /// The mesh CA workload certificates are signed with.
+    pub ca: Arc<super::identity::CaStore>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -101,6 +103,14 @@ async fn validate_rule(State(state): State<AppState>, body: Bytes) -> Response {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
+    // Every certificate it signed would be refused: not Ready, saying why.
+    if let Some(problem) = state.ca.unusable() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the mesh CA cannot sign: {problem}"),
+        )
+            .into_response();
+    }
     if state.cluster.is_ready() {
         (StatusCode::OK, "ok").into_response()
     } else {

@@ -98,7 +98,36 @@ pub fn ca_from_secret(secret: &Secret) -> Result<Ca, CertError> {
             .map_err(|_| invalid_ca(format!("has a {key} that is not PEM text")))
     };
     let (cert, key) = (field("tls.crt")?, field("tls.key")?);
-    Ca::from_pem(&cert, &key).map_err(|err| invalid_ca(format!("does not hold a usable CA: {err}")))
+    let ca = Ca::from_pem(&cert, &key)
+        .map_err(|err| invalid_ca(format!("does not hold a usable CA: {err}")))?;
+    // Everything it signed would be refused by every peer: say so rather than sign.
+    let info = CertInfo::parse(&cert)
+        .map_err(|err| invalid_ca(format!("does not hold a usable CA: {err}")))?;
+    if let Some(problem) = validity_problem(&info, OffsetDateTime::now_utc()) {
+        return Err(invalid_ca(problem));
+    }
+    Ok(ca)
+}
+
+/// Pure: why a CA certificate cannot sign now, if it cannot.
+pub fn validity_problem(info: &CertInfo, now: OffsetDateTime) -> Option<String> {
+    let at = |t: OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|_| t.to_string())
+    };
+    if now >= info.not_after {
+        Some(format!(
+            "holds a CA certificate that expired at {}: replace tls.crt and tls.key (docs/ca-rotation.md)",
+            at(info.not_after)
+        ))
+    } else if now < info.not_before {
+        Some(format!(
+            "holds a CA certificate that is not valid before {} (is a clock wrong?)",
+            at(info.not_before)
+        ))
+    } else {
+        None
+    }
 }
 
 /// The webhook serving certificate for `dns_names`: the stored one while it is valid, signed by
@@ -202,6 +231,27 @@ fn tls_secret(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ca_outside_its_validity_cannot_sign_and_says_when() {
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let info = |from: i64, to: i64| CertInfo {
+            not_before: now + time::Duration::seconds(from),
+            not_after: now + time::Duration::seconds(to),
+            names: vec![],
+            issuer: String::new(),
+            subject: String::new(),
+        };
+        assert_eq!(validity_problem(&info(-10, 10), now), None);
+        let expired = validity_problem(&info(-20, -10), now).unwrap();
+        assert!(
+            expired.contains("expired at 2027-01-15T07:59:50Z"),
+            "{expired}"
+        );
+        assert!(expired.contains("replace tls.crt and tls.key"), "{expired}");
+        let early = validity_problem(&info(60, 120), now).unwrap();
+        assert!(early.contains("not valid before"), "{early}");
+    }
 
     fn secret_with(data: &[(&str, &str)]) -> Secret {
         Secret {

@@ -199,6 +199,7 @@ mod tests {
                     crate::proxy::config::Compiled::passthrough(),
                 )),
                 Arc::default(),
+                None,
                 Duration::from_secs(1),
                 [16001, 16006, 16000],
             )),

@@ -240,10 +240,7 @@ async fn dispatch(
         };
         let upstream = Upstream {
             address: pick.address(),
-            // Without a certificate of its own this proxy speaks plaintext.
-            identity: config
-                .identity_of(pick.address())
-                .filter(|_| shared.mtls.ready()),
+            identity: shared.mtls.identity_for(&config, pick.address()),
         };
         let reached = tcp::forward(client, peer, direction, upstream, shared).await;
         // A connection's lifetime says nothing about the endpoint's latency; only a

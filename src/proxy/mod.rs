@@ -252,13 +252,18 @@ impl Shared {
         metrics: Metrics,
         config: Arc<ConfigStore>,
         credentials: Arc<mtls::Credentials>,
+        pod_ip: Option<std::net::IpAddr>,
         connect_timeout: Duration,
         own_ports: [u16; 3],
     ) -> Self {
-        let mtls = Arc::new(mtls::Mtls::new(credentials.clone()));
+        let mtls = Arc::new(mtls::Mtls::new(credentials.clone(), pod_ip));
         Self {
             metrics,
-            upstreams: http::upstream::Upstreams::new(connect_timeout, &mtls, config.clone()),
+            upstreams: http::upstream::Upstreams::new(
+                connect_timeout,
+                mtls.clone(),
+                config.clone(),
+            ),
             config,
             mtls,
             credentials,
@@ -374,6 +379,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         metrics,
         config.clone(),
         credentials,
+        args.pod_ip,
         args.connect_timeout.as_std(),
         [args.outbound_port, args.inbound_port, args.admin_port],
     ));

@@ -43,6 +43,8 @@ pub fn signer_from_secret(secret: &Secret) -> Result<Signer, CertError> {
 #[derive(Default)]
 pub struct CaStore {
     current: RwLock<Option<Arc<Signer>>>,
+    /// Why the Secret as last read cannot be used (then the last good CA, if any, still signs).
+    problem: RwLock<Option<String>>,
 }
 
 impl CaStore {
@@ -55,6 +57,28 @@ impl CaStore {
 
     pub fn set(&self, signer: Signer) {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(signer));
+    }
+
+    /// Why the mesh CA cannot sign now, if it cannot: the Secret is unusable (say, its CA
+    /// expired or is not valid yet), or the CA read earlier has expired since. `None` also
+    /// before the Secret is first read (nothing is wrong yet).
+    pub fn unusable(&self) -> Option<String> {
+        if let Some(problem) = self
+            .problem
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return Some(problem);
+        }
+        let current = self.current()?;
+        let info = crate::pki::CertInfo::parse(&current.ca.pem.cert_pem).ok()?;
+        crate::operator::certs::validity_problem(&info, time::OffsetDateTime::now_utc())
+            .map(|problem| format!("secret {}/{CA_SECRET} {problem}", names::MESH_NAMESPACE))
+    }
+
+    fn set_problem(&self, problem: Option<String>) {
+        *self.problem.write().unwrap_or_else(|e| e.into_inner()) = problem;
     }
 
     /// Follows the CA Secret for as long as it is polled.
@@ -89,11 +113,15 @@ impl CaStore {
                     "loaded the mesh CA"
                 );
                 self.set(signer);
+                self.set_problem(None);
             }
-            Err(err) => tracing::error!(
-                error = %err,
-                "the mesh CA Secret is unusable: keeping the last CA read (if any)"
-            ),
+            Err(err) => {
+                tracing::error!(
+                    error = %err,
+                    "the mesh CA Secret is unusable: keeping the last CA read (if any)"
+                );
+                self.set_problem(Some(err.to_string()));
+            }
         }
     }
 }

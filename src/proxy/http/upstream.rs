@@ -15,7 +15,7 @@ use hyper_util::rt::TokioExecutor;
 
 use super::body::ProxyBody;
 use crate::proxy::config::ConfigStore;
-use crate::proxy::mtls::{self, Credentials, Mtls};
+use crate::proxy::mtls::{self, Mtls};
 use crate::proxy::retry::AttemptOutcome;
 use crate::proxy::tcp::ErrorChain;
 
@@ -54,7 +54,7 @@ pub struct Upstreams {
     mtls_http1: Client<HttpsConnector<HttpConnector>, ProxyBody>,
     mtls_http2: Client<HttpsConnector<HttpConnector>, ProxyBody>,
     config: Arc<ConfigStore>,
-    credentials: Arc<Credentials>,
+    mtls: Arc<Mtls>,
 }
 
 impl std::fmt::Debug for Upstreams {
@@ -64,7 +64,7 @@ impl std::fmt::Debug for Upstreams {
 }
 
 impl Upstreams {
-    pub fn new(connect_timeout: Duration, mtls: &Mtls, config: Arc<ConfigStore>) -> Self {
+    pub fn new(connect_timeout: Duration, mtls: Arc<Mtls>, config: Arc<ConfigStore>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
@@ -112,7 +112,7 @@ impl Upstreams {
             mtls_http1,
             mtls_http2,
             config,
-            credentials: mtls.credentials.clone(),
+            mtls,
         }
     }
 
@@ -124,10 +124,10 @@ impl Upstreams {
         parts: &Parts,
         body: ProxyBody,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        // Without a certificate of its own this proxy cannot take part: plaintext, which a
-        // Strict server refuses, as it should.
-        let meshed = self.config.current().identity_of(address).is_some()
-            && self.credentials.current().is_some();
+        let meshed = self
+            .mtls
+            .identity_for(&self.config.current(), address)
+            .is_some();
         let request = build(address, meshed, parts, body)?;
         let http2 = parts.version == Version::HTTP_2;
         let sent = match (meshed, http2) {

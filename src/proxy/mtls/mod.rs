@@ -18,6 +18,7 @@ pub mod credentials;
 pub mod verify;
 
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use rustls::pki_types::ServerName;
@@ -31,6 +32,7 @@ pub use credentials::{Credentials, CredentialsError, Loaded};
 use self::verify::{ClientChainVerifier, OwnCertificate, ServerIdentityVerifier};
 use crate::identity::SpiffeId;
 use crate::pki::WorkloadCertInfo;
+use crate::proxy::config::Compiled;
 
 /// ALPN of an opaque TCP connection: forward the bytes, detect nothing.
 pub const ALPN_OPAQUE: &[u8] = b"skein/opaque";
@@ -40,6 +42,9 @@ pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 /// The proxy's TLS configurations, built once; each handshake reads the current credentials.
 pub struct Mtls {
     pub credentials: Arc<Credentials>,
+    /// This pod's IP: a call to the pod itself (an app calling its own Service) stays
+    /// plaintext, as it leaves the proxy straight to the app, bypassing the inbound listener.
+    own_ip: Option<IpAddr>,
     server: TlsAcceptor,
     client_opaque: TlsConnector,
     /// For the HTTP clients' connectors, which set the ALPN of their HTTP version.
@@ -66,7 +71,7 @@ pub struct Accepted<IO> {
 }
 
 impl Mtls {
-    pub fn new(credentials: Arc<Credentials>) -> Self {
+    pub fn new(credentials: Arc<Credentials>, own_ip: Option<IpAddr>) -> Self {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let own = Arc::new(OwnCertificate {
             credentials: credentials.clone(),
@@ -99,7 +104,22 @@ impl Mtls {
             client_opaque: TlsConnector::from(Arc::new(opaque)),
             client_http: client,
             credentials,
+            own_ip: own_ip.map(|ip| ip.to_canonical()),
         }
+    }
+
+    /// The identity to demand from `endpoint` over mTLS; `None`: plaintext, because the control
+    /// plane does not list it as meshed, this proxy has no certificate to take part with (a
+    /// Strict server then refuses, as it should), or the endpoint is this very pod.
+    pub fn identity_for<'c>(
+        &self,
+        config: &'c Compiled,
+        endpoint: SocketAddr,
+    ) -> Option<&'c SpiffeId> {
+        if self.own_ip == Some(endpoint.ip().to_canonical()) || !self.ready() {
+            return None;
+        }
+        config.identity_of(endpoint)
     }
 
     /// Whether this proxy can take part in mTLS (it holds a certificate).
@@ -222,8 +242,8 @@ pub(crate) mod tests {
         let bundle = ca.pem.cert_pem.clone();
         let web = SpiffeId::new("td", "demo", "web");
         let api = SpiffeId::new("td", "demo", "api");
-        let client = Mtls::new(credentials(&ca, &web, &bundle));
-        let server = Mtls::new(credentials(&ca, &api, &bundle));
+        let client = Mtls::new(credentials(&ca, &web, &bundle), None);
+        let server = Mtls::new(credentials(&ca, &api, &bundle), None);
 
         let (peer, opaque) = handshake(&server, &client, &api).await.unwrap();
         assert_eq!(peer, web);
@@ -235,13 +255,13 @@ pub(crate) mod tests {
 
         // A client from another CA is refused; so is a server from another CA.
         let rogue_ca = Ca::generate("rogue", Duration::from_secs(3600)).unwrap();
-        let rogue = Mtls::new(credentials(&rogue_ca, &web, &bundle));
+        let rogue = Mtls::new(credentials(&rogue_ca, &web, &bundle), None);
         assert!(handshake(&server, &rogue, &api).await.is_err());
-        let rogue_server = Mtls::new(credentials(&rogue_ca, &api, &bundle));
+        let rogue_server = Mtls::new(credentials(&rogue_ca, &api, &bundle), None);
         assert!(handshake(&rogue_server, &client, &api).await.is_err());
 
         // Without a certificate there is no handshake.
-        let empty = Mtls::new(Arc::new(Credentials::default()));
+        let empty = Mtls::new(Arc::new(Credentials::default()), None);
         assert!(!empty.ready());
         assert!(handshake(&server, &empty, &api).await.is_err());
     }
@@ -252,9 +272,9 @@ pub(crate) mod tests {
         let new = Ca::generate("new", Duration::from_secs(3600)).unwrap();
         let web = SpiffeId::new("td", "demo", "web");
         let api = SpiffeId::new("td", "demo", "api");
-        let client = Mtls::new(credentials(&old, &web, &old.pem.cert_pem));
+        let client = Mtls::new(credentials(&old, &web, &old.pem.cert_pem), None);
         let server_credentials = credentials(&old, &api, &old.pem.cert_pem);
-        let server = Mtls::new(server_credentials.clone());
+        let server = Mtls::new(server_credentials.clone(), None);
 
         // The server renews with the new CA before the client trusts it: refused.
         let renewed = credentials(&new, &api, &new.pem.cert_pem)
