@@ -773,14 +773,13 @@ async fn one_minute_certificates_renew_under_load_without_a_failed_request() {
             &["result=\"succeeded\""],
         )
     };
-    let expiry = counter(
-        &demo.proxy_metrics("backend"),
-        "skein_proxy_identity_cert_expiry_seconds",
-        &[],
-    );
+    let metrics = demo.proxy_metrics("backend");
+    let expiry = counter(&metrics, "skein_proxy_identity_cert_expiry_seconds", &[]);
     assert!(
-        expiry <= 60.0,
-        "the backend holds a one-minute certificate: {expiry} s left"
+        metrics.contains("\nskein_proxy_identity_cert_expiry_seconds ")
+            && expiry > 0.0
+            && expiry <= 60.0,
+        "the backend holds a one-minute certificate: {expiry} s left\n{metrics}"
     );
 
     let retries = backend_retries(&demo);

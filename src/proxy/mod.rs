@@ -374,7 +374,6 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let metrics = Metrics::with_identity(credentials.clone());
     metrics.http.set_config_version(&config.source.version);
     let config = Arc::new(ConfigStore::new(config));
-    let credentials = Arc::new(mtls::Credentials::default());
     let shared = Arc::new(Shared::new(
         metrics,
         config.clone(),
