@@ -526,7 +526,7 @@ def _print_mtls(po):
     if http:
         p(
             f"  a new client connection per request to the HTTP port: added p50 {_fmt(http['p50_ms']['added'], '{:+.3f}')} ms,"
-            f" p99 {_fmt(http['p99_ms']['added'], '{:+.3f}')} ms: the client proxy reuses its pooled mTLS connections"
+            f" p99 {_fmt(http['p99_ms']['added'], '{:+.3f}')} ms (the client proxy's upstream pool: no handshake per request expected)"
         )
     p(
         "  With keep-alive (the rate and max runs) handshakes stay off the request path: the client proxy pools its"
