@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Data-plane benchmark: the same 1 KiB workload measured direct (client -> app), through Skein as
 # a mesh runs it (client pod: `skein init` capture + `skein proxy` sidecar -> server pod: capture +
-# sidecar -> app, two hops), and through nginx and HAProxy doing the same two hops (a client-side
-# and a server-side instance, one worker each, keep-alive upstream pools).
+# sidecar -> app, two hops), plaintext and with mutual TLS between the two sidecars, and through
+# nginx and HAProxy doing the same two hops (a client-side and a server-side instance, one worker
+# each, keep-alive upstream pools).
 #
 #   client netns skbench-PID-client (198.18.200.1)  <-veth->  server netns skbench-PID-server (198.18.200.2)
 #   load generator (CPU 0)                                     app: nginx `return 200` 1 KiB (h1 :8080, h2c :8081)
@@ -11,6 +12,11 @@
 #
 #   direct:   loadgen -> 198.18.200.2:APP
 #   skein:    loadgen -> 198.18.200.2:APP, captured -> skein :16001 -> (captured) skein :16006 -> 127.0.0.1:APP
+#   skein-mtls: as skein, the hop between the sidecars mutual TLS (TLS 1.3): both proxies hold a
+#             static workload certificate (--workload-cert; a throw-away CA made with openssl,
+#             spiffe://cluster.local/ns/bench/sa/{client,server}) and the client proxy has a
+#             --config naming 198.18.200.2's ports with the server's identity (plain `skein` runs
+#             without a config: passthrough to the original destination)
 #   nginx:    loadgen -> 127.0.0.1:1008x nginx -> 198.18.200.2:1008x nginx -> 127.0.0.1:APP
 #   haproxy:  loadgen -> 127.0.0.1:1008x haproxy -> 198.18.200.2:1008x haproxy -> 127.0.0.1:APP
 #
@@ -21,15 +27,23 @@
 # Reported: p50/p99/p99.9, latency added vs direct at 1,000 rps (per hop = added / 2), max rps,
 # proxy CPU per 1,000 rps (utime+stime deltas in /proc/PID/stat) and RSS (VmRSS/VmHWM); a table,
 # then one JSON object as the last line.
+# Connection cost (h1; direct, skein, skein-mtls): short closed-loop runs with a new connection per
+# request (oha --disable-keepalive, SKBENCH_HANDSHAKE_CONNECTIONS at a time): to the HTTP port (the
+# client proxy still pools its connections to the server proxy) and to port 11211, which the app
+# also serves and the proxies forward as opaque TCP (in their default opaque ports): there each
+# request is one new proxy-to-proxy connection, so skein-mtls minus skein there is the cost of one
+# TLS handshake on that hop (resumed, as the proxies do: session tickets). The report closes with
+# "mTLS vs plaintext": added p50/p99 at 1,000 rps, CPU per 1,000 rps, max rps, handshake cost.
 #
-# Usage: sudo benches/proxy.sh [--quick] [--protocols h1,h2,grpc] [--modes direct,skein,nginx,haproxy] [--keep]
+# Usage: sudo benches/proxy.sh [--quick] [--protocols h1,h2,grpc] [--modes direct,skein,skein-mtls,nginx,haproxy] [--keep]
 #   --quick      h1 only, short runs, 1,000 rps and 80% of max (under a minute once tools are built)
 #   --keep       keep the work directory (configs, logs, raw load-generator output)
 # Environment: SKEIN_BIN (use this binary instead of `cargo build --release`),
 #   SKBENCH_LOADGEN_CPU (default 0), SKBENCH_SERVER_CPU (default 1: app and every proxy),
 #   SKBENCH_CONNECTIONS (default 64 in-flight requests), SKBENCH_MAX_SECONDS, SKBENCH_RATE_SECONDS,
-#   SKBENCH_WARMUP_SECONDS.
-# Installs what is missing: nginx, haproxy, curl, iproute2, iptables, util-linux (apt); oha (cargo
+#   SKBENCH_WARMUP_SECONDS, SKBENCH_HANDSHAKE_SECONDS (each connection-cost run; 2, or 5 without
+#   --quick), SKBENCH_HANDSHAKE_CONNECTIONS (default 4).
+# Installs what is missing: nginx, haproxy, curl, iproute2, iptables, util-linux, openssl (apt); oha (cargo
 # install) and, for grpc, ghz (go install) plus benches/proxy/greeter (go build), cached in
 # ${XDG_CACHE_HOME:-~/.cache}/skein/bench-tools. Needs root. All traffic stays inside the two
 # namespaces it creates (no route leaves them); they, the processes in them and the work directory
@@ -51,6 +65,11 @@ PROXY_UID=2170
 APP_H1_PORT=8080
 APP_H2_PORT=8081
 APP_GRPC_PORT=50051
+# The app's h1 answer again, on a port both proxies forward as opaque TCP (memcached's, one of their
+# default opaque ports): a new client connection there is a new proxy-to-proxy connection.
+APP_TCP_PORT=11211
+MESH_TRUST_DOMAIN=spiffe://cluster.local
+BENCH_NS=bench
 # Client-side proxy listeners (127.0.0.1 in the client netns) and server-side ones (SERVER_IP).
 FRONT_H1=10080 FRONT_H2=10082 FRONT_GRPC=10084
 BACK_H1=10081 BACK_H2=10083 BACK_GRPC=10085
@@ -58,7 +77,7 @@ BODY_BYTES=1024
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 
-QUICK=0 KEEP=0 PROTOCOLS="" MODES="direct,skein,nginx,haproxy"
+QUICK=0 KEEP=0 PROTOCOLS="" MODES="direct,skein,skein-mtls,nginx,haproxy"
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
@@ -82,12 +101,15 @@ if [ "$QUICK" = 1 ]; then
   : "${PROTOCOLS:=h1}"
   WARMUP=${SKBENCH_WARMUP_SECONDS:-1} MAX_SECONDS=${SKBENCH_MAX_SECONDS:-2} RATE_SECONDS=${SKBENCH_RATE_SECONDS:-2}
   RATE_RUNS="r1000 r80"
+  HS_SECONDS=${SKBENCH_HANDSHAKE_SECONDS:-2}
 else
   : "${PROTOCOLS:=h1,h2,grpc}"
   WARMUP=${SKBENCH_WARMUP_SECONDS:-3} MAX_SECONDS=${SKBENCH_MAX_SECONDS:-10} RATE_SECONDS=${SKBENCH_RATE_SECONDS:-15}
   RATE_RUNS="r1000 r50 r80"
+  HS_SECONDS=${SKBENCH_HANDSHAKE_SECONDS:-5}
 fi
 CONNS=${SKBENCH_CONNECTIONS:-64}
+HS_CONNS=${SKBENCH_HANDSHAKE_CONNECTIONS:-4}
 H2_CONNS=4 # HTTP/2 and gRPC: CONNS streams over this many connections
 H2_STREAMS=$(((CONNS + H2_CONNS - 1) / H2_CONNS))
 
@@ -95,7 +117,7 @@ for p in ${PROTOCOLS//,/ }; do
   case "$p" in h1 | h2 | grpc) ;; *) echo "proxy.sh: unknown protocol '$p' (h1, h2, grpc)" >&2; exit 2 ;; esac
 done
 for m in ${MODES//,/ }; do
-  case "$m" in direct | skein | nginx | haproxy) ;; *) echo "proxy.sh: unknown mode '$m' (direct, skein, nginx, haproxy)" >&2; exit 2 ;; esac
+  case "$m" in direct | skein | skein-mtls | nginx | haproxy) ;; *) echo "proxy.sh: unknown mode '$m' (direct, skein, skein-mtls, nginx, haproxy)" >&2; exit 2 ;; esac
 done
 want_proto() { [[ ",$PROTOCOLS," == *",$1,"* ]]; }
 want_mode() { [[ ",$MODES," == *",$1,"* ]]; }
@@ -104,7 +126,7 @@ CPUS=$(nproc)
 LOADGEN_CPU=${SKBENCH_LOADGEN_CPU:-0}
 SERVER_CPU=${SKBENCH_SERVER_CPU:-1}
 for n in "$LOADGEN_CPU" "$SERVER_CPU" "${SKBENCH_CONNECTIONS:-64}" "${SKBENCH_WARMUP_SECONDS:-1}" \
-  "${SKBENCH_MAX_SECONDS:-1}" "${SKBENCH_RATE_SECONDS:-1}"; do
+  "${SKBENCH_MAX_SECONDS:-1}" "${SKBENCH_RATE_SECONDS:-1}" "${SKBENCH_HANDSHAKE_SECONDS:-1}" "${SKBENCH_HANDSHAKE_CONNECTIONS:-1}"; do
   [[ "$n" =~ ^[0-9]+$ ]] || { echo "proxy.sh: '$n' is not a whole number (SKBENCH_* settings)" >&2; exit 2; }
 done
 if [ "$CPUS" -lt 2 ] && [ -z "${SKBENCH_SERVER_CPU:-}" ]; then
@@ -190,7 +212,7 @@ trap 'exit 129' HUP
 install_apt() {
   local missing=() pair
   for pair in nginx:nginx haproxy:haproxy curl:curl ip:iproute2 iptables:iptables \
-    setpriv:util-linux taskset:util-linux python3:python3; do
+    setpriv:util-linux taskset:util-linux python3:python3 openssl:openssl; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
   done
   [ ${#missing[@]} -gt 0 ] || return 0
@@ -399,21 +421,96 @@ start_app() { # PROTO
         $(nginx_h2_listen "0.0.0.0:$APP_H2_PORT")
         location / { default_type application/octet-stream; return 200 '$body'; }
     }
+    server {
+        listen 0.0.0.0:$APP_TCP_PORT;
+        location / { default_type application/octet-stream; return 200 '$body'; }
+    }
 EOF
   )"
   APP_PIDS=$LAST_PID
   wait_until 10 "the app (nginx)" http_ok "$NS_S" "http://127.0.0.1:$APP_H1_PORT/" || return 1
 }
 
-start_skein() {
-  local side ns pids=()
+# make_certs: a throw-away CA and one workload certificate per side (EC P-256, one spiffe:// URI
+# SAN, server and client auth), in $WORK/mtls, readable by the proxy user. Once per run.
+make_certs() {
+  local dir="$WORK/mtls" side
+  [ -f "$dir/ca.pem" ] && return 0
+  mkdir -p "$dir"
+  cat >"$dir/openssl.cnf" <<EOF
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+O = skein-bench
+[ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+EOF
+  openssl req -x509 -config "$dir/openssl.cnf" -extensions ca -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+    -nodes -keyout "$dir/ca.key" -out "$dir/ca.pem" -days 2 -subj "/O=skein-bench/CN=skein-bench CA" \
+    >"$WORK/logs/openssl.log" 2>&1 || return 1
+  for side in client server; do
+    cat >"$dir/$side.ext" <<EOF
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth, clientAuth
+subjectAltName = URI:$MESH_TRUST_DOMAIN/ns/$BENCH_NS/sa/$side
+authorityKeyIdentifier = keyid
+EOF
+    openssl req -new -config "$dir/openssl.cnf" -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+      -keyout "$dir/$side.key" -out "$dir/$side.csr" -subj "/O=skein-bench" >>"$WORK/logs/openssl.log" 2>&1 &&
+      openssl x509 -req -in "$dir/$side.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial -days 2 \
+        -extfile "$dir/$side.ext" -out "$dir/$side.pem" >>"$WORK/logs/openssl.log" 2>&1 || return 1
+  done
+  rm -f "$dir/ca.key" "$dir"/*.csr
+  chown "$PROXY_UID:$PROXY_UID" "$dir/client.key" "$dir/server.key"
+  chmod 600 "$dir/client.key" "$dir/server.key"
+  chmod 644 "$dir/ca.pem" "$dir/client.pem" "$dir/server.pem"
+}
+
+# mtls_client_config FILE: the client proxy's view of the server: every app port at SERVER_IP, one
+# endpoint there that speaks mTLS as the server's identity (APP_TCP_PORT forwarded as opaque TCP).
+mtls_client_config() {
+  python3 - "$1" "$SERVER_IP" "$MESH_TRUST_DOMAIN/ns/$BENCH_NS/sa/server" "$BENCH_NS" \
+    "$APP_H1_PORT" "$APP_H2_PORT" "$APP_GRPC_PORT" "$APP_TCP_PORT" <<'EOF'
+import json, sys
+path, ip, identity, ns, h1, h2, grpc, tcp = sys.argv[1:]
+def port(p, protocol="detect"):
+    return {"port": int(p), "protocol": protocol, "endpoints": [{
+        "address": f"{ip}:{p}", "workload": {"name": "server", "namespace": ns}, "identity": identity}]}
+json.dump({
+    "version": "bench-mtls",
+    "workload": {"name": "client", "namespace": ns},
+    "destinations": [{
+        "name": f"server.{ns}.svc.cluster.local",
+        "addresses": [ip],
+        "ports": [port(h1), port(h2), port(grpc), port(tcp, "opaque")],
+    }],
+}, open(path, "w"), indent=1)
+EOF
+}
+
+start_skein() { # [mtls]
+  local side ns pids=() extra
+  if [ "${1:-}" = mtls ]; then
+    make_certs || { log "openssl could not make the certificates: $(tail -3 "$WORK/logs/openssl.log")"; return 1; }
+    mtls_client_config "$WORK/mtls/client-config.json" || return 1
+  fi
   for side in client server; do
     ns=$NS_C
     [ "$side" = server ] && ns=$NS_S
+    extra=()
+    if [ "${1:-}" = mtls ]; then
+      extra=(--workload-cert "$WORK/mtls/$side.pem" --workload-key "$WORK/mtls/$side.key" --trust-bundle "$WORK/mtls/ca.pem")
+      [ "$side" = client ] && extra+=(--config "$WORK/mtls/client-config.json")
+    fi
     ip netns exec "$ns" "$SKEIN" init --proxy-uid "$PROXY_UID" --inbound-port 16006 --outbound-port 16001 \
       >"$WORK/logs/skein-init-$side.log" 2>&1 || { log "skein init failed in $ns: $(tail -3 "$WORK/logs/skein-init-$side.log")"; return 1; }
     start "skein-$side" "$ns" "$SERVER_CPU" setpriv --reuid "$PROXY_UID" --regid "$PROXY_UID" --clear-groups \
-      env SKEIN_LOG=warn "$SKEIN" proxy --outbound-port 16001 --inbound-port 16006 --admin-port 16000 --drain-timeout 1s
+      env SKEIN_LOG=warn "$SKEIN" proxy --outbound-port 16001 --inbound-port 16006 --admin-port 16000 --drain-timeout 1s \
+      "${extra[@]}"
     pids+=("$LAST_PID")
   done
   PROXY_GROUPS=("client=${pids[0]}" "server=${pids[1]}")
@@ -561,9 +658,10 @@ run_loadgen() {
   echo "$t0 $t1 $(tail -1 "$WORK/times.0") $(tail -1 "$WORK/times.1")" >"$usage"
 }
 
-# load PROTO DIR RUN RATE SECONDS: one load-generator run (RATE 0: closed-loop maximum).
+# load PROTO DIR RUN RATE SECONDS [newconn]: one load-generator run (RATE 0: closed-loop maximum);
+# newconn (h1 only): HS_CONNS at a time, a new connection per request.
 load() {
-  local proto=$1 dir=$2 run=$3 rate=$4 secs=$5 args=()
+  local proto=$1 dir=$2 run=$3 rate=$4 secs=$5 newconn=${6:-} args=()
   local out="$dir/$run.json"
   if [ "$proto" = grpc ]; then
     args=(--insecure --call helloworld.Greeter.SayHello -d '{"name":"skein"}' --cpus 1
@@ -575,7 +673,9 @@ load() {
   else
     # One runtime thread: the load generator has one CPU.
     args=(--no-tui "${OHA_JSON[@]}" --worker-threads 1 -z "${secs}s")
-    if [ "$proto" = h2 ]; then
+    if [ -n "$newconn" ]; then
+      args+=(--disable-keepalive -c "$HS_CONNS")
+    elif [ "$proto" = h2 ]; then
       args+=(--http2 -c "$H2_CONNS" -p "$H2_STREAMS")
     else
       args+=(-c "$CONNS")
@@ -634,6 +734,9 @@ bench_mode() {
     skein)
       start_skein || { echo "failed: skein proxy did not become ready: $(problems "$WORK"/logs/skein-*.log)" >"$dir/status"; return 1; }
       echo "loadgen -> (iptables REDIRECT) skein -> (REDIRECT) skein -> app" >"$dir/note" ;;
+    skein-mtls)
+      start_skein mtls || { echo "failed: skein proxy (mTLS) did not become ready: $(problems "$WORK"/logs/skein-*.log "$WORK"/logs/openssl.log)" >"$dir/status"; return 1; }
+      echo "loadgen -> (REDIRECT) skein -mTLS-> (REDIRECT) skein -> app; client proxy with --config (destination $SERVER_IP, endpoint identity $MESH_TRUST_DOMAIN/ns/$BENCH_NS/sa/server)" >"$dir/note" ;;
     nginx)
       start_nginx_proxies || { echo "failed: nginx did not start: $(problems "$WORK"/nginx-*/error.log "$WORK"/logs/nginx-*.log)" >"$dir/status"; return 1; }
       host=127.0.0.1 port=$front
@@ -659,7 +762,7 @@ bench_mode() {
     grpc) TARGET="$host:$port"; wait_until 10 "a first gRPC response" grpc_ok "$NS_C" "$TARGET" && ok=1 ;;
   esac
   if [ "$ok" != 1 ]; then
-    if [ "$proto" = h2 ] && [ "$mode" != skein ]; then
+    if [ "$proto" = h2 ] && [[ "$mode" != skein* ]]; then
       echo "unavailable: no h2c (prior knowledge) answer through $mode" >"$dir/status"
     else
       echo "failed: no correct answer through $TARGET" >"$dir/status"
@@ -691,8 +794,19 @@ bench_mode() {
     esac
     load "$proto" "$dir" "$run" "$rate" "$RATE_SECONDS" || true
   done
+  # The cost of a connection (h1, the modes that dial the app's address): a new one per request,
+  # to the HTTP port and to the opaque TCP port (one new proxy-to-proxy connection each).
+  if [ "$proto" = h1 ] && [[ "$mode" == direct || "$mode" == skein* ]]; then
+    if wait_until 5 "an answer on port $APP_TCP_PORT" http_ok "$NS_C" "http://$SERVER_IP:$APP_TCP_PORT/"; then
+      load "$proto" "$dir" conn-http 0 "$HS_SECONDS" newconn || true
+      local http_target=$TARGET
+      TARGET="http://$SERVER_IP:$APP_TCP_PORT/"
+      load "$proto" "$dir" conn-tcp 0 "$HS_SECONDS" newconn || true
+      TARGET=$http_target
+    fi
+  fi
   [ ${#PROXY_GROUPS[@]} -gt 0 ] && sample "$dir/final.sample"
-  if [ "$mode" = skein ]; then
+  if [[ "$mode" == skein* ]]; then
     # What the proxies made of the traffic (the report tells HTTP-aware from opaque TCP by it).
     ip netns exec "$NS_C" curl -s --max-time 2 http://127.0.0.1:16000/metrics >"$dir/metrics-client.txt" || true
     ip netns exec "$NS_S" curl -s --max-time 2 http://127.0.0.1:16000/metrics >"$dir/metrics-server.txt" || true
@@ -708,7 +822,7 @@ bench_mode() {
 # Main.
 
 install_apt
-for tool in nginx haproxy curl ip iptables setpriv taskset python3; do
+for tool in nginx haproxy curl ip iptables setpriv taskset python3 openssl; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool is missing and could not be installed"
 done
 if [ "$LOADGEN_CPU" -ge "$CPUS" ] || [ "$SERVER_CPU" -ge "$CPUS" ]; then
@@ -756,6 +870,7 @@ PLACEMENT="load generator on CPU $LOADGEN_CPU; app and every proxy on CPU $SERVE
   echo "machine=$CPUS CPUs, $(uname -r), load average at start $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "desc_h1=h1: HTTP/1.1 GET, 1 KiB response, $CONNS keep-alive connections (oha; open loop with --latency-correction at fixed rates)"
   echo "desc_h2=h2: HTTP/2 h2c prior knowledge GET, 1 KiB response, $H2_CONNS connections x $H2_STREAMS streams (oha --http2; open loop with --latency-correction)"
+  echo "desc_conn=connection cost: h1 GET with a new connection per request (oha --disable-keepalive), $HS_CONNS at a time, closed loop, ${HS_SECONDS}s per run"
   echo "desc_grpc=grpc: unary helloworld.Greeter/SayHello, 1 KiB reply, $CONNS workers over $H2_CONNS connections (ghz; fixed rates with --rps --async, no coordinated-omission correction; max run closed loop)"
 } >"$RESULTS/meta.env"
 
@@ -781,7 +896,7 @@ done
 
 for proto in h1 h2 grpc; do
   want_proto "$proto" || continue
-  for mode in direct skein nginx haproxy; do
+  for mode in direct skein skein-mtls nginx haproxy; do
     want_mode "$mode" || continue
     if [ "$proto" = grpc ] && [ -n "$GRPC_UNAVAILABLE" ]; then
       mkdir -p "$RESULTS/$proto/$mode"

@@ -16,8 +16,8 @@ import sys
 import time
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-MODES = ("direct", "skein", "nginx", "haproxy")
-PROXIES = ("skein", "nginx", "haproxy")
+MODES = ("direct", "skein", "skein-mtls", "nginx", "haproxy")
+PROXIES = ("skein", "skein-mtls", "nginx", "haproxy")
 PROTOCOLS = ("h1", "h2", "grpc")
 # Goals the issue sets for Skein.
 GOAL_RSS_MIB = 15.0
@@ -211,7 +211,7 @@ def _loadgen(path):
 
 def _skein_handling(mdir):
     """How the Skein proxies treated the traffic, from their /metrics: HTTP requests counted or not."""
-    requests = 0.0
+    requests = tls = 0.0
     seen = False
     for side in ("client", "server"):
         text = _read(os.path.join(mdir, f"metrics-{side}.txt"))
@@ -226,12 +226,15 @@ def _skein_handling(mdir):
             if name.endswith("requests_total"):
                 try:
                     requests += float(value)
+                    if 'tls="true"' in series:
+                        tls += float(value)
                 except ValueError:
                     pass
     if not seen:
         return None
     if requests > 0:
-        return f"HTTP-aware ({requests:.0f} requests counted in the proxies' /metrics)"
+        over = f", {tls:.0f} of them inbound over mTLS" if tls > 0 else ""
+        return f"HTTP-aware ({requests:.0f} requests counted in the proxies' /metrics{over})"
     return "opaque TCP forwarding (no HTTP request counted in the proxies' /metrics)"
 
 
@@ -283,14 +286,14 @@ def collect(results):
             note = _read(os.path.join(mdir, "note"))
             if note:
                 entry["path"] = note
-            if mode == "skein":
+            if mode.startswith("skein"):
                 handling = _skein_handling(mdir)
                 if handling:
                     entry["handled_as"] = handling
                     entry["path"] = f"{note}; {handling}"
             runs = {}
             for name in sorted(os.listdir(mdir)):
-                if not name.endswith(".json") or not name.startswith(("max", "r")):
+                if not name.endswith(".json") or not name.startswith(("max", "r", "conn-")):
                     continue
                 run = name[: -len(".json")]
                 try:
@@ -313,7 +316,10 @@ def collect(results):
                 entry["max_rps"] = runs["max"].get("rps")
                 entry["max_errors"] = runs["max"].get("errors")
                 entry["max_loadgen_cpu_cores"] = runs["max"].get("loadgen_cpu_cores")
-            entry["rates"] = {k: v for k, v in runs.items() if k != "max"}
+            entry["rates"] = {k: v for k, v in runs.items() if k != "max" and not k.startswith("conn-")}
+            conns = {k[len("conn-"):]: v for k, v in runs.items() if k.startswith("conn-")}
+            if conns:
+                entry["connections"] = conns
             at1k = runs.get("r1000", {})
             for key in ("p50_ms", "p99_ms", "p999_ms"):
                 entry[key] = at1k.get(key)
@@ -355,8 +361,56 @@ def collect(results):
         }
         proto_out["ratios"] = ratios
         proto_out["goals"] = _goals(proto_out)
+        mtls = _mtls_vs_plaintext(proto_out)
+        if mtls:
+            proto_out["mtls_vs_plaintext"] = mtls
         out[proto] = proto_out
     return meta, out
+
+
+def _diff(a, b):
+    return None if a is None or b is None else a - b
+
+
+def _mtls_vs_plaintext(p):
+    """skein-mtls against skein (plaintext) of the same run: what mutual TLS between the sidecars
+    costs. Latencies in ms; `handshake` from the new-connection-per-request runs."""
+    plain, mtls = p.get("skein"), p.get("skein-mtls")
+    if not plain or not mtls or not plain["status"].startswith("ok") or not mtls["status"].startswith("ok"):
+        return None
+    out = {
+        "added_at_1000_ms": {
+            k: _diff(mtls.get(k + "_ms"), plain.get(k + "_ms")) for k in ("p50", "p99", "p999")
+        },
+        "cpu_per_1k_rps_per_proxy": {
+            "plaintext": plain.get("cpu_per_1k_rps_per_proxy"),
+            "mtls": mtls.get("cpu_per_1k_rps_per_proxy"),
+            "ratio": _ratio(mtls.get("cpu_per_1k_rps_per_proxy"), plain.get("cpu_per_1k_rps_per_proxy")),
+        },
+        "max_rps": {
+            "plaintext": plain.get("max_rps"),
+            "mtls": mtls.get("max_rps"),
+            "ratio": _ratio(mtls.get("max_rps"), plain.get("max_rps")),
+        },
+        "rss_mib_per_proxy": {"plaintext": plain.get("rss_mib_per_proxy"), "mtls": mtls.get("rss_mib_per_proxy")},
+    }
+    for kind in ("tcp", "http"):
+        a = (plain.get("connections") or {}).get(kind)
+        b = (mtls.get("connections") or {}).get(kind)
+        if not a or not b or "error" in a or "error" in b:
+            continue
+        out[f"new_connection_{kind}"] = {
+            "p50_ms": {"plaintext": a.get("p50_ms"), "mtls": b.get("p50_ms"), "added": _diff(b.get("p50_ms"), a.get("p50_ms"))},
+            "p99_ms": {"plaintext": a.get("p99_ms"), "mtls": b.get("p99_ms"), "added": _diff(b.get("p99_ms"), a.get("p99_ms"))},
+            "connections_per_s": {"plaintext": a.get("rps"), "mtls": b.get("rps")},
+            # CPU ms per connection, both proxies together (CPU per 1,000 rps = CPU ms per request).
+            "cpu_ms_per_connection": {
+                "plaintext": a.get("cpu_per_1k_rps"),
+                "mtls": b.get("cpu_per_1k_rps"),
+                "added": _diff(b.get("cpu_per_1k_rps"), a.get("cpu_per_1k_rps")),
+            },
+        }
+    return out
 
 
 def _goals(p):
@@ -402,7 +456,14 @@ def _compact(po):
         c = {k: e[k] for k in MODE_KEYS if e.get(k) is not None}
         if e.get("rates"):
             c["runs"] = {run: {k: r[k] for k in RUN_KEYS if r.get(k) is not None} for run, r in e["rates"].items()}
+        if e.get("connections"):
+            c["new_connection_runs"] = {
+                kind: {k: r[k] for k in RUN_KEYS + ("cpu_per_1k_rps",) if r.get(k) is not None}
+                for kind, r in e["connections"].items()
+            }
         out[mode] = c
+    if po.get("mtls_vs_plaintext"):
+        out["mtls_vs_plaintext"] = po["mtls_vs_plaintext"]
     out["ratios"] = po["ratios"]
     out["goals"] = po["goals"]
     return out
@@ -410,6 +471,68 @@ def _compact(po):
 
 RUN_LABELS = {"max": "max (closed loop)", "r1000": "1000 rps", "r50": "50% of max", "r80": "80% of max"}
 RUN_ORDER = ("max", "r1000", "r50", "r80")
+
+
+def _print_connections(po, meta):
+    rows = [(m, po[m]["connections"]) for m in MODES if po.get(m, {}).get("connections") and po[m]["status"].startswith("ok")]
+    if not rows:
+        return
+    p = print
+    p("")
+    p(meta.get("desc_conn", "connection cost: a new connection per request"))
+    p(f"{'mode':<10} {'port':<42} {'conn/s':>8} {'p50':>8} {'p99':>8} {'errors':>7} {'CPU ms/conn (both proxies)':>27}")
+    labels = {
+        "http": "HTTP :8080 (client proxy pools upstream)",
+        "tcp": "opaque TCP :11211 (new hop conn each)",
+    }
+    for mode, conns in rows:
+        for kind in ("http", "tcp"):
+            r = conns.get(kind)
+            if r is None:
+                continue
+            if "error" in r:
+                p(f"{mode:<10} {labels[kind]:<42} {r['error']}")
+                continue
+            p(
+                f"{mode:<10} {labels[kind]:<42} {_fmt(r.get('rps'), '{:.0f}'):>8} {_fmt(r.get('p50_ms')):>8}"
+                f" {_fmt(r.get('p99_ms')):>8} {_fmt(r.get('errors'), '{:d}'):>7} {_fmt(r.get('cpu_per_1k_rps'), '{:.3f}'):>27}"
+            )
+
+
+def _print_mtls(po):
+    m = po.get("mtls_vs_plaintext")
+    if not m:
+        return
+    p = print
+    a = m["added_at_1000_ms"]
+    cpu = m["cpu_per_1k_rps_per_proxy"]
+    mx = m["max_rps"]
+    p("")
+    p("mTLS vs plaintext (skein-mtls - skein, this run):")
+    p(
+        f"  keep-alive, 1,000 rps: added p50 {_fmt(a['p50'], '{:+.3f}')} ms, p99 {_fmt(a['p99'], '{:+.3f}')} ms,"
+        f" p99.9 {_fmt(a['p999'], '{:+.3f}')} ms (two proxies, one mTLS hop);"
+        f" CPU/1k/proxy {_fmt(cpu['plaintext'])} -> {_fmt(cpu['mtls'])} (x{_fmt(cpu['ratio'], '{:.2f}')});"
+        f" max rps {_fmt(mx['plaintext'], '{:.0f}')} -> {_fmt(mx['mtls'], '{:.0f}')} (x{_fmt(mx['ratio'], '{:.2f}')})"
+    )
+    tcp = m.get("new_connection_tcp")
+    if tcp:
+        p(
+            f"  handshake (a new proxy-to-proxy connection per request, opaque TCP): added p50"
+            f" {_fmt(tcp['p50_ms']['added'], '{:+.3f}')} ms, p99 {_fmt(tcp['p99_ms']['added'], '{:+.3f}')} ms per connection;"
+            f" CPU {_fmt(tcp['cpu_ms_per_connection']['added'], '{:+.3f}')} ms per handshake (both ends)"
+        )
+    http = m.get("new_connection_http")
+    if http:
+        p(
+            f"  a new client connection per request to the HTTP port: added p50 {_fmt(http['p50_ms']['added'], '{:+.3f}')} ms,"
+            f" p99 {_fmt(http['p99_ms']['added'], '{:+.3f}')} ms (the client proxy's upstream pool: no handshake per request expected)"
+        )
+    p(
+        "  With keep-alive (the rate and max runs) handshakes stay off the request path: the client proxy pools its"
+    )
+    p("  mTLS connections to the server proxy (and resumes TLS sessions with tickets when it opens new ones).")
+    p("  Note: skein-mtls's client proxy runs with a --config destination, plain skein in passthrough (no config).")
 
 
 def print_report(results):
@@ -434,7 +557,7 @@ def print_report(results):
         p("")
         p("-" * 118)
         p(meta.get("desc_" + proto, proto))
-        hdr = f"{'mode':<8} {'load':<18} {'target':>8} {'achieved':>9} {'p50':>8} {'p99':>8} {'p99.9':>8} {'errors':>7} {'CPU/1k/proxy':>13} {'RSS MiB':>8} {'HWM MiB':>8} {'loadgen':>8}"
+        hdr = f"{'mode':<10} {'load':<18} {'target':>8} {'achieved':>9} {'p50':>8} {'p99':>8} {'p99.9':>8} {'errors':>7} {'CPU/1k/proxy':>13} {'RSS MiB':>8} {'HWM MiB':>8} {'loadgen':>8}"
         p(hdr)
         flags = set()
         for mode in MODES:
@@ -442,7 +565,7 @@ def print_report(results):
             if not entry:
                 continue
             if not entry["status"].startswith("ok"):
-                p(f"{mode:<8} {entry['status']}")
+                p(f"{mode:<10} {entry['status']}")
                 continue
             runs = dict(entry.get("rates", {}))
             if entry.get("max_rps") is not None:
@@ -457,7 +580,7 @@ def print_report(results):
                 if r is None:
                     continue
                 if "error" in r:
-                    p(f"{mode:<8} {RUN_LABELS[run]:<18} {r['error']}")
+                    p(f"{mode:<10} {RUN_LABELS[run]:<18} {r['error']}")
                     continue
                 achieved = _fmt(r.get("rps"), "{:.0f}")
                 if r.get("target_rps") and r.get("rps") is not None and r["rps"] < 0.95 * r["target_rps"]:
@@ -469,31 +592,33 @@ def print_report(results):
                     lg_text += "*"
                     flags.add("*")
                 p(
-                    f"{mode:<8} {RUN_LABELS[run]:<18} {_fmt(r.get('target_rps'), '{:.0f}'):>8} {achieved:>9}"
+                    f"{mode:<10} {RUN_LABELS[run]:<18} {_fmt(r.get('target_rps'), '{:.0f}'):>8} {achieved:>9}"
                     f" {_fmt(r.get('p50_ms') if run != 'max' else None):>8} {_fmt(r.get('p99_ms') if run != 'max' else None):>8}"
                     f" {_fmt(r.get('p999_ms') if run != 'max' else None):>8} {_fmt(r.get('errors'), '{:d}'):>7}"
                     f" {_fmt(r.get('cpu_per_1k_rps_per_proxy'), '{:.3f}'):>13} {_fmt(r.get('rss_mib_per_proxy'), '{:.1f}'):>8}"
                     f" {_fmt(r.get('hwm_mib_per_proxy'), '{:.1f}'):>8} {lg_text:>8}"
                 )
             if entry.get("path"):
-                p(f"{'':<8} path: {entry['path']}")
+                p(f"{'':<10} path: {entry['path']}")
         if "!" in flags:
             p("  ! achieved under 95% of the target rate: the path (or the load generator) could not sustain it")
         if "*" in flags:
             p("  * the load generator used 90% or more of its CPU: that figure is (partly) the load generator's limit")
         p("")
-        p(f"{'summary':<8} {'max rps':>9} {'+p50/hop':>9} {'+p99/hop':>9} {'+p99.9/hop':>11} {'CPU/1k/proxy':>13} {'RSS MiB':>8}   (added latency vs direct at 1,000 rps, halved)")
+        p(f"{'summary':<10} {'max rps':>9} {'+p50/hop':>9} {'+p99/hop':>9} {'+p99.9/hop':>11} {'CPU/1k/proxy':>13} {'RSS MiB':>8}   (added latency vs direct at 1,000 rps, halved)")
         for mode in MODES:
             entry = po.get(mode)
             if not entry or not entry["status"].startswith("ok"):
                 continue
             added = entry.get("added_vs_direct_at_1000", {})
             p(
-                f"{mode:<8} {_fmt(entry.get('max_rps'), '{:.0f}'):>9}"
+                f"{mode:<10} {_fmt(entry.get('max_rps'), '{:.0f}'):>9}"
                 f" {_fmt(added.get('p50', {}).get('per_hop_ms')):>9} {_fmt(added.get('p99', {}).get('per_hop_ms')):>9}"
                 f" {_fmt(added.get('p999', {}).get('per_hop_ms')):>11}"
                 f" {_fmt(entry.get('cpu_per_1k_rps_per_proxy')):>13} {_fmt(entry.get('rss_mib_per_proxy'), '{:.1f}'):>8}"
             )
+        _print_connections(po, meta)
+        _print_mtls(po)
         g = po["goals"]
         ratios = po["ratios"]
         p(
