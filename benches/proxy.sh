@@ -15,8 +15,8 @@
 #   skein-mtls: as skein, the hop between the sidecars mutual TLS (TLS 1.3): both proxies hold a
 #             static workload certificate (--workload-cert; a throw-away CA made with openssl,
 #             spiffe://cluster.local/ns/bench/sa/{client,server}) and the client proxy has a
-#             --config naming 198.18.200.2's ports with the server's identity (plain `skein` runs
-#             without a config: passthrough to the original destination)
+#             --config naming 198.18.200.2's ports with the server's identity (plain `skein` has the
+#             same --config without the identity, so the two differ only in mTLS)
 #   nginx:    loadgen -> 127.0.0.1:1008x nginx -> 198.18.200.2:1008x nginx -> 127.0.0.1:APP
 #   haproxy:  loadgen -> 127.0.0.1:1008x haproxy -> 198.18.200.2:1008x haproxy -> 127.0.0.1:APP
 #
@@ -470,18 +470,22 @@ EOF
   chmod 644 "$dir/ca.pem" "$dir/client.pem" "$dir/server.pem"
 }
 
-# mtls_client_config FILE: the client proxy's view of the server: every app port at SERVER_IP, one
-# endpoint there that speaks mTLS as the server's identity (APP_TCP_PORT forwarded as opaque TCP).
-mtls_client_config() {
-  python3 - "$1" "$SERVER_IP" "$MESH_TRUST_DOMAIN/ns/$BENCH_NS/sa/server" "$BENCH_NS" \
+# client_config FILE [IDENTITY]: the client proxy's view of the server, as a control plane would
+# send it: every app port at SERVER_IP, one endpoint there (APP_TCP_PORT forwarded as opaque TCP)
+# that speaks mTLS as IDENTITY when one is given. Both skein modes use it, so they differ only
+# in mTLS.
+client_config() {
+  python3 - "$1" "$SERVER_IP" "${2:-}" "$BENCH_NS" \
     "$APP_H1_PORT" "$APP_H2_PORT" "$APP_GRPC_PORT" "$APP_TCP_PORT" <<'EOF'
 import json, sys
 path, ip, identity, ns, h1, h2, grpc, tcp = sys.argv[1:]
 def port(p, protocol="detect"):
-    return {"port": int(p), "protocol": protocol, "endpoints": [{
-        "address": f"{ip}:{p}", "workload": {"name": "server", "namespace": ns}, "identity": identity}]}
+    endpoint = {"address": f"{ip}:{p}", "workload": {"name": "server", "namespace": ns}}
+    if identity:
+        endpoint["identity"] = identity
+    return {"port": int(p), "protocol": protocol, "endpoints": [endpoint]}
 json.dump({
-    "version": "bench-mtls",
+    "version": "bench-mtls" if identity else "bench",
     "workload": {"name": "client", "namespace": ns},
     "destinations": [{
         "name": f"server.{ns}.svc.cluster.local",
@@ -494,18 +498,23 @@ EOF
 
 start_skein() { # [mtls]
   local side ns pids=() extra
+  mkdir -p "$WORK/mtls"
   if [ "${1:-}" = mtls ]; then
     make_certs || { log "openssl could not make the certificates: $(tail -3 "$WORK/logs/openssl.log")"; return 1; }
-    mtls_client_config "$WORK/mtls/client-config.json" || return 1
+    client_config "$WORK/mtls/client-config.json" "$MESH_TRUST_DOMAIN/ns/$BENCH_NS/sa/server" || return 1
+  else
+    client_config "$WORK/mtls/client-config.json" || return 1
   fi
+  chmod 755 "$WORK/mtls"
+  chmod 644 "$WORK/mtls/client-config.json"
   for side in client server; do
     ns=$NS_C
     [ "$side" = server ] && ns=$NS_S
     extra=()
     if [ "${1:-}" = mtls ]; then
       extra=(--workload-cert "$WORK/mtls/$side.pem" --workload-key "$WORK/mtls/$side.key" --trust-bundle "$WORK/mtls/ca.pem")
-      [ "$side" = client ] && extra+=(--config "$WORK/mtls/client-config.json")
     fi
+    [ "$side" = client ] && extra+=(--config "$WORK/mtls/client-config.json")
     ip netns exec "$ns" "$SKEIN" init --proxy-uid "$PROXY_UID" --inbound-port 16006 --outbound-port 16001 \
       >"$WORK/logs/skein-init-$side.log" 2>&1 || { log "skein init failed in $ns: $(tail -3 "$WORK/logs/skein-init-$side.log")"; return 1; }
     start "skein-$side" "$ns" "$SERVER_CPU" setpriv --reuid "$PROXY_UID" --regid "$PROXY_UID" --clear-groups \
@@ -733,7 +742,7 @@ bench_mode() {
       echo "loadgen -> app" >"$dir/note" ;;
     skein)
       start_skein || { echo "failed: skein proxy did not become ready: $(problems "$WORK"/logs/skein-*.log)" >"$dir/status"; return 1; }
-      echo "loadgen -> (iptables REDIRECT) skein -> (REDIRECT) skein -> app" >"$dir/note" ;;
+      echo "loadgen -> (iptables REDIRECT) skein -> (REDIRECT) skein -> app; client proxy with --config (destination $SERVER_IP, plaintext endpoint)" >"$dir/note" ;;
     skein-mtls)
       start_skein mtls || { echo "failed: skein proxy (mTLS) did not become ready: $(problems "$WORK"/logs/skein-*.log "$WORK"/logs/openssl.log)" >"$dir/status"; return 1; }
       echo "loadgen -> (REDIRECT) skein -mTLS-> (REDIRECT) skein -> app; client proxy with --config (destination $SERVER_IP, endpoint identity $MESH_TRUST_DOMAIN/ns/$BENCH_NS/sa/server)" >"$dir/note" ;;

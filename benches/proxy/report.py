@@ -532,7 +532,7 @@ def _print_mtls(po):
         "  With keep-alive (the rate and max runs) handshakes stay off the request path: the client proxy pools its"
     )
     p("  mTLS connections to the server proxy (and resumes TLS sessions with tickets when it opens new ones).")
-    p("  Note: skein-mtls's client proxy runs with a --config destination, plain skein in passthrough (no config).")
+    p("  Both skein modes run the same client --config; skein-mtls adds only the endpoint's identity (and the certificates).")
 
 
 def print_report(results):
