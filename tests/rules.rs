@@ -152,8 +152,8 @@ async fn each_rule_reports_whether_proxies_got_it() {
     let fixed = route_rule_conditions(&ctx, "bad").await;
     assert_eq!(condition(&fixed, "Accepted").status, "True", "{fixed:?}");
 
-    // EgressRules and TrafficPolicies report the same way; a policy's mtlsMode, which nothing
-    // acts on yet, is named in its status.
+    // EgressRules and TrafficPolicies report the same way; every field of theirs acts (a
+    // policy's mtlsMode decides whether its callers originate mTLS), and status says so.
     create::<EgressRule>(
         &ctx,
         json!({"apiVersion": "skein.dev/v1alpha1", "kind": "EgressRule",
@@ -184,10 +184,7 @@ async fn each_rule_reports_whether_proxies_got_it() {
     let not_acting = condition(&status.conditions, "FieldsNotActing");
     assert_eq!(
         (not_acting.status.as_str(), not_acting.reason.as_str()),
-        ("True", "NotImplemented")
-    );
-    assert!(
-        not_acting.message.contains("spec.mtlsMode (Strict)"),
+        ("False", "AllFieldsAct"),
         "{}",
         not_acting.message
     );
