@@ -11,8 +11,6 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -23,33 +21,11 @@ use skein::api::AccessPolicy;
 use support::node::{eventually, exec, exec_ok, pod_ready};
 
 const CLUSTER: &str = "skein-test-authz";
-const SKEIN: &str = env!("CARGO_BIN_EXE_skein");
 const DEMO: &str = "demo";
 const WAIT: Duration = Duration::from_secs(60);
 
 /// One test at a time changes the demo's policies.
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Brings the meshed demo up once per test binary (idempotent, so a running one is reused).
-fn demo_up() {
-    static UP: OnceLock<()> = OnceLock::new();
-    UP.get_or_init(|| {
-        support::use_cluster(CLUSTER);
-        let out = Command::new(SKEIN)
-            .args(["dev", "up", "--cluster", CLUSTER])
-            .env("SKEIN_SOURCE_DIR", support::source_dir())
-            .env("SKEIN_LOG", "info")
-            .stdin(Stdio::null())
-            .output()
-            .expect("running skein dev up");
-        assert!(
-            out.status.success(),
-            "skein dev up failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    });
-}
 
 /// What one request got: status, `x-skein-error`, body.
 #[derive(Debug)]
@@ -68,7 +44,7 @@ struct Demo {
 
 impl Demo {
     async fn new() -> Self {
-        demo_up();
+        support::demo_up(CLUSTER);
         let client = support::client().await;
         // Each test starts without policies, whatever an earlier (failed) one left.
         let policies: Api<AccessPolicy> = Api::namespaced(client.clone(), DEMO);

@@ -9,8 +9,7 @@
 
 mod support;
 
-use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::process::Output;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -21,7 +20,6 @@ use skein::api::MtlsPolicy;
 use support::node::{eventually, exec, exec_ok, pod_ready};
 
 const CLUSTER: &str = "skein-test-mtlspol";
-const SKEIN: &str = env!("CARGO_BIN_EXE_skein");
 const DEMO: &str = "demo";
 /// A namespace without injection, and a pod opted out too: a client outside the mesh.
 const OUTSIDE: &str = "mtlspol-outside";
@@ -29,27 +27,6 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// One test at a time changes the demo's policies.
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Brings the meshed demo up once per test binary (idempotent, so a running one is reused).
-fn demo_up() {
-    static UP: OnceLock<()> = OnceLock::new();
-    UP.get_or_init(|| {
-        support::use_cluster(CLUSTER);
-        let out = Command::new(SKEIN)
-            .args(["dev", "up", "--cluster", CLUSTER])
-            .env("SKEIN_SOURCE_DIR", support::source_dir())
-            .env("SKEIN_LOG", "info")
-            .stdin(Stdio::null())
-            .output()
-            .expect("running skein dev up");
-        assert!(
-            out.status.success(),
-            "skein dev up failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    });
-}
 
 struct Demo {
     client: Client,
@@ -59,7 +36,7 @@ struct Demo {
 
 impl Demo {
     async fn new() -> Self {
-        demo_up();
+        support::demo_up(CLUSTER);
         let client = support::client().await;
         let pods = Api::<Pod>::namespaced(client.clone(), DEMO)
             .list(&ListParams::default())

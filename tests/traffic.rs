@@ -11,8 +11,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -30,27 +29,6 @@ const WAIT: Duration = Duration::from_secs(60);
 /// One test at a time changes the demo's routing.
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Brings the meshed demo up once per test binary (idempotent, so a running one is reused).
-fn demo_up() {
-    static UP: OnceLock<()> = OnceLock::new();
-    UP.get_or_init(|| {
-        support::use_cluster(CLUSTER);
-        let out = Command::new(SKEIN)
-            .args(["dev", "up", "--cluster", CLUSTER])
-            .env("SKEIN_SOURCE_DIR", support::source_dir())
-            .env("SKEIN_LOG", "info")
-            .stdin(Stdio::null())
-            .output()
-            .expect("running skein dev up");
-        assert!(
-            out.status.success(),
-            "skein dev up failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    });
-}
-
 struct Demo {
     client: Client,
     /// Pod names by app label.
@@ -59,7 +37,7 @@ struct Demo {
 
 impl Demo {
     async fn new() -> Self {
-        demo_up();
+        support::demo_up(CLUSTER);
         let client = support::client().await;
         let list = Api::<Pod>::namespaced(client.clone(), DEMO)
             .list(&ListParams::default())
@@ -479,7 +457,8 @@ async fn proxies_keep_their_configuration_while_the_control_plane_is_down_and_re
 
     // A change made meanwhile reaches the proxies once the control plane is back.
     demo.delete::<RouteRule>("backend-v1").await;
-    demo_restart();
+    // `skein dev up` again: restarts what is not running (here, the control plane).
+    support::dev_up(CLUSTER);
     eventually(
         "the proxies to resync (both versions again)",
         WAIT,
@@ -489,21 +468,6 @@ async fn proxies_keep_their_configuration_while_the_control_plane_is_down_and_re
     )
     .await;
     demo.delete::<TrafficPolicy>("backend").await;
-}
-
-/// `skein dev up` again: restarts what is not running (here, the control plane).
-fn demo_restart() {
-    let out = Command::new(SKEIN)
-        .args(["dev", "up", "--cluster", CLUSTER])
-        .env("SKEIN_SOURCE_DIR", support::source_dir())
-        .stdin(Stdio::null())
-        .output()
-        .expect("running skein dev up");
-    assert!(
-        out.status.success(),
-        "skein dev up failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// One answer, as curl's `-w` [`Reply::FORMAT`] prints it.

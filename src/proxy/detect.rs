@@ -130,6 +130,23 @@ fn is_target_byte(b: u8) -> bool {
     b > b' ' && b != 0x7f
 }
 
+/// [`detect`], except on a connection already known to be opaque (its port says so, or its
+/// client did): then nothing is read, so a server-first protocol never waits.
+pub async fn detect_unless_opaque<R: AsyncRead + Unpin>(
+    opaque: bool,
+    io: &mut R,
+    timeout: Duration,
+) -> io::Result<Detection> {
+    if opaque {
+        return Ok(Detection {
+            protocol: Detected::Opaque,
+            sni: None,
+            prefix: Bytes::new(),
+        });
+    }
+    detect(io, timeout).await
+}
+
 /// Reads from `io` until [`classify`] decides, [`MAX_PREFIX`] bytes were read or `timeout`
 /// passed (both: `Opaque`), and returns the decision with the bytes read. For TLS it goes on
 /// reading, within the same deadline and up to [`MAX_TLS_PREFIX`], until the ClientHello's SNI

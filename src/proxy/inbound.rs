@@ -15,13 +15,12 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::authz::{self, RequestFacts};
 use super::config::{InboundMtls, MtlsMode};
-use super::detect::{Detected, Detection, PrefixedIo, detect};
+use super::detect::{Detected, PrefixedIo, detect_unless_opaque};
 use super::metrics::RejectReason;
 use super::tcp::{self, OnTcp, Upstream};
 use super::{Direction, Shared, http};
@@ -74,20 +73,13 @@ pub(crate) async fn serve(
     // costs it nothing. Only a Disabled opaque port skips that wait: nobody sends mTLS there,
     // and its server-first plaintext clients must not wait.
     let skip_detection = mode == MtlsMode::Disabled && config.opaque_ports.contains(&target.port());
-    let detection = if skip_detection {
-        Detection {
-            protocol: Detected::Opaque,
-            sni: None,
-            prefix: Bytes::new(),
-        }
-    } else {
-        match detect(&mut stream, config.source.detect_timeout.as_std()).await {
-            Ok(detection) => detection,
-            Err(err) => {
-                tracing::debug!(%peer, error = %err, "inbound connection failed during protocol detection");
-                tcp::reset(&stream);
-                return;
-            }
+    let timeout = config.source.detect_timeout.as_std();
+    let detection = match detect_unless_opaque(skip_detection, &mut stream, timeout).await {
+        Ok(detection) => detection,
+        Err(err) => {
+            tracing::debug!(%peer, error = %err, "inbound connection failed during protocol detection");
+            tcp::reset(&stream);
+            return;
         }
     };
     let mesh_tls = detection.protocol == Detected::Tls
@@ -197,20 +189,14 @@ async fn terminate(
     let mut stream = accepted.stream;
     tracing::debug!(%peer, peer_id = %peer_id, opaque = accepted.opaque, "mutual TLS established");
     let config = shared.config.current();
-    let detection = if accepted.opaque || config.opaque_ports.contains(&target.port()) {
-        Detection {
-            protocol: Detected::Opaque,
-            sni: None,
-            prefix: Bytes::new(),
-        }
-    } else {
-        match detect(&mut stream, config.source.detect_timeout.as_std()).await {
-            Ok(detection) => detection,
-            Err(err) => {
-                tracing::debug!(%peer, error = %err, "mTLS connection failed during protocol detection");
-                tcp::reset(stream.tcp());
-                return;
-            }
+    let opaque = accepted.opaque || config.opaque_ports.contains(&target.port());
+    let timeout = config.source.detect_timeout.as_std();
+    let detection = match detect_unless_opaque(opaque, &mut stream, timeout).await {
+        Ok(detection) => detection,
+        Err(err) => {
+            tracing::debug!(%peer, error = %err, "mTLS connection failed during protocol detection");
+            tcp::reset(stream.tcp());
+            return;
         }
     };
     let client = PrefixedIo::new(detection.prefix, stream);

@@ -24,11 +24,9 @@ use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-use bytes::Bytes;
-
 use super::balance::Outcome;
 use super::config::{EgressProtocol, Protocol};
-use super::detect::{Detected, Detection, PrefixedIo, detect};
+use super::detect::{Detected, PrefixedIo, detect_unless_opaque};
 use super::metrics::{ProtocolLabels, RejectReason};
 use super::original_dst::original_dst;
 use super::tcp::Upstream;
@@ -197,20 +195,13 @@ async fn dispatch(
         || service
             .as_ref()
             .is_some_and(|s| s.protocol == Protocol::Opaque);
-    let detection = if opaque {
-        Detection {
-            protocol: Detected::Opaque,
-            sni: None,
-            prefix: Bytes::new(),
-        }
-    } else {
-        match detect(&mut stream, config.source.detect_timeout.as_std()).await {
-            Ok(detection) => detection,
-            Err(err) => {
-                tracing::debug!(%direction, %peer, error = %err, "connection failed during protocol detection");
-                tcp::reset(&stream);
-                return;
-            }
+    let timeout = config.source.detect_timeout.as_std();
+    let detection = match detect_unless_opaque(opaque, &mut stream, timeout).await {
+        Ok(detection) => detection,
+        Err(err) => {
+            tracing::debug!(%direction, %peer, error = %err, "connection failed during protocol detection");
+            tcp::reset(&stream);
+            return;
         }
     };
     let client = PrefixedIo::new(detection.prefix, stream);

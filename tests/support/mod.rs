@@ -227,3 +227,30 @@ pub fn print_component_logs() {
         }
     }
 }
+
+/// Brings the meshed demo up on `name` with `skein dev up`, once per test binary (idempotent:
+/// a running one is reused).
+pub fn demo_up(name: &'static str) {
+    static UP: OnceLock<()> = OnceLock::new();
+    UP.get_or_init(|| {
+        use_cluster(name);
+        dev_up(name);
+    });
+}
+
+/// Runs `skein dev up` on `name` (again: it restarts what is not running) and asserts it worked.
+pub fn dev_up(name: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_skein"))
+        .args(["dev", "up", "--cluster", name])
+        .env("SKEIN_SOURCE_DIR", source_dir())
+        .env("SKEIN_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running skein dev up");
+    assert!(
+        out.status.success(),
+        "skein dev up failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
