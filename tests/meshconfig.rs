@@ -12,7 +12,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
-use skein::api::meshconfig::{ComponentStatus, MeshConfigSpec};
+use skein::api::meshconfig::{ComponentStatus, MeshConfigSpec, TrustStatus, TrustedRootStatus};
 use skein::api::{MeshConfig, MeshConfigStatus, crds, names};
 use support::TestContext;
 
@@ -198,6 +198,18 @@ async fn a_full_spec_and_its_status_round_trip() {
             message: Some("waiting".to_owned()),
         }],
         federation: vec![],
+        trust: Some(TrustStatus {
+            signing: "CN=next".to_owned(),
+            roots: vec![TrustedRootStatus {
+                subject: "CN=old".to_owned(),
+                sha256: "ab".repeat(32),
+                not_after: Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap()),
+                source: "Retained".to_owned(),
+                retained_until: Some(Time(
+                    Timestamp::from_second(Timestamp::now().as_second()).unwrap(),
+                )),
+            }],
+        }),
     };
     let patch = json!({"apiVersion": "skein.dev/v1alpha1", "kind": "MeshConfig", "status": status});
     api.patch_status(

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -768,6 +768,178 @@ async fn one_minute_certificates_renew_under_load_without_a_failed_request() {
         retries,
         &demo,
     );
+}
+
+/// The three steps of docs/ca-rotation.md under load, with step 3 taken too early on purpose:
+/// the old root must stay trusted until the last certificate it signed expires, then go.
+#[tokio::test]
+async fn the_mesh_ca_rotates_in_three_steps_under_load_without_a_failed_request() {
+    let _turn = TURN.lock().await;
+    let demo = Demo::new().await;
+    backend_settled(&demo, 1).await;
+    set_mesh_spec(&demo, json!({"mtls": {"workloadCertLifetime": "1m"}})).await;
+    let _restore = RestoreMesh(json!({"mtls": {"workloadCertLifetime": "24h"}}));
+    // Every tier on one-minute certificates, so the old CA's last one expires within the test.
+    restart_until_replaced(&demo, "frontend").await;
+    restart_until_replaced(&demo, "middleware").await;
+    // The new frontend pod is where requests (and the backend's endpoint checks) run from.
+    let demo = Demo::new().await;
+    for deployment in ["backend-v1", "backend-v2"] {
+        restart_backend(&demo, deployment).await;
+    }
+    let demo = Demo::new().await;
+    let tiers = ["frontend", "middleware", "backend"];
+    let gauge = |demo: &Demo, app: &str, name: &str, labels: &[&str]| {
+        counter(&demo.proxy_metrics(app), name, labels)
+    };
+    let roots =
+        |demo: &Demo, app: &str| gauge(demo, app, "skein_proxy_identity_trusted_roots", &[]);
+    let renewals = |demo: &Demo, app: &str| {
+        gauge(
+            demo,
+            app,
+            "skein_proxy_identity_renewals_total",
+            &["result=\"succeeded\""],
+        )
+    };
+    let every_tier_trusts = |count: f64| {
+        let demo = &demo;
+        move || async move {
+            tiers
+                .iter()
+                .all(|app| roots(demo, app) == count)
+                .then_some(())
+        }
+    };
+
+    let secrets: Api<Secret> = Api::namespaced(demo.client.clone(), "skein-system");
+    let old = secrets.get("skein-ca").await.expect("the mesh CA Secret");
+    let field = |key: &str| {
+        let bytes = old.data.as_ref().and_then(|d| d.get(key)).expect(key);
+        String::from_utf8(bytes.0.clone()).expect("PEM")
+    };
+    let old_cert = field("tls.crt");
+    let new = skein::pki::Ca::generate("skein-mesh-ca-next", Duration::from_secs(3650 * 86400))
+        .expect("a new CA");
+    let write_ca = |cert: &str, key: &str, bundle: &str| {
+        let bytes = |text: &str| k8s_openapi::ByteString(text.as_bytes().to_vec());
+        let data = json!({
+            "tls.crt": bytes(cert), "tls.key": bytes(key), "ca.crt": bytes(bundle),
+        });
+        let secrets = secrets.clone();
+        async move {
+            secrets
+                .patch(
+                    "skein-ca",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"data": data})),
+                )
+                .await
+                .expect("updating the CA Secret");
+        }
+    };
+    eventually("every tier to trust one root", WAIT, every_tier_trusts(1.0)).await;
+
+    let retries = backend_retries(&demo);
+    let load = Load::start(&demo, "http://frontend/", &[]);
+    // 1. Add the new root: pushed to every proxy at once.
+    let both = format!("{old_cert}{}", new.pem.cert_pem);
+    write_ca(&old_cert, &field("tls.key"), &both).await;
+    eventually(
+        "every tier to trust both roots",
+        WAIT,
+        every_tier_trusts(2.0),
+    )
+    .await;
+
+    // 2. Sign with the new CA; every tier renews onto it.
+    let before: Vec<f64> = tiers.iter().map(|app| renewals(&demo, app)).collect();
+    write_ca(&new.pem.cert_pem, &new.pem.key_pem, &both).await;
+    eventually(
+        "every tier to renew from the new CA",
+        Duration::from_secs(90),
+        || async {
+            let renewed = tiers
+                .iter()
+                .zip(&before)
+                .all(|(app, before)| renewals(&demo, app) > *before);
+            renewed.then_some(())
+        },
+    )
+    .await;
+
+    // 3. Remove the old root as early as possible: certificates it signed are still valid, so
+    // the control plane keeps it, and the MeshConfig says until when.
+    write_ca(&new.pem.cert_pem, &new.pem.key_pem, &new.pem.cert_pem).await;
+    let meshconfigs: Api<MeshConfig> = Api::all(demo.client.clone());
+    let retained = eventually(
+        "status.trust to show the old root retained",
+        WAIT,
+        || async {
+            let mc = meshconfigs.get("default").await.ok()?;
+            let trust = mc.status?.trust?;
+            let root = trust.roots.into_iter().find(|r| r.source == "Retained")?;
+            (trust.signing.contains("skein-mesh-ca-next")).then_some(root)
+        },
+    )
+    .await;
+    // Only until the old CA's last one-minute certificate (to a pod still running) expires;
+    // the day-long ones of the pods restarted above died with their pods.
+    let until = retained.retained_until.as_ref().map(|t| t.0);
+    let soon = k8s_openapi::jiff::Timestamp::now() + Duration::from_secs(150);
+    assert!(
+        !retained.subject.contains("next") && until.is_some_and(|until| until < soon),
+        "the old root is the retained one, for at most two minutes: {retained:?}"
+    );
+    assert!(
+        tiers.iter().all(|app| roots(&demo, app) == 2.0),
+        "every proxy still trusts the old root"
+    );
+    // Once the old CA's last certificate has expired, it goes.
+    eventually(
+        "every tier to trust only the new root",
+        Duration::from_secs(120),
+        every_tier_trusts(1.0),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let replies = load.stop();
+    assert!(
+        replies.len() > 100,
+        "the load ran: {} replies",
+        replies.len()
+    );
+    assert_none_failed("a CA rotation", &replies, retries, &demo);
+}
+
+/// Restarts the Deployment `app` (one replica) and waits until its only pod is a new, Ready one.
+async fn restart_until_replaced(demo: &Demo, app: &str) {
+    let before = demo.pod(app).to_owned();
+    let out = support::kubectl()
+        .args([
+            "-n",
+            DEMO,
+            "rollout",
+            "restart",
+            &format!("deployment/{app}"),
+        ])
+        .output()
+        .expect("kubectl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(
+        &format!("{app} to be replaced by a Ready pod"),
+        Duration::from_secs(90),
+        || async {
+            let pods = demo.pods_labelled(&format!("app={app}")).await?;
+            let replaced = pods.len() == 1 && pods[0].name_any() != before && pod_ready(&pods[0]);
+            replaced.then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

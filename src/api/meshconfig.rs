@@ -512,6 +512,36 @@ pub struct MeshConfigStatus {
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub federation: Vec<RemoteClusterStatus>,
+    /// The CA certificates every proxy trusts, from the Secret `skein-system/skein-ca` (see
+    /// docs/ca-rotation.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust: Option<TrustStatus>,
+}
+
+/// What the mesh's trust bundle holds.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrustStatus {
+    /// The CA that signs workload certificates (the Secret's `tls.crt`).
+    pub signing: String,
+    #[serde(default)]
+    pub roots: Vec<TrustedRootStatus>,
+}
+
+/// One CA certificate of the trust bundle.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrustedRootStatus {
+    pub subject: String,
+    /// SHA-256 of the certificate (DER), hex.
+    pub sha256: String,
+    pub not_after: Time,
+    /// `Secret` (in `ca.crt`, or `tls.crt` without one), `Signing` (signs, though missing from
+    /// `ca.crt`) or `Retained`: removed from the Secret while certificates it signed are
+    /// valid, so kept trusted until `retainedUntil` instead of breaking their connections.
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retained_until: Option<Time>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -41,6 +41,8 @@ struct Stores {
     traffic_policies: Store<TrafficPolicy>,
     access_policies: Store<AccessPolicy>,
     mtls_policies: Store<MtlsPolicy>,
+    /// From the mesh CA ([`crate::controlplane::identity::CaStore::bundle`]).
+    trust_bundle: watch::Receiver<String>,
 }
 
 /// The current view of the mesh and its change counter.
@@ -55,9 +57,14 @@ pub struct Index {
 impl Index {
     /// Starts the watches (spawned) and resolves once every store holds a full list and the
     /// first view is built, so no proxy is ever sent a half-known mesh.
-    pub async fn start(client: Client, cluster_domain: String) -> Self {
+    pub async fn start(
+        client: Client,
+        cluster_domain: String,
+        trust_bundle: watch::Receiver<String>,
+    ) -> Self {
         let (dirty_tx, dirty_rx) = watch::channel(());
         let dirty = Arc::new(dirty_tx);
+        tokio::spawn(mark_dirty_on_change(trust_bundle.clone(), dirty.clone()));
 
         let (services, services_w) = reflector::store();
         let (endpoint_slices, slices_w) = reflector::store();
@@ -154,6 +161,7 @@ impl Index {
             traffic_policies,
             access_policies,
             mtls_policies,
+            trust_bundle,
         };
         stores.wait_until_ready().await;
         let (changes_tx, changes) = watch::channel(0);
@@ -176,6 +184,14 @@ impl Index {
     pub fn has_service(&self, namespace: &str, name: &str) -> bool {
         self.stores
             .services
+            .get(&ObjectRef::new(name).within(namespace))
+            .is_some()
+    }
+
+    /// Whether pod `namespace/name` is in the cache.
+    pub fn has_pod(&self, namespace: &str, name: &str) -> bool {
+        self.stores
+            .pods
             .get(&ObjectRef::new(name).within(namespace))
             .is_some()
     }
@@ -233,6 +249,16 @@ impl Index {
     }
 }
 
+/// Rebuilds the view when the trust bundle changes (a CA rotation's step).
+async fn mark_dirty_on_change(
+    mut trust_bundle: watch::Receiver<String>,
+    dirty: Arc<watch::Sender<()>>,
+) {
+    while trust_bundle.changed().await.is_ok() {
+        dirty.send_replace(());
+    }
+}
+
 impl Stores {
     /// The pure translation of everything the stores hold now.
     fn build(&self, cluster_domain: &str) -> MeshView {
@@ -241,6 +267,8 @@ impl Stores {
             .get(&ObjectRef::new(names::ACTIVE_MESHCONFIG))
             .map(|mc| mc.spec.clone())
             .unwrap_or_default();
+        // A copy: a borrow would hold the channel's lock for the whole build.
+        let trust_bundle_pem = self.trust_bundle.borrow().clone();
         MeshView::build(&Inputs {
             mesh: &mesh,
             services: &self.services.state(),
@@ -252,6 +280,7 @@ impl Stores {
             access_policies: &self.access_policies.state(),
             mtls_policies: &self.mtls_policies.state(),
             cluster_domain,
+            trust_bundle_pem: &trust_bundle_pem,
         })
     }
 

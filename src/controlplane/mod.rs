@@ -82,7 +82,7 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let cluster_for_identity = cluster.clone();
     // The mesh CA: the identity service signs with it, readiness reports it unusable.
     let ca = Arc::new(identity::CaStore::default());
-    tokio::spawn(ca.clone().watch(client.clone()));
+    tokio::spawn(ca.clone().run(client.clone()));
     let app = server::router(AppState {
         cluster,
         metrics,
@@ -127,8 +127,10 @@ async fn discovery(
     let debug_listener = tokio::net::TcpListener::bind(args.debug_addr)
         .await
         .with_context(|| format!("binding the debug server to {}", args.debug_addr))?;
-    let index = Index::start(client.clone(), args.cluster_domain.clone()).await;
+    let index = Index::start(client.clone(), args.cluster_domain.clone(), ca.bundle()).await;
     let _ = slot.set(index.clone());
+    let pods = index.clone();
+    ca.follow_pods(Arc::new(move |namespace, pod| pods.has_pod(namespace, pod)));
     let source: Arc<dyn ConfigSource> = Arc::new(index.clone());
     let mut registry = Registry::default();
     let xds_tls = if args.xds_tls {

@@ -1518,17 +1518,14 @@ egress: [{{host: api.example.com}}]
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn over_tls_a_proxy_trusting_the_mesh_ca_syncs_and_others_cannot_connect() {
-        use crate::controlplane::identity::ca::{CaStore, Signer};
+        use crate::controlplane::identity::ca::CaStore;
         use crate::controlplane::identity::serving::ServingCerts;
         use crate::pki::Ca;
 
         let ca = Ca::generate("mesh-ca", Duration::from_secs(3600)).unwrap();
         let bundle_pem = ca.pem.cert_pem.clone();
         let store = Arc::new(CaStore::default());
-        store.set(Signer {
-            ca,
-            bundle_pem: bundle_pem.clone(),
-        });
+        store.load_ca(ca, bundle_pem.clone());
         let certs = Arc::new(ServingCerts::new(store, vec!["127.0.0.1".to_owned()]));
         let tls = Arc::new(certs.server_config().unwrap());
 

@@ -134,7 +134,11 @@ pub fn desired(mc: &MeshConfig, inputs: &Inputs<'_>) -> Result<Install, DesiredE
     }))?;
     push(source(Role {
         metadata: meta(CONTROL_PLANE, true, "control-plane"),
-        rules: Some(vec![rule("", &["secrets"], &["get", "list", "watch"])]),
+        rules: Some(vec![
+            rule("", &["secrets"], &["get", "list", "watch"]),
+            // The CA ledger (`skein-ca-issuers`): which CAs signed certificates still valid.
+            rule("", &["configmaps"], &["get", "create", "update"]),
+        ]),
     }))?;
     push(source(RoleBinding {
         metadata: meta(CONTROL_PLANE, true, "control-plane"),

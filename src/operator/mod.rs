@@ -37,6 +37,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use prometheus_client::metrics::counter::Counter;
@@ -273,7 +274,25 @@ fn controller(
         Api::<MutatingWebhookConfiguration>::all(client.clone()),
         ours.clone(),
     )
-    .owns(Api::<ValidatingWebhookConfiguration>::all(client), ours)
+    .owns(
+        Api::<ValidatingWebhookConfiguration>::all(client.clone()),
+        ours,
+    )
+    // `status.trust` follows the CA Secret (the user's, not owned) and the control plane's
+    // ledger of issuers.
+    .watches(
+        Api::<Secret>::namespaced(client.clone(), mesh_ns),
+        watcher::Config::default().fields(&format!("metadata.name={}", desired::CA_SECRET)),
+        |_| Some(ObjectRef::new(names::ACTIVE_MESHCONFIG)),
+    )
+    .watches(
+        Api::<ConfigMap>::namespaced(client, mesh_ns),
+        watcher::Config::default().fields(&format!(
+            "metadata.name={}",
+            crate::controlplane::identity::trust::LEDGER_CONFIGMAP
+        )),
+        |_| Some(ObjectRef::new(names::ACTIVE_MESHCONFIG)),
+    )
     .reconcile_all_on(federation_changes)
     .graceful_shutdown_on(async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
@@ -380,11 +399,16 @@ async fn install(mc: &MeshConfig, ctx: &Context) -> Result<Action, ReconcileErro
         rolling_out,
         fields_not_acting: mc.spec.fields_not_acting(),
     };
+    let (trust, trust_changes_at) = match status::read_trust(client).await {
+        Some((trust, at)) => (Some(trust), at),
+        None => (None, None),
+    };
     let now = Time(Timestamp::now());
     let previous = mc.status.clone().unwrap_or_default();
     let new_status = MeshConfigStatus {
         observed_generation: mc.metadata.generation,
         version: Some(version.clone()),
+        trust,
         conditions: status::conditions(
             &previous.conditions,
             mc.metadata.generation,
@@ -412,10 +436,16 @@ async fn install(mc: &MeshConfig, ctx: &Context) -> Result<Action, ReconcileErro
         )
         .await?;
     }
+    // A retained root leaves the bundle at a set time: report it then, not 10 minutes later.
+    let ready_requeue = trust_changes_at
+        .and_then(|at| at.duration_since(std::time::SystemTime::now()).ok())
+        .map_or(REQUEUE_READY, |wait| {
+            REQUEUE_READY.min(wait + Duration::from_secs(1))
+        });
     Ok(match (install_result, control_plane.ready) {
         (Err(_), _) => Action::requeue(REQUEUE_ERROR),
         (Ok(()), false) => Action::requeue(REQUEUE_NOT_READY),
-        (Ok(()), true) => Action::requeue(REQUEUE_READY),
+        (Ok(()), true) => Action::requeue(ready_requeue),
     })
 }
 

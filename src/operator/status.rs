@@ -3,14 +3,16 @@
 //! `/readyz`).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::api::meshconfig::ComponentStatus;
+use crate::api::meshconfig::{ComponentStatus, TrustStatus, TrustedRootStatus};
 use crate::api::not_acting::{self, InertField};
+use crate::controlplane::identity::trust::{self, Ledger, Trust, TrustedCert, Why};
 
 pub const CONTROL_PLANE_COMPONENT: &str = "control-plane";
 
@@ -162,6 +164,56 @@ pub fn deployment_component(
 
 /// Asks an external control plane whether it is ready: `GET /readyz` over HTTPS on the
 /// webhook's host and port, trusting only the mesh CA.
+/// `status.trust`, and when it changes next by itself (a retained root's end), from the CA
+/// Secret and the control plane's ledger (`None` while the Secret cannot be read).
+pub async fn read_trust(client: &kube::Client) -> Option<(TrustStatus, Option<SystemTime>)> {
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    let namespace = crate::api::names::MESH_NAMESPACE;
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);
+    let secret = secrets.get_opt(super::desired::CA_SECRET).await.ok()??;
+    let (ca, bundle) = crate::controlplane::identity::ca::ca_and_bundle(&secret).ok()?;
+    let signing = TrustedCert::parse(&ca.pem.cert_pem)?;
+    let configmaps: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), namespace);
+    let data = configmaps
+        .get_opt(trust::LEDGER_CONFIGMAP)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|cm| cm.data)
+        .unwrap_or_default();
+    let (ledger, _) = Ledger::from_data(&data);
+    let trust = trust::trust(&bundle, &[&signing], &ledger, SystemTime::now());
+    let next_change = trust.retained().map(|(_, until)| until).min();
+    Some((trust_status(&signing, &trust), next_change))
+}
+
+/// Pure: the trust bundle as `status.trust` shows it.
+pub fn trust_status(signing: &TrustedCert, trust: &Trust) -> TrustStatus {
+    let time = |at: SystemTime| Time(Timestamp::try_from(at).unwrap_or(Timestamp::UNIX_EPOCH));
+    TrustStatus {
+        signing: signing.subject.clone(),
+        roots: trust
+            .certs
+            .iter()
+            .map(|(cert, why)| TrustedRootStatus {
+                subject: cert.subject.clone(),
+                sha256: cert.fingerprint.clone(),
+                not_after: time(cert.not_after),
+                source: match why {
+                    Why::Secret => "Secret",
+                    Why::Signing => "Signing",
+                    Why::Retained { .. } => "Retained",
+                }
+                .to_owned(),
+                retained_until: match why {
+                    Why::Retained { until } => Some(time(*until)),
+                    _ => None,
+                },
+            })
+            .collect(),
+    }
+}
+
 pub async fn probe_external(webhook_url: &str, ca_pem: &str, version: &str) -> ComponentStatus {
     let result =
         tokio::time::timeout(Duration::from_secs(3), get_readyz(webhook_url, ca_pem)).await;

@@ -191,7 +191,12 @@ pub async fn run(
             Ok(current) => {
                 failures = 0;
                 metrics.renewed(true);
-                let renew_at = renewal_time(current.not_before, current.not_after, fastrand::f64());
+                let renew_at = renewal_time(
+                    SystemTime::now(),
+                    current.not_before,
+                    current.not_after,
+                    fastrand::f64(),
+                );
                 tracing::info!(
                     id = %current.id,
                     expires_in_s = seconds_until(current.not_after, SystemTime::now()),
@@ -268,12 +273,20 @@ async fn certify(
     )?)
 }
 
-/// Pure: when to renew a certificate valid from `not_before` to `not_after`; `jitter` in [0, 1).
-pub fn renewal_time(not_before: SystemTime, not_after: SystemTime, jitter: f64) -> SystemTime {
+/// Pure: when to renew a certificate valid from `not_before` to `not_after`, installed at `now`;
+/// `jitter` in [0, 1). Counted from `now` when `not_before` is earlier: the CA backdates it for
+/// clock skew, which with a one-minute lifetime would put every renewal in the past (a storm).
+pub fn renewal_time(
+    now: SystemTime,
+    not_before: SystemTime,
+    not_after: SystemTime,
+    jitter: f64,
+) -> SystemTime {
+    let valid_from = now.max(not_before);
     let lifetime = not_after
-        .duration_since(not_before)
+        .duration_since(valid_from)
         .unwrap_or(Duration::ZERO);
-    not_before + lifetime.mul_f64(RENEWAL_AT + RENEWAL_JITTER * jitter.clamp(0.0, 1.0))
+    valid_from + lifetime.mul_f64(RENEWAL_AT + RENEWAL_JITTER * jitter.clamp(0.0, 1.0))
 }
 
 /// Pure: the wait after the `failures`-th failure in a row; `jitter` in [0, 1) takes up to half
@@ -362,6 +375,16 @@ impl Collector for ExpiryCollector {
             None,
             gauge.metric_type(),
         )?;
+        gauge.encode(metric)?;
+        // Two during a CA rotation: what tells an operator every proxy has the new root.
+        let roots = i64::try_from(current.roots.len()).unwrap_or(i64::MAX);
+        let gauge = ConstGauge::new(roots);
+        let metric = encoder.encode_descriptor(
+            "identity_trusted_roots",
+            "CA certificates in the trust bundle peers are checked against",
+            None,
+            gauge.metric_type(),
+        )?;
         gauge.encode(metric)
     }
 }
@@ -375,21 +398,28 @@ mod tests {
         let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let end = start + Duration::from_secs(1000);
         assert_eq!(
-            renewal_time(start, end, 0.0),
+            renewal_time(start, start, end, 0.0),
             start + Duration::from_secs(500)
         );
         assert_eq!(
-            renewal_time(start, end, 0.5),
+            renewal_time(start, start, end, 0.5),
             start + Duration::from_secs(550)
         );
         assert_eq!(
-            renewal_time(start, end, 1.0),
+            renewal_time(start, start, end, 1.0),
             start + Duration::from_secs(600)
         );
         assert_eq!(
-            renewal_time(end, start, 0.3),
+            renewal_time(end, end, start, 0.3),
             end,
             "a backwards validity renews at once"
+        );
+        // A one-minute certificate backdated five minutes, installed now: renewed in 30 s, not
+        // at once (which would renew it again and again).
+        let now = start + Duration::from_secs(300);
+        assert_eq!(
+            renewal_time(now, start, now + Duration::from_secs(60), 0.0),
+            now + Duration::from_secs(30)
         );
     }
 

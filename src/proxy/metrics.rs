@@ -19,6 +19,7 @@
 //! | `skein_proxy_authz_denied_total` | `policy`, `protocol` | inbound requests (`http`, `grpc`) and connections (`tcp`) an AccessPolicy (`namespace/name`) denied |
 //! | `skein_proxy_authz_audit_would_deny_total` | `policy`, `protocol` | inbound traffic an `Audit` AccessPolicy would have denied (it passed) |
 //! | `skein_proxy_identity_cert_expiry_seconds`, `skein_proxy_identity_renewals_total` | `result` | the workload certificate: see [`super::identity`] |
+//! | `skein_proxy_identity_trusted_roots` | | CA certificates in the trust bundle (two during a CA rotation) |
 //!
 //! Request labels, as the meshes users know name them: `direction`, `protocol` (`http` or
 //! `grpc`), `source_workload`, `source_namespace`, `destination_service`,

@@ -436,7 +436,12 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
             text,
             shared.clone(),
         ))),
-        (_, _, Some(settings)) => Some(tokio::spawn(stream_config(settings, shared.clone()))),
+        (_, _, Some(settings)) => Some(tokio::spawn(stream_config(
+            settings,
+            shared.clone(),
+            // A certificate from files comes with its own bundle: the user's choice stands.
+            static_identity.is_none(),
+        ))),
         _ => None,
     };
 
@@ -578,12 +583,36 @@ async fn watch_config(path: std::path::PathBuf, text: String, shared: Arc<Shared
 }
 
 /// Applies the configurations the control plane streams, counting and logging each result.
-async fn stream_config(settings: client::ClientSettings, shared: Arc<Shared>) {
+async fn stream_config(settings: client::ClientSettings, shared: Arc<Shared>, follow_bundle: bool) {
     let applied = shared.clone();
     client::run(settings, shared.config.clone(), move |result| {
         on_config(&applied, result);
+        if let (Ok(compiled), true) = (result, follow_bundle) {
+            update_trust_bundle(&applied.credentials, &compiled.source.trust_bundle_pem);
+        }
     })
     .await;
+}
+
+/// Trusts the bundle the control plane pushed (a CA rotation's new root, or a retired one
+/// gone); a bundle that cannot be used is logged and the current one kept.
+fn update_trust_bundle(credentials: &mtls::Credentials, bundle_pem: &str) {
+    if bundle_pem.is_empty() {
+        return;
+    }
+    let before = credentials
+        .current()
+        .map(|loaded| loaded.bundle_pem.clone());
+    match credentials.update_bundle(bundle_pem) {
+        Ok(()) if before.as_deref().is_some_and(|b| b != bundle_pem) => tracing::info!(
+            roots = bundle_pem.matches("BEGIN CERTIFICATE").count(),
+            "trust bundle updated by the control plane"
+        ),
+        Ok(()) => {}
+        Err(err) => {
+            tracing::error!(error = %err, "the pushed trust bundle is unusable: keeping the current one");
+        }
+    }
 }
 
 /// Counts and logs one configuration change (from the file or the control plane); one saying

@@ -56,6 +56,7 @@ pub fn settings_to_proto(config: &cfg::ProxyConfig) -> pb::ProxySettings {
             .iter()
             .map(access_policy_to_proto)
             .collect(),
+        trust_bundle_pem: config.trust_bundle_pem.clone(),
     }
 }
 
@@ -90,6 +91,7 @@ pub fn settings_from_proto(settings: pb::ProxySettings) -> Result<cfg::ProxyConf
             .map(inbound_mtls_from_proto)
             .transpose()?
             .unwrap_or_default(),
+        trust_bundle_pem: settings.trust_bundle_pem,
     })
 }
 

@@ -1,33 +1,58 @@
 //! The mesh CA the control plane signs workload certificates with, and the trust bundle it
-//! hands out with them: both from the Secret `skein-system/skein-ca` (written once by the
-//! operator, see [`crate::operator::certs`]), reloaded whenever the Secret changes.
+//! hands out with them and on the configuration stream: from the Secret `skein-system/skein-ca`
+//! (written once by the operator, see [`crate::operator::certs`]), reloaded whenever the Secret
+//! changes.
 //!
-//! The bundle is the Secret's `ca.crt` when it has one (during a CA rotation it holds the old
-//! and the new root), else its `tls.crt`. A Secret that becomes unusable (or is deleted) is
-//! logged and the last good CA stays in use: refusing every certificate would take the mesh
-//! down with it.
+//! What the bundle holds, and why a CA removed from the Secret can stay in it, is
+//! [`super::trust`]. This module is its I/O: the Secret's watch, the ledger of issuers kept in
+//! the ConfigMap [`LEDGER_CONFIGMAP`], and a tick that lets a new CA start signing, and a
+//! retained one go, when their time comes.
+//!
+//! A Secret that becomes unusable (or is deleted) is logged and the last good CA stays in use:
+//! refusing every certificate would take the mesh down with it.
 
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Api, ObjectMeta, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::watch;
 
+use super::trust::{LEDGER_CONFIGMAP, Ledger, Trust, TrustedCert, trust};
 use crate::api::names;
 use crate::operator::certs::{CertError, ca_from_secret};
 use crate::operator::desired::CA_SECRET;
 use crate::pki::Ca;
 
-/// The CA and the roots certificates it signs chain to.
+/// How long a new CA's certificate is in every proxy's bundle before it signs anything: the
+/// stream delivers a bundle in well under a second; this leaves room for a slow proxy.
+pub const PROPAGATION: Duration = Duration::from_secs(10);
+/// How often a new CA's start and retained CAs' expiry are checked.
+const TICK: Duration = Duration::from_secs(1);
+/// How often the ledger is stored when it changed.
+const STORE_EVERY: Duration = Duration::from_secs(5);
+/// A pod certified this recently is kept in the ledger even if the pod cache has not seen it
+/// yet (the cache follows the apiserver with a delay).
+const NEW_POD_GRACE: Duration = Duration::from_secs(60);
+
+/// Whether pod `namespace`/`name` exists (the control plane's pod cache).
+pub type PodExists = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
+/// The CA that signs now, and the roots peers' certificates may chain to.
 pub struct Signer {
-    pub ca: Ca,
-    /// PEM, one or more roots.
+    pub ca: Arc<Ca>,
+    /// The CA's certificate, as the ledger records it.
+    pub issuer: TrustedCert,
+    /// PEM: every CA certificate proxies trust now.
     pub bundle_pem: String,
 }
 
-/// Pure: the CA Secret → the signer, or what is wrong with the Secret.
-pub fn signer_from_secret(secret: &Secret) -> Result<Signer, CertError> {
+/// Pure: the CA Secret → its CA and its bundle (`ca.crt`, else `tls.crt`), or what is wrong
+/// with the Secret.
+pub fn ca_and_bundle(secret: &Secret) -> Result<(Ca, String), CertError> {
     let ca = ca_from_secret(secret)?;
     let bundle = secret
         .data
@@ -36,53 +61,219 @@ pub fn signer_from_secret(secret: &Secret) -> Result<Signer, CertError> {
         .and_then(|bytes| String::from_utf8(bytes.0.clone()).ok())
         .filter(|pem| pem.contains("-----BEGIN CERTIFICATE-----"));
     let bundle_pem = bundle.unwrap_or_else(|| ca.pem.cert_pem.clone());
-    Ok(Signer { ca, bundle_pem })
+    Ok((ca, bundle_pem))
+}
+
+#[derive(Default)]
+struct State {
+    /// The Secret's bundle as last read successfully.
+    secret_bundle: String,
+    signing: Option<(Arc<Ca>, TrustedCert)>,
+    /// A new CA from the Secret, not trusted by proxies yet: it signs from the instant given.
+    next: Option<(Arc<Ca>, TrustedCert, Instant)>,
+    ledger: Ledger,
+    /// The ledger changed since it was last stored.
+    unstored: bool,
+    /// `namespace/pod` → when this process last certified it.
+    recently_certified: HashMap<String, Instant>,
+    /// Why the Secret as last read cannot be used (then the last good CA, if any, still signs).
+    problem: Option<String>,
+    current: Option<Arc<Signer>>,
+    trust: Option<Trust>,
 }
 
 /// The current signer, if the Secret was ever read successfully.
-#[derive(Default)]
 pub struct CaStore {
-    current: RwLock<Option<Arc<Signer>>>,
-    /// Why the Secret as last read cannot be used (then the last good CA, if any, still signs).
-    problem: RwLock<Option<String>>,
+    state: Mutex<State>,
+    /// The bundle proxies get on the stream ("" until the Secret is read).
+    bundle: watch::Sender<String>,
+    /// Set once the pod cache is synced: deleted pods' certificates leave the ledger.
+    pods: OnceLock<PodExists>,
+}
+
+impl Default for CaStore {
+    fn default() -> Self {
+        Self {
+            state: Mutex::default(),
+            bundle: watch::Sender::new(String::new()),
+            pods: OnceLock::new(),
+        }
+    }
 }
 
 impl CaStore {
-    pub fn current(&self) -> Option<Arc<Signer>> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn set(&self, signer: Signer) {
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(signer));
+    pub fn current(&self) -> Option<Arc<Signer>> {
+        self.state().current.clone()
+    }
+
+    /// The bundle proxies trust now; changes when a CA is added, starts signing, or is no
+    /// longer needed.
+    pub fn bundle(&self) -> watch::Receiver<String> {
+        self.bundle.subscribe()
+    }
+
+    /// What the bundle holds and why (for `/debug`).
+    pub fn trust(&self) -> Option<Trust> {
+        self.state().trust.clone()
     }
 
     /// Why the mesh CA cannot sign now, if it cannot: the Secret is unusable (say, its CA
     /// expired or is not valid yet), or the CA read earlier has expired since. `None` also
     /// before the Secret is first read (nothing is wrong yet).
     pub fn unusable(&self) -> Option<String> {
-        if let Some(problem) = self
-            .problem
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        {
+        let state = self.state();
+        if let Some(problem) = state.problem.clone() {
             return Some(problem);
         }
-        let current = self.current()?;
-        let info = crate::pki::CertInfo::parse(&current.ca.pem.cert_pem).ok()?;
+        let (ca, _) = state.signing.as_ref()?;
+        let info = crate::pki::CertInfo::parse(&ca.pem.cert_pem).ok()?;
         crate::operator::certs::validity_problem(&info, time::OffsetDateTime::now_utc())
             .map(|problem| format!("secret {}/{CA_SECRET} {problem}", names::MESH_NAMESPACE))
     }
 
-    fn set_problem(&self, problem: Option<String>) {
-        *self.problem.write().unwrap_or_else(|e| e.into_inner()) = problem;
+    /// Takes a CA and bundle as read from the Secret. The first CA signs at once; a later one
+    /// at once if proxies already trust it (step 1 of docs/ca-rotation.md was done), else after
+    /// [`PROPAGATION`], its certificate being in the bundle meanwhile.
+    pub fn load_ca(&self, ca: Ca, bundle_pem: String) {
+        let Some(cert) = TrustedCert::parse(&ca.pem.cert_pem) else {
+            return;
+        };
+        let mut state = self.state();
+        let new = Arc::new(ca);
+        let trusted = state.trust.as_ref().is_some_and(|trust| {
+            trust
+                .certs
+                .iter()
+                .any(|(c, _)| c.fingerprint == cert.fingerprint)
+        });
+        match &state.signing {
+            Some((_, signing)) if signing.fingerprint == cert.fingerprint => state.next = None,
+            Some(_) if !trusted => {
+                tracing::info!(
+                    ca = %cert.subject,
+                    after = ?PROPAGATION,
+                    "a new mesh CA: it signs once every proxy trusts it"
+                );
+                state.next = Some((new, cert, Instant::now() + PROPAGATION));
+            }
+            _ => {
+                state.signing = Some((new, cert));
+                state.next = None;
+            }
+        }
+        state.secret_bundle = bundle_pem;
+        state.problem = None;
+        self.refresh(&mut state, Instant::now(), SystemTime::now());
     }
 
-    /// Follows the CA Secret for as long as it is polled.
-    pub async fn watch(self: Arc<Self>, client: kube::Client) {
+    /// From now on, the certificates of pods that no longer exist stop keeping a CA trusted.
+    pub fn follow_pods(&self, exists: PodExists) {
+        let _ = self.pods.set(exists);
+    }
+
+    /// Notes a certificate `signer` issued to pod `namespace/pod`, valid until `not_after`.
+    pub fn record_issued(
+        &self,
+        signer: &Signer,
+        namespace: &str,
+        pod: &str,
+        not_after: SystemTime,
+        lifetime: Duration,
+    ) {
+        let key = format!("{namespace}/{pod}");
+        let mut state = self.state();
+        let now = Instant::now();
+        state
+            .recently_certified
+            .retain(|_, at| now.duration_since(*at) < NEW_POD_GRACE);
+        state.recently_certified.insert(key.clone(), now);
+        if state
+            .ledger
+            .record(&signer.issuer, &key, not_after, lifetime)
+        {
+            state.unstored = true;
+            self.refresh(&mut state, now, SystemTime::now());
+        }
+    }
+
+    /// Forgets expired certificates and those of deleted pods.
+    fn prune(&self, state: &mut State, now: Instant, wall: SystemTime) {
+        let recent = &state.recently_certified;
+        let exists = |key: &str| {
+            let known = self.pods.get().is_none_or(|exists| {
+                key.split_once('/')
+                    .is_some_and(|(namespace, pod)| exists(namespace, pod))
+            });
+            known
+                || recent
+                    .get(key)
+                    .is_some_and(|at| now.duration_since(*at) < NEW_POD_GRACE)
+        };
+        if state.ledger.prune(wall, exists) {
+            state.unstored = true;
+        }
+    }
+
+    /// Recomputes the signer and the bundle; publishes the bundle when it changed.
+    fn refresh(&self, state: &mut State, now: Instant, wall: SystemTime) {
+        if state.next.as_ref().is_some_and(|(_, _, from)| now >= *from)
+            && let Some((ca, cert, _)) = state.next.take()
+        {
+            tracing::info!(ca = %cert.subject, "the new mesh CA signs from now on");
+            state.signing = Some((ca, cert));
+        }
+        let Some((ca, issuer)) = state.signing.clone() else {
+            return;
+        };
+        let mut signing = vec![&issuer];
+        if let Some((_, next, _)) = &state.next {
+            signing.push(next);
+        }
+        let trust = trust(&state.secret_bundle, &signing, &state.ledger, wall);
+        let bundle_changed = state
+            .trust
+            .as_ref()
+            .is_none_or(|old| old.bundle_pem != trust.bundle_pem);
+        if bundle_changed {
+            for (cert, until) in trust.retained() {
+                tracing::warn!(
+                    ca = %cert.subject,
+                    sha256 = %cert.fingerprint,
+                    until = %super::super::push::rfc3339(until),
+                    "a CA removed from the Secret stays trusted while certificates it signed are valid"
+                );
+            }
+            tracing::info!(
+                roots = trust.certs.len(),
+                "the trust bundle changed: pushing it to every proxy"
+            );
+        }
+        let signer_changed = state.current.as_ref().is_none_or(|current| {
+            current.issuer.fingerprint != issuer.fingerprint || bundle_changed
+        });
+        if signer_changed {
+            state.current = Some(Arc::new(Signer {
+                ca,
+                issuer,
+                bundle_pem: trust.bundle_pem.clone(),
+            }));
+        }
+        if bundle_changed {
+            self.bundle.send_replace(trust.bundle_pem.clone());
+        }
+        state.trust = Some(trust);
+    }
+
+    /// Follows the CA Secret, keeps the ledger stored, and ticks, for as long as it is polled.
+    pub async fn run(self: Arc<Self>, client: kube::Client) {
+        tokio::join!(self.clone().watch(client.clone()), self.maintain(client));
+    }
+
+    async fn watch(self: Arc<Self>, client: kube::Client) {
         let secrets: Api<Secret> = Api::namespaced(client, names::MESH_NAMESPACE);
         let only_ca = watcher::Config::default().fields(&format!("metadata.name={CA_SECRET}"));
         watcher(secrets, only_ca)
@@ -106,34 +297,123 @@ impl CaStore {
     }
 
     fn load(&self, secret: &Secret) {
-        match signer_from_secret(secret) {
-            Ok(signer) => {
+        match ca_and_bundle(secret) {
+            Ok((ca, bundle_pem)) => {
                 tracing::info!(
-                    roots = signer.bundle_pem.matches("BEGIN CERTIFICATE").count(),
+                    roots = bundle_pem.matches("BEGIN CERTIFICATE").count(),
                     "loaded the mesh CA"
                 );
-                self.set(signer);
-                self.set_problem(None);
+                self.load_ca(ca, bundle_pem);
             }
             Err(err) => {
                 tracing::error!(
                     error = %err,
                     "the mesh CA Secret is unusable: keeping the last CA read (if any)"
                 );
-                self.set_problem(Some(err.to_string()));
+                self.state().problem = Some(err.to_string());
             }
         }
+    }
+
+    /// Ticks: a new CA starts signing, a retained CA goes once its last certificate expired,
+    /// and the ledger is merged with the stored one (other replicas', an earlier run's) and
+    /// stored when it changed.
+    async fn maintain(self: Arc<Self>, client: kube::Client) {
+        let configmaps: Api<ConfigMap> = Api::namespaced(client, names::MESH_NAMESPACE);
+        let mut synced = false;
+        let mut last_sync: Option<Instant> = None;
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tick.tick().await;
+            let unstored = {
+                let mut state = self.state();
+                let (now, wall) = (Instant::now(), SystemTime::now());
+                self.prune(&mut state, now, wall);
+                self.refresh(&mut state, now, wall);
+                state.unstored
+            };
+            let due = last_sync.is_none_or(|at| at.elapsed() >= STORE_EVERY);
+            if due && (!synced || unstored) {
+                last_sync = Some(Instant::now());
+                match self.sync_ledger(&configmaps).await {
+                    Ok(()) => synced = true,
+                    Err(err) => tracing::warn!(
+                        error = %err,
+                        configmap = LEDGER_CONFIGMAP,
+                        "storing the CA ledger (retried)"
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Merges the stored ledger into ours and stores the result if it differs.
+    async fn sync_ledger(&self, configmaps: &Api<ConfigMap>) -> Result<(), kube::Error> {
+        let stored = configmaps.get_opt(LEDGER_CONFIGMAP).await?;
+        let stored_data = stored
+            .as_ref()
+            .and_then(|cm| cm.data.clone())
+            .unwrap_or_default();
+        let (theirs, bad) = Ledger::from_data(&stored_data);
+        for key in bad {
+            tracing::warn!(
+                key,
+                configmap = LEDGER_CONFIGMAP,
+                "skipping an unreadable entry"
+            );
+        }
+        let data = {
+            let mut state = self.state();
+            let (now, wall) = (Instant::now(), SystemTime::now());
+            state.ledger.merge(&theirs);
+            self.prune(&mut state, now, wall);
+            state.unstored = false;
+            self.refresh(&mut state, now, wall);
+            state.ledger.to_data()
+        };
+        if data == stored_data && stored.is_some() {
+            return Ok(());
+        }
+        let configmap = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(LEDGER_CONFIGMAP.to_owned()),
+                namespace: Some(names::MESH_NAMESPACE.to_owned()),
+                labels: Some(BTreeMap::from([(
+                    "app.kubernetes.io/part-of".to_owned(),
+                    "skein".to_owned(),
+                )])),
+                resource_version: stored.and_then(|cm| cm.metadata.resource_version),
+                ..ObjectMeta::default()
+            },
+            data: Some(data),
+            ..ConfigMap::default()
+        };
+        let written = match configmap.metadata.resource_version {
+            Some(_) => {
+                configmaps
+                    .replace(LEDGER_CONFIGMAP, &PostParams::default(), &configmap)
+                    .await
+            }
+            None => configmaps.create(&PostParams::default(), &configmap).await,
+        };
+        if let Err(err) = written {
+            // Another replica wrote first (a conflict): merge theirs at the next tick.
+            self.state().unstored = true;
+            return Err(err);
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::time::Duration;
 
     use k8s_openapi::ByteString;
 
     use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
 
     fn secret(entries: &[(&str, &str)]) -> Secret {
         Secret {
@@ -147,26 +427,39 @@ mod tests {
         }
     }
 
+    fn copy(ca: &Ca) -> Ca {
+        Ca::from_pem(&ca.pem.cert_pem, &ca.pem.key_pem).unwrap()
+    }
+
+    fn tick(store: &CaStore, after: Duration) {
+        let mut state = store.state();
+        store.refresh(
+            &mut state,
+            Instant::now() + after,
+            SystemTime::now() + after,
+        );
+    }
+
     #[test]
     fn the_bundle_is_ca_crt_when_present_else_the_ca_itself() {
-        let ca = Ca::generate("test-ca", Duration::from_secs(3600)).unwrap();
-        let other = Ca::generate("next-ca", Duration::from_secs(3600)).unwrap();
+        let ca = Ca::generate("test-ca", HOUR).unwrap();
+        let other = Ca::generate("next-ca", HOUR).unwrap();
         let (cert, key) = (ca.pem.cert_pem.as_str(), ca.pem.key_pem.as_str());
 
-        let alone = signer_from_secret(&secret(&[("tls.crt", cert), ("tls.key", key)])).unwrap();
-        assert_eq!(alone.bundle_pem, cert);
+        let (_, alone) = ca_and_bundle(&secret(&[("tls.crt", cert), ("tls.key", key)])).unwrap();
+        assert_eq!(alone, cert);
 
         let both = format!("{cert}{}", other.pem.cert_pem);
-        let rotating = signer_from_secret(&secret(&[
+        let (signing, rotating) = ca_and_bundle(&secret(&[
             ("tls.crt", cert),
             ("tls.key", key),
             ("ca.crt", &both),
         ]))
         .unwrap();
-        assert_eq!(rotating.bundle_pem, both);
-        assert_eq!(rotating.ca.pem.cert_pem, cert, "signs with tls.crt/tls.key");
+        assert_eq!(rotating, both);
+        assert_eq!(signing.pem.cert_pem, cert, "signs with tls.crt/tls.key");
 
-        let err = signer_from_secret(&secret(&[("tls.crt", cert)]))
+        let err = ca_and_bundle(&secret(&[("tls.crt", cert)]))
             .err()
             .expect("no key");
         assert!(err.to_string().contains("tls.key"), "{err}");
@@ -176,7 +469,7 @@ mod tests {
     fn a_bad_secret_keeps_the_last_signer() {
         let store = CaStore::default();
         assert!(store.current().is_none());
-        let ca = Ca::generate("test-ca", Duration::from_secs(3600)).unwrap();
+        let ca = Ca::generate("test-ca", HOUR).unwrap();
         store.load(&secret(&[
             ("tls.crt", &ca.pem.cert_pem),
             ("tls.key", &ca.pem.key_pem),
@@ -184,5 +477,61 @@ mod tests {
         store.load(&secret(&[("tls.crt", "garbage")]));
         let kept = store.current().expect("kept");
         assert_eq!(kept.ca.pem.cert_pem, ca.pem.cert_pem);
+        assert!(store.unusable().is_some_and(|why| why.contains("tls.key")));
+    }
+
+    #[test]
+    fn the_three_documented_steps_sign_with_the_new_ca_at_once_and_keep_the_old_root() {
+        let (old, new) = (
+            Ca::generate("old", HOUR).unwrap(),
+            Ca::generate("new", HOUR).unwrap(),
+        );
+        let store = CaStore::default();
+        let bundle = store.bundle();
+        store.load_ca(copy(&old), old.pem.cert_pem.clone());
+        let signer = store.current().unwrap();
+        store.record_issued(&signer, "demo", "web-1", SystemTime::now() + HOUR, HOUR);
+
+        // 1. Add the new root: pushed at once, the old CA still signs.
+        let both = format!("{}{}", old.pem.cert_pem, new.pem.cert_pem);
+        store.load_ca(copy(&old), both.clone());
+        assert_eq!(*bundle.borrow(), both);
+        assert_eq!(store.current().unwrap().ca.pem.cert_pem, old.pem.cert_pem);
+        // 2. Sign with the new CA: trusted already, so it signs at once.
+        store.load_ca(copy(&new), both.clone());
+        assert_eq!(store.current().unwrap().ca.pem.cert_pem, new.pem.cert_pem);
+        // 3. Remove the old root too early: it stays, as a certificate it signed is valid.
+        store.load_ca(copy(&new), new.pem.cert_pem.clone());
+        assert_eq!(
+            *bundle.borrow(),
+            format!("{}{}", new.pem.cert_pem, old.pem.cert_pem)
+        );
+        let trust = store.trust().unwrap();
+        assert_eq!(trust.retained().count(), 1);
+        // ... and goes once that certificate has expired.
+        tick(&store, 2 * HOUR);
+        assert_eq!(*bundle.borrow(), new.pem.cert_pem);
+    }
+
+    #[test]
+    fn a_new_ca_swapped_in_one_step_is_trusted_first_and_signs_after_the_propagation_time() {
+        let (old, new) = (
+            Ca::generate("old", HOUR).unwrap(),
+            Ca::generate("new", HOUR).unwrap(),
+        );
+        let store = CaStore::default();
+        let bundle = store.bundle();
+        store.load_ca(copy(&old), old.pem.cert_pem.clone());
+        store.load_ca(copy(&new), new.pem.cert_pem.clone());
+        assert_eq!(
+            store.current().unwrap().ca.pem.cert_pem,
+            old.pem.cert_pem,
+            "the old CA signs until proxies trust the new one"
+        );
+        assert!(bundle.borrow().contains(&new.pem.cert_pem));
+        tick(&store, PROPAGATION);
+        assert_eq!(store.current().unwrap().ca.pem.cert_pem, new.pem.cert_pem);
+        // The old CA signed nothing recorded here, so nothing keeps it.
+        assert_eq!(*bundle.borrow(), new.pem.cert_pem);
     }
 }

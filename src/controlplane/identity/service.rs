@@ -89,6 +89,8 @@ impl Identity for IdentityService {
             .map(|info| SystemTime::from(info.not_after))
             .map_err(|err| Status::internal(err.to_string()))?;
         self.issued.record(&proxy.namespace, &proxy.pod, not_after);
+        self.ca
+            .record_issued(&signer, &proxy.namespace, &proxy.pod, not_after, lifetime);
         tracing::info!(
             %id,
             pod = %proxy.pod,
@@ -108,7 +110,6 @@ mod tests {
     use std::time::Duration;
 
     use super::super::authn::FixedTokens;
-    use super::super::ca::Signer;
     use super::*;
     use crate::pki::{Ca, WorkloadCertInfo};
 
@@ -116,10 +117,10 @@ mod tests {
         let ca = Ca::generate("test-ca", Duration::from_secs(3600)).unwrap();
         let store = Arc::new(CaStore::default());
         if with_ca {
-            store.set(Signer {
-                ca: Ca::from_pem(&ca.pem.cert_pem, &ca.pem.key_pem).unwrap(),
-                bundle_pem: ca.pem.cert_pem.clone(),
-            });
+            store.load_ca(
+                Ca::from_pem(&ca.pem.cert_pem, &ca.pem.key_pem).unwrap(),
+                ca.pem.cert_pem.clone(),
+            );
         }
         let service = IdentityService {
             ca: store,

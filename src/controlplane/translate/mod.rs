@@ -138,6 +138,8 @@ pub struct Inputs<'a> {
     pub mtls_policies: &'a [Arc<MtlsPolicy>],
     /// `cluster.local` in most clusters.
     pub cluster_domain: &'a str,
+    /// The CA certificates every proxy trusts (PEM; empty before the mesh CA is read).
+    pub trust_bundle_pem: &'a str,
 }
 
 /// The mesh as proxies see it, computed once per change and shared by every proxy.
@@ -153,6 +155,7 @@ pub struct MeshView {
     access_policies: Vec<access::PreparedAccessPolicy>,
     /// Sorted by kind, namespace and name.
     reports: Vec<RuleReport>,
+    trust_bundle_pem: String,
 }
 
 /// A destination as every proxy that sees it gets it, short host aside.
@@ -405,6 +408,7 @@ impl MeshView {
             },
             access_policies,
             reports,
+            trust_bundle_pem: inputs.trust_bundle_pem.to_owned(),
         }
     }
 
@@ -460,6 +464,7 @@ impl MeshView {
             outbound_traffic_policy: self.outbound_traffic_policy,
             draining: self.pods.get(namespace, pod).is_some_and(is_terminating),
             inbound_mtls: self.mtls.inbound(namespace, self.pods.get(namespace, pod)),
+            trust_bundle_pem: self.trust_bundle_pem.clone(),
             ..ProxyConfig::default()
         };
         hash.write(&json_bytes(&(
@@ -469,6 +474,7 @@ impl MeshView {
             config.detect_timeout,
             config.draining,
             &config.inbound_mtls,
+            &config.trust_bundle_pem,
         )));
         config.version = format!("{:016x}", hash.finish());
         config.destinations = destinations;

@@ -201,6 +201,7 @@ impl World {
             access_policies: &self.access_policies,
             mtls_policies: &self.mtls_policies,
             cluster_domain: "cluster.local",
+            trust_bundle_pem: "",
         })
     }
 }

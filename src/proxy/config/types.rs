@@ -47,6 +47,11 @@ pub struct ProxyConfig {
     /// `proxy::authz`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access_policies: Vec<AccessPolicy>,
+    /// The CA certificates peers' certificates may chain to (PEM), from the control plane:
+    /// a CA rotation reaches every proxy at once, not with its next certificate. Empty: keep
+    /// the bundle that came with the workload certificate.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub trust_bundle_pem: String,
 }
 
 /// The server side of mutual TLS: whether plaintext is accepted, mesh-wide and per port.
@@ -97,6 +102,7 @@ impl Default for ProxyConfig {
             draining: false,
             inbound_mtls: InboundMtls::default(),
             access_policies: Vec::new(),
+            trust_bundle_pem: String::new(),
         }
     }
 }
