@@ -67,11 +67,15 @@ fn realistic_pod() -> serde_json::Value {
     })
 }
 
-/// The MeshConfig defaults on a cluster with native sidecars, as the control plane would see them.
+/// The MeshConfig defaults on a cluster with native sidecars, as the control plane would see
+/// them (its stream over TLS, so each proxy carries the trust bundle).
 fn inject_config() -> InjectConfig {
+    let ca =
+        skein::pki::Ca::generate("bench-ca", std::time::Duration::from_secs(3600)).expect("a CA");
     InjectConfig {
         mesh: MeshConfigSpec::default(),
         xds_address: "skein-control-plane.skein-system.svc:9090".to_owned(),
+        xds_trust_bundle_pem: Some(ca.pem.cert_pem),
         native_sidecars_supported: true,
         sleep_hooks_supported: true,
     }

@@ -174,7 +174,8 @@ pub struct ControlPlaneArgs {
     pub xds_addr: std::net::SocketAddr,
     /// Serve the configuration stream (and certificate requests) over TLS, with a certificate
     /// the control plane issues itself from the mesh CA for its Service names and the host of
-    /// `--xds-address`. Proxies then need the trust bundle (`skein proxy --trust-bundle`).
+    /// `--xds-address`. The injector gives each proxy the trust bundle to verify it; the
+    /// operator and `skein dev up` always set it.
     #[arg(long)]
     pub xds_tls: bool,
     /// Address of the plain-HTTP debug server: `/debug/proxies`, `/debug/config?pod=NS/NAME`
@@ -230,6 +231,11 @@ pub struct InjectArgs {
     /// Control-plane address written into the proxy's environment.
     #[arg(long, default_value = "skein-control-plane.skein-system.svc:9090")]
     pub xds_address: String,
+    /// The mesh's trust bundle (PEM file) for a control plane serving its stream over TLS, as
+    /// an installed mesh does: `kubectl -n skein-system get secret skein-ca -o
+    /// jsonpath='{.data.tls\.crt}' | base64 -d`. Without it the proxies use plaintext.
+    #[arg(long)]
+    pub xds_trust_bundle: Option<PathBuf>,
     /// Inject the proxy as a regular container instead of a native sidecar (for clusters older
     /// than Kubernetes 1.29).
     #[arg(long)]

@@ -209,7 +209,7 @@ async fn a_pod_gets_its_service_accounts_certificate_and_nobody_else_does() {
         IdentitySettings {
             address: format!("127.0.0.1:{}", control_plane.xds_port),
             token_path: file.path().to_owned(),
-            trust_bundle: None,
+            trust: Default::default(),
         },
         credentials.clone(),
         metrics,
@@ -346,7 +346,7 @@ async fn the_stream_serves_only_the_pod_the_token_belongs_to() {
                 ip: None,
             },
             token_path: Some(file.path().to_owned()),
-            trust_bundle: None,
+            trust: Default::default(),
         },
         store,
         move |result| {
@@ -379,7 +379,7 @@ async fn over_tls_the_proxy_verifies_the_control_plane_against_the_mesh_ca() {
         IdentitySettings {
             address: address.clone(),
             token_path: token_path.path().to_owned(),
-            trust_bundle: Some(bundle.path().to_owned()),
+            trust: skein::proxy::stream_trust::StreamTrust::file(bundle.path()),
         },
         credentials.clone(),
         IdentityMetrics::register(&mut registry, credentials.clone()),
@@ -395,7 +395,7 @@ async fn over_tls_the_proxy_verifies_the_control_plane_against_the_mesh_ca() {
                 ip: None,
             },
             token_path: Some(token_path.path().to_owned()),
-            trust_bundle: Some(bundle.path().to_owned()),
+            trust: skein::proxy::stream_trust::StreamTrust::file(bundle.path()),
         },
         store,
         move |result| {

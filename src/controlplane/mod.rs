@@ -89,6 +89,7 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
         registry: Arc::new(registry),
         index: index.clone(),
         ca: ca.clone(),
+        xds_tls: args.xds_tls,
     });
 
     tokio::spawn(watches);

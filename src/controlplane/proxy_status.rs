@@ -323,7 +323,7 @@ mod tests {
                 address: xds_addr,
                 identity,
                 token_path: Some(token.path().to_owned()),
-                trust_bundle: None,
+                trust: Default::default(),
             },
             store,
             {

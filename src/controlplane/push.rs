@@ -1274,7 +1274,7 @@ egress: [{{host: api.example.com}}]
                 address: addr.to_string(),
                 identity: web_identity(),
                 token_path: Some(token.path().to_owned()),
-                trust_bundle: None,
+                trust: Default::default(),
             },
             store.clone(),
             {
@@ -1547,7 +1547,7 @@ egress: [{{host: api.example.com}}]
                 address: addr.to_string(),
                 identity: web_identity(),
                 token_path: Some(token.path().to_owned()),
-                trust_bundle: Some(bundle.path().to_owned()),
+                trust: crate::proxy::stream_trust::StreamTrust::file(bundle.path()),
             },
             store.clone(),
             |_| {},
@@ -1561,11 +1561,14 @@ egress: [{{host: api.example.com}}]
         // A client trusting another CA fails the handshake; a plaintext one gets no HTTP/2.
         let other = Ca::generate("other-ca", Duration::from_secs(3600)).unwrap();
         let other_bundle = FixedTokens::file(&other.pem.cert_pem);
-        let distrusting = client::endpoint(&addr.to_string(), Some(other_bundle.path()))
-            .await
-            .expect("endpoint");
+        let distrusting = client::endpoint(
+            &addr.to_string(),
+            &crate::proxy::stream_trust::StreamTrust::file(other_bundle.path()),
+        )
+        .await
+        .expect("endpoint");
         assert!(distrusting.connect().await.is_err(), "an unknown CA");
-        let plaintext = client::endpoint(&addr.to_string(), None)
+        let plaintext = client::endpoint(&addr.to_string(), &Default::default())
             .await
             .expect("endpoint");
         let refused = match plaintext.connect().await {

@@ -31,6 +31,31 @@ pub struct AppState {
     pub index: Arc<OnceLock<Index>>,
     /// The mesh CA workload certificates are signed with.
     pub ca: Arc<super::identity::CaStore>,
+    /// The configuration stream is TLS: injected proxies get the trust bundle to verify it.
+    pub xds_tls: bool,
+}
+
+/// How long an injection waits for the mesh CA at start-up (read a moment after the webhook
+/// starts serving) before injecting a proxy that could not verify the stream.
+const CA_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The trust bundle for injected proxies, when the stream is TLS.
+async fn stream_trust_bundle(state: &AppState) -> Option<String> {
+    if !state.xds_tls {
+        return None;
+    }
+    let mut bundle = state.ca.bundle();
+    let loaded = tokio::time::timeout(CA_WAIT, bundle.wait_for(|pem| !pem.is_empty())).await;
+    match loaded {
+        Ok(Ok(pem)) => Some(pem.clone()),
+        _ => {
+            tracing::warn!(
+                "the mesh CA is not loaded: the injected proxy cannot verify the configuration \
+                 stream until its pod is recreated"
+            );
+            None
+        }
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -63,7 +88,8 @@ async fn inject(State(state): State<AppState>, body: Bytes) -> Response {
         },
         None => None,
     };
-    let cfg = state.cluster.inject_config();
+    let mut cfg = state.cluster.inject_config();
+    cfg.xds_trust_bundle_pem = stream_trust_bundle(&state).await;
     let (response, outcome) = webhook::respond(&request, &cfg, labels.as_ref());
     state.metrics.record(&outcome, started.elapsed());
     tracing::debug!(

@@ -123,6 +123,7 @@ impl ClusterState {
         InjectConfig {
             mesh,
             xds_address,
+            xds_trust_bundle_pem: None,
             native_sidecars_supported: self.native_sidecars_supported,
             sleep_hooks_supported: self.sleep_hooks_supported,
         }

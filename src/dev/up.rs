@@ -137,6 +137,10 @@ pub async fn up(args: &DevClusterArgs) -> anyhow::Result<()> {
             // Pods reach it at the node's address, which the node relays to this host port.
             "--xds-addr".into(),
             format!("127.0.0.1:{xds_port}"),
+            // Over TLS, with a certificate for the address pods dial.
+            "--xds-tls".into(),
+            "--xds-address".into(),
+            format!("{node_ip}:{xds_port}"),
             "--debug-addr".into(),
             format!("127.0.0.1:{debug_port}"),
         ],

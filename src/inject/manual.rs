@@ -98,7 +98,17 @@ pub fn run(args: &InjectArgs) -> anyhow::Result<()> {
         Some(path) => load_meshconfig(path)?,
         None => MeshConfigSpec::default(),
     };
-    let cfg = config(mesh, &args.xds_address, args.no_native_sidecar);
+    let mut cfg = config(mesh, &args.xds_address, args.no_native_sidecar);
+    if let Some(path) = &args.xds_trust_bundle {
+        let pem = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the trust bundle {}", path.display()))?;
+        anyhow::ensure!(
+            pem.contains("-----BEGIN CERTIFICATE-----"),
+            "{} holds no PEM certificate",
+            path.display()
+        );
+        cfg.xds_trust_bundle_pem = Some(pem);
+    }
     let (output, reports) = inject_documents_with_reports(&input, &cfg)?;
     for report in &reports {
         match report.outcome {
@@ -132,6 +142,7 @@ pub fn config(
     InjectConfig {
         mesh,
         xds_address: xds_address.to_owned(),
+        xds_trust_bundle_pem: None,
         native_sidecars_supported: !no_native_sidecar,
         // Manifests are injected for a current cluster; an older one refuses the hook with a
         // message naming it.

@@ -23,6 +23,9 @@ pub struct InjectConfig {
     pub mesh: MeshConfigSpec,
     /// `host:port` proxies use to reach the control plane.
     pub xds_address: String,
+    /// The mesh's trust bundle (PEM) when the control plane serves its stream over TLS: given
+    /// to each proxy to verify it (`None`: a plaintext stream).
+    pub xds_trust_bundle_pem: Option<String>,
     /// Whether the cluster runs native sidecars (Kubernetes ≥ 1.29).
     pub native_sidecars_supported: bool,
     /// Whether the cluster runs `preStop: {sleep: ...}` hooks (Kubernetes ≥ 1.30), which hold a

@@ -51,10 +51,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, HTTPGetAction,
-    Lifecycle, LifecycleHandler, ObjectFieldSelector, Pod, PodSpec, Probe, ProjectedVolumeSource,
-    ResourceRequirements, SecurityContext, ServiceAccountTokenProjection, SleepAction, Volume,
-    VolumeMount, VolumeProjection,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction,
+    HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, Pod, PodSpec, Probe,
+    ProjectedVolumeSource, ResourceRequirements, SecurityContext, ServiceAccountTokenProjection,
+    SleepAction, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -87,6 +87,10 @@ pub const IDENTITY_TOKEN_DIR: &str = "/var/run/secrets/skein.dev/tokens";
 pub const IDENTITY_TOKEN_FILE: &str = "token";
 pub const IDENTITY_AUDIENCE: &str = "skein.dev";
 pub const IDENTITY_TOKEN_SECONDS: i64 = 3600;
+/// An emptyDir that outlives the proxy container: it saves the pushed trust bundle there, so a
+/// restarted sidecar trusts a CA rotated since the pod was created.
+pub const PROXY_STATE_VOLUME: &str = "skein-proxy-state";
+pub const PROXY_STATE_DIR: &str = "/var/run/skein-proxy";
 /// `postStart` hook of a regular-container proxy when the application must wait for it.
 pub const WAIT_READY_COMMAND: [&str; 4] = [
     "/usr/local/bin/skein",
@@ -195,8 +199,10 @@ pub fn inject(pod: &Pod, cfg: &InjectConfig) -> Result<Pod, InjectError> {
     }
     spec.volumes
         .get_or_insert_with(Vec::new)
-        .push(identity_volume());
-    status.volumes.push(IDENTITY_VOLUME.to_owned());
+        .extend([identity_volume(), state_volume()]);
+    status
+        .volumes
+        .extend([IDENTITY_VOLUME.to_owned(), PROXY_STATE_VOLUME.to_owned()]);
     if cfg.sleep_hooks_supported {
         status.pre_stop_hooks = hold_apps_for_drain(spec, proxy.drain_window);
     }
@@ -359,7 +365,7 @@ fn check_conflicts(spec: &PodSpec, proxy: &ProxySettings) -> Result<(), InjectEr
         .volumes
         .iter()
         .flatten()
-        .find(|v| v.name == IDENTITY_VOLUME)
+        .find(|v| v.name == IDENTITY_VOLUME || v.name == PROXY_STATE_VOLUME)
     {
         return Err(InjectError::NameConflict {
             kind: "volume",
@@ -449,12 +455,19 @@ fn proxy_container(proxy: &ProxySettings, cfg: &InjectConfig) -> Container {
             }),
             ..SecurityContext::default()
         }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: IDENTITY_VOLUME.to_owned(),
-            mount_path: IDENTITY_TOKEN_DIR.to_owned(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: IDENTITY_VOLUME.to_owned(),
+                mount_path: IDENTITY_TOKEN_DIR.to_owned(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: PROXY_STATE_VOLUME.to_owned(),
+                mount_path: PROXY_STATE_DIR.to_owned(),
+                ..VolumeMount::default()
+            },
+        ]),
         ..Container::default()
     }
 }
@@ -476,7 +489,7 @@ fn proxy_env(proxy: &ProxySettings, cfg: &InjectConfig) -> Vec<EnvVar> {
         value: Some(value),
         ..EnvVar::default()
     };
-    vec![
+    let mut env = vec![
         field("POD_NAME", "metadata.name"),
         field("POD_NAMESPACE", "metadata.namespace"),
         field("POD_IP", "status.podIP"),
@@ -495,7 +508,12 @@ fn proxy_env(proxy: &ProxySettings, cfg: &InjectConfig) -> Vec<EnvVar> {
             "SKEIN_IDENTITY_TOKEN",
             format!("{IDENTITY_TOKEN_DIR}/{IDENTITY_TOKEN_FILE}"),
         ),
-    ]
+        value("SKEIN_STATE_DIR", PROXY_STATE_DIR.to_owned()),
+    ];
+    if let Some(pem) = &cfg.xds_trust_bundle_pem {
+        env.push(value("SKEIN_XDS_TRUST_BUNDLE_PEM", pem.clone()));
+    }
+    env
 }
 
 fn http_probe(path: &str, port: i32, period_seconds: i32, failure_threshold: i32) -> Probe {
@@ -525,6 +543,17 @@ fn identity_volume() -> Volume {
                 ..VolumeProjection::default()
             }]),
             ..ProjectedVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+fn state_volume() -> Volume {
+    Volume {
+        name: PROXY_STATE_VOLUME.to_owned(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(Quantity("1Mi".to_owned())),
+            ..EmptyDirVolumeSource::default()
         }),
         ..Volume::default()
     }
@@ -587,10 +616,13 @@ mod tests {
     use crate::api::MeshConfigSpec;
     use serde_json::json;
 
+    const TEST_BUNDLE: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
     fn config(native_supported: bool) -> InjectConfig {
         InjectConfig {
             mesh: MeshConfigSpec::default(),
             xds_address: "skein-control-plane.skein-system.svc:9090".to_owned(),
+            xds_trust_bundle_pem: Some(TEST_BUNDLE.to_owned()),
             native_sidecars_supported: native_supported,
             sleep_hooks_supported: true,
         }
@@ -823,10 +855,19 @@ mod tests {
                 "SKEIN_IDENTITY_TOKEN",
                 json!("/var/run/secrets/skein.dev/tokens/token"),
             ),
+            ("SKEIN_STATE_DIR", json!("/var/run/skein-proxy")),
+            ("SKEIN_XDS_TRUST_BUNDLE_PEM", json!(TEST_BUNDLE)),
         ]
         .into_iter()
         .collect();
         assert_eq!(env(proxy), want_env);
+        let mut plaintext = config(true);
+        plaintext.xds_trust_bundle_pem = None;
+        let injected_plain = inject(&minimal(), &plaintext).unwrap();
+        assert!(
+            !env(find(&injected_plain, "skein-proxy")).contains_key("SKEIN_XDS_TRUST_BUNDLE_PEM"),
+            "a plaintext stream needs no bundle"
+        );
 
         assert_eq!(
             serde_json::to_value(&proxy.ports).unwrap(),
@@ -856,12 +897,18 @@ mod tests {
         );
         assert_eq!(
             serde_json::to_value(&proxy.volume_mounts).unwrap(),
-            json!([{"name": "skein-identity", "mountPath": "/var/run/secrets/skein.dev/tokens", "readOnly": true}])
+            json!([
+                {"name": "skein-identity", "mountPath": "/var/run/secrets/skein.dev/tokens", "readOnly": true},
+                {"name": "skein-proxy-state", "mountPath": "/var/run/skein-proxy"},
+            ])
         );
         assert_eq!(
             serde_json::to_value(&spec(&injected).volumes).unwrap(),
-            json!([{"name": "skein-identity", "projected": {"sources": [{"serviceAccountToken": {
-                "audience": "skein.dev", "expirationSeconds": 3600, "path": "token"}}]}}])
+            json!([
+                {"name": "skein-identity", "projected": {"sources": [{"serviceAccountToken": {
+                    "audience": "skein.dev", "expirationSeconds": 3600, "path": "token"}}]}},
+                {"name": "skein-proxy-state", "emptyDir": {"sizeLimit": "1Mi"}},
+            ])
         );
     }
 
@@ -969,7 +1016,7 @@ mod tests {
             InjectionStatus {
                 init_containers: vec!["skein-init".into(), "skein-proxy".into()],
                 containers: vec![],
-                volumes: vec!["skein-identity".into()],
+                volumes: vec!["skein-identity".into(), "skein-proxy-state".into()],
                 annotations: vec![
                     VERSION_ANNOTATION.into(),
                     DEFAULT_CONTAINER_ANNOTATION.into(),

@@ -305,6 +305,8 @@ fn control_plane_deployment(
                 "--xds-address={CONTROL_PLANE}.{}.svc:{XDS_PORT}",
                 names::MESH_NAMESPACE
             ),
+            // Injected proxies get the trust bundle to verify it.
+            "--xds-tls".to_owned(),
         ]),
         ports: Some(vec![
             ContainerPort {

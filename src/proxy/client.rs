@@ -58,9 +58,9 @@ pub struct ClientSettings {
     /// The pod's projected service-account token (audience `skein.dev`), read afresh for each
     /// stream: the kubelet rotates it. The control plane refuses a stream without one.
     pub token_path: Option<std::path::PathBuf>,
-    /// The mesh's trust bundle (PEM): with it the stream is TLS, the control plane's
-    /// certificate verified against it; read afresh for each connection.
-    pub trust_bundle: Option<std::path::PathBuf>,
+    /// What the control plane's certificate is verified against (none: plaintext); read
+    /// afresh for each connection.
+    pub trust: super::stream_trust::StreamTrust,
 }
 
 /// Why there is no endpoint to connect to.
@@ -71,11 +71,8 @@ pub enum EndpointError {
         address: String,
         source: tonic::transport::Error,
     },
-    #[error("reading the control plane's trust bundle {path}: {source}")]
-    Bundle {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    #[error("reading the control plane's trust bundle: {0}")]
+    Bundle(std::io::Error),
     #[error("the control plane's TLS settings: {0}")]
     Tls(tonic::transport::Error),
 }
@@ -123,7 +120,7 @@ async fn stream(
     state: &mut ClientState,
     outage: &mut Outage,
 ) -> StreamError {
-    let channel = match endpoint(&settings.address, settings.trust_bundle.as_deref()).await {
+    let channel = match endpoint(&settings.address, &settings.trust).await {
         Ok(endpoint) => match endpoint.connect().await {
             Ok(channel) => channel,
             Err(source) => {
@@ -172,16 +169,13 @@ async fn stream(
     }
 }
 
-/// The control plane at `address`; over TLS, trusting the roots of `trust_bundle`, when given.
+/// The control plane at `address`; over TLS when `trust` has roots.
 pub(crate) async fn endpoint(
     address: &str,
-    trust_bundle: Option<&std::path::Path>,
+    trust: &super::stream_trust::StreamTrust,
 ) -> Result<tonic::transport::Endpoint, EndpointError> {
-    let scheme = if trust_bundle.is_some() {
-        "https"
-    } else {
-        "http"
-    };
+    let roots = trust.roots().await.map_err(EndpointError::Bundle)?;
+    let scheme = if roots.is_some() { "https" } else { "http" };
     let uri = if address.contains("://") {
         address.to_owned()
     } else {
@@ -192,13 +186,7 @@ pub(crate) async fn endpoint(
             address: address.to_owned(),
             source,
         })?;
-    if let Some(path) = trust_bundle {
-        let bundle = tokio::fs::read(path)
-            .await
-            .map_err(|source| EndpointError::Bundle {
-                path: path.to_owned(),
-                source,
-            })?;
+    if let Some(bundle) = roots {
         let tls = tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(bundle));
         endpoint = endpoint.tls_config(tls).map_err(EndpointError::Tls)?;

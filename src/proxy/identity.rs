@@ -78,8 +78,8 @@ pub struct IdentitySettings {
     /// The control plane (`--xds-address`): `Certify` is served next to the stream.
     pub address: String,
     pub token_path: PathBuf,
-    /// As the stream's [`ClientSettings::trust_bundle`](super::client::ClientSettings::trust_bundle).
-    pub trust_bundle: Option<PathBuf>,
+    /// As the stream's [`ClientSettings::trust`](super::client::ClientSettings::trust).
+    pub trust: super::stream_trust::StreamTrust,
 }
 
 /// A workload certificate from files (`--workload-cert`, `--workload-key`, `--trust-bundle`)
@@ -250,8 +250,7 @@ async fn certify(
     let csr_pem = rcgen::CertificateParams::default()
         .serialize_request(&key)?
         .pem()?;
-    let endpoint =
-        super::client::endpoint(&settings.address, settings.trust_bundle.as_deref()).await?;
+    let endpoint = super::client::endpoint(&settings.address, &settings.trust).await?;
     let channel = endpoint
         .connect()
         .await

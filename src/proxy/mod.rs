@@ -16,7 +16,8 @@
 //! - [`admin`]: the admin HTTP server: `/live`, `/ready`, `/metrics`, `POST /drain`,
 //!   `POST /shutdown`.
 //! - [`authz`]: AccessPolicy decisions on inbound traffic (403 or a reset, audit counts).
-//! - [`client`]: the configuration stream from the control plane (`--xds-address`).
+//! - [`client`]: the configuration stream from the control plane (`--xds-address`);
+//!   [`stream_trust`]: what its TLS trusts as the mesh CA rotates.
 //! - [`identity`]: the workload certificate (key, CSR, renewal) from the control plane.
 //! - [`drain`]: stopping accepts, tracking in-flight connections, closing stragglers.
 //! - [`metrics`]: the proxy's Prometheus metrics (names and labels documented there).
@@ -63,6 +64,7 @@ pub mod original_dst;
 pub mod retry;
 pub mod routes;
 pub mod sni;
+pub mod stream_trust;
 pub mod tcp;
 
 use std::fmt;
@@ -149,6 +151,19 @@ pub struct ProxyArgs {
     /// connection.
     #[arg(long, env = "SKEIN_TRUST_BUNDLE")]
     pub trust_bundle: Option<std::path::PathBuf>,
+    /// The same as PEM text (the injector sets it to the mesh's bundle when the pod is
+    /// created). Once connected, the bundle the control plane pushes is trusted instead.
+    #[arg(
+        long,
+        env = "SKEIN_XDS_TRUST_BUNDLE_PEM",
+        conflicts_with = "trust_bundle",
+        hide_env_values = true
+    )]
+    pub xds_trust_bundle_pem: Option<String>,
+    /// A directory that outlives this container (the injector mounts an emptyDir): the last
+    /// pushed trust bundle is saved there, so a restarted sidecar trusts a rotated CA.
+    #[arg(long, env = "SKEIN_STATE_DIR")]
+    pub state_dir: Option<std::path::PathBuf>,
     /// A workload certificate (PEM chain) to use instead of requesting one: for a proxy without
     /// a control plane (a VM, a test, a benchmark). Needs `--workload-key` and `--trust-bundle`
     /// (the roots peers are checked against); the files are re-read when they change.
@@ -194,7 +209,14 @@ impl ProxyArgs {
         Ok(Some(client::ClientSettings {
             address: address.clone(),
             token_path: self.identity_token.clone(),
-            trust_bundle: self.trust_bundle.clone(),
+            trust: stream_trust::StreamTrust::new(
+                match (&self.trust_bundle, &self.xds_trust_bundle_pem) {
+                    (Some(path), _) => Some(stream_trust::InitialTrust::File(path.clone())),
+                    (None, Some(pem)) => Some(stream_trust::InitialTrust::Pem(pem.clone())),
+                    (None, None) => None,
+                },
+                self.state_dir.clone(),
+            ),
             identity: crate::controlplane::push::ProxyIdentity {
                 pod: pod.clone(),
                 namespace: namespace.clone(),
@@ -415,7 +437,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
             identity::IdentitySettings {
                 address: settings.address.clone(),
                 token_path: token_path.clone(),
-                trust_bundle: settings.trust_bundle.clone(),
+                trust: settings.trust.clone(),
             },
             shared.credentials.clone(),
             shared.metrics.identity.clone(),
@@ -585,10 +607,15 @@ async fn watch_config(path: std::path::PathBuf, text: String, shared: Arc<Shared
 /// Applies the configurations the control plane streams, counting and logging each result.
 async fn stream_config(settings: client::ClientSettings, shared: Arc<Shared>, follow_bundle: bool) {
     let applied = shared.clone();
+    let stream_trust = settings.trust.clone();
     client::run(settings, shared.config.clone(), move |result| {
         on_config(&applied, result);
-        if let (Ok(compiled), true) = (result, follow_bundle) {
-            update_trust_bundle(&applied.credentials, &compiled.source.trust_bundle_pem);
+        if let Ok(compiled) = result {
+            let bundle = &compiled.source.trust_bundle_pem;
+            stream_trust.pushed(bundle);
+            if follow_bundle {
+                update_trust_bundle(&applied.credentials, bundle);
+            }
         }
     })
     .await;
