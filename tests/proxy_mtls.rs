@@ -205,6 +205,115 @@ fn websocket_and_server_first_opaque_tcp_cross_mutual_tls() {
     );
 }
 
+/// The `notBefore` of the workload certificate the sidecar holds now (from its `/config`).
+fn cert_not_before(proxy: &support::pods::Proxy<'_>) -> String {
+    let response = proxy.admin("GET", "/config");
+    let config: Value = serde_json::from_str(&response.body).expect("/config is JSON");
+    config["identity"]["notBefore"].to_string()
+}
+
+/// Renewals under live traffic: a WebSocket and a slow HTTP/2 stream, both opened before the
+/// certificates of both sidecars are renewed twice, keep flowing through the renewals; new
+/// connections after them work too.
+#[test]
+fn a_websocket_and_an_http2_stream_outlive_two_renewals_of_both_certificates() {
+    const SLOW_PORT: u16 = 8080;
+    let mesh = Mesh::new();
+    let server = mesh.pod("server");
+    let _ws = server.tcp_server(9100, websocket_echo);
+    let _app = server.demo_app("v1", &[]);
+    let server_proxy = server.meshed_sidecar(None);
+    let client = mesh.pod("client");
+    let client_proxy = client.meshed_sidecar(Some(&config(
+        &mesh,
+        &server,
+        &server.identity(),
+        &[(HTTP_PORT, 9100), (SLOW_PORT, 8080)],
+    )));
+
+    let vip = SocketAddr::from((mesh.vip(VIP), HTTP_PORT));
+    let mut ws = client.connect(Some(APP_UID), vip).expect("connect");
+    ws.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    ws.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: backend\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .expect("send the handshake");
+    let head = read_head(&mut ws).expect("the handshake's answer");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut exchange = |message: &[u8]| {
+        ws.write_all(message).expect("send over the WebSocket");
+        let mut echoed = vec![0u8; message.len()];
+        ws.read_exact(&mut echoed).expect("the echo");
+        assert_eq!(echoed, message);
+    };
+    exchange(b"before");
+
+    let slow_url = format!("http://{}:{SLOW_PORT}/slow", mesh.vip(VIP));
+    thread::scope(|scope| {
+        // Answered after 25 s (under the harness's 30 s per command): long enough to span both
+        // renewals below, which take a few seconds each.
+        let slow = scope.spawn(|| {
+            client.curl(&[
+                "--http2-prior-knowledge",
+                "--max-time",
+                "60",
+                "-H",
+                "x-demo-backend-latency-ms: 25000",
+                &slow_url,
+            ])
+        });
+        for round in 1..=2 {
+            let before = [
+                cert_not_before(&server_proxy),
+                cert_not_before(&client_proxy),
+            ];
+            // A later second, so the renewed certificate's notBefore differs.
+            thread::sleep(Duration::from_millis(1100));
+            server.identity_flags();
+            client.identity_flags();
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while [
+                cert_not_before(&server_proxy),
+                cert_not_before(&client_proxy),
+            ][..]
+                .iter()
+                .zip(&before)
+                .any(|(now, before)| now == before)
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "renewal {round}: both sidecars to load their new certificates"
+                );
+                thread::sleep(Duration::from_millis(200));
+            }
+            exchange(format!("after renewal {round}").as_bytes());
+        }
+        assert!(
+            !slow.is_finished(),
+            "the HTTP/2 stream was still open through both renewals"
+        );
+        let answer = slow.join().expect("the slow request");
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert!(answer.status_line.starts_with("HTTP/2"), "{answer:?}");
+    });
+    exchange(b"after the stream");
+
+    // New connections use the renewed certificates.
+    let fresh = client.curl(&[&format!("http://{}:{SLOW_PORT}/", mesh.vip(VIP))]);
+    assert_eq!(fresh.status, 200, "{fresh:?}");
+    server_proxy.wait_for_metric(
+        "skein_proxy_requests_total",
+        &[
+            ("direction", "inbound"),
+            ("tls", "true"),
+            ("status_code", "200"),
+        ],
+        |n| n == 2.0,
+    );
+}
+
 #[test]
 fn strict_refuses_plaintext_but_lets_the_nodes_probes_reach_their_paths() {
     let mesh = Mesh::new();

@@ -150,8 +150,15 @@ impl CaStore {
                 .iter()
                 .any(|(c, _)| c.fingerprint == cert.fingerprint)
         });
+        let already_next = state
+            .next
+            .as_ref()
+            .is_some_and(|(_, next, _)| next.fingerprint == cert.fingerprint);
         match &state.signing {
             Some((_, signing)) if signing.fingerprint == cert.fingerprint => state.next = None,
+            // Re-read while proxies learn to trust it (the bundle holds it because it is next,
+            // which is no proof they have it yet): keep waiting.
+            Some(_) if already_next => {}
             Some(_) if !trusted => {
                 tracing::info!(
                     ca = %cert.subject,
@@ -529,6 +536,12 @@ mod tests {
             "the old CA signs until proxies trust the new one"
         );
         assert!(bundle.borrow().contains(&new.pem.cert_pem));
+        store.load_ca(copy(&new), new.pem.cert_pem.clone());
+        assert_eq!(
+            store.current().unwrap().ca.pem.cert_pem,
+            old.pem.cert_pem,
+            "reading the Secret again does not cut the wait short"
+        );
         tick(&store, PROPAGATION);
         assert_eq!(store.current().unwrap().ca.pem.cert_pem, new.pem.cert_pem);
         // The old CA signed nothing recorded here, so nothing keeps it.
