@@ -203,6 +203,17 @@ fn websocket_and_server_first_opaque_tcp_cross_mutual_tls() {
         ],
         |n| n == 1.0,
     );
+    // The second connection to the same server resumed the first one's TLS session: its
+    // handshake exchanged no certificates (the client's HTTP and opaque connectors share one
+    // session cache).
+    let handshakes = server_proxy.metrics();
+    let kind = |kind| {
+        handshakes.sum(
+            "skein_proxy_identity_mtls_inbound_handshakes_total",
+            &[("kind", kind)],
+        )
+    };
+    assert_eq!((kind("full"), kind("resumed")), (1.0, 1.0));
 }
 
 /// The `notBefore` of the workload certificate the sidecar holds now (from its `/config`).

@@ -330,6 +330,12 @@ pub fn describe(credentials: &Credentials, now: SystemTime) -> serde_json::Value
 #[derive(Debug, Clone)]
 pub struct IdentityMetrics {
     renewals: Family<ResultLabels, Counter>,
+    handshakes: Family<KindLabels, Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, prometheus_client::encoding::EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
 }
 
 impl IdentityMetrics {
@@ -343,8 +349,27 @@ impl IdentityMetrics {
             "Workload certificate requests, by result",
             renewals.clone(),
         );
+        let handshakes = Family::<KindLabels, Counter>::default();
+        for kind in ["full", "resumed"] {
+            let _ = handshakes.get_or_create(&KindLabels { kind });
+        }
+        registry.register(
+            "identity_mtls_inbound_handshakes",
+            "Mutual TLS handshakes completed for inbound connections: full, or resumed from an \
+             earlier session (no certificate exchange)",
+            handshakes.clone(),
+        );
         registry.register_collector(Box::new(ExpiryCollector(credentials)));
-        Self { renewals }
+        Self {
+            renewals,
+            handshakes,
+        }
+    }
+
+    /// Counts an inbound mTLS handshake.
+    pub fn handshake(&self, resumed: bool) {
+        let kind = if resumed { "resumed" } else { "full" };
+        self.handshakes.get_or_create(&KindLabels { kind }).inc();
     }
 
     fn renewed(&self, ok: bool) {

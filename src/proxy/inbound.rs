@@ -185,6 +185,7 @@ async fn terminate(
             return;
         }
     };
+    shared.metrics.identity.handshake(accepted.resumed);
     let peer_id = accepted.peer;
     let mut stream = accepted.stream;
     tracing::debug!(%peer, peer_id = %peer_id, opaque = accepted.opaque, "mutual TLS established");

@@ -20,6 +20,7 @@
 //! | `skein_proxy_authz_audit_would_deny_total` | `policy`, `protocol` | inbound traffic an `Audit` AccessPolicy would have denied (it passed) |
 //! | `skein_proxy_identity_cert_expiry_seconds`, `skein_proxy_identity_renewals_total` | `result` | the workload certificate: see [`super::identity`] |
 //! | `skein_proxy_identity_trusted_roots` | | CA certificates in the trust bundle (two during a CA rotation) |
+//! | `skein_proxy_identity_mtls_inbound_handshakes_total` | `kind` | inbound mTLS handshakes, `full` or `resumed` (TLS 1.3 session resumption: no certificates, no signatures) |
 //!
 //! Request labels, as the meshes users know name them: `direction`, `protocol` (`http` or
 //! `grpc`), `source_workload`, `source_namespace`, `destination_service`,

@@ -68,6 +68,8 @@ pub struct Accepted<IO> {
     pub peer: SpiffeId,
     /// The client said the bytes are opaque TCP (ALPN `skein/opaque`).
     pub opaque: bool,
+    /// Resumed from an earlier session: no certificates exchanged, no signatures made.
+    pub resumed: bool,
 }
 
 impl Mtls {
@@ -155,10 +157,12 @@ impl Mtls {
             })?
             .id;
         let opaque = connection.alpn_protocol() == Some(ALPN_OPAQUE);
+        let resumed = connection.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         Ok(Accepted {
             stream,
             peer,
             opaque,
+            resumed,
         })
     }
 }
