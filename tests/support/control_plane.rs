@@ -42,7 +42,7 @@ impl ControlPlane {
             .issue_serving(&["127.0.0.1", "localhost"], Duration::from_secs(3600))
             .unwrap();
         write_cert(&dir, &serving);
-        let (port, xds_port, debug_port) = (free_port(), free_port(), free_port());
+        let [port, xds_port, debug_port] = free_ports();
         let log = std::fs::File::create(dir.path().join("control-plane.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_skein"))
             .args([
@@ -184,11 +184,22 @@ fn write_cert(dir: &tempfile::TempDir, serving: &CertifiedKeyPem) {
 
 /// A loopback port nothing listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let [port] = free_ports();
+    port
+}
+
+/// `N` free ports, all different: each listener is held until every port is picked (ports
+/// picked one after another can repeat, once the first listener is closed).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("binding a free port"))
+        .collect();
+    std::array::from_fn(|i| {
+        listeners[i]
+            .local_addr()
+            .expect("a bound listener's address")
+            .port()
+    })
 }
 
 /// Registers the injection webhook, restricted to `namespaces` so that concurrently running
