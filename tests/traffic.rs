@@ -440,14 +440,7 @@ async fn proxies_keep_their_configuration_while_the_control_plane_is_down_and_re
     .await;
 
     // The control plane goes away: traffic goes on with the last configuration.
-    let pid_file = skein::dev::cluster::state_dir(CLUSTER).join("pids/skein-control-plane");
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .expect("the control plane's pid file")
-        .trim()
-        .parse()
-        .expect("a pid");
-    // SAFETY: a plain kill(2) of the process `skein dev up` started.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    kill_control_plane();
     let during = versions(&demo.requests(40, "http://backend/", &[]));
     assert_eq!(
         during.get("v1"),
@@ -789,24 +782,17 @@ async fn the_mesh_ca_rotates_in_three_steps_under_load_without_a_failed_request(
         restart_backend(&demo, deployment).await;
     }
     let demo = Demo::new().await;
-    let tiers = ["frontend", "middleware", "backend"];
-    let gauge = |demo: &Demo, app: &str, name: &str, labels: &[&str]| {
-        counter(&demo.proxy_metrics(app), name, labels)
-    };
-    let roots =
-        |demo: &Demo, app: &str| gauge(demo, app, "skein_proxy_identity_trusted_roots", &[]);
-    let renewals = |demo: &Demo, app: &str| {
-        gauge(
-            demo,
-            app,
-            "skein_proxy_identity_renewals_total",
-            &["result=\"succeeded\""],
+    let roots = |demo: &Demo, app: &str| {
+        counter(
+            &demo.proxy_metrics(app),
+            "skein_proxy_identity_trusted_roots",
+            &[],
         )
     };
     let every_tier_trusts = |count: f64| {
         let demo = &demo;
         move || async move {
-            tiers
+            TIERS
                 .iter()
                 .all(|app| roots(demo, app) == count)
                 .then_some(())
@@ -854,20 +840,9 @@ async fn the_mesh_ca_rotates_in_three_steps_under_load_without_a_failed_request(
     .await;
 
     // 2. Sign with the new CA; every tier renews onto it.
-    let before: Vec<f64> = tiers.iter().map(|app| renewals(&demo, app)).collect();
+    let before = renewals(&demo);
     write_ca(&new.pem.cert_pem, &new.pem.key_pem, &both).await;
-    eventually(
-        "every tier to renew from the new CA",
-        Duration::from_secs(90),
-        || async {
-            let renewed = tiers
-                .iter()
-                .zip(&before)
-                .all(|(app, before)| renewals(&demo, app) > *before);
-            renewed.then_some(())
-        },
-    )
-    .await;
+    every_tier_renewed(&demo, &before, "from the new CA").await;
 
     // 3. Remove the old root as early as possible: certificates it signed are still valid, so
     // the control plane keeps it, and the MeshConfig says until when.
@@ -893,7 +868,7 @@ async fn the_mesh_ca_rotates_in_three_steps_under_load_without_a_failed_request(
         "the old root is the retained one, for at most two minutes: {retained:?}"
     );
     assert!(
-        tiers.iter().all(|app| roots(&demo, app) == 2.0),
+        TIERS.iter().all(|app| roots(&demo, app) == 2.0),
         "every proxy still trusts the old root"
     );
     // Once the old CA's last certificate has expired, it goes.
@@ -907,28 +882,10 @@ async fn the_mesh_ca_rotates_in_three_steps_under_load_without_a_failed_request(
     // The pods were created trusting the old CA alone (their SKEIN_XDS_TRUST_BUNDLE_PEM), and
     // the control plane's stream certificate now comes from the new one: a restarted control
     // plane is reached with the pushed bundle, and certificates keep renewing over it.
-    let pid_file = skein::dev::cluster::state_dir(CLUSTER).join("pids/skein-control-plane");
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .expect("the control plane's pid file")
-        .trim()
-        .parse()
-        .expect("a pid");
-    let before: Vec<f64> = tiers.iter().map(|app| renewals(&demo, app)).collect();
-    // SAFETY: a plain kill(2) of the process `skein dev up` started.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let before = renewals(&demo);
+    kill_control_plane();
     support::dev_up(CLUSTER);
-    eventually(
-        "every tier to renew through the restarted control plane",
-        Duration::from_secs(90),
-        || async {
-            let renewed = tiers
-                .iter()
-                .zip(&before)
-                .all(|(app, before)| renewals(&demo, app) > *before);
-            renewed.then_some(())
-        },
-    )
-    .await;
+    every_tier_renewed(&demo, &before, "through the restarted control plane").await;
     let replies = load.stop();
     assert!(
         replies.len() > 100,
@@ -936,6 +893,51 @@ async fn the_mesh_ca_rotates_in_three_steps_under_load_without_a_failed_request(
         replies.len()
     );
     assert_none_failed("a CA rotation", &replies, retries, &demo);
+}
+
+/// The three tiers whose certificates the CA tests follow.
+const TIERS: [&str; 3] = ["frontend", "middleware", "backend"];
+
+/// Successful certificate renewals so far, per tier of [`TIERS`].
+fn renewals(demo: &Demo) -> Vec<f64> {
+    TIERS
+        .iter()
+        .map(|app| {
+            counter(
+                &demo.proxy_metrics(app),
+                "skein_proxy_identity_renewals_total",
+                &["result=\"succeeded\""],
+            )
+        })
+        .collect()
+}
+
+/// Waits until every tier has renewed since `before` ([`renewals`]).
+async fn every_tier_renewed(demo: &Demo, before: &[f64], how: &str) {
+    eventually(
+        &format!("every tier to renew {how}"),
+        Duration::from_secs(90),
+        || async {
+            let now = renewals(demo);
+            now.iter()
+                .zip(before)
+                .all(|(now, before)| now > before)
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// SIGKILLs the control plane `skein dev up` started (`support::dev_up` starts it again).
+fn kill_control_plane() {
+    let pid_file = skein::dev::cluster::state_dir(CLUSTER).join("pids/skein-control-plane");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .expect("the control plane's pid file")
+        .trim()
+        .parse()
+        .expect("a pid");
+    // SAFETY: a plain kill(2) of the process `skein dev up` started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
 }
 
 /// Restarts the Deployment `app` (one replica) and waits until its only pod is a new, Ready one.

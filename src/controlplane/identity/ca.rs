@@ -438,6 +438,17 @@ mod tests {
         Ca::from_pem(&ca.pem.cert_pem, &ca.pem.key_pem).unwrap()
     }
 
+    /// A store that read a CA "old" (and a CA "new" to rotate to).
+    fn store_signing_with_old() -> (Ca, Ca, CaStore) {
+        let (old, new) = (
+            Ca::generate("old", HOUR).unwrap(),
+            Ca::generate("new", HOUR).unwrap(),
+        );
+        let store = CaStore::default();
+        store.load_ca(copy(&old), old.pem.cert_pem.clone());
+        (old, new, store)
+    }
+
     fn tick(store: &CaStore, after: Duration) {
         let mut state = store.state();
         store.refresh(
@@ -489,13 +500,8 @@ mod tests {
 
     #[test]
     fn the_three_documented_steps_sign_with_the_new_ca_at_once_and_keep_the_old_root() {
-        let (old, new) = (
-            Ca::generate("old", HOUR).unwrap(),
-            Ca::generate("new", HOUR).unwrap(),
-        );
-        let store = CaStore::default();
+        let (old, new, store) = store_signing_with_old();
         let bundle = store.bundle();
-        store.load_ca(copy(&old), old.pem.cert_pem.clone());
         let signer = store.current().unwrap();
         store.record_issued(&signer, "demo", "web-1", SystemTime::now() + HOUR, HOUR);
 
@@ -522,13 +528,8 @@ mod tests {
 
     #[test]
     fn a_new_ca_swapped_in_one_step_is_trusted_first_and_signs_after_the_propagation_time() {
-        let (old, new) = (
-            Ca::generate("old", HOUR).unwrap(),
-            Ca::generate("new", HOUR).unwrap(),
-        );
-        let store = CaStore::default();
+        let (old, new, store) = store_signing_with_old();
         let bundle = store.bundle();
-        store.load_ca(copy(&old), old.pem.cert_pem.clone());
         store.load_ca(copy(&new), new.pem.cert_pem.clone());
         assert_eq!(
             store.current().unwrap().ca.pem.cert_pem,
