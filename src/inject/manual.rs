@@ -18,8 +18,8 @@
 //!
 //! Jobs and CronJobs: with a native sidecar (the default) the Job completes when the app exits.
 //! With `--no-native-sidecar` the proxy is a regular container that never exits on its own, so
-//! the app must call `POST /shutdown` on the proxy's admin port when done (the proxy implements
-//! this endpoint), or the Job never completes.
+//! the app must call `POST /shutdown` on the proxy's admin port at `127.0.0.1` when done (the
+//! endpoint answers only from inside the pod), or the Job never completes.
 //!
 //! Documents are numbered from 1 in messages, empty ones not counted; YAML syntax errors give
 //! the line and column instead.

@@ -37,8 +37,8 @@
 //! # Caveats of the regular-container mode
 //!
 //! - Jobs: the pod completes only when every container exits, and the proxy does not exit on its
-//!   own. The application must call `POST /shutdown` on the proxy's admin port when it is done
-//!   (the proxy issue implements the endpoint). Native sidecars do not have this problem.
+//!   own. The application must call `POST /shutdown` on the proxy's admin port when it is done,
+//!   on `127.0.0.1` (the admin port answers it only from inside the pod). Native sidecars do not have this problem.
 //! - `skein-init` runs after the user's init containers (there is no proxy yet to capture
 //!   their traffic for), so they run outside the mesh. Native sidecars put them inside it.
 //!

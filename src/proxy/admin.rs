@@ -10,14 +10,20 @@
 //! | `POST /shutdown` | drain, then exit once in-flight connections are done or the drain timeout has passed (what a Job's app calls when it is done, if the proxy is not a native sidecar) |
 //!
 //! The server listens on `0.0.0.0` and, with IPv6, `[::]`, so kubelet probes reach it on
-//! single- and dual-stack clusters alike.
+//! single- and dual-stack clusters alike, and the capture rules leave its port alone. So any
+//! pod could reach it: only `/live`, `/ready` and `/metrics` (the kubelet's probes from the
+//! node, Prometheus through the injected `prometheus.io/port`) answer other addresses.
+//! Everything else, which changes the proxy's state or reveals its configuration, answers only
+//! connections from loopback, that is from inside the pod (the app, `kubectl exec`); others get
+//! `403` ([`allowed`]).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -58,7 +64,38 @@ pub(crate) fn router(state: AdminState) -> Router {
         .route("/config", get(config))
         .route("/drain", post(drain))
         .route("/shutdown", post(shutdown))
+        .layer(axum::middleware::from_fn(loopback_unless_public))
         .with_state(state)
+}
+
+/// Paths any address may ask for: the kubelet's probes and Prometheus's scrapes come from
+/// outside the pod. They reveal nothing but health and counters, and change nothing.
+const PUBLIC_PATHS: [&str; 3] = ["/live", "/ready", "/metrics"];
+
+/// Pure: whether `peer` may ask for `path`. Anything but [`PUBLIC_PATHS`] (with any method,
+/// and unknown paths too, so nothing added later is exposed by mistake) only from loopback.
+pub fn allowed(path: &str, peer: std::net::IpAddr) -> bool {
+    PUBLIC_PATHS.contains(&path) || peer.to_canonical().is_loopback()
+}
+
+async fn loopback_unless_public(
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path();
+    if allowed(path, peer.ip()) {
+        return next.run(request).await;
+    }
+    tracing::info!(%peer, method = %request.method(), path, "admin request refused: not from inside the pod");
+    (
+        StatusCode::FORBIDDEN,
+        format!(
+            "{path} answers only from inside the pod (loopback); from other addresses only {} do\n",
+            PUBLIC_PATHS.join(", ")
+        ),
+    )
+        .into_response()
 }
 
 /// Serves the admin API on `listeners` until `stop` becomes true, then finishes the requests in
@@ -72,7 +109,10 @@ pub(crate) async fn serve(
     let servers = listeners.into_iter().map(|listener| {
         let local = listener.local_addr().ok();
         let mut stop = stop.clone();
-        let server = axum::serve(listener, app.clone()).with_graceful_shutdown(async move {
+        let app = app
+            .clone()
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = stop.wait_for(|stop| *stop).await;
         });
         async move {
@@ -202,6 +242,7 @@ mod tests {
                 None,
                 Duration::from_secs(1),
                 [16001, 16006, 16000],
+                crate::proxy::limits::Limits::default(),
             )),
             commands,
         };
@@ -242,6 +283,29 @@ mod tests {
             .map(|(_, body)| body.to_owned())
             .unwrap_or_default();
         (status, body)
+    }
+
+    #[test]
+    fn only_probes_and_metrics_answer_other_addresses() {
+        let pod: std::net::IpAddr = "10.1.0.9".parse().expect("ip");
+        for path in ["/live", "/ready", "/metrics"] {
+            assert!(allowed(path, pod), "{path}");
+        }
+        for path in [
+            "/config",
+            "/drain",
+            "/shutdown",
+            "/",
+            "/anything",
+            "/metrics/",
+        ] {
+            assert!(!allowed(path, pod), "{path}");
+        }
+        for local in ["127.0.0.1", "127.0.0.5", "::1", "::ffff:127.0.0.1"] {
+            let local = local.parse().expect("ip");
+            assert!(allowed("/shutdown", local), "{local}");
+            assert!(allowed("/config", local), "{local}");
+        }
     }
 
     #[tokio::test]

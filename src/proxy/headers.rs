@@ -8,6 +8,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const B3: HeaderName = HeaderName::from_static("b3");
@@ -18,13 +19,15 @@ const X_B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
 const X_B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
 
 /// Hop-by-hop headers: they describe the connection they came on, not the request.
-const HOP_BY_HOP: [HeaderName; 6] = [
+/// (`HTTP2-Settings` belongs to an `h2c` upgrade, which the proxy never passes on.)
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     header::TRAILER,
+    HTTP2_SETTINGS,
 ];
 
 /// Headers a `Connection` option may not remove: without them the request would change meaning
@@ -32,7 +35,8 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 const NOT_CONNECTION_OPTIONS: [HeaderName; 3] = [header::HOST, header::CONTENT_LENGTH, header::TE];
 
 /// Removes hop-by-hop headers before forwarding: `Connection` and every header it names,
-/// `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`, `Upgrade` and `Trailer`. `TE` is
+/// `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`, `Upgrade`, `HTTP2-Settings` and
+/// `Trailer`. `TE` is
 /// reduced to `trailers` when it asks for them (gRPC needs `te: trailers` over HTTP/2, the only
 /// value HTTP/2 allows) and removed otherwise. End-to-end headers such as `Proxy-Authorization`
 /// stay. Upgrades (WebSocket) are the forwarding code's business, not a header to pass on.

@@ -27,7 +27,8 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use super::balance::Outcome;
 use super::config::{EgressProtocol, Protocol};
 use super::detect::{Detected, PrefixedIo, detect_unless_opaque};
-use super::metrics::{ProtocolLabels, RejectReason};
+use super::limits::{Slots, idle_expired};
+use super::metrics::{CutReason, ProtocolLabels, RejectReason};
 use super::original_dst::original_dst;
 use super::tcp::Upstream;
 use super::{Direction, Shared, http, inbound, tcp};
@@ -108,9 +109,12 @@ fn ipv6_unavailable(err: &io::Error) -> bool {
 
 /// Accepts connections until the drain stops accepting, then closes the listener (so new
 /// connections are refused). Each connection is handled on its own task and tracked by the drain
-/// from the moment it is accepted.
+/// from the moment it is accepted. At most `--max-connections` are open at once (a connection
+/// over the cap is reset at once), and one that moves no byte for `--idle-timeout` is closed
+/// ([`super::limits`]).
 pub(crate) async fn accept_loop(listener: TcpListener, direction: Direction, shared: Arc<Shared>) {
     let local = listener.local_addr().ok();
+    let slots = Slots::new(shared.limits.max_connections);
     loop {
         let accepted = tokio::select! {
             biased;
@@ -119,11 +123,25 @@ pub(crate) async fn accept_loop(listener: TcpListener, direction: Direction, sha
         };
         match accepted {
             Ok((stream, peer)) => {
+                let Some(slot) = slots.try_acquire() else {
+                    over_capacity(&stream, peer, direction, &shared);
+                    continue;
+                };
                 let tracked = shared.drain.track();
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     let _tracked = tracked;
-                    handle(stream, peer, direction, &shared).await;
+                    let _slot = slot;
+                    // Read while `handle` owns (and so keeps open) the socket.
+                    let fd = stream.as_raw_fd();
+                    let idle_timeout = shared.limits.idle_timeout;
+                    tokio::select! {
+                        () = handle(stream, peer, direction, &shared) => {}
+                        () = idle_expired(&fd, idle_timeout) => {
+                            shared.metrics.tcp(direction).cut(CutReason::IdleTimeout).inc();
+                            tracing::info!(%direction, %peer, timeout = ?idle_timeout, "closing a connection idle for the idle timeout");
+                        }
+                    }
                 });
             }
             // The client gave up before we accepted: nothing to do.
@@ -147,6 +165,15 @@ pub(crate) async fn accept_loop(listener: TcpListener, direction: Direction, sha
         }
     }
     tracing::debug!(%direction, listener = ?local, "listener closed");
+}
+
+/// Resets a connection the listener has no room for (counted; logged at debug only, since a
+/// flood would flood the log too).
+fn over_capacity(stream: &TcpStream, peer: SocketAddr, direction: Direction, shared: &Shared) {
+    let rejected = shared.metrics.tcp(direction);
+    rejected.rejected(RejectReason::ConnectionLimit).inc();
+    tracing::debug!(%direction, %peer, max = shared.limits.max_connections, "refusing a connection: the listener is at its connection limit");
+    tcp::reset(stream);
 }
 
 async fn handle(stream: TcpStream, peer: SocketAddr, direction: Direction, shared: &Arc<Shared>) {

@@ -6,12 +6,13 @@
 //! | `skein_proxy_tcp_connections_closed_total` | `direction` | of those, the ones that have ended, however they ended (`opened - closed` are open now) |
 //! | `skein_proxy_tcp_connect_failures_total` | `direction` | upstream connects that failed or timed out (the client's connection is then reset) |
 //! | `skein_proxy_tcp_bytes_total` | `direction`, `flow` | bytes forwarded |
-//! | `skein_proxy_tcp_connections_rejected_total` | `direction`, `reason` | connections closed at once, without connecting anywhere: `no_original_destination`, `loop`, `plaintext_refused` (mTLS `Strict`), `mtls_handshake_failed`, `no_certificate` |
+//! | `skein_proxy_tcp_connections_rejected_total` | `direction`, `reason` | connections closed at once, without connecting anywhere: `no_original_destination`, `loop`, `plaintext_refused` (mTLS `Strict`), `mtls_handshake_failed`, `no_certificate`, `connection_limit` (the listener holds `--max-connections`) |
+//! | `skein_proxy_tcp_connections_cut_total` | `direction`, `reason` | client connections the proxy closed for breaking a limit ([`super::limits`]): `header_timeout`, `header_too_large` (answered 431), `idle_timeout` |
 //!
 //! | `skein_proxy_requests_total` | request labels (below) | HTTP requests answered, by response |
 //! | `skein_proxy_request_duration_seconds` | `direction`, `destination_service`, `classification` | histogram: request start to the end of the response, in seconds (buckets 0.5 ms to 10 s) |
 //! | `skein_proxy_retries_total` | `destination_service`, `result` | retries sent (`result=sent`) or refused by the retry budget (`result=budget_exhausted`) |
-//! | `skein_proxy_local_responses_total` | `direction`, `reason` | responses the proxy made itself instead of an upstream's; `reason` is the `x-skein-error` header they carry: `access-denied`, `egress-blocked`, `no-endpoints`, `connect-failure`, `timeout`, `overloaded`, `upstream-reset`, `fault-abort`, `client-body-error` |
+//! | `skein_proxy_local_responses_total` | `direction`, `reason` | responses the proxy made itself instead of an upstream's; `reason` is the `x-skein-error` header they carry: `access-denied`, `egress-blocked`, `no-endpoints`, `connect-failure`, `timeout`, `overloaded`, `upstream-reset`, `fault-abort`, `client-body-error`, `upstream-protocol-switch` (an upstream answered 101 to a request the proxy did not upgrade) |
 //! | `skein_proxy_egress_blocked_total` | `protocol` | requests (`http`) and connections (`tls`, `tcp`) to unknown destinations refused under `RegistryOnly` |
 //! | `skein_proxy_outlier_ejections_total` | `destination_service` | endpoints ejected by outlier detection |
 //! | `skein_proxy_config_reloads_total` | `result` | configuration changes `applied` or `rejected` (the previous one stays) |
@@ -67,15 +68,18 @@ pub enum RejectReason {
     MtlsHandshakeFailed,
     /// A client asked for mutual TLS and this proxy has no certificate yet.
     NoCertificate,
+    /// The listener already holds `--max-connections` connections.
+    ConnectionLimit,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 5] = [
+    pub const ALL: [RejectReason; 6] = [
         RejectReason::NoOriginalDestination,
         RejectReason::Loop,
         RejectReason::PlaintextRefused,
         RejectReason::MtlsHandshakeFailed,
         RejectReason::NoCertificate,
+        RejectReason::ConnectionLimit,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -85,8 +89,49 @@ impl RejectReason {
             RejectReason::PlaintextRefused => "plaintext_refused",
             RejectReason::MtlsHandshakeFailed => "mtls_handshake_failed",
             RejectReason::NoCertificate => "no_certificate",
+            RejectReason::ConnectionLimit => "connection_limit",
         }
     }
+}
+
+/// Why the proxy closed a client's connection it had accepted (the limits of
+/// [`super::limits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CutReason {
+    /// No whole HTTP/1 request head within `--header-read-timeout`.
+    HeaderTimeout,
+    /// An HTTP/1 request head over `--max-request-header-bytes` (answered 431).
+    HeaderTooLarge,
+    /// No byte either way for `--idle-timeout`.
+    IdleTimeout,
+}
+
+impl CutReason {
+    pub const ALL: [CutReason; 3] = [
+        CutReason::HeaderTimeout,
+        CutReason::HeaderTooLarge,
+        CutReason::IdleTimeout,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CutReason::HeaderTimeout => "header_timeout",
+            CutReason::HeaderTooLarge => "header_too_large",
+            CutReason::IdleTimeout => "idle_timeout",
+        }
+    }
+}
+
+impl EncodeLabelValue for CutReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+        self.as_str().encode(encoder)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CutLabels {
+    direction: Direction,
+    reason: CutReason,
 }
 
 /// Which way bytes went, from the pod's point of view.
@@ -340,11 +385,17 @@ pub struct TcpMetrics {
     pub bytes_received: Counter,
     /// By [`RejectReason`], in the order of [`RejectReason::ALL`].
     rejected: [Counter; RejectReason::ALL.len()],
+    /// By [`CutReason`], in the order of [`CutReason::ALL`].
+    cut: [Counter; CutReason::ALL.len()],
 }
 
 impl TcpMetrics {
     pub fn rejected(&self, reason: RejectReason) -> &Counter {
         &self.rejected[reason as usize]
+    }
+
+    pub fn cut(&self, reason: CutReason) -> &Counter {
+        &self.cut[reason as usize]
     }
 }
 
@@ -367,6 +418,7 @@ impl Metrics {
         let connect_failures = Family::<DirectionLabels, Counter>::default();
         let bytes = Family::<BytesLabels, Counter>::default();
         let rejected = Family::<RejectLabels, Counter>::default();
+        let cut = Family::<CutLabels, Counter>::default();
         // Counter names get `_total` appended when encoded.
         registry.register(
             "tcp_connections_opened",
@@ -393,6 +445,11 @@ impl Metrics {
             "TCP connections closed without forwarding",
             rejected.clone(),
         );
+        registry.register(
+            "tcp_connections_cut",
+            "Client connections the proxy closed for breaking a limit",
+            cut.clone(),
+        );
 
         let tcp = |direction: Direction| {
             let by_direction = DirectionLabels { direction };
@@ -413,6 +470,8 @@ impl Metrics {
                 bytes_sent: bytes(Flow::Sent),
                 bytes_received: bytes(Flow::Received),
                 rejected: RejectReason::ALL.map(rejected),
+                cut: CutReason::ALL
+                    .map(|reason| cut.get_or_create(&CutLabels { direction, reason }).clone()),
             }
         };
         let (inbound, outbound) = (tcp(Direction::Inbound), tcp(Direction::Outbound));

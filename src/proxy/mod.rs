@@ -20,6 +20,8 @@
 //!   [`stream_trust`]: what its TLS trusts as the mesh CA rotates.
 //! - [`identity`]: the workload certificate (key, CSR, renewal) from the control plane.
 //! - [`drain`]: stopping accepts, tracking in-flight connections, closing stragglers.
+//! - [`limits`]: what one client may hold: connection cap, header-read and idle timeouts,
+//!   header sizes, HTTP/2 stream limits.
 //! - [`metrics`]: the proxy's Prometheus metrics (names and labels documented there).
 //! - [`original_dst`]: `SO_ORIGINAL_DST` for redirected connections.
 //!
@@ -57,6 +59,7 @@ pub mod headers;
 pub mod http;
 pub mod identity;
 pub mod inbound;
+pub mod limits;
 pub mod listen;
 pub mod metrics;
 pub mod mtls;
@@ -171,6 +174,28 @@ pub struct ProxyArgs {
     pub workload_cert: Option<std::path::PathBuf>,
     #[arg(long, env = "SKEIN_WORKLOAD_KEY", requires = "workload_cert")]
     pub workload_key: Option<std::path::PathBuf>,
+    /// An HTTP/1 client must send a whole request head within this (also the longest an HTTP/1
+    /// keep-alive connection may sit idle between requests). See `proxy::limits`.
+    #[arg(long, env = "SKEIN_HEADER_READ_TIMEOUT", default_value = "30s")]
+    pub header_read_timeout: crate::api::Duration,
+    /// A connection on which no byte moved in either direction for this long is closed; `0s`:
+    /// never.
+    #[arg(long, env = "SKEIN_IDLE_TIMEOUT", default_value = "1h")]
+    pub idle_timeout: crate::api::Duration,
+    /// Connections each listener (inbound, outbound) holds at most; more are reset at once.
+    #[arg(long, env = "SKEIN_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Largest HTTP/1 request head (request line and headers; bigger ones get 431) and HTTP/2
+    /// header list, in bytes.
+    #[arg(long, env = "SKEIN_MAX_REQUEST_HEADER_BYTES", default_value_t = 64 * 1024)]
+    pub max_request_header_bytes: usize,
+    /// Concurrent streams an HTTP/2 client may open on one connection.
+    #[arg(
+        long,
+        env = "SKEIN_HTTP2_MAX_CONCURRENT_STREAMS",
+        default_value_t = 250
+    )]
+    pub http2_max_concurrent_streams: u32,
 }
 
 impl ProxyArgs {
@@ -192,7 +217,19 @@ impl ProxyArgs {
             "--connect-timeout must be more than 0s"
         );
         self.xds_client()?;
+        self.limits().validate()?;
         Ok(())
+    }
+
+    /// The listeners' limits ([`limits`]).
+    pub fn limits(&self) -> limits::Limits {
+        limits::Limits {
+            header_read_timeout: self.header_read_timeout.as_std(),
+            idle_timeout: self.idle_timeout.as_std(),
+            max_connections: self.max_connections,
+            max_header_bytes: self.max_request_header_bytes,
+            http2_max_concurrent_streams: self.http2_max_concurrent_streams,
+        }
     }
 
     /// The configuration stream's settings, with `--xds-address`: the control plane needs to
@@ -267,6 +304,8 @@ pub(crate) struct Shared {
     /// The proxy's own ports: a connection whose original destination is one of them (on this
     /// host) would be forwarded back into the proxy.
     pub own_ports: [u16; 3],
+    /// What one client may hold of the listeners.
+    pub limits: limits::Limits,
 }
 
 impl Shared {
@@ -277,12 +316,14 @@ impl Shared {
         pod_ip: Option<std::net::IpAddr>,
         connect_timeout: Duration,
         own_ports: [u16; 3],
+        limits: limits::Limits,
     ) -> Self {
         let mtls = Arc::new(mtls::Mtls::new(credentials.clone(), pod_ip));
         Self {
             metrics,
             upstreams: http::upstream::Upstreams::new(
                 connect_timeout,
+                limits.upstream_pool_idle(),
                 mtls.clone(),
                 config.clone(),
             ),
@@ -292,6 +333,7 @@ impl Shared {
             drain: Drain::new(),
             connect_timeout,
             own_ports,
+            limits,
         }
     }
 }
@@ -403,6 +445,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         args.pod_ip,
         args.connect_timeout.as_std(),
         [args.outbound_port, args.inbound_port, args.admin_port],
+        args.limits(),
     ));
 
     let mut accept_loops = Vec::new();
@@ -490,6 +533,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         drain_window = %args.drain_window,
         drain_timeout = %args.drain_timeout,
         connect_timeout = %args.connect_timeout,
+        limits = ?shared.limits,
         "skein proxy listening"
     );
 

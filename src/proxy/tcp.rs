@@ -9,7 +9,8 @@
 //!   (`SO_LINGER` 0, then close) rather than closing cleanly, so the other end does not mistake
 //!   it for a complete exchange.
 //! - `TCP_NODELAY` on both sides: the proxy must not add Nagle delays to what the app writes.
-//! - No idle timeout: an idle opaque connection lives as long as both ends keep it.
+//! - Idle connections are closed after `--idle-timeout` (no byte either way), by the listener
+//!   ([`super::limits`]); otherwise a connection lives as long as both ends keep it.
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;

@@ -61,7 +61,7 @@ const LOG_TAIL_LINES: usize = 150;
 
 /// Environment variables the proxy and the demo app read: removed from what the test process
 /// passes on, so a developer's shell never changes what a test runs.
-pub const ROLE_ENV: [&str; 22] = [
+pub const ROLE_ENV: [&str; 27] = [
     "SKEIN_OUTBOUND_PORT",
     "SKEIN_INBOUND_PORT",
     "SKEIN_ADMIN_PORT",
@@ -73,6 +73,11 @@ pub const ROLE_ENV: [&str; 22] = [
     "SKEIN_TRUST_BUNDLE",
     "SKEIN_WORKLOAD_CERT",
     "SKEIN_WORKLOAD_KEY",
+    "SKEIN_HEADER_READ_TIMEOUT",
+    "SKEIN_IDLE_TIMEOUT",
+    "SKEIN_MAX_CONNECTIONS",
+    "SKEIN_MAX_REQUEST_HEADER_BYTES",
+    "SKEIN_HTTP2_MAX_CONCURRENT_STREAMS",
     "DEMO_ROLE",
     "DEMO_VERSION",
     "DEMO_LISTEN",

@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
 
 use super::body::{self, Metered, OnResponseEnd, ProxyBody, RequestBody};
 use super::upstream::UpstreamError;
@@ -23,7 +24,8 @@ use crate::proxy::Direction;
 use crate::proxy::balance::{self, Pick};
 use crate::proxy::config::compiled::Service;
 use crate::proxy::config::{RetryOn, RetryPolicy, Workload};
-use crate::proxy::metrics::{HttpMetrics, LatencyLabels, RequestLabels, RetryLabels};
+use crate::proxy::limits::Activity;
+use crate::proxy::metrics::{CutReason, HttpMetrics, LatencyLabels, RequestLabels, RetryLabels};
 use crate::proxy::retry::{self, AttemptOutcome};
 use crate::proxy::routes::CompiledRoute;
 
@@ -346,10 +348,29 @@ impl Tries<'_> {
             }
             return match attempt {
                 Ok((mut response, _)) => {
-                    if response.status() == StatusCode::SWITCHING_PROTOCOLS
-                        && let Some((_, client_side)) = self.upgrade.take()
-                    {
-                        tunnel(client_side, hyper::upgrade::on(&mut response));
+                    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        let Some((_, client_side)) = self.upgrade.take() else {
+                            // Switching to a protocol nobody asked the proxy to tunnel would
+                            // hand the client's connection to the app unrouted.
+                            return Err(Local::new(
+                                StatusCode::BAD_GATEWAY,
+                                "upstream-protocol-switch",
+                                format!(
+                                    "{address} switched protocols without a WebSocket upgrade being asked for"
+                                ),
+                            ));
+                        };
+                        let direction = self.context.connection.direction;
+                        tunnel(
+                            client_side,
+                            hyper::upgrade::on(&mut response),
+                            shared.limits.idle_timeout,
+                            shared
+                                .metrics
+                                .tcp(direction)
+                                .cut(CutReason::IdleTimeout)
+                                .clone(),
+                        );
                     }
                     Ok(response)
                 }
@@ -509,8 +530,9 @@ async fn with_grpc_status(response: Response<Incoming>) -> (Response<ProxyBody>,
     (Response::from_parts(parts, body::boxed(rebuilt)), status)
 }
 
-/// Copies bytes between the client and the upstream once both sides have switched protocols.
-fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
+/// Copies bytes between the client and the upstream once both sides have switched protocols,
+/// until both are done or no byte moved either way for `idle_timeout` (counted in `cut`).
+fn tunnel(client: OnUpgrade, upstream: OnUpgrade, idle_timeout: Duration, cut: Counter) {
     tokio::spawn(async move {
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(both) => both,
@@ -519,10 +541,19 @@ fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
                 return;
             }
         };
-        let mut client = TokioIo::new(client);
-        let mut upstream = TokioIo::new(upstream);
-        if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            tracing::debug!(error = %err, "upgraded connection ended with an error");
+        let activity = Activity::default();
+        let mut client = activity.wrap(TokioIo::new(client));
+        let mut upstream = activity.wrap(TokioIo::new(upstream));
+        tokio::select! {
+            copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                if let Err(err) = copied {
+                    tracing::debug!(error = %err, "upgraded connection ended with an error");
+                }
+            }
+            () = activity.expired(idle_timeout) => {
+                cut.inc();
+                tracing::info!(timeout = ?idle_timeout, "closing an upgraded connection idle for the idle timeout");
+            }
         }
     });
 }

@@ -11,8 +11,9 @@
 //! - [`upstream`]: pooled connections to upstreams; [`body`]: replayable and metered bodies.
 //!
 //! Upstream requests use the HTTP version the client spoke (gRPC stays HTTP/2 end to end).
-//! WebSocket and other HTTP/1.1 upgrades are passed through: after the upstream's `101`, bytes
-//! are copied both ways.
+//! WebSocket upgrades are passed through: after the upstream's `101`, bytes are copied both
+//! ways. Other upgrades (`h2c`, ...) are not: the request is forwarded as plain HTTP/1.1
+//! ([`requested_upgrade`]), and an upstream's `101` to a request not upgraded is answered `502`.
 
 pub mod body;
 pub(crate) mod forward;
@@ -30,7 +31,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use self::body::ProxyBody;
@@ -107,8 +108,15 @@ where
     });
     let io = TokioIo::new(io);
     let drain = &shared.drain;
+    let limits = &shared.limits;
     let result = if http2 {
-        let served = http2::Builder::new(TokioExecutor::new()).serve_connection(io, service);
+        let served = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.http2_max_concurrent_streams)
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_pending_accept_reset_streams(super::limits::HTTP2_MAX_PENDING_ACCEPT_RESETS)
+            .max_local_error_reset_streams(super::limits::HTTP2_MAX_LOCAL_ERROR_RESETS)
+            .serve_connection(io, service);
         let shut_down = async {
             if inbound {
                 tokio::select! {
@@ -122,11 +130,32 @@ where
         drive!(served, shut_down, shared)
     } else {
         let served = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_header_size(limits.max_header_bytes)
             .serve_connection(io, service)
             .with_upgrades();
         drive!(served, drain.stopped_accepting(), shared)
     };
     if let Err(err) = result {
+        let cut = if err.is_timeout() {
+            Some(super::metrics::CutReason::HeaderTimeout)
+        } else if err.is_parse_too_large() {
+            Some(super::metrics::CutReason::HeaderTooLarge)
+        } else {
+            None
+        };
+        if let Some(reason) = cut {
+            shared.metrics.tcp(connection.direction).cut(reason).inc();
+            // Debug only: an idle keep-alive connection ends this way too, as usual.
+            tracing::debug!(
+                direction = %connection.direction,
+                peer = %connection.peer,
+                reason = reason.as_str(),
+                "closed an HTTP/1 connection: no whole request head in time, or too big a one"
+            );
+            return;
+        }
         tracing::debug!(
             direction = %connection.direction,
             peer = %connection.peer,
@@ -221,7 +250,12 @@ pub fn is_grpc(headers: &http::HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
-/// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` + `Upgrade`).
+/// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` + `Upgrade`) that
+/// the proxy tunnels: WebSocket only. Any other upgrade (`h2c` in particular, which would turn
+/// the connection into HTTP/2 straight to the app, every later request bypassing routing and
+/// AccessPolicies) is not honoured: the request goes on as a plain HTTP/1.1 request, its
+/// `Upgrade`, `HTTP2-Settings` and `Connection` headers removed as hop-by-hop
+/// ([`headers::remove_hop_by_hop`]), as RFC 9110 §7.8 lets a server ignore an upgrade.
 pub fn requested_upgrade(headers: &http::HeaderMap) -> Option<HeaderValue> {
     let asks = headers
         .get_all(CONNECTION)
@@ -229,5 +263,55 @@ pub fn requested_upgrade(headers: &http::HeaderMap) -> Option<HeaderValue> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    asks.then(|| headers.get(UPGRADE).cloned()).flatten()
+    let websocket = headers
+        .get_all(UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        // A protocol may carry a version (`websocket/13`); WebSocket's has none.
+        .any(|protocol| protocol.trim().eq_ignore_ascii_case("websocket"));
+    (asks && websocket).then(|| HeaderValue::from_static("websocket"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+        pairs
+            .iter()
+            .map(|(name, value)| {
+                (
+                    http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                    HeaderValue::from_str(value).expect("value"),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_websocket_upgrades_are_tunnelled() {
+        let websocket = HeaderValue::from_static("websocket");
+        for upgrade in ["websocket", "WebSocket", "foo, websocket"] {
+            let asked = headers(&[("connection", "keep-alive, Upgrade"), ("upgrade", upgrade)]);
+            assert_eq!(
+                requested_upgrade(&asked),
+                Some(websocket.clone()),
+                "{upgrade}"
+            );
+        }
+        for upgrade in ["h2c", "H2C", "tls/1.2", "websocketx", ""] {
+            let asked = headers(&[
+                ("connection", "Upgrade, HTTP2-Settings"),
+                ("upgrade", upgrade),
+                ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+            ]);
+            assert_eq!(requested_upgrade(&asked), None, "{upgrade}");
+        }
+        // Without `Connection: upgrade` there is no upgrade at all.
+        assert_eq!(
+            requested_upgrade(&headers(&[("upgrade", "websocket")])),
+            None
+        );
+    }
 }

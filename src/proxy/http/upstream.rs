@@ -19,9 +19,6 @@ use crate::proxy::mtls::{self, Mtls};
 use crate::proxy::retry::AttemptOutcome;
 use crate::proxy::tcp::ErrorChain;
 
-/// How long an idle pooled connection is kept.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-
 /// Why an upstream gave no response.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -64,12 +61,19 @@ impl std::fmt::Debug for Upstreams {
 }
 
 impl Upstreams {
-    pub fn new(connect_timeout: Duration, mtls: Arc<Mtls>, config: Arc<ConfigStore>) -> Self {
+    /// `pool_idle`: how long an idle pooled connection is kept
+    /// ([`Limits::upstream_pool_idle`](crate::proxy::limits::Limits::upstream_pool_idle)).
+    pub fn new(
+        connect_timeout: Duration,
+        pool_idle: Duration,
+        mtls: Arc<Mtls>,
+        config: Arc<ConfigStore>,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
         let mut builder = Client::builder(TokioExecutor::new());
-        builder.pool_idle_timeout(POOL_IDLE_TIMEOUT);
+        builder.pool_idle_timeout(pool_idle);
         // Requests carry absolute URIs built from endpoint addresses; nothing else is resolved.
         let mut plain = connector.clone();
         plain.enforce_http(true);
