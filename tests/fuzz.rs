@@ -1261,9 +1261,11 @@ fn check_resource_bytes(kind: usize, bytes: &[u8]) -> Result<(), TestCaseError> 
     };
     config.destinations.sort_by(|a, b| a.name.cmp(&b.name));
     let _ = Compiled::new(config.clone(), None);
-    // What came off the wire goes back on it unchanged.
+    // What came off the wire goes back on it unchanged. Compared as JSON, where a NaN
+    // percentage (which compiling refuses) is `null` and so equal to itself.
     if let Some(once) = through_the_stream(&config) {
-        prop_assert_eq!(&once, &config);
+        let json = |config: &ProxyConfig| serde_json::to_value(config).expect("serializes");
+        prop_assert_eq!(json(&once), json(&config));
     }
     Ok(())
 }
