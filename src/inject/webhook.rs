@@ -118,12 +118,18 @@ pub fn respond(
                 patch::inject(&pod, cfg).and_then(|injected| patch::json_patch(&pod, &injected));
             match patch {
                 Ok(patch) if patch.0.is_empty() => (allowed, Outcome::Skipped("already_injected")),
-                Ok(patch) => match allowed.clone().with_patch(patch) {
-                    Ok(response) => (response, Outcome::Injected),
+                Ok(patch) => match applies_to(object, &patch) {
                     Err(err) => (
-                        allowed.deny(format!("skein: could not serialize the patch: {err}")),
-                        Outcome::Denied("internal"),
+                        allowed.deny(format!("skein: the object is not a valid Pod: {err}")),
+                        Outcome::Denied("invalid_pod"),
                     ),
+                    Ok(()) => match allowed.clone().with_patch(patch) {
+                        Ok(response) => (response, Outcome::Injected),
+                        Err(err) => (
+                            allowed.deny(format!("skein: could not serialize the patch: {err}")),
+                            Outcome::Denied("internal"),
+                        ),
+                    },
                 },
                 Err(err) => (
                     allowed.deny(format!("skein: {err}")),
@@ -132,6 +138,15 @@ pub fn respond(
             }
         }
     }
+}
+
+/// Whether `patch` applies to the object as the apiserver holds it. The patch is the difference
+/// between two typed pods, and a typed pod fills in what the object lacks (a container without
+/// a `name` gets `""`): a patch replacing such a field cannot be applied, and the apiserver would
+/// fail the request with an opaque error instead of saying what is wrong with the pod.
+fn applies_to(object: &DynamicObject, patch: &json_patch::Patch) -> Result<(), String> {
+    let mut doc = serde_json::to_value(object).map_err(|err| err.to_string())?;
+    json_patch::patch(&mut doc, patch).map_err(|err| err.to_string())
 }
 
 fn with_warning(mut response: AdmissionResponse, warning: &str) -> AdmissionResponse {
