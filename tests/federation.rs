@@ -248,7 +248,8 @@ async fn a_remote_cluster_is_connected_with_its_version_and_exported_services() 
     }
     apply_secret(&ctx, &create_secret(kubeconfig, &ctx.namespace)).await;
 
-    let federation = Federation::with_interval(ctx.client.clone(), TEST_INTERVAL);
+    let federation =
+        Federation::with_secret_namespace(ctx.client.clone(), TEST_INTERVAL, &ctx.namespace);
     federation.sync(&[entry(&ctx, NAME, SECRET)]);
     let (status, _) = wait_for(&federation, NAME, "added → Connected", |status| {
         status.phase == FederationPhase::Connected
@@ -284,7 +285,8 @@ async fn secret_problems_are_reported_and_a_fixed_secret_is_picked_up() {
     let ctx = TestContext::new().await;
     let good = create_secret(remote_kubeconfig().await, &ctx.namespace);
     apply_secret(&ctx, &good).await;
-    let federation = Federation::with_interval(ctx.client.clone(), TEST_INTERVAL);
+    let federation =
+        Federation::with_secret_namespace(ctx.client.clone(), TEST_INTERVAL, &ctx.namespace);
     federation.sync(&[entry(&ctx, NAME, SECRET)]);
     wait_for(
         &federation,
@@ -360,6 +362,116 @@ async fn secret_problems_are_reported_and_a_fixed_secret_is_picked_up() {
     federation.stop_all();
 }
 
+/// The kubeconfig of `secret` with `edit` applied to its (only) cluster.
+fn with_cluster_edit(secret: &Secret, edit: impl FnOnce(&mut kube::config::Cluster)) -> Secret {
+    let text = &secret.data.as_ref().unwrap()["kubeconfig"].0;
+    let mut kubeconfig = Kubeconfig::from_yaml(std::str::from_utf8(text).unwrap()).unwrap();
+    edit(kubeconfig.clusters[0].cluster.as_mut().unwrap());
+    with_data(
+        secret,
+        "kubeconfig",
+        &serde_json::to_vec(&kubeconfig).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn kubeconfigs_that_aim_the_operator_elsewhere_and_secrets_outside_the_mesh_namespace_are_refused()
+ {
+    let ctx = TestContext::new().await;
+    let good = create_secret(remote_kubeconfig().await, &ctx.namespace);
+    apply_secret(&ctx, &good).await;
+    let secret_name = format!("{}/{SECRET}", ctx.namespace);
+
+    // The operator's own settings read kubeconfig Secrets from skein-system only: a working
+    // Secret in a tenant's namespace is never read.
+    let mesh_only = Federation::with_interval(ctx.client.clone(), TEST_INTERVAL);
+    mesh_only.sync(&[entry(&ctx, NAME, SECRET)]);
+    let (status, _) = wait_for(
+        &mesh_only,
+        NAME,
+        "Secret outside skein-system → SecretMissing",
+        phase_is(FederationPhase::SecretMissing),
+    )
+    .await;
+    let message = status.message.unwrap();
+    assert!(
+        message.contains(&format!("Secret {secret_name} is outside skein-system")),
+        "{message}"
+    );
+    assert!(status.last_successful_probe_time.is_none());
+    mesh_only.stop_all();
+
+    // Where Secrets may be read (here the test's namespace), the server must be https, its
+    // certificate verified and no proxy in between.
+    let federation =
+        Federation::with_secret_namespace(ctx.client.clone(), TEST_INTERVAL, &ctx.namespace);
+    federation.sync(&[entry(&ctx, NAME, SECRET)]);
+    wait_for(
+        &federation,
+        NAME,
+        "added → Connected",
+        phase_is(FederationPhase::Connected),
+    )
+    .await;
+    let refused = |expected: &'static str| {
+        move |status: &RemoteClusterStatus| {
+            status.phase == FederationPhase::InvalidKubeconfig
+                && status
+                    .message
+                    .as_deref()
+                    .is_some_and(|m| m.contains(expected))
+        }
+    };
+    let plain = with_cluster_edit(&good, |cluster| {
+        let server = cluster.server.clone().unwrap();
+        cluster.server = Some(server.replacen("https://", "http://", 1));
+    });
+    apply_secret(&ctx, &plain).await;
+    let (status, _) = wait_for(
+        &federation,
+        NAME,
+        "http:// server → InvalidKubeconfig",
+        refused("is not an https:// URL"),
+    )
+    .await;
+    assert!(
+        status.message.unwrap().contains(&secret_name),
+        "the message names the Secret"
+    );
+    let proxied = with_cluster_edit(&good, |cluster| {
+        cluster.proxy_url = Some("http://127.0.0.1:3128".to_owned());
+    });
+    apply_secret(&ctx, &proxied).await;
+    wait_for(
+        &federation,
+        NAME,
+        "proxy-url → InvalidKubeconfig",
+        refused("it sets proxy-url"),
+    )
+    .await;
+    let unverified = with_cluster_edit(&good, |cluster| {
+        cluster.certificate_authority_data = None;
+        cluster.insecure_skip_tls_verify = Some(true);
+    });
+    apply_secret(&ctx, &unverified).await;
+    wait_for(
+        &federation,
+        NAME,
+        "insecure-skip-tls-verify → InvalidKubeconfig",
+        refused("insecure-skip-tls-verify"),
+    )
+    .await;
+    apply_secret(&ctx, &good).await;
+    wait_for(
+        &federation,
+        NAME,
+        "Secret fixed → Connected",
+        phase_is(FederationPhase::Connected),
+    )
+    .await;
+    federation.stop_all();
+}
+
 #[tokio::test]
 async fn a_client_certificate_from_an_unrelated_ca_is_an_auth_failure() {
     let ctx = TestContext::new().await;
@@ -395,7 +507,8 @@ async fn a_client_certificate_from_an_unrelated_ca_is_an_auth_failure() {
     // create-secret inlines the three files.
     apply_secret(&ctx, &create_secret(&kubeconfig, &ctx.namespace)).await;
 
-    let federation = Federation::with_interval(ctx.client.clone(), TEST_INTERVAL);
+    let federation =
+        Federation::with_secret_namespace(ctx.client.clone(), TEST_INTERVAL, &ctx.namespace);
     federation.sync(&[entry(&ctx, NAME, SECRET)]);
     let (status, _) = wait_for(
         &federation,
@@ -468,7 +581,11 @@ async fn a_frozen_apiserver_is_unreachable_within_a_minute_and_connected_once_re
     apply_secret(&ctx, &create_secret(&kubeconfig, &ctx.namespace)).await;
 
     // The production interval (10 s) and timeout (5 s): these are the times an operator sees.
-    let federation = Federation::new(ctx.client.clone());
+    let federation = Federation::with_secret_namespace(
+        ctx.client.clone(),
+        skein::operator::federation::DEFAULT_PROBE_INTERVAL,
+        &ctx.namespace,
+    );
     federation.sync(&[entry(&ctx, NAME, SECRET)]);
     wait_for(
         &federation,
@@ -504,7 +621,8 @@ async fn a_frozen_apiserver_is_unreachable_within_a_minute_and_connected_once_re
 #[tokio::test]
 async fn removing_an_entry_removes_its_status() {
     let ctx = TestContext::new().await;
-    let federation = Federation::with_interval(ctx.client.clone(), TEST_INTERVAL);
+    let federation =
+        Federation::with_secret_namespace(ctx.client.clone(), TEST_INTERVAL, &ctx.namespace);
     let mut changes = federation.subscribe();
     let (a, b) = (entry(&ctx, "a", "no-such-a"), entry(&ctx, "b", "no-such-b"));
     federation.sync(&[a.clone(), b.clone()]);

@@ -712,7 +712,7 @@ async fn federation_state_is_reported_in_the_meshconfig_status() {
     let _serial = SERIAL.lock().await;
     let client = client().await;
     let _operator = Operator::start("operator-federation");
-    let clusters = json!({"clusters": [{"name": "east", "kubeconfigSecretRef": {"namespace": "default", "name": "no-such-secret"}}]});
+    let clusters = json!({"clusters": [{"name": "east", "kubeconfigSecretRef": {"namespace": "skein-system", "name": "no-such-secret"}}]});
     apply_meshconfig(&client, "default", json!({"federation": clusters})).await;
     let api = Api::<MeshConfig>::all(client.clone());
     let east = eventually("federation status for east", WAIT, || async {
@@ -726,7 +726,7 @@ async fn federation_state_is_reported_in_the_meshconfig_status() {
     assert!(
         east.message
             .unwrap_or_default()
-            .contains("default/no-such-secret")
+            .contains("skein-system/no-such-secret")
     );
     // Removing the entry removes its status.
     apply_meshconfig(&client, "default", json!({"federation": {"clusters": []}})).await;

@@ -4,8 +4,8 @@
 //! install exactly the CRDs of `crds/`, which draw no warning from the apiserver; the chart's
 //! values schema refuses bad values by name, its optional objects (PodDisruptionBudget,
 //! ServiceMonitor) appear when asked and select what they should, and its NOTES tell a user what
-//! to do next without pointing into this repository; and the operator's RBAC lets it install
-//! everything it installs for a MeshConfig, the control plane's (Cluster)Roles included.
+//! to do next without pointing into this repository. (The operator's permissions, and that it
+//! installs the mesh with exactly them, are tests/rbac.rs's.)
 //!
 //! helm comes from tests/cluster/build.sh (built from tests/cluster/helm/go.mod).
 
@@ -16,10 +16,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use skein::api::{MeshConfig, MeshConfigSpec, names};
 use skein::operator::desired;
-use support::TestContext;
 
 const CHART: &str = "charts/skein";
 const RELEASE: &str = "skein";
@@ -786,159 +785,3 @@ const TEST_INPUTS: desired::Inputs<'static> = desired::Inputs {
     ca_cert_pem: "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n",
     settings_hash: "test",
 };
-
-/// The operator's identity for a test: config/operator-rbac.yaml as is, except that the
-/// ServiceAccount and the leader-election Role live in the test's namespace and the cluster-scoped
-/// objects carry names of the test's own. Dropping it deletes every cluster-scoped object
-/// labelled as the test's (the namespace takes the rest with it).
-struct OperatorIdentity {
-    namespace: String,
-}
-
-impl OperatorIdentity {
-    fn create(ctx: &TestContext) -> Self {
-        let identity = Self {
-            namespace: ctx.namespace.clone(),
-        };
-        let rbac = std::fs::read_to_string(source("config/operator-rbac.yaml"))
-            .expect("reading config/operator-rbac.yaml");
-        let items: Vec<Value> = objects(&rbac)
-            .into_iter()
-            .map(|mut object| {
-                identity.make_own(&mut object);
-                if object["kind"] == "ClusterRoleBinding" {
-                    object["roleRef"]["name"] = identity.cluster_name("skein-operator").into();
-                }
-                let subjects = object.get_mut("subjects").and_then(Value::as_array_mut);
-                for subject in subjects.into_iter().flatten() {
-                    subject["namespace"] = identity.namespace.clone().into();
-                }
-                object
-            })
-            .collect();
-        let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
-        let mut apply = support::kubectl();
-        apply.args(["apply", "--server-side", "-f", "-"]);
-        run(apply, Some(&list.to_string()));
-        identity
-    }
-
-    fn user(&self) -> String {
-        format!("system:serviceaccount:{}:skein-operator", self.namespace)
-    }
-
-    fn cluster_name(&self, name: &str) -> String {
-        format!("{}-{name}", self.namespace)
-    }
-
-    /// Moves a namespaced object into the test's namespace, or renames a cluster-scoped one
-    /// (except a Namespace), and labels it as the test's.
-    fn make_own(&self, object: &mut Value) {
-        let is_namespace = object["kind"] == "Namespace";
-        let metadata = &mut object["metadata"];
-        if metadata["namespace"].is_string() {
-            metadata["namespace"] = self.namespace.clone().into();
-        } else if !is_namespace {
-            let name = metadata["name"].as_str().expect("a name").to_owned();
-            metadata["name"] = self.cluster_name(&name).into();
-        }
-        metadata["labels"][support::TEST_OWNER_LABEL] = self.namespace.clone().into();
-    }
-
-    /// `kubectl auth can-i` as the operator.
-    fn can(&self, verb: &str, resource: &str, namespace: &str) -> bool {
-        let output = support::kubectl()
-            .args(["auth", "can-i", verb, resource, "-n", namespace, "--as"])
-            .arg(self.user())
-            .stdin(Stdio::null())
-            .output()
-            .expect("running kubectl auth can-i");
-        String::from_utf8_lossy(&output.stdout).trim() == "yes"
-    }
-}
-
-impl Drop for OperatorIdentity {
-    fn drop(&mut self) {
-        let selector = format!("{}={}", support::TEST_OWNER_LABEL, self.namespace);
-        let status = support::kubectl()
-            .args([
-                "delete",
-                "clusterrole,clusterrolebinding",
-                "-l",
-                &selector,
-                "--ignore-not-found",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .status();
-        if !matches!(status, Ok(status) if status.success()) {
-            eprintln!("cleanup: deleting the operator's test RBAC ({selector}): {status:?}");
-        }
-    }
-}
-
-#[tokio::test]
-async fn operator_rbac_lets_the_operator_install_the_mesh() {
-    let ctx = TestContext::new().await;
-    let operator = OperatorIdentity::create(&ctx);
-    let namespace = ctx.namespace.as_str();
-
-    // Leader election, in its own namespace only.
-    for verb in ["get", "create", "update"] {
-        assert!(
-            operator.can(verb, "leases.coordination.k8s.io", namespace),
-            "the operator cannot {verb} its Lease"
-        );
-    }
-    assert!(!operator.can("get", "leases.coordination.k8s.io", "kube-system"));
-    // Least privilege: it may not grant what it does not hold, nor run workloads itself.
-    for (verb, resource) in [
-        ("escalate", "clusterroles.rbac.authorization.k8s.io"),
-        ("bind", "clusterroles.rbac.authorization.k8s.io"),
-        ("impersonate", "serviceaccounts"),
-        ("create", "pods"),
-        ("delete", "customresourcedefinitions.apiextensions.k8s.io"),
-    ] {
-        assert!(
-            !operator.can(verb, resource, namespace),
-            "the operator may {verb} {resource}"
-        );
-    }
-
-    // Everything the operator installs for a MeshConfig, applied as the operator does (server-side
-    // apply, its field manager). Kubernetes refuses a ClusterRole or Role granting more than its
-    // creator holds, so this proves the ClusterRole covers the control plane's permissions too.
-    // The (Cluster)Roles are created for real, since a binding's check reads its role; everything
-    // else is a dry run. Namespaced objects go to the test's namespace, cluster-scoped RBAC gets
-    // names of the test's own.
-    let install = desired::desired(&test_meshconfig(), &TEST_INPUTS).expect("the desired install");
-    for desired in install.objects {
-        let kind = desired.resource.kind.as_str();
-        let mut object = desired.object;
-        let for_real = matches!(kind, "ClusterRole" | "Role");
-        if matches!(kind, "ClusterRole" | "ClusterRoleBinding") || desired.namespace.is_some() {
-            operator.make_own(&mut object);
-        }
-        if kind == "ClusterRoleBinding" {
-            let role = object["roleRef"]["name"].as_str().unwrap().to_owned();
-            object["roleRef"]["name"] = operator.cluster_name(&role).into();
-        }
-        if for_real {
-            // Owned by a MeshConfig that does not exist, the garbage collector would delete
-            // them.
-            object["metadata"]
-                .as_object_mut()
-                .unwrap()
-                .remove("ownerReferences");
-        }
-        let mut apply = support::kubectl();
-        apply
-            .args(["apply", "--server-side", "--force-conflicts", "--as"])
-            .arg(operator.user())
-            .args(["--field-manager", names::FIELD_MANAGER, "-f", "-"]);
-        if !for_real {
-            apply.arg("--dry-run=server");
-        }
-        run(apply, Some(&object.to_string()));
-    }
-}

@@ -581,3 +581,49 @@ async fn a_replaced_serving_certificate_is_picked_up_without_a_restart() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// `skein.dev/proxy-image` picks the image `skein-init` runs as root with NET_ADMIN: only the
+/// mesh's own image (or one the MeshConfig's `proxy.allowedImages` lists) is accepted, and both
+/// injected containers run under the runtime's default seccomp filter.
+#[tokio::test]
+async fn only_allowed_proxy_images_and_both_containers_under_runtime_default_seccomp() {
+    let (ctx, _control_plane) = meshed_namespace().await;
+
+    let hostile = with_annotation(
+        app_pod("hostile"),
+        "skein.dev/proxy-image",
+        "evil.example/root:latest",
+    );
+    match create(&ctx, &ctx.namespace, &hostile).await {
+        Err(kube::Error::Api(status)) => assert!(
+            status.message.contains(
+                "annotation skein.dev/proxy-image: \"evil.example/root:latest\" is not an allowed proxy image"
+            ) && status.message.contains("proxy.allowedImages"),
+            "the denial does not say which image is refused and how to allow one: {}",
+            status.message
+        ),
+        other => panic!("a pod asking for a foreign proxy image was not refused: {other:?}"),
+    }
+
+    // The mesh's own image may be named explicitly.
+    let own = format!("{}:{}", names::DEFAULT_IMAGE, names::SKEIN_VERSION);
+    let pinned = with_annotation(app_pod("pinned"), "skein.dev/proxy-image", &own);
+    let pod = create(&ctx, &ctx.namespace, &pinned)
+        .await
+        .expect("a pod naming the mesh's own image is admitted");
+    assert_injected(&pod);
+    for container in &pod.spec.as_ref().unwrap().init_containers.clone().unwrap()[..2] {
+        assert_eq!(container.image.as_deref(), Some(own.as_str()));
+        let profile = container
+            .security_context
+            .as_ref()
+            .and_then(|sc| sc.seccomp_profile.as_ref())
+            .map(|profile| profile.type_.as_str());
+        assert_eq!(
+            profile,
+            Some("RuntimeDefault"),
+            "{} has no RuntimeDefault seccomp profile",
+            container.name
+        );
+    }
+}

@@ -167,6 +167,14 @@ pub struct ProxySpec {
     /// counts against the pod's termination grace period. `0s` turns it off.
     #[schemars(extend("x-kubernetes-validations" = [{"rule": "duration(self) <= duration('300s')", "message": "must be at most 300s"}]))]
     pub drain_window: Duration,
+    /// Images a pod may ask for with the `skein.dev/proxy-image` annotation, besides the mesh's
+    /// own (`image:version`), which is always allowed. Both injected containers run the image,
+    /// `skein-init` as root with NET_ADMIN, so by default pods cannot choose another one. An
+    /// entry is an exact reference (`registry.local/skein:1.2.3`) or ends in `*` to allow every
+    /// reference starting with what precedes it (`registry.local/skein:*`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 512)))]
+    pub allowed_images: Vec<String>,
 }
 
 impl Default for ProxySpec {
@@ -179,6 +187,7 @@ impl Default for ProxySpec {
             hold_application_until_proxy_starts: true,
             native_sidecar: NativeSidecar::Auto,
             drain_window: Duration::from_secs(names::DEFAULT_DRAIN_WINDOW_SECS),
+            allowed_images: Vec::new(),
         }
     }
 }
@@ -472,6 +481,7 @@ pub struct RemoteCluster {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
+    /// Must be `skein-system`: the operator reads kubeconfig Secrets from no other namespace.
     #[schemars(length(min = 1, max = 63))]
     pub namespace: String,
     #[schemars(length(min = 1, max = 253))]

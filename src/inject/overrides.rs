@@ -7,7 +7,7 @@
 //! | `skein.dev/proxy-cpu-limit` | quantity | CPU limit of the proxy |
 //! | `skein.dev/proxy-memory-limit` | quantity | memory limit of the proxy |
 //! | `skein.dev/proxy-log-level` | log filter (a level, or `target=level` directives: `debug`, `warn,skein::proxy=debug`), no whitespace | the proxy's `SKEIN_LOG` |
-//! | `skein.dev/proxy-image` | image reference, no whitespace | image of `skein-proxy` and `skein-init` |
+//! | `skein.dev/proxy-image` | image reference, no whitespace, allowed by the MeshConfig (`proxy.allowedImages`; the mesh's own image always is) | image of `skein-proxy` and `skein-init` |
 //! | `traffic.skein.dev/exclude-inbound-ports` | comma-separated ports 1-65535 (`22,8081`) | inbound ports not redirected to the proxy |
 //! | `traffic.skein.dev/exclude-outbound-ports` | comma-separated ports 1-65535 (`5432`) | outbound destination ports not redirected |
 //! | `traffic.skein.dev/include-outbound-ip-ranges` | comma-separated CIDRs, or `*` for all (the default) | only outbound traffic to these ranges is redirected |
@@ -253,6 +253,46 @@ impl Overrides {
             },
         })
     }
+}
+
+impl Overrides {
+    /// The image of both injected containers: the mesh's own (`own`) unless the pod asks for
+    /// another one that `allowed` (MeshConfig `proxy.allowedImages`) lets it use. `skein-init`
+    /// runs it as root with NET_ADMIN, so an image the mesh administrator did not allow is
+    /// refused rather than replaced: the pod author learns why at once.
+    pub fn image(&self, own: &str, allowed: &[String]) -> Result<String, OverrideErrors> {
+        let Some(asked) = self.image.as_deref() else {
+            return Ok(own.to_owned());
+        };
+        if image_allowed(asked, own, allowed) {
+            return Ok(asked.to_owned());
+        }
+        let choices = if allowed.is_empty() {
+            format!(
+                "only the mesh's own image {own} is; list others in the MeshConfig's proxy.allowedImages"
+            )
+        } else {
+            format!(
+                "allowed are the mesh's own image {own} and the MeshConfig's proxy.allowedImages ({})",
+                allowed.join(", ")
+            )
+        };
+        Err(OverrideErrors(vec![OverrideError {
+            annotation: PROXY_IMAGE,
+            value: asked.to_owned(),
+            problem: format!("is not an allowed proxy image: {choices}"),
+        }]))
+    }
+}
+
+/// Pure: whether a pod may run `image` as its proxy: the mesh's own image, an exact entry of
+/// `allowed`, or one starting with an entry's text before its trailing `*`.
+pub fn image_allowed(image: &str, own: &str, allowed: &[String]) -> bool {
+    image == own
+        || allowed.iter().any(|entry| match entry.strip_suffix('*') {
+            Some(prefix) => image.starts_with(prefix),
+            None => image == entry,
+        })
 }
 
 /// One resource amount: the annotation that can set it, and its effective value.
@@ -575,6 +615,56 @@ mod tests {
             }
         );
         assert_eq!(Overrides::default().resources(&mesh).unwrap(), mesh);
+    }
+
+    #[test]
+    fn only_allowed_images_are_used() {
+        let own = "ghcr.io/skein-mesh/skein:1.0.0";
+        assert_eq!(Overrides::default().image(own, &[]).unwrap(), own);
+        let asking = |image: &str| parse_pairs(&[(PROXY_IMAGE, image)]).unwrap();
+        // The mesh's own image may always be named.
+        assert_eq!(asking(own).image(own, &[]).unwrap(), own);
+        // Nothing else by default, with a message naming the annotation, the image and the fix.
+        let err = asking("evil.example/root:latest")
+            .image(own, &[])
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "annotation skein.dev/proxy-image: \"evil.example/root:latest\" is not an allowed proxy \
+             image: only the mesh's own image ghcr.io/skein-mesh/skein:1.0.0 is; list others in \
+             the MeshConfig's proxy.allowedImages"
+        );
+        let allowed = vec![
+            "registry.local/skein:dev".to_owned(),
+            "mirror.local/skein:*".to_owned(),
+        ];
+        assert_eq!(
+            asking("registry.local/skein:dev")
+                .image(own, &allowed)
+                .unwrap(),
+            "registry.local/skein:dev"
+        );
+        assert_eq!(
+            asking("mirror.local/skein:1.2.3")
+                .image(own, &allowed)
+                .unwrap(),
+            "mirror.local/skein:1.2.3"
+        );
+        for refused in [
+            "registry.local/skein:dev2",
+            "registry.local/skein",
+            "mirror.local/other:1",
+            "evil.example/mirror.local/skein:1",
+        ] {
+            let err = asking(refused).image(own, &allowed).unwrap_err();
+            assert!(
+                err.to_string().contains(
+                    "allowed are the mesh's own image ghcr.io/skein-mesh/skein:1.0.0 and the \
+                     MeshConfig's proxy.allowedImages (registry.local/skein:dev, mirror.local/skein:*)"
+                ),
+                "{refused}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -53,8 +53,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction,
     HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, Pod, PodSpec, Probe,
-    ProjectedVolumeSource, ResourceRequirements, SecurityContext, ServiceAccountTokenProjection,
-    SleepAction, Volume, VolumeMount, VolumeProjection,
+    ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
+    ServiceAccountTokenProjection, SleepAction, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -298,8 +298,9 @@ impl ProxySettings {
             NativeSidecar::Auto => cfg.native_sidecars_supported,
         };
         let resources = overrides.resources(&proxy.resources)?;
+        let image = overrides.image(&cfg.proxy_image(), &proxy.allowed_images)?;
         Ok(Self {
-            image: overrides.image.clone().unwrap_or_else(|| cfg.proxy_image()),
+            image,
             log_level: overrides
                 .log_level
                 .clone()
@@ -403,9 +404,19 @@ fn init_container(proxy: &ProxySettings) -> Container {
                 add: Some(vec!["NET_ADMIN".to_owned(), "NET_RAW".to_owned()]),
                 drop: Some(vec!["ALL".to_owned()]),
             }),
+            seccomp_profile: Some(runtime_default_seccomp()),
             ..SecurityContext::default()
         }),
         ..Container::default()
+    }
+}
+
+/// The container runtime's default seccomp filter, whatever the pod's own setting: both
+/// injected containers are the mesh's, and neither needs the syscalls it blocks.
+fn runtime_default_seccomp() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".to_owned(),
+        ..SeccompProfile::default()
     }
 }
 
@@ -453,6 +464,7 @@ fn proxy_container(proxy: &ProxySettings, cfg: &InjectConfig) -> Container {
                 drop: Some(vec!["ALL".to_owned()]),
                 ..Capabilities::default()
             }),
+            seccomp_profile: Some(runtime_default_seccomp()),
             ..SecurityContext::default()
         }),
         volume_mounts: Some(vec![
@@ -814,7 +826,8 @@ mod tests {
                     "runAsNonRoot": false,
                     "allowPrivilegeEscalation": false,
                     "readOnlyRootFilesystem": true,
-                    "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]}
+                    "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
+                    "seccompProfile": {"type": "RuntimeDefault"}
                 }
             })
         );
@@ -830,7 +843,8 @@ mod tests {
             json!({
                 "runAsUser": 2170, "runAsGroup": 2170, "runAsNonRoot": true,
                 "readOnlyRootFilesystem": true, "allowPrivilegeEscalation": false,
-                "capabilities": {"drop": ["ALL"]}
+                "capabilities": {"drop": ["ALL"]},
+                "seccompProfile": {"type": "RuntimeDefault"}
             })
         );
         let want_env: BTreeMap<&str, serde_json::Value> = [
@@ -927,7 +941,9 @@ mod tests {
                 (overrides::EXCLUDE_OUTBOUND_IP_RANGES, "10.96.0.0/12"),
             ],
         );
-        let injected = inject(&pod, &config(true)).unwrap();
+        let mut cfg = config(true);
+        cfg.mesh.proxy.allowed_images = vec!["registry.local/skein:*".to_owned()];
+        let injected = inject(&pod, &cfg).unwrap();
         let proxy = find(&injected, "skein-proxy");
         let init = find(&injected, "skein-init");
         assert_eq!(proxy.image.as_deref(), Some("registry.local/skein:dev"));
@@ -951,6 +967,28 @@ mod tests {
                 "--exclude-outbound-cidrs=10.96.0.0/12",
             ]
         );
+    }
+
+    #[test]
+    fn a_proxy_image_the_meshconfig_does_not_allow_is_refused() {
+        let pod = with_annotations(minimal(), &[(overrides::PROXY_IMAGE, "evil.example/x:1")]);
+        let err = inject(&pod, &config(true)).unwrap_err();
+        assert!(matches!(err, InjectError::InvalidAnnotation(_)), "{err:?}");
+        assert!(
+            err.to_string().starts_with(
+                "annotation skein.dev/proxy-image: \"evil.example/x:1\" is not an allowed proxy image"
+            ),
+            "{err}"
+        );
+        // Another mesh version's image is another image too.
+        let mut cfg = config(true);
+        cfg.mesh.version = Some("9.9.9".to_owned());
+        let own = format!("{}:{}", names::DEFAULT_IMAGE, names::SKEIN_VERSION);
+        let pod = with_annotations(minimal(), &[(overrides::PROXY_IMAGE, &own)]);
+        assert!(inject(&pod, &cfg).is_err());
+        cfg.mesh.proxy.allowed_images = vec![own.clone()];
+        let injected = inject(&pod, &cfg).unwrap();
+        assert_eq!(find(&injected, "skein-init").image.as_deref(), Some(&*own));
     }
 
     #[test]

@@ -34,6 +34,14 @@ pub const CONTROL_PLANE: &str = "skein-control-plane";
 pub const MESH_CONFIG_MAP: &str = "skein-mesh-config";
 pub const CA_SECRET: &str = "skein-ca";
 pub const WEBHOOK_TLS_SECRET: &str = "skein-webhook-tls";
+/// Every Secret the control plane reads through the API, and the only ones its Role lets it
+/// read (by name: it watches each with a `metadata.name` field selector, which is what lets a
+/// list or watch pass a `resourceNames` rule). In InCluster mode its webhook serving
+/// certificate is mounted by the kubelet, so the control plane's identity never needs it.
+pub const CONTROL_PLANE_SECRETS: &[&str] = &[CA_SECRET];
+/// Read on top in External mode: `skein control-plane --tls-secret` gets its serving
+/// certificate through the API.
+pub const EXTERNAL_CONTROL_PLANE_SECRETS: &[&str] = &[WEBHOOK_TLS_SECRET];
 /// Port the control plane serves the webhook on, and the Service port in front of it.
 pub const WEBHOOK_PORT: i32 = 9443;
 pub const WEBHOOK_SERVICE_PORT: i32 = 443;
@@ -134,11 +142,7 @@ pub fn desired(mc: &MeshConfig, inputs: &Inputs<'_>) -> Result<Install, DesiredE
     }))?;
     push(source(Role {
         metadata: meta(CONTROL_PLANE, true, "control-plane"),
-        rules: Some(vec![
-            rule("", &["secrets"], &["get", "list", "watch"]),
-            // The CA ledger (`skein-ca-issuers`): which CAs signed certificates still valid.
-            rule("", &["configmaps"], &["get", "create", "update"]),
-        ]),
+        rules: Some(control_plane_namespace_rules(spec.control_plane.mode)),
     }))?;
     push(source(RoleBinding {
         metadata: meta(CONTROL_PLANE, true, "control-plane"),
@@ -414,6 +418,23 @@ fn control_plane_service(metadata: ObjectMeta) -> Service {
     }
 }
 
+/// What the control plane may do in the mesh namespace: read the Secrets it needs, by name, and
+/// keep its CA ledger.
+pub fn control_plane_namespace_rules(mode: ControlPlaneMode) -> Vec<PolicyRule> {
+    let ledger = crate::controlplane::identity::trust::LEDGER_CONFIGMAP;
+    let mut secrets = CONTROL_PLANE_SECRETS.to_vec();
+    if mode == ControlPlaneMode::External {
+        secrets.extend_from_slice(EXTERNAL_CONTROL_PLANE_SECRETS);
+    }
+    vec![
+        named(rule("", &["secrets"], &["get", "list", "watch"]), &secrets),
+        // The CA ledger: which CAs signed certificates still valid. A create cannot be limited
+        // by name (the name is in the body), so only reading and updating are.
+        rule("", &["configmaps"], &["create"]),
+        named(rule("", &["configmaps"], &["get", "update"]), &[ledger]),
+    ]
+}
+
 /// What the control plane reads: the mesh's workloads and Skein's own resources.
 fn control_plane_cluster_rules() -> Vec<PolicyRule> {
     vec![
@@ -463,6 +484,13 @@ fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
         resources: Some(resources.iter().map(|r| (*r).to_owned()).collect()),
         verbs: verbs.iter().map(|v| (*v).to_owned()).collect(),
         ..Default::default()
+    }
+}
+
+fn named(rule: PolicyRule, names: &[&str]) -> PolicyRule {
+    PolicyRule {
+        resource_names: Some(names.iter().map(|n| (*n).to_owned()).collect()),
+        ..rule
     }
 }
 
@@ -685,6 +713,42 @@ mod tests {
             "https://127.0.0.1:9443/inject"
         );
         assert_eq!(webhook_cert_names(&mc), ["127.0.0.1"]);
+    }
+
+    #[test]
+    fn the_control_plane_reads_only_the_secrets_it_needs() {
+        let install = desired(&mesh(MeshConfigSpec::default()), &INPUTS).unwrap();
+        let role = find(&install, "Role");
+        let secret_rules: Vec<&serde_json::Value> = role["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|rule| rule["resources"] == serde_json::json!(["secrets"]))
+            .collect();
+        assert_eq!(secret_rules.len(), 1, "{role}");
+        assert_eq!(
+            secret_rules[0]["resourceNames"],
+            serde_json::json!(CONTROL_PLANE_SECRETS)
+        );
+        // Nothing else in the install grants Secrets to the control plane.
+        let cluster_role = find(&install, "ClusterRole");
+        assert!(
+            !cluster_role.to_string().contains("secrets"),
+            "{cluster_role}"
+        );
+
+        // An external control plane reads its serving certificate through the API too.
+        let mut spec = MeshConfigSpec::default();
+        spec.control_plane.mode = ControlPlaneMode::External;
+        spec.control_plane.external = Some(ExternalControlPlane {
+            webhook_url: "https://127.0.0.1:9443/inject".to_owned(),
+            xds_address: "127.0.0.1:9090".to_owned(),
+        });
+        let install = desired(&mesh(spec), &INPUTS).unwrap();
+        assert_eq!(
+            find(&install, "Role")["rules"][0]["resourceNames"],
+            serde_json::json!([CA_SECRET, WEBHOOK_TLS_SECRET])
+        );
     }
 
     #[test]

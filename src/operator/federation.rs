@@ -6,11 +6,14 @@
 //! [`Federation::sync`] keeps one tokio task per listed cluster. Every probe interval (10 s) the
 //! task:
 //!
-//! 1. reads the referenced Secret from the *local* cluster. A missing Secret or key is
-//!    `SecretMissing`. The kubeconfig must parse, have a usable current context and be
+//! 1. reads the referenced Secret from the *local* cluster, only from the mesh namespace
+//!    (`skein-system`: whoever may write Secrets there is a mesh administrator anyway, and the
+//!    operator needs no Secret access elsewhere). A Secret elsewhere, or a missing Secret or
+//!    key, is `SecretMissing`. The kubeconfig must parse, have a usable current context and be
 //!    self-contained (data inlined, no exec plugin or auth provider: the operator must never run
-//!    programs or read its own files on behalf of whoever can write that Secret); otherwise it is
-//!    `InvalidKubeconfig`. The remote client is rebuilt only when the kubeconfig bytes change,
+//!    programs or read its own files on behalf of whoever can write that Secret), and its server
+//!    must be safe to probe with the credentials in it (`https`, certificate verified, no
+//!    `proxy-url`); otherwise it is `InvalidKubeconfig`. The remote client is rebuilt only when the kubeconfig bytes change,
 //!    so editing the Secret (new credentials, new address) takes effect at the next probe;
 //! 2. asks the remote apiserver for its version and lists the Services labelled
 //!    `skein.dev/exported=true` in all namespaces. Each request is bounded by 5 s (connect, read
@@ -53,6 +56,7 @@ use tokio::task::JoinHandle;
 use crate::api::meshconfig::{
     ExportedService, FederationPhase, RemoteCluster, RemoteClusterStatus, SecretKeyRef,
 };
+use crate::api::names;
 use crate::cli::CreateSecretArgs;
 
 /// How often each remote cluster is probed.
@@ -117,6 +121,15 @@ pub enum FederationError {
         name: String,
         key: String,
     },
+    #[error(
+        "Secret {namespace}/{name} is outside {allowed}: the operator reads federation \
+         kubeconfigs only from {allowed}; create the Secret there and point kubeconfigSecretRef at it"
+    )]
+    SecretOutsideMeshNamespace {
+        namespace: String,
+        name: String,
+        allowed: String,
+    },
     #[error("the operator may not read Secret {namespace}/{name}: {reason}")]
     SecretForbidden {
         namespace: String,
@@ -147,7 +160,8 @@ impl FederationError {
         match self {
             Self::SecretNotFound { .. }
             | Self::SecretKeyMissing { .. }
-            | Self::SecretForbidden { .. } => Some(FederationPhase::SecretMissing),
+            | Self::SecretForbidden { .. }
+            | Self::SecretOutsideMeshNamespace { .. } => Some(FederationPhase::SecretMissing),
             Self::InvalidKubeconfig { .. } => Some(FederationPhase::InvalidKubeconfig),
             Self::Remote { phase, .. } => Some(*phase),
             Self::ReadSecret { .. } => None,
@@ -171,6 +185,8 @@ pub struct Federation {
 struct Shared {
     local: Client,
     interval: Duration,
+    /// The one namespace kubeconfig Secrets are read from.
+    secret_namespace: String,
     state: Mutex<State>,
     changes: watch::Sender<u64>,
 }
@@ -216,11 +232,22 @@ impl Federation {
 
     /// Like [`Federation::new`] with another probe interval (tests use a short one).
     pub fn with_interval(local: Client, interval: Duration) -> Self {
+        Self::with_secret_namespace(local, interval, names::MESH_NAMESPACE)
+    }
+
+    /// Like [`Federation::with_interval`], reading kubeconfig Secrets from `secret_namespace`
+    /// instead of the mesh namespace (tests give each their own namespace).
+    pub fn with_secret_namespace(
+        local: Client,
+        interval: Duration,
+        secret_namespace: &str,
+    ) -> Self {
         let (changes, _) = watch::channel(0);
         Self {
             shared: Arc::new(Shared {
                 local,
                 interval,
+                secret_namespace: secret_namespace.to_owned(),
                 state: Mutex::new(State::default()),
                 changes,
             }),
@@ -323,6 +350,7 @@ impl Federation {
             Ok(runtime) => Some(runtime.spawn(probe_loop(
                 Arc::downgrade(&self.shared),
                 self.shared.local.clone(),
+                self.shared.secret_namespace.clone(),
                 self.shared.interval,
                 cluster.clone(),
                 generation,
@@ -446,6 +474,7 @@ struct RemoteClient {
 async fn probe_loop(
     shared: Weak<Shared>,
     local: Client,
+    secret_namespace: String,
     interval: Duration,
     cluster: RemoteCluster,
     generation: u64,
@@ -453,7 +482,7 @@ async fn probe_loop(
 ) {
     let mut cache: RemoteClientCache = None;
     loop {
-        let next = match probe(&local, &cluster, &mut cache).await {
+        let next = match probe(&local, &secret_namespace, &cluster, &mut cache).await {
             Ok((version, exported_services)) => {
                 connected_status(&current, version, exported_services)
             }
@@ -518,14 +547,28 @@ fn failed_status(
 /// One probe: the remote version and exported services, or why they cannot be had.
 async fn probe(
     local: &Client,
+    secret_namespace: &str,
     cluster: &RemoteCluster,
     cache: &mut RemoteClientCache,
 ) -> Result<(String, Vec<ExportedService>), FederationError> {
     let secret_ref = &cluster.kubeconfig_secret_ref;
+    check_secret_namespace(secret_ref, secret_namespace)?;
     let secret = read_secret(local, secret_ref).await?;
     let bytes = kubeconfig_bytes(secret.as_ref(), secret_ref)?;
     let remote = remote_client(cache, bytes, secret_ref, &cluster.name).await?;
     probe_remote(&remote).await
+}
+
+/// Pure: refuses a kubeconfig Secret outside `allowed` (the mesh namespace), before any read.
+fn check_secret_namespace(secret_ref: &SecretKeyRef, allowed: &str) -> Result<(), FederationError> {
+    if secret_ref.namespace == allowed {
+        return Ok(());
+    }
+    Err(FederationError::SecretOutsideMeshNamespace {
+        namespace: secret_ref.namespace.clone(),
+        name: secret_ref.name.clone(),
+        allowed: allowed.to_owned(),
+    })
 }
 
 async fn read_secret(
@@ -662,6 +705,9 @@ fn parse_kubeconfig(bytes: &[u8]) -> Result<Kubeconfig, String> {
             .and_then(|named| named.auth_info.as_ref())
     });
     check_self_contained(cluster, user)?;
+    if let Some(cluster) = cluster {
+        check_server(cluster)?;
+    }
     Ok(kubeconfig)
 }
 
@@ -692,6 +738,32 @@ fn check_self_contained(
             "its user has an exec plugin or auth provider, which the operator does not run"
                 .to_owned(),
         );
+    }
+    Ok(())
+}
+
+/// Pure: the operator sends the kubeconfig's credentials to its server, and reports what it
+/// answers, so whoever writes the Secret must not be able to aim it at a plain-text server, at
+/// one whose certificate is not checked, or through a proxy of their choosing.
+fn check_server(cluster: &kube::config::Cluster) -> Result<(), String> {
+    if let Some(server) = cluster.server.as_deref() {
+        let scheme = server.split_once("://").map(|(scheme, _)| scheme);
+        if !scheme.is_some_and(|scheme| scheme.eq_ignore_ascii_case("https")) {
+            return Err(format!(
+                "its server {server:?} is not an https:// URL; the operator only talks TLS to remote apiservers"
+            ));
+        }
+    }
+    if cluster.insecure_skip_tls_verify == Some(true) {
+        return Err(
+            "it sets insecure-skip-tls-verify; give the server's CA as certificate-authority-data instead"
+                .to_owned(),
+        );
+    }
+    if let Some(proxy) = cluster.proxy_url.as_deref() {
+        return Err(format!(
+            "it sets proxy-url {proxy:?}; the operator connects to remote apiservers directly"
+        ));
     }
     Ok(())
 }
@@ -1257,6 +1329,70 @@ mod tests {
             "- name: v\n  user: {client-key: /k, client-certificate: /c}\ncontexts:\n",
         );
         assert!(parse_kubeconfig(other.as_bytes()).is_ok(), "{other}");
+    }
+
+    #[test]
+    fn only_https_servers_with_verified_certificates_and_no_proxy_are_probed() {
+        let (ca, cert, key) = pems();
+        let good = inline_kubeconfig(&ca, &cert, &key);
+        for (from, to, expected) in [
+            (
+                "server: https://127.0.0.1:6443",
+                "server: http://127.0.0.1:6443",
+                "its server \"http://127.0.0.1:6443\" is not an https:// URL",
+            ),
+            (
+                "server: https://127.0.0.1:6443",
+                "server: 127.0.0.1:6443",
+                "its server \"127.0.0.1:6443\" is not an https:// URL",
+            ),
+            (
+                "server: https://127.0.0.1:6443",
+                "server: unix:///var/run/docker.sock",
+                "is not an https:// URL",
+            ),
+            (
+                "server: https://127.0.0.1:6443",
+                "server: https://127.0.0.1:6443\n    insecure-skip-tls-verify: true",
+                "it sets insecure-skip-tls-verify",
+            ),
+            (
+                "server: https://127.0.0.1:6443",
+                "server: https://127.0.0.1:6443\n    proxy-url: http://169.254.169.254:80",
+                "it sets proxy-url \"http://169.254.169.254:80\"",
+            ),
+        ] {
+            let bad = good.replacen(from, to, 1);
+            assert_ne!(bad, good, "{from} not found");
+            let reason = parse_kubeconfig(bad.as_bytes()).unwrap_err();
+            assert!(reason.contains(expected), "{to}: {reason}");
+        }
+        // Explicitly verified, and the scheme in capitals, are fine.
+        for fine in [
+            good.replacen(
+                "server: https://127.0.0.1:6443",
+                "server: HTTPS://127.0.0.1:6443\n    insecure-skip-tls-verify: false",
+                1,
+            ),
+            good.clone(),
+        ] {
+            assert!(parse_kubeconfig(fine.as_bytes()).is_ok(), "{fine}");
+        }
+    }
+
+    #[test]
+    fn kubeconfig_secrets_are_read_only_from_the_mesh_namespace() {
+        let mut secret_ref = secret_ref();
+        assert!(check_secret_namespace(&secret_ref, "skein-system").is_ok());
+        secret_ref.namespace = "team-a".to_owned();
+        let err = check_secret_namespace(&secret_ref, "skein-system").unwrap_err();
+        assert_eq!(err.phase(), Some(FederationPhase::SecretMissing));
+        assert_eq!(
+            err.to_string(),
+            "Secret team-a/skein-remote-east is outside skein-system: the operator reads \
+             federation kubeconfigs only from skein-system; create the Secret there and point \
+             kubeconfigSecretRef at it"
+        );
     }
 
     #[tokio::test]

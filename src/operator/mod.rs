@@ -33,7 +33,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, finalizer};
@@ -137,14 +137,21 @@ async fn ensure_lease_namespace(client: &Client, namespace: &str) -> anyhow::Res
             "the lease namespace {namespace} does not exist: create it (`kubectl create namespace {namespace}`) or pass another --lease-namespace"
         );
     }
-    let mut object = Namespace::default();
-    object.metadata.name = Some(namespace.to_owned());
-    match namespaces.create(&PostParams::default(), &object).await {
+    // Server-side apply rather than a create: an apply names the object, so the operator's RBAC
+    // can allow creating this one namespace only.
+    let object = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
+    match namespaces
+        .patch(
+            namespace,
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(&object),
+        )
+        .await
+    {
         Ok(_) => {
             tracing::info!(namespace, "created the mesh namespace for the leader lease");
             Ok(())
         }
-        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
         Err(err) => Err(anyhow::anyhow!(
             "the mesh namespace {namespace} does not exist and could not be created ({err}): `kubectl create namespace {namespace}`, or install with the Helm chart (charts/skein) or config/"
         )),
@@ -268,21 +275,29 @@ fn controller(
         Api::<PodDisruptionBudget>::namespaced(client.clone(), mesh_ns),
         ours.clone(),
     )
-    .owns(Api::<ClusterRole>::all(client.clone()), ours.clone())
-    .owns(Api::<ClusterRoleBinding>::all(client.clone()), ours.clone())
+    // Cluster-scoped: each by name, the only way the operator's RBAC (resourceNames) lets it
+    // list and watch them.
+    .owns(
+        Api::<ClusterRole>::all(client.clone()),
+        named(desired::CONTROL_PLANE),
+    )
+    .owns(
+        Api::<ClusterRoleBinding>::all(client.clone()),
+        named(desired::CONTROL_PLANE),
+    )
     .owns(
         Api::<MutatingWebhookConfiguration>::all(client.clone()),
-        ours.clone(),
+        named(crate::inject::registration::WEBHOOK_CONFIGURATION_NAME),
     )
     .owns(
         Api::<ValidatingWebhookConfiguration>::all(client.clone()),
-        ours,
+        named(crate::controlplane::registration::VALIDATING_WEBHOOK_NAME),
     )
     // `status.trust` follows the CA Secret (the user's, not owned) and the control plane's
     // ledger of issuers.
     .watches(
         Api::<Secret>::namespaced(client.clone(), mesh_ns),
-        watcher::Config::default().fields(&format!("metadata.name={}", desired::CA_SECRET)),
+        named(desired::CA_SECRET),
         |_| Some(ObjectRef::new(names::ACTIVE_MESHCONFIG)),
     )
     .watches(
@@ -297,6 +312,11 @@ fn controller(
     .graceful_shutdown_on(async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     })
+}
+
+/// Watches the one object called `name`.
+fn named(name: &str) -> watcher::Config {
+    watcher::Config::default().fields(&format!("metadata.name={name}"))
 }
 
 /// A stream that yields whenever the watch value changes.
