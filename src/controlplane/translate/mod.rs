@@ -54,11 +54,16 @@
 //!   ports; `mtlsMode: Disabled` makes its callers speak plaintext to the Service's endpoints
 //!   (see [`mtls`]). A rule with a field nothing acts on reports `FieldsNotActing=True`
 //!   ([`crate::api::not_acting`]).
+//! - Producer and consumer rules (`docs/rules-across-namespaces.md`): a RouteRule or
+//!   TrafficPolicy in the Service's namespace applies to every caller; one in another namespace
+//!   applies only to the proxies of its own namespace, for which it replaces the producer's
+//!   (one destination variant per such namespace, picked in [`MeshView::proxy_config`]).
 //! - An EgressRule adds one egress entry per host and port to the proxies of the namespaces it
-//!   applies to (`spec.namespaces`, `*` for all, or only its own namespace by default).
-//! - Several RouteRules (or several TrafficPolicies) for one Service: the oldest
-//!   (`creationTimestamp`, then namespace and name) wins and the others report
-//!   `Accepted=False`, reason `Conflicted`. Invalid rules ([`validate_route_rule`] and
+//!   applies to: its own; only a rule in `skein-system` may name others (`spec.namespaces`, `*`
+//!   for all). Elsewhere those are ignored and the status says so ([`egress`]).
+//! - Several RouteRules (or several TrafficPolicies) of one namespace for one Service: the
+//!   oldest (`creationTimestamp`, then name) wins and the others report `Accepted=False`,
+//!   reason `Conflicted`. Invalid rules ([`validate_route_rule`] and
 //!   friends, which a webhook can run too) report `Accepted=False`, reason `Invalid`, and take no
 //!   part: neither in the configuration nor in conflicts. A rule naming a Service that does not
 //!   exist is accepted with `ResolvedRefs=False` (`ServiceNotFound`) and applies once it appears.
