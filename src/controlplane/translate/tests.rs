@@ -1517,12 +1517,14 @@ fn consumer_rules_compete_only_within_their_namespace() {
         "RouteRule shop/hijack already routes backend.demo for callers in namespace shop; this \
          one is ignored"
     );
-    for name in ["hijack"] {
-        assert_eq!(
-            cond(report(&view, RuleKind::RouteRule, "shop", name), ACCEPTED).0,
-            "True"
-        );
-    }
+    assert_eq!(
+        cond(
+            report(&view, RuleKind::RouteRule, "shop", "hijack"),
+            ACCEPTED
+        )
+        .0,
+        "True"
+    );
     assert_eq!(
         cond(
             report(&view, RuleKind::RouteRule, "billing", "mine"),
