@@ -7,7 +7,12 @@
 //!   reason `Invalid` (the message says what is wrong; proxies keep what they had) or
 //!   `Conflicted` (another rule for the same Service takes precedence; the message names it;
 //!   for MtlsPolicy: an older policy of the namespace without a selector, or older policies
-//!   for every pod it selects).
+//!   for every pod it selects), or `NamespacesNotAllowed` (an EgressRule outside
+//!   `skein-system` that names only other namespaces). `True` messages say to whom the rule
+//!   applies: a RouteRule or TrafficPolicy in the Service's own namespace is a *producer rule*
+//!   (all callers), one in another namespace a *consumer rule* (callers in its own namespace
+//!   only, before the producer rule). `True` with reason `NamespacesLimited`: an EgressRule
+//!   outside `skein-system` naming other namespaces (or `*`) applies to its own namespace only.
 //! - `ResolvedRefs`: `False` with reason `ServiceNotFound` when the Service the rule names does
 //!   not exist (yet): the rule is accepted and takes effect when the Service appears. An
 //!   AccessPolicy or MtlsPolicy reports `False` with reason `NoPodsSelected` when its selector
@@ -26,6 +31,11 @@ pub const RESOLVED_REFS: &str = "ResolvedRefs";
 pub const REASON_ACCEPTED: &str = "Accepted";
 pub const REASON_INVALID: &str = "Invalid";
 pub const REASON_CONFLICTED: &str = "Conflicted";
+/// Accepted, but applied to fewer namespaces than the rule names: only rules in the mesh
+/// namespace (`skein-system`) may apply to other namespaces.
+pub const REASON_NAMESPACES_LIMITED: &str = "NamespacesLimited";
+/// Not applied: every namespace the rule names is one its own namespace may not affect.
+pub const REASON_NAMESPACES_NOT_ALLOWED: &str = "NamespacesNotAllowed";
 /// Reasons of the `ResolvedRefs` condition.
 pub const REASON_RESOLVED: &str = "ResolvedRefs";
 pub const REASON_SERVICE_NOT_FOUND: &str = "ServiceNotFound";

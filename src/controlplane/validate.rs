@@ -1,8 +1,10 @@
 //! The validating admission webhook for RouteRule, EgressRule, TrafficPolicy, AccessPolicy and
 //! MtlsPolicy: what the CRD schema cannot say (weights adding up to 100, regexes that compile,
-//! header names) is refused at `kubectl apply` with every problem and its field path. A rule
-//! for a Service that does not exist is allowed with a warning: Services and rules are often
-//! applied in either order.
+//! header names) is refused at `kubectl apply` with every problem and its field path, and so is
+//! what the namespace model forbids (an EgressRule outside `skein-system` naming other
+//! namespaces or `*`). A rule for a Service that does not exist is allowed with a warning:
+//! Services and rules are often applied in either order; so is a consumer rule (for another
+//! namespace's Service), warned that it applies to its own namespace's callers only.
 //!
 //! Pure apart from the lookup of Services it is given; the HTTP route is in `server`.
 
@@ -39,7 +41,11 @@ pub fn review(
             Err(problem) => (vec![problem], None),
         },
         "EgressRule" => match spec::<EgressRuleSpec>(object) {
-            Ok(spec) => (translate::validate_egress_rule(&spec), None),
+            Ok(spec) => {
+                let mut problems = translate::validate_egress_rule(&spec);
+                problems.extend(translate::egress_scope_problems(&namespace, &spec));
+                (problems, None)
+            }
             Err(problem) => (vec![problem], None),
         },
         "TrafficPolicy" => match spec::<TrafficPolicySpec>(object) {
@@ -70,16 +76,28 @@ pub fn review(
         ));
     }
     let mut response = response;
+    let mut warnings = Vec::new();
     if let Some(service) = service {
         let (name, service_namespace) = match service.split_once('.') {
             Some((name, ns)) => (name, ns),
             None => (service.as_str(), namespace.as_str()),
         };
-        if !service_exists(service_namespace, name) {
-            response.warnings = Some(vec![format!(
-                "Service {service_namespace}/{name} does not exist (yet): the rule takes effect when it does"
-            )]);
+        // Allowed, but it may not do what its author expects of it: say so now.
+        if service_namespace != namespace {
+            warnings.push(format!(
+                "consumer rule: it applies to callers in namespace {namespace} only, not to \
+                 other callers of Service {service_namespace}/{name} (only a rule in namespace \
+                 {service_namespace} applies to all of them)"
+            ));
         }
+        if !service_exists(service_namespace, name) {
+            warnings.push(format!(
+                "Service {service_namespace}/{name} does not exist (yet): the rule takes effect when it does"
+            ));
+        }
+    }
+    if !warnings.is_empty() {
+        response.warnings = Some(warnings);
     }
     response
 }
@@ -248,6 +266,77 @@ mod tests {
         );
         let response = review(&req, |_, _| false);
         assert!(response.allowed, "{}", response.result.message);
+    }
+
+    fn request_in(
+        namespace: &str,
+        kind: &str,
+        spec: serde_json::Value,
+    ) -> AdmissionRequest<DynamicObject> {
+        let mut req = request(kind, spec);
+        req.namespace = Some(namespace.to_owned());
+        if let Some(object) = req.object.as_mut() {
+            object.metadata.namespace = Some(namespace.to_owned());
+        }
+        req
+    }
+
+    #[test]
+    fn an_egress_rule_outside_the_mesh_namespace_may_not_name_other_namespaces() {
+        for namespaces in [
+            serde_json::json!(["*"]),
+            serde_json::json!(["demo", "billing"]),
+        ] {
+            let spec = serde_json::json!({"hosts": ["api.example"], "namespaces": namespaces});
+            let response = review(&request_in("demo", "EgressRule", spec.clone()), |_, _| true);
+            assert!(!response.allowed, "{namespaces}");
+            let message = response.result.message;
+            assert!(
+                message.contains("EgressRule demo/r is invalid")
+                    && message
+                        .contains("only EgressRules in skein-system may apply to other namespaces"),
+                "{message}"
+            );
+            assert!(
+                !message.contains("\"demo\""),
+                "its own namespace is fine: {message}"
+            );
+            // The mesh namespace may open egress for others.
+            let response = review(&request_in("skein-system", "EgressRule", spec), |_, _| true);
+            assert!(response.allowed, "{}", response.result.message);
+        }
+        let own = serde_json::json!({"hosts": ["api.example"], "namespaces": ["demo"]});
+        assert!(review(&request_in("demo", "EgressRule", own), |_, _| true).allowed);
+        let none = serde_json::json!({"hosts": ["api.example"]});
+        assert!(review(&request_in("demo", "EgressRule", none), |_, _| true).allowed);
+    }
+
+    #[test]
+    fn a_consumer_rule_is_allowed_with_a_warning_about_whom_it_affects() {
+        let spec = serde_json::json!({"service": "backend.payments", "http": [{"timeout": "1s"}]});
+        for kind in ["RouteRule", "TrafficPolicy"] {
+            let spec = if kind == "RouteRule" {
+                spec.clone()
+            } else {
+                serde_json::json!({"service": "backend.payments", "loadBalancer": "RoundRobin"})
+            };
+            let response = review(&request(kind, spec), |_, _| true);
+            assert!(response.allowed, "{}", response.result.message);
+            let warnings = response.warnings.unwrap_or_default();
+            assert_eq!(warnings.len(), 1, "{warnings:?}");
+            assert!(
+                warnings[0]
+                    .starts_with("consumer rule: it applies to callers in namespace demo only"),
+                "{warnings:?}"
+            );
+        }
+        // The Service's own namespace: a producer rule, no warning.
+        let own = serde_json::json!({"service": "backend.demo", "http": [{"timeout": "1s"}]});
+        assert!(
+            review(&request("RouteRule", own), |_, _| true)
+                .warnings
+                .is_none()
+        );
     }
 
     #[test]

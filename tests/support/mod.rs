@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
@@ -179,6 +181,16 @@ impl Drop for TestContext {
                     ListParams::default().labels(&format!("{TEST_OWNER_LABEL}={namespace}"));
                 delete_owned::<MeshConfig>(&client, &by_owner).await;
                 delete_owned::<MutatingWebhookConfiguration>(&client, &by_owner).await;
+                delete_owned::<ValidatingWebhookConfiguration>(&client, &by_owner).await;
+                // Namespaces have no deletecollection: the test's extra ones one by one.
+                let namespaces = Api::<Namespace>::all(client.clone());
+                if let Ok(extra) = namespaces.list_metadata(&by_owner).await {
+                    for name in extra.items.into_iter().filter_map(|ns| ns.metadata.name) {
+                        if let Err(err) = namespaces.delete(&name, &DeleteParams::default()).await {
+                            eprintln!("cleanup: deleting namespace {name}: {err}");
+                        }
+                    }
+                }
                 if let Err(err) = Api::<Namespace>::all(client)
                     .delete(&namespace, &DeleteParams::default())
                     .await

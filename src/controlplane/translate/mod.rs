@@ -54,11 +54,16 @@
 //!   ports; `mtlsMode: Disabled` makes its callers speak plaintext to the Service's endpoints
 //!   (see [`mtls`]). A rule with a field nothing acts on reports `FieldsNotActing=True`
 //!   ([`crate::api::not_acting`]).
+//! - Producer and consumer rules (`docs/rules-across-namespaces.md`): a RouteRule or
+//!   TrafficPolicy in the Service's namespace applies to every caller; one in another namespace
+//!   applies only to the proxies of its own namespace, for which it replaces the producer's
+//!   (one destination variant per such namespace, picked in [`MeshView::proxy_config`]).
 //! - An EgressRule adds one egress entry per host and port to the proxies of the namespaces it
-//!   applies to (`spec.namespaces`, `*` for all, or only its own namespace by default).
-//! - Several RouteRules (or several TrafficPolicies) for one Service: the oldest
-//!   (`creationTimestamp`, then namespace and name) wins and the others report
-//!   `Accepted=False`, reason `Conflicted`. Invalid rules ([`validate_route_rule`] and
+//!   applies to: its own; only a rule in `skein-system` may name others (`spec.namespaces`, `*`
+//!   for all). Elsewhere those are ignored and the status says so ([`egress`]).
+//! - Several RouteRules (or several TrafficPolicies) of one namespace for one Service: the
+//!   oldest (`creationTimestamp`, then name) wins and the others report `Accepted=False`,
+//!   reason `Conflicted`. Invalid rules ([`validate_route_rule`] and
 //!   friends, which a webhook can run too) report `Accepted=False`, reason `Invalid`, and take no
 //!   part: neither in the configuration nor in conflicts. A rule naming a Service that does not
 //!   exist is accepted with `ResolvedRefs=False` (`ServiceNotFound`) and applies once it appears.
@@ -97,7 +102,7 @@ mod status;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -115,7 +120,7 @@ use crate::proxy::config::types::{
 };
 
 pub use access::validate_access_policy;
-pub use egress::validate_egress_rule;
+pub use egress::{egress_scope_problems, validate_egress_rule};
 pub use mtls::validate_mtls_policy;
 pub use policy::validate_traffic_policy;
 pub use routes::validate_route_rule;
@@ -167,6 +172,34 @@ struct PreparedDestination {
     destination: Destination,
     /// Hash of `destination`, for proxies' versions.
     hash: u64,
+    /// What callers in namespaces with a consumer rule (RouteRule or TrafficPolicy) for the
+    /// Service get instead of `destination`, by namespace.
+    for_callers: BTreeMap<String, Variant>,
+}
+
+/// A destination as the callers of one namespace get it, with its hash.
+struct Variant {
+    destination: Destination,
+    hash: u64,
+}
+
+impl Variant {
+    fn new(destination: Destination) -> Self {
+        Self {
+            hash: hash_json(&destination),
+            destination,
+        }
+    }
+}
+
+impl PreparedDestination {
+    /// The destination and its hash for a caller in `namespace`.
+    fn for_caller(&self, namespace: &str) -> (&Destination, u64) {
+        match self.for_callers.get(namespace) {
+            Some(variant) => (&variant.destination, variant.hash),
+            None => (&self.destination, self.hash),
+        }
+    }
 }
 
 /// Which namespaces' proxies see a destination.
@@ -281,18 +314,24 @@ impl MeshView {
                 let name = svc.metadata.name.as_deref()?;
                 let key = ServiceKey::new(namespace, name);
                 let policy = policies.winners.get(&key);
-                let mut destination = endpoints::destination(
-                    svc,
-                    &slices,
-                    &pods,
-                    inputs.cluster_domain,
-                    policy,
-                    &mesh_mtls,
-                )?;
-                destination.routes = match rules.winners.get(&key) {
-                    Some(routes) => routes.clone(),
-                    None => defaults.catch_all().into_iter().collect(),
+                let routes = rules.winners.get(&key);
+                // What callers in `caller` get (None: the producer's view, for everyone else).
+                let build = |caller: Option<&str>| -> Option<Destination> {
+                    let mut destination = endpoints::destination(
+                        svc,
+                        &slices,
+                        &pods,
+                        inputs.cluster_domain,
+                        policy.and_then(|p| p.pick(caller)),
+                        &mesh_mtls,
+                    )?;
+                    destination.routes = match routes.and_then(|r| r.pick(caller)) {
+                        Some(routes) => routes.clone(),
+                        None => defaults.catch_all().into_iter().collect(),
+                    };
+                    Some(destination)
                 };
+                let destination = build(None)?;
                 let export_to = ExportTo::parse(
                     svc.metadata
                         .annotations
@@ -301,36 +340,60 @@ impl MeshView {
                         .map(String::as_str),
                     namespace,
                 );
+                // Consumer rules: one variant per namespace with its own rule, for its
+                // callers only (and only if the Service is exported to them at all).
+                let consumer_namespaces: BTreeSet<&String> = policy
+                    .into_iter()
+                    .flat_map(|p| p.consumers.keys())
+                    .chain(routes.into_iter().flat_map(|r| r.consumers.keys()))
+                    .filter(|caller| export_to.includes(caller))
+                    .collect();
+                let for_callers = consumer_namespaces
+                    .into_iter()
+                    .filter_map(|caller| {
+                        let variant = build(Some(caller))?;
+                        Some((caller.clone(), Variant::new(variant)))
+                    })
+                    .collect();
                 Some(PreparedDestination {
                     namespace: namespace.to_owned(),
                     service: name.to_owned(),
                     export_to,
                     hash: hash_json(&destination),
                     destination,
+                    for_callers,
                 })
             })
             .collect();
         destinations.sort_by(|a, b| a.destination.name.cmp(&b.destination.name));
         keep_distinct(&mut destinations);
-        let routable: HashSet<ServiceKey> = destinations
+        let routable: HashMap<ServiceKey, &ExportTo> = destinations
             .iter()
-            .map(|d| ServiceKey::new(&d.namespace, &d.service))
+            .map(|d| (ServiceKey::new(&d.namespace, &d.service), &d.export_to))
             .collect();
 
         // ResolvedRefs: whether the named Service exists and has a destination.
-        let resolve = |target: &Result<ServiceKey, String>| -> Resolution {
+        let resolve = |rule_namespace: &str, target: &Result<ServiceKey, String>| -> Resolution {
             match target {
                 Err(problem) => Resolution::BadReference(problem.clone()),
-                Ok(key) if routable.contains(key) => Resolution::Found(key.clone()),
-                Ok(key) => match existing.get(&(key.namespace.as_str(), key.name.as_str())) {
-                    Some(svc) => Resolution::NotRoutable(key.clone(), endpoints::why_skipped(svc)),
-                    None => Resolution::NotFound(key.clone()),
+                Ok(key) => match routable.get(key) {
+                    // A consumer rule for a Service its namespace's proxies do not see.
+                    Some(export_to) if !export_to.includes(rule_namespace) => {
+                        Resolution::NotExported(key.clone(), rule_namespace.to_owned())
+                    }
+                    Some(_) => Resolution::Found(key.clone()),
+                    None => match existing.get(&(key.namespace.as_str(), key.name.as_str())) {
+                        Some(svc) => {
+                            Resolution::NotRoutable(key.clone(), endpoints::why_skipped(svc))
+                        }
+                        None => Resolution::NotFound(key.clone()),
+                    },
                 },
             }
         };
         for decided in [policies.decided, rules.decided] {
             for (meta, target, acceptance) in decided {
-                let resolution = resolve(&target);
+                let resolution = resolve(&meta.namespace, &target);
                 reports.push(status::report(&meta, &acceptance, Some(&resolution)));
             }
         }
@@ -344,11 +407,11 @@ impl MeshView {
             );
             let problems = validate_egress_rule(&rule.spec);
             let acceptance = if problems.is_empty() {
-                egress.push((
-                    (meta.namespace.clone(), meta.name.clone()),
-                    egress::prepare(&meta.namespace, &rule.spec),
-                ));
-                Acceptance::Accepted
+                let (prepared, acceptance) = egress::prepare(&meta.namespace, &rule.spec);
+                if let Some(prepared) = prepared {
+                    egress.push(((meta.namespace.clone(), meta.name.clone()), prepared));
+                }
+                acceptance
             } else {
                 Acceptance::Invalid(problems)
             };
@@ -387,7 +450,7 @@ impl MeshView {
                     hash: hash_json(&translated),
                     policy: translated,
                 });
-                Acceptance::Accepted
+                Acceptance::Accepted(status::server_side_message(&meta.namespace))
             } else {
                 Acceptance::Invalid(problems)
             };
@@ -424,8 +487,9 @@ impl MeshView {
             .iter()
             .filter(|d| d.export_to.includes(namespace))
             .map(|d| {
-                hash.write(&d.hash.to_le_bytes());
-                let mut destination = d.destination.clone();
+                let (destination, destination_hash) = d.for_caller(namespace);
+                hash.write(&destination_hash.to_le_bytes());
+                let mut destination = destination.clone();
                 if d.namespace == namespace {
                     destination.hosts.insert(0, d.service.clone());
                     hash.write(b"+short");
@@ -533,6 +597,10 @@ fn keep_distinct(destinations: &mut Vec<PreparedDestination>) {
             .retain(|ip| seen.insert(ip.to_canonical()));
         if prepared.destination.addresses.len() != before {
             prepared.hash = hash_json(&prepared.destination);
+            for variant in prepared.for_callers.values_mut() {
+                variant.destination.addresses = prepared.destination.addresses.clone();
+                variant.hash = hash_json(&variant.destination);
+            }
         }
     }
 }

@@ -278,7 +278,7 @@ fn decide_namespace(
                 )),
                 None => {
                     accepted.namespace_wide = Some(policy);
-                    Acceptance::Accepted
+                    Acceptance::Accepted(status::server_side_message(namespace))
                 }
             };
             let resolution =
@@ -339,7 +339,7 @@ fn decide_namespace(
                 winners.join(", ")
             ))
         } else {
-            Acceptance::Accepted
+            Acceptance::Accepted(status::server_side_message(namespace))
         };
         let resolution = selected_resolution(namespace, selected[i], applies[i], &winners);
         reports.push(status::report(meta, &acceptance, Some(&resolution)));

@@ -1,7 +1,14 @@
 //! Rule statuses: which rule wins when several name one Service, and the conditions each rule
 //! reports ([`crate::api::rule_status`]).
+//!
+//! Rules that name a Service (RouteRule, TrafficPolicy) follow the producer/consumer model: a
+//! rule in the Service's own namespace is its *producer* rule and applies to every caller; a
+//! rule in another namespace is a *consumer* rule and applies only to the callers (proxies) of
+//! its own namespace, for whom it takes precedence over the producer rule. So a rule never
+//! changes the traffic of callers in a third namespace, and rules only compete (oldest wins)
+//! with rules of the same namespace for the same Service.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
@@ -9,8 +16,9 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::api::not_acting::{self, InertField};
 use crate::api::rule_status::{
-    ACCEPTED, REASON_ACCEPTED, REASON_CONFLICTED, REASON_INVALID, REASON_NO_PODS_SELECTED,
-    REASON_RESOLVED, REASON_SERVICE_NOT_FOUND, RESOLVED_REFS,
+    ACCEPTED, REASON_ACCEPTED, REASON_CONFLICTED, REASON_INVALID, REASON_NAMESPACES_LIMITED,
+    REASON_NAMESPACES_NOT_ALLOWED, REASON_NO_PODS_SELECTED, REASON_RESOLVED,
+    REASON_SERVICE_NOT_FOUND, RESOLVED_REFS,
 };
 
 /// The `lastTransitionTime` of every reported condition. The translation is pure, so it cannot
@@ -151,10 +159,74 @@ impl RuleMeta {
 /// Whether a rule is in the configuration proxies receive.
 #[derive(Clone, Debug)]
 pub(super) enum Acceptance {
-    Accepted,
+    /// The message says to whom the rule applies (producer or consumer rule, ...).
+    Accepted(String),
+    /// Accepted, but applied to fewer namespaces than it asks for (an EgressRule outside the
+    /// mesh namespace naming others); the message says what is ignored.
+    Limited(String),
+    /// Valid, but everything it asks for is outside what its namespace may affect.
+    NotAllowed(String),
     Invalid(Vec<String>),
     /// The message names the winner.
     Conflicted(String),
+}
+
+/// Which callers a rule naming a Service applies to: all of them (a producer rule, in the
+/// Service's namespace) or only those of the rule's own namespace (a consumer rule).
+pub(super) fn is_producer(rule_namespace: &str, service: &ServiceKey) -> bool {
+    rule_namespace == service.namespace
+}
+
+/// The `Accepted` message of an accepted rule naming `service` from `rule_namespace`.
+pub(super) fn scope_message(rule_namespace: &str, service: &ServiceKey) -> String {
+    if is_producer(rule_namespace, service) {
+        format!(
+            "producer rule: applies to all callers of Service {service}, except callers in \
+             namespaces that have their own (consumer) rule for it"
+        )
+    } else {
+        format!(
+            "consumer rule: applies to callers in namespace {rule_namespace} only, for whom it \
+             takes precedence over namespace {}'s own rule for Service {service}",
+            service.namespace
+        )
+    }
+}
+
+/// The `Accepted` message of an accepted AccessPolicy or MtlsPolicy: server-side, so only
+/// ever about the pods of its own namespace.
+pub(super) fn server_side_message(namespace: &str) -> String {
+    format!(
+        "server-side policy: applies to the inbound traffic of the pods it selects in namespace \
+         {namespace} only"
+    )
+}
+
+/// The winning rule for one Service: the producer rule, and each consumer namespace's.
+#[derive(Clone, Debug)]
+pub(super) struct PerCaller<T> {
+    pub producer: Option<T>,
+    /// By the consumer rule's (and so its callers') namespace.
+    pub consumers: BTreeMap<String, T>,
+}
+
+impl<T> Default for PerCaller<T> {
+    fn default() -> Self {
+        Self {
+            producer: None,
+            consumers: BTreeMap::new(),
+        }
+    }
+}
+
+impl<T> PerCaller<T> {
+    /// What applies to callers in `namespace` (None: callers in namespaces without a consumer
+    /// rule): their own namespace's rule, else the producer's.
+    pub fn pick(&self, namespace: Option<&str>) -> Option<&T> {
+        namespace
+            .and_then(|ns| self.consumers.get(ns))
+            .or(self.producer.as_ref())
+    }
 }
 
 /// What a rule's `service` refers to.
@@ -164,6 +236,9 @@ pub(super) enum Resolution {
     NotFound(ServiceKey),
     /// The Service exists but the mesh has no destination for it; says why.
     NotRoutable(ServiceKey, &'static str),
+    /// A consumer rule for a Service the Service's `skein.dev/export-to` hides from the rule's
+    /// namespace (named).
+    NotExported(ServiceKey, String),
     /// `spec.service` cannot name a Service; says why.
     BadReference(String),
     /// An AccessPolicy's (or MtlsPolicy's) selector matches this many pods of its namespace (at
@@ -189,14 +264,16 @@ pub(super) struct Candidate<T> {
 
 /// The outcome for every rule of one kind.
 pub(super) struct Decided<T> {
-    /// What applies to each Service.
-    pub winners: HashMap<ServiceKey, T>,
+    /// What applies to each Service, per caller namespace.
+    pub winners: HashMap<ServiceKey, PerCaller<T>>,
     /// Every rule with its target and acceptance, for the reports.
     pub decided: Vec<(RuleMeta, Result<ServiceKey, String>, Acceptance)>,
 }
 
-/// Picks, for each Service, the valid rule that takes precedence; `verb` says what the winner
-/// does in the loser's message (`RouteRule demo/a already routes backend.demo`).
+/// Picks, for each Service and each namespace with rules for it, the valid rule that takes
+/// precedence (the producer rule from the Service's namespace, a consumer rule from any
+/// other); `verb` says what the winner does in the loser's message (`RouteRule demo/a already
+/// routes backend.demo`).
 pub(super) fn decide<T>(
     candidates: impl IntoIterator<Item = Candidate<T>>,
     verb: &str,
@@ -224,16 +301,37 @@ pub(super) fn decide<T>(
             }
         }
     }
-    valid.sort_by(|a, b| (&a.0, a.1.precedence()).cmp(&(&b.0, b.1.precedence())));
-    let mut winners: HashMap<ServiceKey, T> = HashMap::new();
+    // Rules compete only within one namespace: grouped by Service, then rule namespace.
+    valid.sort_by(|a, b| {
+        (&a.0, &a.1.namespace, a.1.precedence()).cmp(&(&b.0, &b.1.namespace, b.1.precedence()))
+    });
+    let mut winners: HashMap<ServiceKey, PerCaller<T>> = HashMap::new();
     let mut winner_name = String::new();
     for (key, meta, value) in valid {
-        let acceptance = if winners.contains_key(&key) {
-            Acceptance::Conflicted(format!("{winner_name} {verb} {key}; this one is ignored"))
+        let per_caller = winners.entry(key.clone()).or_default();
+        let producer = is_producer(&meta.namespace, &key);
+        let slot_taken = if producer {
+            per_caller.producer.is_some()
+        } else {
+            per_caller.consumers.contains_key(&meta.namespace)
+        };
+        let acceptance = if slot_taken {
+            let callers = if producer {
+                String::new()
+            } else {
+                format!(" for callers in namespace {}", meta.namespace)
+            };
+            Acceptance::Conflicted(format!(
+                "{winner_name} {verb} {key}{callers}; this one is ignored"
+            ))
         } else {
             winner_name = format!("{} {}/{}", meta.kind, meta.namespace, meta.name);
-            winners.insert(key.clone(), value);
-            Acceptance::Accepted
+            if producer {
+                per_caller.producer = Some(value);
+            } else {
+                per_caller.consumers.insert(meta.namespace.clone(), value);
+            }
+            Acceptance::Accepted(scope_message(&meta.namespace, &key))
         };
         decided.push((meta, Ok(key), acceptance));
     }
@@ -255,11 +353,17 @@ pub(super) fn report(
         last_transition_time: TRANSITION_TIME_PLACEHOLDER,
     };
     let mut conditions = vec![match acceptance {
-        Acceptance::Accepted => condition(
+        Acceptance::Accepted(message) => {
+            condition(ACCEPTED, true, REASON_ACCEPTED, message.clone())
+        }
+        Acceptance::Limited(message) => {
+            condition(ACCEPTED, true, REASON_NAMESPACES_LIMITED, message.clone())
+        }
+        Acceptance::NotAllowed(message) => condition(
             ACCEPTED,
-            true,
-            REASON_ACCEPTED,
-            "the rule is in the configuration proxies receive".to_owned(),
+            false,
+            REASON_NAMESPACES_NOT_ALLOWED,
+            message.clone(),
         ),
         Acceptance::Invalid(problems) => {
             condition(ACCEPTED, false, REASON_INVALID, problems.join("; "))
@@ -287,6 +391,16 @@ pub(super) fn report(
                 false,
                 REASON_SERVICE_NOT_FOUND,
                 format!("Service {key} {why}, so the mesh has no destination for it"),
+            ),
+            Resolution::NotExported(key, namespace) => condition(
+                RESOLVED_REFS,
+                false,
+                REASON_SERVICE_NOT_FOUND,
+                format!(
+                    "Service {key} is not exported to namespace {namespace} ({}), so this \
+                     consumer rule reaches no caller",
+                    crate::api::names::EXPORT_TO_ANNOTATION
+                ),
             ),
             Resolution::BadReference(problem) => condition(
                 RESOLVED_REFS,

@@ -7,8 +7,8 @@ use serde_json::{Value, json};
 use super::*;
 use crate::api::not_acting::{FIELDS_NOT_ACTING, REASON_ALL_FIELDS_ACT};
 use crate::api::rule_status::{
-    ACCEPTED, REASON_ACCEPTED, REASON_CONFLICTED, REASON_INVALID, REASON_RESOLVED,
-    REASON_SERVICE_NOT_FOUND, RESOLVED_REFS,
+    ACCEPTED, REASON_ACCEPTED, REASON_CONFLICTED, REASON_INVALID, REASON_NAMESPACES_LIMITED,
+    REASON_NAMESPACES_NOT_ALLOWED, REASON_RESOLVED, REASON_SERVICE_NOT_FOUND, RESOLVED_REFS,
 };
 use crate::api::{Duration, EgressRuleSpec, RouteRuleSpec, TrafficPolicySpec};
 use crate::proxy::config::Compiled;
@@ -991,7 +991,11 @@ fn conflicts_go_to_the_oldest_rule_whatever_the_input_order() {
     let (reports, config) = &outcomes[0];
     let winner = reports.iter().find(|r| r.name == "a-oldest").unwrap();
     assert_eq!(cond(winner, ACCEPTED), (s("True"), s(REASON_ACCEPTED)));
-    for loser in ["young", "b-tied", "cross"] {
+    // A rule of another namespace does not compete with the Service's own (it applies to its
+    // own namespace's callers only), however old it is.
+    let cross = reports.iter().find(|r| r.name == "cross").unwrap();
+    assert_eq!(cond(cross, ACCEPTED), (s("True"), s(REASON_ACCEPTED)));
+    for loser in ["young", "b-tied"] {
         let r = reports.iter().find(|r| r.name == loser).unwrap();
         assert_eq!(
             cond(r, ACCEPTED),
@@ -1170,12 +1174,12 @@ fn egress_rules_apply_to_the_namespaces_they_name() {
                "ports": [{"port": 443, "protocol": "tls"}, {"port": 80}]}),
     ));
     world.egress_rules.push(egress_rule(
-        "ops",
+        "skein-system",
         "everyone",
         json!({"hosts": ["time.example"], "namespaces": ["*"]}),
     ));
     world.egress_rules.push(egress_rule(
-        "ops",
+        "skein-system",
         "listed",
         json!({"hosts": ["10.1.2.3"], "ports": [{"port": 5432, "protocol": "tcp"}],
                "namespaces": ["billing", "shop"]}),
@@ -1197,12 +1201,12 @@ fn egress_rules_apply_to_the_namespaces_they_name() {
     assert_eq!(
         hosts("shop"),
         [
-            (s("time.example"), vec![], EgressProtocol::Any),
-            (s("10.1.2.3"), vec![5432], EgressProtocol::Tcp),
             (s("api.payments.example"), vec![443], EgressProtocol::Tls),
             (s("api.payments.example"), vec![80], EgressProtocol::Any),
             (s("*.cdn.example"), vec![443], EgressProtocol::Tls),
             (s("*.cdn.example"), vec![80], EgressProtocol::Any),
+            (s("time.example"), vec![], EgressProtocol::Any),
+            (s("10.1.2.3"), vec![5432], EgressProtocol::Tcp),
         ]
     );
     assert_eq!(
@@ -1232,6 +1236,391 @@ fn egress_rules_apply_to_the_namespaces_they_name() {
     );
     let ok = report(&view, RuleKind::EgressRule, "shop", "payments");
     assert_eq!(cond(ok, ACCEPTED), (s("True"), s(REASON_ACCEPTED)));
+    assert_eq!(message(ok, ACCEPTED), "applies to pods in namespace shop");
+    let everyone = report(&view, RuleKind::EgressRule, "skein-system", "everyone");
+    assert_eq!(
+        message(everyone, ACCEPTED),
+        "applies to pods in every namespace"
+    );
+    let listed = report(&view, RuleKind::EgressRule, "skein-system", "listed");
+    assert_eq!(
+        message(listed, ACCEPTED),
+        "applies to pods in namespaces billing, shop"
+    );
+}
+
+/// Only the mesh namespace opens egress for other namespaces: elsewhere a rule naming `*` or
+/// other namespaces (accepted before the namespace model, or applied with the webhook down)
+/// applies to its own namespace only, or nowhere, and its status says so.
+#[test]
+fn egress_rules_outside_the_mesh_namespace_apply_to_their_own_namespace_only() {
+    let mut world = World::bare();
+    world.egress_rules.push(egress_rule(
+        "shop",
+        "everyone",
+        json!({"hosts": ["time.example"], "namespaces": ["*"]}),
+    ));
+    world.egress_rules.push(egress_rule(
+        "shop",
+        "with-billing",
+        json!({"hosts": ["db.example"], "namespaces": ["shop", "billing"]}),
+    ));
+    world.egress_rules.push(egress_rule(
+        "shop",
+        "for-billing",
+        json!({"hosts": ["ledger.example"], "namespaces": ["billing"]}),
+    ));
+    let view = world.build();
+    let hosts = |ns: &str| -> Vec<String> {
+        config_in(&view, ns)
+            .egress
+            .into_iter()
+            .map(|e| e.host)
+            .collect()
+    };
+    assert_eq!(hosts("shop"), ["time.example", "db.example"]);
+    assert!(hosts("billing").is_empty(), "{:?}", hosts("billing"));
+    assert!(hosts("other").is_empty(), "{:?}", hosts("other"));
+
+    let everyone = report(&view, RuleKind::EgressRule, "shop", "everyone");
+    assert_eq!(
+        cond(everyone, ACCEPTED),
+        (s("True"), s(REASON_NAMESPACES_LIMITED))
+    );
+    assert_eq!(
+        message(everyone, ACCEPTED),
+        "only EgressRules in skein-system may apply to other namespaces, so spec.namespaces \
+         [\"*\"] is ignored: the rule applies to pods in namespace shop only"
+    );
+    let with_billing = report(&view, RuleKind::EgressRule, "shop", "with-billing");
+    assert_eq!(
+        cond(with_billing, ACCEPTED),
+        (s("True"), s(REASON_NAMESPACES_LIMITED))
+    );
+    assert!(
+        message(with_billing, ACCEPTED).contains("[\"billing\"] is ignored"),
+        "{}",
+        message(with_billing, ACCEPTED)
+    );
+    let for_billing = report(&view, RuleKind::EgressRule, "shop", "for-billing");
+    assert_eq!(
+        cond(for_billing, ACCEPTED),
+        (s("False"), s(REASON_NAMESPACES_NOT_ALLOWED))
+    );
+    assert!(
+        message(for_billing, ACCEPTED)
+            .ends_with("and the rule does not name its own namespace shop: it applies to no pod"),
+        "{}",
+        message(for_billing, ACCEPTED)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// producer and consumer rules
+
+/// `backend.demo` with a producer rule (demo, routes to v1) and, unless `consumer` is false,
+/// an older consumer rule from `shop` (routes to v2, aborts every request, edits headers).
+fn producer_and_consumer(consumer: bool) -> World {
+    let mut world = World::demo();
+    world.route_rules.push(route_rule(
+        "demo",
+        "own",
+        10,
+        json!({"service": "backend", "http": [
+            {"route": [{"subset": {"version": "v1"}, "weight": 100}]}]}),
+    ));
+    if consumer {
+        world.route_rules.push(route_rule(
+            "shop",
+            "hijack",
+            100,
+            json!({"service": "backend.demo", "http": [{
+                "route": [{"subset": {"version": "v2"}, "weight": 100}],
+                "fault": {"abort": {"percent": 100.0, "httpStatus": 503}},
+                "headers": {"request": {"set": {"x-from": "shop"}}}}]}),
+        ));
+    }
+    world
+}
+
+fn subset_of(config: &ProxyConfig) -> BTreeMap<String, String> {
+    dest(config, BACKEND).routes[0].backends[0].subset.clone()
+}
+
+#[test]
+fn a_consumer_rule_applies_to_its_own_namespaces_callers_only() {
+    let view = producer_and_consumer(true).build();
+    // Callers in shop: their own rule, before demo's.
+    let shop = config_in(&view, "shop");
+    let route = &dest(&shop, BACKEND).routes[0];
+    assert_eq!(route.backends[0].subset, labels(&[("version", "v2")]));
+    assert_eq!(
+        route
+            .fault
+            .as_ref()
+            .and_then(|f| f.abort.as_ref())
+            .map(|a| a.status),
+        Some(503)
+    );
+    assert_eq!(
+        route.request_headers.set.get("x-from").map(String::as_str),
+        Some("shop")
+    );
+    // Everyone else: demo's own rule, the older rule of shop notwithstanding.
+    for caller in ["demo", "other"] {
+        let config = config_in(&view, caller);
+        assert_eq!(subset_of(&config), labels(&[("version", "v1")]), "{caller}");
+        let route = &dest(&config, BACKEND).routes[0];
+        assert!(
+            route.fault.is_none() && route.request_headers.set.is_empty(),
+            "{caller}"
+        );
+    }
+
+    let own = report(&view, RuleKind::RouteRule, "demo", "own");
+    assert_eq!(cond(own, ACCEPTED), (s("True"), s(REASON_ACCEPTED)));
+    assert!(
+        message(own, ACCEPTED)
+            .starts_with("producer rule: applies to all callers of Service backend.demo"),
+        "{}",
+        message(own, ACCEPTED)
+    );
+    let hijack = report(&view, RuleKind::RouteRule, "shop", "hijack");
+    assert_eq!(cond(hijack, ACCEPTED), (s("True"), s(REASON_ACCEPTED)));
+    assert_eq!(
+        message(hijack, ACCEPTED),
+        "consumer rule: applies to callers in namespace shop only, for whom it takes precedence \
+         over namespace demo's own rule for Service backend.demo"
+    );
+    assert_eq!(cond(hijack, RESOLVED_REFS), (s("True"), s(REASON_RESOLVED)));
+}
+
+/// The per-caller variant changes only the versions of the consumer namespace's proxies: the
+/// others keep theirs (no needless push), and the consumer's follows its rule.
+#[test]
+fn a_consumer_rule_changes_only_its_namespaces_versions() {
+    let without = producer_and_consumer(false).build();
+    let with = producer_and_consumer(true).build();
+    for caller in ["demo", "other"] {
+        assert_eq!(
+            with.proxy_config(caller, "p", None),
+            without.proxy_config(caller, "p", None),
+            "{caller}"
+        );
+    }
+    let shop = with.proxy_config("shop", "p", None);
+    assert_ne!(
+        shop.version,
+        without.proxy_config("shop", "p", None).version
+    );
+    assert_eq!(
+        shop,
+        producer_and_consumer(true)
+            .build()
+            .proxy_config("shop", "p", None)
+    );
+
+    // An endpoint more reaches the consumer's variant too (and changes its version).
+    let mut more = producer_and_consumer(true);
+    more.slices.push(slice(
+        "demo",
+        "backend-more",
+        "backend",
+        json!([{"name": "http", "port": 8080}]),
+        json!([{"addresses": ["10.0.0.99"]}]),
+    ));
+    let after = more.build().proxy_config("shop", "p", None);
+    assert_ne!(after.version, shop.version);
+    assert_eq!(dest(&after, BACKEND).ports[0].endpoints.len(), 3);
+}
+
+/// A rule created in another namespace before the Service (and before the Service's own rule)
+/// does not claim it: the Service's namespace and everyone else get the producer's view.
+#[test]
+fn a_rule_in_another_namespace_cannot_claim_a_service_before_it_exists() {
+    let mut world = World::bare();
+    world.route_rules.push(route_rule(
+        "shop",
+        "early",
+        1000,
+        json!({"service": "backend.demo", "http": [{
+            "fault": {"abort": {"percent": 100.0, "httpStatus": 503}}}]}),
+    ));
+    let view = world.build();
+    let early = report(&view, RuleKind::RouteRule, "shop", "early");
+    assert_eq!(cond(early, ACCEPTED), (s("True"), s(REASON_ACCEPTED)));
+    assert!(
+        message(early, ACCEPTED)
+            .starts_with("consumer rule: applies to callers in namespace shop only")
+    );
+    assert_eq!(
+        cond(early, RESOLVED_REFS),
+        (s("False"), s(REASON_SERVICE_NOT_FOUND))
+    );
+
+    // The Service appears, without a rule of its own, then with one.
+    let demo = World::demo();
+    world.services = demo.services;
+    world.slices = demo.slices;
+    world.pods = demo.pods;
+    let view = world.build();
+    for caller in ["demo", "other"] {
+        assert!(
+            dest(&config_in(&view, caller), BACKEND).routes.is_empty(),
+            "{caller}"
+        );
+    }
+    assert!(
+        dest(&config_in(&view, "shop"), BACKEND).routes[0]
+            .fault
+            .is_some()
+    );
+    world.route_rules.push(route_rule(
+        "demo",
+        "own",
+        1,
+        json!({"service": "backend", "http": [{"timeout": "2s"}]}),
+    ));
+    let view = world.build();
+    assert_eq!(
+        cond(report(&view, RuleKind::RouteRule, "demo", "own"), ACCEPTED),
+        (s("True"), s(REASON_ACCEPTED))
+    );
+    for caller in ["demo", "other"] {
+        let config = config_in(&view, caller);
+        let route = &dest(&config, BACKEND).routes[0];
+        assert_eq!(route.timeout, Some(Duration::from_secs(2)), "{caller}");
+        assert!(route.fault.is_none(), "{caller}");
+    }
+}
+
+#[test]
+fn consumer_rules_compete_only_within_their_namespace() {
+    let mut world = producer_and_consumer(true);
+    world.route_rules.push(route_rule(
+        "shop",
+        "younger",
+        50,
+        json!({"service": "backend.demo", "http": [{"timeout": "1s"}]}),
+    ));
+    world.route_rules.push(route_rule(
+        "billing",
+        "mine",
+        5,
+        json!({"service": "backend.demo", "http": [{"timeout": "3s"}]}),
+    ));
+    let view = world.build();
+    let younger = report(&view, RuleKind::RouteRule, "shop", "younger");
+    assert_eq!(cond(younger, ACCEPTED), (s("False"), s(REASON_CONFLICTED)));
+    assert_eq!(
+        message(younger, ACCEPTED),
+        "RouteRule shop/hijack already routes backend.demo for callers in namespace shop; this \
+         one is ignored"
+    );
+    assert_eq!(
+        cond(
+            report(&view, RuleKind::RouteRule, "shop", "hijack"),
+            ACCEPTED
+        )
+        .0,
+        "True"
+    );
+    assert_eq!(
+        cond(
+            report(&view, RuleKind::RouteRule, "billing", "mine"),
+            ACCEPTED
+        )
+        .0,
+        "True"
+    );
+    assert_eq!(
+        cond(report(&view, RuleKind::RouteRule, "demo", "own"), ACCEPTED).0,
+        "True"
+    );
+    assert_eq!(
+        subset_of(&config_in(&view, "shop")),
+        labels(&[("version", "v2")])
+    );
+    assert_eq!(
+        dest(&config_in(&view, "billing"), BACKEND).routes[0].timeout,
+        Some(Duration::from_secs(3))
+    );
+    assert_eq!(
+        subset_of(&config_in(&view, "other")),
+        labels(&[("version", "v1")])
+    );
+}
+
+#[test]
+fn a_consumer_traffic_policy_shapes_its_namespaces_calls_only() {
+    let mut world = World::demo();
+    world.traffic_policies.push(traffic_policy(
+        "demo",
+        "own",
+        1,
+        json!({"service": "backend", "loadBalancer": "LeastRequest"}),
+    ));
+    world.traffic_policies.push(traffic_policy(
+        "shop",
+        "mine",
+        100,
+        json!({"service": "backend.demo", "loadBalancer": "RoundRobin",
+               "connectionPool": {"maxConnections": 1}}),
+    ));
+    let view = world.build();
+    let shop = config_in(&view, "shop");
+    assert_eq!(dest(&shop, BACKEND).load_balancer, LoadBalancer::RoundRobin);
+    assert_eq!(dest(&shop, BACKEND).limits.max_connections, Some(1));
+    for caller in ["demo", "other"] {
+        let config = config_in(&view, caller);
+        assert_eq!(
+            dest(&config, BACKEND).load_balancer,
+            LoadBalancer::LeastRequest,
+            "{caller}"
+        );
+        assert_eq!(
+            dest(&config, BACKEND).limits.max_connections,
+            None,
+            "{caller}"
+        );
+    }
+    let mine = report(&view, RuleKind::TrafficPolicy, "shop", "mine");
+    assert!(
+        message(mine, ACCEPTED)
+            .starts_with("consumer rule: applies to callers in namespace shop only")
+    );
+}
+
+/// A consumer rule for a Service hidden from its namespace (`skein.dev/export-to`) reaches no
+/// caller, and says so.
+#[test]
+fn a_consumer_rule_for_a_service_not_exported_to_it_says_so() {
+    let mut world = World::bare();
+    world.services.push(service_with(
+        "demo",
+        "backend",
+        json!({"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+               "ports": [{"name": "http", "port": 80}]}),
+        json!({"skein.dev/export-to": "."}),
+    ));
+    world.route_rules.push(route_rule(
+        "shop",
+        "mine",
+        1,
+        json!({"service": "backend.demo", "http": [{"timeout": "1s"}]}),
+    ));
+    let view = world.build();
+    let mine = report(&view, RuleKind::RouteRule, "shop", "mine");
+    assert_eq!(
+        cond(mine, RESOLVED_REFS),
+        (s("False"), s(REASON_SERVICE_NOT_FOUND))
+    );
+    assert_eq!(
+        message(mine, RESOLVED_REFS),
+        "Service backend.demo is not exported to namespace shop (skein.dev/export-to), so this \
+         consumer rule reaches no caller"
+    );
+    assert!(config_in(&view, "shop").destinations.is_empty());
 }
 
 // ---------------------------------------------------------------------------------------------
