@@ -796,7 +796,7 @@ fn inbound_reaches_the_app_at_the_pod_ip_and_never_a_port_bound_to_loopback_only
     let debug = SocketAddr::from((server.ip, 9001));
     assert_eq!(exchange(&client, debug, b"hello\n"), "");
     let http = client.curl(&[&format!("http://{}:8080/", server.ip)]);
-    assert_eq!(http.status, 502, "{http:?}");
+    assert_eq!(http.status, 503, "{http:?}");
     assert_eq!(
         http.header("x-skein-error"),
         Some("connect-failure"),
