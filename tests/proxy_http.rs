@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::pods::{
-    APP_UID, Curl, INBOUND_PORT, Mesh, Pod, Proxy, SETTLE_TIMEOUT, Tally, WEBSOCKET_ACCEPT,
-    describe, echo, head_value, http_request, parse_response, read_head, read_to_end_or_reset,
-    reset, tag, websocket_echo,
+    APP_UID, Curl, INBOUND_PORT, Mesh, Pod, Proxy, SETTLE_TIMEOUT, SKEIN, Tally, TcpServer,
+    WEBSOCKET_ACCEPT, describe, echo, head_value, http_request, parse_response, read_head,
+    read_to_end_or_reset, reset, tag, websocket_echo,
 };
 
 /// The mesh service every test calls.
@@ -544,6 +544,8 @@ fn egress_is_blocked_until_a_hot_swapped_rule_allows_the_host() {
     let _api = external.demo_app("v1", &[]);
     let _echo = external.tcp_server(9000, echo);
     let client = mesh.pod("client");
+    // The allowed name must be the external host's (egress for a name goes only to its addresses).
+    let _hosts = client.hosts_file(&[("api.external.test", external.ip)]);
     let proxy = client.sidecar(Some(&config("1", backend(&mesh, &[]))));
     let api = format!("http://{}:8080/", external.ip);
     let host = ["-H", "Host: api.external.test"];
@@ -598,6 +600,245 @@ fn egress_is_blocked_until_a_hot_swapped_rule_allows_the_host() {
     proxy.wait_for_metric(
         "skein_proxy_egress_blocked_total",
         &[("protocol", "tcp")],
+        |n| n >= 1.0,
+    );
+}
+
+/// Under `RegistryOnly` the `Host` and the SNI decide, but the client picks the address: traffic
+/// allowed for a name must reach that name and nothing else.
+#[test]
+fn egress_allowed_for_a_name_reaches_only_that_names_address_whatever_the_host_or_sni() {
+    let mesh = Mesh::new();
+    let external = mesh.external("ext");
+    let _api = external.demo_app("v1", &[]);
+    let _tls = external.tcp_server(8443, answer_with("ext\n"));
+    // Another address outside the mesh, which no rule allows.
+    let evil = mesh.pod("evil");
+    let _evil_api = evil.demo_app("v1", &[]);
+    let _evil_tls = evil.tcp_server(8443, answer_with("evil\n"));
+    let client = mesh.pod("client");
+    let _hosts = client.hosts_file(&[("allowed.example", external.ip)]);
+    let mut allowed = config("1", backend(&mesh, &[]));
+    allowed["egress"] = json!([{"host": "allowed.example"}, {"host": "gone.invalid"}]);
+    let proxy = client.sidecar(Some(&allowed));
+
+    // The allowed name, resolved by the app as by its proxy: out.
+    let genuine = client.curl(&["http://allowed.example:8080/"]);
+    assert_eq!(genuine.status, 200, "{genuine:?}");
+    assert_eq!(genuine.json()["pod"], "ext", "{genuine:?}");
+
+    // A forged Host sent to another address never reaches it: the request goes to the name.
+    let evil_url = format!("http://{}:8080/", evil.ip);
+    let forged = client.curl(&["-H", "Host: allowed.example", &evil_url]);
+    assert_eq!(forged.status, 200, "{forged:?}");
+    assert_eq!(forged.json()["pod"], "ext", "{forged:?}");
+
+    // The same with a TLS ClientHello naming the allowed host, sent to the other address.
+    let hello = client_hello("allowed.example");
+    let to_evil = SocketAddr::from((evil.ip, 8443));
+    assert_eq!(exchange(&client, to_evil, &hello), "ext\n");
+    let to_ext = SocketAddr::from((external.ip, 8443));
+    assert_eq!(exchange(&client, to_ext, &hello), "ext\n");
+    // An SNI no rule allows goes nowhere.
+    assert_eq!(
+        exchange(&client, to_evil, &client_hello("evil.example")),
+        ""
+    );
+    proxy.wait_for_metric(
+        "skein_proxy_egress_blocked_total",
+        &[("protocol", "tls"), ("reason", "not_allowed")],
+        |n| n == 1.0,
+    );
+
+    // An allowed name that does not resolve has no address to go to: refused, and the client's
+    // address is not used instead.
+    let unresolved = client.curl(&["-H", "Host: gone.invalid", &evil_url]);
+    assert_eq!(unresolved.status, 502, "{unresolved:?}");
+    assert_eq!(
+        unresolved.header("x-skein-error"),
+        Some("egress-blocked"),
+        "{unresolved:?}"
+    );
+    assert_eq!(
+        unresolved.body,
+        "egress to gone.invalid blocked by Skein: the allowed name does not resolve\n"
+    );
+    proxy.wait_for_metric(
+        "skein_proxy_egress_blocked_total",
+        &[("protocol", "http"), ("reason", "unresolved")],
+        |n| n == 1.0,
+    );
+}
+
+/// Until the control plane's first configuration the proxy knows no destination: under
+/// `RegistryOnly` nothing goes out unchecked, yet a control plane that never answers keeps the
+/// pod from being Ready only for a bounded time.
+#[test]
+fn before_the_first_configuration_unknown_destinations_are_refused_not_forwarded() {
+    let mesh = Mesh::new();
+    let external = mesh.external("ext");
+    let _api = external.demo_app("v1", &[]);
+    let _tcp = external.tcp_server(9000, answer_with("external\n"));
+    let client = mesh.pod("client");
+    let open = mesh.pod("open");
+    // A control plane nobody answers for.
+    let unreachable = [
+        "--xds-address",
+        "127.0.0.1:1",
+        "--pod-name",
+        "client",
+        "--pod-namespace",
+        "demo",
+    ];
+    let mut proxy = client.sidecar_starting(None, &unreachable);
+    let allow_any = [&unreachable[..], &["--outbound-traffic-policy", "AllowAny"]].concat();
+    let mut open_proxy = open.sidecar_starting(None, &allow_any);
+
+    proxy.wait_for_ready_status(503);
+    let waiting = proxy.admin("GET", "/ready");
+    assert_eq!(
+        (waiting.status, waiting.body.as_str()),
+        (
+            503,
+            "waiting for the first configuration from the control plane\n"
+        )
+    );
+    // Sent while the proxy waits: held, then refused; never forwarded.
+    let api = format!("http://{}:8080/", external.ip);
+    let held = client.curl(&["--max-time", "60", &api]);
+    assert_eq!(held.status, 502, "{held:?}");
+    assert_eq!(
+        held.header("x-skein-error"),
+        Some("egress-blocked"),
+        "{held:?}"
+    );
+    assert_eq!(
+        held.body,
+        format!(
+            "egress to {} blocked by Skein: no configuration from the control plane yet\n",
+            external.ip
+        )
+    );
+
+    // The wait is bounded: Ready without a configuration, and still refusing.
+    proxy.wait_for_ready_status(200);
+    assert!(
+        proxy
+            .log()
+            .contains("no configuration from the control plane yet: ready anyway"),
+        "{}",
+        proxy.log()
+    );
+    let after = client.curl(&[&api]);
+    assert_eq!(after.status, 502, "{after:?}");
+    assert_eq!(
+        exchange(&client, SocketAddr::from((external.ip, 9000)), b"hello\n"),
+        ""
+    );
+    proxy.wait_for_metric(
+        "skein_proxy_egress_blocked_total",
+        &[("reason", "no_configuration")],
+        |n| n == 3.0,
+    );
+
+    // With AllowAny (as the injector passes the mesh's policy), traffic goes out meanwhile.
+    open_proxy.wait_for_ready_status(200);
+    let out = open.curl(&[&api]);
+    assert_eq!(out.status, 200, "{out:?}");
+    assert_eq!(out.json()["pod"], "ext", "{out:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inbound: to the app at the pod IP.
+
+/// The sidecar forwards inbound connections to the pod IP, not to loopback: a port the app bound
+/// to 127.0.0.1 only stays private, and the app sees a peer address of the pod's instead of
+/// 127.0.0.1 (the pod IP: the proxy connects from it).
+#[test]
+fn inbound_reaches_the_app_at_the_pod_ip_and_never_a_port_bound_to_loopback_only() {
+    let mesh = Mesh::new();
+    let server = mesh.pod("server");
+    let _public = TcpServer::start(
+        server.listen(Some(APP_UID), SocketAddr::from(([0, 0, 0, 0], 9000))),
+        tell_peer,
+    );
+    let _debug = TcpServer::start(
+        server.listen(Some(APP_UID), SocketAddr::from(([127, 0, 0, 1], 9001))),
+        answer_with("debug\n"),
+    );
+    let _loopback_http = server.demo_app_raw(
+        &[
+            SKEIN,
+            "demo-app",
+            "--role",
+            "backend",
+            "--version",
+            "v1",
+            "--pod",
+            "server",
+            "--listen",
+            "127.0.0.1:8080",
+        ],
+        8080,
+    );
+    // The app's own Service, to call itself through.
+    let itself = json!({
+        "name": "server.demo.svc.cluster.local",
+        "addresses": [mesh.vip(20).to_string()],
+        "ports": [{"port": 9000, "endpoints": [{"address": format!("{}:9000", server.ip)}]}],
+    });
+    let _proxy = server.sidecar(Some(&config("1", itself)));
+    let client = mesh.pod("client");
+
+    let pod_ip = server.ip.to_string();
+    let public = SocketAddr::from((server.ip, 9000));
+    assert_eq!(exchange(&client, public, b"hello\n"), pod_ip);
+    let debug = SocketAddr::from((server.ip, 9001));
+    assert_eq!(exchange(&client, debug, b"hello\n"), "");
+    let http = client.curl(&[&format!("http://{}:8080/", server.ip)]);
+    assert_eq!(http.status, 503, "{http:?}");
+    assert_eq!(
+        http.header("x-skein-error"),
+        Some("connect-failure"),
+        "{http:?}"
+    );
+
+    // The app calling itself, through its pod IP and through its Service.
+    assert_eq!(exchange(&server, public, b"hello\n"), pod_ip);
+    let service = SocketAddr::from((mesh.vip(20), 9000));
+    assert_eq!(exchange(&server, service, b"hello\n"), pod_ip);
+    assert_eq!(exchange(&server, debug, b"hello\n"), "");
+}
+
+/// A host that routes another address through a meshed pod (the pod's capture redirects every
+/// TCP packet it receives) must not make its proxy a relay to that address.
+#[test]
+fn a_connection_routed_through_a_pod_for_another_address_is_refused_not_relayed() {
+    let mesh = Mesh::new();
+    let external = mesh.external("ext");
+    let _api = external.tcp_server(9000, answer_with("external\n"));
+    let server = mesh.pod("server");
+    // AllowAny: even a proxy that lets its app out must not relay others.
+    let proxy = server.sidecar(None);
+    let attacker = mesh.pod("attacker");
+    let route = attacker.run(
+        None,
+        &[
+            "ip",
+            "route",
+            "add",
+            &format!("{}/32", external.ip),
+            "via",
+            &server.ip.to_string(),
+        ],
+    );
+    assert!(route.status.success(), "{}", describe(&route));
+
+    let target = SocketAddr::from((external.ip, 9000));
+    assert_eq!(exchange(&attacker, target, b"hello\n"), "");
+    proxy.wait_for_metric(
+        "skein_proxy_tcp_connections_rejected_total",
+        &[("direction", "inbound"), ("reason", "not_local")],
         |n| n >= 1.0,
     );
 }
@@ -1220,6 +1461,66 @@ fn expect_rejected(stream: &mut std::net::TcpStream, what: &str) {
             ) => {}
         Err(err) => panic!("{what}: expected a 4xx or a close, got {err}"),
     }
+}
+
+/// A TCP server's handler: reads the client's first bytes, answers `reply`, closes.
+fn answer_with(reply: &'static str) -> impl Fn(std::net::TcpStream) + Send + Sync + 'static {
+    move |mut stream| {
+        let mut buf = [0u8; 4096];
+        if matches!(stream.read(&mut buf), Ok(n) if n > 0) {
+            let _ = stream.write_all(reply.as_bytes());
+            let _ = stream.shutdown(Shutdown::Write);
+            let _ = read_to_end_or_reset(&mut stream);
+        }
+    }
+}
+
+/// A TCP server's handler: reads the client's first bytes, answers the peer's IP as the server
+/// sees it, closes.
+fn tell_peer(mut stream: std::net::TcpStream) {
+    let mut buf = [0u8; 4096];
+    if matches!(stream.read(&mut buf), Ok(n) if n > 0) {
+        let peer = stream
+            .peer_addr()
+            .map(|peer| peer.ip().to_string())
+            .unwrap_or_default();
+        let _ = stream.write_all(peer.as_bytes());
+        let _ = stream.shutdown(Shutdown::Write);
+        let _ = read_to_end_or_reset(&mut stream);
+    }
+}
+
+/// Sends `request` from `pod` (as the application UID) to `to`, half-closes, and returns what
+/// came back; empty if nothing did (refused, reset or closed).
+fn exchange(pod: &Pod, to: SocketAddr, request: &[u8]) -> String {
+    let Ok(mut stream) = pod.connect(Some(APP_UID), to) else {
+        return String::new();
+    };
+    if stream.write_all(request).is_err() {
+        return String::new();
+    }
+    let _ = stream.shutdown(Shutdown::Write);
+    read_to_end_or_reset(&mut stream)
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .unwrap_or_default()
+}
+
+/// A TLS ClientHello for `server` (with SNI), as rustls writes it.
+fn client_hello(server: &str) -> Vec<u8> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(server.to_owned()).expect("server name");
+    let mut connection =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("client");
+    let mut hello = Vec::new();
+    while connection.wants_write() {
+        connection.write_tls(&mut hello).expect("write to a Vec");
+    }
+    hello
 }
 
 fn url(mesh: &Mesh, path: &str) -> String {

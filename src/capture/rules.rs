@@ -312,6 +312,36 @@ COMMIT
         );
     }
 
+    /// The proxy forwards inbound connections to the app at the pod IP, over `lo`: its UID must
+    /// return before the rule that sends the app's own calls to its pod IP to the inbound port
+    /// (else the proxy would loop into itself), in both families, whatever else is configured.
+    #[test]
+    fn the_proxys_connection_to_the_pod_ip_returns_before_self_calls_are_captured() {
+        let settings = CaptureSettings {
+            proxy_uid: 1500,
+            exclude_outbound_ports: vec![5432],
+            include_outbound_cidrs: cidrs(&["10.0.0.0/8", "fd00::/8"]),
+            ..CaptureSettings::default()
+        };
+        for family in [IpFamily::V4, IpFamily::V6] {
+            let text = capture_rules(&settings, family);
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|line| line.starts_with(&format!("-A {OUTPUT_CHAIN} ")))
+                .collect();
+            assert_eq!(
+                lines.first().copied(),
+                Some("-A SKEIN_OUTPUT -m owner --uid-owner 1500 -j RETURN"),
+                "{family}: {text}"
+            );
+            let self_call = lines
+                .iter()
+                .position(|line| line.ends_with(&format!("-o lo -j {INBOUND_CHAIN}")))
+                .expect("self calls are captured");
+            assert!(self_call > 0, "{family}: {text}");
+        }
+    }
+
     #[test]
     fn excluded_ports_and_cidrs() {
         let settings = CaptureSettings {

@@ -62,7 +62,7 @@ use serde::{Deserialize, Serialize};
 
 use super::InjectConfig;
 use super::overrides::{self, OverrideErrors, Overrides};
-use crate::api::meshconfig::{NativeSidecar, ResourceAmounts};
+use crate::api::meshconfig::{NativeSidecar, OutboundTrafficPolicy, ResourceAmounts};
 use crate::api::names;
 use crate::capture::{CaptureSettings, PortList};
 
@@ -521,6 +521,16 @@ fn proxy_env(proxy: &ProxySettings, cfg: &InjectConfig) -> Vec<EnvVar> {
             format!("{IDENTITY_TOKEN_DIR}/{IDENTITY_TOKEN_FILE}"),
         ),
         value("SKEIN_STATE_DIR", PROXY_STATE_DIR.to_owned()),
+        // Before the control plane's first configuration the proxy knows nothing else: the mesh's
+        // policy then decides whether unknown destinations are refused.
+        value(
+            "SKEIN_OUTBOUND_TRAFFIC_POLICY",
+            match cfg.mesh.traffic.outbound_traffic_policy {
+                OutboundTrafficPolicy::RegistryOnly => "RegistryOnly",
+                OutboundTrafficPolicy::AllowAny => "AllowAny",
+            }
+            .to_owned(),
+        ),
     ];
     if let Some(pem) = &cfg.xds_trust_bundle_pem {
         env.push(value("SKEIN_XDS_TRUST_BUNDLE_PEM", pem.clone()));
@@ -870,11 +880,20 @@ mod tests {
                 json!("/var/run/secrets/skein.dev/tokens/token"),
             ),
             ("SKEIN_STATE_DIR", json!("/var/run/skein-proxy")),
+            ("SKEIN_OUTBOUND_TRAFFIC_POLICY", json!("RegistryOnly")),
             ("SKEIN_XDS_TRUST_BUNDLE_PEM", json!(TEST_BUNDLE)),
         ]
         .into_iter()
         .collect();
         assert_eq!(env(proxy), want_env);
+        // The mesh's policy reaches the proxy before its first configuration does.
+        let mut allow_any = config(true);
+        allow_any.mesh.traffic.outbound_traffic_policy = OutboundTrafficPolicy::AllowAny;
+        let injected_allow_any = inject(&minimal(), &allow_any).unwrap();
+        assert_eq!(
+            env(find(&injected_allow_any, "skein-proxy"))["SKEIN_OUTBOUND_TRAFFIC_POLICY"],
+            json!("AllowAny")
+        );
         let mut plaintext = config(true);
         plaintext.xds_trust_bundle_pem = None;
         let injected_plain = inject(&minimal(), &plaintext).unwrap();

@@ -3,7 +3,7 @@
 //! | request | answer |
 //! |---|---|
 //! | `GET /live` | 200 while the process serves HTTP at all |
-//! | `GET /ready` | 200 while the listeners accept connections; 503 once draining, once the workload certificate has expired (see [`super::identity`]), and for up to 10 s at start while the first certificate is requested (callers of a Ready pod use mTLS at once) |
+//! | `GET /ready` | 200 while the listeners accept connections; 503 once draining, once the workload certificate has expired (see [`super::identity`]), and for up to 10 s at start while the first certificate is requested (callers of a Ready pod use mTLS at once) and while the control plane's first configuration is awaited |
 //! | `GET /metrics` | the [`metrics`](super::metrics), OpenMetrics text |
 //! | `GET /config` | the active configuration as JSON: `version`, `passthrough` (no `--config`), `config` (as loaded), `ejected` (endpoints outlier detection has ejected now, per service) and `identity` (the workload certificate: `id`, `notBefore`, `notAfter`, `expiresInSeconds`; null before the first) |
 //! | `POST /drain` | stop accepting (new connections are refused, `/ready` 503); in-flight connections continue and the process keeps running. Answers once the listeners are closed |
@@ -141,6 +141,12 @@ async fn ready(State(state): State<AdminState>) -> Response {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             "waiting for the workload certificate\n",
+        )
+            .into_response()
+    } else if state.shared.config.waiting_for_first() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the first configuration from the control plane\n",
         )
             .into_response()
     } else if state.ready.load(Ordering::SeqCst) {

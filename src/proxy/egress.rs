@@ -1,10 +1,24 @@
 //! Egress policy: which external hosts traffic may reach under `RegistryOnly`. The config's
 //! [`EgressAllow`] entries are validated once, when a config is loaded, so a typo is an error
 //! there instead of a host that silently never matches.
+//!
+//! The `Host` header and the SNI are chosen by the client, and so is the address it connects
+//! to: traffic allowed for a name therefore goes only to an address of that name
+//! ([`destination`]): the client's own choice when the name resolves to it (the app's DNS
+//! answer and its pooled connections stand), else one the proxy resolved
+//! ([`super::dns`]). A forged `Host: allowed.example` sent to any other IP reaches
+//! `allowed.example`, never that IP. A host written as an IP address is reached at that
+//! address. A name that does not resolve is refused (`reason="unresolved"`).
+//!
+//! Before the first configuration from the control plane, nothing is known: under `RegistryOnly`
+//! (the injector passes the mesh's policy to the proxy at start) every unknown destination is
+//! refused (`reason="no_configuration"`), never forwarded unchecked.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::proxy::config::{EgressAllow, EgressProtocol};
+use crate::proxy::Shared;
+use crate::proxy::config::{Compiled, EgressAllow, EgressProtocol};
+use crate::proxy::metrics::EgressLabels;
 
 /// Longest DNS name in its dotted text form.
 const MAX_NAME_LEN: usize = 253;
@@ -113,9 +127,148 @@ impl HostPattern {
     }
 }
 
+/// Why traffic to an unknown destination was refused: the `reason` label of
+/// `skein_proxy_egress_blocked_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BlockReason {
+    /// No EgressRule allows the host.
+    NotAllowed,
+    /// An EgressRule allows the name, but it does not resolve: there is no address it may go to.
+    Unresolved,
+    /// `RegistryOnly`, and no configuration has come from the control plane yet.
+    NoConfiguration,
+}
+
+impl BlockReason {
+    pub const ALL: [BlockReason; 3] = [
+        BlockReason::NotAllowed,
+        BlockReason::Unresolved,
+        BlockReason::NoConfiguration,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            BlockReason::NotAllowed => "not_allowed",
+            BlockReason::Unresolved => "unresolved",
+            BlockReason::NoConfiguration => "no_configuration",
+        }
+    }
+}
+
 /// The body of the HTTP 502 a blocked request gets.
 pub fn blocked_message(host: &str) -> String {
-    format!("egress to {host} blocked by Skein: no EgressRule allows it\n")
+    blocked_message_for(host, BlockReason::NotAllowed)
+}
+
+/// [`blocked_message`] for each reason.
+pub fn blocked_message_for(host: &str, reason: BlockReason) -> String {
+    let why = match reason {
+        BlockReason::NotAllowed => "no EgressRule allows it",
+        BlockReason::Unresolved => "the allowed name does not resolve",
+        BlockReason::NoConfiguration => "no configuration from the control plane yet",
+    };
+    format!("egress to {host} blocked by Skein: {why}\n")
+}
+
+/// What an allowed host must be reached at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// The host is an IP address: exactly there.
+    Address(IpAddr),
+    /// A DNS name: one of its addresses.
+    Name(String),
+}
+
+/// Pure: what `host` (as [`EgressPolicy::allows`] takes it) must be reached at; `None` if it is
+/// neither a name nor an address.
+pub fn reach(host: &str) -> Option<Reach> {
+    Some(match normalize(host)? {
+        Host::Ip(ip) => Reach::Address(ip),
+        Host::Name(name) => Reach::Name(name),
+    })
+}
+
+/// Pure: where traffic allowed for a host whose addresses are `addresses` goes, when the client
+/// connected to `original`: there if it is one of them, else to one of them on the same port
+/// (of the client's address family when there is one); `None` without addresses.
+pub fn destination(original: SocketAddr, addresses: &[IpAddr]) -> Option<SocketAddr> {
+    let wanted = original.ip().to_canonical();
+    if addresses.iter().any(|ip| ip.to_canonical() == wanted) {
+        return Some(SocketAddr::new(wanted, original.port()));
+    }
+    let same_family = addresses
+        .iter()
+        .find(|ip| ip.to_canonical().is_ipv4() == wanted.is_ipv4());
+    same_family
+        .or(addresses.first())
+        .map(|ip| SocketAddr::new(ip.to_canonical(), original.port()))
+}
+
+/// Where traffic to a destination the mesh does not know may go: the address to connect to, or
+/// why it is refused (counted in `skein_proxy_egress_blocked_total` and logged here). `host` is
+/// the `Host`, the SNI, or the original address as text; `label` is the metric's protocol.
+pub(crate) async fn route(
+    shared: &Shared,
+    config: &Compiled,
+    host: &str,
+    original: SocketAddr,
+    protocol: EgressProtocol,
+    label: &'static str,
+) -> Result<SocketAddr, BlockReason> {
+    let decided = decide(shared, config, host, original, protocol).await;
+    match decided {
+        Ok(address) if address != original => tracing::info!(
+            %host,
+            %original,
+            %address,
+            protocol = label,
+            "egress: the client's address is not one of the allowed host's; connecting to the host's own address instead"
+        ),
+        Ok(_) => {}
+        Err(reason) => {
+            shared
+                .metrics
+                .http
+                .egress_blocked
+                .get_or_create(&EgressLabels {
+                    protocol: label,
+                    reason: reason.as_str(),
+                })
+                .inc();
+            tracing::info!(%host, %original, protocol = label, reason = reason.as_str(), "egress blocked");
+        }
+    }
+    decided
+}
+
+async fn decide(
+    shared: &Shared,
+    config: &Compiled,
+    host: &str,
+    original: SocketAddr,
+    protocol: EgressProtocol,
+) -> Result<SocketAddr, BlockReason> {
+    if config.allow_any() {
+        return Ok(original);
+    }
+    if config.awaiting_first {
+        return Err(BlockReason::NoConfiguration);
+    }
+    if !config.egress.allows(host, original.port(), protocol) {
+        return Err(BlockReason::NotAllowed);
+    }
+    let addresses: std::sync::Arc<[IpAddr]> = match reach(host) {
+        Some(Reach::Address(ip)) => [ip].into(),
+        Some(Reach::Name(name)) => match shared.resolver.lookup(&name).await {
+            Ok(addresses) => addresses,
+            Err(err) => {
+                tracing::info!(error = %err, "egress: an allowed name does not resolve");
+                return Err(BlockReason::Unresolved);
+            }
+        },
+        None => return Err(BlockReason::NotAllowed),
+    };
+    destination(original, &addresses).ok_or(BlockReason::Unresolved)
 }
 
 fn compile_host(raw: &str, protocol: EgressProtocol) -> Result<HostPattern, &'static str> {
@@ -407,11 +560,73 @@ mod tests {
         assert!(policy(&[allow("a.example", &[], Any)]).allows("a.example", 80, Any));
     }
 
+    fn at(text: &str) -> SocketAddr {
+        text.parse().expect("socket address")
+    }
+
+    fn ips(list: &[&str]) -> Vec<IpAddr> {
+        list.iter().map(|ip| ip.parse().expect("ip")).collect()
+    }
+
+    #[test]
+    fn allowed_traffic_goes_only_to_an_address_of_the_allowed_host() {
+        let addresses = ips(&["192.0.2.10", "192.0.2.11", "2001:db8::10"]);
+        // The client's choice, when it is one of the host's addresses.
+        assert_eq!(
+            destination(at("192.0.2.11:443"), &addresses),
+            Some(at("192.0.2.11:443"))
+        );
+        assert_eq!(
+            destination(at("[::ffff:192.0.2.10]:80"), &addresses),
+            Some(at("192.0.2.10:80"))
+        );
+        assert_eq!(
+            destination(at("[2001:db8::10]:443"), &addresses),
+            Some(at("[2001:db8::10]:443"))
+        );
+        // Any other address (a forged Host or SNI): the host's own, same family, same port.
+        assert_eq!(
+            destination(at("203.0.113.5:443"), &addresses),
+            Some(at("192.0.2.10:443"))
+        );
+        assert_eq!(
+            destination(at("[2001:db8::99]:443"), &addresses),
+            Some(at("[2001:db8::10]:443"))
+        );
+        // Only the other family: that one.
+        assert_eq!(
+            destination(at("203.0.113.5:443"), &ips(&["2001:db8::10"])),
+            Some(at("[2001:db8::10]:443"))
+        );
+        assert_eq!(destination(at("203.0.113.5:443"), &[]), None);
+    }
+
+    #[test]
+    fn hosts_are_reached_by_name_or_at_their_address() {
+        assert_eq!(
+            reach("API.Example.com.:8443"),
+            Some(Reach::Name("api.example.com".to_owned()))
+        );
+        assert_eq!(
+            reach("192.0.2.10:80"),
+            Some(Reach::Address("192.0.2.10".parse().expect("ip")))
+        );
+        assert_eq!(
+            reach("[2001:db8::1]:80"),
+            Some(Reach::Address("2001:db8::1".parse().expect("ip")))
+        );
+        assert_eq!(reach("a b"), None);
+    }
+
     #[test]
     fn blocked_message_text() {
         assert_eq!(
             blocked_message("api.example.com"),
             "egress to api.example.com blocked by Skein: no EgressRule allows it\n"
+        );
+        assert_eq!(
+            blocked_message_for("api.example.com", BlockReason::NoConfiguration),
+            "egress to api.example.com blocked by Skein: no configuration from the control plane yet\n"
         );
     }
 }

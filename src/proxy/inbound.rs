@@ -1,6 +1,7 @@
 //! Inbound connections, before any protocol: mutual TLS is terminated here, plaintext is
 //! admitted or refused by the port's mTLS mode, and what remains goes to the HTTP proxy or is
-//! forwarded as opaque TCP to the app on loopback.
+//! forwarded as opaque TCP to the app at the pod IP the client connected to (not loopback: see
+//! [`super::listen`]).
 //!
 //! A connection is the mesh's mTLS when its ClientHello asks for a Skein identity as server
 //! name (anything else, including an app's own TLS, is the app's business). Modes, per port:
@@ -59,7 +60,7 @@ pub fn probe_path_allowed(mtls: &InboundMtls, port: u16, path: &str) -> bool {
         .any(|probe| probe.http_paths.is_empty() || probe.http_paths.iter().any(|p| p == path))
 }
 
-/// Serves one accepted inbound connection whose target (the app, on loopback) is known.
+/// Serves one accepted inbound connection whose target (the app, at the pod's address) is known.
 pub(crate) async fn serve(
     mut stream: TcpStream,
     peer: SocketAddr,

@@ -8,9 +8,12 @@
 //! connected to before `skein init`'s `REDIRECT` rewrote it:
 //!
 //! - outbound: exactly there;
-//! - inbound: to the app, on loopback (`127.0.0.1`, or `::1` for IPv6) at the original port, so
-//!   an app listening on the wildcard address or on loopback receives it. (The proxy's UID is
-//!   exempt from capture, so this connection is not captured again.)
+//! - inbound: there too, to the app at the pod IP the client asked for (never loopback: a port
+//!   the app bound to `127.0.0.1` only is not for other pods, and the app sees the pod IP as the
+//!   peer instead of `127.0.0.1`). The proxy's UID is exempt from capture, so this connection is
+//!   not captured again. The original destination must be one of the pod's own addresses:
+//!   a packet routed to the pod for another address (a host that points a route at the pod)
+//!   would otherwise turn the proxy into a relay past every egress rule.
 //!
 //! A connection without an original destination (not redirected: someone connected to the
 //! proxy's port directly) or whose original destination is the proxy itself is closed at once:
@@ -28,10 +31,10 @@ use super::balance::Outcome;
 use super::config::{EgressProtocol, Protocol};
 use super::detect::{Detected, PrefixedIo, detect_unless_opaque};
 use super::limits::{Slots, idle_expired};
-use super::metrics::{CutReason, ProtocolLabels, RejectReason};
+use super::metrics::{CutReason, RejectReason};
 use super::original_dst::original_dst;
 use super::tcp::Upstream;
-use super::{Direction, Shared, http, inbound, tcp};
+use super::{Direction, Shared, egress, http, inbound, tcp};
 
 /// Pending-connection queue of each listener (the kernel caps it at `net.core.somaxconn`).
 const BACKLOG: u32 = 1024;
@@ -216,7 +219,9 @@ async fn dispatch(
         inbound::serve(stream, peer, target, shared).await;
         return;
     }
-    let config = shared.config.current();
+    // Before the control plane's first configuration nothing can be classified: wait for it
+    // (bounded; see `ConfigStore::first`).
+    let config = shared.config.first().await;
     let service = config.service_at(target).cloned();
     let opaque = config.opaque_ports.contains(&target.port())
         || service
@@ -275,18 +280,13 @@ async fn dispatch(
         (Some(sni), Detected::Tls) => (sni.clone(), EgressProtocol::Tls, "tls"),
         _ => (target.ip().to_string(), EgressProtocol::Tcp, "tcp"),
     };
-    if !config.allow_any() && !config.egress.allows(&host, target.port(), egress_protocol) {
-        shared
-            .metrics
-            .http
-            .egress_blocked
-            .get_or_create(&ProtocolLabels { protocol: label })
-            .inc();
-        tracing::info!(%peer, %target, %host, protocol = label, "egress blocked: resetting the connection");
+    let Ok(address) = egress::route(shared, &config, &host, target, egress_protocol, label).await
+    else {
+        tracing::debug!(%peer, %target, "egress blocked: resetting the connection");
         tcp::reset(client.get_ref());
         return;
-    }
-    tcp::forward(client, peer, direction, Upstream::plain(target), shared).await;
+    };
+    tcp::forward(client, peer, direction, Upstream::plain(address), shared).await;
 }
 
 /// Why an accepted connection is not forwarded.
@@ -298,6 +298,8 @@ pub enum Rejected {
     NoOriginalDestination(#[source] io::Error),
     #[error("its original destination {0} is the proxy itself")]
     Loop(SocketAddr),
+    #[error("its original destination {0} is not an address of this pod")]
+    NotLocal(SocketAddr),
 }
 
 impl Rejected {
@@ -305,6 +307,7 @@ impl Rejected {
         match self {
             Rejected::NoOriginalDestination(_) => RejectReason::NoOriginalDestination,
             Rejected::Loop(_) => RejectReason::Loop,
+            Rejected::NotLocal(_) => RejectReason::NotLocal,
         }
     }
 }
@@ -319,7 +322,17 @@ pub fn target(
         .local_addr()
         .map_err(Rejected::NoOriginalDestination)?;
     let original = original_dst(stream).map_err(Rejected::NoOriginalDestination)?;
-    resolve(direction, local, original, own_ports)
+    let target = resolve(direction, local, original, own_ports)?;
+    if direction == Direction::Inbound && !is_local_address(target.ip()) {
+        return Err(Rejected::NotLocal(target));
+    }
+    Ok(target)
+}
+
+/// Whether `ip` is an address of this host (network namespace): the kernel lets a socket bind
+/// only to those (with `ip_nonlocal_bind` off, as in pods).
+fn is_local_address(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
 /// Pure part of [`target`]: `local` is the accepted socket's address, `original` its original
@@ -327,8 +340,8 @@ pub fn target(
 ///
 /// A connection that was not NATed reports its own local address as original destination (when
 /// conntrack tracks it at all); one aimed at another of the proxy's ports on this host would come
-/// back to the proxy too. Inbound connections go to loopback, so any of the proxy's ports there
-/// is the proxy.
+/// back to the proxy too. Inbound connections go to the pod's own address, so any of the proxy's
+/// ports there is the proxy.
 pub fn resolve(
     direction: Direction,
     local: SocketAddr,
@@ -346,16 +359,9 @@ pub fn resolve(
     if original == local || to_own_port {
         return Err(Rejected::Loop(original));
     }
-    Ok(match direction {
-        Direction::Outbound => original,
-        Direction::Inbound => {
-            let loopback = match ip {
-                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-            };
-            SocketAddr::new(loopback, original.port())
-        }
-    })
+    // Both ways the original destination: inbound it is the pod's own address (the IPv6 one for
+    // an IPv6 client), where an app listening on the wildcard address or that address answers.
+    Ok(original)
 }
 
 /// `::ffff:a.b.c.d` as the IPv4 address it is.
@@ -400,21 +406,21 @@ mod tests {
     }
 
     #[test]
-    fn inbound_goes_to_the_app_on_loopback_of_the_same_family() {
+    fn inbound_goes_to_the_app_at_the_pod_address_the_client_asked_for_never_loopback() {
         let target = resolve(
             Direction::Inbound,
             at("10.213.0.2:16006"),
             at("10.213.0.2:8080"),
             &OWN,
         );
-        assert_eq!(target.expect("target"), at("127.0.0.1:8080"));
+        assert_eq!(target.expect("target"), at("10.213.0.2:8080"));
         let target = resolve(
             Direction::Inbound,
-            at("[fd00:213::2]:16006"),
+            at("[fe80::1]:16006"),
             at("[fd00:213::2]:8080"),
             &OWN,
         );
-        assert_eq!(target.expect("target"), at("[::1]:8080"));
+        assert_eq!(target.expect("target"), at("[fd00:213::2]:8080"));
         // A dual-stack socket's view of an IPv4 connection.
         let target = resolve(
             Direction::Inbound,
@@ -422,7 +428,22 @@ mod tests {
             at("10.213.0.2:8080"),
             &OWN,
         );
-        assert_eq!(target.expect("target"), at("127.0.0.1:8080"));
+        assert_eq!(target.expect("target"), at("10.213.0.2:8080"));
+        // The app calling its own pod IP: redirected to loopback, still sent to the pod IP.
+        let target = resolve(
+            Direction::Inbound,
+            at("127.0.0.1:16006"),
+            at("10.213.0.2:8080"),
+            &OWN,
+        );
+        assert_eq!(target.expect("target"), at("10.213.0.2:8080"));
+    }
+
+    #[test]
+    fn only_addresses_of_this_host_are_local() {
+        assert!(is_local_address(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        // TEST-NET-3: nobody's address.
+        assert!(!is_local_address("203.0.113.77".parse().expect("ip")));
     }
 
     #[test]

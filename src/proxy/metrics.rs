@@ -6,14 +6,14 @@
 //! | `skein_proxy_tcp_connections_closed_total` | `direction` | of those, the ones that have ended, however they ended (`opened - closed` are open now) |
 //! | `skein_proxy_tcp_connect_failures_total` | `direction` | upstream connects that failed or timed out (the client's connection is then reset) |
 //! | `skein_proxy_tcp_bytes_total` | `direction`, `flow` | bytes forwarded |
-//! | `skein_proxy_tcp_connections_rejected_total` | `direction`, `reason` | connections closed at once, without connecting anywhere: `no_original_destination`, `loop`, `plaintext_refused` (mTLS `Strict`), `mtls_handshake_failed`, `no_certificate`, `connection_limit` (the listener holds `--max-connections`) |
+//! | `skein_proxy_tcp_connections_rejected_total` | `direction`, `reason` | connections closed at once, without connecting anywhere: `no_original_destination`, `loop`, `not_local` (inbound to an address that is not the pod's), `plaintext_refused` (mTLS `Strict`), `mtls_handshake_failed`, `no_certificate`, `connection_limit` (the listener holds `--max-connections`) |
 //! | `skein_proxy_tcp_connections_cut_total` | `direction`, `reason` | client connections the proxy closed for breaking a limit ([`super::limits`]): `header_timeout`, `header_too_large` (answered 431), `idle_timeout` |
 //!
 //! | `skein_proxy_requests_total` | request labels (below) | HTTP requests answered, by response |
 //! | `skein_proxy_request_duration_seconds` | `direction`, `destination_service`, `classification` | histogram: request start to the end of the response, in seconds (buckets 0.5 ms to 10 s) |
 //! | `skein_proxy_retries_total` | `destination_service`, `result` | retries sent (`result=sent`) or refused by the retry budget (`result=budget_exhausted`) |
 //! | `skein_proxy_local_responses_total` | `direction`, `reason` | responses the proxy made itself instead of an upstream's; `reason` is the `x-skein-error` header they carry: `access-denied`, `egress-blocked`, `no-endpoints`, `connect-failure`, `timeout`, `overloaded`, `upstream-reset`, `fault-abort`, `client-body-error`, `upstream-protocol-switch` (an upstream answered 101 to a request the proxy did not upgrade) |
-//! | `skein_proxy_egress_blocked_total` | `protocol` | requests (`http`) and connections (`tls`, `tcp`) to unknown destinations refused under `RegistryOnly` |
+//! | `skein_proxy_egress_blocked_total` | `protocol`, `reason` | requests (`http`) and connections (`tls`, `tcp`) to unknown destinations refused under `RegistryOnly`: `not_allowed` (no EgressRule), `unresolved` (an allowed name that does not resolve), `no_configuration` (before the control plane's first configuration) |
 //! | `skein_proxy_outlier_ejections_total` | `destination_service` | endpoints ejected by outlier detection |
 //! | `skein_proxy_config_reloads_total` | `result` | configuration changes `applied` or `rejected` (the previous one stays) |
 //! | `skein_proxy_config_info` | `version` | 1 for the active configuration's version |
@@ -62,6 +62,8 @@ use super::Direction;
 pub enum RejectReason {
     NoOriginalDestination,
     Loop,
+    /// Inbound, to an address that is not the pod's (someone routed it through the pod).
+    NotLocal,
     /// Plaintext to a port whose mTLS mode is `Strict`.
     PlaintextRefused,
     /// A client asked for mutual TLS and the handshake failed (untrusted or wrong identity).
@@ -73,9 +75,10 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 6] = [
+    pub const ALL: [RejectReason; 7] = [
         RejectReason::NoOriginalDestination,
         RejectReason::Loop,
+        RejectReason::NotLocal,
         RejectReason::PlaintextRefused,
         RejectReason::MtlsHandshakeFailed,
         RejectReason::NoCertificate,
@@ -86,6 +89,7 @@ impl RejectReason {
         match self {
             RejectReason::NoOriginalDestination => "no_original_destination",
             RejectReason::Loop => "loop",
+            RejectReason::NotLocal => "not_local",
             RejectReason::PlaintextRefused => "plaintext_refused",
             RejectReason::MtlsHandshakeFailed => "mtls_handshake_failed",
             RejectReason::NoCertificate => "no_certificate",
@@ -228,8 +232,10 @@ pub struct LocalResponseLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct ProtocolLabels {
+pub struct EgressLabels {
     pub protocol: &'static str,
+    /// [`crate::proxy::egress::BlockReason`].
+    pub reason: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -263,7 +269,7 @@ pub struct HttpMetrics {
     pub latency: LatencyFamily,
     pub retries: Family<RetryLabels, Counter>,
     pub local_responses: Family<LocalResponseLabels, Counter>,
-    pub egress_blocked: Family<ProtocolLabels, Counter>,
+    pub egress_blocked: Family<EgressLabels, Counter>,
     pub outlier_ejections: Family<ServiceLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub config_info: Family<VersionLabels, Gauge>,
@@ -349,9 +355,12 @@ impl HttpMetrics {
                 .get_or_create(&ResultLabels { result });
         }
         for protocol in ["http", "tls", "tcp"] {
-            let _ = metrics
-                .egress_blocked
-                .get_or_create(&ProtocolLabels { protocol });
+            for reason in crate::proxy::egress::BlockReason::ALL {
+                let _ = metrics.egress_blocked.get_or_create(&EgressLabels {
+                    protocol,
+                    reason: reason.as_str(),
+                });
+            }
         }
         metrics
     }

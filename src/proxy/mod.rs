@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!   app ──connect(D)──▶ [REDIRECT] ──▶ outbound :16001 ──connect(D)──▶ D
-//!   client ──connect(pod IP:P)──▶ [REDIRECT] ──▶ inbound :16006 ──connect(127.0.0.1:P)──▶ app
+//!   client ──connect(pod IP:P)──▶ [REDIRECT] ──▶ inbound :16006 ──connect(pod IP:P)──▶ app
 //! ```
 //!
 //! The proxy runs as the proxy UID, whose own connections the capture rules leave alone, so its
@@ -53,6 +53,7 @@ pub mod balance;
 pub mod client;
 pub mod config;
 pub mod detect;
+pub mod dns;
 pub mod drain;
 pub mod egress;
 pub mod headers;
@@ -93,6 +94,11 @@ const ADMIN_STOP_GRACE: Duration = Duration::from_secs(1);
 /// pods from starting for longer than this (they then serve plaintext, and mTLS once the
 /// certificate comes).
 const FIRST_CERTIFICATE_WAIT: Duration = Duration::from_secs(10);
+/// How long `/ready` waits for the control plane's first configuration, and new outbound
+/// connections with it (they cannot be classified before). Bounded, so a control-plane outage
+/// never keeps pods from starting; after it, unknown destinations are refused under
+/// `RegistryOnly` until the configuration comes.
+const FIRST_CONFIGURATION_WAIT: Duration = Duration::from_secs(10);
 /// How long connections get to close after being told to, at the end of the drain.
 const ABORT_GRACE: Duration = Duration::from_secs(1);
 
@@ -131,11 +137,17 @@ pub struct ProxyArgs {
     #[arg(long, env = "SKEIN_PROXY_CONFIG")]
     pub config: Option<std::path::PathBuf>,
     /// The control plane's configuration stream (`host:port`): the configuration comes from
-    /// there instead of a file. Until the first one arrives, traffic goes to its original
-    /// destination, as without a mesh: readiness never waits for the control plane, so an
-    /// outage of it does not keep pods from starting.
+    /// there instead of a file. Until the first one arrives (`/ready` waits for it up to 10 s,
+    /// and so do new outbound connections), `--outbound-traffic-policy` decides on every
+    /// destination: under `RegistryOnly` they are refused, never forwarded unchecked.
     #[arg(long, env = "SKEIN_XDS_ADDRESS", conflicts_with = "config")]
     pub xds_address: Option<String>,
+    /// The outbound policy until a configuration is loaded: `RegistryOnly` (refuse every
+    /// destination; the default with `--xds-address`) or `AllowAny` (forward to the original
+    /// destination; the default with neither `--config` nor `--xds-address`). The injector sets
+    /// it from MeshConfig `traffic.outboundTrafficPolicy`.
+    #[arg(long, env = "SKEIN_OUTBOUND_TRAFFIC_POLICY", value_parser = parse_outbound_policy, conflicts_with = "config")]
+    pub outbound_traffic_policy: Option<config::OutboundTrafficPolicy>,
     /// This pod's name: with `--pod-namespace` and `--pod-ip`, the proxy's identity on the
     /// configuration stream (injected pods set them from the downward API).
     #[arg(long, env = "POD_NAME")]
@@ -263,6 +275,16 @@ impl ProxyArgs {
     }
 }
 
+fn parse_outbound_policy(text: &str) -> Result<config::OutboundTrafficPolicy, String> {
+    match text {
+        "RegistryOnly" => Ok(config::OutboundTrafficPolicy::RegistryOnly),
+        "AllowAny" => Ok(config::OutboundTrafficPolicy::AllowAny),
+        other => Err(format!(
+            "{other:?} is not an outbound traffic policy: RegistryOnly or AllowAny"
+        )),
+    }
+}
+
 /// Which of the two listeners a connection came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Direction {
@@ -306,6 +328,8 @@ pub(crate) struct Shared {
     pub own_ports: [u16; 3],
     /// What one client may hold of the listeners.
     pub limits: limits::Limits,
+    /// The names EgressRules allow, resolved (egress goes only to their addresses).
+    pub resolver: dns::Resolver,
 }
 
 impl Shared {
@@ -334,6 +358,7 @@ impl Shared {
             connect_timeout,
             own_ports,
             limits,
+            resolver: dns::Resolver::default(),
         }
     }
 }
@@ -432,12 +457,30 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
             let (text, compiled) = config::load::initial(path)?;
             (compiled, Some(text))
         }
-        None => (Compiled::passthrough(), None),
+        None => {
+            // Nothing to classify traffic with until the control plane's first configuration.
+            let policy = args
+                .outbound_traffic_policy
+                .unwrap_or(match args.xds_address {
+                    Some(_) => config::OutboundTrafficPolicy::RegistryOnly,
+                    None => config::OutboundTrafficPolicy::AllowAny,
+                });
+            let awaiting = args.xds_address.is_some();
+            (Compiled::without_configuration(policy, awaiting), None)
+        }
     };
     let credentials = Arc::new(mtls::Credentials::default());
     let metrics = Metrics::with_identity(credentials.clone());
     metrics.http.set_config_version(&config.source.version);
-    let config = Arc::new(ConfigStore::new(config));
+    let config = Arc::new(if config.awaiting_first {
+        ConfigStore::awaiting_first(config, FIRST_CONFIGURATION_WAIT)
+    } else {
+        ConfigStore::new(config)
+    });
+    let first_wait = config
+        .current()
+        .awaiting_first
+        .then(|| tokio::spawn(warn_without_first_configuration(config.clone())));
     let shared = Arc::new(Shared::new(
         metrics,
         config.clone(),
@@ -600,6 +643,9 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     if let Some(watch) = config_watch {
         watch.abort();
     }
+    if let Some(wait) = first_wait {
+        wait.abort();
+    }
     if let Some(issuer) = issuer {
         issuer.abort();
     }
@@ -630,6 +676,21 @@ async fn serve_out_drain_window(
     tokio::select! {
         () = tokio::time::sleep(left) => {}
         () = signals.recv() => tracing::warn!("second signal: cutting the drain window short"),
+    }
+}
+
+/// Says so once the wait for the control plane's first configuration is over without one: the
+/// pod turns Ready, and what that means for its outbound traffic.
+async fn warn_without_first_configuration(config: Arc<ConfigStore>) {
+    let current = config.first().await;
+    if current.awaiting_first {
+        tracing::warn!(
+            waited = ?FIRST_CONFIGURATION_WAIT,
+            outbound_traffic_policy = ?current.source.outbound_traffic_policy,
+            "no configuration from the control plane yet: ready anyway; until it comes, outbound \
+             traffic follows the outbound traffic policy alone (RegistryOnly: every destination \
+             is refused)"
+        );
     }
 }
 

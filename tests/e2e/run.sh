@@ -241,7 +241,7 @@ egress_blocked() {
   grep -q 'answered 502' <<<"$reply" || { echo "not blocked: $reply"; return 1; }
   pod=$(k -n "$NS" get pods -l app=egress-client -o jsonpath='{.items[0].metadata.name}')
   metrics=$(curl -fsS --max-time 10 "http://127.0.0.1:$proxy_port/api/v1/namespaces/$NS/pods/$pod:16000/proxy/metrics") || return 1
-  grep -Eq '^skein_proxy_egress_blocked_total\{protocol="http"\} [1-9]' <<<"$metrics" ||
+  grep -Eq '^skein_proxy_egress_blocked_total\{protocol="http",reason="not_allowed"\} [1-9]' <<<"$metrics" ||
     { echo "the client's proxy counted no blocked egress:"; grep egress_blocked <<<"$metrics"; return 1; }
 }
 egress_open() {

@@ -61,8 +61,9 @@ const LOG_TAIL_LINES: usize = 150;
 
 /// Environment variables the proxy and the demo app read: removed from what the test process
 /// passes on, so a developer's shell never changes what a test runs.
-pub const ROLE_ENV: [&str; 27] = [
+pub const ROLE_ENV: [&str; 28] = [
     "SKEIN_OUTBOUND_PORT",
+    "SKEIN_OUTBOUND_TRAFFIC_POLICY",
     "SKEIN_INBOUND_PORT",
     "SKEIN_ADMIN_PORT",
     "SKEIN_DRAIN_TIMEOUT",
@@ -341,6 +342,17 @@ impl<'m> Pod<'m> {
 
     /// [`Pod::sidecar`] with extra `skein proxy` flags.
     pub fn sidecar_with(&self, config: Option<&serde_json::Value>, flags: &[&str]) -> Proxy<'_> {
+        let mut proxy = self.sidecar_starting(config, flags);
+        proxy.wait_for_ready_status(200);
+        proxy
+    }
+
+    /// [`Pod::sidecar_with`] without waiting until it is ready.
+    pub fn sidecar_starting(
+        &self,
+        config: Option<&serde_json::Value>,
+        flags: &[&str],
+    ) -> Proxy<'_> {
         self.capture();
         let config_path = config.map(|config| {
             let path = self.mesh.dir().join(format!("{}-proxy.yaml", self.name));
@@ -360,13 +372,27 @@ impl<'m> Pod<'m> {
             &args,
             &[("SKEIN_LOG", "info,skein::proxy=debug")],
         );
-        let mut proxy = Proxy {
+        Proxy {
             pod: self,
             process,
             config_path,
-        };
-        proxy.wait_for_ready_status(200);
-        proxy
+        }
+    }
+
+    /// Gives names addresses in this pod, as `hostAliases` do: writes `/etc/netns/NS/hosts`,
+    /// which `ip netns exec NS` mounts over `/etc/hosts` for every process of the pod started
+    /// afterwards (the sidecar, `curl`). Removed when the guard is dropped.
+    pub fn hosts_file(&self, entries: &[(&str, Ipv4Addr)]) -> HostsFile {
+        let dir = Path::new("/etc/netns").join(&self.ns);
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|err| panic!("creating {}: {err}", dir.display()));
+        let mut text = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost\n");
+        for (name, ip) in entries {
+            text.push_str(&format!("{ip}\t{name}\n"));
+        }
+        let guard = HostsFile(dir.clone());
+        write_atomically(&dir.join("hosts"), &text);
+        guard
     }
 
     /// Starts `skein demo-app --role backend --version VERSION --pod NAME --listen 0.0.0.0:8080
@@ -727,6 +753,15 @@ fn exec_args(ns: &str, uid: Option<u32>, args: &[&str]) -> Vec<String> {
     }
     command.extend(args.iter().map(|&arg| arg.to_owned()));
     command
+}
+
+/// A pod's `/etc/netns/NS` directory ([`Pod::hosts_file`]), removed on drop.
+pub struct HostsFile(PathBuf);
+
+impl Drop for HostsFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// A running `skein demo-app` (as the application UID), killed on drop.

@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use super::types::{
     Destination, DestinationPort, Limits, OutboundTrafficPolicy, Protocol, ProxyConfig, Workload,
@@ -68,6 +69,9 @@ pub struct Compiled {
     identities_by_ip: HashMap<IpAddr, SpiffeId>,
     /// No `--config`: forward everything to its original destination, as before a mesh.
     pub passthrough: bool,
+    /// A stand-in until the control plane's first configuration: nothing is known yet, and under
+    /// `RegistryOnly` every unknown destination is refused (see `proxy::egress`).
+    pub awaiting_first: bool,
 }
 
 impl Compiled {
@@ -142,6 +146,7 @@ impl Compiled {
             identities,
             identities_by_ip,
             passthrough: false,
+            awaiting_first: false,
             source: config,
         })
     }
@@ -149,8 +154,14 @@ impl Compiled {
     /// The configuration of a proxy started without `--config`: every connection goes to its
     /// original destination (HTTP is still understood, measured and traced).
     pub fn passthrough() -> Self {
+        Self::without_configuration(OutboundTrafficPolicy::AllowAny, false)
+    }
+
+    /// What a proxy without a configuration (yet) does: nothing is known, `policy` decides on
+    /// every destination. `awaiting_first`: one is coming from the control plane.
+    pub fn without_configuration(policy: OutboundTrafficPolicy, awaiting_first: bool) -> Self {
         let source = ProxyConfig {
-            outbound_traffic_policy: OutboundTrafficPolicy::AllowAny,
+            outbound_traffic_policy: policy,
             ..ProxyConfig::default()
         };
         Self {
@@ -162,6 +173,7 @@ impl Compiled {
             identities: HashMap::new(),
             identities_by_ip: HashMap::new(),
             passthrough: true,
+            awaiting_first,
             source,
         }
     }
@@ -303,13 +315,55 @@ pub fn normalize_host(host: &str) -> String {
 #[derive(Debug)]
 pub struct ConfigStore {
     current: RwLock<Arc<Compiled>>,
+    /// While the initial configuration is [`Compiled::awaiting_first`]: until when new outbound
+    /// connections wait for the first one.
+    first_by: Option<Instant>,
+    /// Bumped on every change, for those waiting.
+    replaced: tokio::sync::watch::Sender<()>,
 }
 
 impl ConfigStore {
     pub fn new(initial: Compiled) -> Self {
+        Self::with_first_wait(initial, None)
+    }
+
+    /// A store whose `initial` configuration stands in until the control plane's first one:
+    /// connections wait for that up to `wait` from now ([`ConfigStore::first`]).
+    pub fn awaiting_first(initial: Compiled, wait: Duration) -> Self {
+        Self::with_first_wait(initial, Some(Instant::now() + wait))
+    }
+
+    fn with_first_wait(initial: Compiled, first_by: Option<Instant>) -> Self {
         Self {
             current: RwLock::new(Arc::new(initial)),
+            first_by,
+            replaced: tokio::sync::watch::channel(()).0,
         }
+    }
+
+    /// The active configuration; until the control plane's first one arrives, and at most until
+    /// the wait for it is over, this waits for it: a connection is then classified with what
+    /// the mesh knows instead of going out unchecked. After the wait, the stand-in decides
+    /// (under `RegistryOnly`, unknown destinations are refused).
+    pub async fn first(&self) -> Arc<Compiled> {
+        let mut changes = self.replaced.subscribe();
+        loop {
+            let current = self.current();
+            let Some(by) = self.first_by.filter(|_| current.awaiting_first) else {
+                return current;
+            };
+            let deadline = tokio::time::Instant::from_std(by);
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) | Err(_) => return self.current(),
+            }
+        }
+    }
+
+    /// Whether the first configuration is still awaited and the wait for it not over (`/ready`
+    /// answers 503 meanwhile).
+    pub fn waiting_for_first(&self) -> bool {
+        self.first_by.is_some_and(|by| Instant::now() < by) && self.current().awaiting_first
     }
 
     pub fn current(&self) -> Arc<Compiled> {
@@ -324,6 +378,7 @@ impl ConfigStore {
         let previous = self.current();
         let compiled = Arc::new(Compiled::new(config, Some(&previous))?);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = compiled.clone();
+        self.replaced.send_replace(());
         Ok(compiled)
     }
 }
@@ -349,6 +404,42 @@ destinations:
             labels: {version: v1}
             workload: {name: backend-v1, namespace: demo}
 "#;
+
+    #[tokio::test]
+    async fn connections_wait_for_the_first_configuration_but_not_forever() {
+        let stand_in =
+            || Compiled::without_configuration(OutboundTrafficPolicy::RegistryOnly, true);
+        let store = Arc::new(ConfigStore::awaiting_first(
+            stand_in(),
+            Duration::from_secs(60),
+        ));
+        assert!(store.waiting_for_first());
+        let waiting = tokio::spawn({
+            let store = store.clone();
+            async move { store.first().await.source.version.clone() }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "returned before any configuration");
+        store.replace(config(BACKEND)).expect("valid");
+        let version = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken by the first configuration")
+            .expect("task");
+        assert_eq!(version, "1");
+        assert!(!store.waiting_for_first());
+
+        // The control plane never answers: after the wait, the stand-in decides.
+        let store = ConfigStore::awaiting_first(stand_in(), Duration::from_millis(100));
+        let current = tokio::time::timeout(Duration::from_secs(5), store.first())
+            .await
+            .expect("the wait is bounded");
+        assert!(current.awaiting_first && !current.allow_any());
+        assert!(!store.waiting_for_first());
+        // A store with a configuration from the start never waits.
+        let loaded = ConfigStore::new(Compiled::new(config(BACKEND), None).expect("valid"));
+        assert!(!loaded.waiting_for_first());
+        assert_eq!(loaded.first().await.source.version, "1");
+    }
 
     #[test]
     fn destinations_are_found_by_address_and_by_host() {

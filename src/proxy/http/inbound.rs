@@ -1,6 +1,6 @@
 //! Requests to the app: checked against the pod's AccessPolicies (a denied one is answered
 //! `403` with `x-skein-error: access-denied` and a body naming the policy and why, and never
-//! reaches the app), then forwarded to it on loopback, at the port the client asked for, with
+//! reaches the app), then forwarded to it at the pod IP and port the client asked for, with
 //! server-side metrics.
 
 use std::time::Instant;

@@ -5,7 +5,7 @@
 //!
 //! - [`outbound`]: from the app — find the mesh service (by the original destination's VIP or
 //!   the `Host`), or apply the egress policy to an unknown one; pick a route; inject faults;
-//! - [`inbound`]: to the app — forward to it on loopback;
+//! - [`inbound`]: to the app — forward to it at the pod IP;
 //! - [`forward`]: both — tries, retries with back-off and budget, timeouts, load balancing,
 //!   mirroring, and the request metrics;
 //! - [`upstream`]: pooled connections to upstreams; [`body`]: replayable and metered bodies.
@@ -48,7 +48,7 @@ pub struct Connection {
     pub direction: Direction,
     pub peer: SocketAddr,
     /// Outbound: the address the app connected to (before the capture redirected it);
-    /// inbound: the app's address on loopback.
+    /// inbound: the app's address (the pod IP the client connected to).
     pub target: SocketAddr,
     /// Inbound: the client's verified workload identity (from its mTLS certificate); `None`
     /// for a client without one (plaintext) and for outbound connections. AccessPolicies

@@ -11,10 +11,9 @@ use super::body::{ProxyBody, RequestBody};
 use super::forward::{self, Forward, Local, Target};
 use super::{Prepared, RequestContext, prepare, request_host};
 use crate::proxy::Direction;
+use crate::proxy::config::EgressProtocol;
 use crate::proxy::config::compiled::normalize_host;
-use crate::proxy::config::{Compiled, EgressProtocol};
 use crate::proxy::egress;
-use crate::proxy::metrics::ProtocolLabels;
 
 pub async fn handle(
     request: Request<Incoming>,
@@ -44,27 +43,34 @@ pub async fn handle(
     let Some(service) = service else {
         // Not a mesh service: out of the mesh, if the policy lets it go.
         let labels = forward::labels(Direction::Outbound, grpc, source, &host_name, None);
-        if !egress_allowed(&config, &host, original.port()) {
-            context
-                .shared
-                .metrics
-                .http
-                .egress_blocked
-                .get_or_create(&ProtocolLabels { protocol: "http" })
-                .inc();
-            tracing::info!(host = %host_name, port = original.port(), "egress blocked");
-            let blocked = Local::new(
-                StatusCode::BAD_GATEWAY,
-                "egress-blocked",
-                egress::blocked_message(&host_name).trim_end().to_owned(),
-            );
-            return forward::finish(context, None, labels, started, Err(blocked));
-        }
+        // Only to an address of the allowed host, whatever the client connected to.
+        let routed = egress::route(
+            &context.shared,
+            &config,
+            &host,
+            original,
+            EgressProtocol::Http,
+            "http",
+        )
+        .await;
+        let address = match routed {
+            Ok(address) => address,
+            Err(reason) => {
+                let blocked = Local::new(
+                    StatusCode::BAD_GATEWAY,
+                    "egress-blocked",
+                    egress::blocked_message_for(&host_name, reason)
+                        .trim_end()
+                        .to_owned(),
+                );
+                return forward::finish(context, None, labels, started, Err(blocked));
+            }
+        };
         let body = RequestBody::streaming(super::body::boxed(body));
         let request = Forward {
             parts,
             body,
-            target: Target::Fixed(original),
+            target: Target::Fixed(address),
             route: None,
             labels,
             started,
@@ -114,8 +120,4 @@ pub async fn handle(
         upgrade,
     };
     forward::forward(context, request).await
-}
-
-fn egress_allowed(config: &Compiled, host: &str, port: u16) -> bool {
-    config.allow_any() || config.egress.allows(host, port, EgressProtocol::Http)
 }

@@ -2,7 +2,7 @@
 //!
 //! A client proxy originates mTLS to an endpoint the control plane says is meshed (its
 //! `identity`); the server proxy terminates it on its inbound listener and forwards plaintext to
-//! the app on loopback. The client asks for the identity it expects as the TLS server name
+//! the app at the pod IP. The client asks for the identity it expects as the TLS server name
 //! ([`SpiffeId::server_name`]), which also tells the server's inbound listener that this is the
 //! mesh's TLS and not the app's own. ALPN carries what the server needs to skip protocol
 //! detection: `skein/opaque` for opaque TCP (so server-first protocols never wait for a client's
