@@ -603,7 +603,6 @@ async fn an_abusive_stream_client_is_cut_off_while_real_proxies_stay_synced() {
         error_detail: Some(skein::xds::discovery::Status {
             code: 3,
             message: "x".repeat(1024 * 1024),
-            ..Default::default()
         }),
         ..DeltaDiscoveryRequest::default()
     })
