@@ -166,6 +166,14 @@ pub struct ControlPlaneArgs {
     /// changes.
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
     pub tls_secret: Option<String>,
+    /// The webhook server's time for a client's TLS handshake, and then for each request's
+    /// headers (and the first request of a new connection): a client that trickles them is cut.
+    #[arg(long, default_value = "10s")]
+    pub webhook_read_timeout: crate::api::Duration,
+    /// The webhook server's time for reading a request's body and answering it (`408` after
+    /// that). Keep it at or above the webhooks' `timeoutSeconds` (5s by default).
+    #[arg(long, default_value = "10s")]
+    pub webhook_request_timeout: crate::api::Duration,
     /// Address proxies use to reach the control plane (written into injected pods).
     #[arg(long, default_value = "skein-control-plane.skein-system.svc:9090")]
     pub xds_address: String,

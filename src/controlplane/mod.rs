@@ -76,6 +76,10 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
         .await
         .context("reading the apiserver version")?;
 
+    let timeouts = server::Timeouts {
+        read: args.webhook_read_timeout.as_std(),
+        request: args.webhook_request_timeout.as_std(),
+    };
     let mut registry = Registry::default();
     let metrics = WebhookMetrics::register(&mut registry);
     let index = Arc::new(OnceLock::new());
@@ -90,6 +94,7 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
         index: index.clone(),
         ca: ca.clone(),
         xds_tls: args.xds_tls,
+        limits: Arc::new(server::Limits::new(timeouts)),
     });
 
     tokio::spawn(watches);
@@ -99,7 +104,7 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     tokio::spawn(shutdown_on_signal(handle.clone()));
     tracing::info!(addr = %args.webhook_addr, "serving the injection and validation webhooks");
     let webhooks = async {
-        axum_server::bind_rustls(args.webhook_addr, tls_config)
+        webhook_server(args.webhook_addr, tls_config, timeouts)
             .handle(handle)
             .serve(app.into_make_service())
             .await
@@ -191,6 +196,38 @@ async fn discovery(
     tokio::try_join!(debug, stream)?;
     Ok(())
 }
+
+/// The webhook server, with the limits that keep slow or greedy clients from starving the
+/// apiserver's reviews (see [`server`]'s constants): each stage of a connection is timed, and
+/// HTTP/2's per-connection limits are explicit.
+fn webhook_server(
+    addr: std::net::SocketAddr,
+    tls: axum_server::tls_rustls::RustlsConfig,
+    timeouts: server::Timeouts,
+) -> axum_server::Server<std::net::SocketAddr, axum_server::tls_rustls::RustlsAcceptor> {
+    let acceptor =
+        axum_server::tls_rustls::RustlsAcceptor::new(tls).handshake_timeout(timeouts.read);
+    let mut webhooks = axum_server::bind(addr)
+        .acceptor(acceptor)
+        // Also bounds hyper's protocol detection, which has no timer of its own.
+        .first_request_timeout(timeouts.read);
+    let http = webhooks.http_builder();
+    http.http1()
+        .header_read_timeout(timeouts.read)
+        .max_headers(100);
+    http.http2()
+        .max_concurrent_streams(server::MAX_STREAMS_PER_CONNECTION)
+        .max_header_list_size(server::MAX_HEADER_BYTES)
+        // Reset floods (CVE-2023-44487 and the local-error variant): close the connection.
+        .max_pending_accept_reset_streams(Some(32))
+        .max_local_error_reset_streams(Some(256))
+        .keep_alive_interval(Some(WEBHOOK_KEEPALIVE))
+        .keep_alive_timeout(timeouts.read);
+    webhooks
+}
+
+/// HTTP/2 pings on the webhook's connections, so dead peers are noticed.
+const WEBHOOK_KEEPALIVE: Duration = Duration::from_secs(30);
 
 async fn shutdown_on_signal(handle: axum_server::Handle<std::net::SocketAddr>) {
     crate::signals::shutdown().await;

@@ -100,9 +100,28 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Responses remembered for matching ACKs/NACKs; older nonces are answered as stale.
 const NONCES_KEPT: usize = 16;
-/// Largest request accepted (gRPC's default is 4 MiB); a reconnecting proxy lists the name and
-/// version of everything it holds.
-const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+/// Largest request accepted from a proxy. The largest real one is a reconnecting proxy's
+/// subscription listing what it holds ([`MAX_HELD_PER_TYPE`] names of ~100 bytes); anything
+/// larger only costs memory (a map decoded from 2 MiB of tiny entries is tens of MiB).
+pub const MAX_REQUEST_BYTES: usize = 2 * 1024 * 1024;
+/// Resources of one type a subscription may say it holds: a mesh with more destinations than
+/// this is beyond what one proxy is built for, and a longer list is refused
+/// (`RESOURCE_EXHAUSTED`) rather than kept per stream.
+pub const MAX_HELD_PER_TYPE: usize = 10_000;
+/// Longest resource name and version in such a list (names are host names and ports, versions
+/// 32 hex digits).
+pub const MAX_HELD_NAME_BYTES: usize = 512;
+pub const MAX_HELD_VERSION_BYTES: usize = 128;
+/// A NACK's text is kept and logged up to this many bytes, then marked as truncated.
+pub const MAX_NACK_BYTES: usize = 1024;
+/// HTTP/2 streams one connection may have open at once: a proxy needs one stream and, now and
+/// then, a certificate request.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 16;
+/// Configuration streams one pod may have open at once (a restarted proxy's old stream can
+/// linger until keepalive notices it); more are refused with `RESOURCE_EXHAUSTED`.
+pub const MAX_STREAMS_PER_POD: usize = 4;
+/// Largest request header block (the token is the largest header, ~1 KiB).
+const MAX_HEADER_BYTES: u32 = 16 * 1024;
 
 /// Who a connected proxy says it is.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -259,6 +278,12 @@ impl PushServer {
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .tcp_nodelay(true)
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+            .http2_max_header_list_size(MAX_HEADER_BYTES)
+            // Reset floods, by the client (CVE-2023-44487) or provoked from the server's side:
+            // the connection is closed (tonic leaves the second guard off by default).
+            .http2_max_pending_accept_reset_streams(Some(32))
+            .http2_max_local_error_reset_streams(Some(256))
     }
 
     fn service(&self, stop: watch::Receiver<bool>) -> AggregatedDiscoveryServiceServer<Ads> {
@@ -366,6 +391,7 @@ impl AggregatedDiscoveryService for Ads {
             Ok(Ok(Some(first))) => first,
         };
         let identity = identity(first.node.as_ref())?;
+        check_held(&first.initial_resource_versions).map_err(Status::resource_exhausted)?;
         if (identity.pod.as_str(), identity.namespace.as_str())
             != (authenticated.pod.as_str(), authenticated.namespace.as_str())
         {
@@ -376,11 +402,18 @@ impl AggregatedDiscoveryService for Ads {
             )));
         }
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(pod = %identity.pod, namespace = %identity.namespace, ip = ?identity.ip, ?peer, "proxy connected");
-        let (responses, mut queued) = mpsc::channel(RESPONSE_QUEUE);
         let connection = Connection::new(id, identity);
+        let registered = Registration::new(self.inner.clone(), &connection).map_err(|open| {
+            tracing::warn!(pod = %connection.identity.pod, namespace = %connection.identity.namespace, open, ?peer, "configuration stream refused: too many streams for this pod");
+            Status::resource_exhausted(format!(
+                "pod {}/{} already has {open} configuration streams open (at most {MAX_STREAMS_PER_POD})",
+                connection.identity.namespace, connection.identity.pod
+            ))
+        })?;
+        tracing::info!(pod = %connection.identity.pod, namespace = %connection.identity.namespace, ip = ?connection.identity.ip, ?peer, "proxy connected");
+        let (responses, mut queued) = mpsc::channel(RESPONSE_QUEUE);
         tokio::spawn(run_connection(
-            self.inner.clone(),
+            registered,
             connection,
             first,
             requests,
@@ -417,14 +450,14 @@ fn identity(node: Option<&Node>) -> Result<ProxyIdentity, Status> {
 
 /// Serves one proxy until its stream ends, the server stops, or the source is gone.
 async fn run_connection(
-    inner: Arc<Inner>,
+    registered: Registration,
     mut connection: Connection,
     first: DeltaDiscoveryRequest,
     mut requests: Streaming<DeltaDiscoveryRequest>,
     responses: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let _registered = Registration::new(&inner, &connection);
+    let inner = registered.inner.clone();
     let mut changes = inner.source.changes();
     changes.mark_unchanged();
     let mut source_open = true;
@@ -434,6 +467,11 @@ async fn run_connection(
         if let Some(request) = request.take() {
             match connection.receive(request) {
                 Received::Subscribed => pending = Some(Debounce::immediate(Instant::now())),
+                Received::Refused(why) => {
+                    tracing::warn!(pod = %connection.identity.pod, namespace = %connection.identity.namespace, %why, "configuration stream refused");
+                    let _ = responses.try_send(Err(Status::resource_exhausted(why)));
+                    break "its subscription was refused";
+                }
                 received => record(&inner, &connection, received),
             }
         }
@@ -468,6 +506,41 @@ async fn run_connection(
         reason,
         "proxy disconnected"
     );
+    drop(registered);
+}
+
+/// A subscription's list of what the proxy holds, within [`MAX_HELD_PER_TYPE`] entries of
+/// bounded size; else why not.
+fn check_held(held: &BTreeMap<String, String>) -> Result<(), String> {
+    if held.len() > MAX_HELD_PER_TYPE {
+        return Err(format!(
+            "the subscription lists {} held resources, more than the {MAX_HELD_PER_TYPE} accepted",
+            held.len()
+        ));
+    }
+    if let Some((name, version)) = held.iter().find(|(name, version)| {
+        name.len() > MAX_HELD_NAME_BYTES || version.len() > MAX_HELD_VERSION_BYTES
+    }) {
+        return Err(format!(
+            "the subscription lists a held resource with a {}-byte name and a {}-byte version, \
+             more than the {MAX_HELD_NAME_BYTES} and {MAX_HELD_VERSION_BYTES} accepted",
+            name.len(),
+            version.len()
+        ));
+    }
+    Ok(())
+}
+
+/// `text` cut to at most [`MAX_NACK_BYTES`] (on a character boundary), marked when cut.
+fn truncated(text: &str) -> String {
+    if text.len() <= MAX_NACK_BYTES {
+        return text.to_owned();
+    }
+    let mut end = MAX_NACK_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… [truncated: {} bytes in all]", &text[..end], text.len())
 }
 
 /// The server is stopping (or gone).
@@ -544,7 +617,7 @@ async fn push(
 fn record(inner: &Inner, connection: &Connection, received: Received) {
     let identity = &connection.identity;
     match received {
-        Received::Subscribed => {}
+        Received::Subscribed | Received::Refused(_) => {}
         Received::UnknownType(type_url) => {
             tracing::warn!(pod = %identity.pod, namespace = %identity.namespace, %type_url, "subscription to an unknown resource type ignored");
         }
@@ -560,6 +633,7 @@ fn record(inner: &Inner, connection: &Connection, received: Received) {
         Received::Nack { version, message } => {
             inner.metrics.nacks.inc();
             let version = version.unwrap_or_default();
+            let message = truncated(&message);
             tracing::warn!(pod = %identity.pod, namespace = %identity.namespace, %version, error = %message, "the proxy rejected its configuration");
             inner.update(connection.id, |status| {
                 status.last_nack = Some(format!("{version}: {message}"));
@@ -569,15 +643,25 @@ fn record(inner: &Inner, connection: &Connection, received: Received) {
 }
 
 /// Keeps the proxy in the registry (and the gauge) exactly as long as its stream runs.
-struct Registration<'a> {
-    inner: &'a Inner,
+struct Registration {
+    inner: Arc<Inner>,
     id: u64,
 }
 
-impl<'a> Registration<'a> {
-    fn new(inner: &'a Inner, connection: &Connection) -> Self {
+impl Registration {
+    /// Registers the stream, unless its pod has [`MAX_STREAMS_PER_POD`] open already (then
+    /// that count).
+    fn new(inner: Arc<Inner>, connection: &Connection) -> Result<Self, usize> {
         let identity = connection.identity.clone();
-        inner.registry().insert(
+        let mut registry = inner.registry();
+        let open = registry
+            .values()
+            .filter(|status| status.pod == identity.pod && status.namespace == identity.namespace)
+            .count();
+        if open >= MAX_STREAMS_PER_POD {
+            return Err(open);
+        }
+        registry.insert(
             connection.id,
             ProxyStatus {
                 pod: identity.pod,
@@ -593,15 +677,16 @@ impl<'a> Registration<'a> {
                 cert_expires_in_seconds: None,
             },
         );
+        drop(registry);
         inner.metrics.connected.inc();
-        Self {
+        Ok(Self {
             inner,
             id: connection.id,
-        }
+        })
     }
 }
 
-impl Drop for Registration<'_> {
+impl Drop for Registration {
     fn drop(&mut self) {
         self.inner.registry().remove(&self.id);
         self.inner.metrics.connected.dec();
@@ -674,6 +759,8 @@ struct Sent {
 #[derive(Debug, PartialEq, Eq)]
 enum Received {
     Subscribed,
+    /// A subscription whose list of held resources is beyond the limits (why).
+    Refused(String),
     UnknownType(String),
     /// An ACK; `accepted` is the version of a push whose responses the proxy has now all
     /// accepted (`None` while some are unanswered, if one was rejected, or for a nonce no
@@ -706,6 +793,9 @@ impl Connection {
             let Some(type_url) = resources::known_type(&request.type_url) else {
                 return Received::UnknownType(request.type_url);
             };
+            if let Err(why) = check_held(&request.initial_resource_versions) {
+                return Received::Refused(why);
+            }
             // A (re)subscription: start from what the proxy says it holds.
             self.held.insert(
                 type_url,

@@ -36,7 +36,32 @@ impl ControlPlane {
 
     /// [`start`](Self::start), with more flags (`--xds-tls`, ...).
     pub async fn start_with(flags: &[&str]) -> Self {
+        let control_plane = Self::spawn(flags, None);
+        control_plane.wait_ready().await;
+        control_plane
+    }
+
+    /// A control plane acting as `user` (impersonated with the admin kubeconfig, so RBAC
+    /// decides what it may read), once it serves: it may never become ready.
+    pub async fn start_as(user: &str, flags: &[&str]) -> Self {
+        let control_plane = Self::spawn(flags, Some(user));
+        control_plane.wait_serving().await;
+        control_plane
+    }
+
+    /// Starts the process, as the admin or impersonating `user`.
+    fn spawn(flags: &[&str], user: Option<&str>) -> Self {
         let dir = tempfile::tempdir().expect("creating a temporary directory");
+        let kubeconfig = match user {
+            None => super::kubeconfig().to_owned(),
+            Some(user) => {
+                let admin =
+                    std::fs::read_to_string(super::kubeconfig()).expect("reading the kubeconfig");
+                let path = dir.path().join("kubeconfig");
+                std::fs::write(&path, impersonating(&admin, user)).unwrap();
+                path
+            }
+        };
         let ca = Ca::generate("skein-test-webhook-ca", Duration::from_secs(3600)).unwrap();
         let serving = ca
             .issue_serving(&["127.0.0.1", "localhost"], Duration::from_secs(3600))
@@ -61,23 +86,21 @@ impl ControlPlane {
             .arg(dir.path().join("tls.crt"))
             .arg("--tls-key")
             .arg(dir.path().join("tls.key"))
-            .env("KUBECONFIG", super::kubeconfig())
+            .env("KUBECONFIG", &kubeconfig)
             .env("SKEIN_LOG", "info,skein=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("starting skein control-plane");
-        let control_plane = Self {
+        Self {
             child,
             port,
             xds_port,
             debug_port,
             ca: ca.pem.clone(),
             dir,
-        };
-        control_plane.wait_ready().await;
-        control_plane
+        }
     }
 
     pub fn webhook_url(&self) -> String {
@@ -139,17 +162,25 @@ impl ControlPlane {
     }
 
     async fn wait_ready(&self) {
+        self.wait_for("/readyz").await;
+    }
+
+    async fn wait_serving(&self) {
+        self.wait_for("/healthz").await;
+    }
+
+    async fn wait_for(&self, path: &str) {
         let http = self.http();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(response) = http.get(self.url("/readyz")).send().await
+            if let Ok(response) = http.get(self.url(path)).send().await
                 && response.status().is_success()
             {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "skein control-plane did not become ready within 30s; its log:\n{}",
+                "skein control-plane did not answer {path} within 30s; its log:\n{}",
                 self.log()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -168,6 +199,26 @@ impl Drop for ControlPlane {
             );
         }
     }
+}
+
+/// The admin kubeconfig `admin` (as `tests/cluster/up.sh` writes it: client certificates)
+/// with its user impersonating `user`.
+fn impersonating(admin: &str, user: &str) -> String {
+    let mut out = String::new();
+    let mut added = false;
+    for line in admin.lines() {
+        out.push_str(line);
+        out.push('\n');
+        if let Some(indent) = line.find("client-key:") {
+            out.push_str(&format!("{}as: {user}\n", " ".repeat(indent)));
+            added = true;
+        }
+    }
+    assert!(
+        added,
+        "the kubeconfig has no client-key to impersonate with:\n{admin}"
+    );
+    out
 }
 
 fn write_cert(dir: &tempfile::TempDir, serving: &CertifiedKeyPem) {
