@@ -33,6 +33,8 @@ use crate::inject::registration::{
 pub const CONTROL_PLANE: &str = "skein-control-plane";
 pub const MESH_CONFIG_MAP: &str = "skein-mesh-config";
 pub const CA_SECRET: &str = "skein-ca";
+/// The intermediate CA the control plane signs workload certificates with (see `certs`).
+pub const ISSUER_SECRET: &str = "skein-identity-issuer";
 pub const WEBHOOK_TLS_SECRET: &str = "skein-webhook-tls";
 /// Port the control plane serves the webhook on, and the Service port in front of it.
 pub const WEBHOOK_PORT: i32 = 9443;
@@ -135,7 +137,16 @@ pub fn desired(mc: &MeshConfig, inputs: &Inputs<'_>) -> Result<Install, DesiredE
     push(source(Role {
         metadata: meta(CONTROL_PLANE, true, "control-plane"),
         rules: Some(vec![
-            rule("", &["secrets"], &["get", "list", "watch"]),
+            // The identity issuer and the webhook's certificate, by name: never the mesh CA's
+            // key (`skein-ca`).
+            PolicyRule {
+                resource_names: Some(
+                    [ISSUER_SECRET, WEBHOOK_TLS_SECRET]
+                        .map(str::to_owned)
+                        .to_vec(),
+                ),
+                ..rule("", &["secrets"], &["get", "list", "watch"])
+            },
             // The CA ledger (`skein-ca-issuers`): which CAs signed certificates still valid.
             rule("", &["configmaps"], &["get", "create", "update"]),
         ]),

@@ -36,6 +36,12 @@ impl ControlPlane {
 
     /// [`start`](Self::start), with more flags (`--xds-tls`, ...).
     pub async fn start_with(flags: &[&str]) -> Self {
+        Self::start_as(flags, super::kubeconfig()).await
+    }
+
+    /// [`start_with`](Self::start_with), reaching the apiserver with `kubeconfig` (someone
+    /// else than the test cluster's admin).
+    pub async fn start_as(flags: &[&str], kubeconfig: &std::path::Path) -> Self {
         let dir = tempfile::tempdir().expect("creating a temporary directory");
         let ca = Ca::generate("skein-test-webhook-ca", Duration::from_secs(3600)).unwrap();
         let serving = ca
@@ -61,7 +67,7 @@ impl ControlPlane {
             .arg(dir.path().join("tls.crt"))
             .arg("--tls-key")
             .arg(dir.path().join("tls.key"))
-            .env("KUBECONFIG", super::kubeconfig())
+            .env("KUBECONFIG", kubeconfig)
             .env("SKEIN_LOG", "info,skein=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
