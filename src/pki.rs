@@ -92,6 +92,48 @@ impl Ca {
         })
     }
 
+    /// An intermediate CA signed by this one, for `validity` but never beyond this CA's own
+    /// expiry: it may sign end-entity certificates only (path length 0). Its `cert_pem` is the
+    /// chain up to this CA: the intermediate, then this CA's certificate, so whoever holds it
+    /// knows which root it chains to.
+    pub fn issue_intermediate(
+        &self,
+        common_name: &str,
+        validity: Duration,
+    ) -> Result<CertifiedKeyPem, PkiError> {
+        let generate = |what| move |source| PkiError::Generate { what, source };
+        let key = KeyPair::generate().map_err(generate("the intermediate CA key"))?;
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        self.set_validity(&mut params, validity);
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(generate("the intermediate CA certificate"))?;
+        Ok(CertifiedKeyPem {
+            cert_pem: format!("{}{}", cert.pem(), first_cert_pem(&self.pem.cert_pem)),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// `validity` from now, cut at this CA's own expiry: a certificate outliving the CA that
+    /// signed it would stop verifying before its end.
+    fn set_validity(&self, params: &mut CertificateParams, validity: Duration) {
+        set_validity(params, validity);
+        if let Ok(own) = CertInfo::parse(&self.pem.cert_pem)
+            && own.not_after < params.not_after
+        {
+            params.not_after = own.not_after;
+        }
+    }
+
     /// A TLS serving certificate for `names` (DNS names or IP addresses), valid for `validity`.
     pub fn issue_serving(
         &self,
@@ -114,7 +156,7 @@ impl Ca {
             KeyUsagePurpose::KeyEncipherment,
         ];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        set_validity(&mut params, validity);
+        self.set_validity(&mut params, validity);
         let cert = params
             .signed_by(&key, &self.issuer)
             .map_err(generate("a serving certificate"))?;
@@ -152,7 +194,7 @@ impl Ca {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        set_validity(&mut params, validity);
+        self.set_validity(&mut params, validity);
         request.params = params;
         let cert = request
             .signed_by(&self.issuer)
@@ -289,6 +331,18 @@ fn san(name: &str) -> Result<SanType, PkiError> {
         .map_err(|_| bad_name())
 }
 
+/// The first certificate of a PEM text (with its trailing newline), or "" if there is none.
+pub fn first_cert_pem(pem: &str) -> String {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    pem.find(BEGIN)
+        .and_then(|start| {
+            let end = pem[start..].find(END)? + start + END.len();
+            Some(format!("{}\n", &pem[start..end]))
+        })
+        .unwrap_or_default()
+}
+
 fn set_validity(params: &mut CertificateParams, validity: Duration) {
     let now = OffsetDateTime::now_utc();
     params.not_before = now - BACKDATE;
@@ -298,6 +352,7 @@ fn set_validity(params: &mut CertificateParams, validity: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
 
     #[test]
@@ -397,6 +452,83 @@ mod tests {
         assert!(matches!(
             WorkloadCertInfo::parse_der(&der),
             Err(PkiError::NoIdentity(_))
+        ));
+    }
+
+    /// A server certificate verified as a rustls client does, trusting `root` alone and given
+    /// the `intermediates` the server sent.
+    fn verify_with_root(root: &Ca, leaf_pem: &str, intermediates: &[&str]) -> bool {
+        use rustls::client::danger::ServerCertVerifier;
+        use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+        let der = |pem: &str| CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der(&root.pem.cert_pem)).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(roots.into(), provider)
+                .build()
+                .unwrap();
+        let intermediates: Vec<_> = intermediates.iter().map(|pem| der(pem)).collect();
+        let name = ServerName::try_from("x.example").unwrap();
+        verifier
+            .verify_server_cert(&der(leaf_pem), &intermediates, &name, &[], UnixTime::now())
+            .is_ok()
+    }
+
+    #[test]
+    fn an_intermediate_signs_certificates_that_verify_against_the_root_with_the_chain() {
+        let hour = Duration::from_secs(3600);
+        let root = Ca::generate("root", hour).unwrap();
+        let issued = root
+            .issue_intermediate("issuer", Duration::from_secs(30 * 24 * 3600))
+            .unwrap();
+        // The chain to the root: the intermediate, then the root.
+        let parsed = CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        assert_eq!(parsed.len(), 2);
+        assert!(issued.cert_pem.ends_with(&root.pem.cert_pem));
+        let info = CertInfo::parse(&issued.cert_pem).unwrap();
+        let root_info = CertInfo::parse(&root.pem.cert_pem).unwrap();
+        assert_eq!(info.issuer, root_info.subject);
+        assert!(
+            info.not_after <= root_info.not_after,
+            "never outlives the root: {} > {}",
+            info.not_after,
+            root_info.not_after
+        );
+
+        let intermediate = Ca::from_pem(&issued.cert_pem, &issued.key_pem).unwrap();
+        let leaf = intermediate
+            .issue_serving(&["x.example"], 2 * hour)
+            .unwrap();
+        let leaf_info = CertInfo::parse(&leaf.cert_pem).unwrap();
+        assert!(leaf_info.not_after <= info.not_after, "nor does its leaf");
+        let intermediate_pem = first_cert_pem(&issued.cert_pem);
+        assert!(verify_with_root(
+            &root,
+            &leaf.cert_pem,
+            &[&intermediate_pem]
+        ));
+        assert!(
+            !verify_with_root(&root, &leaf.cert_pem, &[]),
+            "without the intermediate, nothing links the leaf to the root"
+        );
+        let other = Ca::generate("other", hour).unwrap();
+        assert!(!verify_with_root(
+            &other,
+            &leaf.cert_pem,
+            &[&intermediate_pem]
+        ));
+
+        // Path length 0: a CA the intermediate signed is not a CA to anyone.
+        let nested = intermediate.issue_intermediate("nested", hour).unwrap();
+        let nested = Ca::from_pem(&nested.cert_pem, &nested.key_pem).unwrap();
+        let deep = nested.issue_serving(&["x.example"], hour).unwrap();
+        assert!(!verify_with_root(
+            &root,
+            &deep.cert_pem,
+            &[&first_cert_pem(&nested.pem.cert_pem), &intermediate_pem]
         ));
     }
 

@@ -17,6 +17,8 @@ use serde_json::json;
 use skein::api::MeshConfig;
 use skein::api::names;
 use skein::controlplane::push::ProxyIdentity;
+use skein::operator::certs;
+use skein::operator::desired::ISSUER_SECRET;
 use skein::pki::{Ca, CertInfo, WorkloadCertInfo};
 use skein::proxy::client::{self, ClientSettings};
 use skein::proxy::config::{Compiled, ConfigStore};
@@ -62,7 +64,33 @@ async fn mesh() -> (TestContext, String) {
     .unwrap();
     let _ = secrets.create(&PostParams::default(), &secret).await;
     let stored = secrets.get("skein-ca").await.unwrap();
-    let ca_pem = String::from_utf8(stored.data.unwrap()["tls.crt"].0.clone()).unwrap();
+    let (root, ca_pem) = certs::ca_and_bundle(&stored, "skein-ca").unwrap();
+    // The identity issuer the control plane signs with, as the operator keeps it (an
+    // intermediate of the stored root; any one of them will do, so concurrent tests may race).
+    let stored_issuer = secrets.get_opt(ISSUER_SECRET).await.unwrap();
+    let (issuer, new) = certs::issuer_for(
+        &root,
+        stored_issuer.as_ref(),
+        time::OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+    if new {
+        let issuer_secret = json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": ISSUER_SECRET},
+            "type": "kubernetes.io/tls",
+            "stringData": {"tls.crt": issuer.cert_pem, "tls.key": issuer.key_pem, "ca.crt": ca_pem},
+        });
+        secrets
+            .patch(
+                ISSUER_SECRET,
+                &PatchParams::apply("skein-test-identity").force(),
+                &Patch::Apply(issuer_secret),
+            )
+            .await
+            .unwrap();
+    }
 
     let meshconfig = json!({
         "apiVersion": "skein.dev/v1alpha1",
@@ -123,6 +151,37 @@ async fn certify_when_up(
     }
 }
 
+/// Asserts that a workload certificate chain (leaf, intermediate) verifies as a peer's proxy
+/// checks it, trusting only the roots of `bundle_pem`, and that the leaf alone does not (it is
+/// signed by the intermediate, not by a root).
+fn verify_chain(chain_pem: &str, bundle_pem: &str) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, UnixTime};
+    let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("PEM certificates");
+    assert_eq!(chain.len(), 2, "the leaf and the intermediate: {chain_pem}");
+    let mut roots = rustls::RootCertStore::empty();
+    for root in CertificateDer::pem_slice_iter(bundle_pem.as_bytes()) {
+        roots.add(root.expect("a PEM root")).expect("a root");
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .expect("a verifier");
+    verifier
+        .verify_client_cert(&chain[0], &chain[1..], UnixTime::now())
+        .expect("the chain verifies against the roots");
+    assert!(
+        verifier
+            .verify_client_cert(&chain[0], &[], UnixTime::now())
+            .is_err(),
+        "the leaf alone does not chain to a root"
+    );
+}
+
 fn csr() -> String {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     rcgen::CertificateParams::default()
@@ -151,7 +210,7 @@ async fn a_pod_gets_its_service_accounts_certificate_and_nobody_else_does() {
         .unwrap_or_else(|status| panic!("{status}; log:\n{}", control_plane.log()));
     assert_eq!(answer.trust_bundle_pem, ca_pem);
     let info = CertInfo::parse(&answer.cert_chain_pem).unwrap();
-    assert_eq!(info.issuer, CertInfo::parse(&ca_pem).unwrap().subject);
+    verify_chain(&answer.cert_chain_pem, &ca_pem);
     let lifetime = info.not_after - info.not_before;
     let wanted = time::Duration::try_from(LIFETIME).unwrap();
     assert!(
@@ -419,4 +478,139 @@ async fn over_tls_the_proxy_verifies_the_control_plane_against_the_mesh_ca() {
 
     let plaintext = certify(&control_plane, Some(&token), &csr()).await;
     assert!(plaintext.is_err(), "plaintext is not served");
+}
+
+/// The control plane's Role names the Secrets it needs: it cannot read the mesh CA's key
+/// (`skein-ca`), only the identity issuer's; and a control plane with nothing but its own
+/// service account's permissions (the operator's RBAC objects, applied here) still serves,
+/// watches its Secret by name and hands out certificates that verify against the roots.
+#[tokio::test]
+async fn the_control_plane_cannot_read_the_mesh_ca_and_certifies_pods_with_its_own_role() {
+    use skein::operator::desired::{self, CONTROL_PLANE};
+    let (ctx, ca_pem) = mesh().await;
+    let ns = ctx.namespace.as_str();
+
+    // The control plane's ServiceAccount, Role(s) and bindings, as the operator applies them.
+    let mut meshconfig = MeshConfig::new(names::ACTIVE_MESHCONFIG, Default::default());
+    meshconfig.metadata.uid = Some("00000000-0000-0000-0000-000000000001".to_owned());
+    let inputs = desired::Inputs {
+        ca_cert_pem: "",
+        settings_hash: "",
+    };
+    let install = desired::desired(&meshconfig, &inputs).expect("the desired install");
+    let rbac = install.objects.into_iter().filter(|o| {
+        o.name == CONTROL_PLANE
+            && matches!(
+                o.resource.kind.as_str(),
+                "ServiceAccount" | "Role" | "RoleBinding" | "ClusterRole" | "ClusterRoleBinding"
+            )
+    });
+    for object in rbac {
+        let mut object = object.object;
+        // Owned by a MeshConfig that does not exist, the garbage collector would delete them.
+        object["metadata"]
+            .as_object_mut()
+            .expect("metadata")
+            .remove("ownerReferences");
+        kubectl_ok(
+            &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+            Some(&object.to_string()),
+        );
+    }
+    let user = format!(
+        "system:serviceaccount:{}:{CONTROL_PLANE}",
+        names::MESH_NAMESPACE
+    );
+    let can = |verb: &str, resource: &str| {
+        let output = support::kubectl()
+            .args(["auth", "can-i", verb, resource, "-n", names::MESH_NAMESPACE])
+            .args(["--as", &user])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("running kubectl auth can-i");
+        String::from_utf8_lossy(&output.stdout).trim() == "yes"
+    };
+    for verb in ["get", "list", "watch"] {
+        assert!(
+            !can(verb, "secret/skein-ca"),
+            "the control plane may {verb} the mesh CA's key"
+        );
+        assert!(
+            can(verb, &format!("secret/{ISSUER_SECRET}")),
+            "the control plane may not {verb} the identity issuer"
+        );
+    }
+    assert!(
+        !can("list", "secrets"),
+        "the control plane may list every Secret"
+    );
+
+    // A control plane with only those permissions.
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let token = kubectl_ok(
+        &[
+            "create",
+            "token",
+            CONTROL_PLANE,
+            "-n",
+            names::MESH_NAMESPACE,
+            "--duration",
+            "1h",
+        ],
+        None,
+    );
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, token.trim()).expect("writing the token");
+    let mut kubeconfig =
+        kube::config::Kubeconfig::read_from(support::kubeconfig()).expect("the kubeconfig");
+    for user in &mut kubeconfig.auth_infos {
+        user.auth_info = Some(kube::config::AuthInfo {
+            token_file: Some(token_file.display().to_string()),
+            ..Default::default()
+        });
+    }
+    let kubeconfig_path = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig_path,
+        serde_json::to_string(&kubeconfig).expect("a kubeconfig"),
+    )
+    .expect("writing the kubeconfig");
+    let control_plane = ControlPlane::start_with_kubeconfig(&[], &kubeconfig_path).await;
+
+    let token = pod_token(&ctx.client, ns, "web-rbac").await;
+    let answer = certify_when_up(&control_plane, Some(&token), &csr())
+        .await
+        .unwrap_or_else(|status| panic!("{status}; log:\n{}", control_plane.log()));
+    assert_eq!(answer.trust_bundle_pem, ca_pem);
+    verify_chain(&answer.cert_chain_pem, &ca_pem);
+    assert!(
+        !control_plane.log().contains("forbidden"),
+        "the control plane was refused something; log:\n{}",
+        control_plane.log()
+    );
+}
+
+/// Runs kubectl on the test cluster as its admin; returns its output, failing on an error.
+fn kubectl_ok(args: &[&str], stdin: Option<&str>) -> String {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = support::kubectl()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running kubectl");
+    let mut input = child.stdin.take().expect("kubectl's stdin");
+    input
+        .write_all(stdin.unwrap_or_default().as_bytes())
+        .expect("writing to kubectl");
+    drop(input);
+    let output = child.wait_with_output().expect("kubectl's output");
+    assert!(
+        output.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }

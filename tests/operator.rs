@@ -274,6 +274,30 @@ async fn in_cluster_install_drift_rollout_bad_ca_and_uninstall() {
         );
     }
 
+    // The identity issuer: an intermediate of the root in skein-ca, with the roots.
+    let issuer_chains_to = |root_pem: Vec<u8>| {
+        let client = client.clone();
+        async move {
+            let issuer = mesh_api::<Secret>(&client)
+                .get_opt("skein-identity-issuer")
+                .await
+                .ok()??;
+            let data = issuer.data?;
+            let root = String::from_utf8(root_pem).ok()?;
+            let chain = String::from_utf8(data.get("tls.crt")?.0.clone()).ok()?;
+            let info = skein::pki::CertInfo::parse(&chain).ok()?;
+            let chains = chain.ends_with(&root)
+                && info.issuer == skein::pki::CertInfo::parse(&root).ok()?.subject
+                && data.get("ca.crt")?.0 == root.as_bytes()
+                && data.contains_key("tls.key");
+            chains.then_some(())
+        }
+    };
+    eventually("the identity issuer to chain to the mesh CA", WAIT, || {
+        issuer_chains_to(ca_pem.clone())
+    })
+    .await;
+
     // Drift: deleted or edited objects come back.
     webhooks
         .delete("skein-sidecar-injector", &DeleteParams::default())
@@ -408,6 +432,16 @@ async fn in_cluster_install_drift_rollout_bad_ca_and_uninstall() {
     )
     .await;
     wait_condition(&client, "default", "Degraded", "False", "AsExpected").await;
+    // A new root (generated, as the broken one was deleted): a new issuer chaining to it.
+    let new_ca = secrets.get("skein-ca").await.unwrap();
+    let new_ca_pem = new_ca.data.as_ref().unwrap()["tls.crt"].0.clone();
+    assert_ne!(new_ca_pem, ca_pem);
+    eventually(
+        "the identity issuer to chain to the new mesh CA",
+        WAIT,
+        || issuer_chains_to(new_ca_pem.clone()),
+    )
+    .await;
 
     // Uninstall: everything owned goes, the webhook first; the namespace and the CA stay.
     let order = record_deletions(&client);
@@ -451,6 +485,14 @@ async fn in_cluster_install_drift_rollout_bad_ca_and_uninstall() {
     assert!(
         secrets.get_opt("skein-ca").await.unwrap().is_some(),
         "the CA Secret is kept"
+    );
+    assert!(
+        secrets
+            .get_opt("skein-identity-issuer")
+            .await
+            .unwrap()
+            .is_none(),
+        "the identity issuer goes with the control plane"
     );
     let order = order.finish().await;
     assert_eq!(

@@ -159,7 +159,7 @@ const OPERATOR_SERVICES_ELSEWHERE: &[&str] = &["services [] [] [get list watch]"
 /// namespaced objects, the mesh's Secrets, its Lease.
 const OPERATOR_IN_MESH_NAMESPACE: &[&str] = &[
     "secrets [] [] [get list watch create]",
-    "secrets [] [skein-webhook-tls] [patch delete]",
+    "secrets [] [skein-webhook-tls skein-identity-issuer] [patch delete]",
     "configmaps [] [] [get list watch create patch delete update]",
     "serviceaccounts [] [] [get list watch create patch delete]",
     "services [] [] [get list watch create patch delete]",
@@ -360,7 +360,11 @@ async fn the_operator_installs_and_uninstalls_the_mesh_with_only_its_rbac() {
     })
     .await;
     let secrets = Api::<Secret>::namespaced(client.clone(), MESH_NAMESPACE);
-    for name in [desired::CA_SECRET, desired::WEBHOOK_TLS_SECRET] {
+    for name in [
+        desired::CA_SECRET,
+        desired::ISSUER_SECRET,
+        desired::WEBHOOK_TLS_SECRET,
+    ] {
         assert!(
             secrets.get_opt(name).await.expect("reading").is_some(),
             "{name} missing"
@@ -471,12 +475,30 @@ async fn the_control_plane_reads_only_the_secrets_it_needs() {
     }) {
         apply_as_admin(&client, object).await;
     }
-    // Its Secrets (the CA a real one, as the operator creates it, so that an install later
-    // finds it usable), and others it must not read: a federation kubeconfig, say.
+    // The mesh CA (a real one, as the operator creates it, so that an install later finds it
+    // usable), which it must not read, and others it must not read: a federation kubeconfig.
     skein::operator::certs::load_or_create_ca(&client)
         .await
         .expect("the mesh CA Secret");
     let secrets = Api::<Secret>::namespaced(client.clone(), MESH_NAMESPACE);
+    // The identity issuer it signs with (the operator issues it; only its name matters here).
+    if secrets
+        .get_opt(desired::ISSUER_SECRET)
+        .await
+        .expect("reading")
+        .is_none()
+    {
+        let issuer = json!({"apiVersion": "v1", "kind": "Secret",
+                            "metadata": {"name": desired::ISSUER_SECRET, "namespace": MESH_NAMESPACE},
+                            "stringData": {"placeholder": "x"}});
+        secrets
+            .create(
+                &Default::default(),
+                &serde_json::from_value(issuer).expect("a Secret"),
+            )
+            .await
+            .expect("creating the issuer Secret");
+    }
     let others = ["skein-remote-east", "skein-rbac-test-other"];
     for name in others {
         let secret = json!({"apiVersion": "v1", "kind": "Secret",
@@ -513,7 +535,11 @@ async fn the_control_plane_reads_only_the_secrets_it_needs() {
         );
     }
     let forbidden = |result: Result<Secret, kube::Error>| matches!(result, Err(kube::Error::Api(status)) if status.code == 403);
-    for name in others.iter().chain(&[desired::WEBHOOK_TLS_SECRET]) {
+    // Never the mesh CA's key: it signs with the issuer the operator derives from it.
+    for name in others
+        .iter()
+        .chain(&[desired::CA_SECRET, desired::WEBHOOK_TLS_SECRET])
+    {
         assert!(
             forbidden(as_control_plane.get(name).await),
             "the control plane may read Secret {name}"

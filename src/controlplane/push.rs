@@ -1612,10 +1612,17 @@ egress: [{{host: api.example.com}}]
         use crate::controlplane::identity::serving::ServingCerts;
         use crate::pki::Ca;
 
-        let ca = Ca::generate("mesh-ca", Duration::from_secs(3600)).unwrap();
-        let bundle_pem = ca.pem.cert_pem.clone();
+        // Signed by an intermediate, as installed: the proxy trusts the root alone.
+        let root = Ca::generate("mesh-ca", Duration::from_secs(3600)).unwrap();
+        let bundle_pem = root.pem.cert_pem.clone();
+        let issuer = root
+            .issue_intermediate("issuer", Duration::from_secs(3600))
+            .unwrap();
         let store = Arc::new(CaStore::default());
-        store.load_ca(ca, bundle_pem.clone());
+        store.load_ca(
+            Ca::from_pem(&issuer.cert_pem, &issuer.key_pem).unwrap(),
+            bundle_pem.clone(),
+        );
         let certs = Arc::new(ServingCerts::new(store, vec!["127.0.0.1".to_owned()]));
         let tls = Arc::new(certs.server_config().unwrap());
 

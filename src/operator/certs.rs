@@ -1,9 +1,16 @@
-//! The mesh CA and the webhook serving certificate, kept in Secrets in the mesh namespace.
+//! The mesh CA, the identity issuer and the webhook serving certificate, kept in Secrets in the
+//! mesh namespace.
 //!
 //! The CA Secret (`skein-ca`, type `kubernetes.io/tls`) is created once and never overwritten:
 //! a user brings their own CA by creating it first. It is not owned by the MeshConfig, so an
 //! uninstall keeps it (reinstalling keeps the same root of trust); delete it by hand to start
 //! afresh. The webhook certificate Secret is owned and renewed well before it expires.
+//!
+//! The identity issuer Secret (`skein-identity-issuer`) holds an intermediate CA signed by the
+//! root in `skein-ca`, and the roots: the control plane signs workload certificates with it and
+//! cannot read `skein-ca`, so a compromised control plane leaks a short-lived intermediate,
+//! never the root. Owned, renewed at two thirds of [`ISSUER_VALIDITY`], and re-issued when the
+//! root in `skein-ca` changes.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,12 +21,18 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use time::OffsetDateTime;
 
-use super::desired::{CA_SECRET, WEBHOOK_TLS_SECRET, labels};
+use super::desired::{CA_SECRET, ISSUER_SECRET, WEBHOOK_TLS_SECRET, labels};
 use crate::api::{MeshConfig, names};
 use crate::pki::{Ca, CertInfo, CertifiedKeyPem, PkiError};
 
 const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 const WEBHOOK_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Lifetime of the identity issuer (never beyond the root's): renewed at two thirds, so ten
+/// days of operator downtime pass before the control plane runs out of a CA to sign with, and a
+/// leaked intermediate is worthless within a month.
+pub const ISSUER_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Common name of the intermediate CA.
+const ISSUER_NAME: &str = "skein-identity-issuer";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
@@ -49,23 +62,19 @@ impl CertError {
     }
 }
 
-fn invalid_ca(problem: impl Into<String>) -> CertError {
-    CertError::CaSecretInvalid {
-        namespace: names::MESH_NAMESPACE,
-        name: CA_SECRET,
-        problem: problem.into(),
-    }
-}
+/// The mesh CA (root) and its trust bundle.
+pub type CaAndBundle = (Ca, String);
 
-/// The CA from its Secret, generating and storing one if there is none.
-pub async fn load_or_create_ca(client: &Client) -> Result<Ca, CertError> {
+/// The CA from its Secret (and its bundle: `ca.crt`, else `tls.crt`), generating and storing
+/// one if there is none.
+pub async fn load_or_create_ca(client: &Client) -> Result<CaAndBundle, CertError> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), names::MESH_NAMESPACE);
     let kube_error = |source| CertError::Kube {
         name: CA_SECRET,
         source,
     };
     if let Some(secret) = secrets.get_opt(CA_SECRET).await.map_err(kube_error)? {
-        return ca_from_secret(&secret);
+        return ca_and_bundle(&secret, CA_SECRET);
     }
     let ca = Ca::generate("skein-mesh-ca", CA_VALIDITY)?;
     let secret = tls_secret(
@@ -76,18 +85,44 @@ pub async fn load_or_create_ca(client: &Client) -> Result<Ca, CertError> {
         None,
     );
     match secrets.create(&PostParams::default(), &secret).await {
-        Ok(_) => Ok(ca),
+        Ok(_) => {
+            let bundle = ca.pem.cert_pem.clone();
+            Ok((ca, bundle))
+        }
         // Another replica (or the user) created it first: use theirs, never overwrite it.
         Err(kube::Error::Api(status)) if status.is_already_exists() => {
             let secret = secrets.get(CA_SECRET).await.map_err(kube_error)?;
-            ca_from_secret(&secret)
+            ca_and_bundle(&secret, CA_SECRET)
         }
         Err(source) => Err(kube_error(source)),
     }
 }
 
-/// Pure: a CA Secret → the CA, or a message saying exactly what is wrong with the Secret.
+/// Pure: the CA Secret → the CA, or a message saying exactly what is wrong with the Secret.
 pub fn ca_from_secret(secret: &Secret) -> Result<Ca, CertError> {
+    tls_ca_from_secret(secret, CA_SECRET)
+}
+
+/// Pure: a CA Secret `name` (the mesh CA's, the identity issuer's) → its CA and its bundle
+/// (`ca.crt`, else `tls.crt`), or what is wrong with the Secret.
+pub fn ca_and_bundle(secret: &Secret, name: &'static str) -> Result<CaAndBundle, CertError> {
+    let ca = tls_ca_from_secret(secret, name)?;
+    let bundle = secret
+        .data
+        .as_ref()
+        .and_then(|data| data.get("ca.crt"))
+        .and_then(|bytes| String::from_utf8(bytes.0.clone()).ok())
+        .filter(|pem| pem.contains("-----BEGIN CERTIFICATE-----"));
+    let bundle_pem = bundle.unwrap_or_else(|| ca.pem.cert_pem.clone());
+    Ok((ca, bundle_pem))
+}
+
+fn tls_ca_from_secret(secret: &Secret, name: &'static str) -> Result<Ca, CertError> {
+    let invalid_ca = |problem: String| CertError::CaSecretInvalid {
+        namespace: names::MESH_NAMESPACE,
+        name,
+        problem,
+    };
     let field = |key: &str| -> Result<String, CertError> {
         let bytes = secret
             .data
@@ -107,6 +142,91 @@ pub fn ca_from_secret(secret: &Secret) -> Result<Ca, CertError> {
         return Err(invalid_ca(problem));
     }
     Ok(ca)
+}
+
+/// Pure: the identity issuer to store for `root`: the stored one while it chains to `root`
+/// and is not due for renewal, else a new one. Its `cert_pem` is the intermediate, then
+/// `root`'s certificate.
+pub fn issuer_for(
+    root: &Ca,
+    stored: Option<&Secret>,
+    now: OffsetDateTime,
+) -> Result<(CertifiedKeyPem, bool), PkiError> {
+    match stored.and_then(|secret| usable_issuer(secret, root, now)) {
+        Some(kept) => Ok((kept, false)),
+        None => Ok((root.issue_intermediate(ISSUER_NAME, ISSUER_VALIDITY)?, true)),
+    }
+}
+
+fn usable_issuer(secret: &Secret, root: &Ca, now: OffsetDateTime) -> Option<CertifiedKeyPem> {
+    let data = secret.data.as_ref()?;
+    let text = |key: &str| {
+        data.get(key)
+            .and_then(|b| String::from_utf8(b.0.clone()).ok())
+    };
+    let (cert_pem, key_pem) = (text("tls.crt")?, text("tls.key")?);
+    let certs = crate::controlplane::identity::trust::certs_of(&cert_pem);
+    let root_cert = crate::controlplane::identity::trust::TrustedCert::parse(&root.pem.cert_pem)?;
+    let [_, chains_to] = certs.as_slice() else {
+        return None;
+    };
+    if chains_to.fingerprint != root_cert.fingerprint {
+        return None; // signed by an earlier root
+    }
+    Ca::from_pem(&cert_pem, &key_pem).ok()?;
+    let info = CertInfo::parse(&cert_pem).ok()?;
+    (validity_problem(&info, now).is_none() && !info.needs_renewal(now))
+        .then_some(CertifiedKeyPem { cert_pem, key_pem })
+}
+
+/// Keeps the identity issuer Secret current for `root` and its `bundle` (see
+/// [`issuer_for`]); the bundle is rewritten whenever `skein-ca`'s changes.
+pub async fn ensure_issuer(
+    client: &Client,
+    (root, bundle): &CaAndBundle,
+    mc: &MeshConfig,
+) -> Result<(), CertError> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), names::MESH_NAMESPACE);
+    let kube_error = |source| CertError::Kube {
+        name: ISSUER_SECRET,
+        source,
+    };
+    let stored = secrets.get_opt(ISSUER_SECRET).await.map_err(kube_error)?;
+    let (issuer, new) = issuer_for(root, stored.as_ref(), OffsetDateTime::now_utc())?;
+    let secret = tls_secret(
+        ISSUER_SECRET,
+        &issuer,
+        Some(bundle),
+        labels("control-plane", mc.spec.effective_version()),
+        Some(super::desired::owner_reference(mc)),
+    );
+    if stored.as_ref().is_some_and(|s| s.data == secret.data) {
+        return Ok(());
+    }
+    apply_secret(&secrets, &secret).await.map_err(kube_error)?;
+    if new {
+        tracing::info!(
+            secret = ISSUER_SECRET,
+            "issued a new identity issuer (intermediate CA) from the mesh CA"
+        );
+    }
+    Ok(())
+}
+
+/// Server-side applies a Secret of ours.
+async fn apply_secret(secrets: &Api<Secret>, secret: &Secret) -> Result<(), kube::Error> {
+    let mut body = serde_json::to_value(secret).map_err(kube::Error::SerdeError)?;
+    body["apiVersion"] = "v1".into();
+    body["kind"] = "Secret".into();
+    let name = secret.metadata.name.as_deref().unwrap_or_default();
+    secrets
+        .patch(
+            name,
+            &PatchParams::apply(super::FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+    Ok(())
 }
 
 /// Pure: why a CA certificate cannot sign now, if it cannot.
@@ -291,6 +411,59 @@ mod tests {
                 ("tls.key", &ca.pem.key_pem)
             ]))
             .is_ok()
+        );
+    }
+
+    #[test]
+    fn the_issuer_is_kept_renewed_at_two_thirds_and_reissued_for_a_new_root() {
+        let root = Ca::generate("root", Duration::from_secs(365 * 24 * 3600)).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let (first, new) = issuer_for(&root, None, now).unwrap();
+        assert!(new);
+        let stored = |issuer: &CertifiedKeyPem| {
+            secret_with(&[
+                ("tls.crt", &issuer.cert_pem),
+                ("tls.key", &issuer.key_pem),
+                ("ca.crt", &root.pem.cert_pem),
+            ])
+        };
+        let info = CertInfo::parse(&first.cert_pem).unwrap();
+        let lifetime = info.not_after - info.not_before;
+        assert!(
+            lifetime >= ISSUER_VALIDITY && lifetime <= ISSUER_VALIDITY + Duration::from_secs(600),
+            "{lifetime}"
+        );
+        // Kept while it chains to the root, until two thirds of its lifetime.
+        let day = time::Duration::days(1);
+        for at in [now, now + 19 * day] {
+            let (kept, new) = issuer_for(&root, Some(&stored(&first)), at).unwrap();
+            assert!(!new);
+            assert_eq!(kept, first);
+        }
+        let (renewed, new) = issuer_for(&root, Some(&stored(&first)), now + 21 * day).unwrap();
+        assert!(new && renewed != first, "renewed after two thirds");
+        // A new root in skein-ca: a new intermediate, chaining to it.
+        let other = Ca::generate("other", Duration::from_secs(3600)).unwrap();
+        let (moved, new) = issuer_for(&other, Some(&stored(&first)), now).unwrap();
+        assert!(new);
+        assert!(moved.cert_pem.ends_with(&other.pem.cert_pem));
+        let info = CertInfo::parse(&moved.cert_pem).unwrap();
+        assert!(
+            info.not_after <= CertInfo::parse(&other.pem.cert_pem).unwrap().not_after,
+            "never outlives its root"
+        );
+        // What the control plane reads: a CA chaining to the root, and the roots.
+        let (ca, bundle) = ca_and_bundle(&stored(&first), ISSUER_SECRET).unwrap();
+        assert_eq!(ca.pem.cert_pem, first.cert_pem);
+        assert_eq!(bundle, root.pem.cert_pem);
+        // Garbage is replaced, and says which Secret it is when read.
+        let broken = secret_with(&[("tls.crt", "junk"), ("tls.key", "junk")]);
+        assert!(issuer_for(&root, Some(&broken), now).unwrap().1);
+        let err = ca_and_bundle(&broken, ISSUER_SECRET).err().unwrap();
+        assert!(
+            err.to_string()
+                .starts_with("secret skein-system/skein-identity-issuer does not hold a usable CA"),
+            "{err}"
         );
     }
 

@@ -33,12 +33,14 @@ use crate::inject::registration::{
 pub const CONTROL_PLANE: &str = "skein-control-plane";
 pub const MESH_CONFIG_MAP: &str = "skein-mesh-config";
 pub const CA_SECRET: &str = "skein-ca";
+/// The intermediate CA the control plane signs workload certificates with (see `certs`).
+pub const ISSUER_SECRET: &str = "skein-identity-issuer";
 pub const WEBHOOK_TLS_SECRET: &str = "skein-webhook-tls";
 /// Every Secret the control plane reads through the API, and the only ones its Role lets it
 /// read (by name: it watches each with a `metadata.name` field selector, which is what lets a
 /// list or watch pass a `resourceNames` rule). In InCluster mode its webhook serving
 /// certificate is mounted by the kubelet, so the control plane's identity never needs it.
-pub const CONTROL_PLANE_SECRETS: &[&str] = &[CA_SECRET];
+pub const CONTROL_PLANE_SECRETS: &[&str] = &[ISSUER_SECRET];
 /// Read on top in External mode: `skein control-plane --tls-secret` gets its serving
 /// certificate through the API.
 pub const EXTERNAL_CONTROL_PLANE_SECRETS: &[&str] = &[WEBHOOK_TLS_SECRET];
@@ -747,7 +749,7 @@ mod tests {
         let install = desired(&mesh(spec), &INPUTS).unwrap();
         assert_eq!(
             find(&install, "Role")["rules"][0]["resourceNames"],
-            serde_json::json!([CA_SECRET, WEBHOOK_TLS_SECRET])
+            serde_json::json!([ISSUER_SECRET, WEBHOOK_TLS_SECRET])
         );
     }
 

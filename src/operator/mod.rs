@@ -494,9 +494,13 @@ async fn apply_install(
         .await
         .map_err(|e| failed("ApplyFailed", e.to_string()))?;
 
-    let ca = certs::load_or_create_ca(client)
+    let ca_and_bundle = certs::load_or_create_ca(client)
         .await
         .map_err(|e| failed(e.reason(), e.to_string()))?;
+    certs::ensure_issuer(client, &ca_and_bundle, mc)
+        .await
+        .map_err(|e| failed(e.reason(), e.to_string()))?;
+    let (ca, _) = ca_and_bundle;
     certs::ensure_webhook_cert(client, &ca, mc, &desired::webhook_cert_names(mc))
         .await
         .map_err(|e| failed(e.reason(), e.to_string()))?;
@@ -560,12 +564,13 @@ async fn uninstall(mc: &MeshConfig, ctx: &Context) -> Result<Action, ReconcileEr
             .await;
         }
     }
-    let webhook_secret = [desired::AbsentObject {
-        resource: kube::api::ApiResource::erase::<Secret>(&()),
-        namespace: Some(names::MESH_NAMESPACE.to_owned()),
-        name: desired::WEBHOOK_TLS_SECRET.to_owned(),
-    }];
-    apply::delete_all(&ctx.client, &webhook_secret).await?;
+    let our_secrets =
+        [desired::WEBHOOK_TLS_SECRET, desired::ISSUER_SECRET].map(|name| desired::AbsentObject {
+            resource: kube::api::ApiResource::erase::<Secret>(&()),
+            namespace: Some(names::MESH_NAMESPACE.to_owned()),
+            name: name.to_owned(),
+        });
+    apply::delete_all(&ctx.client, &our_secrets).await?;
     Ok(Action::await_change())
 }
 

@@ -171,7 +171,7 @@ pub async fn read_trust(client: &kube::Client) -> Option<(TrustStatus, Option<Sy
     let namespace = crate::api::names::MESH_NAMESPACE;
     let secrets: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);
     let secret = secrets.get_opt(super::desired::CA_SECRET).await.ok()??;
-    let (ca, bundle) = crate::controlplane::identity::ca::ca_and_bundle(&secret).ok()?;
+    let (ca, bundle) = super::certs::ca_and_bundle(&secret, super::desired::CA_SECRET).ok()?;
     let signing = TrustedCert::parse(&ca.pem.cert_pem)?;
     let configmaps: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), namespace);
     let data = configmaps

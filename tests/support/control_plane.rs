@@ -18,6 +18,16 @@ use skein::pki::{Ca, CertifiedKeyPem};
 
 use super::TestContext;
 
+/// Whom a test's control plane reaches the apiserver as.
+enum Acting<'a> {
+    /// The test cluster's admin.
+    Admin,
+    /// A user the admin impersonates.
+    Impersonating(&'a str),
+    /// Whoever this kubeconfig names.
+    Kubeconfig(&'a std::path::Path),
+}
+
 pub struct ControlPlane {
     child: Child,
     pub port: u16,
@@ -36,7 +46,7 @@ impl ControlPlane {
 
     /// [`start`](Self::start), with more flags (`--xds-tls`, ...).
     pub async fn start_with(flags: &[&str]) -> Self {
-        let control_plane = Self::spawn(flags, None);
+        let control_plane = Self::spawn(flags, Acting::Admin);
         control_plane.wait_ready().await;
         control_plane
     }
@@ -44,17 +54,26 @@ impl ControlPlane {
     /// A control plane acting as `user` (impersonated with the admin kubeconfig, so RBAC
     /// decides what it may read), once it serves: it may never become ready.
     pub async fn start_as(user: &str, flags: &[&str]) -> Self {
-        let control_plane = Self::spawn(flags, Some(user));
+        let control_plane = Self::spawn(flags, Acting::Impersonating(user));
         control_plane.wait_serving().await;
         control_plane
     }
 
-    /// Starts the process, as the admin or impersonating `user`.
-    fn spawn(flags: &[&str], user: Option<&str>) -> Self {
+    /// [`start_with`](Self::start_with), reaching the apiserver with `kubeconfig` (someone
+    /// else than the test cluster's admin, e.g. a service account's token).
+    pub async fn start_with_kubeconfig(flags: &[&str], kubeconfig: &std::path::Path) -> Self {
+        let control_plane = Self::spawn(flags, Acting::Kubeconfig(kubeconfig));
+        control_plane.wait_ready().await;
+        control_plane
+    }
+
+    /// Starts the process as `who`.
+    fn spawn(flags: &[&str], who: Acting<'_>) -> Self {
         let dir = tempfile::tempdir().expect("creating a temporary directory");
-        let kubeconfig = match user {
-            None => super::kubeconfig().to_owned(),
-            Some(user) => {
+        let kubeconfig = match who {
+            Acting::Admin => super::kubeconfig().to_owned(),
+            Acting::Kubeconfig(path) => path.to_owned(),
+            Acting::Impersonating(user) => {
                 let admin =
                     std::fs::read_to_string(super::kubeconfig()).expect("reading the kubeconfig");
                 let path = dir.path().join("kubeconfig");

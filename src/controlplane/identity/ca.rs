@@ -1,10 +1,17 @@
-//! The mesh CA the control plane signs workload certificates with, and the trust bundle it
-//! hands out with them and on the configuration stream: from the Secret `skein-system/skein-ca`
-//! (written once by the operator, see [`crate::operator::certs`]), reloaded whenever the Secret
-//! changes.
+//! The CA the control plane signs workload certificates with, and the trust bundle it hands
+//! out with them and on the configuration stream: from the Secret
+//! `skein-system/skein-identity-issuer` ([`ISSUER_SECRET`]), reloaded whenever it changes.
 //!
-//! What the bundle holds, and why a CA removed from the Secret can stay in it, is
-//! [`super::trust`]. This module is its I/O: the Secret's watch, the ledger of issuers kept in
+//! That Secret holds an intermediate CA the operator issues from the mesh root in
+//! `skein-system/skein-ca` and renews ([`crate::operator::certs::ensure_issuer`]): `tls.crt` is
+//! the intermediate followed by the root it chains to, `ca.crt` the roots of `skein-ca`. The
+//! control plane never reads `skein-ca` (its Role names only the Secrets it needs), so the
+//! root's key stays out of its reach. Certificates it signs carry the intermediate with them;
+//! peers verify them against the roots alone.
+//!
+//! What the bundle holds, and why a root removed from the Secret can stay in it, is
+//! [`super::trust`]: it is made of roots, and the ledger records the root each certificate
+//! chains to. This module is its I/O: the Secret's watch, the ledger of issuers kept in
 //! the ConfigMap [`LEDGER_CONFIGMAP`], and a tick that lets a new CA start signing, and a
 //! retained one go, when their time comes.
 //!
@@ -23,8 +30,8 @@ use tokio::sync::watch;
 
 use super::trust::{LEDGER_CONFIGMAP, Ledger, Trust, TrustedCert, trust};
 use crate::api::names;
-use crate::operator::certs::{CertError, ca_from_secret};
-use crate::operator::desired::CA_SECRET;
+use crate::operator::certs::CertError;
+use crate::operator::desired::ISSUER_SECRET;
 use crate::pki::Ca;
 
 /// How long a new CA's certificate is in every proxy's bundle before it signs anything: the
@@ -44,24 +51,27 @@ pub type PodExists = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
 /// The CA that signs now, and the roots peers' certificates may chain to.
 pub struct Signer {
     pub ca: Arc<Ca>,
-    /// The CA's certificate, as the ledger records it.
+    /// The root the CA chains to (the CA itself when it is a root), as the ledger records it.
     pub issuer: TrustedCert,
+    /// PEM: the certificates sent after a leaf it signs (the intermediate; "" for a root).
+    pub chain_pem: String,
     /// PEM: every CA certificate proxies trust now.
     pub bundle_pem: String,
 }
 
-/// Pure: the CA Secret → its CA and its bundle (`ca.crt`, else `tls.crt`), or what is wrong
-/// with the Secret.
+/// Pure: the issuer Secret → its CA and its bundle (`ca.crt`, else `tls.crt`), or what is
+/// wrong with the Secret.
 pub fn ca_and_bundle(secret: &Secret) -> Result<(Ca, String), CertError> {
-    let ca = ca_from_secret(secret)?;
-    let bundle = secret
-        .data
-        .as_ref()
-        .and_then(|data| data.get("ca.crt"))
-        .and_then(|bytes| String::from_utf8(bytes.0.clone()).ok())
-        .filter(|pem| pem.contains("-----BEGIN CERTIFICATE-----"));
-    let bundle_pem = bundle.unwrap_or_else(|| ca.pem.cert_pem.clone());
-    Ok((ca, bundle_pem))
+    crate::operator::certs::ca_and_bundle(secret, ISSUER_SECRET)
+}
+
+/// Pure: a signing CA's `tls.crt` (the CA, then the certificates up to its root) → what to send
+/// after a leaf it signs, and the root. A lone certificate is its own root.
+pub fn chain_and_root(cert_pem: &str) -> Option<(String, TrustedCert)> {
+    let mut certs = super::trust::certs_of(cert_pem);
+    let root = certs.pop()?;
+    let chain = certs.iter().map(|cert| cert.pem.as_str()).collect();
+    Some((chain, root))
 }
 
 #[derive(Default)]
@@ -132,14 +142,15 @@ impl CaStore {
         let (ca, _) = state.signing.as_ref()?;
         let info = crate::pki::CertInfo::parse(&ca.pem.cert_pem).ok()?;
         crate::operator::certs::validity_problem(&info, time::OffsetDateTime::now_utc())
-            .map(|problem| format!("secret {}/{CA_SECRET} {problem}", names::MESH_NAMESPACE))
+            .map(|problem| format!("secret {}/{ISSUER_SECRET} {problem}", names::MESH_NAMESPACE))
     }
 
     /// Takes a CA and bundle as read from the Secret. The first CA signs at once; a later one
-    /// at once if proxies already trust it (step 1 of docs/ca-rotation.md was done), else after
-    /// [`PROPAGATION`], its certificate being in the bundle meanwhile.
+    /// at once if proxies already trust its root (the same root: a renewed intermediate; or
+    /// step 1 of docs/ca-rotation.md was done), else after [`PROPAGATION`], its root being in
+    /// the bundle meanwhile.
     pub fn load_ca(&self, ca: Ca, bundle_pem: String) {
-        let Some(cert) = TrustedCert::parse(&ca.pem.cert_pem) else {
+        let Some((_, cert)) = chain_and_root(&ca.pem.cert_pem) else {
             return;
         };
         let mut state = self.state();
@@ -155,10 +166,18 @@ impl CaStore {
             .as_ref()
             .is_some_and(|(_, next, _)| next.fingerprint == cert.fingerprint);
         match &state.signing {
-            Some((_, signing)) if signing.fingerprint == cert.fingerprint => state.next = None,
-            // Re-read while proxies learn to trust it (the bundle holds it because it is next,
-            // which is no proof they have it yet): keep waiting.
-            Some(_) if already_next => {}
+            // The same root (perhaps a renewed intermediate): it signs at once.
+            Some((_, signing)) if signing.fingerprint == cert.fingerprint => {
+                state.signing = Some((new, cert));
+                state.next = None;
+            }
+            // Re-read while proxies learn to trust its root (the bundle holds it because it is
+            // next, which is no proof they have it yet): keep waiting.
+            Some(_) if already_next => {
+                if let Some(next) = state.next.as_mut() {
+                    next.0 = new;
+                }
+            }
             Some(_) if !trusted => {
                 tracing::info!(
                     ca = %cert.subject,
@@ -259,13 +278,18 @@ impl CaStore {
                 "the trust bundle changed: pushing it to every proxy"
             );
         }
-        let signer_changed = state.current.as_ref().is_none_or(|current| {
-            current.issuer.fingerprint != issuer.fingerprint || bundle_changed
-        });
+        let signer_changed = state
+            .current
+            .as_ref()
+            .is_none_or(|current| !Arc::ptr_eq(&current.ca, &ca) || bundle_changed);
         if signer_changed {
+            let chain_pem = chain_and_root(&ca.pem.cert_pem)
+                .map(|(chain, _)| chain)
+                .unwrap_or_default();
             state.current = Some(Arc::new(Signer {
                 ca,
                 issuer,
+                chain_pem,
                 bundle_pem: trust.bundle_pem.clone(),
             }));
         }
@@ -275,15 +299,18 @@ impl CaStore {
         state.trust = Some(trust);
     }
 
-    /// Follows the CA Secret, keeps the ledger stored, and ticks, for as long as it is polled.
+    /// Follows the issuer Secret, keeps the ledger stored, and ticks, for as long as it is polled.
     pub async fn run(self: Arc<Self>, client: kube::Client) {
         tokio::join!(self.clone().watch(client.clone()), self.maintain(client));
     }
 
     async fn watch(self: Arc<Self>, client: kube::Client) {
         let secrets: Api<Secret> = Api::namespaced(client, names::MESH_NAMESPACE);
-        let only_ca = watcher::Config::default().fields(&format!("metadata.name={CA_SECRET}"));
-        watcher(secrets, only_ca)
+        // By name only: the control plane's Role grants this Secret by name, which the
+        // apiserver allows to list and watch with this field selector alone.
+        let only_issuer =
+            watcher::Config::default().fields(&format!("metadata.name={ISSUER_SECRET}"));
+        watcher(secrets, only_issuer)
             .default_backoff()
             .for_each(|event| {
                 match event {
@@ -291,12 +318,12 @@ impl CaStore {
                         self.load(&secret);
                     }
                     Ok(watcher::Event::Delete(_)) => tracing::warn!(
-                        secret = CA_SECRET,
+                        secret = ISSUER_SECRET,
                         namespace = names::MESH_NAMESPACE,
-                        "the mesh CA Secret was deleted: still signing with the last CA read"
+                        "the identity issuer Secret was deleted: still signing with the last CA read"
                     ),
                     Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
-                    Err(err) => tracing::warn!(error = %err, "watching the mesh CA Secret"),
+                    Err(err) => tracing::warn!(error = %err, "watching the identity issuer Secret"),
                 }
                 futures::future::ready(())
             })
@@ -315,7 +342,7 @@ impl CaStore {
             Err(err) => {
                 tracing::error!(
                     error = %err,
-                    "the mesh CA Secret is unusable: keeping the last CA read (if any)"
+                    "the identity issuer Secret is unusable: keeping the last CA read (if any)"
                 );
                 self.state().problem = Some(err.to_string());
             }
@@ -522,6 +549,62 @@ mod tests {
         let trust = store.trust().unwrap();
         assert_eq!(trust.retained().count(), 1);
         // ... and goes once that certificate has expired.
+        tick(&store, 2 * HOUR);
+        assert_eq!(*bundle.borrow(), new.pem.cert_pem);
+    }
+
+    /// An intermediate of `root`, as the operator stores it (the intermediate, then the root).
+    fn intermediate(root: &Ca) -> Ca {
+        let issued = root.issue_intermediate("issuer", HOUR).unwrap();
+        Ca::from_pem(&issued.cert_pem, &issued.key_pem).unwrap()
+    }
+
+    #[test]
+    fn an_intermediate_signs_its_renewal_at_once_and_the_ledger_keeps_its_root() {
+        let (old, new) = (
+            Ca::generate("old", HOUR).unwrap(),
+            Ca::generate("new", HOUR).unwrap(),
+        );
+        let store = CaStore::default();
+        let bundle = store.bundle();
+        let first = intermediate(&old);
+        let first_pem = first.pem.cert_pem.clone();
+        store.load_ca(first, old.pem.cert_pem.clone());
+        let signer = store.current().unwrap();
+        assert_eq!(
+            signer.issuer.pem, old.pem.cert_pem,
+            "the ledger records the root"
+        );
+        assert_eq!(
+            signer.chain_pem,
+            crate::pki::first_cert_pem(&first_pem),
+            "the intermediate goes with each certificate"
+        );
+        assert_eq!(*bundle.borrow(), old.pem.cert_pem, "only roots are trusted");
+        store.record_issued(&signer, "demo", "web-1", SystemTime::now() + HOUR, HOUR);
+
+        // A renewed intermediate of the same root signs at once, the bundle unchanged.
+        let renewed = intermediate(&old);
+        let renewed_pem = renewed.pem.cert_pem.clone();
+        store.load_ca(renewed, old.pem.cert_pem.clone());
+        assert_eq!(store.current().unwrap().ca.pem.cert_pem, renewed_pem);
+        assert_eq!(*bundle.borrow(), old.pem.cert_pem);
+
+        // One step to a new root's intermediate: the new root is trusted first, and signs
+        // after the propagation time; the old root stays while its certificate lives.
+        let next = intermediate(&new);
+        let next_pem = next.pem.cert_pem.clone();
+        store.load_ca(next, new.pem.cert_pem.clone());
+        assert_eq!(store.current().unwrap().ca.pem.cert_pem, renewed_pem);
+        assert_eq!(
+            *bundle.borrow(),
+            format!("{}{}", new.pem.cert_pem, old.pem.cert_pem)
+        );
+        tick(&store, PROPAGATION);
+        let signer = store.current().unwrap();
+        assert_eq!(signer.ca.pem.cert_pem, next_pem);
+        assert_eq!(signer.issuer.pem, new.pem.cert_pem);
+        assert_eq!(store.trust().unwrap().retained().count(), 1);
         tick(&store, 2 * HOUR);
         assert_eq!(*bundle.borrow(), new.pem.cert_pem);
     }

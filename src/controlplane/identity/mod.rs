@@ -1,6 +1,7 @@
 //! Workload identity: the control plane as the mesh's certificate authority.
 //!
-//! - [`ca`]: the signing CA and trust bundle, from the Secret `skein-system/skein-ca`.
+//! - [`ca`]: the signing CA (an intermediate of the mesh root) and the trust bundle (roots),
+//!   from the Secret `skein-system/skein-identity-issuer`.
 //! - [`trust`]: what the trust bundle holds, and the ledger that keeps a removed root trusted
 //!   while certificates it signed are valid (pure).
 //! - [`authn`]: who is asking: a projected service-account token, checked with a TokenReview

@@ -98,8 +98,9 @@ impl Identity for IdentityService {
             lifetime = %mtls.workload_cert_lifetime,
             "issued a workload certificate"
         );
+        // The leaf, then the intermediate: peers hold only the roots.
         Ok(Response::new(CertifyResponse {
-            cert_chain_pem: cert_pem,
+            cert_chain_pem: format!("{cert_pem}{}", signer.chain_pem),
             trust_bundle_pem: signer.bundle_pem.clone(),
         }))
     }

@@ -1,5 +1,5 @@
-//! The configuration stream's own TLS certificate, issued by the control plane from the mesh CA
-//! for the names proxies dial: the Service's DNS names and the host of `--xds-address`.
+//! The configuration stream's own TLS certificate, issued by the control plane from the identity
+//! issuer (the mesh CA's intermediate) for the names proxies dial: the Service's DNS names and the host of `--xds-address`.
 //!
 //! Issued on the first handshake after the CA is read, and again when the CA changes or the
 //! certificate is past two thirds of its [`SERVING_VALIDITY`]; until the CA is read handshakes
@@ -91,9 +91,10 @@ impl ServingCerts {
             .issue_serving(&names, SERVING_VALIDITY)
             .map_err(|err| err.to_string())?;
         let info = CertInfo::parse(&pem.cert_pem).map_err(|err| err.to_string())?;
-        // The chain names the root too, so a client holding an older bundle sees which CA.
+        // The leaf, then the intermediate that signed it: clients hold only the roots.
+        let chain_pem = format!("{}{}", pem.cert_pem, signer.chain_pem);
         let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(pem.cert_pem.as_bytes())
+            CertificateDer::pem_slice_iter(chain_pem.as_bytes())
                 .filter_map(Result::ok)
                 .collect();
         let key =
