@@ -159,7 +159,8 @@ const OPERATOR_SERVICES_ELSEWHERE: &[&str] = &["services [] [] [get list watch]"
 /// namespaced objects, the mesh's Secrets, its Lease.
 const OPERATOR_IN_MESH_NAMESPACE: &[&str] = &[
     "secrets [] [] [get list watch create]",
-    "secrets [] [skein-webhook-tls skein-identity-issuer] [patch delete]",
+    "secrets [] [skein-identity-issuer] [patch delete]",
+    "secrets [] [skein-webhook-tls] [patch delete]",
     "configmaps [] [] [get list watch create patch delete update]",
     "serviceaccounts [] [] [get list watch create patch delete]",
     "services [] [] [get list watch create patch delete]",
@@ -333,6 +334,22 @@ async fn the_operator_installs_and_uninstalls_the_mesh_with_only_its_rbac() {
     let _serial = SERIAL.lock().await;
     let client = cluster().await;
     let dir = tempfile::tempdir().expect("a temporary directory");
+    // A Secret of the wrong type under the issuer's name (made by hand, or left by another
+    // test): a Secret's type is immutable, so the operator must replace it, by name.
+    let secrets = Api::<Secret>::namespaced(client.clone(), MESH_NAMESPACE);
+    let _ = secrets
+        .delete(desired::ISSUER_SECRET, &Default::default())
+        .await;
+    let opaque = json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                        "metadata": {"name": desired::ISSUER_SECRET, "namespace": MESH_NAMESPACE},
+                        "stringData": {"placeholder": "x"}});
+    secrets
+        .create(
+            &Default::default(),
+            &serde_json::from_value(opaque).expect("a Secret"),
+        )
+        .await
+        .expect("creating a Secret of the wrong type");
     let kubeconfig = service_account_kubeconfig("skein-operator", dir.path());
     let operator = Operator::start(&kubeconfig, dir.path());
 
@@ -359,15 +376,16 @@ async fn the_operator_installs_and_uninstalls_the_mesh_with_only_its_rbac() {
         (installed.status == "True").then_some(())
     })
     .await;
-    let secrets = Api::<Secret>::namespaced(client.clone(), MESH_NAMESPACE);
     for name in [
         desired::CA_SECRET,
         desired::ISSUER_SECRET,
         desired::WEBHOOK_TLS_SECRET,
     ] {
-        assert!(
-            secrets.get_opt(name).await.expect("reading").is_some(),
-            "{name} missing"
+        let secret = secrets.get_opt(name).await.expect("reading");
+        assert_eq!(
+            secret.and_then(|s| s.type_).as_deref(),
+            Some("kubernetes.io/tls"),
+            "{name} missing or not a TLS Secret"
         );
     }
     let install = desired::desired(

@@ -175,6 +175,49 @@ pub struct ProxySpec {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(min = 1, max = 512)))]
     pub allowed_images: Vec<String>,
+    /// What one client may hold of each proxy's listeners: limits against slow and abusive
+    /// clients (and a misbehaving app). Read by the injector, so they apply to pods created after
+    /// a change.
+    pub listener_limits: ListenerLimits,
+}
+
+/// Limits each proxy's inbound and outbound listeners apply (the proxy's `--header-read-timeout`,
+/// `--idle-timeout`, `--max-connections`, `--max-request-header-bytes` and
+/// `--http2-max-concurrent-streams`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ListenerLimits {
+    /// An HTTP/1 client must send a whole request head within this; it is also the longest an
+    /// HTTP/1 keep-alive connection may sit idle between requests.
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "duration(self) > duration('0s')", "message": "must be more than 0s"}]))]
+    pub header_read_timeout: Duration,
+    /// A connection on which no byte moved in either direction for this long is closed (a
+    /// WebSocket or HTTP/2 stream that carries traffic never is). `0s`: never.
+    pub idle_timeout: Duration,
+    /// Connections each listener holds at most; more are reset at once.
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_connections: i32,
+    /// Largest HTTP/1 request head (bigger ones get 431) and HTTP/2 header list, in bytes.
+    #[schemars(range(min = 8192, max = 1048576))]
+    pub max_request_header_bytes: i32,
+    /// Concurrent streams an HTTP/2 client may open on one connection.
+    #[schemars(range(min = 1, max = 10000))]
+    pub http2_max_concurrent_streams: i32,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        // The proxy's own defaults: one source for both.
+        let limits = crate::proxy::limits::Limits::default();
+        let int = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+        Self {
+            header_read_timeout: limits.header_read_timeout.into(),
+            idle_timeout: limits.idle_timeout.into(),
+            max_connections: int(limits.max_connections),
+            max_request_header_bytes: int(limits.max_header_bytes),
+            http2_max_concurrent_streams: int(limits.http2_max_concurrent_streams as usize),
+        }
+    }
 }
 
 impl Default for ProxySpec {
@@ -188,6 +231,7 @@ impl Default for ProxySpec {
             native_sidecar: NativeSidecar::Auto,
             drain_window: Duration::from_secs(names::DEFAULT_DRAIN_WINDOW_SECS),
             allowed_images: Vec::new(),
+            listener_limits: ListenerLimits::default(),
         }
     }
 }

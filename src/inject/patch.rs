@@ -532,6 +532,23 @@ fn proxy_env(proxy: &ProxySettings, cfg: &InjectConfig) -> Vec<EnvVar> {
             .to_owned(),
         ),
     ];
+    let limits = &cfg.mesh.proxy.listener_limits;
+    env.extend([
+        value(
+            "SKEIN_HEADER_READ_TIMEOUT",
+            limits.header_read_timeout.to_string(),
+        ),
+        value("SKEIN_IDLE_TIMEOUT", limits.idle_timeout.to_string()),
+        value("SKEIN_MAX_CONNECTIONS", limits.max_connections.to_string()),
+        value(
+            "SKEIN_MAX_REQUEST_HEADER_BYTES",
+            limits.max_request_header_bytes.to_string(),
+        ),
+        value(
+            "SKEIN_HTTP2_MAX_CONCURRENT_STREAMS",
+            limits.http2_max_concurrent_streams.to_string(),
+        ),
+    ]);
     if let Some(pem) = &cfg.xds_trust_bundle_pem {
         env.push(value("SKEIN_XDS_TRUST_BUNDLE_PEM", pem.clone()));
     }
@@ -844,6 +861,34 @@ mod tests {
     }
 
     #[test]
+    fn every_variable_the_proxy_is_given_is_one_it_reads_and_listener_limits_reach_it() {
+        use clap::Args;
+        let command = crate::proxy::ProxyArgs::augment_args(clap::Command::new("proxy"));
+        let read: Vec<String> = command
+            .get_arguments()
+            .filter_map(|arg| arg.get_env())
+            .map(|name| name.to_string_lossy().into_owned())
+            .collect();
+        // Read by the logging set-up, or there for people reading the pod's environment.
+        let read_elsewhere = [crate::telemetry::LOG_ENV, "NODE_NAME", "SERVICE_ACCOUNT"];
+        let mut cfg = config(true);
+        cfg.mesh.proxy.listener_limits.header_read_timeout = crate::api::Duration::from_secs(5);
+        cfg.mesh.proxy.listener_limits.idle_timeout = crate::api::Duration::from_secs(0);
+        cfg.mesh.proxy.listener_limits.max_connections = 300;
+        let injected = inject(&minimal(), &cfg).unwrap();
+        let env = env(find(&injected, "skein-proxy"));
+        for name in env.keys() {
+            assert!(
+                read.iter().any(|r| r == name) || read_elsewhere.contains(name),
+                "the injector sets {name}, which the proxy does not read"
+            );
+        }
+        assert_eq!(env["SKEIN_HEADER_READ_TIMEOUT"], json!("5s"));
+        assert_eq!(env["SKEIN_IDLE_TIMEOUT"], json!("0s"));
+        assert_eq!(env["SKEIN_MAX_CONNECTIONS"], json!("300"));
+    }
+
+    #[test]
     fn proxy_container_runs_unprivileged_with_env_probes_and_token() {
         let injected = inject(&minimal(), &config(true)).unwrap();
         let proxy = find(&injected, "skein-proxy");
@@ -881,6 +926,11 @@ mod tests {
             ),
             ("SKEIN_STATE_DIR", json!("/var/run/skein-proxy")),
             ("SKEIN_OUTBOUND_TRAFFIC_POLICY", json!("RegistryOnly")),
+            ("SKEIN_HEADER_READ_TIMEOUT", json!("30s")),
+            ("SKEIN_IDLE_TIMEOUT", json!("1h")),
+            ("SKEIN_MAX_CONNECTIONS", json!("10000")),
+            ("SKEIN_MAX_REQUEST_HEADER_BYTES", json!("65536")),
+            ("SKEIN_HTTP2_MAX_CONCURRENT_STREAMS", json!("250")),
             ("SKEIN_XDS_TRUST_BUNDLE_PEM", json!(TEST_BUNDLE)),
         ]
         .into_iter()

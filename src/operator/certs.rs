@@ -200,8 +200,24 @@ pub async fn ensure_issuer(
         labels("control-plane", mc.spec.effective_version()),
         Some(super::desired::owner_reference(mc)),
     );
-    if stored.as_ref().is_some_and(|s| s.data == secret.data) {
+    if stored
+        .as_ref()
+        .is_some_and(|s| s.data == secret.data && s.type_ == secret.type_)
+    {
         return Ok(());
+    }
+    // A Secret of another type under the issuer's name (made by hand, say) cannot be turned
+    // into ours: the type is immutable. The name is the operator's, so it is replaced.
+    if let Some(found) = stored.as_ref().filter(|s| s.type_ != secret.type_) {
+        tracing::warn!(
+            secret = ISSUER_SECRET,
+            found = found.type_.as_deref().unwrap_or("Opaque"),
+            "replacing a Secret of the wrong type with the identity issuer"
+        );
+        secrets
+            .delete(ISSUER_SECRET, &Default::default())
+            .await
+            .map_err(kube_error)?;
     }
     apply_secret(&secrets, &secret).await.map_err(kube_error)?;
     if new {
