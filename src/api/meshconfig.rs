@@ -425,13 +425,22 @@ pub enum MtlsMode {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct TracingSpec {
-    /// Zipkin v2 collector URL (`http://zipkin.tracing:9411/api/v2/spans`). Unset: spans are
-    /// not exported, but trace headers are still propagated.
+    /// Zipkin v2 collector URL (`http://zipkin.tracing:9411/api/v2/spans`): every proxy sends
+    /// the spans of sampled requests there as Zipkin JSON. Plain `http` only.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("x-kubernetes-validations" = [{"rule": "isURL(self) && url(self).getScheme() in ['http', 'https']", "message": "must be an http or https URL"}]))]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "isURL(self) && url(self).getScheme() == 'http'", "message": "must be an http:// URL (proxies export spans over plain HTTP)"}]))]
     #[schemars(length(max = 2048))]
     pub zipkin_endpoint: Option<String>,
-    /// Percentage of new traces that are sampled (0–100).
+    /// OTLP/HTTP traces URL (`http://jaeger.tracing:4318/v1/traces`): every proxy sends the
+    /// spans of sampled requests there as OTLP protobuf. Plain `http` only. Both endpoints may
+    /// be set; with neither, proxies make no spans and pass trace headers on untouched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "isURL(self) && url(self).getScheme() == 'http'", "message": "must be an http:// URL (proxies export spans over plain HTTP)"}]))]
+    #[schemars(length(max = 2048))]
+    pub otlp_endpoint: Option<String>,
+    /// Percentage of new traces (requests whose trace headers carry no sampling decision)
+    /// that are sampled, 0–100. A caller's decision always stands. Reaches proxies when their
+    /// pods are (re)created, like every injected setting.
     #[schemars(range(min = 0.0, max = 100.0))]
     pub sampling_percentage: f64,
 }
@@ -440,6 +449,7 @@ impl Default for TracingSpec {
     fn default() -> Self {
         Self {
             zipkin_endpoint: None,
+            otlp_endpoint: None,
             sampling_percentage: 1.0,
         }
     }

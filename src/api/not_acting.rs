@@ -59,20 +59,11 @@ fn inert(path: impl Into<String>, value: impl fmt::Display) -> InertField {
 
 impl NotActing for MeshConfigSpec {
     fn fields_not_acting(&self) -> Vec<InertField> {
-        let default = MeshConfigSpec::default();
         let mut fields = Vec::new();
         // Every `mtls` field acts: the mode is each proxy's inbound mode (and whether callers
         // originate mTLS), the trust domain and lifetime shape the certificates issued.
-        // Proxies propagate trace headers but neither sample new traces nor export spans.
-        if let Some(endpoint) = &self.tracing.zipkin_endpoint {
-            fields.push(inert("spec.tracing.zipkinEndpoint", endpoint));
-        }
-        if self.tracing.sampling_percentage != default.tracing.sampling_percentage {
-            fields.push(inert(
-                "spec.tracing.samplingPercentage",
-                self.tracing.sampling_percentage,
-            ));
-        }
+        // Every `tracing` field acts: the injector gives each proxy the endpoints and the
+        // sampling percentage.
         // Remote clusters are probed, but no traffic crosses clusters yet.
         for (i, cluster) in self.federation.clusters.iter().enumerate() {
             if let Some(network) = &cluster.network {
@@ -168,8 +159,6 @@ mod tests {
     fn every_meshconfig_field_not_built_yet_is_named_with_its_value() {
         let mut spec = MeshConfigSpec::default();
         spec.mtls.mode = MtlsMode::Strict;
-        spec.tracing.zipkin_endpoint = Some("http://zipkin:9411/api/v2/spans".to_owned());
-        spec.tracing.sampling_percentage = 12.5;
         spec.federation.clusters = vec![RemoteCluster {
             name: "east".to_owned(),
             kubeconfig_secret_ref: SecretKeyRef {
@@ -180,19 +169,9 @@ mod tests {
             network: Some("net-east".to_owned()),
         }];
         let fields = spec.fields_not_acting();
-        assert_eq!(
-            paths(&fields),
-            [
-                "spec.tracing.zipkinEndpoint",
-                "spec.tracing.samplingPercentage",
-                "spec.federation.clusters[0].network",
-            ]
-        );
+        assert_eq!(paths(&fields), ["spec.federation.clusters[0].network"]);
         let values: Vec<&str> = fields.iter().map(|f| f.value.as_str()).collect();
-        assert_eq!(
-            values,
-            ["http://zipkin:9411/api/v2/spans", "12.5", "net-east"]
-        );
+        assert_eq!(values, ["net-east"]);
     }
 
     #[test]
@@ -203,6 +182,11 @@ mod tests {
             "controlPlane": {"replicas": 3},
             "federation": {"clusters": [{"name": "east", "kubeconfigSecretRef": {"namespace": "a", "name": "b"}}]},
             "mtls": {"trustDomain": "example.org", "workloadCertLifetime": "1h"},
+            "tracing": {
+                "zipkinEndpoint": "http://zipkin:9411/api/v2/spans",
+                "otlpEndpoint": "http://jaeger:4318/v1/traces",
+                "samplingPercentage": 12.5,
+            },
         }))
         .unwrap();
         assert!(spec.fields_not_acting().is_empty());

@@ -552,6 +552,45 @@ fn proxy_env(proxy: &ProxySettings, cfg: &InjectConfig) -> Vec<EnvVar> {
     if let Some(pem) = &cfg.xds_trust_bundle_pem {
         env.push(value("SKEIN_XDS_TRUST_BUNDLE_PEM", pem.clone()));
     }
+    env.extend(tracing_env(&cfg.mesh.tracing));
+    env
+}
+
+/// MeshConfig `tracing` as the proxy's variables. An endpoint the proxy would refuse (the
+/// apiserver's schema already refuses it) is left out with a warning rather than given to a
+/// proxy that would then not start.
+fn tracing_env(spec: &crate::api::meshconfig::TracingSpec) -> Vec<EnvVar> {
+    let value = |name: &str, value: String| EnvVar {
+        name: name.to_owned(),
+        value: Some(value),
+        ..EnvVar::default()
+    };
+    let mut env = Vec::new();
+    for (name, field, endpoint) in [
+        (
+            "SKEIN_ZIPKIN_ENDPOINT",
+            "zipkinEndpoint",
+            &spec.zipkin_endpoint,
+        ),
+        ("SKEIN_OTLP_ENDPOINT", "otlpEndpoint", &spec.otlp_endpoint),
+    ] {
+        let Some(endpoint) = endpoint else { continue };
+        match crate::proxy::trace::parse_endpoint(endpoint) {
+            Ok(_) => env.push(value(name, endpoint.trim().to_owned())),
+            Err(err) => {
+                tracing::warn!(field, error = %err, "MeshConfig tracing endpoint left out of injected proxies");
+            }
+        }
+    }
+    let percentage = crate::proxy::trace::check_percentage(spec.sampling_percentage)
+        .unwrap_or_else(|err| {
+            tracing::warn!(error = %err, "MeshConfig tracing.samplingPercentage out of range; proxies sample 0%");
+            0.0
+        });
+    env.push(value(
+        "SKEIN_TRACE_SAMPLING_PERCENTAGE",
+        percentage.to_string(),
+    ));
     env
 }
 
@@ -875,6 +914,9 @@ mod tests {
         cfg.mesh.proxy.listener_limits.header_read_timeout = crate::api::Duration::from_secs(5);
         cfg.mesh.proxy.listener_limits.idle_timeout = crate::api::Duration::from_secs(0);
         cfg.mesh.proxy.listener_limits.max_connections = 300;
+        cfg.mesh.tracing.zipkin_endpoint = Some("http://zipkin.tracing:9411/api/v2/spans".into());
+        cfg.mesh.tracing.otlp_endpoint = Some("http://jaeger.tracing:4318/v1/traces".into());
+        cfg.mesh.tracing.sampling_percentage = 12.5;
         let injected = inject(&minimal(), &cfg).unwrap();
         let env = env(find(&injected, "skein-proxy"));
         for name in env.keys() {
@@ -886,6 +928,51 @@ mod tests {
         assert_eq!(env["SKEIN_HEADER_READ_TIMEOUT"], json!("5s"));
         assert_eq!(env["SKEIN_IDLE_TIMEOUT"], json!("0s"));
         assert_eq!(env["SKEIN_MAX_CONNECTIONS"], json!("300"));
+        assert_eq!(
+            env["SKEIN_ZIPKIN_ENDPOINT"],
+            json!("http://zipkin.tracing:9411/api/v2/spans")
+        );
+        assert_eq!(
+            env["SKEIN_OTLP_ENDPOINT"],
+            json!("http://jaeger.tracing:4318/v1/traces")
+        );
+        assert_eq!(env["SKEIN_TRACE_SAMPLING_PERCENTAGE"], json!("12.5"));
+        // What the injector writes, the proxy's flags parse.
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Proxy {
+            #[command(flatten)]
+            args: crate::proxy::ProxyArgs,
+        }
+        let flags = [
+            "--zipkin-endpoint",
+            "--otlp-endpoint",
+            "--trace-sampling-percentage",
+        ];
+        let values = [
+            "SKEIN_ZIPKIN_ENDPOINT",
+            "SKEIN_OTLP_ENDPOINT",
+            "SKEIN_TRACE_SAMPLING_PERCENTAGE",
+        ]
+        .map(|name| env[name].as_str().unwrap().to_owned());
+        let mut argv = vec!["proxy".to_owned()];
+        for (flag, value) in flags.iter().zip(&values) {
+            argv.extend([(*flag).to_owned(), value.clone()]);
+        }
+        let parsed = Proxy::try_parse_from(argv).expect("the proxy reads what the injector writes");
+        assert_eq!(parsed.args.trace_sampling_percentage, 12.5);
+        assert!(parsed.args.otlp_endpoint.is_some() && parsed.args.zipkin_endpoint.is_some());
+    }
+
+    #[test]
+    fn a_bad_tracing_endpoint_is_left_out() {
+        let mut cfg = config(true);
+        cfg.mesh.tracing.zipkin_endpoint = Some("https://zipkin:9411/api/v2/spans".into());
+        cfg.mesh.tracing.sampling_percentage = 0.0;
+        let injected = inject(&minimal(), &cfg).unwrap();
+        let env = env(find(&injected, "skein-proxy"));
+        assert!(!env.contains_key("SKEIN_ZIPKIN_ENDPOINT"));
+        assert_eq!(env["SKEIN_TRACE_SAMPLING_PERCENTAGE"], json!("0"));
     }
 
     #[test]
@@ -932,6 +1019,7 @@ mod tests {
             ("SKEIN_MAX_REQUEST_HEADER_BYTES", json!("65536")),
             ("SKEIN_HTTP2_MAX_CONCURRENT_STREAMS", json!("250")),
             ("SKEIN_XDS_TRUST_BUNDLE_PEM", json!(TEST_BUNDLE)),
+            ("SKEIN_TRACE_SAMPLING_PERCENTAGE", json!("1")),
         ]
         .into_iter()
         .collect();

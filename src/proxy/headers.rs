@@ -96,14 +96,13 @@ fn uuid_v4(rng: &mut fastrand::Rng) -> HeaderValue {
     ascii_value(text)
 }
 
-/// Trace context of one hop.
+/// The span this hop records: written to the forwarded request so the next hop continues it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TraceContext {
     pub trace_id: [u8; 16],
     pub span_id: [u8; 8],
+    /// The caller's span; `None` when this hop starts the trace.
     pub parent_span_id: Option<[u8; 8]>,
-    /// The sampling decision; always made (`Some`) by [`propagate_trace`], as W3C needs one.
-    pub sampled: Option<bool>,
 }
 
 /// What the incoming headers say.
@@ -116,47 +115,50 @@ struct Incoming {
     debug: bool,
 }
 
-/// Continues the incoming trace with a child span for this hop, or starts a new trace if none
-/// (or no valid one) came in, and writes the result in both W3C and B3 headers so the next hop
-/// understands it whichever it reads.
+/// Decides whether this hop records a span and, if it does, continues the incoming trace with
+/// a child span (or starts a new trace if none, or no valid one, came in) and writes it in both
+/// W3C and B3 headers, so the next hop understands it whichever it reads.
 ///
 /// Incoming context is read from `traceparent`, else a single `b3`, else the `x-b3-*` headers,
 /// the first valid one winning; 64-bit B3 trace ids are left-padded to 128 bits. The incoming
-/// sampling decision is kept; where there is none, `sample_new` decides (W3C needs one).
+/// sampling decision is kept; only where there is none is `sample_new` asked (so the sampler
+/// runs once per trace, at its first meshed hop). An unsampled request returns `None` and its
+/// headers are left exactly as they came: nothing is recorded, so there is no span of this hop
+/// for the next one to point at, and the caller's own context (if any) still reaches the app.
 /// `tracestate` is left untouched; a single `b3` header is removed so it cannot contradict.
 pub fn propagate_trace(
     headers: &mut HeaderMap,
-    sample_new: bool,
+    sample_new: impl FnOnce(&mut fastrand::Rng) -> bool,
     rng: &mut fastrand::Rng,
-) -> TraceContext {
+) -> Option<TraceContext> {
     let incoming = read_traceparent(headers)
         .or_else(|| read_b3_single(headers))
         .or_else(|| read_b3_multi(headers))
         .unwrap_or_else(|| sampling_only(headers));
+    let sampled = incoming.debug || incoming.sampled.unwrap_or_else(|| sample_new(rng));
+    if !sampled {
+        return None;
+    }
     let span_id = rng.u64(1..).to_be_bytes();
     let (trace_id, parent_span_id) = match incoming.context {
         Some((trace_id, parent)) => (trace_id, Some(parent)),
         None => (rng.u128(1..).to_be_bytes(), None),
     };
-    let sampled = incoming.debug || incoming.sampled.unwrap_or(sample_new);
     let context = TraceContext {
         trace_id,
         span_id,
         parent_span_id,
-        sampled: Some(sampled),
     };
     write_trace(headers, &context, incoming.debug);
-    context
+    Some(context)
 }
 
 fn write_trace(headers: &mut HeaderMap, context: &TraceContext, debug: bool) {
-    let sampled = context.sampled == Some(true);
     let trace_id = hex(&context.trace_id);
     let span_id = hex(&context.span_id);
-    let flags = if sampled { "01" } else { "00" };
     headers.insert(
         TRACEPARENT,
-        ascii_value(format!("00-{trace_id}-{span_id}-{flags}")),
+        ascii_value(format!("00-{trace_id}-{span_id}-01")),
     );
     headers.remove(B3);
     headers.insert(X_B3_TRACEID, ascii_value(trace_id));
@@ -175,8 +177,7 @@ fn write_trace(headers: &mut HeaderMap, context: &TraceContext, debug: bool) {
         headers.remove(X_B3_SAMPLED);
     } else {
         headers.remove(X_B3_FLAGS);
-        let value = if sampled { "1" } else { "0" };
-        headers.insert(X_B3_SAMPLED, HeaderValue::from_static(value));
+        headers.insert(X_B3_SAMPLED, HeaderValue::from_static("1"));
     }
 }
 
@@ -320,7 +321,8 @@ fn nonzero<const N: usize>(id: [u8; N]) -> Option<[u8; N]> {
     id.iter().any(|b| *b != 0).then_some(id)
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex, as both formats (and Zipkin's JSON) write ids.
+pub fn hex(bytes: &[u8]) -> String {
     let mut text = String::with_capacity(bytes.len() * 2);
     for byte in bytes {
         let _ = write!(text, "{byte:02x}");
@@ -449,27 +451,35 @@ mod tests {
     fn assert_consistent(map: &HeaderMap, context: &TraceContext) {
         let trace = hex(&context.trace_id);
         let span = hex(&context.span_id);
-        let sampled = context.sampled == Some(true);
-        let flags = if sampled { "01" } else { "00" };
         assert_eq!(
             get(map, "traceparent"),
-            Some(format!("00-{trace}-{span}-{flags}").as_str())
+            Some(format!("00-{trace}-{span}-01").as_str())
         );
         assert_eq!(get(map, "x-b3-traceid"), Some(trace.as_str()));
         assert_eq!(get(map, "x-b3-spanid"), Some(span.as_str()));
         let parent = context.parent_span_id.map(|p| hex(&p));
         assert_eq!(get(map, "x-b3-parentspanid"), parent.as_deref());
         match get(map, "x-b3-flags") {
-            Some("1") => assert!(sampled && get(map, "x-b3-sampled").is_none()),
-            None => assert_eq!(
-                get(map, "x-b3-sampled"),
-                Some(if sampled { "1" } else { "0" })
-            ),
+            Some("1") => assert!(get(map, "x-b3-sampled").is_none()),
+            None => assert_eq!(get(map, "x-b3-sampled"), Some("1")),
             Some(other) => panic!("x-b3-flags {other}"),
         }
         assert_eq!(get(map, "b3"), None);
         assert_ne!(context.span_id, [0; 8]);
         assert_ne!(context.trace_id, [0; 16]);
+    }
+
+    /// The context of a hop that samples.
+    fn traced(map: &mut HeaderMap, sample_new: bool) -> TraceContext {
+        propagate_trace(map, |_| sample_new, &mut rng()).expect("sampled")
+    }
+
+    /// A hop that does not sample: `None`, and the headers exactly as they came.
+    fn assert_untouched(pairs: &[(&str, &str)], sample_new: bool) {
+        let mut map = headers(pairs);
+        let context = propagate_trace(&mut map, |_| sample_new, &mut rng());
+        assert_eq!(context, None, "{pairs:?}");
+        assert_eq!(map, headers(pairs));
     }
 
     fn decode_hex<const N: usize>(text: &str) -> [u8; N] {
@@ -482,11 +492,10 @@ mod tests {
             ("traceparent", &format!("00-{TRACE}-{SPAN}-01")),
             ("tracestate", "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"),
         ]);
-        let context = propagate_trace(&mut map, false, &mut rng());
+        let context = traced(&mut map, false);
         assert_eq!(context.trace_id, decode_hex(TRACE));
         assert_eq!(context.parent_span_id, Some(decode_hex(SPAN)));
         assert_ne!(context.span_id, decode_hex::<8>(SPAN));
-        assert_eq!(context.sampled, Some(true));
         assert_consistent(&map, &context);
         assert_eq!(
             get(&map, "tracestate"),
@@ -496,15 +505,12 @@ mod tests {
 
     #[test]
     fn traceparent_unsampled_and_future_versions() {
-        let mut map = headers(&[("traceparent", &format!("00-{TRACE}-{SPAN}-00"))]);
-        let context = propagate_trace(&mut map, true, &mut rng());
-        assert_eq!(context.sampled, Some(false));
-        assert_consistent(&map, &context);
+        // The caller decided not to sample: that stands, whatever this proxy's sampler says.
+        assert_untouched(&[("traceparent", &format!("00-{TRACE}-{SPAN}-00"))], true);
 
         let mut map = headers(&[("traceparent", &format!("cc-{TRACE}-{SPAN}-01-what-ever"))]);
-        let context = propagate_trace(&mut map, false, &mut rng());
+        let context = traced(&mut map, false);
         assert_eq!(context.trace_id, decode_hex(TRACE));
-        assert_eq!(context.sampled, Some(true));
         assert_consistent(&map, &context);
     }
 
@@ -526,11 +532,11 @@ mod tests {
             "garbage".to_owned(),
             String::new(),
         ] {
+            assert_untouched(&[("traceparent", &bad)], false);
             let mut map = headers(&[("traceparent", &bad)]);
-            let context = propagate_trace(&mut map, false, &mut rng());
+            let context = traced(&mut map, true);
             assert_ne!(context.trace_id, decode_hex(TRACE), "{bad}");
             assert_eq!(context.parent_span_id, None, "{bad}");
-            assert_eq!(context.sampled, Some(false), "{bad}");
             assert_consistent(&map, &context);
         }
         // Two traceparent headers are ambiguous.
@@ -538,9 +544,8 @@ mod tests {
             ("traceparent", &format!("00-{TRACE}-{SPAN}-01")),
             ("traceparent", &format!("00-{TRACE}-{SPAN}-01")),
         ]);
-        let context = propagate_trace(&mut map, true, &mut rng());
+        let context = traced(&mut map, true);
         assert_eq!(context.parent_span_id, None);
-        assert_eq!(context.sampled, Some(true), "sample_new decides");
         assert_consistent(&map, &context);
     }
 
@@ -548,15 +553,13 @@ mod tests {
     fn new_trace_without_any_headers() {
         let mut rng = rng();
         let mut map = HeaderMap::new();
-        let first = propagate_trace(&mut map, true, &mut rng);
+        let first = propagate_trace(&mut map, |_| true, &mut rng).expect("sampled");
         assert_eq!(first.parent_span_id, None);
-        assert_eq!(first.sampled, Some(true));
         assert_consistent(&map, &first);
         // The next hop continues it.
-        let second = propagate_trace(&mut map, false, &mut rng);
+        let second = propagate_trace(&mut map, |_| false, &mut rng).expect("sampled");
         assert_eq!(second.trace_id, first.trace_id);
         assert_eq!(second.parent_span_id, Some(first.span_id));
-        assert_eq!(second.sampled, Some(true));
         assert_consistent(&map, &second);
     }
 
@@ -568,10 +571,9 @@ mod tests {
             ("x-b3-parentspanid", "1111111111111111"),
             ("x-b3-sampled", "1"),
         ]);
-        let context = propagate_trace(&mut map, false, &mut rng());
+        let context = traced(&mut map, false);
         assert_eq!(context.trace_id, decode_hex(TRACE));
         assert_eq!(context.parent_span_id, Some(decode_hex(SPAN)));
-        assert_eq!(context.sampled, Some(true));
         assert_consistent(&map, &context);
 
         // Debug means sampled, and stays debug.
@@ -581,41 +583,36 @@ mod tests {
             ("x-b3-sampled", "0"),
             ("x-b3-flags", "1"),
         ]);
-        let context = propagate_trace(&mut map, false, &mut rng());
-        assert_eq!(context.sampled, Some(true));
+        let context = traced(&mut map, false);
         assert_eq!(get(&map, "x-b3-flags"), Some("1"));
         assert_consistent(&map, &context);
 
         // No decision: `sample_new` makes one.
         let mut map = headers(&[("x-b3-traceid", TRACE), ("x-b3-spanid", SPAN)]);
-        let context = propagate_trace(&mut map, true, &mut rng());
+        let context = traced(&mut map, true);
         assert_eq!(context.trace_id, decode_hex(TRACE));
-        assert_eq!(context.sampled, Some(true));
         assert_consistent(&map, &context);
     }
 
     #[test]
     fn b3_single_is_read() {
         let mut map = headers(&[("b3", &format!("{TRACE}-{SPAN}-1-1111111111111111"))]);
-        let context = propagate_trace(&mut map, false, &mut rng());
+        let context = traced(&mut map, false);
         assert_eq!(context.trace_id, decode_hex(TRACE));
         assert_eq!(context.parent_span_id, Some(decode_hex(SPAN)));
-        assert_eq!(context.sampled, Some(true));
         assert_consistent(&map, &context);
 
-        let mut map = headers(&[("b3", &format!("{TRACE}-{SPAN}-0"))]);
-        let context = propagate_trace(&mut map, true, &mut rng());
-        assert_eq!(context.sampled, Some(false));
-        assert_consistent(&map, &context);
+        assert_untouched(&[("b3", &format!("{TRACE}-{SPAN}-0"))], true);
 
         let mut map = headers(&[("b3", &format!("{TRACE}-{SPAN}-d"))]);
-        let context = propagate_trace(&mut map, false, &mut rng());
-        assert_eq!(context.sampled, Some(true));
+        let context = traced(&mut map, false);
         assert_eq!(get(&map, "x-b3-flags"), Some("1"));
         assert_consistent(&map, &context);
 
+        // No decision: the sampler makes one.
+        assert_untouched(&[("b3", &format!("{TRACE}-{SPAN}"))], false);
         let mut map = headers(&[("b3", &format!("{TRACE}-{SPAN}"))]);
-        let context = propagate_trace(&mut map, false, &mut rng());
+        let context = traced(&mut map, true);
         assert_eq!(context.parent_span_id, Some(decode_hex(SPAN)));
         assert_consistent(&map, &context);
     }
@@ -628,7 +625,7 @@ mod tests {
             ("x-b3-traceid", &other),
             ("x-b3-spanid", SPAN),
         ]);
-        let context = propagate_trace(&mut map, false, &mut rng());
+        let context = traced(&mut map, false);
         assert_eq!(context.trace_id, decode_hex(TRACE));
         assert_consistent(&map, &context);
 
@@ -640,7 +637,7 @@ mod tests {
             format!("{}-{SPAN}", &TRACE[..20]),
         ] {
             let mut map = headers(&[("b3", &bad)]);
-            let context = propagate_trace(&mut map, false, &mut rng());
+            let context = traced(&mut map, true);
             assert_eq!(context.parent_span_id, None, "{bad}");
             assert_consistent(&map, &context);
         }
@@ -649,15 +646,13 @@ mod tests {
     #[test]
     fn b3_sampling_only_decides_a_new_trace() {
         let mut map = headers(&[("b3", "1")]);
-        let context = propagate_trace(&mut map, false, &mut rng());
+        let context = traced(&mut map, false);
         assert_eq!(context.parent_span_id, None);
-        assert_eq!(context.sampled, Some(true));
         assert_consistent(&map, &context);
 
-        let mut map = headers(&[("x-b3-sampled", "0")]);
-        let context = propagate_trace(&mut map, true, &mut rng());
-        assert_eq!(context.sampled, Some(false));
-        assert_consistent(&map, &context);
+        assert_untouched(&[("x-b3-sampled", "0")], true);
+        // Nothing at all, and the sampler says no: nothing is written (no cost, no headers).
+        assert_untouched(&[], false);
     }
 
     #[test]
@@ -667,7 +662,7 @@ mod tests {
         expected[8..].copy_from_slice(&decode_hex::<8>(short));
 
         let mut map = headers(&[("x-b3-traceid", short), ("x-b3-spanid", SPAN)]);
-        let context = propagate_trace(&mut map, false, &mut rng());
+        let context = traced(&mut map, true);
         assert_eq!(context.trace_id, expected);
         assert_eq!(
             get(&map, "x-b3-traceid"),
@@ -677,7 +672,7 @@ mod tests {
 
         let upper = short.to_uppercase();
         let mut map = headers(&[("b3", &format!("{upper}-{SPAN}-1"))]);
-        let context = propagate_trace(&mut map, false, &mut rng());
+        let context = traced(&mut map, false);
         assert_eq!(context.trace_id, expected);
         assert_consistent(&map, &context);
     }
@@ -690,7 +685,7 @@ mod tests {
             ("x-b3-traceid", &other),
             ("x-b3-spanid", SPAN),
         ]);
-        let context = propagate_trace(&mut map, false, &mut rng());
+        let context = traced(&mut map, false);
         assert_eq!(context.trace_id, decode_hex(TRACE));
         assert_consistent(&map, &context);
 
@@ -699,8 +694,28 @@ mod tests {
             ("x-b3-traceid", &other),
             ("x-b3-spanid", SPAN),
         ]);
-        let context = propagate_trace(&mut map, false, &mut rng());
+        let context = traced(&mut map, true);
         assert_eq!(context.trace_id, decode_hex(&other));
         assert_consistent(&map, &context);
+    }
+
+    #[test]
+    fn the_sampler_is_asked_only_without_a_decision() {
+        let asked = std::cell::Cell::new(0);
+        let sampler = |_: &mut fastrand::Rng| {
+            asked.set(asked.get() + 1);
+            false
+        };
+        let decided = [
+            format!("00-{TRACE}-{SPAN}-01"),
+            format!("00-{TRACE}-{SPAN}-00"),
+        ];
+        for traceparent in &decided {
+            let mut map = headers(&[("traceparent", traceparent)]);
+            let _ = propagate_trace(&mut map, sampler, &mut rng());
+        }
+        assert_eq!(asked.get(), 0, "a caller's decision stands");
+        let _ = propagate_trace(&mut HeaderMap::new(), sampler, &mut rng());
+        assert_eq!(asked.get(), 1);
     }
 }

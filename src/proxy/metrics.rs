@@ -22,6 +22,8 @@
 //! | `skein_proxy_identity_cert_expiry_seconds`, `skein_proxy_identity_renewals_total` | `result` | the workload certificate: see [`super::identity`] |
 //! | `skein_proxy_identity_trusted_roots` | | CA certificates in the trust bundle (two during a CA rotation) |
 //! | `skein_proxy_identity_mtls_inbound_handshakes_total` | `kind` | inbound mTLS handshakes, `full` or `resumed` (TLS 1.3 session resumption: no certificates, no signatures) |
+//! | `skein_proxy_trace_spans_exported_total` | `exporter` | spans a tracing backend accepted: `zipkin` or `otlp` (a span sent to both counts once for each) |
+//! | `skein_proxy_trace_spans_dropped_total` | `reason` | spans lost: `queue_full` (2048 waiting for export) or `export_failed` (the backend refused, or did not answer; per exporter) |
 //!
 //! Request labels, as the meshes users know name them: `direction`, `protocol` (`http` or
 //! `grpc`), `source_workload`, `source_namespace`, `destination_service`,
@@ -193,6 +195,7 @@ pub struct Metrics {
     outbound: TcpMetrics,
     pub http: HttpMetrics,
     pub identity: super::identity::IdentityMetrics,
+    pub trace: super::trace::TraceMetrics,
 }
 
 /// Labels of one answered HTTP request.
@@ -486,12 +489,14 @@ impl Metrics {
         let (inbound, outbound) = (tcp(Direction::Inbound), tcp(Direction::Outbound));
         let http = HttpMetrics::register(&mut registry);
         let identity = super::identity::IdentityMetrics::register(&mut registry, credentials);
+        let trace = super::trace::TraceMetrics::register(&mut registry);
         Self {
             registry,
             inbound,
             outbound,
             http,
             identity,
+            trace,
         }
     }
 

@@ -24,6 +24,7 @@
 //!   header sizes, HTTP/2 stream limits.
 //! - [`metrics`]: the proxy's Prometheus metrics (names and labels documented there).
 //! - [`original_dst`]: `SO_ORIGINAL_DST` for redirected connections.
+//! - [`trace`]: spans of sampled requests, exported to Zipkin or OTLP backends.
 //!
 //! Every connection is opaque TCP for now; protocol detection and HTTP routing will sit between
 //! [`listen`] (which hands over an accepted connection and its target) and [`tcp`].
@@ -70,6 +71,7 @@ pub mod routes;
 pub mod sni;
 pub mod stream_trust;
 pub mod tcp;
+pub mod trace;
 
 use std::fmt;
 use std::sync::Arc;
@@ -208,6 +210,20 @@ pub struct ProxyArgs {
         default_value_t = 250
     )]
     pub http2_max_concurrent_streams: u32,
+    /// Where to send spans as Zipkin v2 JSON (`http://zipkin.tracing:9411/api/v2/spans`).
+    /// The injector sets it from MeshConfig `tracing.zipkinEndpoint`. With neither this nor
+    /// `--otlp-endpoint` the proxy makes no spans and passes trace headers on untouched.
+    #[arg(long, env = "SKEIN_ZIPKIN_ENDPOINT", value_parser = parse_trace_endpoint)]
+    pub zipkin_endpoint: Option<String>,
+    /// Where to send spans as OTLP/HTTP protobuf (`http://jaeger.tracing:4318/v1/traces`):
+    /// MeshConfig `tracing.otlpEndpoint`.
+    #[arg(long, env = "SKEIN_OTLP_ENDPOINT", value_parser = parse_trace_endpoint)]
+    pub otlp_endpoint: Option<String>,
+    /// Percentage (0 to 100) of the traces that start at this proxy (requests with no sampling
+    /// decision in their trace headers) that are sampled: MeshConfig
+    /// `tracing.samplingPercentage`. A caller's decision always stands.
+    #[arg(long, env = "SKEIN_TRACE_SAMPLING_PERCENTAGE", default_value_t = 1.0, value_parser = parse_sampling_percentage)]
+    pub trace_sampling_percentage: f64,
 }
 
 impl ProxyArgs {
@@ -275,6 +291,33 @@ impl ProxyArgs {
     }
 }
 
+/// Checks an endpoint flag; kept as text (a `Uri` would make every `skein` command's arguments
+/// bigger) and parsed again, infallibly, by [`ProxyArgs::trace_sinks`].
+fn parse_trace_endpoint(text: &str) -> Result<String, String> {
+    trace::parse_endpoint(text)
+        .map(|_| text.trim().to_owned())
+        .map_err(|err| err.to_string())
+}
+
+fn parse_sampling_percentage(text: &str) -> Result<f64, String> {
+    let percentage: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number (a percentage, 0 to 100)"))?;
+    trace::check_percentage(percentage).map_err(|err| err.to_string())
+}
+
+impl ProxyArgs {
+    /// The export backends set.
+    fn trace_sinks(&self) -> Vec<trace::Sink> {
+        let uri =
+            |text: &Option<String>| text.as_deref().and_then(|t| trace::parse_endpoint(t).ok());
+        let zipkin = uri(&self.zipkin_endpoint).map(trace::Sink::Zipkin);
+        let otlp = uri(&self.otlp_endpoint).map(trace::Sink::Otlp);
+        zipkin.into_iter().chain(otlp).collect()
+    }
+}
+
 fn parse_outbound_policy(text: &str) -> Result<config::OutboundTrafficPolicy, String> {
     match text {
         "RegistryOnly" => Ok(config::OutboundTrafficPolicy::RegistryOnly),
@@ -330,6 +373,8 @@ pub(crate) struct Shared {
     pub limits: limits::Limits,
     /// The names EgressRules allow, resolved (egress goes only to their addresses).
     pub resolver: dns::Resolver,
+    /// Sampling and span export; `None` without an export endpoint.
+    pub tracer: Option<trace::Tracer>,
 }
 
 impl Shared {
@@ -359,6 +404,7 @@ impl Shared {
             own_ports,
             limits,
             resolver: dns::Resolver::default(),
+            tracer: None,
         }
     }
 }
@@ -481,7 +527,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         .current()
         .awaiting_first
         .then(|| tokio::spawn(warn_without_first_configuration(config.clone())));
-    let shared = Arc::new(Shared::new(
+    let mut shared = Shared::new(
         metrics,
         config.clone(),
         credentials,
@@ -489,7 +535,21 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         args.connect_timeout.as_std(),
         [args.outbound_port, args.inbound_port, args.admin_port],
         args.limits(),
-    ));
+    );
+    let sinks = args.trace_sinks();
+    if !sinks.is_empty() {
+        tracing::info!(
+            zipkin = ?args.zipkin_endpoint,
+            otlp = ?args.otlp_endpoint,
+            sampling_percentage = args.trace_sampling_percentage,
+            "tracing: exporting spans of sampled requests"
+        );
+        shared.tracer = Some(trace::Tracer {
+            sampler: trace::Sampler::new(args.trace_sampling_percentage),
+            exporter: trace::Exporter::spawn(sinks, shared.metrics.trace.clone()),
+        });
+    }
+    let shared = Arc::new(shared);
 
     let mut accept_loops = Vec::new();
     for (direction, listeners) in [

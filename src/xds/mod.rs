@@ -50,5 +50,18 @@ pub mod identity {
     tonic::include_proto!("skein.identity.v1alpha1");
 }
 
+/// Generated from `otlp/v1/trace.proto`: the OTLP trace export request the proxies send
+/// ([`crate::proxy::trace::otlp`]); messages only.
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    clippy::nursery,
+    missing_docs,
+    unreachable_pub
+)]
+pub mod otlp {
+    tonic::include_proto!("skein.otlp.v1");
+}
+
 pub mod convert;
 pub mod resources;

@@ -6,7 +6,7 @@
 #   tests/cluster/build.sh [GROUP...]    (default: all of them)
 #     cluster  kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd (up.sh)
 #     node     kube-proxy, CoreDNS and skein-kubelet-streams (`skein dev node`)
-#     test     kwok, helm and the proxy tests' gRPC/WebSocket peers (tests/run.sh)
+#     test     kwok, helm, Jaeger and the proxy tests' gRPC/WebSocket peers (tests/run.sh)
 #
 # Progress goes to stderr: which of the N steps runs, its cold estimate on 2 cores, and the time
 # elapsed every minute of a long step.
@@ -49,6 +49,7 @@ fi
 if wants test; then
   [ -x "$bin_dir/kwok" ] || steps+=("kwok ${KWOK_VERSION}|~2 min|build_kwok")
   [ "$(built_version helm version --template '{{.Version}}')" = "$HELM_VERSION" ] || steps+=("helm ${HELM_VERSION}|~3 min|build_helm")
+  [ "$(cat "$bin_dir/jaeger.version" 2>/dev/null)" = "$JAEGER_VERSION" ] && [ -x "$bin_dir/jaeger" ] || steps+=("jaeger ${JAEGER_VERSION}|~8 min|build_jaeger")
   peer="$bin_dir/skein-test-peer"
   if [ ! -x "$peer" ] || [ "$here/peers/main.go" -nt "$peer" ]; then steps+=("skein-test-peer (the proxy tests' gRPC and WebSocket peers)|~1 min|build_peer"); fi
 fi
@@ -137,6 +138,21 @@ build_helm() {
     ldflags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=${k8s_minor}"
   done
   (cd "$here/helm" && go build -trimpath -ldflags "$ldflags" -o "$bin_dir/helm" helm.sh/helm/v3/cmd/helm)
+}
+
+# Jaeger, the tracing tests' backend. Its own module (jaeger/go.mod), so the OpenTelemetry
+# collector's large graph never moves the control plane's. To bump: set JAEGER_VERSION in
+# versions.env, then (cd tests/cluster/jaeger && go get -tool github.com/jaegertracing/jaeger/cmd/jaeger@vX.Y.Z)
+build_jaeger() {
+  local pinned
+  pinned=$(cd "$here/jaeger" && go list -m -f '{{.Version}}' github.com/jaegertracing/jaeger)
+  if [ "$pinned" != "$JAEGER_VERSION" ]; then
+    log "tests/cluster/jaeger/go.mod requires jaeger ${pinned} but versions.env says ${JAEGER_VERSION}; run:"
+    log "  (cd tests/cluster/jaeger && go get -tool github.com/jaegertracing/jaeger/cmd/jaeger@${JAEGER_VERSION})"
+    return 1
+  fi
+  (cd "$here/jaeger" && go build -trimpath -ldflags "-s -w" -o "$bin_dir/jaeger" github.com/jaegertracing/jaeger/cmd/jaeger)
+  echo "$JAEGER_VERSION" >"$bin_dir/jaeger.version"
 }
 
 # The proxy tests' gRPC and WebSocket peers (grpc-go and gorilla/websocket from this module's graph).

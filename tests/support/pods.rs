@@ -61,7 +61,7 @@ const LOG_TAIL_LINES: usize = 150;
 
 /// Environment variables the proxy and the demo app read: removed from what the test process
 /// passes on, so a developer's shell never changes what a test runs.
-pub const ROLE_ENV: [&str; 28] = [
+pub const ROLE_ENV: [&str; 31] = [
     "SKEIN_OUTBOUND_PORT",
     "SKEIN_OUTBOUND_TRAFFIC_POLICY",
     "SKEIN_INBOUND_PORT",
@@ -79,6 +79,9 @@ pub const ROLE_ENV: [&str; 28] = [
     "SKEIN_MAX_CONNECTIONS",
     "SKEIN_MAX_REQUEST_HEADER_BYTES",
     "SKEIN_HTTP2_MAX_CONCURRENT_STREAMS",
+    "SKEIN_ZIPKIN_ENDPOINT",
+    "SKEIN_OTLP_ENDPOINT",
+    "SKEIN_TRACE_SAMPLING_PERCENTAGE",
     "DEMO_ROLE",
     "DEMO_VERSION",
     "DEMO_LISTEN",

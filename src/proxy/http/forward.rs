@@ -28,6 +28,7 @@ use crate::proxy::limits::Activity;
 use crate::proxy::metrics::{CutReason, HttpMetrics, LatencyLabels, RequestLabels, RetryLabels};
 use crate::proxy::retry::{self, AttemptOutcome};
 use crate::proxy::routes::CompiledRoute;
+use crate::proxy::trace::Span;
 
 /// Where a request goes.
 pub enum Target {
@@ -52,6 +53,8 @@ pub struct Forward<'a> {
     pub started: Instant,
     /// The client's side of an HTTP/1.1 upgrade it asked for.
     pub upgrade: Option<(HeaderValue, OnUpgrade)>,
+    /// The request's span, when it is sampled.
+    pub span: Option<Box<Span>>,
 }
 
 /// Sends the request and returns the response to give the client (the upstream's, or one the
@@ -65,6 +68,7 @@ pub async fn forward(context: &RequestContext, request: Forward<'_>) -> Response
         mut labels,
         started,
         upgrade,
+        mut span,
     } = request;
     let overall = route.and_then(|r| r.timeout);
     let tries = Tries {
@@ -77,7 +81,7 @@ pub async fn forward(context: &RequestContext, request: Forward<'_>) -> Response
         upgrade,
     };
     let result = match overall {
-        Some(limit) => match tokio::time::timeout(limit, tries.run(&mut labels)).await {
+        Some(limit) => match tokio::time::timeout(limit, tries.run(&mut labels, &mut span)).await {
             Ok(result) => result,
             Err(_) => Err(Local::new(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -85,9 +89,9 @@ pub async fn forward(context: &RequestContext, request: Forward<'_>) -> Response
                 format!("upstream request timeout: no response within {limit:?} (route timeout)"),
             )),
         },
-        None => tries.run(&mut labels).await,
+        None => tries.run(&mut labels, &mut span).await,
     };
-    finish(context, route, labels, started, result)
+    finish(context, route, labels, started, span, result)
 }
 
 /// The response the client gets, wrapped so that its metrics are recorded when its body ends:
@@ -97,6 +101,7 @@ pub fn finish(
     route: Option<&CompiledRoute>,
     mut labels: RequestLabels,
     started: Instant,
+    mut span: Option<Box<Span>>,
     result: Result<Response<ProxyBody>, Local>,
 ) -> Response<ProxyBody> {
     let direction = context.connection.direction;
@@ -107,6 +112,9 @@ pub fn finish(
             (response, grpc)
         }
         Err(local) => {
+            if let Some(span) = &mut span {
+                span.proxy_error = Some(local.reason);
+            }
             metrics.local_response(direction, local.reason);
             tracing::debug!(
                 %direction,
@@ -126,9 +134,15 @@ pub fn finish(
         crate::proxy::headers::remove_hop_by_hop(&mut parts.headers);
     }
     labels.status_code = parts.status.as_u16();
+    let span = span.map(|mut span| {
+        span.status_code = labels.status_code;
+        span.destination.clone_from(&labels.destination_service);
+        (span, context.shared.clone())
+    });
     let recorder = Recorder {
         metrics: metrics.clone(),
         labels,
+        span,
     };
     let body = Metered::new(body, started, grpc_status, Box::new(recorder));
     Response::from_parts(parts, body::boxed(body))
@@ -190,7 +204,13 @@ struct Tries<'a> {
 }
 
 impl Tries<'_> {
-    async fn run(mut self, labels: &mut RequestLabels) -> Result<Response<ProxyBody>, Local> {
+    /// Tries until there is a response to give; `span` (if sampled) learns the endpoint and the
+    /// retries.
+    async fn run(
+        mut self,
+        labels: &mut RequestLabels,
+        span: &mut Option<Box<Span>>,
+    ) -> Result<Response<ProxyBody>, Local> {
         let shared = &self.context.shared;
         let metrics = &shared.metrics.http;
         let policy = self.route.and_then(|r| r.retry.as_ref());
@@ -258,6 +278,13 @@ impl Tries<'_> {
                 set_destination(labels, workload);
             }
             tried.push(address);
+            if let Some(span) = span.as_mut() {
+                // Inbound, the peer is the client (set when the span started).
+                if self.context.connection.direction == Direction::Outbound {
+                    span.peer = Some(address);
+                }
+                span.retries = retries;
+            }
             let sent = Instant::now();
             // The request head is cloned only if a retry or a mirror may need it again.
             let needed_again = policy.is_some_and(|p| retries < p.attempts)
@@ -558,14 +585,24 @@ fn tunnel(client: OnUpgrade, upstream: OnUpgrade, idle_timeout: Duration, cut: C
     });
 }
 
-/// Records a request's metrics when its response body ends.
+/// Records a request's metrics (and ends its span) when its response body ends.
 struct Recorder {
     metrics: HttpMetrics,
     labels: RequestLabels,
+    /// The span, and the proxy state holding its exporter.
+    span: Option<(Box<Span>, Arc<crate::proxy::Shared>)>,
 }
 
 impl OnResponseEnd for Recorder {
     fn ended(mut self: Box<Self>, grpc_status: Option<i32>, completed: bool, elapsed: Duration) {
+        if let Some((mut span, shared)) = self.span.take()
+            && let Some(tracer) = &shared.tracer
+        {
+            span.grpc_status = grpc_status;
+            span.completed = completed;
+            span.duration = elapsed;
+            tracer.exporter.submit(*span);
+        }
         let labels = &mut self.labels;
         if let Some(status) = grpc_status {
             labels.grpc_status = status.to_string();

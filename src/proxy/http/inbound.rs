@@ -28,7 +28,8 @@ pub async fn handle(
         body,
         upgrade,
         grpc,
-    } = prepare(request, &mut fastrand::Rng::new());
+        span,
+    } = prepare(request, context, &mut fastrand::Rng::new());
     let service = request_host(&parts).map(normalize_host).unwrap_or_default();
     let peer_id = connection.peer_id.as_ref();
     let source = config.workload_at(connection.peer.ip(), peer_id);
@@ -56,7 +57,7 @@ pub async fn handle(
                 "port {port} takes mutual TLS only (Strict); plaintext from the node reaches the probes' paths only"
             ),
         );
-        return forward::finish(context, None, labels, started, Err(refused));
+        return forward::finish(context, None, labels, started, span, Err(refused));
     }
 
     let path = authz::normalize_path(parts.uri.path());
@@ -74,7 +75,7 @@ pub async fn handle(
             authz::ACCESS_DENIED,
             denial.to_string(),
         );
-        return forward::finish(context, None, labels, started, Err(local));
+        return forward::finish(context, None, labels, started, span, Err(local));
     }
 
     let request = Forward {
@@ -85,6 +86,7 @@ pub async fn handle(
         labels,
         started,
         upgrade,
+        span,
     };
     forward::forward(context, request).await
 }

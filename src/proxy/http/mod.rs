@@ -198,22 +198,51 @@ pub(crate) struct Prepared {
     /// The protocol the client asked to switch to, and its side of the switch.
     pub upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
     pub grpc: bool,
+    /// This hop's span, when the request is sampled ([`super::trace`]).
+    pub span: Option<Box<super::trace::Span>>,
 }
 
-pub(crate) fn prepare(mut request: Request<Incoming>, rng: &mut fastrand::Rng) -> Prepared {
+pub(crate) fn prepare(
+    mut request: Request<Incoming>,
+    context: &RequestContext,
+    rng: &mut fastrand::Rng,
+) -> Prepared {
     let upgrade = requested_upgrade(request.headers())
         .map(|protocol| (protocol, hyper::upgrade::on(&mut request)));
     let (mut parts, body) = request.into_parts();
     let grpc = is_grpc(&parts.headers);
     headers::remove_hop_by_hop(&mut parts.headers);
     headers::ensure_request_id(&mut parts.headers, rng);
-    headers::propagate_trace(&mut parts.headers, false, rng);
+    let span = start_span(&mut parts, grpc, context, rng);
     Prepared {
         parts,
         body,
         upgrade,
         grpc,
+        span,
     }
+}
+
+/// The request's span if it is sampled; without an exporter nothing is sampled and the trace
+/// headers pass as they came (see [`super::trace`]).
+fn start_span(
+    parts: &mut http::request::Parts,
+    grpc: bool,
+    context: &RequestContext,
+    rng: &mut fastrand::Rng,
+) -> Option<Box<super::trace::Span>> {
+    let tracer = context.shared.tracer.as_ref()?;
+    let sampler = tracer.sampler;
+    let trace = headers::propagate_trace(&mut parts.headers, |rng| sampler.sample(rng), rng)?;
+    let connection = &context.connection;
+    let mut span = super::trace::Span::start(trace, connection.direction, parts, grpc);
+    let workload = &context.shared.config.current().source.workload;
+    span.service.clone_from(&workload.name);
+    span.namespace.clone_from(&workload.namespace);
+    if connection.direction == Direction::Inbound {
+        span.peer = Some(connection.peer);
+    }
+    Some(Box::new(span))
 }
 
 /// A response the proxy makes itself: plain text saying what happened, and [`ERROR_HEADER`].

@@ -28,7 +28,8 @@ pub async fn handle(
         body,
         upgrade,
         grpc,
-    } = prepare(request, &mut rng);
+        span,
+    } = prepare(request, context, &mut rng);
     let host = request_host(&parts)
         .map(str::to_owned)
         .unwrap_or_else(|| original.ip().to_string());
@@ -63,7 +64,7 @@ pub async fn handle(
                         .trim_end()
                         .to_owned(),
                 );
-                return forward::finish(context, None, labels, started, Err(blocked));
+                return forward::finish(context, None, labels, started, span, Err(blocked));
             }
         };
         let body = RequestBody::streaming(super::body::boxed(body));
@@ -75,6 +76,7 @@ pub async fn handle(
             labels,
             started,
             upgrade,
+            span,
         };
         return forward::forward(context, request).await;
     };
@@ -94,7 +96,7 @@ pub async fn handle(
                 let status =
                     StatusCode::from_u16(abort.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
                 let local = Local::new(status, "fault-abort", "fault injected by Skein".to_owned());
-                return forward::finish(context, Some(route), labels, started, Err(local));
+                return forward::finish(context, Some(route), labels, started, span, Err(local));
             }
         }
         route.edit_request_headers(&mut parts.headers);
@@ -118,6 +120,7 @@ pub async fn handle(
         labels,
         started,
         upgrade,
+        span,
     };
     forward::forward(context, request).await
 }
