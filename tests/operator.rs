@@ -930,12 +930,18 @@ async fn a_setting_not_built_yet_is_named_in_the_status() {
     let client = client().await;
     let _operator = Operator::start("operator-not-acting");
 
-    // Tracing export is not built yet; mTLS's mode acts, so only the first is named.
+    // A remote cluster's `network` is not built yet; tracing and mTLS's mode act, so only the
+    // first is named.
     apply_meshconfig(
         &client,
         "default",
         json!({"tracing": {"zipkinEndpoint": "http://zipkin.tracing:9411/api/v2/spans"},
-               "mtls": {"mode": "Strict"}}),
+        "mtls": {"mode": "Strict"},
+        "federation": {"clusters": [{
+            "name": "east",
+            "kubeconfigSecretRef": {"namespace": "skein-system", "name": "east"},
+            "network": "net-east",
+        }]}}),
     )
     .await;
     let mc = wait_condition(
@@ -948,11 +954,12 @@ async fn a_setting_not_built_yet_is_named_in_the_status() {
     .await;
     let message = condition(&mc, "FieldsNotActing").unwrap().2;
     assert!(
-        message.contains("spec.tracing.zipkinEndpoint (http://zipkin.tracing:9411/api/v2/spans)"),
+        message.contains("spec.federation.clusters[0].network (net-east)"),
         "{message}"
     );
     assert!(message.contains("not acted on yet"), "{message}");
     assert!(!message.contains("mtls"), "{message}");
+    assert!(!message.contains("tracing"), "{message}");
     let (installed, _, _) = condition(&mc, "Installed").unwrap();
     assert_eq!(
         installed, "True",
