@@ -152,7 +152,7 @@ async fn a_full_spec_and_its_status_round_trip() {
             "timeout": "15s"
         },
         "mtls": {"mode": "Strict", "trustDomain": "prod.example", "workloadCertLifetime": "1h"},
-        "tracing": {"zipkinEndpoint": "http://zipkin.tracing:9411/api/v2/spans", "samplingPercentage": 12.5},
+        "tracing": {"zipkinEndpoint": "http://zipkin.tracing:9411/api/v2/spans", "otlpEndpoint": "http://jaeger.tracing:4318/v1/traces", "samplingPercentage": 12.5},
         "controlPlane": {
             "mode": "External",
             "external": {"webhookUrl": "https://127.0.0.1:9443/inject", "xdsAddress": "127.0.0.1:9090"},
@@ -264,6 +264,16 @@ fn invalid_cases() -> Vec<(&'static str, Value, Vec<&'static str>)> {
             "External mode without xdsAddress",
             json!({"controlPlane": {"mode": "External", "external": {"webhookUrl": "https://127.0.0.1:9443/inject"}}}),
             vec!["spec.controlPlane.external.xdsAddress", "Required value"],
+        ),
+        (
+            "https tracing endpoint (proxies export over plain HTTP)",
+            json!({"tracing": {"otlpEndpoint": "https://collector:4318/v1/traces"}}),
+            vec!["spec.tracing.otlpEndpoint", "must be an http:// URL"],
+        ),
+        (
+            "tracing endpoint that is no URL",
+            json!({"tracing": {"zipkinEndpoint": "zipkin:9411"}}),
+            vec!["spec.tracing.zipkinEndpoint", "must be an http:// URL"],
         ),
         (
             "plain-http webhook URL",
