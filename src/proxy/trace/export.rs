@@ -207,3 +207,104 @@ async fn send(
         Err(_) => Err(format!("no answer within {EXPORT_TIMEOUT:?}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::proxy::trace::span::example;
+
+    fn metrics() -> (Registry, TraceMetrics) {
+        let mut registry = Registry::with_prefix("skein_proxy");
+        let metrics = TraceMetrics::register(&mut registry);
+        (registry, metrics)
+    }
+
+    fn value(registry: &Registry, series: &str) -> f64 {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).expect("encode");
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// A collector on loopback that keeps each body it is sent and answers `status`.
+    async fn collector(status: u16) -> (Uri, Arc<Mutex<Vec<(String, Bytes)>>>) {
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let kept = bodies.clone();
+        let app = axum::Router::new().route(
+            "/api/v2/spans",
+            axum::routing::post(move |headers: http::HeaderMap, body: Bytes| {
+                let kept = kept.clone();
+                async move {
+                    let content_type = headers
+                        .get(header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    kept.lock().expect("lock").push((content_type, body));
+                    http::StatusCode::from_u16(status).expect("status")
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let uri = format!("http://{address}/api/v2/spans")
+            .parse()
+            .expect("uri");
+        (uri, bodies)
+    }
+
+    async fn eventually(what: &str, done: impl Fn() -> bool) {
+        for _ in 0..200 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{what}");
+    }
+
+    #[tokio::test]
+    async fn spans_are_sent_in_one_batch_and_counted() {
+        let (registry, metrics) = metrics();
+        let (uri, bodies) = collector(202).await;
+        let exporter = Exporter::spawn(vec![Sink::Zipkin(uri)], metrics);
+        for _ in 0..3 {
+            exporter.submit(example());
+        }
+        let exported = "skein_proxy_trace_spans_exported_total{exporter=\"zipkin\"}";
+        eventually("3 spans exported", || value(&registry, exported) == 3.0).await;
+        let bodies = bodies.lock().expect("lock");
+        assert_eq!(bodies.len(), 1, "one batch");
+        assert_eq!(bodies[0].0, "application/json");
+        let spans: serde_json::Value = serde_json::from_slice(&bodies[0].1).expect("JSON");
+        assert_eq!(spans.as_array().map(Vec::len), Some(3));
+    }
+
+    #[tokio::test]
+    async fn a_refused_export_and_a_full_queue_drop_spans_and_count_them() {
+        let (registry, metrics) = metrics();
+        let (uri, _) = collector(500).await;
+        let exporter = Exporter::spawn(vec![Sink::Otlp(uri)], metrics);
+        // The test runs on one thread: nothing drains the queue until this loop yields, so
+        // whatever is past its capacity is dropped at once.
+        for _ in 0..QUEUE + 10 {
+            exporter.submit(example());
+        }
+        let full = "skein_proxy_trace_spans_dropped_total{reason=\"queue_full\"}";
+        assert_eq!(value(&registry, full), 10.0);
+        // The collector answers 500: every queued span is dropped as a failed export.
+        let failed = "skein_proxy_trace_spans_dropped_total{reason=\"export_failed\"}";
+        eventually("the queued spans dropped as failed", || {
+            value(&registry, failed) == QUEUE as f64
+        })
+        .await;
+        let exported = "skein_proxy_trace_spans_exported_total{exporter=\"otlp\"}";
+        assert_eq!(value(&registry, exported), 0.0);
+    }
+}
