@@ -344,7 +344,8 @@ async fn each_tier_fails_with_its_reason_then_passes() {
     })
     .await;
     for tier in TIERS {
-        assert!(reasons(&stat, tier).is_empty(), "{stat:#}");
+        let rate = row(&stat, tier)["successRate"].as_f64();
+        assert!(rate >= Some(0.95), "{tier} recovered: {stat:#}");
     }
     let mut healthy = healthy;
     let _ = healthy.kill();
