@@ -5,7 +5,9 @@
 //! `-o table|json|yaml` ([`OutputFormat`]), and the dev cluster is named by `--cluster`.
 
 pub mod connect;
+pub mod debug_server;
 pub mod output;
+pub mod stat;
 pub mod version;
 
 use std::path::PathBuf;
@@ -54,6 +56,10 @@ pub enum Command {
     /// Show every proxy connected to the control plane: its configuration version, and the
     /// last ACK or NACK.
     ProxyStatus(ProxyStatusArgs),
+    /// Per-workload success rate, RPS, latency and a PASS / FAIL verdict with reasons.
+    Stat(stat::StatArgs),
+    /// Who calls whom: requests, success and mTLS per source → destination workload.
+    Edges(stat::EdgesArgs),
     /// Multi-cluster federation helpers.
     #[command(subcommand)]
     Federation(FederationCommand),
@@ -87,6 +93,8 @@ impl Command {
             // sees their stderr.
             Self::Version(_)
             | Self::ProxyStatus(_)
+            | Self::Stat(_)
+            | Self::Edges(_)
             | Self::Federation(_)
             | Self::Completion(_)
             | Self::Dev(DevCommand::Exec(_) | DevCommand::Logs(_) | DevCommand::Connect(_)) => {
@@ -194,6 +202,14 @@ pub struct ControlPlaneArgs {
     /// The cluster's DNS domain, for Service host names.
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
+    /// How often to scrape the connected proxies' metrics for `/debug/stats` (at least 5s);
+    /// `0s` turns stats off.
+    #[arg(long, default_value = "10s")]
+    pub stats_interval: crate::api::Duration,
+    /// How to reach the proxies' admin port: `direct` (pod IP) or `apiserver` (its pod proxy,
+    /// for a control plane outside the pod network).
+    #[arg(long, value_enum, default_value_t)]
+    pub stats_scrape: crate::controlplane::stats::collect::ScrapeVia,
 }
 
 #[derive(Debug, clap::Args)]

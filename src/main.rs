@@ -60,6 +60,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             runtime.block_on(skein::controlplane::proxy_status::run(&args))?;
         }
+        Command::Stat(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            runtime.block_on(skein::cli::stat::stat(&args))?;
+        }
+        Command::Edges(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            runtime.block_on(skein::cli::stat::edges(&args))?;
+        }
         Command::Proxy(args) => {
             let runtime = skein::proxy::runtime(&args).context("starting the tokio runtime")?;
             runtime.block_on(skein::proxy::run(args))?;

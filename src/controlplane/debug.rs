@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `GET /debug/proxies` | JSON array of the connected proxies ([`ProxyStatus`]), sorted by namespace and pod |
 //! | `GET /debug/config?pod=NAMESPACE/NAME` | the configuration (JSON, as the proxy's `--config` would hold it) the control plane computes for that pod now; 404 if it is not connected, 400 if `pod` is missing or not `NAMESPACE/NAME` |
+//! | `GET /debug/stats?namespace=NS&window=1m&threshold=95&from=W&to=W` | per-workload and per-edge stats over the window (10s to 5m, default 1m) from this replica's proxies, with each workload's PASS/FAIL verdict against `threshold` percent (default 95): a [`Report`](super::stats::query::Report) as JSON; 400 for a bad parameter ([`super::stats`]) |
 
 use std::sync::Arc;
 
@@ -15,6 +16,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use super::push::{ConfigSource, ProxyIdentity, ProxyStatus, PushServer};
+use super::stats::StatsStore;
+use super::stats::query::Filter;
+use super::stats::window::MAX_WINDOW_SECONDS;
 
 #[derive(Clone)]
 struct DebugState {
@@ -27,6 +31,67 @@ pub fn router(push: PushServer, source: Arc<dyn ConfigSource>) -> Router {
         .route("/debug/proxies", get(proxies))
         .route("/debug/config", get(config))
         .with_state(DebugState { push, source })
+}
+
+/// `/debug/stats`, answered from the collector's store.
+pub fn stats_router(store: StatsStore) -> Router {
+    Router::new()
+        .route("/debug/stats", get(stats))
+        .with_state(store)
+}
+
+/// The longest and shortest windows `/debug/stats` takes.
+const MIN_WINDOW: f64 = 10.0;
+pub const DEFAULT_WINDOW: &str = "1m";
+pub const DEFAULT_THRESHOLD: f64 = 95.0;
+
+#[derive(Debug, serde::Deserialize)]
+struct StatsQuery {
+    namespace: Option<String>,
+    window: Option<String>,
+    threshold: Option<f64>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+async fn stats(
+    State(store): State<StatsStore>,
+    query: Result<Query<StatsQuery>, QueryRejection>,
+) -> Response {
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(rejection) => return bad_request(&rejection.body_text()),
+    };
+    let window = match parse_window(query.window.as_deref().unwrap_or(DEFAULT_WINDOW)) {
+        Ok(window) => window,
+        Err(message) => return bad_request(&message),
+    };
+    let threshold = query.threshold.unwrap_or(DEFAULT_THRESHOLD);
+    if !(0.0..=100.0).contains(&threshold) {
+        return bad_request(&format!(
+            "threshold {threshold} is not a percentage (0-100)"
+        ));
+    }
+    let filter = Filter {
+        namespace: query.namespace.filter(|n| !n.is_empty()),
+        from: query.from.filter(|n| !n.is_empty()),
+        to: query.to.filter(|n| !n.is_empty()),
+    };
+    axum::Json(store.report(&filter, window).finish(threshold)).into_response()
+}
+
+/// `30s`, `1m`, `5m`: the window in seconds, within what the store keeps.
+pub fn parse_window(text: &str) -> Result<f64, String> {
+    let duration: crate::api::Duration = text
+        .parse()
+        .map_err(|_| format!("window {text:?} is not a duration such as 30s or 1m"))?;
+    let seconds = duration.as_std().as_secs_f64();
+    if !(MIN_WINDOW..=MAX_WINDOW_SECONDS).contains(&seconds) {
+        return Err(format!(
+            "window {text:?} is outside 10s to 5m (the scrape interval to what is kept)"
+        ));
+    }
+    Ok(seconds)
 }
 
 async fn proxies(State(state): State<DebugState>) -> Response {
@@ -105,6 +170,16 @@ mod tests {
             pushes: 0,
             cert_expires: None,
             cert_expires_in_seconds: None,
+        }
+    }
+
+    #[test]
+    fn windows_are_durations_within_what_is_kept() {
+        assert_eq!(parse_window("1m"), Ok(60.0));
+        assert_eq!(parse_window("30s"), Ok(30.0));
+        assert_eq!(parse_window("5m"), Ok(300.0));
+        for bad in ["1s", "6m", "1h", "soon", "", "-1m"] {
+            assert!(parse_window(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -11,7 +11,8 @@
 //! Discovery, one way: apiserver watches → [`index`] (reflectors, debounced rebuilds) →
 //! [`translate`] (pure: cluster state → each proxy's configuration) → [`push`] (the
 //! Delta-ADS-shaped gRPC stream, ACK/NACK) → proxies; [`status`] writes each rule's verdict
-//! back; [`debug`] and [`proxy_status`] show who got what.
+//! back; [`debug`] and [`proxy_status`] show who got what; [`stats`] scrapes the connected
+//! proxies' metrics into short windows for `skein stat` and `skein edges`.
 //!
 //! Identity: [`identity`] signs workload certificates with the mesh CA (`Identity/Certify`,
 //! on the stream's port) and authenticates the stream's proxies by their service-account
@@ -25,6 +26,7 @@ pub mod push;
 pub mod registration;
 pub mod server;
 pub mod state;
+pub mod stats;
 pub mod status;
 pub mod tls;
 pub mod translate;
@@ -152,6 +154,7 @@ async fn discovery(
     };
     let authn: Arc<dyn identity::Authenticate> =
         Arc::new(identity::KubeAuthenticator::new(client.clone()));
+    let mesh = cluster.clone();
     let push = PushServer::new(source.clone(), authn.clone(), &mut registry).with_identity(
         identity::IdentityService {
             ca,
@@ -160,17 +163,37 @@ async fn discovery(
             issued: Arc::default(),
         },
     );
+    let stats = stats::StatsStore::default();
+    let interval = args.stats_interval.as_std();
+    if interval.is_zero() {
+        tracing::info!("stats collection is off (--stats-interval 0s): /debug/stats stays empty");
+    } else {
+        tracing::info!(?interval, via = ?args.stats_scrape, "collecting the proxies' metrics for /debug/stats");
+        tokio::spawn(stats::collect::run(
+            stats.clone(),
+            push.clone(),
+            args.stats_scrape,
+            client.clone(),
+            interval.max(stats::collect::MIN_INTERVAL),
+            move || {
+                u16::try_from(mesh.inject_config().mesh.proxy.ports.admin)
+                    .unwrap_or(crate::api::names::DEFAULT_ADMIN_PORT as u16)
+            },
+        ));
+    }
     tokio::spawn(status::run(client, index));
 
     let registry = Arc::new(registry);
-    let debug_app = debug::router(push.clone(), source).route(
-        "/metrics",
-        axum::routing::get(move || {
-            let registry = registry.clone();
-            async move { crate::telemetry::metrics_response(&registry) }
-        }),
-    );
-    tracing::info!(addr = %args.debug_addr, "serving /debug/proxies, /debug/config and /metrics");
+    let debug_app = debug::router(push.clone(), source)
+        .merge(debug::stats_router(stats))
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let registry = registry.clone();
+                async move { crate::telemetry::metrics_response(&registry) }
+            }),
+        );
+    tracing::info!(addr = %args.debug_addr, "serving /debug/proxies, /debug/config, /debug/stats and /metrics");
     let debug = async {
         axum::serve(debug_listener, debug_app)
             .with_graceful_shutdown(crate::signals::shutdown())

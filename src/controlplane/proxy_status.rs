@@ -1,30 +1,17 @@
 //! `skein proxy-status`: the proxies connected to the control plane — like
 //! `istioctl proxy-status` — read from the control plane's `/debug/proxies`.
 //!
-//! Where the debug server is: `--url`; else, with `--cluster`, the control plane `skein dev up`
-//! runs on this machine; else the control-plane pods of the kubeconfig's cluster, reached by
-//! port-forwarding through the apiserver to their loopback debug port (as istioctl reaches
-//! istiod). Each replica knows only the proxies connected to it, so every Running replica is
-//! asked and the lists are merged.
+//! Where the debug server is and how it is reached: [`debug_server`]. Each replica knows only
+//! the proxies connected to it, so every Running replica is asked and the lists are merged.
 
 use std::time::Duration;
 
 use anyhow::Context;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams};
-use kube::core::Selector;
-use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::push::ProxyStatus;
-use crate::api::names;
 use crate::cli::ProxyStatusArgs;
-use crate::cli::connect::KubeArgs;
+use crate::cli::debug_server::{self, DebugTarget};
 use crate::cli::output;
-use crate::operator::desired::{DEBUG_PORT, control_plane_selector};
-use crate::operator::federation::describe;
 
 const PROXIES_PATH: &str = "/debug/proxies";
 /// Bound of the whole query, port-forward included.
@@ -45,159 +32,20 @@ pub async fn run(args: &ProxyStatusArgs) -> anyhow::Result<()> {
 }
 
 async fn connected_proxies(args: &ProxyStatusArgs) -> anyhow::Result<Vec<ProxyStatus>> {
-    let base = match (&args.url, &args.cluster) {
-        (Some(url), _) => url.clone(),
-        (None, Some(cluster)) => crate::dev::up::control_plane_debug_url(cluster)?,
-        (None, None) => return from_cluster_pods(&args.kube).await,
+    let target = DebugTarget {
+        url: args.url.as_deref(),
+        cluster: args.cluster.as_deref(),
+        kube: &args.kube,
     };
-    let target = DebugUrl::parse(&base)?;
-    let path = target.path(PROXIES_PATH);
-    let stream = tokio::net::TcpStream::connect(&target.authority)
-        .await
-        .with_context(|| format!("connecting to the control plane at {base}"))?;
-    let body = get(stream, &target.authority, &path)
-        .await
-        .with_context(|| format!("asking the control plane at {base}"))?;
-    parse_proxies(&body).with_context(|| format!("{base}{PROXIES_PATH}"))
-}
-
-/// Asks every Running control-plane pod in the mesh namespace, through port-forwards.
-async fn from_cluster_pods(kube: &KubeArgs) -> anyhow::Result<Vec<ProxyStatus>> {
-    let client = kube.client().await?;
-    let pods: Api<Pod> = Api::namespaced(client, names::MESH_NAMESPACE);
-    let selector = Selector::try_from(control_plane_selector())
-        .context("the control plane's label selector")?;
-    let list = pods
-        .list(&ListParams::default().labels_from(&selector))
-        .await
-        .map_err(|err| anyhow::anyhow!(describe(&err)))
-        .with_context(|| {
-            format!(
-                "listing the control-plane pods in {}",
-                names::MESH_NAMESPACE
-            )
-        })?;
-    let targets = control_plane_pods(&list.items);
-    anyhow::ensure!(
-        !targets.is_empty(),
-        "no Running control-plane pod ({selector}) in namespace {}; for a `skein dev up` \
-         cluster give --cluster NAME, or give the debug server's --url",
-        names::MESH_NAMESPACE
-    );
     let mut proxies = Vec::new();
-    for pod in targets {
-        let asked = format!("pod {}/{pod} port {DEBUG_PORT}", names::MESH_NAMESPACE);
-        let mut forwarder = pods
-            .portforward(&pod, &[DEBUG_PORT])
-            .await
-            .map_err(|err| anyhow::anyhow!(describe(&err)))
-            .with_context(|| format!("port-forwarding to {asked}"))?;
-        let stream = forwarder
-            .take_stream(DEBUG_PORT)
-            .with_context(|| format!("port-forwarding to {asked}: no stream"))?;
-        let failed = forwarder.take_error(DEBUG_PORT);
-        // The kubelet says why a forward failed (nothing listening, ...) on the port's error
-        // channel, while the stream just closes; an error channel closed without one is no news.
-        let body = tokio::select! {
-            body = get(stream, "localhost", PROXIES_PATH) => body.map_err(anyhow::Error::from),
-            Some(reason) = async { failed?.await } => Err(anyhow::anyhow!(reason)),
-        };
-        forwarder.abort();
-        let body = body.with_context(|| format!("asking {asked}"))?;
-        proxies.extend(parse_proxies(&body).with_context(|| format!("{asked}{PROXIES_PATH}"))?);
+    for (asked, body) in debug_server::ask_all(target, PROXIES_PATH).await? {
+        proxies.extend(parse_proxies(&body).with_context(|| asked)?);
     }
     Ok(super::debug::sorted(proxies))
 }
 
-/// The control-plane pods to ask: Running and not being deleted, by name.
-pub fn control_plane_pods(pods: &[Pod]) -> Vec<String> {
-    let mut names: Vec<String> = pods
-        .iter()
-        .filter(|pod| pod.metadata.deletion_timestamp.is_none())
-        .filter(|pod| pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-        .filter_map(|pod| pod.metadata.name.clone())
-        .collect();
-    names.sort();
-    names
-}
-
 fn parse_proxies(body: &[u8]) -> anyhow::Result<Vec<ProxyStatus>> {
     serde_json::from_slice(body).context("the answer is not a list of proxies")
-}
-
-/// A `--url`: where to connect and the path prefix to put before the debug routes.
-#[derive(Debug, PartialEq)]
-struct DebugUrl {
-    authority: String,
-    prefix: String,
-}
-
-impl DebugUrl {
-    fn parse(url: &str) -> anyhow::Result<Self> {
-        let uri: http::Uri = url
-            .parse()
-            .with_context(|| format!("{url:?} is not a URL"))?;
-        anyhow::ensure!(
-            uri.scheme_str() == Some("http"),
-            "{url:?}: the debug server speaks plain http://"
-        );
-        let authority = uri
-            .authority()
-            .with_context(|| format!("{url:?} has no host"))?;
-        let authority = match authority.port_u16() {
-            Some(_) => authority.to_string(),
-            None => format!("{}:80", authority.host()),
-        };
-        Ok(Self {
-            authority,
-            prefix: uri.path().trim_end_matches('/').to_owned(),
-        })
-    }
-
-    fn path(&self, route: &str) -> String {
-        format!("{}{route}", self.prefix)
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum GetError {
-    #[error(transparent)]
-    Request(#[from] http::Error),
-    #[error(transparent)]
-    Http(#[from] hyper::Error),
-    #[error("answered {status}: {body}")]
-    Status {
-        status: http::StatusCode,
-        body: String,
-    },
-}
-
-/// One HTTP/1.1 GET of `path` over `stream` (a TCP connection or a port-forward); the body of
-/// a successful answer.
-pub async fn get<S>(stream: S, host: &str, path: &str) -> Result<Bytes, GetError>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    // The connection is driven beside the request; it ends when the answer is read.
-    let driver = tokio::spawn(connection);
-    let request = http::Request::get(path)
-        .header(http::header::HOST, host)
-        .body(Empty::<Bytes>::new())?;
-    let answer = async {
-        let response = sender.send_request(request).await?;
-        let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        if !status.is_success() {
-            let body = String::from_utf8_lossy(&body).trim().to_owned();
-            return Err(GetError::Status { status, body });
-        }
-        Ok(body)
-    }
-    .await;
-    driver.abort();
-    answer
 }
 
 /// The table `run` prints: one row per proxy, the columns aligned.
@@ -336,7 +184,9 @@ mod tests {
         let stream = tokio::net::TcpStream::connect(&debug_addr)
             .await
             .expect("connect");
-        let body = get(stream, &debug_addr, PROXIES_PATH).await.expect("GET");
+        let body = debug_server::get(stream, &debug_addr, PROXIES_PATH, 1 << 20)
+            .await
+            .expect("GET");
         let proxies = parse_proxies(&body).expect("a list of proxies");
         let text = table(&proxies);
         assert!(text.starts_with("NAMESPACE  POD"), "{text}");
@@ -349,22 +199,13 @@ mod tests {
         let stream = tokio::net::TcpStream::connect(&debug_addr)
             .await
             .expect("connect");
-        let error = get(stream, &debug_addr, "/debug/config")
+        let error = debug_server::get(stream, &debug_addr, "/debug/config", 1 << 20)
             .await
             .expect_err("a 400");
         assert!(
-            matches!(&error, GetError::Status { status, .. } if status.as_u16() == 400),
+            matches!(&error, debug_server::GetError::Status { status, .. } if status.as_u16() == 400),
             "{error}"
         );
-    }
-
-    fn pod(name: &str, phase: &str, deleting: bool) -> Pod {
-        let deleted = deleting.then_some("2026-01-01T00:00:00Z");
-        serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name, "deletionTimestamp": deleted},
-            "status": {"phase": phase},
-        }))
-        .expect("a pod")
     }
 
     #[test]
@@ -374,35 +215,5 @@ mod tests {
         assert_eq!(time_left(9), "9s");
         assert_eq!(time_left(0), "expired");
         assert_eq!(time_left(-5), "expired");
-    }
-
-    #[test]
-    fn every_running_replica_is_asked() {
-        let pods = [
-            pod("cp-b", "Running", false),
-            pod("cp-pending", "Pending", false),
-            pod("cp-old", "Running", true),
-            pod("cp-a", "Running", false),
-            pod("cp-failed", "Failed", false),
-        ];
-        assert_eq!(control_plane_pods(&pods), ["cp-a", "cp-b"]);
-        assert!(control_plane_pods(&[]).is_empty());
-    }
-
-    #[test]
-    fn urls_name_a_plain_http_server() {
-        assert_eq!(
-            DebugUrl::parse("http://127.0.0.1:9091/").unwrap(),
-            DebugUrl {
-                authority: "127.0.0.1:9091".to_owned(),
-                prefix: String::new(),
-            }
-        );
-        let behind = DebugUrl::parse("http://debug.example/skein").unwrap();
-        assert_eq!(behind.authority, "debug.example:80");
-        assert_eq!(behind.path(PROXIES_PATH), "/skein/debug/proxies");
-        assert!(DebugUrl::parse("https://127.0.0.1:9091").is_err());
-        assert!(DebugUrl::parse("127.0.0.1:9091").is_err());
-        assert!(DebugUrl::parse("not a url").is_err());
     }
 }

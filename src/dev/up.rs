@@ -143,6 +143,9 @@ pub async fn up(args: &DevClusterArgs) -> anyhow::Result<()> {
             format!("{node_ip}:{xds_port}"),
             "--debug-addr".into(),
             format!("127.0.0.1:{debug_port}"),
+            // Outside the pod network, it reaches the proxies' metrics through the apiserver.
+            "--stats-scrape".into(),
+            "apiserver".into(),
         ],
         env: kubeconfig_env,
     };

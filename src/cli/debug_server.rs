@@ -1,0 +1,301 @@
+//! Reaching the control plane's debug server (`skein proxy-status`, `skein stat`,
+//! `skein edges`): `--url`; else, with `--cluster`, the control plane `skein dev up` runs on
+//! this machine; else every Running control-plane pod of the kubeconfig's cluster, through a
+//! port-forward to its loopback debug port (as istioctl reaches istiod). Each replica knows only
+//! the proxies connected to it, so callers merge the answers.
+//!
+//! [`get`] is also how the control plane scrapes a proxy's `/metrics` directly.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+use kube::core::Selector;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::api::names;
+use crate::cli::connect::KubeArgs;
+use crate::operator::desired::{DEBUG_PORT, control_plane_selector};
+use crate::operator::federation::describe;
+
+use anyhow::Context;
+
+/// The largest debug answer read (a proxy list or stats of a large mesh stay far below).
+pub const MAX_ANSWER_BYTES: usize = 64 << 20;
+
+/// `--url`, `--cluster` and the kubeconfig flags of the commands that ask the debug server.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DebugServerArgs {
+    /// The control plane's debug server (`skein control-plane --debug-addr`), e.g.
+    /// `http://127.0.0.1:9091`.
+    #[arg(long, conflicts_with = "cluster")]
+    pub url: Option<String>,
+    /// Ask the control plane that `skein dev up --cluster NAME` runs on this machine.
+    #[arg(long, value_name = "NAME")]
+    pub cluster: Option<String>,
+    /// Without --url or --cluster: the cluster whose control-plane pods to ask, through
+    /// port-forwards (and, for `skein stat`, whose pods to count).
+    #[command(flatten)]
+    pub kube: KubeArgs,
+}
+
+impl DebugServerArgs {
+    pub fn target(&self) -> DebugTarget<'_> {
+        DebugTarget {
+            url: self.url.as_deref(),
+            cluster: self.cluster.as_deref(),
+            kube: &self.kube,
+        }
+    }
+}
+
+/// Where the debug server is, as the commands' flags say.
+#[derive(Debug, Clone, Copy)]
+pub struct DebugTarget<'a> {
+    pub url: Option<&'a str>,
+    pub cluster: Option<&'a str>,
+    pub kube: &'a KubeArgs,
+}
+
+/// GETs `path_and_query` from every control plane the target names; each answer's body with
+/// who answered it (for error messages).
+pub async fn ask_all(
+    target: DebugTarget<'_>,
+    path_and_query: &str,
+) -> anyhow::Result<Vec<(String, Bytes)>> {
+    let base = match (target.url, target.cluster) {
+        (Some(url), _) => url.to_owned(),
+        (None, Some(cluster)) => crate::dev::up::control_plane_debug_url(cluster)?,
+        (None, None) => return from_cluster_pods(target.kube, path_and_query).await,
+    };
+    let url = DebugUrl::parse(&base)?;
+    let path = url.path(path_and_query);
+    let stream = tokio::net::TcpStream::connect(&url.authority)
+        .await
+        .with_context(|| format!("connecting to the control plane at {base}"))?;
+    let body = get(stream, &url.authority, &path, MAX_ANSWER_BYTES)
+        .await
+        .with_context(|| format!("asking the control plane at {base}"))?;
+    Ok(vec![(format!("{base}{path_and_query}"), body)])
+}
+
+/// Asks every Running control-plane pod in the mesh namespace, through port-forwards.
+async fn from_cluster_pods(
+    kube: &KubeArgs,
+    path_and_query: &str,
+) -> anyhow::Result<Vec<(String, Bytes)>> {
+    let client = kube.client().await?;
+    let pods: Api<Pod> = Api::namespaced(client, names::MESH_NAMESPACE);
+    let selector = Selector::try_from(control_plane_selector())
+        .context("the control plane's label selector")?;
+    let list = pods
+        .list(&ListParams::default().labels_from(&selector))
+        .await
+        .map_err(|err| anyhow::anyhow!(describe(&err)))
+        .with_context(|| {
+            format!(
+                "listing the control-plane pods in {}",
+                names::MESH_NAMESPACE
+            )
+        })?;
+    let targets = control_plane_pods(&list.items);
+    anyhow::ensure!(
+        !targets.is_empty(),
+        "no Running control-plane pod ({selector}) in namespace {}; for a `skein dev up` \
+         cluster give --cluster NAME, or give the debug server's --url",
+        names::MESH_NAMESPACE
+    );
+    let mut answers = Vec::new();
+    for pod in targets {
+        let asked = format!("pod {}/{pod} port {DEBUG_PORT}", names::MESH_NAMESPACE);
+        let mut forwarder = pods
+            .portforward(&pod, &[DEBUG_PORT])
+            .await
+            .map_err(|err| anyhow::anyhow!(describe(&err)))
+            .with_context(|| format!("port-forwarding to {asked}"))?;
+        let stream = forwarder
+            .take_stream(DEBUG_PORT)
+            .with_context(|| format!("port-forwarding to {asked}: no stream"))?;
+        let failed = forwarder.take_error(DEBUG_PORT);
+        // The kubelet says why a forward failed (nothing listening, ...) on the port's error
+        // channel, while the stream just closes; an error channel closed without one is no news.
+        let body = tokio::select! {
+            body = get(stream, "localhost", path_and_query, MAX_ANSWER_BYTES) => body.map_err(anyhow::Error::from),
+            Some(reason) = async { failed?.await } => Err(anyhow::anyhow!(reason)),
+        };
+        forwarder.abort();
+        let body = body.with_context(|| format!("asking {asked}"))?;
+        answers.push((format!("{asked}{path_and_query}"), body));
+    }
+    Ok(answers)
+}
+
+/// The control-plane pods to ask: Running and not being deleted, by name.
+pub fn control_plane_pods(pods: &[Pod]) -> Vec<String> {
+    let mut names: Vec<String> = pods
+        .iter()
+        .filter(|pod| pod.metadata.deletion_timestamp.is_none())
+        .filter(|pod| pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .filter_map(|pod| pod.metadata.name.clone())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A `--url`: where to connect and the path prefix to put before the debug routes.
+#[derive(Debug, PartialEq)]
+pub struct DebugUrl {
+    pub authority: String,
+    pub prefix: String,
+}
+
+impl DebugUrl {
+    pub fn parse(url: &str) -> anyhow::Result<Self> {
+        let uri: http::Uri = url
+            .parse()
+            .with_context(|| format!("{url:?} is not a URL"))?;
+        anyhow::ensure!(
+            uri.scheme_str() == Some("http"),
+            "{url:?}: the debug server speaks plain http://"
+        );
+        let authority = uri
+            .authority()
+            .with_context(|| format!("{url:?} has no host"))?;
+        let authority = match authority.port_u16() {
+            Some(_) => authority.to_string(),
+            None => format!("{}:80", authority.host()),
+        };
+        Ok(Self {
+            authority,
+            prefix: uri.path().trim_end_matches('/').to_owned(),
+        })
+    }
+
+    pub fn path(&self, route: &str) -> String {
+        format!("{}{route}", self.prefix)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GetError {
+    #[error(transparent)]
+    Request(#[from] http::Error),
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+    #[error("the answer is over {0} bytes")]
+    TooLarge(usize),
+    #[error("reading the answer: {0}")]
+    Body(String),
+    #[error("answered {status}: {body}")]
+    Status {
+        status: http::StatusCode,
+        body: String,
+    },
+}
+
+/// One HTTP/1.1 GET of `path` over `stream` (a TCP connection or a port-forward); the body of
+/// a successful answer, at most `limit` bytes.
+pub async fn get<S>(stream: S, host: &str, path: &str, limit: usize) -> Result<Bytes, GetError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    // The connection is driven beside the request; it ends when the answer is read.
+    let driver = tokio::spawn(connection);
+    let request = http::Request::get(path)
+        .header(http::header::HOST, host)
+        .body(Empty::<Bytes>::new())?;
+    let answer = async {
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let body = read_limited(response.into_body(), limit).await?;
+        if !status.is_success() {
+            let body = String::from_utf8_lossy(&body).trim().to_owned();
+            return Err(GetError::Status { status, body });
+        }
+        Ok(body)
+    }
+    .await;
+    driver.abort();
+    answer
+}
+
+/// A body, refused once it passes `limit` bytes.
+pub async fn read_limited<B>(body: B, limit: usize) -> Result<Bytes, GetError>
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            Err(GetError::TooLarge(limit))
+        }
+        Err(error) => Err(GetError::Body(error.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, phase: &str, deleting: bool) -> Pod {
+        let deleted = deleting.then_some("2026-01-01T00:00:00Z");
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "deletionTimestamp": deleted},
+            "status": {"phase": phase},
+        }))
+        .expect("a pod")
+    }
+
+    #[test]
+    fn every_running_replica_is_asked() {
+        let pods = [
+            pod("cp-b", "Running", false),
+            pod("cp-pending", "Pending", false),
+            pod("cp-old", "Running", true),
+            pod("cp-a", "Running", false),
+            pod("cp-failed", "Failed", false),
+        ];
+        assert_eq!(control_plane_pods(&pods), ["cp-a", "cp-b"]);
+        assert!(control_plane_pods(&[]).is_empty());
+    }
+
+    #[test]
+    fn urls_name_a_plain_http_server() {
+        assert_eq!(
+            DebugUrl::parse("http://127.0.0.1:9091/").unwrap(),
+            DebugUrl {
+                authority: "127.0.0.1:9091".to_owned(),
+                prefix: String::new(),
+            }
+        );
+        let behind = DebugUrl::parse("http://debug.example/skein").unwrap();
+        assert_eq!(behind.authority, "debug.example:80");
+        assert_eq!(behind.path("/debug/proxies"), "/skein/debug/proxies");
+        assert!(DebugUrl::parse("https://127.0.0.1:9091").is_err());
+        assert!(DebugUrl::parse("127.0.0.1:9091").is_err());
+        assert!(DebugUrl::parse("not a url").is_err());
+    }
+
+    /// An answer over the limit is refused, not read whole.
+    #[tokio::test]
+    async fn answers_are_bounded() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app =
+            axum::Router::new().route("/big", axum::routing::get(|| async { "x".repeat(5000) }));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let connect = || tokio::net::TcpStream::connect(addr);
+        let small = get(connect().await.unwrap(), "h", "/big", 10_000)
+            .await
+            .unwrap();
+        assert_eq!(small.len(), 5000);
+        let error = get(connect().await.unwrap(), "h", "/big", 1000)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, GetError::TooLarge(1000)), "{error}");
+    }
+}

@@ -1,0 +1,167 @@
+//! The collector's I/O: every interval, scrape each connected proxy's `/metrics` (all at once,
+//! at most [`CONCURRENCY`] in flight, each bounded by [`SCRAPE_TIMEOUT`] and
+//! [`MAX_SCRAPE_BYTES`], so one slow proxy never holds up the others) and record it.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Resource;
+
+use super::StatsStore;
+use super::parse;
+use super::window::{self, Snapshot};
+use crate::cli::debug_server;
+use crate::controlplane::push::PushServer;
+
+/// A proxy's `/metrics` is a few hundred KiB at most; more is not a proxy's.
+pub const MAX_SCRAPE_BYTES: usize = 4 << 20;
+/// One scrape's bound (connect, request and body), below the interval.
+pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The shortest interval: the window keeps 5 minutes of increments at this pace.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(5);
+/// Scrapes in flight at once.
+pub const CONCURRENCY: usize = 32;
+
+/// How the control plane reaches the proxies' admin port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScrapeVia {
+    /// The pod's IP, pod to pod.
+    #[default]
+    Direct,
+    /// The apiserver's pod proxy (the control plane needs `get` on `pods/proxy`).
+    Apiserver,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScrapeError {
+    #[error("the proxy's stream gave no pod IP")]
+    NoIp,
+    #[error("connecting to {0}: {1}")]
+    Connect(std::net::SocketAddr, std::io::Error),
+    #[error(transparent)]
+    Get(#[from] debug_server::GetError),
+    #[error("through the apiserver: {0}")]
+    Apiserver(String),
+    #[error("no answer within {SCRAPE_TIMEOUT:?}")]
+    Timeout,
+    #[error("the answer is not UTF-8")]
+    NotText,
+    #[error("the metrics do not parse: {0}")]
+    Parse(#[from] parse::ParseError),
+}
+
+/// One proxy to scrape.
+#[derive(Debug, Clone)]
+struct Target {
+    namespace: String,
+    pod: String,
+    ip: Option<IpAddr>,
+}
+
+/// Scrapes forever, every `interval`. `admin_port` is read at each round (the MeshConfig's
+/// `proxy.ports.admin`, which it may change).
+pub async fn run(
+    store: StatsStore,
+    push: PushServer,
+    via: ScrapeVia,
+    client: kube::Client,
+    interval: Duration,
+    admin_port: impl Fn() -> u16,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let targets = targets(&push);
+        let keys: Vec<(String, String)> = targets
+            .iter()
+            .map(|t| (t.namespace.clone(), t.pod.clone()))
+            .collect();
+        store.retain(&keys);
+        let port = admin_port();
+        let client = &client;
+        futures::stream::iter(targets)
+            .map(|target| async move {
+                let scraped =
+                    match tokio::time::timeout(SCRAPE_TIMEOUT, scrape(&target, via, client, port))
+                        .await
+                    {
+                        Ok(result) => result,
+                        Err(_) => Err(ScrapeError::Timeout),
+                    };
+                (target, scraped)
+            })
+            .buffer_unordered(CONCURRENCY)
+            .for_each(|(target, scraped)| {
+                if let Err(error) = &scraped {
+                    tracing::debug!(namespace = %target.namespace, pod = %target.pod, %error, "scraping a proxy's metrics");
+                }
+                store.record(
+                    (target.namespace, target.pod),
+                    store.now(),
+                    scraped.map_err(|e| e.to_string()),
+                );
+                async {}
+            })
+            .await;
+    }
+}
+
+/// The connected proxies, one per pod (its latest stream).
+fn targets(push: &PushServer) -> Vec<Target> {
+    let mut proxies = push.proxies();
+    proxies.sort_by(|a, b| {
+        (&a.namespace, &a.pod, &b.connected_since).cmp(&(&b.namespace, &b.pod, &a.connected_since))
+    });
+    proxies.dedup_by(|a, b| a.namespace == b.namespace && a.pod == b.pod);
+    proxies
+        .into_iter()
+        .map(|p| Target {
+            namespace: p.namespace,
+            pod: p.pod,
+            ip: p.ip,
+        })
+        .collect()
+}
+
+async fn scrape(
+    target: &Target,
+    via: ScrapeVia,
+    client: &kube::Client,
+    port: u16,
+) -> Result<Snapshot, ScrapeError> {
+    let body = match via {
+        ScrapeVia::Direct => {
+            let addr = std::net::SocketAddr::new(target.ip.ok_or(ScrapeError::NoIp)?, port);
+            let stream = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| ScrapeError::Connect(addr, e))?;
+            debug_server::get(stream, &addr.to_string(), "/metrics", MAX_SCRAPE_BYTES).await?
+        }
+        ScrapeVia::Apiserver => {
+            let path = format!(
+                "{}/{}:{port}/proxy/metrics",
+                Pod::url_path(&(), Some(&target.namespace)),
+                target.pod
+            );
+            let request = http::Request::get(path)
+                .body(Vec::new())
+                .map_err(|e| ScrapeError::Apiserver(e.to_string()))?;
+            let response = client
+                .send(request.map(kube::client::Body::from))
+                .await
+                .map_err(|e| ScrapeError::Apiserver(e.to_string()))?;
+            let status = response.status();
+            let body = debug_server::read_limited(response.into_body(), MAX_SCRAPE_BYTES).await?;
+            if !status.is_success() {
+                let body = String::from_utf8_lossy(&body).trim().to_owned();
+                return Err(debug_server::GetError::Status { status, body }.into());
+            }
+            body
+        }
+    };
+    let text = std::str::from_utf8(&body).map_err(|_| ScrapeError::NotText)?;
+    Ok(Snapshot::from_samples(&parse::parse(text, window::wanted)?))
+}

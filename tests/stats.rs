@@ -1,0 +1,359 @@
+//! `skein stat` and `skein edges` on the real meshed demo (`skein dev up` on a cluster of its
+//! own, `skein-test-stats`): the real control plane scrapes the real proxies (through the
+//! apiserver's pod proxy, as `dev up` runs it outside the pod network) while real requests flow
+//! loadgen → frontend → middleware → backend over mTLS. The backend is made to fail 30% of
+//! requests (the demo's `x-demo-backend-fail-percent` knob, passed down the chain): `skein stat`
+//! shows each tier's verdict as it really is and the backend's reason; once the failures stop,
+//! every tier PASSes again. `skein edges` shows the chain with its real mTLS state.
+//! Needs root, iproute2 and iptables (tests never skip).
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use serde_json::{Value, json};
+use support::node::{eventually, pod_ready};
+
+const CLUSTER: &str = "skein-test-stats";
+const SKEIN: &str = env!("CARGO_BIN_EXE_skein");
+const DEMO: &str = "demo";
+/// Short, so the recovery shows within a minute (the collector scrapes every 10 s).
+const WINDOW: &str = "30s";
+const WAIT: Duration = Duration::from_secs(120);
+const TIERS: [&str; 4] = ["frontend", "middleware", "backend-v1", "backend-v2"];
+
+/// `skein ARGS --cluster CLUSTER -n demo --window 30s`: stdout, asserting success.
+fn skein(args: &[&str]) -> String {
+    let out = Command::new(SKEIN)
+        .args(args)
+        .args(["--cluster", CLUSTER, "-n", DEMO, "--window", WINDOW])
+        .env("KUBECONFIG", support::kubeconfig())
+        .stdin(Stdio::null())
+        .output()
+        .expect("running skein");
+    assert!(
+        out.status.success(),
+        "skein {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn json_of(args: &[&str]) -> Value {
+    let text = skein(args);
+    serde_json::from_str(&text).unwrap_or_else(|err| panic!("{args:?}: {err}: {text}"))
+}
+
+fn row<'a>(stat: &'a Value, name: &str) -> &'a Value {
+    stat["workloads"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|w| w["name"] == name))
+        .unwrap_or_else(|| panic!("no row {name} in {stat:#}"))
+}
+
+fn verdict<'a>(stat: &'a Value, name: &str) -> &'a str {
+    row(stat, name)["verdict"].as_str().unwrap_or_default()
+}
+
+/// The reasons under a row, as `kind detail`.
+fn reasons(stat: &Value, name: &str) -> Vec<String> {
+    row(stat, name)["topReasons"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            format!(
+                "{} {}",
+                r["kind"].as_str().unwrap_or(""),
+                r["detail"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+/// Polls `skein stat -o json` until `done` holds for it; returns that answer.
+async fn stat_until(what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    until(what, || {
+        let stat = json_of(&["stat", "deploy", "-o", "json"]);
+        (done(&stat), stat)
+    })
+    .await
+}
+
+/// Polls `probe` until it says done; returns its last answer.
+async fn until(what: &str, probe: impl Fn() -> (bool, Value)) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (done, stat) = probe();
+        if done {
+            return stat;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting for {what}; last answer:\n{stat:#}"
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+}
+
+/// `count` requests to the frontend from the loadgen pod, through its sidecar, in the
+/// background; each lets the backend fail `fail_percent`% of the time.
+fn load(pod: &str, count: u32, fail_percent: u32) -> Child {
+    let script = format!(
+        "for i in $(seq {count}); do curl -s -o /dev/null --max-time 5 \
+         -H 'x-demo-backend-fail-percent: {fail_percent}' http://frontend/; sleep 0.1; done"
+    );
+    Command::new(SKEIN)
+        .args(["dev", "exec", "--cluster", CLUSTER])
+        .arg(format!("{DEMO}/{pod}"))
+        .args(["-c", "loadgen", "--", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("running skein dev exec")
+}
+
+/// Stops the load (the loop in the pod ends with its count) and waits for it.
+fn finish(mut child: Child) {
+    let deadline = Instant::now() + WAIT;
+    while child.try_wait().expect("waiting for the load").is_none() {
+        assert!(Instant::now() < deadline, "the load did not end");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A meshed client Deployment (the demo app, idle; requests are sent from its pod): the
+/// frontend's inbound view sees them, as it would a browser's through an ingress.
+async fn loadgen(client: &kube::Client) -> String {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), DEMO);
+    let deployment: Deployment = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "loadgen", "namespace": DEMO},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "loadgen"}},
+            "template": {
+                "metadata": {"labels": {"app": "loadgen"}},
+                "spec": {"containers": [{
+                    "name": "loadgen", "image": "ghcr.io/skein-mesh/skein:0.1.0",
+                    "args": ["demo-app", "--role", "frontend", "--version", "load", "--next", "http://frontend"],
+                    "ports": [{"name": "http", "containerPort": 8080}]
+                }]}
+            }
+        }
+    }))
+    .expect("a Deployment");
+    deployments
+        .patch(
+            "loadgen",
+            &PatchParams::apply("skein-test").force(),
+            &Patch::Apply(&deployment),
+        )
+        .await
+        .expect("applying the loadgen Deployment");
+    // A Service too: proxies name a client's workload from the endpoints they know.
+    let service: Service = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "loadgen", "namespace": DEMO},
+        "spec": {"selector": {"app": "loadgen"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}
+    }))
+    .expect("a Service");
+    Api::<Service>::namespaced(client.clone(), DEMO)
+        .patch(
+            "loadgen",
+            &PatchParams::apply("skein-test").force(),
+            &Patch::Apply(&service),
+        )
+        .await
+        .expect("applying the loadgen Service");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), DEMO);
+    eventually("a Ready, meshed loadgen pod", WAIT, || async {
+        let list = pods
+            .list(&ListParams::default().labels("app=loadgen"))
+            .await
+            .ok()?;
+        list.items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none() && pod_ready(p))
+            .find(|p| {
+                p.spec.as_ref().is_some_and(|s| {
+                    s.containers
+                        .iter()
+                        .chain(s.init_containers.iter().flatten())
+                        .any(|c| c.name == "skein-proxy")
+                })
+            })
+            .map(|p| p.name_any())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_tier_fails_with_its_reason_then_passes() {
+    support::demo_up(CLUSTER);
+    let client = support::client().await;
+    let pod = loadgen(&client).await;
+
+    // The backend fails 30%: every tier on the path fails with it, each saying where from.
+    let failing = load(&pod, 400, 30);
+    let stat = stat_until("every tier to FAIL", |stat| {
+        TIERS.iter().all(|tier| {
+            stat["workloads"].as_array().is_some_and(|rows| {
+                rows.iter()
+                    .any(|w| w["name"] == *tier && w["verdict"] == "FAIL")
+            })
+        })
+    })
+    .await;
+    for backend in ["backend-v1", "backend-v2"] {
+        let row = row(&stat, backend);
+        let rate = row["successRate"].as_f64().expect("a success rate");
+        assert!((0.3..0.95).contains(&rate), "{backend}: {row:#}");
+        assert_eq!(reasons(&stat, backend)[0], "status 503", "{row:#}");
+        assert_eq!(
+            (row["proxies"].as_u64(), row["pods"].as_u64()),
+            (Some(1), Some(1)),
+            "{row:#}"
+        );
+        assert!(
+            row["p50Ms"].as_f64().is_some() && row["rps"].as_f64() > Some(0.0),
+            "{row:#}"
+        );
+    }
+    let middleware = reasons(&stat, "middleware");
+    assert!(
+        middleware
+            .iter()
+            .any(|r| r == "upstream demo/backend-v1" || r == "upstream demo/backend-v2"),
+        "the middleware's failures come from the backend: {middleware:?}"
+    );
+    let frontend = reasons(&stat, "frontend");
+    assert!(
+        frontend.contains(&"upstream demo/middleware".to_owned()),
+        "the frontend's failures come from the middleware: {frontend:?}"
+    );
+    assert_eq!(
+        verdict(&stat, "loadgen"),
+        "NO_TRAFFIC",
+        "nobody calls the load generator (it has no probes)"
+    );
+
+    // The table people read: the verdict column, and the reason under a FAIL row.
+    let table = skein(&["stat", "deploy"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("NAME")
+            && lines[0].contains("MESHED")
+            && lines[0].ends_with("VERDICT"),
+        "{table}"
+    );
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("backend-v1 ") && l.ends_with("FAIL"))
+        .unwrap_or_else(|| panic!("no failing backend-v1 row:\n{table}"));
+    assert!(
+        lines[at + 1].starts_with("  FAIL  backend-v1: ")
+            && lines[at + 1].contains("% failing — 503 x"),
+        "{table}"
+    );
+    // One workload, and only the requests to the backend (as its callers saw them).
+    let one = json_of(&["stat", "deploy", "deploy/backend-v1", "-o", "json"]);
+    assert_eq!(
+        one["workloads"].as_array().map(Vec::len),
+        Some(1),
+        "{one:#}"
+    );
+    let to = json_of(&["stat", "deploy", "--to", "deploy/backend-v1", "-o", "json"]);
+    let callers: Vec<&str> = to["workloads"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|w| w["name"].as_str())
+        .collect();
+    assert_eq!(callers, ["middleware"], "{to:#}");
+
+    // The chain, over mutual TLS with each side's identity; the kubelet's probes in plaintext.
+    // A new client is named once the callee's proxy has its endpoints (a push away).
+    let chain = [
+        ("loadgen", "frontend"),
+        ("frontend", "middleware"),
+        ("middleware", "backend-v1"),
+    ];
+    let edges = until("the chain's edges", || {
+        let edges = json_of(&["edges", "deploy", "-o", "json"]);
+        let found = chain.iter().all(|(source, destination)| {
+            edges["edges"].as_array().is_some_and(|all| {
+                all.iter()
+                    .any(|e| e["source"] == *source && e["destination"] == *destination)
+            })
+        });
+        (found, edges)
+    })
+    .await;
+    let edge = |source: &str, destination: &str| {
+        edges["edges"]
+            .as_array()
+            .and_then(|all| {
+                all.iter()
+                    .find(|e| e["source"] == source && e["destination"] == destination)
+            })
+            .unwrap_or_else(|| panic!("no edge {source} -> {destination}: {edges:#}"))
+            .clone()
+    };
+    let identity = "spiffe://cluster.local/ns/demo/sa/default";
+    for (source, destination) in [
+        ("loadgen", "frontend"),
+        ("frontend", "middleware"),
+        ("middleware", "backend-v1"),
+    ] {
+        let e = edge(source, destination);
+        assert_eq!(e["secured"], "yes", "{e:#}");
+        assert_eq!(e["sourceIdentity"], identity, "{e:#}");
+    }
+    assert_eq!(edge("loadgen", "frontend")["destinationIdentity"], identity);
+    let probes = edge("", "backend-v1");
+    assert_eq!(
+        probes["secured"], "no",
+        "the kubelet probes in plaintext: {probes:#}"
+    );
+    let table = skein(&["edges", "deploy"]);
+    assert!(table.starts_with("SRC "), "{table}");
+    assert!(
+        table.lines().any(|l| l.starts_with("demo/middleware")
+            && l.contains("demo/backend-v1")
+            && l.contains(" yes ")),
+        "{table}"
+    );
+    finish(failing);
+
+    // The backend recovers: once the failures are out of the window, every tier passes.
+    let healthy = load(&pod, 700, 0);
+    let stat = stat_until("every tier to PASS", |stat| {
+        TIERS.iter().all(|tier| {
+            stat["workloads"].as_array().is_some_and(|rows| {
+                rows.iter()
+                    .any(|w| w["name"] == *tier && w["verdict"] == "PASS")
+            })
+        })
+    })
+    .await;
+    for tier in TIERS {
+        let rate = row(&stat, tier)["successRate"].as_f64();
+        assert!(rate >= Some(0.95), "{tier} recovered: {stat:#}");
+    }
+    let mut healthy = healthy;
+    let _ = healthy.kill();
+    let _ = healthy.wait();
+    let _ = Api::<Deployment>::namespaced(client.clone(), DEMO)
+        .delete("loadgen", &DeleteParams::default())
+        .await;
+    let _ = Api::<Service>::namespaced(client, DEMO)
+        .delete("loadgen", &DeleteParams::default())
+        .await;
+}
