@@ -45,10 +45,21 @@ pub async fn run(args: &ProxyStatusArgs) -> anyhow::Result<()> {
 }
 
 async fn connected_proxies(args: &ProxyStatusArgs) -> anyhow::Result<Vec<ProxyStatus>> {
-    let base = match (&args.url, &args.cluster) {
-        (Some(url), _) => url.clone(),
+    query(args.url.as_deref(), args.cluster.as_deref(), &args.kube).await
+}
+
+/// Every proxy connected to the control plane whose debug server is at `url`, else the one
+/// `skein dev up --cluster` runs, else the control-plane pods of `kube`'s cluster (shared with
+/// `skein check`). Not bounded in time: callers wrap it in their own timeout.
+pub async fn query(
+    url: Option<&str>,
+    cluster: Option<&str>,
+    kube: &KubeArgs,
+) -> anyhow::Result<Vec<ProxyStatus>> {
+    let base = match (url, cluster) {
+        (Some(url), _) => url.to_owned(),
         (None, Some(cluster)) => crate::dev::up::control_plane_debug_url(cluster)?,
-        (None, None) => return from_cluster_pods(&args.kube).await,
+        (None, None) => return from_cluster_pods(kube).await,
     };
     let target = DebugUrl::parse(&base)?;
     let path = target.path(PROXIES_PATH);
