@@ -73,7 +73,9 @@ pub fn crds(
             .find(|v| v.name == names::VERSION && v.served)
         {
             None => not_served.push(name),
-            Some(have_version) if have_version.schema != want_version.schema => {
+            Some(have_version)
+                if schema_json(&have_version.schema) != schema_json(&want_version.schema) =>
+            {
                 different.push(name)
             }
             Some(_) => {}
@@ -107,6 +109,26 @@ pub fn crds(
         CRDS,
         format!("{} CRDs serve {}", expected.len(), names::VERSION),
     )
+}
+
+/// A schema as JSON with every number as a float: the apiserver stores an integer `default`
+/// written as `1.0` as `1`, which is the same schema.
+fn schema_json<T: serde::Serialize>(schema: &T) -> serde_json::Value {
+    fn normalize(value: serde_json::Value) -> serde_json::Value {
+        use serde_json::Value;
+        match value {
+            Value::Number(n) => n
+                .as_f64()
+                .and_then(serde_json::Number::from_f64)
+                .map_or(Value::Number(n), Value::Number),
+            Value::Array(items) => Value::Array(items.into_iter().map(normalize).collect()),
+            Value::Object(map) => {
+                Value::Object(map.into_iter().map(|(k, v)| (k, normalize(v))).collect())
+            }
+            other => other,
+        }
+    }
+    normalize(serde_json::to_value(schema).unwrap_or_default())
 }
 
 pub async fn check_crds(client: &Client) -> CheckResult {
@@ -424,6 +446,20 @@ mod tests {
                 .message
                 .starts_with("not serving v1alpha1")
         );
+
+        // An integer stored for a float default is the same schema.
+        let mut stored = all.clone();
+        let spec = serde_json::to_value(&stored[0]).unwrap();
+        let text = serde_json::to_string(&spec)
+            .unwrap()
+            .replace("\"samplingPercentage\":1.0", "\"samplingPercentage\":1");
+        assert!(
+            text.contains("\"samplingPercentage\":1}")
+                || text.contains("\"samplingPercentage\":1,"),
+            "{text}"
+        );
+        stored[0] = Some(serde_json::from_str(&text).unwrap());
+        assert_eq!(crds(&expected, &stored).status, Status::Ok);
 
         let mut changed = all;
         changed[1].as_mut().unwrap().spec.versions[0].schema = None;
