@@ -339,6 +339,68 @@ async fn set_secret_data(client: &Client, name: &str, data: BTreeMap<String, Byt
         .unwrap();
 }
 
+/// A workload certificate for the pod `token` is bound to, from the control plane at `xds`.
+async fn certify(xds: &str, token: &str) {
+    use skein::xds::identity::CertifyRequest;
+    use skein::xds::identity::identity_client::IdentityClient;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr_pem = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let mut client = IdentityClient::connect(format!("http://{xds}"))
+        .await
+        .unwrap();
+    let mut request = tonic::Request::new(CertifyRequest { csr_pem });
+    skein::proxy::identity::authorize(&mut request, token).unwrap();
+    client
+        .certify(request)
+        .await
+        .expect("a workload certificate");
+}
+
+/// A configuration stream for `namespace/pod` that has received its first push and will never
+/// acknowledge it; the proxy closes it when this is dropped.
+async fn open_stream(xds: &str, token: &str, namespace: &str, pod: &str) -> impl Sized {
+    use futures::StreamExt;
+    use skein::xds::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use skein::xds::discovery::{DeltaDiscoveryRequest, Node};
+    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{xds}"))
+        .await
+        .unwrap();
+    let first = DeltaDiscoveryRequest {
+        node: Some(Node {
+            id: String::new(),
+            pod: pod.to_owned(),
+            namespace: namespace.to_owned(),
+            ip: String::new(),
+        }),
+        type_url: skein::xds::resources::TYPE_URLS[0].to_owned(),
+        resource_names_subscribe: vec!["*".to_owned()],
+        ..DeltaDiscoveryRequest::default()
+    };
+    // The requests stay silent (no ACK ever follows the push) until `close` is dropped; then
+    // they end, which is the proxy closing the stream.
+    let (close, closed) = tokio::sync::oneshot::channel::<()>();
+    let requests = futures::stream::iter([first]).chain(
+        futures::stream::once(closed).filter_map(|_| async { None::<DeltaDiscoveryRequest> }),
+    );
+    let mut request = tonic::Request::new(requests);
+    skein::proxy::identity::authorize(&mut request, token).unwrap();
+    let mut responses = client
+        .delta_aggregated_resources(request)
+        .await
+        .expect("the stream opens")
+        .into_inner();
+    responses
+        .message()
+        .await
+        .expect("a first push")
+        .expect("a first push");
+    (close, client, responses)
+}
+
 #[tokio::test]
 async fn check_passes_on_a_healthy_mesh_and_names_each_planted_fault() {
     support::use_cluster(CLUSTER);
@@ -590,6 +652,34 @@ async fn check_passes_on_a_healthy_mesh_and_names_each_planted_fault() {
     );
     crds::install(&client).await.unwrap();
     healthy(&args, "the CRDs reinstalled").await;
+
+    // Fault: a stale proxy. A real stream client that takes the first push and never
+    // acknowledges it, with a real certificate for its pod (so only the sync check can fail).
+    let token = support::identity::pod_token(&client, MESHED, "stale").await;
+    certify(&xds, &token).await;
+    let stale = open_stream(&xds, &token, MESHED, "stale").await;
+    let behind = fails(&args, "proxies-synced", &[]).await;
+    let message = behind.check("proxies-synced")["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.starts_with(
+            "1 of 1 proxies not synced: check-meshed/stale acknowledged \"\" but was sent"
+        ),
+        "{message}"
+    );
+    assert_eq!(
+        behind.check("proxy-certificates")["status"],
+        "ok",
+        "{:#}",
+        behind.json
+    );
+    drop(stale);
+    healthy(&args, "the stale proxy gone").await;
+    let _ = Api::<Pod>::namespaced(client.clone(), MESHED)
+        .delete("stale", &DeleteParams::default().grace_period(0))
+        .await;
 
     // Uninstall, leaving the cluster as --pre wants it for the next run.
     delete_meshconfig(&client).await;

@@ -9,7 +9,9 @@
 //!
 //! Certificates: the control plane's `/debug/proxies` gives, per proxy, the expiry of the last
 //! workload certificate it issued to the pod while that is still valid, nothing once it has
-//! expired; so a connected proxy listed without one has none that is valid (or never asked).
+//! expired. A proxy listed without one may have an expired certificate, one issued by another
+//! replica than the one it streams from, or none (mTLS not in use): that is a warning naming
+//! it, not a failure; a listed expiry in the past fails.
 
 use std::collections::BTreeMap;
 
@@ -278,37 +280,55 @@ pub fn certificates(proxies: Option<&Proxies>) -> CheckResult {
             );
         }
     };
-    let without: Vec<String> = proxies
-        .iter()
-        .filter(|p| p.cert_expires_in_seconds.is_none_or(|left| left <= 0))
-        .map(|p| format!("{}/{}", p.namespace, p.pod))
-        .collect();
-    if without.is_empty() {
-        let soonest = proxies
+    let names = |keep: &dyn Fn(Option<i64>) -> bool| -> Vec<String> {
+        proxies
             .iter()
-            .filter_map(|p| p.cert_expires.as_deref())
-            .min();
-        return CheckResult::ok(
+            .filter(|p| keep(p.cert_expires_in_seconds))
+            .map(|p| format!("{}/{}", p.namespace, p.pod))
+            .collect()
+    };
+    let expired = names(&|left| left.is_some_and(|left| left <= 0));
+    let unknown = names(&|left| left.is_none());
+    let renew = "the proxy renews it from the control plane: check the ca-certificate check and \
+                 the proxy's log (kubectl logs POD -c skein-proxy)";
+    if !expired.is_empty() {
+        return CheckResult::fail(
             CERTS,
-            match soonest {
-                Some(at) => format!(
-                    "{} proxies, the first certificate to renew expires at {at}",
-                    proxies.len()
-                ),
-                None => "no proxy connected".to_owned(),
-            },
+            format!(
+                "{} of {} proxies hold an expired certificate: {}",
+                expired.len(),
+                proxies.len(),
+                expired.join(", ")
+            ),
+            renew,
         );
     }
-    CheckResult::fail(
+    if !unknown.is_empty() {
+        return CheckResult::warning(
+            CERTS,
+            format!(
+                "{} of {} proxies have no valid certificate from the control plane they stream \
+                 from (expired, issued by another replica, or mTLS not in use): {}",
+                unknown.len(),
+                proxies.len(),
+                unknown.join(", ")
+            ),
+            renew,
+        );
+    }
+    let soonest = proxies
+        .iter()
+        .filter_map(|p| p.cert_expires.as_deref())
+        .min();
+    CheckResult::ok(
         CERTS,
-        format!(
-            "{} of {} proxies hold no valid certificate from the control plane: {}",
-            without.len(),
-            proxies.len(),
-            without.join(", ")
-        ),
-        "the proxy renews it from the control plane: check the ca-certificate check and the \
-         proxy's log (kubectl logs POD -c skein-proxy)",
+        match soonest {
+            Some(at) => format!(
+                "{} proxies, the first certificate to renew expires at {at}",
+                proxies.len()
+            ),
+            None => "no proxy connected".to_owned(),
+        },
     )
 }
 
@@ -469,9 +489,16 @@ mod tests {
             certificates(Some(&Ok(vec![good.clone()]))).status,
             Status::Ok
         );
-        let expired = certificates(Some(&Ok(vec![good, proxy("c", "v", "v", None)])));
+        let unknown = certificates(Some(&Ok(vec![good.clone(), proxy("c", "v", "v", None)])));
+        assert_eq!(unknown.status, Status::Warning);
+        assert!(unknown.message.contains("shop/c"), "{}", unknown.message);
+        let expired = certificates(Some(&Ok(vec![good, proxy("d", "v", "v", Some(0))])));
         assert_eq!(expired.status, Status::Fail);
-        assert!(expired.message.contains("shop/c"), "{}", expired.message);
+        assert!(
+            expired.message.contains("expired certificate: shop/d"),
+            "{}",
+            expired.message
+        );
         assert_eq!(
             certificates(Some(&Err("down".to_owned()))).status,
             Status::Warning
