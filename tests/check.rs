@@ -688,3 +688,43 @@ async fn check_passes_on_a_healthy_mesh_and_names_each_planted_fault() {
     operator.stop();
     let _ = kubeconfig;
 }
+
+/// Without an apiserver, that is the one check reported, with its cause, and the run fails.
+#[test]
+fn an_unreachable_apiserver_is_the_one_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    // A port nothing listens on: bound and closed at once.
+    let port = support::control_plane::free_port();
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: gone\n\
+             clusters: [{{name: gone, cluster: {{server: \"https://127.0.0.1:{port}\"}}}}]\n\
+             users: [{{name: u, user: {{token: t}}}}]\n\
+             contexts: [{{name: gone, context: {{cluster: gone, user: u}}}}]\n"
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_skein"))
+        .args([
+            "check",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "-o",
+            "json",
+        ])
+        .env_remove("SKEIN_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("running skein check");
+    assert_eq!(out.status.code(), Some(1));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let checks = json["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 1, "{json:#}");
+    assert_eq!(checks[0]["id"], "kubernetes-api");
+    assert_eq!(checks[0]["status"], "fail");
+    let message = checks[0]["message"].as_str().unwrap();
+    assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
+    assert!(checks[0]["hint"].as_str().unwrap().contains("--kubeconfig"));
+}
