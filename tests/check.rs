@@ -441,6 +441,38 @@ async fn check_passes_on_a_healthy_mesh_and_names_each_planted_fault() {
         .into()
     );
 
+    // A user with no rights is told what it may not create (the admin impersonating them).
+    let dir = tempfile::tempdir().unwrap();
+    let nobody = dir.path().join("kubeconfig");
+    let admin = std::fs::read_to_string(kubeconfig).unwrap();
+    std::fs::write(
+        &nobody,
+        support::control_plane::impersonating(&admin, "skein-check-nobody"),
+    )
+    .unwrap();
+    let (code, stdout) = Command::new(env!("CARGO_BIN_EXE_skein"))
+        .args(["check", "--pre", "-o", "json", "--kubeconfig"])
+        .arg(&nobody)
+        .env_remove("SKEIN_LOG")
+        .output()
+        .map(|out| (out.status.code(), out.stdout))
+        .unwrap();
+    let refused = Report {
+        code: code.unwrap(),
+        json: serde_json::from_slice(&stdout).unwrap(),
+    };
+    assert_eq!(refused.code, 1);
+    let permissions = refused.check("install-permissions");
+    assert_eq!(permissions["status"], "fail", "{:#}", refused.json);
+    let message = permissions["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(
+            "you may not create customresourcedefinitions.apiextensions.k8s.io, namespaces,"
+        ) && message.contains("deployments.apps in skein-system"),
+        "{message}"
+    );
+    assert_eq!(refused.check("kubernetes-api")["status"], "ok");
+
     // The install: External mode, two control planes on this machine.
     let ports = Ports::pick();
     let webhook_url = format!("https://127.0.0.1:{}/inject", ports.webhook);
