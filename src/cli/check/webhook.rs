@@ -39,7 +39,8 @@ pub const INJECTION: Check = Check {
     description: "a pod created in a labelled namespace gets the proxy",
 };
 
-/// Name of the dry-run pod `injection` creates (never stored).
+/// Name (prefix, so it cannot collide with a user's pod) and label of the dry-run pod
+/// `injection` creates; never stored.
 const PROBE_POD: &str = "skein-check-injection";
 
 /// Every certificate of a PEM bundle.
@@ -335,7 +336,7 @@ pub async fn check_injection(
         );
     };
     let pod: Pod = match serde_json::from_value(serde_json::json!({
-        "metadata": {"name": PROBE_POD, "labels": {"app.kubernetes.io/name": PROBE_POD}},
+        "metadata": {"generateName": format!("{PROBE_POD}-"), "labels": {"app.kubernetes.io/name": PROBE_POD}},
         "spec": {"containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}]},
     })) {
         Ok(pod) => pod,
