@@ -4,6 +4,7 @@
 //! `--kubeconfig` and `--context` ([`KubeArgs`]), commands that print data take
 //! `-o table|json|yaml` ([`OutputFormat`]), and the dev cluster is named by `--cluster`.
 
+pub mod check;
 pub mod connect;
 pub mod debug_server;
 pub mod output;
@@ -14,6 +15,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+pub use check::CheckArgs;
 pub use connect::KubeArgs;
 pub use output::{OutputArgs, OutputFormat};
 pub use version::VersionArgs;
@@ -53,6 +55,9 @@ pub enum Command {
     /// configuration stream to every proxy (later also the CA).
     #[command(hide = true)]
     ControlPlane(ControlPlaneArgs),
+    /// Check the cluster before an install (`--pre`) or the installed mesh, naming the cause
+    /// and the fix of every failure; exits 1 if any check fails.
+    Check(CheckArgs),
     /// Show every proxy connected to the control plane: its configuration version, and the
     /// last ACK or NACK.
     ProxyStatus(ProxyStatusArgs),
@@ -92,6 +97,7 @@ impl Command {
             // `dev exec` and `dev connect` also run under the node for kubectl, whose user
             // sees their stderr.
             Self::Version(_)
+            | Self::Check(_)
             | Self::ProxyStatus(_)
             | Self::Stat(_)
             | Self::Edges(_)

@@ -56,6 +56,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             runtime.block_on(skein::controlplane::run(args))?;
         }
+        Command::Check(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            return Ok(ExitCode::from(
+                runtime.block_on(skein::cli::check::run(&args))?,
+            ));
+        }
         Command::ProxyStatus(args) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             runtime.block_on(skein::controlplane::proxy_status::run(&args))?;

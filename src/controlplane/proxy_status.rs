@@ -32,11 +32,17 @@ pub async fn run(args: &ProxyStatusArgs) -> anyhow::Result<()> {
 }
 
 async fn connected_proxies(args: &ProxyStatusArgs) -> anyhow::Result<Vec<ProxyStatus>> {
-    let target = DebugTarget {
+    query(DebugTarget {
         url: args.url.as_deref(),
         cluster: args.cluster.as_deref(),
         kube: &args.kube,
-    };
+    })
+    .await
+}
+
+/// Every proxy connected to the control plane at `target`, from every replica (shared with
+/// `skein check`). Not bounded in time: callers wrap it in their own timeout.
+pub async fn query(target: DebugTarget<'_>) -> anyhow::Result<Vec<ProxyStatus>> {
     let mut proxies = Vec::new();
     for (asked, body) in debug_server::ask_all(target, PROXIES_PATH).await? {
         proxies.extend(parse_proxies(&body).with_context(|| asked)?);

@@ -222,7 +222,7 @@ impl Drop for ControlPlane {
 
 /// The admin kubeconfig `admin` (as `tests/cluster/up.sh` writes it: client certificates)
 /// with its user impersonating `user`.
-fn impersonating(admin: &str, user: &str) -> String {
+pub fn impersonating(admin: &str, user: &str) -> String {
     let mut out = String::new();
     let mut added = false;
     for line in admin.lines() {
