@@ -61,6 +61,9 @@ fn help_lists_what_people_run_and_the_roles_stay_runnable() {
     for shown in [
         "version",
         "proxy-status",
+        "check",
+        "stat",
+        "edges",
         "inject",
         "federation",
         "dev",
@@ -101,6 +104,9 @@ fn the_dev_cluster_is_named_by_cluster_everywhere() {
         &["dev", "logs"],
         &["dev", "connect"],
         &["proxy-status"],
+        &["check"],
+        &["stat"],
+        &["edges"],
     ] {
         let args: Vec<&str> = command.iter().copied().chain(["--help"]).collect();
         let help = stdout_of(&command.join(" "), &skein(&args));
