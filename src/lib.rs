@@ -10,6 +10,7 @@
 //! - [`dev`]: the local development environment (`skein dev ...`).
 //! - [`identity`]: workload identities (SPIFFE IDs), shared by the control plane, proxy and policies.
 //! - [`yaml`]: YAML in and out, for every role.
+//! - [`plain_http`]: one bounded HTTP/1.1 GET, for the CLI and the control plane alike.
 
 pub mod api;
 pub mod capture;
@@ -21,6 +22,7 @@ pub mod identity;
 pub mod inject;
 pub mod operator;
 pub mod pki;
+pub mod plain_http;
 pub mod proxy;
 pub mod signals;
 pub mod telemetry;

@@ -3,21 +3,17 @@
 //! this machine; else every Running control-plane pod of the kubeconfig's cluster, through a
 //! port-forward to its loopback debug port (as istioctl reaches istiod). Each replica knows only
 //! the proxies connected to it, so callers merge the answers.
-//!
-//! [`get`] is also how the control plane scrapes a proxy's `/metrics` directly.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use kube::core::Selector;
-use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::api::names;
 use crate::cli::connect::KubeArgs;
 use crate::operator::desired::{DEBUG_PORT, control_plane_selector};
 use crate::operator::federation::describe;
+use crate::plain_http;
 
 use anyhow::Context;
 
@@ -74,7 +70,7 @@ pub async fn ask_all(
     let stream = tokio::net::TcpStream::connect(&url.authority)
         .await
         .with_context(|| format!("connecting to the control plane at {base}"))?;
-    let body = get(stream, &url.authority, &path, MAX_ANSWER_BYTES)
+    let body = plain_http::get(stream, &url.authority, &path, MAX_ANSWER_BYTES)
         .await
         .with_context(|| format!("asking the control plane at {base}"))?;
     Ok(vec![(format!("{base}{path_and_query}"), body)])
@@ -121,7 +117,7 @@ async fn from_cluster_pods(
         // The kubelet says why a forward failed (nothing listening, ...) on the port's error
         // channel, while the stream just closes; an error channel closed without one is no news.
         let body = tokio::select! {
-            body = get(stream, "localhost", path_and_query, MAX_ANSWER_BYTES) => body.map_err(anyhow::Error::from),
+            body = plain_http::get(stream, "localhost", path_and_query, MAX_ANSWER_BYTES) => body.map_err(anyhow::Error::from),
             Some(reason) = async { failed?.await } => Err(anyhow::anyhow!(reason)),
         };
         forwarder.abort();
@@ -177,66 +173,6 @@ impl DebugUrl {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum GetError {
-    #[error(transparent)]
-    Request(#[from] http::Error),
-    #[error(transparent)]
-    Http(#[from] hyper::Error),
-    #[error("the answer is over {0} bytes")]
-    TooLarge(usize),
-    #[error("reading the answer: {0}")]
-    Body(String),
-    #[error("answered {status}: {body}")]
-    Status {
-        status: http::StatusCode,
-        body: String,
-    },
-}
-
-/// One HTTP/1.1 GET of `path` over `stream` (a TCP connection or a port-forward); the body of
-/// a successful answer, at most `limit` bytes.
-pub async fn get<S>(stream: S, host: &str, path: &str, limit: usize) -> Result<Bytes, GetError>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    // The connection is driven beside the request; it ends when the answer is read.
-    let driver = tokio::spawn(connection);
-    let request = http::Request::get(path)
-        .header(http::header::HOST, host)
-        .body(Empty::<Bytes>::new())?;
-    let answer = async {
-        let response = sender.send_request(request).await?;
-        let status = response.status();
-        let body = read_limited(response.into_body(), limit).await?;
-        if !status.is_success() {
-            let body = String::from_utf8_lossy(&body).trim().to_owned();
-            return Err(GetError::Status { status, body });
-        }
-        Ok(body)
-    }
-    .await;
-    driver.abort();
-    answer
-}
-
-/// A body, refused once it passes `limit` bytes.
-pub async fn read_limited<B>(body: B, limit: usize) -> Result<Bytes, GetError>
-where
-    B: hyper::body::Body,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-            Err(GetError::TooLarge(limit))
-        }
-        Err(error) => Err(GetError::Body(error.to_string())),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,24 +214,5 @@ mod tests {
         assert!(DebugUrl::parse("https://127.0.0.1:9091").is_err());
         assert!(DebugUrl::parse("127.0.0.1:9091").is_err());
         assert!(DebugUrl::parse("not a url").is_err());
-    }
-
-    /// An answer over the limit is refused, not read whole.
-    #[tokio::test]
-    async fn answers_are_bounded() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app =
-            axum::Router::new().route("/big", axum::routing::get(|| async { "x".repeat(5000) }));
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        let connect = || tokio::net::TcpStream::connect(addr);
-        let small = get(connect().await.unwrap(), "h", "/big", 10_000)
-            .await
-            .unwrap();
-        assert_eq!(small.len(), 5000);
-        let error = get(connect().await.unwrap(), "h", "/big", 1000)
-            .await
-            .unwrap_err();
-        assert!(matches!(error, GetError::TooLarge(1000)), "{error}");
     }
 }

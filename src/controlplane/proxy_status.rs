@@ -114,6 +114,7 @@ mod tests {
     use crate::controlplane::identity::authn::FixedTokens;
     use crate::controlplane::identity::{IdentityService, IssuedCerts};
     use crate::controlplane::push::{ConfigSource, ProxyIdentity, PushServer};
+    use crate::plain_http;
     use crate::proxy::client::{self, ClientSettings};
     use crate::proxy::config::types::ProxyConfig;
     use crate::proxy::config::{Compiled, ConfigStore};
@@ -190,7 +191,7 @@ mod tests {
         let stream = tokio::net::TcpStream::connect(&debug_addr)
             .await
             .expect("connect");
-        let body = debug_server::get(stream, &debug_addr, PROXIES_PATH, 1 << 20)
+        let body = plain_http::get(stream, &debug_addr, PROXIES_PATH, 1 << 20)
             .await
             .expect("GET");
         let proxies = parse_proxies(&body).expect("a list of proxies");
@@ -205,11 +206,11 @@ mod tests {
         let stream = tokio::net::TcpStream::connect(&debug_addr)
             .await
             .expect("connect");
-        let error = debug_server::get(stream, &debug_addr, "/debug/config", 1 << 20)
+        let error = plain_http::get(stream, &debug_addr, "/debug/config", 1 << 20)
             .await
             .expect_err("a 400");
         assert!(
-            matches!(&error, debug_server::GetError::Status { status, .. } if status.as_u16() == 400),
+            matches!(&error, plain_http::GetError::Status { status, .. } if status.as_u16() == 400),
             "{error}"
         );
     }

@@ -12,8 +12,8 @@ use kube::Resource;
 use super::StatsStore;
 use super::parse;
 use super::window::{self, Snapshot};
-use crate::cli::debug_server;
 use crate::controlplane::push::PushServer;
+use crate::plain_http;
 
 /// A proxy's `/metrics` is a few hundred KiB at most; more is not a proxy's.
 pub const MAX_SCRAPE_BYTES: usize = 4 << 20;
@@ -41,7 +41,7 @@ pub enum ScrapeError {
     #[error("connecting to {0}: {1}")]
     Connect(std::net::SocketAddr, std::io::Error),
     #[error(transparent)]
-    Get(#[from] debug_server::GetError),
+    Get(#[from] plain_http::GetError),
     #[error("through the apiserver: {0}")]
     Apiserver(String),
     #[error("no answer within {SCRAPE_TIMEOUT:?}")]
@@ -138,7 +138,7 @@ async fn scrape(
             let stream = tokio::net::TcpStream::connect(addr)
                 .await
                 .map_err(|e| ScrapeError::Connect(addr, e))?;
-            debug_server::get(stream, &addr.to_string(), "/metrics", MAX_SCRAPE_BYTES).await?
+            plain_http::get(stream, &addr.to_string(), "/metrics", MAX_SCRAPE_BYTES).await?
         }
         ScrapeVia::Apiserver => {
             let path = format!(
@@ -154,10 +154,10 @@ async fn scrape(
                 .await
                 .map_err(|e| ScrapeError::Apiserver(e.to_string()))?;
             let status = response.status();
-            let body = debug_server::read_limited(response.into_body(), MAX_SCRAPE_BYTES).await?;
+            let body = plain_http::read_limited(response.into_body(), MAX_SCRAPE_BYTES).await?;
             if !status.is_success() {
                 let body = String::from_utf8_lossy(&body).trim().to_owned();
-                return Err(debug_server::GetError::Status { status, body }.into());
+                return Err(plain_http::GetError::Status { status, body }.into());
             }
             body
         }
