@@ -22,7 +22,7 @@ use kube::Client;
 use self::result::{CheckResult, Report};
 use super::connect::KubeArgs;
 use super::output::{self, OutputArgs};
-use crate::cli::debug_server::DebugTarget;
+use crate::cli::debug_server::DebugServerArgs;
 
 /// How long the apiserver may take to answer the first request.
 const API_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,15 +39,10 @@ pub struct CheckArgs {
     /// Warn about a mesh CA certificate that expires within this many days.
     #[arg(long, default_value_t = 30, value_name = "DAYS")]
     pub ca_warning_days: u32,
-    /// The control plane's debug server (`skein control-plane --debug-addr`), e.g.
-    /// `http://127.0.0.1:9091`: in External mode the MeshConfig does not say where it is.
-    #[arg(long, conflicts_with = "cluster")]
-    pub url: Option<String>,
-    /// Ask the control plane that `skein dev up --cluster NAME` runs on this machine.
-    #[arg(long, value_name = "NAME")]
-    pub cluster: Option<String>,
+    /// Where the control plane's debug server is (in External mode the MeshConfig does not
+    /// say: give `--url` or `--cluster`), and the cluster to check.
     #[command(flatten)]
-    pub kube: KubeArgs,
+    pub server: DebugServerArgs,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -64,7 +59,7 @@ pub async fn run(args: &CheckArgs) -> anyhow::Result<u8> {
 }
 
 async fn checks(args: &CheckArgs) -> Vec<CheckResult> {
-    let (api, client) = connect(&args.kube).await;
+    let (api, client) = connect(&args.server.kube).await;
     let mut results = vec![api];
     let Some((client, version)) = client else {
         return results;
@@ -94,12 +89,8 @@ async fn checks(args: &CheckArgs) -> Vec<CheckResult> {
     });
     results.push(webhook::check_injection(&client, mc.as_ref(), args.namespace.as_deref()).await);
 
-    let debug = DebugTarget {
-        url: args.url.as_deref(),
-        cluster: args.cluster.as_deref(),
-        kube: &args.kube,
-    };
-    let (ready, proxies) = control_plane::check_ready(&client, mc.as_ref(), debug).await;
+    let (ready, proxies) =
+        control_plane::check_ready(&client, mc.as_ref(), args.server.target()).await;
     results.push(ready);
     results.push(control_plane::check_stream(&client, mc.as_ref()).await);
 
