@@ -268,8 +268,10 @@ async fn dev_up_brings_the_meshed_demo_up_and_dev_down_leaves_nothing_behind() {
     assert!(
         pasted_out.contains(r#""role":"backend""#)
             && pasted_out.contains("skein_proxy_")
-            && proxy_rows == 4,
-        "the demo's chain, the proxy's metrics and proxy-status's four proxies:\n{pasted_out}"
+            && proxy_rows == 4
+            && pasted_out.contains("VERDICT"),
+        "the demo's chain, the proxy's metrics, proxy-status's four proxies and skein stat's \
+         table:\n{pasted_out}"
     );
 
     // A Deployment whose container crashes fails `up` at once, naming the pod, the container

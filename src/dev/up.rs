@@ -257,6 +257,7 @@ fn next_steps(n: &NextSteps) -> String {
          kubectl -n {ns} apply -f {rules}   # x-canary: 1 -> v2; 90/10 split\n  \
          kubectl -n {ns} get routerules,egressrules,trafficpolicies\n  \
          {skein} proxy-status --cluster {cluster}\n  \
+         {skein} stat deploy -n {ns} --cluster {cluster}   # each tier: PASS or FAIL, and why\n  \
          kubectl get meshconfig\n\n\
          Stop everything and delete its state with `{skein} dev down --cluster {cluster}`.\n"
     )
