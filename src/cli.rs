@@ -220,17 +220,10 @@ pub struct ControlPlaneArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ProxyStatusArgs {
-    /// The control plane's debug server (`skein control-plane --debug-addr`), e.g.
-    /// `http://127.0.0.1:9091`.
-    #[arg(long, conflicts_with = "cluster")]
-    pub url: Option<String>,
-    /// Ask the control plane that `skein dev up --cluster NAME` runs on this machine.
-    #[arg(long, value_name = "NAME")]
-    pub cluster: Option<String>,
-    /// Without --url or --cluster: the cluster whose control-plane pods to ask, through
-    /// port-forwards.
+    /// Where the control plane's debug server is (`--url`, `--cluster`, else port-forwards to
+    /// the kubeconfig's cluster's control-plane pods).
     #[command(flatten)]
-    pub kube: KubeArgs,
+    pub server: debug_server::DebugServerArgs,
     /// Only the proxies of this namespace. Default: all namespaces.
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,

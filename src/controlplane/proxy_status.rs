@@ -32,12 +32,7 @@ pub async fn run(args: &ProxyStatusArgs) -> anyhow::Result<()> {
 }
 
 async fn connected_proxies(args: &ProxyStatusArgs) -> anyhow::Result<Vec<ProxyStatus>> {
-    query(DebugTarget {
-        url: args.url.as_deref(),
-        cluster: args.cluster.as_deref(),
-        kube: &args.kube,
-    })
-    .await
+    query(args.server.target()).await
 }
 
 /// Every proxy connected to the control plane at `target`, from every replica (shared with
