@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing Skein needs on a fresh Debian machine that already has Go
-# and Rust (rustup): rustfmt and clippy, and the system tools of tests/cluster/host-tools.txt (the
-# list `skein dev up` checks too). Idempotent and quiet when everything is present.
+# and Rust (rustup): rustfmt and clippy, the system tools of tests/cluster/host-tools.txt (the
+# list `skein dev up` checks too) and those only the tests use, tests/test-tools.txt (a browser,
+# Prometheus). Idempotent and quiet when everything is present.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
@@ -9,7 +10,7 @@ missing_apt=()
 while read -r tool package _; do
   case "$tool" in ''|'#'*) continue ;; esac
   command -v "$tool" >/dev/null || missing_apt+=("$package")
-done <"$here/cluster/host-tools.txt"
+done < <(cat "$here/cluster/host-tools.txt" "$here/test-tools.txt")
 if [ ${#missing_apt[@]} -gt 0 ]; then
   mapfile -t missing_apt < <(printf '%s\n' "${missing_apt[@]}" | sort -u)
   echo "install-deps: apt-get install ${missing_apt[*]}" >&2
