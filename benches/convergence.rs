@@ -1,6 +1,9 @@
 //! Control-plane convergence: how long an EndpointSlice change in the apiserver takes to reach
 //! every connected proxy (time to its ACK), how many bytes a change pushes, and the control
-//! plane's memory — at 1,000 Services, 10,000 endpoints and 100 proxies.
+//! plane's memory — at 1,000 Services, 10,000 endpoints and 100 proxies. Then what `skein stat`'s
+//! embedded data costs at that scale: two control planes side by side with the same proxies, one
+//! collecting every proxy's `/metrics` (every 5 s, until its five-minute window is full), one with
+//! collection off (`--stats-interval 0s`); the difference in memory is the stats' cost.
 //!
 //! A real kube-apiserver and a real `skein control-plane` process; the proxies are 100 Delta ADS
 //! clients in this process (the stream's own generated client), each ACKing what it receives the
@@ -8,6 +11,11 @@
 //! (what the EndpointSlice controller would write for 10,000 pods): the control plane watches
 //! slices, not pods, for endpoints, so pods on kwok nodes would add load to the apiserver and
 //! nothing to what is measured.
+//!
+//! The simulated proxies serve `/metrics` on their own loopback address (127.0.1.N, the
+//! admin port), written by the proxy's own metrics code with a realistic label set that moves
+//! at every scrape: a workload with three callers and four destinations, 2xx and 5xx, latency
+//! histograms.
 //!
 //! Run: `benches/convergence.sh` (or `cargo bench --bench convergence`), on a local cluster of
 //! its own (`skein-bench-convergence`, started or reused). `cargo test --all-targets` runs a
@@ -46,6 +54,11 @@ const SMOKE: Scale = Scale {
     proxies: 4,
     changes: 3,
 };
+/// The collector's shortest interval, and how many rounds the stats phase waits: a full
+/// five-minute window for the benchmark, a few rounds for the smoke run.
+const STATS_INTERVAL: Duration = Duration::from_secs(5);
+const STATS_ROUNDS_FULL: u32 = 61;
+const STATS_ROUNDS_SMOKE: u32 = 3;
 const BENCH_CLUSTER: &str = "skein-bench-convergence";
 /// A change no proxy has ACKed within this long counts as lost.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -92,7 +105,8 @@ async fn run(scale: Scale, full: bool) {
     let started = Instant::now();
     create_services(&ctx.client, &namespace, scale).await;
     let created = started.elapsed();
-    let control_plane = ControlPlane::start().await;
+    // Collection off here: the convergence figures and the memory baseline are the stream's own.
+    let control_plane = ControlPlane::start_with(&["--stats-interval", "0s"]).await;
     let endpoint = format!("http://127.0.0.1:{}", control_plane.xds_port);
 
     // The proxies connect and take in the whole mesh.
@@ -107,7 +121,7 @@ async fn run(scale: Scale, full: bool) {
         let pod = support::identity::pod(&ctx.client, &namespace, &format!("proxy-{index}")).await;
         tokens.push(support::identity::token_for(&ctx.client, &pod, "skein.dev").await);
     }
-    for (index, token) in tokens.into_iter().enumerate() {
+    for (index, token) in tokens.iter().cloned().enumerate() {
         let (synced_tx, synced_rx) = tokio::sync::oneshot::channel();
         synced.push(synced_rx);
         tokio::spawn(proxy(
@@ -115,6 +129,7 @@ async fn run(scale: Scale, full: bool) {
             SimulatedPod {
                 name: format!("proxy-{index}"),
                 token,
+                ip: None,
             },
             namespace.clone(),
             scale.services,
@@ -172,6 +187,8 @@ async fn run(scale: Scale, full: bool) {
         );
     }
     let rss = memory(control_plane.pid());
+    drop(control_plane);
+    let stats = stats_memory(&namespace, scale, &tokens, full).await;
     report(
         scale,
         full,
@@ -180,8 +197,215 @@ async fn run(scale: Scale, full: bool) {
         initial_bytes,
         &samples,
         rss,
+        &stats,
     );
-    drop(control_plane);
+}
+
+/// What the stats phase measured.
+struct StatsMemory {
+    rounds: u32,
+    /// Series each simulated proxy exports of those the collector keeps.
+    series_per_proxy: usize,
+    /// Proxies the collecting control plane reported in `/debug/stats` at the end.
+    proxies_seen: u64,
+    /// (RSS, peak) in MiB: collecting, and not.
+    with_stats: (f64, f64),
+    without_stats: (f64, f64),
+}
+
+/// Two control planes, collection on and off, each with every simulated proxy connected; waits
+/// `rounds` collection intervals and measures both at the same moment.
+async fn stats_memory(namespace: &str, scale: Scale, tokens: &[String], full: bool) -> StatsMemory {
+    let rounds = if full {
+        STATS_ROUNDS_FULL
+    } else {
+        STATS_ROUNDS_SMOKE
+    };
+    let interval = format!("{}s", STATS_INTERVAL.as_secs());
+    let collecting = ControlPlane::start_with(&["--stats-interval", &interval]).await;
+    let idle = ControlPlane::start_with(&["--stats-interval", "0s"]).await;
+    let farms: Vec<_> = (0..scale.proxies)
+        .map(|index| metrics_farm::serve(simulated_ip(index), index))
+        .collect();
+    let series_per_proxy = metrics_farm::series_per_proxy();
+    let mut synced = Vec::new();
+    for control_plane in [&collecting, &idle] {
+        let endpoint = format!("http://127.0.0.1:{}", control_plane.xds_port);
+        for (index, token) in tokens.iter().enumerate() {
+            let (synced_tx, synced_rx) = tokio::sync::oneshot::channel();
+            synced.push(synced_rx);
+            let (seen_tx, _) = mpsc::unbounded_channel();
+            tokio::spawn(proxy(
+                endpoint.clone(),
+                SimulatedPod {
+                    name: format!("proxy-{index}"),
+                    token: token.clone(),
+                    ip: Some(simulated_ip(index)),
+                },
+                namespace.to_owned(),
+                scale.services,
+                Arc::new(Mutex::new(None)),
+                seen_tx,
+                synced_tx,
+            ));
+        }
+    }
+    for synced in synced {
+        tokio::time::timeout(Duration::from_secs(300), synced)
+            .await
+            .expect("every proxy receives the mesh within 5 minutes")
+            .expect("a proxy stream ended before its first configuration");
+    }
+    tokio::time::sleep(STATS_INTERVAL * rounds).await;
+    let proxies_seen = proxies_in_stats(collecting.debug_port).await;
+    let measured = StatsMemory {
+        rounds,
+        series_per_proxy,
+        proxies_seen,
+        with_stats: memory(collecting.pid()),
+        without_stats: memory(idle.pid()),
+    };
+    for farm in farms {
+        farm.abort();
+    }
+    measured
+}
+
+/// A simulated proxy's pod IP: its own loopback address, where its `/metrics` is served.
+fn simulated_ip(index: usize) -> std::net::IpAddr {
+    let index = u8::try_from(index + 1).expect("at most 254 simulated proxies");
+    std::net::IpAddr::from([127, 0, 1, index])
+}
+
+/// How many proxies the collecting control plane's `/debug/stats` counts over five minutes.
+async fn proxies_in_stats(debug_port: u16) -> u64 {
+    let url = format!("http://127.0.0.1:{debug_port}/debug/stats?window=5m");
+    let stats: serde_json::Value = reqwest::get(&url)
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .expect("asking /debug/stats")
+        .json()
+        .await
+        .expect("/debug/stats is JSON");
+    stats["workloads"]
+        .as_array()
+        .map(|rows| rows.iter().filter_map(|row| row["proxies"].as_u64()).sum())
+        .unwrap_or(0)
+}
+
+/// The simulated proxies' admin servers: `/metrics` from the proxy's own metrics code, with new
+/// requests recorded before each scrape so every series the collector keeps moves.
+mod metrics_farm {
+    use std::net::{IpAddr, SocketAddr};
+    use std::sync::Arc;
+
+    use skein::proxy::Direction;
+    use skein::proxy::metrics::{LatencyLabels, Metrics, RequestLabels};
+
+    const CALLERS: [&str; 3] = ["frontend", "batch", "admin"];
+    const DESTINATIONS: [&str; 4] = ["users", "orders", "payments", "search"];
+    const OUTCOMES: [(u16, &str); 3] = [(200, "success"), (503, "failure"), (504, "failure")];
+
+    pub fn serve(ip: IpAddr, index: usize) -> tokio::task::JoinHandle<()> {
+        let addr = SocketAddr::new(ip, skein::api::names::DEFAULT_ADMIN_PORT as u16);
+        let workload = format!("app-{}", index % 10);
+        let metrics = Arc::new(Metrics::new());
+        tokio::spawn(async move {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .unwrap_or_else(|err| panic!("binding {addr}: {err}"));
+            let app = axum::Router::new().route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let metrics = metrics.clone();
+                    let workload = workload.clone();
+                    async move {
+                        record_traffic(&metrics, &workload);
+                        metrics.encode().unwrap_or_default()
+                    }
+                }),
+            );
+            let _ = axum::serve(listener, app).await;
+        })
+    }
+
+    /// One scrape's worth of traffic: every caller → this workload, this workload → every
+    /// destination, each with every outcome.
+    fn record_traffic(metrics: &Metrics, workload: &str) {
+        for (status, classification) in OUTCOMES {
+            for caller in CALLERS {
+                let labels = request(Direction::Inbound, caller, workload, workload);
+                let labels = RequestLabels {
+                    status_code: status,
+                    classification,
+                    ..labels
+                };
+                metrics.http.requests.get_or_create(&labels).inc_by(7);
+            }
+            for destination in DESTINATIONS {
+                let labels = request(Direction::Outbound, workload, destination, destination);
+                let labels = RequestLabels {
+                    status_code: status,
+                    classification,
+                    ..labels
+                };
+                metrics.http.requests.get_or_create(&labels).inc_by(5);
+            }
+            for (direction, service) in [
+                (Direction::Inbound, workload),
+                (Direction::Outbound, DESTINATIONS[0]),
+            ] {
+                let latency = LatencyLabels {
+                    direction,
+                    destination_service: service.to_owned(),
+                    classification,
+                };
+                for millis in [0.4, 3.0, 40.0] {
+                    metrics
+                        .http
+                        .latency
+                        .get_or_create(&latency)
+                        .observe(millis / 1000.0);
+                }
+            }
+        }
+    }
+
+    fn request(
+        direction: Direction,
+        source: &str,
+        destination: &str,
+        service: &str,
+    ) -> RequestLabels {
+        RequestLabels {
+            direction,
+            protocol: "http",
+            source_workload: source.to_owned(),
+            source_namespace: "bench".to_owned(),
+            source_principal: format!("spiffe://cluster.local/ns/bench/sa/{source}"),
+            tls: "true",
+            destination_service: format!("{service}.bench.svc.cluster.local"),
+            destination_workload: destination.to_owned(),
+            destination_namespace: "bench".to_owned(),
+            status_code: 200,
+            grpc_status: String::new(),
+            classification: "success",
+        }
+    }
+
+    /// The series of one proxy's `/metrics` that the collector keeps.
+    pub fn series_per_proxy() -> usize {
+        let metrics = Metrics::new();
+        record_traffic(&metrics, "app-0");
+        let text = metrics.encode().unwrap_or_default();
+        text.lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter(|line| {
+                let name = line.split(['{', ' ']).next().unwrap_or_default();
+                skein::controlplane::stats::window::wanted(name)
+            })
+            .count()
+    }
 }
 
 /// `count` Services with a port 80 and their EndpointSlices, `endpoints` addresses each.
@@ -242,11 +466,17 @@ fn endpoints(service: usize, count: usize, first: Option<String>) -> serde_json:
 struct SimulatedPod {
     name: String,
     token: String,
+    /// The pod IP it tells the control plane (where its `/metrics` is served), if any.
+    ip: Option<std::net::IpAddr>,
 }
 
 async fn proxy(
     endpoint: String,
-    SimulatedPod { name: pod, token }: SimulatedPod,
+    SimulatedPod {
+        name: pod,
+        token,
+        ip,
+    }: SimulatedPod,
     namespace: String,
     services: usize,
     current: Arc<Mutex<Option<(usize, String, Instant)>>>,
@@ -267,7 +497,7 @@ async fn proxy(
                     id: format!("{pod}.{namespace}"),
                     pod: pod.clone(),
                     namespace: namespace.clone(),
-                    ip: String::new(),
+                    ip: ip.map(|ip| ip.to_string()).unwrap_or_default(),
                 }),
                 type_url: (*type_url).to_owned(),
                 resource_names_subscribe: vec!["*".to_owned()],
@@ -399,6 +629,7 @@ fn report(
     initial_bytes: usize,
     samples: &[Seen],
     (rss, hwm): (f64, f64),
+    stats: &StatsMemory,
 ) {
     let mut latencies: Vec<Duration> = samples.iter().map(|s| s.latency).collect();
     latencies.sort();
@@ -449,6 +680,24 @@ fn report(
         max_destinations
     );
     println!("  control plane memory: RSS {rss:.1} MiB, peak {hwm:.1} MiB");
+    let (stats_rss, stats_hwm) = stats.with_stats;
+    let (idle_rss, idle_hwm) = stats.without_stats;
+    let stats_cost = stats_rss - idle_rss;
+    println!(
+        "  stats (`skein stat`'s data), side by side after {} rounds of {}s, {} proxies x {} series: \
+         RSS {stats_rss:.1} MiB collecting vs {idle_rss:.1} MiB not (+{stats_cost:.1} MiB, \
+         {:.0} KiB per proxy); peaks {stats_hwm:.1} vs {idle_hwm:.1} MiB; /debug/stats counted {} proxies",
+        stats.rounds,
+        STATS_INTERVAL.as_secs(),
+        scale.proxies,
+        stats.series_per_proxy,
+        stats_cost * 1024.0 / scale.proxies as f64,
+        stats.proxies_seen
+    );
+    assert_eq!(
+        stats.proxies_seen, scale.proxies as u64,
+        "the collecting control plane should have every simulated proxy's stats"
+    );
     let p99 = percentile(&latencies, 99.0);
     println!(
         "  goals: p99 < 1 s: {}; memory < 200 MiB: {}; only what changed: {}",
@@ -475,6 +724,9 @@ fn report(
             "max_destinations_per_push": max_destinations,
             "control_plane_rss_mib": rss,
             "control_plane_peak_rss_mib": hwm,
+            "stats": {"rounds": stats.rounds, "series_per_proxy": stats.series_per_proxy,
+                      "rss_mib_collecting": stats_rss, "rss_mib_not_collecting": idle_rss,
+                      "cost_mib": stats_cost, "proxies_seen": stats.proxies_seen},
             "goals": {"p99_lt_1s": p99 < 1000.0, "memory_lt_200mib": hwm < 200.0,
                       "only_what_changed": max_destinations == 1},
         })
