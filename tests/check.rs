@@ -12,7 +12,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -215,25 +214,6 @@ fn report(args: &[&str]) -> Report {
     Report { code, json }
 }
 
-/// Polls `probe` until it returns `Some`, failing with `what` after [`WAIT`].
-async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {WAIT:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 /// Runs the check until every check passes; the last report otherwise.
 async fn healthy(args: &[&str], what: &str) -> Report {
     let deadline = Instant::now() + WAIT;
@@ -288,7 +268,7 @@ async fn create_namespace(client: &Client, name: &str, labels: Value) {
     // A rerun after a failure finds it: start from a clean one.
     if api.get_opt(name).await.unwrap().is_some() {
         let _ = api.delete(name, &DeleteParams::default()).await;
-        eventually(&format!("namespace {name} to be gone"), || async {
+        support::eventually(&format!("namespace {name} to be gone"), WAIT, || async {
             api.get_opt(name).await.ok()?.is_none().then_some(())
         })
         .await;
@@ -305,13 +285,17 @@ async fn delete_meshconfig(client: &Client) {
     let _ = api
         .delete(names::ACTIVE_MESHCONFIG, &DeleteParams::default())
         .await;
-    eventually("the MeshConfig (and the install) to be gone", || async {
-        api.get_opt(names::ACTIVE_MESHCONFIG)
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
+    support::eventually(
+        "the MeshConfig (and the install) to be gone",
+        WAIT,
+        || async {
+            api.get_opt(names::ACTIVE_MESHCONFIG)
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
     .await;
 }
 
@@ -358,47 +342,6 @@ async fn certify(xds: &str, token: &str) {
         .certify(request)
         .await
         .expect("a workload certificate");
-}
-
-/// A configuration stream for `namespace/pod` that has received its first push and will never
-/// acknowledge it; the proxy closes it when this is dropped.
-async fn open_stream(xds: &str, token: &str, namespace: &str, pod: &str) -> impl Sized {
-    use futures::StreamExt;
-    use skein::xds::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-    use skein::xds::discovery::{DeltaDiscoveryRequest, Node};
-    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{xds}"))
-        .await
-        .unwrap();
-    let first = DeltaDiscoveryRequest {
-        node: Some(Node {
-            id: String::new(),
-            pod: pod.to_owned(),
-            namespace: namespace.to_owned(),
-            ip: String::new(),
-        }),
-        type_url: skein::xds::resources::TYPE_URLS[0].to_owned(),
-        resource_names_subscribe: vec!["*".to_owned()],
-        ..DeltaDiscoveryRequest::default()
-    };
-    // The requests stay silent (no ACK ever follows the push) until `close` is dropped; then
-    // they end, which is the proxy closing the stream.
-    let (close, closed) = tokio::sync::oneshot::channel::<()>();
-    let requests = futures::stream::iter([first]).chain(
-        futures::stream::once(closed).filter_map(|_| async { None::<DeltaDiscoveryRequest> }),
-    );
-    let mut request = tonic::Request::new(requests);
-    skein::proxy::identity::authorize(&mut request, token).unwrap();
-    let mut responses = client
-        .delta_aggregated_resources(request)
-        .await
-        .expect("the stream opens")
-        .into_inner();
-    responses
-        .message()
-        .await
-        .expect("a first push")
-        .expect("a first push");
-    (close, client, responses)
 }
 
 #[tokio::test]
@@ -489,7 +432,7 @@ async fn check_passes_on_a_healthy_mesh_and_names_each_planted_fault() {
         .await
         .unwrap();
     let secrets = Api::<Secret>::namespaced(client.clone(), names::MESH_NAMESPACE);
-    eventually("the webhook certificate Secret", || async {
+    support::eventually("the webhook certificate Secret", WAIT, || async {
         secrets.get_opt("skein-webhook-tls").await.ok()?
     })
     .await;
@@ -560,7 +503,7 @@ async fn check_passes_on_a_healthy_mesh_and_names_each_planted_fault() {
     let created = pods.create(&PostParams::default(), &pod).await.unwrap();
     // Timestamps have whole seconds: label in a later second than the pod's creation.
     let created_at = created.creation_timestamp().unwrap().0;
-    eventually("the next second", || async {
+    support::eventually("the next second", WAIT, || async {
         (k8s_openapi::jiff::Timestamp::now().as_second() > created_at.as_second()).then_some(())
     })
     .await;
@@ -671,7 +614,7 @@ async fn check_passes_on_a_healthy_mesh_and_names_each_planted_fault() {
         .delete(egress, &DeleteParams::default())
         .await
         .unwrap();
-    eventually("the CRD to be gone", || async {
+    support::eventually("the CRD to be gone", WAIT, || async {
         crd_api.get_opt(egress).await.ok()?.is_none().then_some(())
     })
     .await;
@@ -689,7 +632,9 @@ async fn check_passes_on_a_healthy_mesh_and_names_each_planted_fault() {
     // acknowledges it, with a real certificate for its pod (so only the sync check can fail).
     let token = support::identity::pod_token(&client, MESHED, "stale").await;
     certify(&xds, &token).await;
-    let stale = open_stream(&xds, &token, MESHED, "stale").await;
+    let stale = support::identity::open_stream(&xds, Some(&token), MESHED, "stale")
+        .await
+        .expect("the stale proxy's stream opens");
     let behind = fails(&args, "proxies-synced", &[]).await;
     let message = behind.check("proxies-synced")["message"]
         .as_str()

@@ -302,38 +302,10 @@ async fn open_stream(
     namespace: &str,
     pod: &str,
 ) -> Result<(), tonic::Status> {
-    use skein::xds::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-    use skein::xds::discovery::{DeltaDiscoveryRequest, Node};
-    let address = format!("http://127.0.0.1:{}", control_plane.xds_port);
-    let mut client = AggregatedDiscoveryServiceClient::connect(address)
+    let xds = format!("127.0.0.1:{}", control_plane.xds_port);
+    support::identity::open_stream(&xds, token, namespace, pod)
         .await
-        .map_err(|err| tonic::Status::unavailable(err.to_string()))?;
-    let first = DeltaDiscoveryRequest {
-        node: Some(Node {
-            id: String::new(),
-            pod: pod.to_owned(),
-            namespace: namespace.to_owned(),
-            ip: String::new(),
-        }),
-        type_url: skein::xds::resources::TYPE_URLS[0].to_owned(),
-        resource_names_subscribe: vec!["*".to_owned()],
-        ..DeltaDiscoveryRequest::default()
-    };
-    let requests =
-        futures::StreamExt::chain(futures::stream::iter([first]), futures::stream::pending());
-    let mut request = tonic::Request::new(requests);
-    if let Some(token) = token {
-        skein::proxy::identity::authorize(&mut request, token).unwrap();
-    }
-    let mut responses = client
-        .delta_aggregated_resources(request)
-        .await?
-        .into_inner();
-    responses
-        .message()
-        .await?
-        .map(|_| ())
-        .ok_or_else(|| tonic::Status::cancelled("no response"))
+        .map(drop)
 }
 
 #[tokio::test]

@@ -8,7 +8,6 @@
 
 mod support;
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -26,6 +25,7 @@ use serde_json::json;
 use skein::api::{MeshConfig, crds, names};
 use skein::dev::cluster;
 use support::control_plane::free_port;
+use support::eventually;
 
 const CLUSTER: &str = "skein-test-operator";
 /// The Lease lives in `default`: it exists before the operator creates `skein-system`.
@@ -124,25 +124,6 @@ impl Drop for Operator {
         if std::thread::panicking() {
             eprintln!("--- skein operator log:\n{}", self.log());
         }
-    }
-}
-
-/// Polls `probe` until it returns `Some`, failing with `what` after `timeout`.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

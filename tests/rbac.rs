@@ -13,7 +13,7 @@ mod support;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
@@ -310,23 +310,9 @@ impl Drop for Operator {
     }
 }
 
-async fn eventually<T, Fut: std::future::Future<Output = Option<T>>>(
-    what: &str,
-    operator: &Operator,
-    mut probe: impl FnMut() -> Fut,
-) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {WAIT:?} waiting for {what}; operator log:\n{}",
-            operator.log()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+/// The operator's log, to add to a failure.
+fn operator_log(operator: &Operator) -> String {
+    format!("; operator log:\n{}", operator.log())
 }
 
 #[tokio::test]
@@ -366,15 +352,20 @@ async fn the_operator_installs_and_uninstalls_the_mesh_with_only_its_rbac() {
         .expect("applying the MeshConfig");
     // Installed: every object applied (cluster-scoped ones included) and the CA and webhook
     // certificate Secrets written. The control plane never gets ready here (no node runs it).
-    eventually("Installed=True", &operator, || async {
-        let mc = meshconfigs.get_opt(names::ACTIVE_MESHCONFIG).await.ok()??;
-        let installed = mc
-            .status?
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "Installed")?;
-        (installed.status == "True").then_some(())
-    })
+    support::eventually_or(
+        "Installed=True",
+        WAIT,
+        || operator_log(&operator),
+        || async {
+            let mc = meshconfigs.get_opt(names::ACTIVE_MESHCONFIG).await.ok()??;
+            let installed = mc
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Installed")?;
+            (installed.status == "True").then_some(())
+        },
+    )
     .await;
     for name in [
         desired::CA_SECRET,
@@ -415,14 +406,19 @@ async fn the_operator_installs_and_uninstalls_the_mesh_with_only_its_rbac() {
         .delete(names::ACTIVE_MESHCONFIG, &DeleteParams::default())
         .await
         .expect("deleting the MeshConfig");
-    eventually("the MeshConfig to be gone", &operator, || async {
-        meshconfigs
-            .get_opt(names::ACTIVE_MESHCONFIG)
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
+    support::eventually_or(
+        "the MeshConfig to be gone",
+        WAIT,
+        || operator_log(&operator),
+        || async {
+            meshconfigs
+                .get_opt(names::ACTIVE_MESHCONFIG)
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
     .await;
     let cluster_roles = Api::<ClusterRole>::all(client.clone());
     assert!(

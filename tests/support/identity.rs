@@ -77,3 +77,65 @@ pub async fn pod_token(client: &Client, namespace: &str, name: &str) -> String {
     let pod = pod(client, namespace, name).await;
     token_for(client, &pod, "skein.dev").await
 }
+
+/// A configuration stream opened as `namespace/pod` (with `token`, or none), which has received
+/// its first push. It never acknowledges anything (a stale proxy); dropping it closes the stream,
+/// as a proxy going away does.
+pub struct OpenStream {
+    _close: tokio::sync::oneshot::Sender<()>,
+    _client: skein::xds::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient<
+        tonic::transport::Channel,
+    >,
+    _responses: tonic::Streaming<skein::xds::discovery::DeltaDiscoveryResponse>,
+}
+
+/// Opens a [`OpenStream`] to the control plane's stream at `xds` (`host:port`); the status the
+/// control plane answers otherwise (`Unavailable` when it does not serve yet).
+pub async fn open_stream(
+    xds: &str,
+    token: Option<&str>,
+    namespace: &str,
+    pod: &str,
+) -> Result<OpenStream, tonic::Status> {
+    use futures::StreamExt;
+    use skein::xds::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use skein::xds::discovery::{DeltaDiscoveryRequest, Node};
+    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{xds}"))
+        .await
+        .map_err(|err| tonic::Status::unavailable(err.to_string()))?;
+    let first = DeltaDiscoveryRequest {
+        node: Some(Node {
+            id: String::new(),
+            pod: pod.to_owned(),
+            namespace: namespace.to_owned(),
+            ip: String::new(),
+        }),
+        type_url: skein::xds::resources::TYPE_URLS[0].to_owned(),
+        resource_names_subscribe: vec!["*".to_owned()],
+        ..DeltaDiscoveryRequest::default()
+    };
+    // The requests stay silent (no ACK ever follows the push) until `close` is dropped; then
+    // they end, which is the proxy closing the stream.
+    let (close, closed) = tokio::sync::oneshot::channel::<()>();
+    let requests = futures::stream::iter([first]).chain(
+        futures::stream::once(closed).filter_map(|_| async { None::<DeltaDiscoveryRequest> }),
+    );
+    let mut request = tonic::Request::new(requests);
+    if let Some(token) = token {
+        skein::proxy::identity::authorize(&mut request, token)
+            .map_err(|err| tonic::Status::invalid_argument(err.to_string()))?;
+    }
+    let mut responses = client
+        .delta_aggregated_resources(request)
+        .await?
+        .into_inner();
+    responses
+        .message()
+        .await?
+        .ok_or_else(|| tonic::Status::cancelled("the stream ended before its first push"))?;
+    Ok(OpenStream {
+        _close: close,
+        _client: client,
+        _responses: responses,
+    })
+}

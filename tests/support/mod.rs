@@ -24,6 +24,40 @@ use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use skein::api::{MeshConfig, crds};
 use skein::dev::cluster;
 
+/// Polls `probe` until it returns `Some`, failing with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: std::time::Duration, probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    eventually_or(what, timeout, String::new, probe).await
+}
+
+/// [`eventually`], adding what `context` says (a component's log) to the failure.
+pub async fn eventually_or<T, F, Fut>(
+    what: &str,
+    timeout: std::time::Duration,
+    context: impl Fn() -> String,
+    mut probe: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}{}",
+            context()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
 /// The cluster integration tests use, separate from the `skein dev up` one.
 pub const TEST_CLUSTER: &str = "skein-test";
 /// Label on everything a test creates, valued with the test's namespace, so cleanup finds

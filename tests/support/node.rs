@@ -123,28 +123,19 @@ pub async fn ready_node(client: &Client) {
     .await;
 }
 
-/// Polls `probe` until it returns Some; panics with `what` (and the agent's log tail) after
-/// `timeout`.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+/// [`super::eventually`], adding the agent's log tail to the failure.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        if Instant::now() > deadline {
-            let log = agent_log();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            panic!(
-                "timed out after {timeout:?} waiting for {what}; agent log tail:\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let agent_tail = || {
+        let log = agent_log();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!("; agent log tail:\n{}", tail.join("\n"))
+    };
+    super::eventually_or(what, timeout, agent_tail, probe).await
 }
 
 pub fn pod_ready(pod: &Pod) -> bool {
