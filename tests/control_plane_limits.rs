@@ -1,7 +1,8 @@
 //! The control plane under slow, greedy or abusive clients, against a real apiserver: the
 //! webhook server's timeouts and limits (the apiserver's reviews keep being answered), the
 //! injector refusing to decide without its caches (the webhook's `failurePolicy` decides), and
-//! the configuration stream's limits (real proxies stay synced).
+//! the configuration stream's limits (real proxies stay synced); and a control plane told not
+//! to collect stats (`--stats-interval 0s`) saying so to `skein stat`.
 
 mod support;
 
@@ -652,4 +653,24 @@ async fn an_abusive_stream_client_is_cut_off_while_real_proxies_stay_synced() {
         .expect("web is connected");
     assert_eq!(web["ackedVersion"], web["sentVersion"], "{web}");
     proxy.abort();
+}
+
+/// A control plane started with `--stats-interval 0s` collects nothing, and `skein stat` says
+/// so instead of showing every workload without traffic.
+#[tokio::test]
+async fn without_collection_stat_says_so() {
+    let control_plane = ControlPlane::start_with(&["--stats-interval", "0s"]).await;
+    let url = format!("http://127.0.0.1:{}", control_plane.debug_port);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skein"))
+        .args(["stat", "deploy", "-n", "demo", "--url", &url])
+        .env("KUBECONFIG", support::kubeconfig())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running skein");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("does not collect") && stderr.contains("--stats-interval 0s"),
+        "{stderr}"
+    );
 }

@@ -269,6 +269,17 @@ async fn each_tier_fails_with_its_reason_then_passes() {
         Some(1),
         "{one:#}"
     );
+    // The verdict is the user's threshold: at 20% a backend failing 30% passes.
+    let lenient = json_of(&[
+        "stat",
+        "deploy",
+        "deploy/backend-v1",
+        "--threshold",
+        "20",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(verdict(&lenient, "backend-v1"), "PASS", "{lenient:#}");
     let to = json_of(&["stat", "deploy", "--to", "deploy/backend-v1", "-o", "json"]);
     let callers: Vec<&str> = to["workloads"]
         .as_array()

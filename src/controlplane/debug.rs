@@ -40,6 +40,18 @@ pub fn stats_router(store: StatsStore) -> Router {
         .with_state(store)
 }
 
+/// `/debug/stats` of a control plane that does not collect: says so, rather than showing every
+/// workload without traffic.
+pub fn stats_off_router() -> Router {
+    Router::new().route(
+        "/debug/stats",
+        get(|| async { (StatusCode::SERVICE_UNAVAILABLE, STATS_OFF).into_response() }),
+    )
+}
+
+pub const STATS_OFF: &str = "this control plane does not collect the proxies' stats \
+    (--stats-interval 0s): start it with an interval (10s by default) for `skein stat`";
+
 /// The longest and shortest windows `/debug/stats` takes.
 const MIN_WINDOW: f64 = 10.0;
 pub const DEFAULT_WINDOW: &str = "1m";

@@ -184,8 +184,13 @@ async fn discovery(
     tokio::spawn(status::run(client, index));
 
     let registry = Arc::new(registry);
+    let stats_routes = if interval.is_zero() {
+        debug::stats_off_router()
+    } else {
+        debug::stats_router(stats)
+    };
     let debug_app = debug::router(push.clone(), source)
-        .merge(debug::stats_router(stats))
+        .merge(stats_routes)
         .route(
             "/metrics",
             axum::routing::get(move || {
