@@ -23,7 +23,7 @@
 //! | `skein_proxy_identity_trusted_roots` | | CA certificates in the trust bundle (two during a CA rotation) |
 //! | `skein_proxy_identity_mtls_inbound_handshakes_total` | `kind` | inbound mTLS handshakes, `full` or `resumed` (TLS 1.3 session resumption: no certificates, no signatures) |
 //! | `skein_proxy_trace_spans_exported_total` | `exporter` | spans a tracing backend accepted: `zipkin` or `otlp` (a span sent to both counts once for each) |
-//! | `skein_proxy_trace_spans_dropped_total` | `reason` | spans lost: `queue_full` (2048 waiting for export) or `export_failed` (the backend refused, or did not answer; per exporter) |
+//! | `skein_proxy_trace_spans_dropped_total` | `reason` | spans lost: `queue_full` (2048 waiting for export), `export_failed` (the backend refused, or did not answer; per exporter) or `shutdown` (finished after the proxy's last export) |
 //!
 //! Request labels, as the meshes users know name them: `direction`, `protocol` (`http` or
 //! `grpc`), `source_workload`, `source_namespace`, `destination_service`,

@@ -694,6 +694,9 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         );
     }
 
+    if let Some(tracer) = &shared.tracer {
+        tracer.exporter.flush(trace::SHUTDOWN_FLUSH).await;
+    }
     let _ = stop_admin.send(true);
     match tokio::time::timeout(ADMIN_STOP_GRACE, &mut admin_server).await {
         Ok(Ok(())) => {}

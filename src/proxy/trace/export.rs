@@ -3,6 +3,9 @@
 //! full is dropped and counted, and so is a batch whose export fails (no retries: a backend
 //! that is down would otherwise pile spans up in every proxy's memory).
 //!
+//! At shutdown, once the proxy's connections are drained, [`Exporter::flush`] sends what is
+//! still queued (bounded by [`SHUTDOWN_FLUSH`]), so the last requests' spans are not lost.
+//!
 //! Its connections are the proxy's own, made as the proxy UID, which `skein init` lets out
 //! uncaptured (`capture::rules`), so exports never loop back into the proxy.
 
@@ -17,7 +20,7 @@ use hyper_util::rt::TokioExecutor;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::span::Span;
 
@@ -27,6 +30,8 @@ pub const QUEUE: usize = 2048;
 pub const BATCH: usize = 512;
 /// A span waits this long at most before its batch is sent.
 pub const FLUSH: Duration = Duration::from_secs(1);
+/// How long the proxy waits at shutdown for the queued spans to be sent.
+pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 /// One export request may take this long; then its spans count as dropped.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -82,7 +87,7 @@ impl TraceMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let exported = Family::<SinkLabels, Counter>::default();
         let dropped = Family::<ReasonLabels, Counter>::default();
-        for reason in ["queue_full", "export_failed"] {
+        for reason in ["queue_full", "export_failed", "shutdown"] {
             let _ = dropped.get_or_create(&ReasonLabels { reason });
         }
         registry.register(
@@ -92,7 +97,7 @@ impl TraceMetrics {
         );
         registry.register(
             "trace_spans_dropped",
-            "Spans lost: the export queue was full, or an export failed",
+            "Spans lost: the export queue was full, an export failed, or the proxy was stopping",
             dropped.clone(),
         );
         Self { exported, dropped }
@@ -118,6 +123,9 @@ impl TraceMetrics {
 pub struct Exporter {
     queue: mpsc::Sender<Span>,
     metrics: TraceMetrics,
+    /// Tells the task to send what is queued now and stop.
+    closing: watch::Sender<bool>,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Exporter {
@@ -127,47 +135,107 @@ impl Exporter {
             metrics.exported(sink, 0);
         }
         let (queue, spans) = mpsc::channel(QUEUE);
-        tokio::spawn(run(spans, sinks, metrics.clone()));
-        Self { queue, metrics }
+        let (closing, closed) = watch::channel(false);
+        let task = tokio::spawn(run(spans, sinks, metrics.clone(), closed));
+        Self {
+            queue,
+            metrics,
+            closing,
+            task: std::sync::Mutex::new(Some(task)),
+        }
     }
 
-    /// Queues a finished span, or drops it (counted) if the queue is full. Never waits.
+    /// Sends every queued span now and stops the task, waiting up to `limit`; spans submitted
+    /// afterwards are dropped (`reason="shutdown"`).
+    pub async fn flush(&self, limit: Duration) {
+        let _ = self.closing.send(true);
+        let task = self.task.lock().ok().and_then(|mut task| task.take());
+        let Some(mut task) = task else { return };
+        if tokio::time::timeout(limit, &mut task).await.is_err() {
+            task.abort();
+            tracing::warn!(
+                ?limit,
+                "the last spans were not all exported before shutdown"
+            );
+        }
+    }
+
+    /// Queues a finished span, or drops it (counted) if the queue is full or the exporter has
+    /// stopped. Never waits.
     pub fn submit(&self, span: Span) {
-        if self.queue.try_send(span).is_err() {
-            self.metrics.dropped("queue_full", 1);
+        match self.queue.try_send(span) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => self.metrics.dropped("queue_full", 1),
+            Err(mpsc::error::TrySendError::Closed(_)) => self.metrics.dropped("shutdown", 1),
         }
     }
 }
 
-async fn run(mut spans: mpsc::Receiver<Span>, sinks: Vec<Sink>, metrics: TraceMetrics) {
+async fn run(
+    mut spans: mpsc::Receiver<Span>,
+    sinks: Vec<Sink>,
+    metrics: TraceMetrics,
+    mut closing: watch::Receiver<bool>,
+) {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build(connector);
     let mut batch = Vec::with_capacity(BATCH);
-    while let Some(first) = spans.recv().await {
+    loop {
+        // Queued spans first: closing only stops the waiting for more.
+        let first = tokio::select! {
+            biased;
+            span = spans.recv() => span,
+            _ = closing.wait_for(|closing| *closing) => None,
+        };
+        let Some(first) = first else { break };
         batch.push(first);
         let deadline = tokio::time::Instant::now() + FLUSH;
         while batch.len() < BATCH {
             tokio::select! {
+                biased;
                 span = spans.recv() => match span {
                     Some(span) => batch.push(span),
                     None => break,
                 },
                 () = tokio::time::sleep_until(deadline) => break,
+                _ = closing.wait_for(|closing| *closing) => break,
             }
         }
-        for sink in &sinks {
-            match send(&client, sink, &batch).await {
-                Ok(()) => metrics.exported(sink, batch.len()),
-                Err(err) => {
-                    metrics.dropped("export_failed", batch.len());
-                    tracing::warn!(exporter = sink.name(), endpoint = %sink.uri(), spans = batch.len(), error = %err, "exporting spans failed; they are dropped");
-                }
-            }
-        }
-        batch.clear();
+        export(&client, &sinks, &metrics, &mut batch).await;
     }
+    // Closing: whatever was queued meanwhile goes out in full batches, without waiting for more.
+    spans.close();
+    while let Ok(span) = spans.try_recv() {
+        batch.push(span);
+        if batch.len() == BATCH {
+            export(&client, &sinks, &metrics, &mut batch).await;
+        }
+    }
+    export(&client, &sinks, &metrics, &mut batch).await;
+}
+
+/// Sends `batch` to every sink (counting what was exported or dropped) and empties it.
+async fn export(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    sinks: &[Sink],
+    metrics: &TraceMetrics,
+    batch: &mut Vec<Span>,
+) {
+    if batch.is_empty() {
+        return;
+    }
+    for sink in sinks {
+        match send(client, sink, batch).await {
+            Ok(()) => metrics.exported(sink, batch.len()),
+            Err(err) => {
+                metrics.dropped("export_failed", batch.len());
+                tracing::warn!(exporter = sink.name(), endpoint = %sink.uri(), spans = batch.len(), error = %err, "exporting spans failed; they are dropped");
+            }
+        }
+    }
+    batch.clear();
 }
 
 async fn send(
@@ -284,6 +352,31 @@ mod tests {
         assert_eq!(bodies[0].0, "application/json");
         let spans: serde_json::Value = serde_json::from_slice(&bodies[0].1).expect("JSON");
         assert_eq!(spans.as_array().map(Vec::len), Some(3));
+    }
+
+    #[tokio::test]
+    async fn at_shutdown_the_queued_spans_are_sent_at_once() {
+        let (registry, metrics) = metrics();
+        let (uri, bodies) = collector(202).await;
+        let exporter = Exporter::spawn(vec![Sink::Zipkin(uri)], metrics);
+        for _ in 0..BATCH + 3 {
+            exporter.submit(example());
+        }
+        // Without the flush these would wait for the next batch; with it, all go out before
+        // `flush` returns, in full batches.
+        exporter.flush(SHUTDOWN_FLUSH).await;
+        let exported = "skein_proxy_trace_spans_exported_total{exporter=\"zipkin\"}";
+        assert_eq!(value(&registry, exported), (BATCH + 3) as f64);
+        assert_eq!(
+            bodies.lock().expect("lock").len(),
+            2,
+            "a full batch and the rest"
+        );
+        // Nothing takes spans any more: a late one is dropped and counted, never queued.
+        exporter.submit(example());
+        let late = "skein_proxy_trace_spans_dropped_total{reason=\"shutdown\"}";
+        assert_eq!(value(&registry, late), 1.0);
+        exporter.flush(SHUTDOWN_FLUSH).await;
     }
 
     #[tokio::test]

@@ -44,7 +44,7 @@ pub mod zipkin;
 
 use http::Uri;
 
-pub use self::export::{Exporter, Sink, TraceMetrics};
+pub use self::export::{Exporter, SHUTDOWN_FLUSH, Sink, TraceMetrics};
 pub use self::span::Span;
 
 /// A bad tracing setting.
