@@ -17,6 +17,10 @@
 #             spiffe://cluster.local/ns/bench/sa/{client,server}) and the client proxy has a
 #             --config naming 198.18.200.2's ports with the server's identity (plain `skein` has the
 #             same --config without the identity, so the two differ only in mTLS)
+#   skein-trace0, skein-trace1, skein-trace100 (not run unless named in --modes): as skein, both
+#             proxies exporting spans (Zipkin JSON) to a sink in their namespace (nginx answering
+#             202 on 127.0.0.1:9411, on the load generator's CPU), sampling 0%, 1% and 100% of the
+#             requests: what tracing costs, next to `skein` (no exporter) in the same run
 #   nginx:    loadgen -> 127.0.0.1:1008x nginx -> 198.18.200.2:1008x nginx -> 127.0.0.1:APP
 #   haproxy:  loadgen -> 127.0.0.1:1008x haproxy -> 198.18.200.2:1008x haproxy -> 127.0.0.1:APP
 #
@@ -36,6 +40,7 @@
 # "mTLS vs plaintext": added p50/p99 at 1,000 rps, CPU per 1,000 rps, max rps, handshake cost.
 #
 # Usage: sudo benches/proxy.sh [--quick] [--protocols h1,h2,grpc] [--modes direct,skein,skein-mtls,nginx,haproxy] [--keep]
+#   e.g. the cost of tracing: sudo benches/proxy.sh --protocols h1 --modes direct,skein,skein-trace0,skein-trace1,skein-trace100
 #   --quick      h1 only, short runs, 1,000 rps and 80% of max (under a minute once tools are built)
 #   --keep       keep the work directory (configs, logs, raw load-generator output)
 # Environment: SKEIN_BIN (use this binary instead of `cargo build --release`),
@@ -68,6 +73,7 @@ APP_GRPC_PORT=50051
 # The app's h1 answer again, on a port both proxies forward as opaque TCP (memcached's, one of their
 # default opaque ports): a new client connection there is a new proxy-to-proxy connection.
 APP_TCP_PORT=11211
+SPAN_SINK_PORT=9411 # the tracing modes' span sinks (Zipkin's port)
 MESH_TRUST_DOMAIN=spiffe://cluster.local
 BENCH_NS=bench
 # Client-side proxy listeners (127.0.0.1 in the client netns) and server-side ones (SERVER_IP).
@@ -117,7 +123,7 @@ for p in ${PROTOCOLS//,/ }; do
   case "$p" in h1 | h2 | grpc) ;; *) echo "proxy.sh: unknown protocol '$p' (h1, h2, grpc)" >&2; exit 2 ;; esac
 done
 for m in ${MODES//,/ }; do
-  case "$m" in direct | skein | skein-mtls | nginx | haproxy) ;; *) echo "proxy.sh: unknown mode '$m' (direct, skein, skein-mtls, nginx, haproxy)" >&2; exit 2 ;; esac
+  case "$m" in direct | skein | skein-mtls | skein-trace0 | skein-trace1 | skein-trace100 | nginx | haproxy) ;; *) echo "proxy.sh: unknown mode '$m' (direct, skein, skein-mtls, skein-trace0, skein-trace1, skein-trace100, nginx, haproxy)" >&2; exit 2 ;; esac
 done
 want_proto() { [[ ",$PROTOCOLS," == *",$1,"* ]]; }
 want_mode() { [[ ",$MODES," == *",$1,"* ]]; }
@@ -496,9 +502,26 @@ json.dump({
 EOF
 }
 
-start_skein() { # [mtls]
+# Where the tracing modes' proxies send spans: an nginx in each namespace answering 202 (it reads
+# and drops the body), on the load generator's CPU so it takes none from the proxies'.
+start_span_sinks() {
+  local side ns
+  for side in client server; do
+    ns=$NS_C
+    [ "$side" = server ] && ns=$NS_S
+    mkdir -p "$WORK/spans-$side/tmp"
+    { nginx_common "$WORK/spans-$side"; printf '%s\n}\n' "    server { listen 127.0.0.1:$SPAN_SINK_PORT; location / { return 202; } }"; } >"$WORK/spans-$side/nginx.conf"
+    start "spans-$side" "$ns" "$LOADGEN_CPU" nginx -e "$WORK/spans-$side/error.log" -p "$WORK/spans-$side" -c "$WORK/spans-$side/nginx.conf"
+    wait_until 10 "the span sink in $ns" tcp_open "$ns" 127.0.0.1 "$SPAN_SINK_PORT" || return 1
+  done
+}
+
+start_skein() { # [mtls | trace PERCENT]
   local side ns pids=() extra
   mkdir -p "$WORK/mtls"
+  if [ "${1:-}" = trace ]; then
+    start_span_sinks || return 1
+  fi
   if [ "${1:-}" = mtls ]; then
     make_certs || { log "openssl could not make the certificates: $(tail -3 "$WORK/logs/openssl.log")"; return 1; }
     client_config "$WORK/mtls/client-config.json" "$MESH_TRUST_DOMAIN/ns/$BENCH_NS/sa/server" || return 1
@@ -515,6 +538,9 @@ start_skein() { # [mtls]
       extra=(--workload-cert "$WORK/mtls/$side.pem" --workload-key "$WORK/mtls/$side.key" --trust-bundle "$WORK/mtls/ca.pem")
     fi
     [ "$side" = client ] && extra+=(--config "$WORK/mtls/client-config.json")
+    if [ "${1:-}" = trace ]; then
+      extra+=(--zipkin-endpoint "http://127.0.0.1:$SPAN_SINK_PORT/api/v2/spans" --trace-sampling-percentage "$2")
+    fi
     ip netns exec "$ns" "$SKEIN" init --proxy-uid "$PROXY_UID" --inbound-port 16006 --outbound-port 16001 \
       >"$WORK/logs/skein-init-$side.log" 2>&1 || { log "skein init failed in $ns: $(tail -3 "$WORK/logs/skein-init-$side.log")"; return 1; }
     start "skein-$side" "$ns" "$SERVER_CPU" setpriv --reuid "$PROXY_UID" --regid "$PROXY_UID" --clear-groups \
@@ -743,6 +769,10 @@ bench_mode() {
     skein)
       start_skein || { echo "failed: skein proxy did not become ready: $(problems "$WORK"/logs/skein-*.log)" >"$dir/status"; return 1; }
       echo "loadgen -> (iptables REDIRECT) skein -> (REDIRECT) skein -> app; client proxy with --config (destination $SERVER_IP, plaintext endpoint)" >"$dir/note" ;;
+    skein-trace*)
+      local percent=${mode#skein-trace}
+      start_skein trace "$percent" || { echo "failed: skein proxy (tracing) did not become ready: $(problems "$WORK"/logs/skein-*.log "$WORK"/spans-*/error.log)" >"$dir/status"; return 1; }
+      echo "as skein, both proxies exporting spans to a local sink (Zipkin JSON), sampling $percent% of new traces" >"$dir/note" ;;
     skein-mtls)
       start_skein mtls || { echo "failed: skein proxy (mTLS) did not become ready: $(problems "$WORK"/logs/skein-*.log "$WORK"/logs/openssl.log)" >"$dir/status"; return 1; }
       echo "loadgen -> (REDIRECT) skein -mTLS-> (REDIRECT) skein -> app; client proxy with --config (destination $SERVER_IP, endpoint identity $MESH_TRUST_DOMAIN/ns/$BENCH_NS/sa/server)" >"$dir/note" ;;
@@ -905,7 +935,7 @@ done
 
 for proto in h1 h2 grpc; do
   want_proto "$proto" || continue
-  for mode in direct skein skein-mtls nginx haproxy; do
+  for mode in direct skein skein-mtls skein-trace0 skein-trace1 skein-trace100 nginx haproxy; do
     want_mode "$mode" || continue
     if [ "$proto" = grpc ] && [ -n "$GRPC_UNAVAILABLE" ]; then
       mkdir -p "$RESULTS/$proto/$mode"

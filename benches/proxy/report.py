@@ -16,8 +16,9 @@ import sys
 import time
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-MODES = ("direct", "skein", "skein-mtls", "nginx", "haproxy")
-PROXIES = ("skein", "skein-mtls", "nginx", "haproxy")
+TRACING = ("skein-trace0", "skein-trace1", "skein-trace100")
+MODES = ("direct", "skein", "skein-mtls") + TRACING + ("nginx", "haproxy")
+PROXIES = ("skein", "skein-mtls") + TRACING + ("nginx", "haproxy")
 PROTOCOLS = ("h1", "h2", "grpc")
 # Goals the issue sets for Skein.
 GOAL_RSS_MIB = 15.0
@@ -364,6 +365,9 @@ def collect(results):
         mtls = _mtls_vs_plaintext(proto_out)
         if mtls:
             proto_out["mtls_vs_plaintext"] = mtls
+        tracing = _tracing_vs_plain(proto_out)
+        if tracing:
+            proto_out["tracing_vs_plain"] = tracing
         out[proto] = proto_out
     return meta, out
 
@@ -411,6 +415,56 @@ def _mtls_vs_plaintext(p):
             },
         }
     return out
+
+
+def _tracing_vs_plain(p):
+    """The tracing modes against skein (no exporter) of the same run: CPU per 1,000 rps and
+    memory per proxy at 1,000 rps, and the max, at each sampling percentage."""
+    plain = p.get("skein")
+    if not plain or not plain["status"].startswith("ok"):
+        return None
+    out = {}
+    for mode in TRACING:
+        entry = p.get(mode)
+        if not entry or not entry["status"].startswith("ok"):
+            continue
+        out[mode] = {
+            "cpu_per_1k_rps_per_proxy": entry.get("cpu_per_1k_rps_per_proxy"),
+            "cpu_ratio": _ratio(entry.get("cpu_per_1k_rps_per_proxy"), plain.get("cpu_per_1k_rps_per_proxy")),
+            "rss_mib_per_proxy": entry.get("rss_mib_per_proxy"),
+            "rss_added_mib": _diff(entry.get("rss_mib_per_proxy"), plain.get("rss_mib_per_proxy")),
+            "max_rps_ratio": _ratio(entry.get("max_rps"), plain.get("max_rps")),
+            "added_p99_at_1000_ms": _diff(entry.get("p99_ms"), plain.get("p99_ms")),
+        }
+    if not out:
+        return None
+    out["skein"] = {
+        "cpu_per_1k_rps_per_proxy": plain.get("cpu_per_1k_rps_per_proxy"),
+        "rss_mib_per_proxy": plain.get("rss_mib_per_proxy"),
+    }
+    return out
+
+
+def _print_tracing(po):
+    t = po.get("tracing_vs_plain")
+    if not t:
+        return
+    p = print
+    base = t["skein"]
+    p("")
+    p(
+        "Tracing vs none (skein-traceN - skein, this run; per proxy, at 1,000 rps; skein: CPU/1k"
+        f" {_fmt(base['cpu_per_1k_rps_per_proxy'])}, RSS {_fmt(base['rss_mib_per_proxy'], '{:.1f}')} MiB):"
+    )
+    for mode in TRACING:
+        m = t.get(mode)
+        if not m:
+            continue
+        p(
+            f"  {mode:<15} CPU/1k {_fmt(m['cpu_per_1k_rps_per_proxy'])} (x{_fmt(m['cpu_ratio'], '{:.2f}')}),"
+            f" RSS {_fmt(m['rss_mib_per_proxy'], '{:.1f}')} MiB ({_fmt(m['rss_added_mib'], '{:+.1f}')}),"
+            f" p99 {_fmt(m['added_p99_at_1000_ms'], '{:+.3f}')} ms, max rps x{_fmt(m['max_rps_ratio'], '{:.2f}')}"
+        )
 
 
 def _goals(p):
@@ -464,6 +518,8 @@ def _compact(po):
         out[mode] = c
     if po.get("mtls_vs_plaintext"):
         out["mtls_vs_plaintext"] = po["mtls_vs_plaintext"]
+    if po.get("tracing_vs_plain"):
+        out["tracing_vs_plain"] = po["tracing_vs_plain"]
     out["ratios"] = po["ratios"]
     out["goals"] = po["goals"]
     return out
@@ -480,7 +536,7 @@ def _print_connections(po, meta):
     p = print
     p("")
     p(meta.get("desc_conn", "connection cost: a new connection per request"))
-    p(f"{'mode':<10} {'port':<42} {'conn/s':>8} {'p50':>8} {'p99':>8} {'errors':>7} {'CPU ms/conn (both proxies)':>27}")
+    p(f"{'mode':<14} {'port':<42} {'conn/s':>8} {'p50':>8} {'p99':>8} {'errors':>7} {'CPU ms/conn (both proxies)':>27}")
     labels = {
         "http": "HTTP :8080 (client proxy pools upstream)",
         "tcp": "opaque TCP :11211 (new hop conn each)",
@@ -491,10 +547,10 @@ def _print_connections(po, meta):
             if r is None:
                 continue
             if "error" in r:
-                p(f"{mode:<10} {labels[kind]:<42} {r['error']}")
+                p(f"{mode:<14} {labels[kind]:<42} {r['error']}")
                 continue
             p(
-                f"{mode:<10} {labels[kind]:<42} {_fmt(r.get('rps'), '{:.0f}'):>8} {_fmt(r.get('p50_ms')):>8}"
+                f"{mode:<14} {labels[kind]:<42} {_fmt(r.get('rps'), '{:.0f}'):>8} {_fmt(r.get('p50_ms')):>8}"
                 f" {_fmt(r.get('p99_ms')):>8} {_fmt(r.get('errors'), '{:d}'):>7} {_fmt(r.get('cpu_per_1k_rps'), '{:.3f}'):>27}"
             )
 
@@ -557,7 +613,7 @@ def print_report(results):
         p("")
         p("-" * 118)
         p(meta.get("desc_" + proto, proto))
-        hdr = f"{'mode':<10} {'load':<18} {'target':>8} {'achieved':>9} {'p50':>8} {'p99':>8} {'p99.9':>8} {'errors':>7} {'CPU/1k/proxy':>13} {'RSS MiB':>8} {'HWM MiB':>8} {'loadgen':>8}"
+        hdr = f"{'mode':<14} {'load':<18} {'target':>8} {'achieved':>9} {'p50':>8} {'p99':>8} {'p99.9':>8} {'errors':>7} {'CPU/1k/proxy':>13} {'RSS MiB':>8} {'HWM MiB':>8} {'loadgen':>8}"
         p(hdr)
         flags = set()
         for mode in MODES:
@@ -565,7 +621,7 @@ def print_report(results):
             if not entry:
                 continue
             if not entry["status"].startswith("ok"):
-                p(f"{mode:<10} {entry['status']}")
+                p(f"{mode:<14} {entry['status']}")
                 continue
             runs = dict(entry.get("rates", {}))
             if entry.get("max_rps") is not None:
@@ -580,7 +636,7 @@ def print_report(results):
                 if r is None:
                     continue
                 if "error" in r:
-                    p(f"{mode:<10} {RUN_LABELS[run]:<18} {r['error']}")
+                    p(f"{mode:<14} {RUN_LABELS[run]:<18} {r['error']}")
                     continue
                 achieved = _fmt(r.get("rps"), "{:.0f}")
                 if r.get("target_rps") and r.get("rps") is not None and r["rps"] < 0.95 * r["target_rps"]:
@@ -592,33 +648,34 @@ def print_report(results):
                     lg_text += "*"
                     flags.add("*")
                 p(
-                    f"{mode:<10} {RUN_LABELS[run]:<18} {_fmt(r.get('target_rps'), '{:.0f}'):>8} {achieved:>9}"
+                    f"{mode:<14} {RUN_LABELS[run]:<18} {_fmt(r.get('target_rps'), '{:.0f}'):>8} {achieved:>9}"
                     f" {_fmt(r.get('p50_ms') if run != 'max' else None):>8} {_fmt(r.get('p99_ms') if run != 'max' else None):>8}"
                     f" {_fmt(r.get('p999_ms') if run != 'max' else None):>8} {_fmt(r.get('errors'), '{:d}'):>7}"
                     f" {_fmt(r.get('cpu_per_1k_rps_per_proxy'), '{:.3f}'):>13} {_fmt(r.get('rss_mib_per_proxy'), '{:.1f}'):>8}"
                     f" {_fmt(r.get('hwm_mib_per_proxy'), '{:.1f}'):>8} {lg_text:>8}"
                 )
             if entry.get("path"):
-                p(f"{'':<10} path: {entry['path']}")
+                p(f"{'':<14} path: {entry['path']}")
         if "!" in flags:
             p("  ! achieved under 95% of the target rate: the path (or the load generator) could not sustain it")
         if "*" in flags:
             p("  * the load generator used 90% or more of its CPU: that figure is (partly) the load generator's limit")
         p("")
-        p(f"{'summary':<10} {'max rps':>9} {'+p50/hop':>9} {'+p99/hop':>9} {'+p99.9/hop':>11} {'CPU/1k/proxy':>13} {'RSS MiB':>8}   (added latency vs direct at 1,000 rps, halved)")
+        p(f"{'summary':<14} {'max rps':>9} {'+p50/hop':>9} {'+p99/hop':>9} {'+p99.9/hop':>11} {'CPU/1k/proxy':>13} {'RSS MiB':>8}   (added latency vs direct at 1,000 rps, halved)")
         for mode in MODES:
             entry = po.get(mode)
             if not entry or not entry["status"].startswith("ok"):
                 continue
             added = entry.get("added_vs_direct_at_1000", {})
             p(
-                f"{mode:<10} {_fmt(entry.get('max_rps'), '{:.0f}'):>9}"
+                f"{mode:<14} {_fmt(entry.get('max_rps'), '{:.0f}'):>9}"
                 f" {_fmt(added.get('p50', {}).get('per_hop_ms')):>9} {_fmt(added.get('p99', {}).get('per_hop_ms')):>9}"
                 f" {_fmt(added.get('p999', {}).get('per_hop_ms')):>11}"
                 f" {_fmt(entry.get('cpu_per_1k_rps_per_proxy')):>13} {_fmt(entry.get('rss_mib_per_proxy'), '{:.1f}'):>8}"
             )
         _print_connections(po, meta)
         _print_mtls(po)
+        _print_tracing(po)
         g = po["goals"]
         ratios = po["ratios"]
         p(
