@@ -3,6 +3,10 @@
 //! ([`crate::controlplane::stats`]). Each control-plane replica knows only its own proxies, so
 //! every replica is asked and their raw counts merged before rates and verdicts are derived.
 //! MESHED counts the Deployment's pods (from the apiserver) against those with a proxy.
+//! With `--prometheus URL` (or `SKEIN_PROMETHEUS_URL`) the same rows come from PromQL instead
+//! ([`prometheus`]); the table, verdicts and reasons are this file's either way.
+
+mod prometheus;
 
 use std::collections::BTreeMap;
 
@@ -18,7 +22,8 @@ use crate::api::names;
 use crate::cli::debug_server::{self, DebugServerArgs};
 use crate::cli::output::{self, OutputArgs};
 use crate::controlplane::debug::{DEFAULT_THRESHOLD, DEFAULT_WINDOW, parse_window};
-use crate::controlplane::stats::query::{EdgeStats, Report, Verdict, WorkloadStats};
+use crate::controlplane::stats::query::{EdgeStats, Filter, Report, Verdict, WorkloadStats};
+use prometheus::PrometheusArgs;
 
 /// Bound of the whole query, port-forwards included.
 const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
@@ -47,6 +52,8 @@ pub struct StatArgs {
     #[command(flatten)]
     pub server: DebugServerArgs,
     #[command(flatten)]
+    pub prometheus: PrometheusArgs,
+    #[command(flatten)]
     pub output: OutputArgs,
 }
 
@@ -62,6 +69,8 @@ pub struct EdgesArgs {
     pub window: String,
     #[command(flatten)]
     pub server: DebugServerArgs,
+    #[command(flatten)]
+    pub prometheus: PrometheusArgs,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -97,8 +106,59 @@ fn is_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
 }
 
-/// Every replica's report for this query, merged and finished.
-async fn report(
+/// Which source a report comes from, and the query.
+struct ReportQuery<'a> {
+    server: &'a DebugServerArgs,
+    prometheus: &'a PrometheusArgs,
+    namespace: &'a str,
+    window: &'a str,
+    threshold: f64,
+    from: Option<&'a str>,
+    to: Option<&'a str>,
+}
+
+/// The report for this query, finished: from every control-plane replica (merged), or from
+/// Prometheus.
+async fn report(query: &ReportQuery<'_>) -> anyhow::Result<Report> {
+    let ReportQuery {
+        server,
+        prometheus: source,
+        namespace,
+        window,
+        threshold,
+        from,
+        to,
+    } = *query;
+    let window_seconds = parse_window(window).map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        (0.0..=100.0).contains(&threshold),
+        "--threshold {threshold} is not a percentage (0-100)"
+    );
+    anyhow::ensure!(is_name(namespace), "{namespace:?} is not a namespace name");
+    let merged = match &source.prometheus {
+        Some(base) => {
+            let filter = Filter {
+                namespace: Some(namespace.to_owned()),
+                from: from.map(str::to_owned),
+                to: to.map(str::to_owned),
+            };
+            tokio::time::timeout(
+                TIMEOUT,
+                prometheus::fetch_report(base, &filter, namespace, window_seconds),
+            )
+            .await
+            .with_context(|| format!("no answer from Prometheus at {base} within {TIMEOUT:?}"))??
+        }
+        None => from_control_plane(server, namespace, window, threshold, from, to).await?,
+    };
+    for proxy in &merged.unreachable {
+        eprintln!("warning: no metrics from {proxy}");
+    }
+    Ok(merged.finish(threshold))
+}
+
+/// Every replica's report for this query, merged.
+async fn from_control_plane(
     server: &DebugServerArgs,
     namespace: &str,
     window: &str,
@@ -106,12 +166,6 @@ async fn report(
     from: Option<&str>,
     to: Option<&str>,
 ) -> anyhow::Result<Report> {
-    parse_window(window).map_err(anyhow::Error::msg)?;
-    anyhow::ensure!(
-        (0.0..=100.0).contains(&threshold),
-        "--threshold {threshold} is not a percentage (0-100)"
-    );
-    anyhow::ensure!(is_name(namespace), "{namespace:?} is not a namespace name");
     let mut path =
         format!("/debug/stats?namespace={namespace}&window={window}&threshold={threshold}");
     for (key, value) in [("from", from), ("to", to)] {
@@ -128,10 +182,7 @@ async fn report(
             .with_context(|| format!("{asked}: the answer is not a stats report"))?;
         merged.merge(report);
     }
-    for proxy in &merged.unreachable {
-        eprintln!("warning: no metrics from {proxy}");
-    }
-    Ok(merged.finish(threshold))
+    Ok(merged)
 }
 
 /// What `skein stat -o json|yaml` prints.
@@ -148,14 +199,15 @@ pub async fn stat(args: &StatArgs) -> anyhow::Result<()> {
     let only = args.name.as_deref().map(workload_name).transpose()?;
     let from = args.from.as_deref().map(workload_name).transpose()?;
     let to = args.to.as_deref().map(workload_name).transpose()?;
-    let report = report(
-        &args.server,
-        &args.namespace,
-        &args.window,
-        args.threshold,
-        from.as_deref(),
-        to.as_deref(),
-    )
+    let report = report(&ReportQuery {
+        server: &args.server,
+        prometheus: &args.prometheus,
+        namespace: &args.namespace,
+        window: &args.window,
+        threshold: args.threshold,
+        from: from.as_deref(),
+        to: to.as_deref(),
+    })
     .await?;
     let mut workloads = report.workloads;
     // Deployments without traffic are rows too, and every row gets its pod count.
@@ -319,14 +371,15 @@ struct EdgesOutput {
 }
 
 pub async fn edges(args: &EdgesArgs) -> anyhow::Result<()> {
-    let report = report(
-        &args.server,
-        &args.namespace,
-        &args.window,
-        DEFAULT_THRESHOLD,
-        None,
-        None,
-    )
+    let report = report(&ReportQuery {
+        server: &args.server,
+        prometheus: &args.prometheus,
+        namespace: &args.namespace,
+        window: &args.window,
+        threshold: DEFAULT_THRESHOLD,
+        from: None,
+        to: None,
+    })
     .await?;
     let out = EdgesOutput {
         window_seconds: report.window_seconds,

@@ -22,11 +22,11 @@ pub const MAX_SERIES: usize = 1000;
 /// Label values longer than this are cut (a workload or identity name is far shorter).
 pub const MAX_LABEL_BYTES: usize = 256;
 
-const REQUESTS: &str = "skein_proxy_requests_total";
-const LATENCY_BUCKETS: &str = "skein_proxy_request_duration_seconds_bucket";
-const LOCAL_RESPONSES: &str = "skein_proxy_local_responses_total";
-const TCP_OPENED: &str = "skein_proxy_tcp_connections_opened_total";
-const TCP_CLOSED: &str = "skein_proxy_tcp_connections_closed_total";
+pub const REQUESTS: &str = "skein_proxy_requests_total";
+pub const LATENCY_BUCKETS: &str = "skein_proxy_request_duration_seconds_bucket";
+pub const LOCAL_RESPONSES: &str = "skein_proxy_local_responses_total";
+pub const TCP_OPENED: &str = "skein_proxy_tcp_connections_opened_total";
+pub const TCP_CLOSED: &str = "skein_proxy_tcp_connections_closed_total";
 
 /// The metrics [`Snapshot::from_samples`] reads: the parser skips every other line.
 pub fn wanted(name: &str) -> bool {
