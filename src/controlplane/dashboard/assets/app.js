@@ -30,6 +30,8 @@ function svg(tag, attrs, text) {
 
 const percent = (rate) => (rate === null || rate === undefined ? "-" : (rate * 100).toFixed(2) + "%");
 const millis = (ms) => (ms === null || ms === undefined ? "-" : ms >= 10 ? ms.toFixed(0) + "ms" : ms.toFixed(1) + "ms");
+/** `87.5%`, `100%`: short enough for an edge's label. */
+const shortPercent = (rate) => (rate === null || rate === undefined ? "-" : `${Number((rate * 100).toFixed(1))}%`);
 const verdictText = (verdict) => (verdict === "NO_TRAFFIC" ? "NO TRAFFIC" : verdict || "NO TRAFFIC");
 
 /** A reason as `skein stat` prints it. */
@@ -119,7 +121,7 @@ function renderTiers(report) {
 const OUTSIDE = "(outside the mesh)";
 const NODE_W = 150;
 const NODE_H = 36;
-const COLUMN = 220;
+const COLUMN = 250;
 const ROW = 64;
 
 const nodeKey = (namespace, name) => (name ? `${namespace}/${name}` : OUTSIDE);
@@ -159,11 +161,17 @@ function renderGraph(report) {
   const depth = layers(keys, edges);
   const position = new Map();
   const perColumn = new Map();
-  for (const key of keys) {
+  for (const key of keys.filter((k) => k !== OUTSIDE)) {
     const column = depth.get(key);
     const row = perColumn.get(column) || 0;
     perColumn.set(column, row + 1);
     position.set(key, { x: 20 + column * COLUMN, y: 20 + row * ROW });
+  }
+  // Unnamed callers sit below the first column, their edges rising to the workloads.
+  if (depth.has(OUTSIDE)) {
+    const below = Math.max(0, ...perColumn.values());
+    perColumn.set(0, below + 1);
+    position.set(OUTSIDE, { x: 20, y: 20 + below * ROW });
   }
   const width = 40 + Math.max(1, ...[...perColumn.keys()].map((c) => c + 1)) * COLUMN;
   const height = 40 + Math.max(1, ...perColumn.values()) * ROW;
@@ -180,6 +188,7 @@ function renderGraph(report) {
     const x2 = b.x;
     const y2 = b.y + NODE_H / 2;
     // Backward or same-column edges bow out below, so they do not cross the nodes.
+    const outside = edge.from === OUTSIDE;
     const bow = x2 > x1 ? 0 : ROW;
     const cx = (x1 + x2) / 2;
     const cy = (y1 + y2) / 2 + bow;
@@ -196,8 +205,9 @@ function renderGraph(report) {
       `${(e.rps || 0).toFixed(1)} rps, mTLS ${e.secured}` +
       (e.sourceIdentity ? `, client ${e.sourceIdentity}` : "")));
     root.append(path);
+    if (outside) continue; // their numbers are in the tooltip, not over the chain's labels
     root.append(svg("text", { class: "edge-label", x: cx, y: (y1 + y2) / 2 + bow / 2 - 4, "text-anchor": "middle" },
-      `${percent(rate)} ${(e.rps || 0).toFixed(1)}/s`));
+      `${shortPercent(rate)} ${(e.rps || 0).toFixed(1)}/s`));
   }
   for (const key of keys) {
     const { x, y } = position.get(key);
