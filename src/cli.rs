@@ -6,6 +6,7 @@
 
 pub mod check;
 pub mod connect;
+pub mod dashboard;
 pub mod debug_server;
 pub mod output;
 pub mod stat;
@@ -65,6 +66,9 @@ pub enum Command {
     Stat(stat::StatArgs),
     /// Who calls whom: requests, success and mTLS per source → destination workload.
     Edges(stat::EdgesArgs),
+    /// The web dashboard: prints its URL, port-forwarding to the control plane when needed
+    /// (`--open` also opens a browser).
+    Dashboard(dashboard::DashboardArgs),
     /// Multi-cluster federation helpers.
     #[command(subcommand)]
     Federation(FederationCommand),
@@ -101,6 +105,7 @@ impl Command {
             | Self::ProxyStatus(_)
             | Self::Stat(_)
             | Self::Edges(_)
+            | Self::Dashboard(_)
             | Self::Federation(_)
             | Self::Completion(_)
             | Self::Dev(DevCommand::Exec(_) | DevCommand::Logs(_) | DevCommand::Connect(_)) => {

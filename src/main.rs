@@ -74,6 +74,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             runtime.block_on(skein::cli::stat::edges(&args))?;
         }
+        Command::Dashboard(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            runtime.block_on(skein::cli::dashboard::run(&args))?;
+        }
         Command::Proxy(args) => {
             let runtime = skein::proxy::runtime(&args).context("starting the tokio runtime")?;
             runtime.block_on(skein::proxy::run(args))?;

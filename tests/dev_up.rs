@@ -274,6 +274,25 @@ async fn dev_up_brings_the_meshed_demo_up_and_dev_down_leaves_nothing_behind() {
          table:\n{pasted_out}"
     );
 
+    // `skein dashboard` printed the web dashboard's URL; it answers with the page.
+    let dashboard = pasted_out
+        .lines()
+        .find(|l| l.starts_with("http://127.0.0.1:") && l.ends_with("/dashboard"))
+        .unwrap_or_else(|| panic!("the dashboard's URL:\n{pasted_out}"));
+    let authority = dashboard
+        .trim_start_matches("http://")
+        .trim_end_matches("/dashboard");
+    let stream = tokio::net::TcpStream::connect(authority)
+        .await
+        .expect("connecting to the dashboard");
+    let page = skein::plain_http::get(stream, authority, "/dashboard", 1 << 20)
+        .await
+        .expect("the dashboard answers 200");
+    assert!(
+        String::from_utf8_lossy(&page).starts_with("<!doctype html>"),
+        "the dashboard is a page"
+    );
+
     // A Deployment whose container crashes fails `up` at once, naming the pod, the container
     // and the end of its log, instead of timing out.
     let deployments: Api<Deployment> = Api::namespaced(support::client().await, "demo");

@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
-use support::demo::{DEMO, load, loadgen, remove_loadgen};
+use support::demo_load::{self, DEMO, loadgen, remove_loadgen};
 
 const CLUSTER: &str = "skein-test-prom";
 const SKEIN: &str = env!("CARGO_BIN_EXE_skein");
@@ -457,7 +457,7 @@ async fn prometheus_source_agrees_with_the_embedded_one() {
     let url = prometheus.url.clone();
 
     // The backend fails 30%: both sources see every tier fail, the backend with its 503s.
-    let failing = load(CLUSTER, &pod, 900, 30);
+    let failing = demo_load::load(CLUSTER, &pod, 900, 30);
     // Read back to back (the same window), until the window is full of the failing traffic.
     let deadline = Instant::now() + WAIT;
     let (from_prometheus, embedded) = loop {
@@ -560,9 +560,7 @@ async fn prometheus_source_agrees_with_the_embedded_one() {
         );
     }
     // Enough seen: the load's pod goes with the loadgen Deployment.
-    let mut failing = failing;
-    let _ = failing.kill();
-    let _ = failing.wait();
+    demo_load::stop(failing);
 
     // A Prometheus that is not there: one clear line, no table.
     let (ok, stdout, stderr) = skein(&["stat", "deploy", "--prometheus", "http://127.0.0.1:1"]);

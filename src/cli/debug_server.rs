@@ -2,12 +2,16 @@
 //! `skein edges`): `--url`; else, with `--cluster`, the control plane `skein dev up` runs on
 //! this machine; else every Running control-plane pod of the kubeconfig's cluster, through a
 //! port-forward to its loopback debug port (as istioctl reaches istiod). Each replica knows only
-//! the proxies connected to it, so callers merge the answers.
+//! the proxies connected to it, so callers merge the answers. `skein dashboard` forwards a local
+//! port through the same [`DebugForward`].
 
 use bytes::Bytes;
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, Portforwarder};
 use kube::core::Selector;
+use tokio::io::DuplexStream;
 
 use crate::api::names;
 use crate::cli::connect::KubeArgs;
@@ -81,6 +85,29 @@ async fn from_cluster_pods(
     kube: &KubeArgs,
     path_and_query: &str,
 ) -> anyhow::Result<Vec<(String, Bytes)>> {
+    let (pods, targets) = running_control_plane_pods(kube).await?;
+    let mut answers = Vec::new();
+    for pod in targets {
+        let asked = format!("pod {}/{pod} port {DEBUG_PORT}", names::MESH_NAMESPACE);
+        let forward = DebugForward::open(&pods, &pod).await?;
+        let body = forward
+            .run(|stream| async move {
+                plain_http::get(stream, "localhost", path_and_query, MAX_ANSWER_BYTES)
+                    .await
+                    .map_err(anyhow::Error::from)
+            })
+            .await
+            .with_context(|| format!("asking {asked}"))?;
+        answers.push((format!("{asked}{path_and_query}"), body));
+    }
+    Ok(answers)
+}
+
+/// The names of the Running control-plane pods in the mesh namespace (at least one), with the
+/// API to port-forward to them.
+pub async fn running_control_plane_pods(
+    kube: &KubeArgs,
+) -> anyhow::Result<(Api<Pod>, Vec<String>)> {
     let client = kube.client().await?;
     let pods: Api<Pod> = Api::namespaced(client, names::MESH_NAMESPACE);
     let selector = Selector::try_from(control_plane_selector())
@@ -102,29 +129,60 @@ async fn from_cluster_pods(
          cluster give --cluster NAME, or give the debug server's --url",
         names::MESH_NAMESPACE
     );
-    let mut answers = Vec::new();
-    for pod in targets {
+    Ok((pods, targets))
+}
+
+/// One port-forward to a control-plane pod's loopback debug port.
+pub struct DebugForward {
+    asked: String,
+    stream: DuplexStream,
+    forwarder: Portforwarder,
+    failed: Option<BoxFuture<'static, Option<String>>>,
+}
+
+impl DebugForward {
+    pub async fn open(pods: &Api<Pod>, pod: &str) -> anyhow::Result<Self> {
         let asked = format!("pod {}/{pod} port {DEBUG_PORT}", names::MESH_NAMESPACE);
         let mut forwarder = pods
-            .portforward(&pod, &[DEBUG_PORT])
+            .portforward(pod, &[DEBUG_PORT])
             .await
             .map_err(|err| anyhow::anyhow!(describe(&err)))
             .with_context(|| format!("port-forwarding to {asked}"))?;
         let stream = forwarder
             .take_stream(DEBUG_PORT)
             .with_context(|| format!("port-forwarding to {asked}: no stream"))?;
-        let failed = forwarder.take_error(DEBUG_PORT);
+        let failed = forwarder.take_error(DEBUG_PORT).map(FutureExt::boxed);
+        Ok(Self {
+            asked,
+            stream,
+            forwarder,
+            failed,
+        })
+    }
+
+    /// Runs `work` over the forwarded stream, then closes the forward. If the forward fails
+    /// meanwhile, the kubelet's reason is the error.
+    pub async fn run<T, F>(self, work: impl FnOnce(DuplexStream) -> F) -> anyhow::Result<T>
+    where
+        F: Future<Output = anyhow::Result<T>>,
+    {
+        let Self {
+            asked,
+            stream,
+            forwarder,
+            failed,
+        } = self;
         // The kubelet says why a forward failed (nothing listening, ...) on the port's error
         // channel, while the stream just closes; an error channel closed without one is no news.
-        let body = tokio::select! {
-            body = plain_http::get(stream, "localhost", path_and_query, MAX_ANSWER_BYTES) => body.map_err(anyhow::Error::from),
-            Some(reason) = async { failed?.await } => Err(anyhow::anyhow!(reason)),
+        let result = tokio::select! {
+            result = work(stream) => result,
+            Some(reason) = async { failed?.await } => {
+                Err(anyhow::anyhow!(reason).context(format!("port-forwarding to {asked}")))
+            }
         };
         forwarder.abort();
-        let body = body.with_context(|| format!("asking {asked}"))?;
-        answers.push((format!("{asked}{path_and_query}"), body));
+        result
     }
-    Ok(answers)
 }
 
 /// The control-plane pods to ask: Running and not being deleted, by name.

@@ -6,6 +6,7 @@
 //! | `GET /debug/proxies` | JSON array of the connected proxies ([`ProxyStatus`]), sorted by namespace and pod |
 //! | `GET /debug/config?pod=NAMESPACE/NAME` | the configuration (JSON, as the proxy's `--config` would hold it) the control plane computes for that pod now; 404 if it is not connected, 400 if `pod` is missing or not `NAMESPACE/NAME` |
 //! | `GET /debug/stats?namespace=NS&window=1m&threshold=95&from=W&to=W` | per-workload and per-edge stats over the window (10s to 5m, default 1m) from this replica's proxies, with each workload's PASS/FAIL verdict against `threshold` percent (default 95): a [`Report`](super::stats::query::Report) as JSON; 400 for a bad parameter ([`super::stats`]) |
+//! | `GET /debug/rules` | JSON array of the traffic rules ([`RuleRow`]) with the conditions the control plane decided for them (what it writes into their `status`), by namespace, kind and name |
 
 use std::sync::Arc;
 
@@ -15,10 +16,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use super::index::Index;
 use super::push::{ConfigSource, ProxyIdentity, ProxyStatus, PushServer};
 use super::stats::StatsStore;
 use super::stats::query::Filter;
 use super::stats::window::MAX_WINDOW_SECONDS;
+use super::translate::RuleReport;
 
 #[derive(Clone)]
 struct DebugState {
@@ -161,6 +164,64 @@ fn connected(proxies: &[ProxyStatus], namespace: &str, name: &str) -> Option<Pro
         })
 }
 
+/// `/debug/rules`, answered from the current mesh view.
+pub fn rules_router(index: Index) -> Router {
+    Router::new()
+        .route(
+            "/debug/rules",
+            get(|State(index): State<Index>| async move {
+                axum::Json(rule_rows(index.view().rule_reports()))
+            }),
+        )
+        .with_state(index)
+}
+
+/// One traffic rule and what the control plane decided about it.
+#[derive(Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleRow {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub generation: Option<i64>,
+    pub conditions: Vec<RuleCondition>,
+}
+
+#[derive(Debug, PartialEq, serde::Serialize)]
+pub struct RuleCondition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+}
+
+/// The reports as rows, by namespace, kind and name (transition times are the status
+/// writer's business, not the translation's, so they are left out).
+pub fn rule_rows(reports: &[RuleReport]) -> Vec<RuleRow> {
+    let mut rows: Vec<RuleRow> = reports
+        .iter()
+        .map(|report| RuleRow {
+            kind: report.kind.to_string(),
+            namespace: report.namespace.clone(),
+            name: report.name.clone(),
+            generation: report.generation,
+            conditions: report
+                .conditions
+                .iter()
+                .map(|c| RuleCondition {
+                    type_: c.type_.clone(),
+                    status: c.status.clone(),
+                    reason: c.reason.clone(),
+                    message: c.message.clone(),
+                })
+                .collect(),
+        })
+        .collect();
+    rows.sort_by(|a, b| (&a.namespace, &a.kind, &a.name).cmp(&(&b.namespace, &b.kind, &b.name)));
+    rows
+}
+
 fn bad_request(message: &str) -> Response {
     (StatusCode::BAD_REQUEST, format!("{message}\n")).into_response()
 }
@@ -183,6 +244,51 @@ mod tests {
             cert_expires: None,
             cert_expires_in_seconds: None,
         }
+    }
+
+    #[test]
+    fn rules_are_listed_with_their_conditions() {
+        use super::super::translate::RuleKind;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+        let report = |kind, namespace: &str, name: &str, status: &str| RuleReport {
+            kind,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            generation: Some(2),
+            conditions: vec![Condition {
+                type_: "Accepted".to_owned(),
+                status: status.to_owned(),
+                reason: "Conflicted".to_owned(),
+                message: "an older rule wins".to_owned(),
+                last_transition_time: super::super::translate::TRANSITION_TIME_PLACEHOLDER,
+                observed_generation: Some(2),
+            }],
+        };
+        let rows = rule_rows(&[
+            report(RuleKind::TrafficPolicy, "demo", "a", "True"),
+            report(RuleKind::RouteRule, "demo", "b", "False"),
+            report(RuleKind::RouteRule, "alpha", "z", "True"),
+        ]);
+        let names: Vec<_> = rows
+            .iter()
+            .map(|r| format!("{}/{}/{}", r.namespace, r.kind, r.name))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "alpha/RouteRule/z",
+                "demo/RouteRule/b",
+                "demo/TrafficPolicy/a"
+            ]
+        );
+        assert_eq!(
+            serde_json::to_value(&rows[1]).unwrap(),
+            serde_json::json!({
+                "kind": "RouteRule", "namespace": "demo", "name": "b", "generation": 2,
+                "conditions": [{"type": "Accepted", "status": "False", "reason": "Conflicted",
+                                "message": "an older rule wins"}],
+            })
+        );
     }
 
     #[test]

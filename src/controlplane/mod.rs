@@ -12,12 +12,14 @@
 //! [`translate`] (pure: cluster state → each proxy's configuration) → [`push`] (the
 //! Delta-ADS-shaped gRPC stream, ACK/NACK) → proxies; [`status`] writes each rule's verdict
 //! back; [`debug`] and [`proxy_status`] show who got what; [`stats`] scrapes the connected
-//! proxies' metrics into short windows for `skein stat` and `skein edges`.
+//! proxies' metrics into short windows for `skein stat` and `skein edges`; [`dashboard`] is
+//! the web page the debug server serves over all of that.
 //!
 //! Identity: [`identity`] signs workload certificates with the mesh CA (`Identity/Certify`,
 //! on the stream's port) and authenticates the stream's proxies by their service-account
 //! tokens.
 
+pub mod dashboard;
 pub mod debug;
 pub mod identity;
 pub mod index;
@@ -181,7 +183,7 @@ async fn discovery(
             },
         ));
     }
-    tokio::spawn(status::run(client, index));
+    tokio::spawn(status::run(client, index.clone()));
 
     let registry = Arc::new(registry);
     let stats_routes = if interval.is_zero() {
@@ -191,6 +193,8 @@ async fn discovery(
     };
     let debug_app = debug::router(push.clone(), source)
         .merge(stats_routes)
+        .merge(debug::rules_router(index))
+        .merge(dashboard::router())
         .route(
             "/metrics",
             axum::routing::get(move || {
@@ -198,7 +202,7 @@ async fn discovery(
                 async move { crate::telemetry::metrics_response(&registry) }
             }),
         );
-    tracing::info!(addr = %args.debug_addr, "serving /debug/proxies, /debug/config, /debug/stats and /metrics");
+    tracing::info!(addr = %args.debug_addr, "serving /debug/proxies, /debug/config, /debug/stats, /debug/rules, /dashboard and /metrics");
     let debug = async {
         axum::serve(debug_listener, debug_app)
             .with_graceful_shutdown(crate::signals::shutdown())

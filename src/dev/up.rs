@@ -258,6 +258,7 @@ fn next_steps(n: &NextSteps) -> String {
          kubectl -n {ns} get routerules,egressrules,trafficpolicies\n  \
          {skein} proxy-status --cluster {cluster}\n  \
          {skein} stat deploy -n {ns} --cluster {cluster}   # each tier: PASS or FAIL, and why\n  \
+         {skein} dashboard --cluster {cluster}   # the web dashboard's URL: tiers, service graph, proxies, rules\n  \
          kubectl get meshconfig\n\n\
          Stop everything and delete its state with `{skein} dev down --cluster {cluster}`.\n"
     )

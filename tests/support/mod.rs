@@ -6,11 +6,12 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod control_plane;
-pub mod demo;
+pub mod demo_load;
 pub mod identity;
 pub mod netns;
 pub mod node;
 pub mod pods;
+pub mod webdriver;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,6 +1,7 @@
-//! The meshed demo's load generator, for tests on `skein dev up`'s demo (`super::demo_up`): a
-//! meshed client Deployment `loadgen` and requests sent from its pod through the chain
-//! frontend → middleware → backend, with the demo's `x-demo-backend-fail-percent` knob.
+//! Real traffic through the meshed demo of `skein dev up` (tests/stats.rs, tests/dashboard.rs):
+//! a meshed `loadgen` Deployment, and requests from its pod to the frontend through its sidecar,
+//! with the demo's `x-demo-backend-fail-percent` knob (passed down the chain) making the
+//! backend fail a share of them.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,38 +14,13 @@ use serde_json::json;
 
 use super::node::{eventually, pod_ready};
 
-const SKEIN: &str = env!("CARGO_BIN_EXE_skein");
+/// The demo's namespace.
 pub const DEMO: &str = "demo";
 const WAIT: Duration = Duration::from_secs(120);
 
-/// `count` requests to the frontend from the loadgen pod, through its sidecar, in the
-/// background; each lets the backend fail `fail_percent`% of the time.
-pub fn load(cluster: &str, pod: &str, count: u32, fail_percent: u32) -> Child {
-    let script = format!(
-        "for i in $(seq {count}); do curl -s -o /dev/null --max-time 5 \
-         -H 'x-demo-backend-fail-percent: {fail_percent}' http://frontend/; sleep 0.1; done"
-    );
-    Command::new(SKEIN)
-        .args(["dev", "exec", "--cluster", cluster])
-        .arg(format!("{DEMO}/{pod}"))
-        .args(["-c", "loadgen", "--", "sh", "-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("running skein dev exec")
-}
-
-/// Stops the load (the loop in the pod ends with its count) and waits for it.
-pub fn finish(mut child: Child) {
-    let deadline = Instant::now() + WAIT;
-    while child.try_wait().expect("waiting for the load").is_none() {
-        assert!(Instant::now() < deadline, "the load did not end");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// A meshed client Deployment (the demo app, idle; requests are sent from its pod): the
-/// frontend's inbound view sees them, as it would a browser's through an ingress.
+/// A meshed client Deployment and Service (the demo app, idle; requests are sent from its pod):
+/// the frontend's inbound view sees them, as it would a browser's through an ingress. Returns
+/// its Ready pod's name.
 pub async fn loadgen(client: &kube::Client) -> String {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), DEMO);
     let deployment: Deployment = serde_json::from_value(json!({
@@ -109,7 +85,7 @@ pub async fn loadgen(client: &kube::Client) -> String {
     .await
 }
 
-/// Deletes the load generator's Deployment and Service (best effort: the cluster is the test's).
+/// Deletes what [`loadgen`] made.
 pub async fn remove_loadgen(client: &kube::Client) {
     let _ = Api::<Deployment>::namespaced(client.clone(), DEMO)
         .delete("loadgen", &DeleteParams::default())
@@ -117,4 +93,36 @@ pub async fn remove_loadgen(client: &kube::Client) {
     let _ = Api::<Service>::namespaced(client.clone(), DEMO)
         .delete("loadgen", &DeleteParams::default())
         .await;
+}
+
+/// `count` requests to the frontend from the loadgen pod of `cluster`, through its sidecar, in
+/// the background; each lets the backend fail `fail_percent`% of the time.
+pub fn load(cluster: &str, pod: &str, count: u32, fail_percent: u32) -> Child {
+    let script = format!(
+        "for i in $(seq {count}); do curl -s -o /dev/null --max-time 5 \
+         -H 'x-demo-backend-fail-percent: {fail_percent}' http://frontend/; sleep 0.1; done"
+    );
+    Command::new(env!("CARGO_BIN_EXE_skein"))
+        .args(["dev", "exec", "--cluster", cluster])
+        .arg(format!("{DEMO}/{pod}"))
+        .args(["-c", "loadgen", "--", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("running skein dev exec")
+}
+
+/// Waits for the load to end (the loop in the pod ends with its count).
+pub fn finish(mut child: Child) {
+    let deadline = Instant::now() + WAIT;
+    while child.try_wait().expect("waiting for the load").is_none() {
+        assert!(Instant::now() < deadline, "the load did not end");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Stops the load at once.
+pub fn stop(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
 }
