@@ -7,6 +7,7 @@
 pub mod check;
 pub mod connect;
 pub mod debug_server;
+pub mod explain;
 pub mod output;
 pub mod stat;
 pub mod version;
@@ -65,6 +66,9 @@ pub enum Command {
     Stat(stat::StatArgs),
     /// Who calls whom: requests, success and mTLS per source → destination workload.
     Edges(stat::EdgesArgs),
+    /// What the mesh does to a pod's traffic (`pod/NAME`, `deploy/NAME`): identity, mTLS,
+    /// access policies, routes, endpoints, sync state, and its proxy's recent errors explained.
+    Explain(explain::ExplainArgs),
     /// Multi-cluster federation helpers.
     #[command(subcommand)]
     Federation(FederationCommand),
@@ -101,6 +105,7 @@ impl Command {
             | Self::ProxyStatus(_)
             | Self::Stat(_)
             | Self::Edges(_)
+            | Self::Explain(_)
             | Self::Federation(_)
             | Self::Completion(_)
             | Self::Dev(DevCommand::Exec(_) | DevCommand::Logs(_) | DevCommand::Connect(_)) => {
