@@ -13,9 +13,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::ResourceExt;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use skein::api::RouteRule;
 use support::node::{eventually, pod_ready};
@@ -23,6 +23,8 @@ use support::node::{eventually, pod_ready};
 const CLUSTER: &str = "skein-test-explain";
 const SKEIN: &str = env!("CARGO_BIN_EXE_skein");
 const DEMO: &str = "demo";
+/// Where the never-Ready Service lives: not the demo's namespace, whose pods `dev up` checks.
+const OTHER: &str = "explain-nowhere";
 const WAIT: Duration = Duration::from_secs(120);
 
 /// `skein ARGS --cluster CLUSTER`: its exit status, stdout and stderr.
@@ -53,18 +55,27 @@ fn explain(args: &[&str]) -> String {
 /// `curl` from the frontend pod's app container, through its sidecar: `STATUS REASON` then the
 /// body.
 fn call_from(pod: &str, url: &str) -> String {
-    let script = format!(
-        "curl -s --max-time 10 -w '\\n%{{http_code}} %header{{x-skein-error}}' {url}"
-    );
+    let script =
+        format!("curl -s --max-time 10 -w '\\n%{{http_code}} %header{{x-skein-error}}' {url}");
     let pod = format!("{DEMO}/{pod}");
     let (ok, stdout, stderr) = skein(&[
-        "dev", "exec", "--cluster", CLUSTER, &pod, "-c", "frontend", "--", "sh", "-c", &script,
+        "dev",
+        "exec",
+        "--cluster",
+        CLUSTER,
+        &pod,
+        "-c",
+        "frontend",
+        "--",
+        "sh",
+        "-c",
+        &script,
     ]);
     assert!(ok, "curl from {pod}: {stdout}{stderr}");
     stdout
 }
 
-async fn apply<K>(client: &kube::Client, object: Value)
+async fn apply<K>(client: &kube::Client, namespace: &str, object: Value)
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -75,7 +86,7 @@ where
 {
     let object: K = serde_json::from_value(object).expect("a valid object");
     let name = object.name_any();
-    Api::<K>::namespaced(client.clone(), DEMO)
+    Api::<K>::namespaced(client.clone(), namespace)
         .patch(
             &name,
             &PatchParams::apply("skein-test").force(),
@@ -88,35 +99,49 @@ where
 /// A Service whose one pod never becomes Ready (its readiness probe asks a port nobody serves),
 /// with a RouteRule so the frontend has a route to show for it.
 async fn never_ready_service(client: &kube::Client) {
-    apply::<Deployment>(client, json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "nowhere", "namespace": DEMO},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": "nowhere"}},
-            "template": {
-                "metadata": {"labels": {"app": "nowhere"}},
-                "spec": {"containers": [{
-                    "name": "nowhere", "image": "ghcr.io/skein-mesh/skein:0.1.0",
-                    "args": ["demo-app", "--role", "backend", "--version", "v1"],
-                    "ports": [{"name": "http", "containerPort": 8080}],
-                    "readinessProbe": {"httpGet": {"path": "/", "port": 9}, "periodSeconds": 2}
-                }]}
-            }
-        }
-    }))
+    // An earlier run's namespace may still be going away.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    eventually("an earlier run's namespace to be gone", WAIT, || async {
+        matches!(namespaces.get_opt(OTHER).await, Ok(None)).then_some(())
+    })
     .await;
-    apply::<Service>(client, json!({
+    apply::<Deployment>(
+        client,
+        OTHER,
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "nowhere", "namespace": OTHER},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": "nowhere"}},
+                "template": {
+                    "metadata": {"labels": {"app": "nowhere"}},
+                    "spec": {"containers": [{
+                        "name": "nowhere", "image": "ghcr.io/skein-mesh/skein:0.1.0",
+                        "args": ["demo-app", "--role", "backend", "--version", "v1"],
+                        "ports": [{"name": "http", "containerPort": 8080}],
+                        "readinessProbe": {"httpGet": {"path": "/", "port": 9}, "periodSeconds": 2}
+                    }]}
+                }
+            }
+        }),
+    )
+    .await;
+    apply::<Service>(client, OTHER, json!({
         "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": "nowhere", "namespace": DEMO},
+        "metadata": {"name": "nowhere", "namespace": OTHER},
         "spec": {"selector": {"app": "nowhere"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}
     }))
     .await;
-    apply::<RouteRule>(client, json!({
-        "apiVersion": "skein.dev/v1alpha1", "kind": "RouteRule",
-        "metadata": {"name": "nowhere", "namespace": DEMO},
-        "spec": {"service": "nowhere", "http": [{"name": "slow", "timeout": "2s"}]}
-    }))
+    apply::<RouteRule>(
+        client,
+        OTHER,
+        json!({
+            "apiVersion": "skein.dev/v1alpha1", "kind": "RouteRule",
+            "metadata": {"name": "nowhere", "namespace": OTHER},
+            "spec": {"service": "nowhere", "http": [{"name": "slow", "timeout": "2s"}]}
+        }),
+    )
     .await;
 }
 
@@ -145,9 +170,10 @@ async fn a_proxy_error_says_why_and_explain_shows_what_applies() {
 
     // The frontend's proxy learns of the Service (a push away) and its not-ready pod (once the
     // pod exists and its probe has failed): then the answer names both counts.
-    let expected = "no-endpoints: Service demo/nowhere port 80 has no ready endpoints (1 pods, 0 ready)";
+    let expected =
+        "no-endpoints: Service demo/nowhere port 80 has no ready endpoints (1 pods, 0 ready)";
     let answer = eventually("the plain-words no-endpoints answer", WAIT, || async {
-        let answer = call_from(&pod, "http://nowhere/orders?token=secret");
+        let answer = call_from(&pod, "http://nowhere.explain-nowhere/orders?token=secret");
         answer.contains(expected).then_some(answer)
     })
     .await;
@@ -155,8 +181,8 @@ async fn a_proxy_error_says_why_and_explain_shows_what_applies() {
 
     // explain, as JSON: the pod's proxy, its configuration, its recent error explained.
     let target = format!("pod/{pod}");
-    let explained: Value = serde_json::from_str(&explain(&[&target, "-o", "json"]))
-        .expect("explain -o json is JSON");
+    let explained: Value =
+        serde_json::from_str(&explain(&[&target, "-o", "json"])).expect("explain -o json is JSON");
     let me = &explained[0];
     assert_eq!(me["meshed"], true, "{me:#}");
     assert_eq!(
@@ -165,20 +191,24 @@ async fn a_proxy_error_says_why_and_explain_shows_what_applies() {
     );
     assert_eq!(me["proxies"].as_array().map(Vec::len), Some(1), "{me:#}");
     assert_eq!(me["problems"], json!([]), "{me:#}");
-    let destinations = me["config"]["destinations"].as_array().expect("destinations");
+    let destinations = me["config"]["destinations"]
+        .as_array()
+        .expect("destinations");
     let nowhere = destinations
         .iter()
-        .find(|d| d["name"] == "nowhere.demo.svc.cluster.local")
+        .find(|d| d["name"] == "nowhere.explain-nowhere.svc.cluster.local")
         .unwrap_or_else(|| panic!("no nowhere destination: {me:#}"));
     assert_eq!(nowhere["ports"][0]["notReadyEndpoints"], 1, "{nowhere:#}");
     assert_eq!(nowhere["ports"][0]["endpoints"], json!([]), "{nowhere:#}");
     assert!(
-        nowhere["routes"]
-            .as_array()
-            .is_some_and(|r| r.iter().any(|r| r["name"] == "slow" && r["timeout"] == "2s")),
+        nowhere["routes"].as_array().is_some_and(|r| r
+            .iter()
+            .any(|r| r["name"] == "slow" && r["timeout"] == "2s")),
         "{nowhere:#}"
     );
-    let errors = me["recentErrors"]["errors"].as_array().expect("recent errors");
+    let errors = me["recentErrors"]["errors"]
+        .as_array()
+        .expect("recent errors");
     let error = errors
         .iter()
         .rev()
@@ -187,7 +217,10 @@ async fn a_proxy_error_says_why_and_explain_shows_what_applies() {
     assert_eq!(error["status"], 503, "{error:#}");
     assert_eq!(error["direction"], "outbound", "{error:#}");
     assert_eq!(error["method"], "GET", "{error:#}");
-    assert_eq!(error["path"], "/orders", "the query is never kept: {error:#}");
+    assert_eq!(
+        error["path"], "/orders",
+        "the query is never kept: {error:#}"
+    );
     assert_eq!(error["message"], expected, "{error:#}");
     let reasons = me["reasons"].as_array().expect("reasons");
     let meaning = reasons
@@ -206,7 +239,7 @@ async fn a_proxy_error_says_why_and_explain_shows_what_applies() {
         "meshed: yes".to_owned(),
         "; in sync (configuration ".to_owned(),
         "inbound mTLS: ".to_owned(),
-        "demo/nowhere port 80 (".to_owned(),
+        "explain-nowhere/nowhere port 80 (".to_owned(),
         "0 ready, 1 not ready".to_owned(),
         "route \"slow\": every request; timeout 2s".to_owned(),
         "demo/backend port 80".to_owned(),
@@ -217,15 +250,20 @@ async fn a_proxy_error_says_why_and_explain_shows_what_applies() {
         assert!(text.contains(&line), "{line:?} in:\n{text}");
     }
 
-    // A pod without a proxy is said so plainly.
-    let nowhere_pod = eventually("the nowhere pod", WAIT, || async {
-        let pods: Api<Pod> = Api::namespaced(client.clone(), DEMO);
-        let list = pods.list(&ListParams::default().labels("app=nowhere")).await.ok()?;
-        list.items.first().map(ResourceExt::name_any)
-    })
-    .await;
+    // A pod that does not exist is said so.
     let (ok, stdout, stderr) = skein(&[
-        "explain", &format!("pod/{nowhere_pod}-missing"), "-n", DEMO, "--cluster", CLUSTER,
+        "explain",
+        "pod/nobody-here",
+        "-n",
+        DEMO,
+        "--cluster",
+        CLUSTER,
     ]);
     assert!(!ok && stderr.contains("no pod"), "{stdout}{stderr}");
+
+    // The never-Ready pod goes with its namespace, so the next `dev up` sees a healthy demo.
+    Api::<Namespace>::all(client.clone())
+        .delete(OTHER, &DeleteParams::default())
+        .await
+        .expect("deleting the test's namespace");
 }

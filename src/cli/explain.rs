@@ -35,7 +35,7 @@ use crate::proxy::admin::RECENT_ERRORS_PATH;
 use crate::proxy::config::types::{
     AccessPolicy, Destination, MtlsMode, ProxyConfig, Route, StringMatch,
 };
-use crate::proxy::reasons::{Reason, human_duration, service_ref};
+use crate::proxy::reasons::{Reason, service_ref};
 use crate::proxy::recent::RecentErrors;
 
 /// Bound of each question (port-forwards and the apiserver included).
@@ -309,7 +309,12 @@ async fn recent_errors(
         let url = DebugUrl::parse(url)?;
         let stream = tokio::net::TcpStream::connect(&url.authority)
             .await
-            .with_context(|| format!("connecting to the proxy's admin server at {}", url.authority))?;
+            .with_context(|| {
+                format!(
+                    "connecting to the proxy's admin server at {}",
+                    url.authority
+                )
+            })?;
         let path = url.path(RECENT_ERRORS_PATH);
         let got = plain_http::get(stream, &url.authority, &path, MAX_RECENT_ERRORS_BYTES);
         tokio::time::timeout(TIMEOUT, got)
@@ -329,9 +334,12 @@ async fn recent_errors(
         tokio::time::timeout(TIMEOUT, got)
             .await
             .context("the apiserver did not answer in time")?
-            .with_context(|| format!("asking {namespace}/{name}'s proxy (port {port}) through the apiserver"))?
+            .with_context(|| {
+                format!("asking {namespace}/{name}'s proxy (port {port}) through the apiserver")
+            })?
     };
-    serde_json::from_slice(&body).context("the recent errors do not parse (a proxy older than this skein?)")
+    serde_json::from_slice(&body)
+        .context("the recent errors do not parse (a proxy older than this skein?)")
 }
 
 /// The Deployment's pods, not being deleted, by name.
@@ -447,7 +455,11 @@ fn sync_words(proxy: &ProxyStatus) -> String {
             text,
             "; NOT in sync: sent {}, acknowledged {}",
             proxy.sent_version,
-            if proxy.acked_version.is_empty() { "nothing yet" } else { &proxy.acked_version }
+            if proxy.acked_version.is_empty() {
+                "nothing yet"
+            } else {
+                &proxy.acked_version
+            }
         );
     }
     if let Some(nack) = &proxy.last_nack {
@@ -483,7 +495,10 @@ fn describe_config(out: &mut String, config: &ProxyConfig) {
     };
     let _ = writeln!(out, "  inbound mTLS: {modes}: {meaning}");
     if config.access_policies.is_empty() {
-        let _ = writeln!(out, "  access policies: none select this pod (every caller allowed)");
+        let _ = writeln!(
+            out,
+            "  access policies: none select this pod (every caller allowed)"
+        );
     } else {
         let _ = writeln!(out, "  access policies:");
         for policy in &config.access_policies {
@@ -550,8 +565,16 @@ fn policy_words(policy: &AccessPolicy) -> String {
                     what.join(" ")
                 })
                 .collect();
-            let from = if from.is_empty() { "anyone".to_owned() } else { from.join(" | ") };
-            let to = if to.is_empty() { "anything".to_owned() } else { to.join(" | ") };
+            let from = if from.is_empty() {
+                "anyone".to_owned()
+            } else {
+                from.join(" | ")
+            };
+            let to = if to.is_empty() {
+                "anything".to_owned()
+            } else {
+                to.join(" | ")
+            };
             format!("rules[{i}]: from {from} to {to}")
         })
         .collect();
@@ -559,7 +582,11 @@ fn policy_words(policy: &AccessPolicy) -> String {
         "{} ({}): {}",
         policy.name,
         words(&policy.action),
-        if rules.is_empty() { "no rules".to_owned() } else { rules.join("; ") }
+        if rules.is_empty() {
+            "no rules".to_owned()
+        } else {
+            rules.join("; ")
+        }
     )
 }
 
@@ -591,7 +618,11 @@ fn describe_destination(out: &mut String, destination: &Destination) {
                 .identity
                 .as_deref()
                 .map_or_else(|| " plaintext".to_owned(), |id| format!(" mTLS as {id}"));
-            let terminating = if endpoint.terminating { " (terminating)" } else { "" };
+            let terminating = if endpoint.terminating {
+                " (terminating)"
+            } else {
+                ""
+            };
             let _ = writeln!(
                 out,
                 "      endpoint {}{workload}{identity}{terminating}",
@@ -599,7 +630,10 @@ fn describe_destination(out: &mut String, destination: &Destination) {
             );
         }
     }
-    let mut policy = vec![format!("load balancing {}", words(&destination.load_balancer))];
+    let mut policy = vec![format!(
+        "load balancing {}",
+        words(&destination.load_balancer)
+    )];
     if let Some(outlier) = &destination.outlier_detection {
         policy.push(format!(
             "outlier detection after {} failures, ejected {} (at most {}%)",
@@ -646,7 +680,11 @@ pub fn route_words(route: &Route) -> String {
     let mut text = format!(
         "{:?}: {}",
         route.name,
-        if matches.is_empty() { "every request".to_owned() } else { matches.join(" | ") }
+        if matches.is_empty() {
+            "every request".to_owned()
+        } else {
+            matches.join(" | ")
+        }
     );
     if !route.backends.is_empty() {
         let total: u32 = route.backends.iter().map(|b| b.weight).sum();
@@ -656,29 +694,45 @@ pub fn route_words(route: &Route) -> String {
             .map(|b| {
                 let subset: Vec<String> =
                     b.subset.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                let share = if total == 0 { 0 } else { b.weight * 100 / total };
-                let subset = if subset.is_empty() { "all endpoints".to_owned() } else { subset.join(",") };
+                let share = if total == 0 {
+                    0
+                } else {
+                    b.weight * 100 / total
+                };
+                let subset = if subset.is_empty() {
+                    "all endpoints".to_owned()
+                } else {
+                    subset.join(",")
+                };
                 format!("{subset} {share}%")
             })
             .collect();
         let _ = write!(text, " -> {}", backends.join(", "));
     }
     if let Some(timeout) = route.timeout {
-        let _ = write!(text, "; timeout {}", human_duration(timeout.as_std()));
+        let _ = write!(text, "; timeout {timeout}");
     }
     if let Some(retry) = &route.retry {
         let on: Vec<String> = retry.retry_on.iter().map(words).collect();
         let _ = write!(text, "; retries {} on {}", retry.attempts, on.join(","));
         if let Some(per_try) = retry.per_try_timeout {
-            let _ = write!(text, " (per try {})", human_duration(per_try.as_std()));
+            let _ = write!(text, " (per try {per_try})");
         }
     }
     if let Some(fault) = &route.fault {
         if let Some(abort) = &fault.abort {
-            let _ = write!(text, "; FAULT: abort {}% with {}", abort.percent, abort.status);
+            let _ = write!(
+                text,
+                "; FAULT: abort {}% with {}",
+                abort.percent, abort.status
+            );
         }
         if let Some(delay) = &fault.delay {
-            let _ = write!(text, "; FAULT: delay {}% by {}", delay.percent, delay.duration);
+            let _ = write!(
+                text,
+                "; FAULT: delay {}% by {}",
+                delay.percent, delay.duration
+            );
         }
     }
     if let Some(mirror) = &route.mirror {
@@ -698,11 +752,17 @@ fn describe_recent(out: &mut String, recent: &RecentErrors, reasons: &[ReasonExp
         recent.total, recent.capacity
     );
     for error in &recent.errors {
-        let upstream = error.upstream.map(|u| format!(" via {u}")).unwrap_or_default();
-        let what = error.message.clone().unwrap_or_else(|| match &error.reason {
-            Some(reason) => format!("{reason} (from the upstream's proxy)"),
-            None => "the upstream's own error".to_owned(),
-        });
+        let upstream = error
+            .upstream
+            .map(|u| format!(" via {u}"))
+            .unwrap_or_default();
+        let what = error
+            .message
+            .clone()
+            .unwrap_or_else(|| match &error.reason {
+                Some(reason) => format!("{reason} (from the upstream's proxy)"),
+                None => "the upstream's own error".to_owned(),
+            });
         let _ = writeln!(
             out,
             "    {} {} {} {}{} -> {}{upstream}: {what}",
@@ -726,7 +786,10 @@ mod tests {
 
     #[test]
     fn targets_are_pods_or_deployments() {
-        assert_eq!(parse_target("pod/web-1").unwrap(), Target::Pod("web-1".into()));
+        assert_eq!(
+            parse_target("pod/web-1").unwrap(),
+            Target::Pod("web-1".into())
+        );
         assert_eq!(parse_target("web-1").unwrap(), Target::Pod("web-1".into()));
         assert_eq!(
             parse_target("deploy/web").unwrap(),
@@ -746,7 +809,11 @@ mod tests {
             path: "/".into(),
             status: 503,
             reason: reason.map(str::to_owned),
-            message: reason.map(|r| format!("{r}: Service demo/nowhere port 80 has no ready endpoints (1 pods, 0 ready)")),
+            message: reason.map(|r| {
+                format!(
+                    "{r}: Service demo/nowhere port 80 has no ready endpoints (1 pods, 0 ready)"
+                )
+            }),
             upstream: None,
             attempts: 0,
         }
@@ -757,7 +824,11 @@ mod tests {
         let recent = RecentErrors {
             total: 3,
             capacity: 32,
-            errors: vec![error(Some("no-endpoints")), error(None), error(Some("no-endpoints"))],
+            errors: vec![
+                error(Some("no-endpoints")),
+                error(None),
+                error(Some("no-endpoints")),
+            ],
         };
         let reasons = reasons_of(&recent);
         assert_eq!(reasons.len(), 1);

@@ -335,7 +335,10 @@ mod tests {
         let empty: crate::proxy::recent::RecentErrors = serde_json::from_str(&body).expect("json");
         assert_eq!((empty.total, empty.errors.len()), (0, 0));
 
-        let (parts, ()) = http::Request::get("http://backend/x").body(()).expect("request").into_parts();
+        let (parts, ()) = http::Request::get("http://backend/x")
+            .body(())
+            .expect("request")
+            .into_parts();
         let error = crate::proxy::recent::RequestLine::of(&parts).error(
             crate::proxy::Direction::Outbound,
             503,

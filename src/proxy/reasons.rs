@@ -179,18 +179,6 @@ pub fn service_ref(canonical: &str) -> String {
     }
 }
 
-/// `2s`, `1.5s`, `250ms`: a timeout as a person writes it.
-pub fn human_duration(duration: std::time::Duration) -> String {
-    let millis = duration.as_millis();
-    if millis >= 1000 && millis % 1000 == 0 {
-        format!("{}s", millis / 1000)
-    } else if millis >= 1000 {
-        format!("{}s", duration.as_secs_f64())
-    } else {
-        format!("{millis}ms")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,17 +219,12 @@ mod tests {
 
     #[test]
     fn services_are_named_as_people_name_them() {
-        assert_eq!(service_ref("backend.demo.svc.cluster.local"), "demo/backend");
+        assert_eq!(
+            service_ref("backend.demo.svc.cluster.local"),
+            "demo/backend"
+        );
         assert_eq!(service_ref("backend.demo.svc"), "demo/backend");
         assert_eq!(service_ref("api.example.com"), "api.example.com");
         assert_eq!(service_ref(""), "");
-    }
-
-    #[test]
-    fn durations_read_as_written() {
-        use std::time::Duration;
-        assert_eq!(human_duration(Duration::from_secs(2)), "2s");
-        assert_eq!(human_duration(Duration::from_millis(1500)), "1.5s");
-        assert_eq!(human_duration(Duration::from_millis(250)), "250ms");
     }
 }

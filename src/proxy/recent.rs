@@ -194,12 +194,19 @@ mod tests {
         let snapshot = ring.snapshot();
         assert_eq!(snapshot.total, u64::try_from(CAPACITY + extra).unwrap());
         assert_eq!(snapshot.errors.len(), CAPACITY);
-        assert_eq!(snapshot.errors[0].status, u16::try_from(extra).unwrap(), "oldest kept");
+        assert_eq!(
+            snapshot.errors[0].status,
+            u16::try_from(extra).unwrap(),
+            "oldest kept"
+        );
         assert_eq!(
             snapshot.errors[CAPACITY - 1].status,
             u16::try_from(CAPACITY + extra - 1).unwrap()
         );
-        assert!(ring.inner.lock().unwrap().errors.capacity() <= CAPACITY * 2, "no growth");
+        assert!(
+            ring.inner.lock().unwrap().errors.capacity() <= CAPACITY * 2,
+            "no growth"
+        );
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::proxy::config::compiled::Service;
 use crate::proxy::config::{RetryOn, RetryPolicy, Workload};
 use crate::proxy::limits::Activity;
 use crate::proxy::metrics::{CutReason, HttpMetrics, LatencyLabels, RequestLabels, RetryLabels};
-use crate::proxy::reasons::{Reason, human_duration, service_ref};
+use crate::proxy::reasons::{Reason, service_ref};
 use crate::proxy::recent::RequestLine;
 use crate::proxy::retry::{self, AttemptOutcome};
 use crate::proxy::routes::CompiledRoute;
@@ -109,7 +109,9 @@ pub async fn forward(context: &RequestContext, request: Forward<'_>) -> Response
 /// `api.example.com (203.0.113.7:443)`. Built only on the error path.
 fn destination(context: &RequestContext, target: &Target, labels: &RequestLabels) -> String {
     match target {
-        Target::Balanced { service, .. } => format!("{}:{}", service_ref(&service.name), service.port),
+        Target::Balanced { service, .. } => {
+            format!("{}:{}", service_ref(&service.name), service.port)
+        }
         Target::Fixed(address) if context.connection.direction == Direction::Inbound => {
             format!("the app at {address}")
         }
@@ -135,7 +137,7 @@ fn timeout_message(
 ) -> String {
     format!(
         "{destination} did not answer within {} ({}, {})",
-        human_duration(limit),
+        crate::api::Duration::from(limit),
         route_words(route),
         attempts_words(attempts),
     )
@@ -168,9 +170,9 @@ pub(crate) fn no_endpoints_message(
                 labels.join(","),
             )
         }
-        _ => format!(
-            "Service {service} port {port} has no ready endpoints ({total} pods, 0 ready)"
-        ),
+        _ => {
+            format!("Service {service} port {port} has no ready endpoints ({total} pods, 0 ready)")
+        }
     }
 }
 
@@ -536,7 +538,7 @@ impl Tries<'_> {
                         destination(self.context, self.target, labels),
                         policy
                             .and_then(|p| p.per_try_timeout)
-                            .map_or_else(String::new, |t| human_duration(t.as_std())),
+                            .map_or_else(String::new, |t| t.to_string()),
                         route_words(self.route),
                         attempts_words(line.attempts),
                     ),
@@ -825,7 +827,11 @@ mod tests {
             ..crate::proxy::config::Route::default()
         }])
         .expect("a route");
-        let parts = http::Request::get("/").body(()).expect("request").into_parts().0;
+        let parts = http::Request::get("/")
+            .body(())
+            .expect("request")
+            .into_parts()
+            .0;
         let route = table.select(&parts);
         assert_eq!(
             timeout_message("demo/backend:8080", Duration::from_secs(2), route, 3),
@@ -835,7 +841,8 @@ mod tests {
             address: "10.0.0.5:8080".parse().expect("address"),
             reason: "Connection refused".to_owned(),
         };
-        let local = Local::from_upstream_error(&refused, "demo/backend:8080", "no route, 1 attempt");
+        let local =
+            Local::from_upstream_error(&refused, "demo/backend:8080", "no route, 1 attempt");
         assert_eq!(
             local.text(),
             "connect-failure: demo/backend:8080: cannot connect to 10.0.0.5:8080: Connection refused (no route, 1 attempt)"
@@ -859,7 +866,16 @@ mod tests {
             response.headers().get(super::super::ERROR_HEADER),
             Some(&HeaderValue::from_static("no-endpoints"))
         );
-        let overloaded = Local::new(StatusCode::SERVICE_UNAVAILABLE, Reason::Overloaded, String::new());
-        assert!(overloaded.into_response().headers().contains_key("x-skein-overloaded"));
+        let overloaded = Local::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Reason::Overloaded,
+            String::new(),
+        );
+        assert!(
+            overloaded
+                .into_response()
+                .headers()
+                .contains_key("x-skein-overloaded")
+        );
     }
 }

@@ -78,7 +78,11 @@ pub async fn handle(
     let decision = authz::decide(&config.source.access_policies, &facts);
     let metrics = &context.shared.metrics.http;
     if let Some(denial) = authz::account(decision, metrics, labels.protocol, connection.peer) {
-        let local = Local::new(StatusCode::FORBIDDEN, Reason::AccessDenied, denial.to_string());
+        let local = Local::new(
+            StatusCode::FORBIDDEN,
+            Reason::AccessDenied,
+            denial.to_string(),
+        );
         let line = RequestLine::of(&parts);
         return forward::finish(context, None, labels, started, span, Err(local), &line);
     }
