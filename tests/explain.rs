@@ -105,6 +105,19 @@ async fn never_ready_service(client: &kube::Client) {
         matches!(namespaces.get_opt(OTHER).await, Ok(None)).then_some(())
     })
     .await;
+    let namespace: Namespace = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": OTHER, "labels": {"injection": "enabled"}}
+    }))
+    .expect("a Namespace");
+    namespaces
+        .patch(
+            OTHER,
+            &PatchParams::apply("skein-test").force(),
+            &Patch::Apply(&namespace),
+        )
+        .await
+        .expect("applying the namespace");
     apply::<Deployment>(
         client,
         OTHER,
@@ -170,8 +183,7 @@ async fn a_proxy_error_says_why_and_explain_shows_what_applies() {
 
     // The frontend's proxy learns of the Service (a push away) and its not-ready pod (once the
     // pod exists and its probe has failed): then the answer names both counts.
-    let expected =
-        "no-endpoints: Service demo/nowhere port 80 has no ready endpoints (1 pods, 0 ready)";
+    let expected = "no-endpoints: Service explain-nowhere/nowhere port 80 has no ready endpoints (1 pods, 0 ready)";
     let answer = eventually("the plain-words no-endpoints answer", WAIT, || async {
         let answer = call_from(&pod, "http://nowhere.explain-nowhere/orders?token=secret");
         answer.contains(expected).then_some(answer)

@@ -694,11 +694,7 @@ pub fn route_words(route: &Route) -> String {
             .map(|b| {
                 let subset: Vec<String> =
                     b.subset.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                let share = if total == 0 {
-                    0
-                } else {
-                    b.weight * 100 / total
-                };
+                let share = (b.weight * 100).checked_div(total).unwrap_or(0);
                 let subset = if subset.is_empty() {
                     "all endpoints".to_owned()
                 } else {
