@@ -8,6 +8,7 @@ pub mod check;
 pub mod connect;
 pub mod dashboard;
 pub mod debug_server;
+pub mod explain;
 pub mod output;
 pub mod stat;
 pub mod version;
@@ -69,6 +70,9 @@ pub enum Command {
     /// The web dashboard: prints its URL, port-forwarding to the control plane when needed
     /// (`--open` also opens a browser).
     Dashboard(dashboard::DashboardArgs),
+    /// What the mesh does to a pod's traffic (`pod/NAME`, `deploy/NAME`): identity, mTLS,
+    /// access policies, routes, endpoints, sync state, and its proxy's recent errors explained.
+    Explain(explain::ExplainArgs),
     /// Multi-cluster federation helpers.
     #[command(subcommand)]
     Federation(FederationCommand),
@@ -106,6 +110,7 @@ impl Command {
             | Self::Stat(_)
             | Self::Edges(_)
             | Self::Dashboard(_)
+            | Self::Explain(_)
             | Self::Federation(_)
             | Self::Completion(_)
             | Self::Dev(DevCommand::Exec(_) | DevCommand::Logs(_) | DevCommand::Connect(_)) => {

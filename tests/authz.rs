@@ -241,7 +241,7 @@ async fn a_deny_by_path_answers_403_naming_the_policy_and_leaves_other_paths() {
     assert!(
         denied
             .body
-            .contains("denied by demo/deny-admin: rules[0] denies spiffe://cluster.local/ns/demo/sa/default (GET /admin/users, port 8080)"),
+            .contains("denied by AccessPolicy demo/deny-admin: rules[0] denies spiffe://cluster.local/ns/demo/sa/default (GET /admin/users, port 8080)"),
         "{denied:?}"
     );
     // An encoded path is the same path to the policy.
@@ -317,7 +317,7 @@ async fn an_allow_policy_denies_what_it_does_not_allow_http_and_tcp() {
     assert_eq!(denied.error, "access-denied", "{denied:?}");
     assert!(
         denied.body.contains(
-            "denied by demo/allow-public: no rule allows spiffe://cluster.local/ns/demo/sa/default (GET /private, port 8080)"
+            "denied by AccessPolicy demo/allow-public: no rule allows spiffe://cluster.local/ns/demo/sa/default (GET /private, port 8080)"
         ),
         "{denied:?}"
     );

@@ -559,7 +559,7 @@ fn egress_is_blocked_until_a_hot_swapped_rule_allows_the_host() {
     );
     assert_eq!(
         blocked.body,
-        "egress to api.external.test blocked by Skein: no EgressRule allows it\n"
+        "egress-blocked: egress to api.external.test blocked by Skein: no EgressRule allows it\n"
     );
     proxy.wait_for_metric(
         "skein_proxy_egress_blocked_total",
@@ -661,7 +661,7 @@ fn egress_allowed_for_a_name_reaches_only_that_names_address_whatever_the_host_o
     );
     assert_eq!(
         unresolved.body,
-        "egress to gone.invalid blocked by Skein: the allowed name does not resolve\n"
+        "egress-blocked: egress to gone.invalid blocked by Skein: the allowed name does not resolve\n"
     );
     proxy.wait_for_metric(
         "skein_proxy_egress_blocked_total",
@@ -715,7 +715,7 @@ fn before_the_first_configuration_unknown_destinations_are_refused_not_forwarded
     assert_eq!(
         held.body,
         format!(
-            "egress to {} blocked by Skein: no configuration from the control plane yet\n",
+            "egress-blocked: egress to {} blocked by Skein: no configuration from the control plane yet\n",
             external.ip
         )
     );

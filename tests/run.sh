@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # The test command (README): installs what it needs, builds the local Kubernetes control plane
 # (cached after the first run), starts or reuses the `skein-test` cluster and runs every test.
-# With CI=true the clusters are stopped at the end; otherwise they are kept for fast reruns
-# (stop them with `tests/cluster/down.sh NAME`: skein-test, skein-test-operator, skein-test-remote,
-# skein-test-flap, skein-test-node, skein-test-devup, skein-test-traffic, skein-test-cli, skein-test-cli2, skein-test-e2e,
-# skein-test-authz, skein-test-identity, skein-test-mtlspol, skein-test-rbac, skein-test-stats, skein-test-check, skein-test-prom, skein-test-dash).
+# With CI=true the clusters are stopped at the end; otherwise they are kept for fast reruns (stop
+# them with `tests/cluster/down.sh NAME`; TEST_CLUSTERS below names them all).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Every cluster the tests start: the shared one, the operator's, the federation remotes, the node
+# tests', `skein dev up`'s (its test downs it itself; this is for a failed run), and those of the
+# tests on a meshed demo of their own (traffic, AccessPolicy, MtlsPolicy, stats, dashboard, ...).
+# A test binary that starts a cluster of its own adds its name here.
+TEST_CLUSTERS="skein-test skein-test-operator skein-test-remote skein-test-flap skein-test-node
+  skein-test-devup skein-test-traffic skein-test-cli skein-test-cli2 skein-test-e2e skein-test-authz
+  skein-test-identity skein-test-mtlspol skein-test-rbac skein-test-stats skein-test-check
+  skein-test-prom skein-test-dash skein-test-explain"
 
 tests/install-deps.sh
 tests/cluster/build.sh >/dev/null
 if [ "${CI:-}" = true ]; then
-  # Every cluster the tests start: the shared one, the operator's, the federation remotes, the
-  # node tests', `skein dev up`'s (its test downs it itself; this is for a failed run) and the
-  # meshed demo the traffic, AccessPolicy and MtlsPolicy tests run on.
-  trap 'for c in skein-test skein-test-operator skein-test-remote skein-test-flap skein-test-node skein-test-devup skein-test-traffic skein-test-cli skein-test-cli2 skein-test-e2e skein-test-authz skein-test-identity skein-test-mtlspol skein-test-rbac skein-test-stats skein-test-check skein-test-prom skein-test-dash; do tests/cluster/down.sh "$c"; done' EXIT
+  trap 'for c in $TEST_CLUSTERS; do tests/cluster/down.sh "$c"; done' EXIT
 fi
 kubeconfig_line=$(tests/cluster/up.sh skein-test | tail -n 1)
 export SKEIN_TEST_KUBECONFIG=${kubeconfig_line#export KUBECONFIG=}

@@ -6,13 +6,17 @@
 //! | `GET /ready` | 200 while the listeners accept connections; 503 once draining, once the workload certificate has expired (see [`super::identity`]), and for up to 10 s at start while the first certificate is requested (callers of a Ready pod use mTLS at once) and while the control plane's first configuration is awaited |
 //! | `GET /metrics` | the [`metrics`](super::metrics), OpenMetrics text |
 //! | `GET /config` | the active configuration as JSON: `version`, `passthrough` (no `--config`), `config` (as loaded), `ejected` (endpoints outlier detection has ejected now, per service) and `identity` (the workload certificate: `id`, `notBefore`, `notAfter`, `expiresInSeconds`; null before the first) |
+//! | `GET /debug/recent-errors` | the last requests this proxy answered itself or that failed upstream, oldest first ([`super::recent::RecentErrors`] as JSON: `total`, `capacity`, `errors`: time, direction, method, authority, path without its query, status, `x-skein-error` reason, message, upstream, attempts), what `skein explain` shows |
 //! | `POST /drain` | stop accepting (new connections are refused, `/ready` 503); in-flight connections continue and the process keeps running. Answers once the listeners are closed |
 //! | `POST /shutdown` | drain, then exit once in-flight connections are done or the drain timeout has passed (what a Job's app calls when it is done, if the proxy is not a native sidecar) |
 //!
 //! The server listens on `0.0.0.0` and, with IPv6, `[::]`, so kubelet probes reach it on
 //! single- and dual-stack clusters alike, and the capture rules leave its port alone. So any
-//! pod could reach it: only `/live`, `/ready` and `/metrics` (the kubelet's probes from the
-//! node, Prometheus through the injected `prometheus.io/port`) answer other addresses.
+//! pod could reach it: only `/live`, `/ready`, `/metrics` (the kubelet's probes from the
+//! node, Prometheus through the injected `prometheus.io/port`) and `/debug/recent-errors`
+//! (`skein explain` reads it through the apiserver's pod proxy, which connects from outside
+//! the pod; it holds what failing requests' metrics and logs already say, and paths without
+//! their queries, never headers or bodies) answer other addresses.
 //! Everything else, which changes the proxy's state or reveals its configuration, answers only
 //! connections from loopback, that is from inside the pod (the app, `kubectl exec`); others get
 //! `403` ([`allowed`]).
@@ -62,15 +66,20 @@ pub(crate) fn router(state: AdminState) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/config", get(config))
+        .route(RECENT_ERRORS_PATH, get(recent_errors))
         .route("/drain", post(drain))
         .route("/shutdown", post(shutdown))
         .layer(axum::middleware::from_fn(loopback_unless_public))
         .with_state(state)
 }
 
-/// Paths any address may ask for: the kubelet's probes and Prometheus's scrapes come from
-/// outside the pod. They reveal nothing but health and counters, and change nothing.
-const PUBLIC_PATHS: [&str; 3] = ["/live", "/ready", "/metrics"];
+/// Paths any address may ask for: the kubelet's probes, Prometheus's scrapes and `skein
+/// explain` (through the apiserver) come from outside the pod. They reveal nothing but health,
+/// counters and failed requests' lines, and change nothing.
+const PUBLIC_PATHS: [&str; 4] = ["/live", "/ready", "/metrics", RECENT_ERRORS_PATH];
+
+/// Where the recent errors are served.
+pub const RECENT_ERRORS_PATH: &str = "/debug/recent-errors";
 
 /// Pure: whether `peer` may ask for `path`. Anything but [`PUBLIC_PATHS`] (with any method,
 /// and unknown paths too, so nothing added later is exposed by mistake) only from loopback.
@@ -160,6 +169,10 @@ async fn ready(State(state): State<AdminState>) -> Response {
 
 async fn metrics(State(state): State<AdminState>) -> Response {
     crate::telemetry::metrics_response(state.shared.metrics.registry())
+}
+
+async fn recent_errors(State(state): State<AdminState>) -> Response {
+    axum::Json(state.shared.recent_errors.snapshot()).into_response()
 }
 
 async fn config(State(state): State<AdminState>) -> Response {
@@ -294,7 +307,7 @@ mod tests {
     #[test]
     fn only_probes_and_metrics_answer_other_addresses() {
         let pod: std::net::IpAddr = "10.1.0.9".parse().expect("ip");
-        for path in ["/live", "/ready", "/metrics"] {
+        for path in ["/live", "/ready", "/metrics", RECENT_ERRORS_PATH] {
             assert!(allowed(path, pod), "{path}");
         }
         for path in [
@@ -312,6 +325,31 @@ mod tests {
             assert!(allowed("/shutdown", local), "{local}");
             assert!(allowed("/config", local), "{local}");
         }
+    }
+
+    #[tokio::test]
+    async fn recent_errors_are_served_as_json() {
+        let (server, _requests) = start().await;
+        let (status, body) = call(server.addr, "GET", RECENT_ERRORS_PATH).await;
+        assert_eq!(status, 200, "{body}");
+        let empty: crate::proxy::recent::RecentErrors = serde_json::from_str(&body).expect("json");
+        assert_eq!((empty.total, empty.errors.len()), (0, 0));
+
+        let (parts, ()) = http::Request::get("http://backend/x")
+            .body(())
+            .expect("request")
+            .into_parts();
+        let error = crate::proxy::recent::RequestLine::of(&parts).error(
+            crate::proxy::Direction::Outbound,
+            503,
+            Some("no-endpoints".to_owned()),
+            Some("no-endpoints: Service demo/backend ...".to_owned()),
+        );
+        server.state.shared.recent_errors.record(error.clone());
+        let (_, body) = call(server.addr, "GET", RECENT_ERRORS_PATH).await;
+        let recent: crate::proxy::recent::RecentErrors = serde_json::from_str(&body).expect("json");
+        assert_eq!(recent.total, 1);
+        assert_eq!(recent.errors, [error]);
     }
 
     #[tokio::test]

@@ -24,9 +24,6 @@ use super::config::types::{AccessAction, AccessOperation, AccessPolicy, AccessSo
 use super::metrics::{AuthzLabels, HttpMetrics};
 use crate::identity::SpiffeId;
 
-/// The `x-skein-error` of a denied HTTP request.
-pub const ACCESS_DENIED: &str = "access-denied";
-
 /// What a policy is matched against.
 #[derive(Clone, Copy, Debug)]
 pub struct RequestFacts<'a> {
@@ -49,7 +46,7 @@ pub struct Denial<'p> {
 
 impl std::fmt::Display for Denial<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "denied by {}: {}", self.policy, self.reason)
+        write!(f, "denied by AccessPolicy {}: {}", self.policy, self.reason)
     }
 }
 
@@ -605,7 +602,7 @@ mod tests {
         let denial = decide(&policies, &facts).denied.unwrap();
         assert_eq!(
             denial.to_string(),
-            "denied by demo/allow-frontend: no rule allows spiffe://cluster.local/ns/demo/sa/batch \
+            "denied by AccessPolicy demo/allow-frontend: no rule allows spiffe://cluster.local/ns/demo/sa/batch \
              (GET /orders, port 8080) (nor does demo/allow-more)"
         );
         let deny = [policy(
@@ -621,7 +618,7 @@ mod tests {
         };
         assert_eq!(
             decide(&deny, &facts).denied.unwrap().to_string(),
-            "denied by demo/deny-all: rules[0] denies an unauthenticated peer (TCP, port 5432)"
+            "denied by AccessPolicy demo/deny-all: rules[0] denies an unauthenticated peer (TCP, port 5432)"
         );
     }
 

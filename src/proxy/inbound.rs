@@ -100,7 +100,7 @@ pub(crate) async fn serve(
             .tcp(Direction::Inbound)
             .rejected(RejectReason::PlaintextRefused)
             .inc();
-        tracing::info!(%peer, port = target.port(), "refusing plaintext: the port's mTLS mode is Strict");
+        tracing::info!(%peer, port = target.port(), reason = %super::reasons::Reason::MtlsRequired, "refusing plaintext: the port's mTLS mode is Strict: resetting the TCP connection");
         tcp::reset(client.tcp());
         return;
     }

@@ -257,7 +257,15 @@ async fn dispatch(
     if let Some(service) = service {
         let mut rng = fastrand::Rng::new();
         let Some(pick) = service.balancer.pick(None, &[], Instant::now(), &mut rng) else {
-            tracing::info!(%peer, service = %service.name, "no endpoints: resetting the connection");
+            let message = super::http::forward::no_endpoints_message(
+                &super::reasons::service_ref(&service.name),
+                service.port,
+                None,
+                "opaque TCP",
+                service.balancer.len(),
+                service.not_ready,
+            );
+            tracing::info!(%peer, reason = %super::reasons::Reason::NoEndpoints, "{message}: resetting the TCP connection");
             tcp::reset(client.get_ref());
             return;
         };

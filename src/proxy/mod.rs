@@ -66,6 +66,8 @@ pub mod listen;
 pub mod metrics;
 pub mod mtls;
 pub mod original_dst;
+pub mod reasons;
+pub mod recent;
 pub mod retry;
 pub mod routes;
 pub mod sni;
@@ -375,6 +377,8 @@ pub(crate) struct Shared {
     pub resolver: dns::Resolver,
     /// Sampling and span export; `None` without an export endpoint.
     pub tracer: Option<trace::Tracer>,
+    /// The last requests this proxy answered itself or that failed ([`recent`]).
+    pub recent_errors: recent::Ring,
 }
 
 impl Shared {
@@ -405,6 +409,7 @@ impl Shared {
             limits,
             resolver: dns::Resolver::default(),
             tracer: None,
+            recent_errors: recent::Ring::default(),
         }
     }
 }

@@ -437,6 +437,7 @@ fn port_to_proto(port: &cfg::DestinationPort) -> pb::DestinationPort {
                 identity: endpoint.identity.clone().unwrap_or_default(),
             })
             .collect(),
+        not_ready_endpoints: port.not_ready_endpoints,
     }
 }
 
@@ -467,6 +468,7 @@ fn port_from_proto(port: pb::DestinationPort) -> Result<cfg::DestinationPort> {
                 })
             })
             .collect::<Result<_>>()?,
+        not_ready_endpoints: port.not_ready_endpoints,
     })
 }
 

@@ -126,6 +126,35 @@ fn targets(push: &PushServer) -> Vec<Target> {
         .collect()
 }
 
+/// GETs `path` from a pod's `port` through the apiserver's pod proxy (`get` on `pods/proxy`):
+/// the body of a successful answer, at most `limit` bytes. `pod`: namespace and name.
+pub async fn get_through_apiserver(
+    client: &kube::Client,
+    (namespace, pod): (&str, &str),
+    port: u16,
+    path: &str,
+    limit: usize,
+) -> Result<bytes::Bytes, ScrapeError> {
+    let url = format!(
+        "{}/{pod}:{port}/proxy{path}",
+        Pod::url_path(&(), Some(namespace))
+    );
+    let request = http::Request::get(url)
+        .body(Vec::new())
+        .map_err(|e| ScrapeError::Apiserver(e.to_string()))?;
+    let response = client
+        .send(request.map(kube::client::Body::from))
+        .await
+        .map_err(|e| ScrapeError::Apiserver(e.to_string()))?;
+    let status = response.status();
+    let body = plain_http::read_limited(response.into_body(), limit).await?;
+    if !status.is_success() {
+        let body = String::from_utf8_lossy(&body).trim().to_owned();
+        return Err(plain_http::GetError::Status { status, body }.into());
+    }
+    Ok(body)
+}
+
 async fn scrape(
     target: &Target,
     via: ScrapeVia,
@@ -141,25 +170,8 @@ async fn scrape(
             plain_http::get(stream, &addr.to_string(), "/metrics", MAX_SCRAPE_BYTES).await?
         }
         ScrapeVia::Apiserver => {
-            let path = format!(
-                "{}/{}:{port}/proxy/metrics",
-                Pod::url_path(&(), Some(&target.namespace)),
-                target.pod
-            );
-            let request = http::Request::get(path)
-                .body(Vec::new())
-                .map_err(|e| ScrapeError::Apiserver(e.to_string()))?;
-            let response = client
-                .send(request.map(kube::client::Body::from))
-                .await
-                .map_err(|e| ScrapeError::Apiserver(e.to_string()))?;
-            let status = response.status();
-            let body = plain_http::read_limited(response.into_body(), MAX_SCRAPE_BYTES).await?;
-            if !status.is_success() {
-                let body = String::from_utf8_lossy(&body).trim().to_owned();
-                return Err(plain_http::GetError::Status { status, body }.into());
-            }
-            body
+            let pod = (target.namespace.as_str(), target.pod.as_str());
+            get_through_apiserver(client, pod, port, "/metrics", MAX_SCRAPE_BYTES).await?
         }
     };
     let text = std::str::from_utf8(&body).map_err(|_| ScrapeError::NotText)?;

@@ -318,6 +318,7 @@ pub(super) fn destination(
             port: number,
             protocol: port_protocol(port, number, opaque_ports),
             endpoints: port_endpoints(port, &slices, mtls, policy.and_then(|p| p.mtls_mode)),
+            not_ready_endpoints: not_ready_endpoints(port, &slices),
         })
         .collect();
 
@@ -346,6 +347,29 @@ pub(super) fn destination(
 
 /// The endpoints of one Service port: each slice's serving endpoints on the slice port with the
 /// same name, sorted by address, each address once.
+/// The endpoints of the slices carrying `port` that cannot take requests (neither serving
+/// nor terminating-but-serving): the pods the Service has besides its ready ones.
+fn not_ready_endpoints(
+    port: &ServicePort,
+    slices: &[(&EndpointSlice, Vec<ServingEndpoint>)],
+) -> u32 {
+    let name = port.name.as_deref().unwrap_or_default();
+    let count: usize = slices
+        .iter()
+        .filter(|(slice, _)| {
+            slice
+                .ports
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .any(|p| p.name.as_deref().unwrap_or_default() == name)
+        })
+        .flat_map(|(slice, _)| slice.endpoints.as_deref().unwrap_or_default())
+        .filter(|endpoint| serving(endpoint.conditions.as_ref()).is_none())
+        .count();
+    u32::try_from(count).unwrap_or(u32::MAX)
+}
+
 fn port_endpoints(
     port: &ServicePort,
     slices: &[(&EndpointSlice, Vec<ServingEndpoint>)],

@@ -418,6 +418,12 @@ fn terminating_endpoints_that_still_serve_are_kept_as_a_fallback() {
             ("10.0.0.2:8080".to_owned(), true)
         ]
     );
+    // The three that cannot take requests are counted, for the proxies' messages.
+    let config = config_in(&world.build(), "demo");
+    assert_eq!(
+        dest(&config, "web.demo.svc.cluster.local").ports[0].not_ready_endpoints,
+        3
+    );
 
     // A new pod got the address of one still being removed (listed in an earlier slice): the
     // serving one is what proxies get.

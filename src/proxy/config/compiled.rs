@@ -48,6 +48,8 @@ pub struct Service {
     /// One retry budget per route (same index), shared by all requests on it.
     pub retry_budgets: Vec<Arc<RetryBudget>>,
     pub limits: Limits,
+    /// Endpoints the control plane saw that cannot take requests (not ready), for messages.
+    pub not_ready: u32,
     /// Requests in flight or waiting, for `maxPendingRequests`.
     pub pending: std::sync::atomic::AtomicU32,
 }
@@ -284,6 +286,7 @@ fn compile_service(
         routes,
         retry_budgets,
         limits: destination.limits.clone(),
+        not_ready: port.not_ready_endpoints,
         pending: std::sync::atomic::AtomicU32::new(0),
     })
 }

@@ -170,6 +170,14 @@ pub struct DestinationPort {
     #[serde(default)]
     pub protocol: Protocol,
     pub endpoints: Vec<Endpoint>,
+    /// Endpoints of the Service's EndpointSlices that cannot take requests (not ready), only
+    /// counted: messages and `skein explain` say how many pods exist besides the ready ones.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub not_ready_endpoints: u32,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 /// How a port's traffic is handled.

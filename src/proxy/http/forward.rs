@@ -26,6 +26,8 @@ use crate::proxy::config::compiled::Service;
 use crate::proxy::config::{RetryOn, RetryPolicy, Workload};
 use crate::proxy::limits::Activity;
 use crate::proxy::metrics::{CutReason, HttpMetrics, LatencyLabels, RequestLabels, RetryLabels};
+use crate::proxy::reasons::{Reason, service_ref};
+use crate::proxy::recent::RequestLine;
 use crate::proxy::retry::{self, AttemptOutcome};
 use crate::proxy::routes::CompiledRoute;
 use crate::proxy::trace::Span;
@@ -71,6 +73,7 @@ pub async fn forward(context: &RequestContext, request: Forward<'_>) -> Response
         mut span,
     } = request;
     let overall = route.and_then(|r| r.timeout);
+    let mut line = RequestLine::of(&parts);
     let tries = Tries {
         context,
         grpc: labels.protocol == "grpc",
@@ -81,17 +84,96 @@ pub async fn forward(context: &RequestContext, request: Forward<'_>) -> Response
         upgrade,
     };
     let result = match overall {
-        Some(limit) => match tokio::time::timeout(limit, tries.run(&mut labels, &mut span)).await {
-            Ok(result) => result,
-            Err(_) => Err(Local::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
-                format!("upstream request timeout: no response within {limit:?} (route timeout)"),
-            )),
-        },
-        None => tries.run(&mut labels, &mut span).await,
+        Some(limit) => {
+            let run = tries.run(&mut labels, &mut span, &mut line);
+            match tokio::time::timeout(limit, run).await {
+                Ok(result) => result,
+                Err(_) => Err(Local::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    Reason::Timeout,
+                    timeout_message(
+                        &destination(context, &target, &labels),
+                        limit,
+                        route,
+                        line.attempts,
+                    ),
+                )),
+            }
+        }
+        None => tries.run(&mut labels, &mut span, &mut line).await,
     };
-    finish(context, route, labels, started, span, result)
+    finish(context, route, labels, started, span, result, &line)
+}
+
+/// The destination as a message names it: `demo/backend:8080`, `the app at 10.0.0.5:8080`,
+/// `api.example.com (203.0.113.7:443)`. Built only on the error path.
+fn destination(context: &RequestContext, target: &Target, labels: &RequestLabels) -> String {
+    match target {
+        Target::Balanced { service, .. } => {
+            format!("{}:{}", service_ref(&service.name), service.port)
+        }
+        Target::Fixed(address) if context.connection.direction == Direction::Inbound => {
+            format!("the app at {address}")
+        }
+        Target::Fixed(address) => format!("{} ({address})", labels.destination_service),
+    }
+}
+
+/// `route "slow"`, or `no route` for a request no RouteRule routes.
+fn route_words(route: Option<&CompiledRoute>) -> String {
+    match route {
+        Some(route) if !route.name.is_empty() => format!("route {:?}", route.name),
+        Some(route) => format!("route #{}", route.index),
+        None => "no route".to_owned(),
+    }
+}
+
+/// `demo/backend:8080 did not answer within 2s (route "slow", 3 attempts)`.
+fn timeout_message(
+    destination: &str,
+    limit: Duration,
+    route: Option<&CompiledRoute>,
+    attempts: u32,
+) -> String {
+    format!(
+        "{destination} did not answer within {} ({}, {})",
+        crate::api::Duration::from(limit),
+        route_words(route),
+        attempts_words(attempts),
+    )
+}
+
+fn attempts_words(attempts: u32) -> String {
+    if attempts == 1 {
+        "1 attempt".to_owned()
+    } else {
+        format!("{attempts} attempts")
+    }
+}
+
+/// The `no-endpoints` message: what the proxy knows of the Service's endpoints (`not_ready`:
+/// the ones the control plane saw but that cannot take requests).
+pub(crate) fn no_endpoints_message(
+    service: &str,
+    port: u16,
+    subset: Option<&BTreeMap<String, String>>,
+    route: &str,
+    ready: usize,
+    not_ready: u32,
+) -> String {
+    let total = u64::from(not_ready) + u64::try_from(ready).unwrap_or(u64::MAX);
+    match subset {
+        Some(subset) if ready > 0 => {
+            let labels: Vec<String> = subset.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!(
+                "Service {service} port {port} has no ready endpoint with labels {} ({route} picked them; {ready} ready without them, {not_ready} not ready)",
+                labels.join(","),
+            )
+        }
+        _ => {
+            format!("Service {service} port {port} has no ready endpoints ({total} pods, 0 ready)")
+        }
+    }
 }
 
 /// The response the client gets, wrapped so that its metrics are recorded when its body ends:
@@ -103,26 +185,45 @@ pub fn finish(
     started: Instant,
     mut span: Option<Box<Span>>,
     result: Result<Response<ProxyBody>, Local>,
+    line: &RequestLine,
 ) -> Response<ProxyBody> {
     let direction = context.connection.direction;
     let metrics = &context.shared.metrics.http;
     let (response, grpc_status) = match result {
         Ok(response) => {
             let grpc = retry::grpc_status(response.headers());
+            if response.status().is_server_error() {
+                // An upstream proxy's reason, if one answered for the upstream.
+                let reason = response
+                    .headers()
+                    .get(super::ERROR_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let status = response.status().as_u16();
+                let error = line.error(direction, status, reason, None);
+                context.shared.recent_errors.record(error);
+            }
             (response, grpc)
         }
         Err(local) => {
             if let Some(span) = &mut span {
-                span.proxy_error = Some(local.reason);
+                span.proxy_error = Some(local.reason.name());
             }
-            metrics.local_response(direction, local.reason);
+            metrics.local_response(direction, local.reason.name());
             tracing::debug!(
                 %direction,
                 destination = %labels.destination_service,
-                reason = local.reason,
+                reason = local.reason.name(),
                 message = %local.message,
                 "answering with a proxy response"
             );
+            let error = line.error(
+                direction,
+                local.status.as_u16(),
+                Some(local.reason.name().to_owned()),
+                Some(local.text()),
+            );
+            context.shared.recent_errors.record(error);
             (local.into_response(), None)
         }
     };
@@ -151,12 +252,13 @@ pub fn finish(
 /// A response the proxy makes because there is no upstream one.
 pub struct Local {
     status: StatusCode,
-    reason: &'static str,
+    reason: Reason,
+    /// What happened, with the names (the body's text after `REASON: `).
     message: String,
 }
 
 impl Local {
-    pub fn new(status: StatusCode, reason: &'static str, message: String) -> Self {
+    pub fn new(status: StatusCode, reason: Reason, message: String) -> Self {
         Self {
             status,
             reason,
@@ -164,9 +266,14 @@ impl Local {
         }
     }
 
+    /// The body's text: `REASON: message`.
+    fn text(&self) -> String {
+        super::local_text(self.reason, &self.message)
+    }
+
     fn into_response(self) -> Response<ProxyBody> {
         let mut response = local_response(self.status, self.reason, &self.message);
-        if self.reason == "overloaded" {
+        if self.reason == Reason::Overloaded {
             response.headers_mut().insert(
                 "x-skein-overloaded",
                 HeaderValue::from_static("max-pending-requests"),
@@ -175,17 +282,18 @@ impl Local {
         response
     }
 
-    fn from_upstream_error(err: &UpstreamError) -> Self {
+    /// `destination`: as [`destination`] names it; `context`: the route and the attempts.
+    fn from_upstream_error(err: &UpstreamError, destination: &str, context: &str) -> Self {
         match err {
             UpstreamError::Connect { .. } => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "connect-failure",
-                format!("upstream connect error: {err}"),
+                Reason::ConnectFailure,
+                format!("{destination}: {err} ({context})"),
             ),
             _ => Self::new(
                 StatusCode::BAD_GATEWAY,
-                "upstream-reset",
-                format!("upstream error: {err}"),
+                Reason::UpstreamReset,
+                format!("{destination}: {err} ({context})"),
             ),
         }
     }
@@ -210,6 +318,7 @@ impl Tries<'_> {
         mut self,
         labels: &mut RequestLabels,
         span: &mut Option<Box<Span>>,
+        line: &mut RequestLine,
     ) -> Result<Response<ProxyBody>, Local> {
         let shared = &self.context.shared;
         let metrics = &shared.metrics.http;
@@ -224,7 +333,7 @@ impl Tries<'_> {
             budget.record_request(Instant::now());
         }
         let _pending = match self.target {
-            Target::Balanced { service, .. } => Some(admit(service)?),
+            Target::Balanced { service, .. } => Some(admit(service, self.route)?),
             Target::Fixed(_) => None,
         };
 
@@ -233,8 +342,11 @@ impl Tries<'_> {
             if let Err(err) = self.body.read_small().await {
                 return Err(Local::new(
                     StatusCode::BAD_REQUEST,
-                    "client-body-error",
-                    format!("reading the request body: {err}"),
+                    Reason::ClientBodyError,
+                    format!(
+                        "reading the request body for {}: {err}",
+                        destination(self.context, self.target, labels)
+                    ),
                 ));
             }
         }
@@ -246,8 +358,13 @@ impl Tries<'_> {
                 // A streamed body was already sent on an earlier try; nothing to retry with.
                 return Err(Local::new(
                     StatusCode::BAD_GATEWAY,
-                    "upstream-reset",
-                    "upstream failed and the request body cannot be replayed".to_owned(),
+                    Reason::UpstreamReset,
+                    format!(
+                        "{} failed and the request body, already streamed, cannot be replayed for a retry ({}, {})",
+                        destination(self.context, self.target, labels),
+                        route_words(self.route),
+                        attempts_words(line.attempts),
+                    ),
                 ));
             };
             let (address, pick) = match self.target {
@@ -260,14 +377,14 @@ impl Tries<'_> {
                     else {
                         return Err(Local::new(
                             StatusCode::SERVICE_UNAVAILABLE,
-                            "no-endpoints",
-                            format!(
-                                "no healthy endpoints for {}{}",
-                                service.name,
-                                subset
-                                    .as_ref()
-                                    .map(|s| format!(" with labels {s:?}"))
-                                    .unwrap_or_default()
+                            Reason::NoEndpoints,
+                            no_endpoints_message(
+                                &service_ref(&service.name),
+                                service.port,
+                                subset.as_ref(),
+                                &route_words(self.route),
+                                service.balancer.len(),
+                                service.not_ready,
                             ),
                         ));
                     };
@@ -278,6 +395,8 @@ impl Tries<'_> {
                 set_destination(labels, workload);
             }
             tried.push(address);
+            line.upstream = Some(address);
+            line.attempts += 1;
             if let Some(span) = span.as_mut() {
                 // Inbound, the peer is the client (set when the span started).
                 if self.context.connection.direction == Direction::Outbound {
@@ -381,9 +500,10 @@ impl Tries<'_> {
                             // hand the client's connection to the app unrouted.
                             return Err(Local::new(
                                 StatusCode::BAD_GATEWAY,
-                                "upstream-protocol-switch",
+                                Reason::UpstreamProtocolSwitch,
                                 format!(
-                                    "{address} switched protocols without a WebSocket upgrade being asked for"
+                                    "{}: endpoint {address} switched protocols (101) without a WebSocket upgrade being asked for",
+                                    destination(self.context, self.target, labels)
                                 ),
                             ));
                         };
@@ -401,12 +521,26 @@ impl Tries<'_> {
                     }
                     Ok(response)
                 }
-                Err(Some(err)) => Err(Local::from_upstream_error(&err)),
+                Err(Some(err)) => Err(Local::from_upstream_error(
+                    &err,
+                    &destination(self.context, self.target, labels),
+                    &format!(
+                        "{}, {}",
+                        route_words(self.route),
+                        attempts_words(line.attempts)
+                    ),
+                )),
                 Err(None) => Err(Local::new(
                     StatusCode::GATEWAY_TIMEOUT,
-                    "timeout",
+                    Reason::Timeout,
                     format!(
-                        "upstream request timeout: no response from {address} within the per-try timeout"
+                        "{}: endpoint {address} did not answer within the per-try timeout of {} ({}, {})",
+                        destination(self.context, self.target, labels),
+                        policy
+                            .and_then(|p| p.per_try_timeout)
+                            .map_or_else(String::new, |t| t.to_string()),
+                        route_words(self.route),
+                        attempts_words(line.attempts),
                     ),
                 )),
             };
@@ -452,7 +586,7 @@ impl Tries<'_> {
 }
 
 /// Holds one of the service's pending-request slots, or refuses the request when none is free.
-fn admit(service: &Arc<Service>) -> Result<PendingSlot, Local> {
+fn admit(service: &Arc<Service>, route: Option<&CompiledRoute>) -> Result<PendingSlot, Local> {
     let limit = service
         .limits
         .max_pending_requests
@@ -464,12 +598,19 @@ fn admit(service: &Arc<Service>) -> Result<PendingSlot, Local> {
     if let Some(limit) = limit
         && now > limit
     {
+        let which = if service.limits.max_pending_requests == Some(limit) {
+            "maxPendingRequests"
+        } else {
+            "maxConnections"
+        };
         return Err(Local::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
+            Reason::Overloaded,
             format!(
-                "{} has {limit} requests in flight, its limit: request refused (circuit breaker)",
-                service.name
+                "Service {}:{} has {limit} requests in flight, its TrafficPolicy's {which}: refused without sending ({})",
+                service_ref(&service.name),
+                service.port,
+                route_words(route),
             ),
         ));
     }
@@ -645,5 +786,96 @@ pub fn labels(
         status_code: 0,
         grpc_status: String::new(),
         classification: "failure",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_endpoints_names_the_service_and_its_counts() {
+        assert_eq!(
+            no_endpoints_message("demo/backend", 8080, None, "no route", 0, 2),
+            "Service demo/backend port 8080 has no ready endpoints (2 pods, 0 ready)"
+        );
+        let subset: BTreeMap<String, String> = [("version".to_owned(), "v2".to_owned())].into();
+        assert_eq!(
+            no_endpoints_message("demo/backend", 80, Some(&subset), "route \"canary\"", 3, 1),
+            "Service demo/backend port 80 has no ready endpoint with labels version=v2 \
+             (route \"canary\" picked them; 3 ready without them, 1 not ready)"
+        );
+        // A subset of a Service with nothing ready at all is the plain case.
+        assert_eq!(
+            no_endpoints_message("demo/backend", 80, Some(&subset), "no route", 0, 0),
+            "Service demo/backend port 80 has no ready endpoints (0 pods, 0 ready)"
+        );
+    }
+
+    #[test]
+    fn attempts_read_as_counted() {
+        assert_eq!(attempts_words(0), "0 attempts");
+        assert_eq!(attempts_words(1), "1 attempt");
+        assert_eq!(attempts_words(3), "3 attempts");
+        assert_eq!(route_words(None), "no route");
+    }
+
+    #[test]
+    fn timeouts_and_failures_name_the_destination_route_and_attempts() {
+        let table = crate::proxy::routes::RouteTable::compile(&[crate::proxy::config::Route {
+            name: "slow".to_owned(),
+            ..crate::proxy::config::Route::default()
+        }])
+        .expect("a route");
+        let parts = http::Request::get("/")
+            .body(())
+            .expect("request")
+            .into_parts()
+            .0;
+        let route = table.select(&parts);
+        assert_eq!(
+            timeout_message("demo/backend:8080", Duration::from_secs(2), route, 3),
+            "demo/backend:8080 did not answer within 2s (route \"slow\", 3 attempts)"
+        );
+        let refused = UpstreamError::Connect {
+            address: "10.0.0.5:8080".parse().expect("address"),
+            reason: "Connection refused".to_owned(),
+        };
+        let local =
+            Local::from_upstream_error(&refused, "demo/backend:8080", "no route, 1 attempt");
+        assert_eq!(
+            local.text(),
+            "connect-failure: demo/backend:8080: cannot connect to 10.0.0.5:8080: Connection refused (no route, 1 attempt)"
+        );
+    }
+
+    #[test]
+    fn a_local_response_says_its_reason_first_and_in_the_header() {
+        let local = Local::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Reason::NoEndpoints,
+            "Service demo/backend port 80 has no ready endpoints (2 pods, 0 ready)".to_owned(),
+        );
+        assert_eq!(
+            local.text(),
+            "no-endpoints: Service demo/backend port 80 has no ready endpoints (2 pods, 0 ready)"
+        );
+        let response = local.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            response.headers().get(super::super::ERROR_HEADER),
+            Some(&HeaderValue::from_static("no-endpoints"))
+        );
+        let overloaded = Local::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Reason::Overloaded,
+            String::new(),
+        );
+        assert!(
+            overloaded
+                .into_response()
+                .headers()
+                .contains_key("x-skein-overloaded")
+        );
     }
 }

@@ -15,6 +15,8 @@ use crate::proxy::Direction;
 use crate::proxy::authz::{self, RequestFacts};
 use crate::proxy::config::compiled::normalize_host;
 use crate::proxy::inbound::{self, Plaintext};
+use crate::proxy::reasons::Reason;
+use crate::proxy::recent::RequestLine;
 
 pub async fn handle(
     request: Request<Incoming>,
@@ -50,14 +52,20 @@ pub async fn handle(
         && !inbound::probe_path_allowed(mtls, port, parts.uri.path())
     {
         tracing::info!(peer = %connection.peer, port, path = parts.uri.path(), "refusing plaintext: the port's mTLS mode is Strict and this is not a probe's path");
+        let workload = &config.source.workload;
         let refused = Local::new(
             StatusCode::FORBIDDEN,
-            "mtls-required",
+            Reason::MtlsRequired,
             format!(
-                "port {port} takes mutual TLS only (Strict); plaintext from the node reaches the probes' paths only"
+                "port {port} of workload {}/{} takes mutual TLS only (mTLS mode Strict); plaintext from the node ({}) reaches the probes' paths only, not {}",
+                workload.namespace,
+                workload.name,
+                connection.peer.ip(),
+                parts.uri.path(),
             ),
         );
-        return forward::finish(context, None, labels, started, span, Err(refused));
+        let line = RequestLine::of(&parts);
+        return forward::finish(context, None, labels, started, span, Err(refused), &line);
     }
 
     let path = authz::normalize_path(parts.uri.path());
@@ -72,10 +80,11 @@ pub async fn handle(
     if let Some(denial) = authz::account(decision, metrics, labels.protocol, connection.peer) {
         let local = Local::new(
             StatusCode::FORBIDDEN,
-            authz::ACCESS_DENIED,
+            Reason::AccessDenied,
             denial.to_string(),
         );
-        return forward::finish(context, None, labels, started, span, Err(local));
+        let line = RequestLine::of(&parts);
+        return forward::finish(context, None, labels, started, span, Err(local), &line);
     }
 
     let request = Forward {

@@ -35,11 +35,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use self::body::ProxyBody;
+use super::reasons::Reason;
 use super::{Direction, Shared, headers};
 use crate::identity::SpiffeId;
 
 /// Header on every response the proxy makes itself, saying why (`egress-blocked`,
-/// `no-endpoints`, `connect-failure`, `timeout`, `overloaded`, ...).
+/// `no-endpoints`, `connect-failure`, `timeout`, `overloaded`, ...: the names of
+/// [`crate::proxy::reasons::Reason`]).
 pub const ERROR_HEADER: &str = "x-skein-error";
 
 /// Where an HTTP connection came from and was going.
@@ -245,21 +247,24 @@ fn start_span(
     Some(Box::new(span))
 }
 
-/// A response the proxy makes itself: plain text saying what happened, and [`ERROR_HEADER`].
-pub fn local_response(
-    status: StatusCode,
-    reason: &'static str,
-    message: &str,
-) -> Response<ProxyBody> {
-    let mut response = Response::new(body::full(format!("{message}\n")));
+/// A response the proxy makes itself: plain text saying what happened (`REASON: message`, the
+/// message naming the Service, policy, endpoint, timeout, ...), and [`ERROR_HEADER`]. The
+/// reasons and what they mean: [`crate::proxy::reasons`].
+pub fn local_response(status: StatusCode, reason: Reason, message: &str) -> Response<ProxyBody> {
+    let mut response = Response::new(body::full(format!("{}\n", local_text(reason, message))));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    headers.insert(ERROR_HEADER, HeaderValue::from_static(reason));
+    headers.insert(ERROR_HEADER, HeaderValue::from_static(reason.name()));
     response
+}
+
+/// `no-endpoints: Service demo/backend port 8080 has ...`: the body of a local response.
+pub fn local_text(reason: Reason, message: &str) -> String {
+    format!("{reason}: {message}")
 }
 
 /// The host a request is for: the `Host` header (HTTP/1) or the URI's authority (HTTP/2).

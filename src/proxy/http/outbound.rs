@@ -14,6 +14,8 @@ use crate::proxy::Direction;
 use crate::proxy::config::EgressProtocol;
 use crate::proxy::config::compiled::normalize_host;
 use crate::proxy::egress;
+use crate::proxy::reasons::{Reason, service_ref};
+use crate::proxy::recent::RequestLine;
 
 pub async fn handle(
     request: Request<Incoming>,
@@ -59,12 +61,13 @@ pub async fn handle(
             Err(reason) => {
                 let blocked = Local::new(
                     StatusCode::BAD_GATEWAY,
-                    "egress-blocked",
+                    Reason::EgressBlocked,
                     egress::blocked_message_for(&host_name, reason)
                         .trim_end()
                         .to_owned(),
                 );
-                return forward::finish(context, None, labels, started, span, Err(blocked));
+                let line = RequestLine::of(&parts);
+                return forward::finish(context, None, labels, started, span, Err(blocked), &line);
             }
         };
         let body = RequestBody::streaming(super::body::boxed(body));
@@ -95,8 +98,28 @@ pub async fn handle(
             {
                 let status =
                     StatusCode::from_u16(abort.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-                let local = Local::new(status, "fault-abort", "fault injected by Skein".to_owned());
-                return forward::finish(context, Some(route), labels, started, span, Err(local));
+                let local = Local::new(
+                    status,
+                    Reason::FaultAbort,
+                    format!(
+                        "fault injected by route {:?} of {}:{} (abort {}% of requests with {})",
+                        route.name,
+                        service_ref(&service.name),
+                        service.port,
+                        abort.percent,
+                        abort.status,
+                    ),
+                );
+                let line = RequestLine::of(&parts);
+                return forward::finish(
+                    context,
+                    Some(route),
+                    labels,
+                    started,
+                    span,
+                    Err(local),
+                    &line,
+                );
             }
         }
         route.edit_request_headers(&mut parts.headers);
