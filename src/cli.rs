@@ -9,6 +9,8 @@ pub mod connect;
 pub mod debug_server;
 pub mod output;
 pub mod stat;
+pub mod tap;
+pub mod top;
 pub mod version;
 
 use std::path::PathBuf;
@@ -65,6 +67,10 @@ pub enum Command {
     Stat(stat::StatArgs),
     /// Who calls whom: requests, success and mTLS per source → destination workload.
     Edges(stat::EdgesArgs),
+    /// Live requests and responses through a workload's proxies (`-o json` for scripts).
+    Tap(tap::TapArgs),
+    /// Live most-requested paths of a workload, with success rate and latency.
+    Top(top::TopArgs),
     /// Multi-cluster federation helpers.
     #[command(subcommand)]
     Federation(FederationCommand),
@@ -101,6 +107,8 @@ impl Command {
             | Self::ProxyStatus(_)
             | Self::Stat(_)
             | Self::Edges(_)
+            | Self::Tap(_)
+            | Self::Top(_)
             | Self::Federation(_)
             | Self::Completion(_)
             | Self::Dev(DevCommand::Exec(_) | DevCommand::Logs(_) | DevCommand::Connect(_)) => {

@@ -4,7 +4,7 @@
 # With CI=true the clusters are stopped at the end; otherwise they are kept for fast reruns
 # (stop them with `tests/cluster/down.sh NAME`: skein-test, skein-test-operator, skein-test-remote,
 # skein-test-flap, skein-test-node, skein-test-devup, skein-test-traffic, skein-test-cli, skein-test-cli2, skein-test-e2e,
-# skein-test-authz, skein-test-identity, skein-test-mtlspol, skein-test-rbac, skein-test-stats, skein-test-check).
+# skein-test-authz, skein-test-identity, skein-test-mtlspol, skein-test-rbac, skein-test-stats, skein-test-check, skein-test-tap).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +14,7 @@ if [ "${CI:-}" = true ]; then
   # Every cluster the tests start: the shared one, the operator's, the federation remotes, the
   # node tests', `skein dev up`'s (its test downs it itself; this is for a failed run) and the
   # meshed demo the traffic, AccessPolicy and MtlsPolicy tests run on.
-  trap 'for c in skein-test skein-test-operator skein-test-remote skein-test-flap skein-test-node skein-test-devup skein-test-traffic skein-test-cli skein-test-cli2 skein-test-e2e skein-test-authz skein-test-identity skein-test-mtlspol skein-test-rbac skein-test-stats skein-test-check; do tests/cluster/down.sh "$c"; done' EXIT
+  trap 'for c in skein-test skein-test-operator skein-test-remote skein-test-flap skein-test-node skein-test-devup skein-test-traffic skein-test-cli skein-test-cli2 skein-test-e2e skein-test-authz skein-test-identity skein-test-mtlspol skein-test-rbac skein-test-stats skein-test-check skein-test-tap; do tests/cluster/down.sh "$c"; done' EXIT
 fi
 kubeconfig_line=$(tests/cluster/up.sh skein-test | tail -n 1)
 export SKEIN_TEST_KUBECONFIG=${kubeconfig_line#export KUBECONFIG=}

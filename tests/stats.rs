@@ -9,19 +9,14 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use serde_json::{Value, json};
-use support::node::{eventually, pod_ready};
+use serde_json::Value;
+use support::demo_load::{DEMO, finish, load, loadgen, remove_loadgen, stop};
 
 const CLUSTER: &str = "skein-test-stats";
 const SKEIN: &str = env!("CARGO_BIN_EXE_skein");
-const DEMO: &str = "demo";
 /// Short, so the recovery shows within a minute (the collector scrapes every 10 s).
 const WINDOW: &str = "30s";
 const WAIT: Duration = Duration::from_secs(120);
@@ -102,98 +97,6 @@ async fn until(what: &str, probe: impl Fn() -> (bool, Value)) -> Value {
     }
 }
 
-/// `count` requests to the frontend from the loadgen pod, through its sidecar, in the
-/// background; each lets the backend fail `fail_percent`% of the time.
-fn load(pod: &str, count: u32, fail_percent: u32) -> Child {
-    let script = format!(
-        "for i in $(seq {count}); do curl -s -o /dev/null --max-time 5 \
-         -H 'x-demo-backend-fail-percent: {fail_percent}' http://frontend/; sleep 0.1; done"
-    );
-    Command::new(SKEIN)
-        .args(["dev", "exec", "--cluster", CLUSTER])
-        .arg(format!("{DEMO}/{pod}"))
-        .args(["-c", "loadgen", "--", "sh", "-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("running skein dev exec")
-}
-
-/// Stops the load (the loop in the pod ends with its count) and waits for it.
-fn finish(mut child: Child) {
-    let deadline = Instant::now() + WAIT;
-    while child.try_wait().expect("waiting for the load").is_none() {
-        assert!(Instant::now() < deadline, "the load did not end");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// A meshed client Deployment (the demo app, idle; requests are sent from its pod): the
-/// frontend's inbound view sees them, as it would a browser's through an ingress.
-async fn loadgen(client: &kube::Client) -> String {
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), DEMO);
-    let deployment: Deployment = serde_json::from_value(json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "loadgen", "namespace": DEMO},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": "loadgen"}},
-            "template": {
-                "metadata": {"labels": {"app": "loadgen"}},
-                "spec": {"containers": [{
-                    "name": "loadgen", "image": "ghcr.io/skein-mesh/skein:0.1.0",
-                    "args": ["demo-app", "--role", "frontend", "--version", "load", "--next", "http://frontend"],
-                    "ports": [{"name": "http", "containerPort": 8080}]
-                }]}
-            }
-        }
-    }))
-    .expect("a Deployment");
-    deployments
-        .patch(
-            "loadgen",
-            &PatchParams::apply("skein-test").force(),
-            &Patch::Apply(&deployment),
-        )
-        .await
-        .expect("applying the loadgen Deployment");
-    // A Service too: proxies name a client's workload from the endpoints they know.
-    let service: Service = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": "loadgen", "namespace": DEMO},
-        "spec": {"selector": {"app": "loadgen"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}
-    }))
-    .expect("a Service");
-    Api::<Service>::namespaced(client.clone(), DEMO)
-        .patch(
-            "loadgen",
-            &PatchParams::apply("skein-test").force(),
-            &Patch::Apply(&service),
-        )
-        .await
-        .expect("applying the loadgen Service");
-    let pods: Api<Pod> = Api::namespaced(client.clone(), DEMO);
-    eventually("a Ready, meshed loadgen pod", WAIT, || async {
-        let list = pods
-            .list(&ListParams::default().labels("app=loadgen"))
-            .await
-            .ok()?;
-        list.items
-            .into_iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none() && pod_ready(p))
-            .find(|p| {
-                p.spec.as_ref().is_some_and(|s| {
-                    s.containers
-                        .iter()
-                        .chain(s.init_containers.iter().flatten())
-                        .any(|c| c.name == "skein-proxy")
-                })
-            })
-            .map(|p| p.name_any())
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_tier_fails_with_its_reason_then_passes() {
     support::demo_up(CLUSTER);
@@ -201,7 +104,7 @@ async fn each_tier_fails_with_its_reason_then_passes() {
     let pod = loadgen(&client).await;
 
     // The backend fails 30%: every tier on the path fails with it, each saying where from.
-    let failing = load(&pod, 400, 30);
+    let failing = load(CLUSTER, &pod, 400, 30, "/");
     let stat = stat_until("every tier to FAIL", |stat| {
         TIERS.iter().all(|tier| {
             stat["workloads"].as_array().is_some_and(|rows| {
@@ -333,7 +236,7 @@ async fn each_tier_fails_with_its_reason_then_passes() {
     finish(failing);
 
     // The backend recovers: once the failures are out of the window, every tier passes.
-    let healthy = load(&pod, 700, 0);
+    let healthy = load(CLUSTER, &pod, 700, 0, "/");
     let stat = stat_until("every tier to PASS", |stat| {
         TIERS.iter().all(|tier| {
             stat["workloads"].as_array().is_some_and(|rows| {
@@ -347,13 +250,6 @@ async fn each_tier_fails_with_its_reason_then_passes() {
         let rate = row(&stat, tier)["successRate"].as_f64();
         assert!(rate >= Some(0.95), "{tier} recovered: {stat:#}");
     }
-    let mut healthy = healthy;
-    let _ = healthy.kill();
-    let _ = healthy.wait();
-    let _ = Api::<Deployment>::namespaced(client.clone(), DEMO)
-        .delete("loadgen", &DeleteParams::default())
-        .await;
-    let _ = Api::<Service>::namespaced(client, DEMO)
-        .delete("loadgen", &DeleteParams::default())
-        .await;
+    stop(healthy);
+    remove_loadgen(&client).await;
 }

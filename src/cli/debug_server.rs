@@ -76,11 +76,97 @@ pub async fn ask_all(
     Ok(vec![(format!("{base}{path_and_query}"), body)])
 }
 
-/// Asks every Running control-plane pod in the mesh namespace, through port-forwards.
-async fn from_cluster_pods(
+/// The longest line of a streamed answer.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// GETs `path_and_query` from every control plane the target names and streams their answers'
+/// lines, merged, into `lines` (each with who sent it) until every answer has ended; a
+/// control plane that refuses (400, 404, ...) is an error before anything is streamed.
+pub async fn stream_all(
+    target: DebugTarget<'_>,
+    path_and_query: &str,
+    lines: tokio::sync::mpsc::Sender<anyhow::Result<Bytes>>,
+) -> anyhow::Result<()> {
+    let base = match (target.url, target.cluster) {
+        (Some(url), _) => url.to_owned(),
+        (None, Some(cluster)) => crate::dev::up::control_plane_debug_url(cluster)?,
+        (None, None) => return stream_cluster_pods(target.kube, path_and_query, lines).await,
+    };
+    let url = DebugUrl::parse(&base)?;
+    let path = url.path(path_and_query);
+    let stream = tokio::net::TcpStream::connect(&url.authority)
+        .await
+        .with_context(|| format!("connecting to the control plane at {base}"))?;
+    let answer = plain_http::get_lines(stream, &url.authority, &path, MAX_LINE_BYTES)
+        .await
+        .with_context(|| format!("asking the control plane at {base}"))?;
+    tokio::spawn(forward_lines(
+        answer,
+        format!("{base}{path_and_query}"),
+        lines,
+        None,
+    ));
+    Ok(())
+}
+
+/// Sends each line of `answer` on; the port-forward (if any) lives as long as the answer.
+async fn forward_lines(
+    mut answer: plain_http::Lines,
+    asked: String,
+    lines: tokio::sync::mpsc::Sender<anyhow::Result<Bytes>>,
+    forwarder: Option<kube::api::Portforwarder>,
+) {
+    loop {
+        let line = answer
+            .next_line(MAX_LINE_BYTES)
+            .await
+            .with_context(|| format!("reading {asked}"));
+        let line = match line {
+            Ok(Some(line)) => Ok(line),
+            Ok(None) => break,
+            Err(err) => Err(err),
+        };
+        let failed = line.is_err();
+        if lines.send(line).await.is_err() || failed {
+            break;
+        }
+    }
+    if let Some(forwarder) = forwarder {
+        forwarder.abort();
+    }
+}
+
+async fn stream_cluster_pods(
     kube: &KubeArgs,
     path_and_query: &str,
-) -> anyhow::Result<Vec<(String, Bytes)>> {
+    lines: tokio::sync::mpsc::Sender<anyhow::Result<Bytes>>,
+) -> anyhow::Result<()> {
+    let (pods, targets) = running_control_planes(kube).await?;
+    for pod in targets {
+        let asked = format!("pod {}/{pod} port {DEBUG_PORT}", names::MESH_NAMESPACE);
+        let mut forwarder = pods
+            .portforward(&pod, &[DEBUG_PORT])
+            .await
+            .map_err(|err| anyhow::anyhow!(describe(&err)))
+            .with_context(|| format!("port-forwarding to {asked}"))?;
+        let stream = forwarder
+            .take_stream(DEBUG_PORT)
+            .with_context(|| format!("port-forwarding to {asked}: no stream"))?;
+        let answer = plain_http::get_lines(stream, "localhost", path_and_query, MAX_LINE_BYTES)
+            .await
+            .with_context(|| format!("asking {asked}"))?;
+        tokio::spawn(forward_lines(
+            answer,
+            format!("{asked}{path_and_query}"),
+            lines.clone(),
+            Some(forwarder),
+        ));
+    }
+    Ok(())
+}
+
+/// The mesh namespace's pods API and its Running control-plane pods (at least one).
+async fn running_control_planes(kube: &KubeArgs) -> anyhow::Result<(Api<Pod>, Vec<String>)> {
     let client = kube.client().await?;
     let pods: Api<Pod> = Api::namespaced(client, names::MESH_NAMESPACE);
     let selector = Selector::try_from(control_plane_selector())
@@ -102,6 +188,15 @@ async fn from_cluster_pods(
          cluster give --cluster NAME, or give the debug server's --url",
         names::MESH_NAMESPACE
     );
+    Ok((pods, targets))
+}
+
+/// Asks every Running control-plane pod in the mesh namespace, through port-forwards.
+async fn from_cluster_pods(
+    kube: &KubeArgs,
+    path_and_query: &str,
+) -> anyhow::Result<Vec<(String, Bytes)>> {
+    let (pods, targets) = running_control_planes(kube).await?;
     let mut answers = Vec::new();
     for pod in targets {
         let asked = format!("pod {}/{pod} port {DEBUG_PORT}", names::MESH_NAMESPACE);

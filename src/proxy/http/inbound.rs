@@ -29,6 +29,7 @@ pub async fn handle(
         upgrade,
         grpc,
         span,
+        tap,
     } = prepare(request, context, &mut fastrand::Rng::new());
     let service = request_host(&parts).map(normalize_host).unwrap_or_default();
     let peer_id = connection.peer_id.as_ref();
@@ -57,7 +58,7 @@ pub async fn handle(
                 "port {port} takes mutual TLS only (Strict); plaintext from the node reaches the probes' paths only"
             ),
         );
-        return forward::finish(context, None, labels, started, span, Err(refused));
+        return forward::finish(context, None, labels, started, span, tap, Err(refused));
     }
 
     let path = authz::normalize_path(parts.uri.path());
@@ -75,7 +76,7 @@ pub async fn handle(
             authz::ACCESS_DENIED,
             denial.to_string(),
         );
-        return forward::finish(context, None, labels, started, span, Err(local));
+        return forward::finish(context, None, labels, started, span, tap, Err(local));
     }
 
     let request = Forward {
@@ -87,6 +88,7 @@ pub async fn handle(
         started,
         upgrade,
         span,
+        tap,
     };
     forward::forward(context, request).await
 }

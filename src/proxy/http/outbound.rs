@@ -29,6 +29,7 @@ pub async fn handle(
         upgrade,
         grpc,
         span,
+        tap,
     } = prepare(request, context, &mut rng);
     let host = request_host(&parts)
         .map(str::to_owned)
@@ -64,7 +65,7 @@ pub async fn handle(
                         .trim_end()
                         .to_owned(),
                 );
-                return forward::finish(context, None, labels, started, span, Err(blocked));
+                return forward::finish(context, None, labels, started, span, tap, Err(blocked));
             }
         };
         let body = RequestBody::streaming(super::body::boxed(body));
@@ -77,6 +78,7 @@ pub async fn handle(
             started,
             upgrade,
             span,
+            tap,
         };
         return forward::forward(context, request).await;
     };
@@ -96,7 +98,15 @@ pub async fn handle(
                 let status =
                     StatusCode::from_u16(abort.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
                 let local = Local::new(status, "fault-abort", "fault injected by Skein".to_owned());
-                return forward::finish(context, Some(route), labels, started, span, Err(local));
+                return forward::finish(
+                    context,
+                    Some(route),
+                    labels,
+                    started,
+                    span,
+                    tap,
+                    Err(local),
+                );
             }
         }
         route.edit_request_headers(&mut parts.headers);
@@ -121,6 +131,7 @@ pub async fn handle(
         started,
         upgrade,
         span,
+        tap,
     };
     forward::forward(context, request).await
 }
