@@ -33,8 +33,8 @@ pub struct TopArgs {
 /// One (direction, method, authority, path) and what was seen of it.
 #[derive(Debug, Default)]
 struct Route {
-    count: u64,
-    successes: u64,
+    count: u32,
+    successes: u32,
     latencies: VecDeque<f64>,
 }
 
@@ -67,8 +67,8 @@ impl Top {
             return;
         }
         let route = self.routes.entry(key).or_default();
-        route.count += 1;
-        route.successes += u64::from(succeeded(event));
+        route.count = route.count.saturating_add(1);
+        route.successes = route.successes.saturating_add(u32::from(succeeded(event)));
         if route.latencies.len() == LATENCIES_KEPT {
             route.latencies.pop_front();
         }
@@ -98,8 +98,7 @@ impl Top {
             sorted.sort_by(f64::total_cmp);
             let p50 = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
             let max = sorted.last().copied().unwrap_or(0.0);
-            #[allow(clippy::cast_precision_loss)] // request counts: far below 2^52
-            let success = route.successes as f64 * 100.0 / route.count.max(1) as f64;
+            let success = f64::from(route.successes) * 100.0 / f64::from(route.count.max(1));
             rows.push(vec![
                 direction.clone(),
                 method.clone(),

@@ -103,8 +103,8 @@ impl Event {
                 identity: Some(peer.identity).filter(|id| !id.is_empty()),
             }
         };
-        #[allow(clippy::cast_precision_loss)] // microseconds of one request: far below 2^52
-        let latency_ms = event.latency_micros as f64 / 1000.0;
+        let latency_ms =
+            std::time::Duration::from_micros(event.latency_micros).as_secs_f64() * 1000.0;
         Self {
             pod: pod.to_owned(),
             direction: event.direction,
