@@ -134,12 +134,9 @@ pub async fn top(args: &TopArgs) -> anyhow::Result<()> {
     let table = || state.lock().unwrap_or_else(|e| e.into_inner()).table();
     if args.once {
         let duration = args.duration.as_std();
-        match tokio::time::timeout(duration, following).await {
-            // The stream ended before the time was up: an error says why (nothing to tap).
-            Ok(result) => {
-                result?;
-            }
-            Err(_) => {}
+        // The stream ended before the time was up: an error says why (nothing to tap).
+        if let Ok(result) = tokio::time::timeout(duration, following).await {
+            result?;
         }
         print!("{}", table());
         return Ok(());
