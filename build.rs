@@ -27,6 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "proto/skein/discovery/v1alpha1/discovery.proto",
                 "proto/skein/config/v1alpha1/config.proto",
                 "proto/skein/identity/v1alpha1/identity.proto",
+                "proto/skein/tap/v1alpha1/tap.proto",
                 // Messages only: the proxies' span export (OTLP/HTTP protobuf).
                 "proto/skein/otlp/v1/trace.proto",
             ],

@@ -11,6 +11,8 @@ pub mod debug_server;
 pub mod explain;
 pub mod output;
 pub mod stat;
+pub mod tap;
+pub mod top;
 pub mod version;
 
 use std::path::PathBuf;
@@ -73,6 +75,10 @@ pub enum Command {
     /// What the mesh does to a pod's traffic (`pod/NAME`, `deploy/NAME`): identity, mTLS,
     /// access policies, routes, endpoints, sync state, and its proxy's recent errors explained.
     Explain(explain::ExplainArgs),
+    /// Live requests and responses through a workload's proxies (`-o json` for scripts).
+    Tap(tap::TapArgs),
+    /// Live most-requested paths of a workload, with success rate and latency.
+    Top(top::TopArgs),
     /// Multi-cluster federation helpers.
     #[command(subcommand)]
     Federation(FederationCommand),
@@ -111,6 +117,8 @@ impl Command {
             | Self::Edges(_)
             | Self::Dashboard(_)
             | Self::Explain(_)
+            | Self::Tap(_)
+            | Self::Top(_)
             | Self::Federation(_)
             | Self::Completion(_)
             | Self::Dev(DevCommand::Exec(_) | DevCommand::Logs(_) | DevCommand::Connect(_)) => {

@@ -82,6 +82,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             runtime.block_on(skein::cli::dashboard::run(&args))?;
         }
+        Command::Tap(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            runtime.block_on(skein::cli::tap::tap(&args))?;
+        }
+        Command::Top(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            runtime.block_on(skein::cli::top::top(&args))?;
+        }
         Command::Proxy(args) => {
             let runtime = skein::proxy::runtime(&args).context("starting the tokio runtime")?;
             runtime.block_on(skein::proxy::run(args))?;

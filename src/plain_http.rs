@@ -53,6 +53,80 @@ where
     answer
 }
 
+/// An answer being streamed: its body, read line by line ([`Lines::next_line`]); the
+/// connection is driven until this is dropped.
+pub struct Lines {
+    body: hyper::body::Incoming,
+    buffered: bytes::BytesMut,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+impl Lines {
+    /// The next line (without its `\n`); `None` at the end. A line over `limit` bytes is
+    /// refused rather than buffered.
+    pub async fn next_line(&mut self, limit: usize) -> Result<Option<Bytes>, GetError> {
+        loop {
+            if let Some(end) = self.buffered.iter().position(|&b| b == b'\n') {
+                let line = self.buffered.split_to(end + 1).freeze();
+                return Ok(Some(line.slice(..end)));
+            }
+            if self.buffered.len() > limit {
+                return Err(GetError::TooLarge(limit));
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        self.buffered.extend_from_slice(data);
+                    }
+                }
+                Some(Err(err)) => return Err(GetError::Body(err.to_string())),
+                None if self.buffered.is_empty() => return Ok(None),
+                None => return Ok(Some(self.buffered.split().freeze())),
+            }
+        }
+    }
+}
+
+/// One HTTP/1.1 GET of `path` whose successful answer is streamed ([`Lines`]); an answer
+/// that is not a success is read (up to `limit`) and returned as the error.
+pub async fn get_lines<S>(
+    stream: S,
+    host: &str,
+    path: &str,
+    limit: usize,
+) -> Result<Lines, GetError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let request = http::Request::get(path)
+        .header(http::header::HOST, host)
+        .body(Empty::<Bytes>::new())?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    if !status.is_success() {
+        let body = read_limited(response.into_body(), limit).await?;
+        driver.abort();
+        let body = String::from_utf8_lossy(&body).trim().to_owned();
+        return Err(GetError::Status { status, body });
+    }
+    Ok(Lines {
+        body: response.into_body(),
+        buffered: bytes::BytesMut::new(),
+        driver,
+    })
+}
+
 /// A body, refused once it passes `limit` bytes.
 pub async fn read_limited<B>(body: B, limit: usize) -> Result<Bytes, GetError>
 where

@@ -137,7 +137,7 @@ async fn the_dashboard_shows_the_backend_fail_with_its_reason_then_pass() {
     let session = driver.session().await;
 
     // The backend fails 30%: the page shows its tier FAIL, and why.
-    let failing = demo_load::load(CLUSTER, &pod, 400, 30);
+    let failing = demo_load::load(CLUSTER, &pod, 400, 30, "/");
     session
         .goto(&format!(
             "{url}?namespace={}&window={WINDOW}",
@@ -197,7 +197,7 @@ async fn the_dashboard_shows_the_backend_fail_with_its_reason_then_pass() {
 
     // The backend recovers: once the failures are out of the window, the page shows PASS.
     finish(failing);
-    let healthy = demo_load::load(CLUSTER, &pod, 900, 0);
+    let healthy = demo_load::load(CLUSTER, &pod, 900, 0, "/");
     let page = page_until(&session, "every tier to PASS", |page| {
         TIERS.iter().all(|t| verdict(page, t) == "PASS")
     })

@@ -457,7 +457,7 @@ async fn prometheus_source_agrees_with_the_embedded_one() {
     let url = prometheus.url.clone();
 
     // The backend fails 30%: both sources see every tier fail, the backend with its 503s.
-    let failing = demo_load::load(CLUSTER, &pod, 900, 30);
+    let failing = demo_load::load(CLUSTER, &pod, 900, 30, "/");
     // Read back to back (the same window), until the window is full of the failing traffic.
     let deadline = Instant::now() + WAIT;
     let (from_prometheus, embedded) = loop {

@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 TEST_CLUSTERS="skein-test skein-test-operator skein-test-remote skein-test-flap skein-test-node
   skein-test-devup skein-test-traffic skein-test-cli skein-test-cli2 skein-test-e2e skein-test-authz
   skein-test-identity skein-test-mtlspol skein-test-rbac skein-test-stats skein-test-check
-  skein-test-prom skein-test-dash skein-test-explain"
+  skein-test-prom skein-test-dash skein-test-explain skein-test-tap"
 
 tests/install-deps.sh
 tests/cluster/build.sh >/dev/null

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::demo_load::{self, DEMO, finish, loadgen};
+use support::demo_load::{DEMO, finish, load, loadgen, remove_loadgen, stop};
 
 const CLUSTER: &str = "skein-test-stats";
 const SKEIN: &str = env!("CARGO_BIN_EXE_skein");
@@ -104,7 +104,7 @@ async fn each_tier_fails_with_its_reason_then_passes() {
     let pod = loadgen(&client).await;
 
     // The backend fails 30%: every tier on the path fails with it, each saying where from.
-    let failing = demo_load::load(CLUSTER, &pod, 400, 30);
+    let failing = load(CLUSTER, &pod, 400, 30, "/");
     let stat = stat_until("every tier to FAIL", |stat| {
         TIERS.iter().all(|tier| {
             stat["workloads"].as_array().is_some_and(|rows| {
@@ -247,7 +247,7 @@ async fn each_tier_fails_with_its_reason_then_passes() {
     finish(failing);
 
     // The backend recovers: once the failures are out of the window, every tier passes.
-    let healthy = demo_load::load(CLUSTER, &pod, 700, 0);
+    let healthy = load(CLUSTER, &pod, 700, 0, "/");
     let stat = stat_until("every tier to PASS", |stat| {
         TIERS.iter().all(|tier| {
             stat["workloads"].as_array().is_some_and(|rows| {
@@ -261,6 +261,6 @@ async fn each_tier_fails_with_its_reason_then_passes() {
         let rate = row(&stat, tier)["successRate"].as_f64();
         assert!(rate >= Some(0.95), "{tier} recovered: {stat:#}");
     }
-    demo_load::stop(healthy);
-    demo_load::remove_loadgen(&client).await;
+    stop(healthy);
+    remove_loadgen(&client).await;
 }

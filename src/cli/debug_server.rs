@@ -80,6 +80,66 @@ pub async fn ask_all(
     Ok(vec![(format!("{base}{path_and_query}"), body)])
 }
 
+/// The longest line of a streamed answer.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// GETs `path_and_query` from every control plane the target names and streams their answers'
+/// lines, merged, into `lines` (each with who sent it) until every answer has ended; a
+/// control plane that refuses (400, 404, ...) is an error before anything is streamed.
+pub async fn stream_all(
+    target: DebugTarget<'_>,
+    path_and_query: &str,
+    lines: tokio::sync::mpsc::Sender<anyhow::Result<Bytes>>,
+) -> anyhow::Result<()> {
+    let base = match (target.url, target.cluster) {
+        (Some(url), _) => url.to_owned(),
+        (None, Some(cluster)) => crate::dev::up::control_plane_debug_url(cluster)?,
+        (None, None) => return stream_cluster_pods(target.kube, path_and_query, lines).await,
+    };
+    let url = DebugUrl::parse(&base)?;
+    let path = url.path(path_and_query);
+    let stream = tokio::net::TcpStream::connect(&url.authority)
+        .await
+        .with_context(|| format!("connecting to the control plane at {base}"))?;
+    let answer = plain_http::get_lines(stream, &url.authority, &path, MAX_LINE_BYTES)
+        .await
+        .with_context(|| format!("asking the control plane at {base}"))?;
+    tokio::spawn(forward_lines(
+        answer,
+        format!("{base}{path_and_query}"),
+        lines,
+        None,
+    ));
+    Ok(())
+}
+
+/// Sends each line of `answer` on; the port-forward (if any) lives as long as the answer.
+async fn forward_lines(
+    mut answer: plain_http::Lines,
+    asked: String,
+    lines: tokio::sync::mpsc::Sender<anyhow::Result<Bytes>>,
+    forwarder: Option<Portforwarder>,
+) {
+    loop {
+        let line = answer
+            .next_line(MAX_LINE_BYTES)
+            .await
+            .with_context(|| format!("reading {asked}"));
+        let line = match line {
+            Ok(Some(line)) => Ok(line),
+            Ok(None) => break,
+            Err(err) => Err(err),
+        };
+        let failed = line.is_err();
+        if lines.send(line).await.is_err() || failed {
+            break;
+        }
+    }
+    if let Some(forwarder) = forwarder {
+        forwarder.abort();
+    }
+}
+
 /// Asks every Running control-plane pod in the mesh namespace, through port-forwards.
 async fn from_cluster_pods(
     kube: &KubeArgs,
@@ -101,6 +161,30 @@ async fn from_cluster_pods(
         answers.push((format!("{asked}{path_and_query}"), body));
     }
     Ok(answers)
+}
+
+/// [`stream_all`] through port-forwards to every Running control-plane pod.
+async fn stream_cluster_pods(
+    kube: &KubeArgs,
+    path_and_query: &str,
+    lines: tokio::sync::mpsc::Sender<anyhow::Result<Bytes>>,
+) -> anyhow::Result<()> {
+    let (pods, targets) = running_control_plane_pods(kube).await?;
+    for pod in targets {
+        let asked = format!("pod {}/{pod} port {DEBUG_PORT}", names::MESH_NAMESPACE);
+        let (answer, forwarder) = DebugForward::open(&pods, &pod)
+            .await?
+            .get_lines(path_and_query)
+            .await
+            .with_context(|| format!("asking {asked}"))?;
+        tokio::spawn(forward_lines(
+            answer,
+            format!("{asked}{path_and_query}"),
+            lines.clone(),
+            Some(forwarder),
+        ));
+    }
+    Ok(())
 }
 
 /// The names of the Running control-plane pods in the mesh namespace (at least one), with the
@@ -182,6 +266,35 @@ impl DebugForward {
         };
         forwarder.abort();
         result
+    }
+
+    /// Starts a streamed GET of `path_and_query` over the forward: the answer's lines, and the
+    /// forward to keep open while they are read (or the kubelet's reason the forward failed).
+    pub async fn get_lines(
+        self,
+        path_and_query: &str,
+    ) -> anyhow::Result<(plain_http::Lines, Portforwarder)> {
+        let Self {
+            asked,
+            stream,
+            forwarder,
+            failed,
+        } = self;
+        let answer = tokio::select! {
+            answer = plain_http::get_lines(stream, "localhost", path_and_query, MAX_LINE_BYTES) => {
+                answer.map_err(anyhow::Error::from)
+            }
+            Some(reason) = async { failed?.await } => {
+                Err(anyhow::anyhow!(reason).context(format!("port-forwarding to {asked}")))
+            }
+        };
+        match answer {
+            Ok(lines) => Ok((lines, forwarder)),
+            Err(err) => {
+                forwarder.abort();
+                Err(err)
+            }
+        }
     }
 }
 

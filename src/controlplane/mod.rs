@@ -30,6 +30,7 @@ pub mod server;
 pub mod state;
 pub mod stats;
 pub mod status;
+pub mod tap;
 pub mod tls;
 pub mod translate;
 pub mod validate;
@@ -157,14 +158,16 @@ async fn discovery(
     let authn: Arc<dyn identity::Authenticate> =
         Arc::new(identity::KubeAuthenticator::new(client.clone()));
     let mesh = cluster.clone();
-    let push = PushServer::new(source.clone(), authn.clone(), &mut registry).with_identity(
-        identity::IdentityService {
+    let taps = tap::TapHub::default();
+    let tap_cluster = cluster.clone();
+    let push = PushServer::new(source.clone(), authn.clone(), &mut registry)
+        .with_identity(identity::IdentityService {
             ca,
             authn,
             mtls: Arc::new(move || cluster.mtls()),
             issued: Arc::default(),
-        },
-    );
+        })
+        .with_tap(taps.clone());
     let stats = stats::StatsStore::default();
     let interval = args.stats_interval.as_std();
     if interval.is_zero() {
@@ -183,6 +186,7 @@ async fn discovery(
             },
         ));
     }
+    let tap_app = tap::http::router(taps, push.clone(), client.clone(), tap_cluster);
     tokio::spawn(status::run(client, index.clone()));
 
     let registry = Arc::new(registry);
@@ -195,6 +199,7 @@ async fn discovery(
         .merge(stats_routes)
         .merge(debug::rules_router(index))
         .merge(dashboard::router())
+        .merge(tap_app)
         .route(
             "/metrics",
             axum::routing::get(move || {
@@ -202,7 +207,7 @@ async fn discovery(
                 async move { crate::telemetry::metrics_response(&registry) }
             }),
         );
-    tracing::info!(addr = %args.debug_addr, "serving /debug/proxies, /debug/config, /debug/stats, /debug/rules, /dashboard and /metrics");
+    tracing::info!(addr = %args.debug_addr, "serving /debug/proxies, /debug/config, /debug/stats, /debug/rules, /debug/tap, /dashboard and /metrics");
     let debug = async {
         axum::serve(debug_listener, debug_app)
             .with_graceful_shutdown(crate::signals::shutdown())

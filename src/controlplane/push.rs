@@ -174,6 +174,8 @@ pub struct PushServer {
     /// `Identity/Certify`, served on the same port.
     identity: Option<IdentityServer<IdentityService>>,
     issued: Option<Arc<IssuedCerts>>,
+    /// `Tap/Watch`, served on the same port ([`crate::controlplane::tap`]).
+    tap: Option<crate::controlplane::tap::TapHub>,
 }
 
 struct Inner {
@@ -193,6 +195,7 @@ impl PushServer {
         Self {
             identity: None,
             issued: None,
+            tap: None,
             inner: Arc::new(Inner {
                 source,
                 authn,
@@ -211,6 +214,22 @@ impl PushServer {
         self
     }
 
+    /// Also serves the proxies' tap streams into `hub`.
+    #[must_use]
+    pub fn with_tap(mut self, hub: crate::controlplane::tap::TapHub) -> Self {
+        self.tap = Some(hub);
+        self
+    }
+
+    fn tap_service(
+        &self,
+        stop: &watch::Receiver<bool>,
+    ) -> Option<crate::xds::tap::tap_server::TapServer<crate::controlplane::tap::TapService>> {
+        self.tap
+            .as_ref()
+            .map(|hub| hub.server(self.inner.authn.clone(), stop.clone()))
+    }
+
     /// Serves the stream on `addr` until `shutdown` completes.
     pub async fn serve(
         self,
@@ -219,6 +238,7 @@ impl PushServer {
     ) -> Result<(), tonic::transport::Error> {
         let (stop, stopped) = watch::channel(false);
         Self::transport()
+            .add_optional_service(self.tap_service(&stopped))
             .add_service(self.service(stopped))
             .add_optional_service(self.identity.clone())
             .serve_with_shutdown(addr, stop_streams(shutdown, stop))
@@ -236,6 +256,7 @@ impl PushServer {
             .with_nodelay(Some(true))
             .with_keepalive(Some(KEEPALIVE_INTERVAL));
         Self::transport()
+            .add_optional_service(self.tap_service(&stopped))
             .add_service(self.service(stopped))
             .add_optional_service(self.identity.clone())
             .serve_with_incoming_shutdown(incoming, stop_streams(shutdown, stop))
@@ -252,6 +273,7 @@ impl PushServer {
     ) -> Result<(), tonic::transport::Error> {
         let (stop, stopped) = watch::channel(false);
         Self::transport()
+            .add_optional_service(self.tap_service(&stopped))
             .add_service(self.service(stopped))
             .add_optional_service(self.identity.clone())
             .serve_with_incoming_shutdown(tls_incoming(listener, tls), stop_streams(shutdown, stop))

@@ -259,6 +259,8 @@ fn next_steps(n: &NextSteps) -> String {
          {skein} proxy-status --cluster {cluster}\n  \
          {skein} stat deploy -n {ns} --cluster {cluster}   # each tier: PASS or FAIL, and why\n  \
          {skein} dashboard --cluster {cluster}   # the web dashboard's URL: tiers, service graph, proxies, rules\n  \
+         {skein} top deploy/frontend -n {ns} --cluster {cluster} --once --duration 3s   # most-requested paths (live without --once)\n  \
+         # {skein} tap deploy/frontend -n {ns} --cluster {cluster}   # live requests and responses, until Ctrl-C\n  \
          kubectl get meshconfig\n\n\
          Stop everything and delete its state with `{skein} dev down --cluster {cluster}`.\n"
     )

@@ -361,7 +361,7 @@ impl Outage {
 }
 
 /// [`BACKOFF_BASE`] doubled per failure, at most [`BACKOFF_MAX`].
-fn backoff_cap(failures: u32) -> Duration {
+pub(crate) fn backoff_cap(failures: u32) -> Duration {
     BACKOFF_BASE
         .saturating_mul(2u32.saturating_pow(failures))
         .min(BACKOFF_MAX)

@@ -72,6 +72,7 @@ pub mod retry;
 pub mod routes;
 pub mod sni;
 pub mod stream_trust;
+pub mod tap;
 pub mod tcp;
 pub mod trace;
 
@@ -379,6 +380,8 @@ pub(crate) struct Shared {
     pub tracer: Option<trace::Tracer>,
     /// The last requests this proxy answered itself or that failed ([`recent`]).
     pub recent_errors: recent::Ring,
+    /// Live taps the control plane started ([`tap`]).
+    pub tap: Arc<tap::TapHub>,
 }
 
 impl Shared {
@@ -410,6 +413,7 @@ impl Shared {
             resolver: dns::Resolver::default(),
             tracer: None,
             recent_errors: recent::Ring::default(),
+            tap: Arc::default(),
         }
     }
 }
@@ -779,6 +783,9 @@ async fn watch_config(path: std::path::PathBuf, text: String, shared: Arc<Shared
 
 /// Applies the configurations the control plane streams, counting and logging each result.
 async fn stream_config(settings: client::ClientSettings, shared: Arc<Shared>, follow_bundle: bool) {
+    // The tap stream goes to the same control plane, beside the configuration stream.
+    let taps = tokio::spawn(tap::client::run(settings.clone(), shared.tap.clone()));
+    let _stop_taps = AbortOnDrop(taps);
     let applied = shared.clone();
     let stream_trust = settings.trust.clone();
     client::run(settings, shared.config.clone(), move |result| {
@@ -792,6 +799,15 @@ async fn stream_config(settings: client::ClientSettings, shared: Arc<Shared>, fo
         }
     })
     .await;
+}
+
+/// Aborts a task when dropped (the tap stream ends with the configuration stream's task).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Trusts the bundle the control plane pushed (a CA rotation's new root, or a retired one

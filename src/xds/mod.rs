@@ -50,6 +50,19 @@ pub mod identity {
     tonic::include_proto!("skein.identity.v1alpha1");
 }
 
+/// Generated from `tap.proto` (live tap: `tap_client`, `tap_server`); the proxy's side is
+/// [`crate::proxy::tap`], the control plane's [`crate::controlplane::tap`].
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    clippy::nursery,
+    missing_docs,
+    unreachable_pub
+)]
+pub mod tap {
+    tonic::include_proto!("skein.tap.v1alpha1");
+}
+
 /// Generated from `otlp/v1/trace.proto`: the OTLP trace export request the proxies send
 /// ([`crate::proxy::trace::otlp`]); messages only.
 #[allow(

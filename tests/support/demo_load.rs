@@ -1,7 +1,6 @@
-//! Real traffic through the meshed demo of `skein dev up` (tests/stats.rs, tests/dashboard.rs):
-//! a meshed `loadgen` Deployment, and requests from its pod to the frontend through its sidecar,
-//! with the demo's `x-demo-backend-fail-percent` knob (passed down the chain) making the
-//! backend fail a share of them.
+//! Traffic through the `skein dev up` demo: a meshed load-generator Deployment in the demo
+//! namespace, and requests sent from its pod (through its sidecar) to the frontend, which
+//! passes them down the chain frontend → middleware → backend.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,13 +13,44 @@ use serde_json::json;
 
 use super::node::{eventually, pod_ready};
 
-/// The demo's namespace.
 pub const DEMO: &str = "demo";
 const WAIT: Duration = Duration::from_secs(120);
 
-/// A meshed client Deployment and Service (the demo app, idle; requests are sent from its pod):
-/// the frontend's inbound view sees them, as it would a browser's through an ingress. Returns
-/// its Ready pod's name.
+/// `count` requests to the frontend at `path` from the loadgen pod, in the background; each
+/// lets the backend fail `fail_percent`% of the time.
+pub fn load(cluster: &str, pod: &str, count: u32, fail_percent: u32, path: &str) -> Child {
+    let script = format!(
+        "for i in $(seq {count}); do curl -s -o /dev/null --max-time 5 \
+         -H 'x-demo-backend-fail-percent: {fail_percent}' http://frontend{path}; sleep 0.1; done"
+    );
+    Command::new(env!("CARGO_BIN_EXE_skein"))
+        .args(["dev", "exec", "--cluster", cluster])
+        .arg(format!("{DEMO}/{pod}"))
+        .args(["-c", "loadgen", "--", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("running skein dev exec")
+}
+
+/// Waits for a load to end (the loop in the pod ends with its count).
+pub fn finish(mut child: Child) {
+    let deadline = Instant::now() + WAIT;
+    while child.try_wait().expect("waiting for the load").is_none() {
+        assert!(Instant::now() < deadline, "the load did not end");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Stops a load now.
+pub fn stop(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A meshed client Deployment (the demo app, idle; requests are sent from its pod): the
+/// frontend's inbound view sees them, as it would a browser's through an ingress. Returns its
+/// Ready pod's name.
 pub async fn loadgen(client: &kube::Client) -> String {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), DEMO);
     let deployment: Deployment = serde_json::from_value(json!({
@@ -85,7 +115,7 @@ pub async fn loadgen(client: &kube::Client) -> String {
     .await
 }
 
-/// Deletes what [`loadgen`] made.
+/// Deletes the loadgen Deployment and Service.
 pub async fn remove_loadgen(client: &kube::Client) {
     let _ = Api::<Deployment>::namespaced(client.clone(), DEMO)
         .delete("loadgen", &DeleteParams::default())
@@ -93,36 +123,4 @@ pub async fn remove_loadgen(client: &kube::Client) {
     let _ = Api::<Service>::namespaced(client.clone(), DEMO)
         .delete("loadgen", &DeleteParams::default())
         .await;
-}
-
-/// `count` requests to the frontend from the loadgen pod of `cluster`, through its sidecar, in
-/// the background; each lets the backend fail `fail_percent`% of the time.
-pub fn load(cluster: &str, pod: &str, count: u32, fail_percent: u32) -> Child {
-    let script = format!(
-        "for i in $(seq {count}); do curl -s -o /dev/null --max-time 5 \
-         -H 'x-demo-backend-fail-percent: {fail_percent}' http://frontend/; sleep 0.1; done"
-    );
-    Command::new(env!("CARGO_BIN_EXE_skein"))
-        .args(["dev", "exec", "--cluster", cluster])
-        .arg(format!("{DEMO}/{pod}"))
-        .args(["-c", "loadgen", "--", "sh", "-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("running skein dev exec")
-}
-
-/// Waits for the load to end (the loop in the pod ends with its count).
-pub fn finish(mut child: Child) {
-    let deadline = Instant::now() + WAIT;
-    while child.try_wait().expect("waiting for the load").is_none() {
-        assert!(Instant::now() < deadline, "the load did not end");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Stops the load at once.
-pub fn stop(mut child: Child) {
-    let _ = child.kill();
-    let _ = child.wait();
 }

@@ -30,7 +30,9 @@ use crate::proxy::reasons::{Reason, service_ref};
 use crate::proxy::recent::RequestLine;
 use crate::proxy::retry::{self, AttemptOutcome};
 use crate::proxy::routes::CompiledRoute;
+use crate::proxy::tap::{self, TapHub, TapRequest};
 use crate::proxy::trace::Span;
+use crate::xds::tap::TapEvent;
 
 /// Where a request goes.
 pub enum Target {
@@ -57,6 +59,8 @@ pub struct Forward<'a> {
     pub upgrade: Option<(HeaderValue, OnUpgrade)>,
     /// The request's span, when it is sampled.
     pub span: Option<Box<Span>>,
+    /// The request as a running tap sees it; `None` when nobody taps.
+    pub tap: Option<Box<TapRequest>>,
 }
 
 /// Sends the request and returns the response to give the client (the upstream's, or one the
@@ -71,6 +75,7 @@ pub async fn forward(context: &RequestContext, request: Forward<'_>) -> Response
         started,
         upgrade,
         mut span,
+        mut tap,
     } = request;
     let overall = route.and_then(|r| r.timeout);
     let mut line = RequestLine::of(&parts);
@@ -85,7 +90,7 @@ pub async fn forward(context: &RequestContext, request: Forward<'_>) -> Response
     };
     let result = match overall {
         Some(limit) => {
-            let run = tries.run(&mut labels, &mut span, &mut line);
+            let run = tries.run(&mut labels, &mut span, &mut line, &mut tap);
             match tokio::time::timeout(limit, run).await {
                 Ok(result) => result,
                 Err(_) => Err(Local::new(
@@ -100,9 +105,20 @@ pub async fn forward(context: &RequestContext, request: Forward<'_>) -> Response
                 )),
             }
         }
-        None => tries.run(&mut labels, &mut span, &mut line).await,
+        None => tries.run(&mut labels, &mut span, &mut line, &mut tap).await,
     };
-    finish(context, route, labels, started, span, result, &line)
+    finish(
+        context,
+        route,
+        labels,
+        started,
+        Observers {
+            span,
+            tap,
+            line: &line,
+        },
+        result,
+    )
 }
 
 /// The destination as a message names it: `demo/backend:8080`, `the app at 10.0.0.5:8080`,
@@ -176,6 +192,14 @@ pub(crate) fn no_endpoints_message(
     }
 }
 
+/// What watches a request besides its metrics: its trace span (if sampled), the running taps'
+/// view of it (if any), and its line for the recent-errors ring.
+pub struct Observers<'a> {
+    pub span: Option<Box<Span>>,
+    pub tap: Option<Box<TapRequest>>,
+    pub line: &'a RequestLine,
+}
+
 /// The response the client gets, wrapped so that its metrics are recorded when its body ends:
 /// the upstream's (with the route's header edits), or the proxy's own when there was none.
 pub fn finish(
@@ -183,12 +207,17 @@ pub fn finish(
     route: Option<&CompiledRoute>,
     mut labels: RequestLabels,
     started: Instant,
-    mut span: Option<Box<Span>>,
+    observers: Observers<'_>,
     result: Result<Response<ProxyBody>, Local>,
-    line: &RequestLine,
 ) -> Response<ProxyBody> {
+    let Observers {
+        mut span,
+        tap,
+        line,
+    } = observers;
     let direction = context.connection.direction;
     let metrics = &context.shared.metrics.http;
+    let mut proxy_error = "";
     let (response, grpc_status) = match result {
         Ok(response) => {
             let grpc = retry::grpc_status(response.headers());
@@ -206,6 +235,7 @@ pub fn finish(
             (response, grpc)
         }
         Err(local) => {
+            proxy_error = local.reason.name();
             if let Some(span) = &mut span {
                 span.proxy_error = Some(local.reason.name());
             }
@@ -240,10 +270,15 @@ pub fn finish(
         span.destination.clone_from(&labels.destination_service);
         (span, context.shared.clone())
     });
+    let tap = tap.map(|request| {
+        let event = tap_event(context, &labels, *request, &parts.headers, proxy_error);
+        (Box::new(event), context.shared.tap.clone())
+    });
     let recorder = Recorder {
         metrics: metrics.clone(),
         labels,
         span,
+        tap,
     };
     let body = Metered::new(body, started, grpc_status, Box::new(recorder));
     Response::from_parts(parts, body::boxed(body))
@@ -319,6 +354,7 @@ impl Tries<'_> {
         labels: &mut RequestLabels,
         span: &mut Option<Box<Span>>,
         line: &mut RequestLine,
+        tap: &mut Option<Box<TapRequest>>,
     ) -> Result<Response<ProxyBody>, Local> {
         let shared = &self.context.shared;
         let metrics = &shared.metrics.http;
@@ -403,6 +439,10 @@ impl Tries<'_> {
                     span.peer = Some(address);
                 }
                 span.retries = retries;
+            }
+            if let Some(tap) = tap.as_mut() {
+                tap.upstream = Some(address);
+                tap.retries = retries;
             }
             let sent = Instant::now();
             // The request head is cloned only if a retry or a mirror may need it again.
@@ -732,6 +772,8 @@ struct Recorder {
     labels: RequestLabels,
     /// The span, and the proxy state holding its exporter.
     span: Option<(Box<Span>, Arc<crate::proxy::Shared>)>,
+    /// The tap event, finished and published when the response ends.
+    tap: Option<(Box<TapEvent>, Arc<TapHub>)>,
 }
 
 impl OnResponseEnd for Recorder {
@@ -743,6 +785,12 @@ impl OnResponseEnd for Recorder {
             span.completed = completed;
             span.duration = elapsed;
             tracer.exporter.submit(*span);
+        }
+        if let Some((mut event, hub)) = self.tap.take() {
+            event.grpc_status = grpc_status;
+            event.completed = completed;
+            event.latency_micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+            hub.publish(&event);
         }
         let labels = &mut self.labels;
         if let Some(status) = grpc_status {
@@ -762,6 +810,65 @@ impl OnResponseEnd for Recorder {
                 classification: labels.classification,
             })
             .observe(elapsed.as_secs_f64());
+    }
+}
+
+/// The tap event of a request whose response head is known (latency, gRPC status and
+/// completion come when its body ends). Made only while a tap runs.
+fn tap_event(
+    context: &RequestContext,
+    labels: &RequestLabels,
+    request: TapRequest,
+    response_headers: &http::HeaderMap,
+    proxy_error: &str,
+) -> TapEvent {
+    let shared = &context.shared;
+    let own_identity = || {
+        shared
+            .credentials
+            .current()
+            .map(|loaded| loaded.id.to_string())
+    };
+    let (tls, source_identity, destination_identity) = match context.connection.direction {
+        Direction::Inbound => {
+            let peer = context.connection.peer_id.as_ref().map(ToString::to_string);
+            let tls = peer.is_some();
+            (tls, peer, own_identity().filter(|_| tls))
+        }
+        Direction::Outbound => {
+            let config = shared.config.current();
+            let upstream = request
+                .upstream
+                .and_then(|address| shared.mtls.identity_for(&config, address))
+                .map(ToString::to_string);
+            let tls = upstream.is_some();
+            (tls, own_identity().filter(|_| tls), upstream)
+        }
+    };
+    TapEvent {
+        direction: labels.direction.as_str().to_owned(),
+        source: Some(tap::peer(
+            &labels.source_workload,
+            &labels.source_namespace,
+            source_identity,
+        )),
+        destination: Some(tap::peer(
+            &labels.destination_workload,
+            &labels.destination_namespace,
+            destination_identity,
+        )),
+        destination_service: labels.destination_service.clone(),
+        tls,
+        method: request.method,
+        authority: request.authority,
+        path: request.path,
+        status: u32::from(labels.status_code),
+        request_bytes: request.request_bytes,
+        response_bytes: tap::content_length(response_headers),
+        retries: request.retries,
+        error: proxy_error.to_owned(),
+        started_unix_ms: request.started_unix_ms,
+        ..TapEvent::default()
     }
 }
 

@@ -31,6 +31,7 @@ pub async fn handle(
         upgrade,
         grpc,
         span,
+        tap,
     } = prepare(request, context, &mut fastrand::Rng::new());
     let service = request_host(&parts).map(normalize_host).unwrap_or_default();
     let peer_id = connection.peer_id.as_ref();
@@ -65,7 +66,18 @@ pub async fn handle(
             ),
         );
         let line = RequestLine::of(&parts);
-        return forward::finish(context, None, labels, started, span, Err(refused), &line);
+        return forward::finish(
+            context,
+            None,
+            labels,
+            started,
+            forward::Observers {
+                span,
+                tap,
+                line: &line,
+            },
+            Err(refused),
+        );
     }
 
     let path = authz::normalize_path(parts.uri.path());
@@ -84,7 +96,18 @@ pub async fn handle(
             denial.to_string(),
         );
         let line = RequestLine::of(&parts);
-        return forward::finish(context, None, labels, started, span, Err(local), &line);
+        return forward::finish(
+            context,
+            None,
+            labels,
+            started,
+            forward::Observers {
+                span,
+                tap,
+                line: &line,
+            },
+            Err(local),
+        );
     }
 
     let request = Forward {
@@ -96,6 +119,7 @@ pub async fn handle(
         started,
         upgrade,
         span,
+        tap,
     };
     forward::forward(context, request).await
 }

@@ -202,6 +202,8 @@ pub(crate) struct Prepared {
     pub grpc: bool,
     /// This hop's span, when the request is sampled ([`super::trace`]).
     pub span: Option<Box<super::trace::Span>>,
+    /// What a running tap needs of the request; `None` (and no work) when nobody taps.
+    pub tap: Option<Box<super::tap::TapRequest>>,
 }
 
 pub(crate) fn prepare(
@@ -216,12 +218,18 @@ pub(crate) fn prepare(
     headers::remove_hop_by_hop(&mut parts.headers);
     headers::ensure_request_id(&mut parts.headers, rng);
     let span = start_span(&mut parts, grpc, context, rng);
+    let tap = context
+        .shared
+        .tap
+        .is_tapping()
+        .then(|| super::tap::TapRequest::new(&parts));
     Prepared {
         parts,
         body,
         upgrade,
         grpc,
         span,
+        tap,
     }
 }
 

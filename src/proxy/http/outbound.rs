@@ -31,6 +31,7 @@ pub async fn handle(
         upgrade,
         grpc,
         span,
+        tap,
     } = prepare(request, context, &mut rng);
     let host = request_host(&parts)
         .map(str::to_owned)
@@ -67,7 +68,18 @@ pub async fn handle(
                         .to_owned(),
                 );
                 let line = RequestLine::of(&parts);
-                return forward::finish(context, None, labels, started, span, Err(blocked), &line);
+                return forward::finish(
+                    context,
+                    None,
+                    labels,
+                    started,
+                    forward::Observers {
+                        span,
+                        tap,
+                        line: &line,
+                    },
+                    Err(blocked),
+                );
             }
         };
         let body = RequestBody::streaming(super::body::boxed(body));
@@ -80,6 +92,7 @@ pub async fn handle(
             started,
             upgrade,
             span,
+            tap,
         };
         return forward::forward(context, request).await;
     };
@@ -116,9 +129,12 @@ pub async fn handle(
                     Some(route),
                     labels,
                     started,
-                    span,
+                    forward::Observers {
+                        span,
+                        tap,
+                        line: &line,
+                    },
                     Err(local),
-                    &line,
                 );
             }
         }
@@ -144,6 +160,7 @@ pub async fn handle(
         started,
         upgrade,
         span,
+        tap,
     };
     forward::forward(context, request).await
 }

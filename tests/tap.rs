@@ -1,0 +1,244 @@
+//! `skein tap` and `skein top` on the real meshed demo (`skein dev up` on a cluster of its own,
+//! `skein-test-tap`): real requests flow loadgen → frontend → middleware → backend over mTLS;
+//! the real control plane starts taps on the real proxies over their tap streams, and the
+//! events come back through `/debug/tap`. Pods that cannot be tapped are named with why.
+//! Needs root, iproute2 and iptables (tests never skip).
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use support::demo_load::{DEMO, load, loadgen, remove_loadgen, stop};
+use support::node::eventually;
+
+const CLUSTER: &str = "skein-test-tap";
+const SKEIN: &str = env!("CARGO_BIN_EXE_skein");
+const WAIT: Duration = Duration::from_secs(120);
+/// Longest one `skein tap --max N` may take while traffic flows.
+const ONE_TAP: &str = "30";
+
+/// `skein ARGS --cluster CLUSTER` (killed after ONE_TAP seconds): success, stdout, stderr.
+fn skein(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("timeout")
+        .args([ONE_TAP, SKEIN])
+        .args(args)
+        .args(["--cluster", CLUSTER])
+        .env("KUBECONFIG", support::kubeconfig())
+        .stdin(Stdio::null())
+        .output()
+        .expect("running skein");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `skein tap ARGS -o json --max N`: the events, when it ended by itself.
+fn events(args: &[&str], max: u32) -> Option<Vec<Value>> {
+    let max = max.to_string();
+    let mut all = vec!["tap"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["-n", DEMO, "-o", "json", "--max", &max]);
+    let (ok, out, err) = skein(&all);
+    if !ok {
+        eprintln!("skein {all:?}: {err}");
+        return None;
+    }
+    out.lines()
+        .map(|line| serde_json::from_str::<Value>(line).expect("a JSON line"))
+        .map(|line| line.get("event").cloned())
+        .collect()
+}
+
+/// Taps until `done` holds for the events of one run; returns them.
+async fn tap_until(what: &str, args: &[&str], done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    eventually(what, WAIT, || async {
+        events(args, 40).filter(|events| done(events))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taps_show_the_demo_traffic_and_name_what_cannot_be_tapped() {
+    support::demo_up(CLUSTER);
+    let client = support::client().await;
+    let pod = loadgen(&client).await;
+    let traffic = load(CLUSTER, &pod, 3000, 0, "/tapped/1");
+    let other = load(CLUSTER, &pod, 3000, 0, "/other");
+
+    // Both directions through the frontend's proxy, each side's mTLS identity proven.
+    let identity = "spiffe://cluster.local/ns/demo/sa/default";
+    let events = tap_until(
+        "inbound and outbound events of the frontend",
+        &["deploy/frontend"],
+        |events| {
+            let has = |direction: &str| events.iter().any(|e| e["direction"] == direction);
+            has("inbound") && has("outbound")
+        },
+    )
+    .await;
+    let inbound = events
+        .iter()
+        .find(|e| e["direction"] == "inbound" && e["source"]["workload"] == "loadgen")
+        .unwrap_or_else(|| panic!("no request from the loadgen: {events:#?}"));
+    assert_eq!(inbound["tls"], true, "{inbound:#}");
+    assert_eq!(inbound["source"]["identity"], identity, "{inbound:#}");
+    assert_eq!(
+        inbound["destination"]["workload"], "frontend",
+        "{inbound:#}"
+    );
+    assert_eq!(inbound["method"], "GET", "{inbound:#}");
+    assert_eq!(inbound["status"], 200, "{inbound:#}");
+    assert!(
+        inbound["pod"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("demo/frontend-"))
+    );
+    assert!(inbound["latencyMs"].as_f64().is_some());
+    let outbound = events
+        .iter()
+        .find(|e| e["direction"] == "outbound")
+        .expect("an outbound event");
+    assert_eq!(
+        outbound["destination"]["workload"], "middleware",
+        "{outbound:#}"
+    );
+    assert_eq!(
+        outbound["destination"]["identity"], identity,
+        "{outbound:#}"
+    );
+    assert_eq!(outbound["tls"], true, "{outbound:#}");
+
+    // Filters act: only calls to the middleware; only the tapped path.
+    let to = events_or_panic(&["deploy/frontend", "--to", "svc/middleware"]);
+    assert!(
+        to.iter()
+            .all(|e| e["direction"] == "outbound" && e["destination"]["workload"] == "middleware"),
+        "{to:#?}"
+    );
+    let path = events_or_panic(&["deploy/frontend", "--path", "/tapped"]);
+    assert!(
+        path.iter()
+            .all(|e| e["path"].as_str().is_some_and(|p| p.starts_with("/tapped"))),
+        "{path:#?}"
+    );
+
+    // The table people read, and `skein top` with the demo's paths.
+    let (ok, table, err) = skein(&["tap", "deploy/frontend", "-n", DEMO, "--max", "5"]);
+    assert!(ok, "{err}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("in  loadgen -> frontend  GET ")),
+        "{table}"
+    );
+    assert!(err.contains("tapping 1 pod(s): demo/frontend-"), "{err}");
+    let (ok, top, err) = skein(&[
+        "top",
+        "deploy/frontend",
+        "-n",
+        DEMO,
+        "--once",
+        "--duration",
+        "5s",
+    ]);
+    assert!(ok, "{err}");
+    assert!(top.starts_with("DIRECTION"), "{top}");
+    for path in ["/tapped/1", "/other"] {
+        assert!(
+            top.lines()
+                .any(|l| l.starts_with("inbound") && l.contains(path)),
+            "{path} in:\n{top}"
+        );
+    }
+    stop(traffic);
+    stop(other);
+
+    // A pod without the proxy (opted out) and one created before its namespace was labelled.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), DEMO);
+    let bare = |name: &str, namespace: &str, opt_out: bool| -> Pod {
+        let annotations = if opt_out {
+            json!({"skein.dev/inject": "false"})
+        } else {
+            json!({})
+        };
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "annotations": annotations},
+            "spec": {"containers": [{"name": "app", "image": "ghcr.io/skein-mesh/skein:0.1.0", "args": ["demo-app", "--role", "backend"]}]}
+        }))
+        .expect("a pod")
+    };
+    pods.create(&PostParams::default(), &bare("tap-unmeshed", DEMO, true))
+        .await
+        .expect("creating the unmeshed pod");
+    let (ok, _, err) = skein(&["tap", "pod/tap-unmeshed", "-n", DEMO]);
+    assert!(!ok, "nothing to tap: {err}");
+    assert!(
+        err.contains("demo/tap-unmeshed: cannot tap: not meshed (no skein-proxy container)"),
+        "{err}"
+    );
+
+    let late = "tap-late";
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let _ = namespaces.delete(late, &DeleteParams::default()).await;
+    eventually("the old namespace gone", WAIT, || async {
+        matches!(namespaces.get_opt(late).await, Ok(None)).then_some(())
+    })
+    .await;
+    let namespace: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": late}})).expect("a namespace");
+    namespaces
+        .create(&PostParams::default(), &namespace)
+        .await
+        .expect("creating the namespace");
+    let early = Api::<Pod>::namespaced(client.clone(), late)
+        .create(&PostParams::default(), &bare("early", late, false))
+        .await
+        .expect("creating the early pod");
+    // Creation and managedFields times are in whole seconds: label it in a later second.
+    let created = early
+        .metadata
+        .creation_timestamp
+        .expect("a creation time")
+        .0;
+    eventually("a second after the pod's creation", WAIT, || async {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        (now.as_second() > created.as_second()).then_some(())
+    })
+    .await;
+    namespaces
+        .patch(
+            late,
+            &PatchParams::apply("skein-test-tap"),
+            &Patch::Apply(json!({
+                "apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": late, "labels": {"injection": "enabled"}}
+            })),
+        )
+        .await
+        .expect("labelling the namespace");
+    let (ok, _, err) = skein(&["tap", "pod/early", "-n", late]);
+    assert!(!ok, "nothing to tap: {err}");
+    assert!(
+        err.contains(
+            "tap-late/early: cannot tap: created before its namespace was labelled injection=enabled: restart it"
+        ),
+        "{err}"
+    );
+
+    let _ = pods.delete("tap-unmeshed", &DeleteParams::default()).await;
+    let _ = namespaces.delete(late, &DeleteParams::default()).await;
+    remove_loadgen(&client).await;
+}
+
+fn events_or_panic(args: &[&str]) -> Vec<Value> {
+    let events = events(args, 10).unwrap_or_else(|| panic!("skein tap {args:?} failed"));
+    assert!(!events.is_empty(), "{args:?}: no events");
+    events
+}
