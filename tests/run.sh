@@ -17,6 +17,16 @@ TEST_CLUSTERS="skein-test skein-test-operator skein-test-remote skein-test-flap 
 
 tests/install-deps.sh
 tests/cluster/build.sh >/dev/null
+# Each cluster's Go components, the node agents, Jaeger, Prometheus and Chromium each take inotify
+# instances; with every test cluster up at once Debian's default of 128 per user runs out (Jaeger
+# then fails to start with "too many open files"). Raised for this machine when lower.
+if [ "$(cat /proc/sys/fs/inotify/max_user_instances 2>/dev/null || echo 1024)" -lt 1024 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    sysctl -q -w fs.inotify.max_user_instances=1024
+  else
+    echo "run.sh: fs.inotify.max_user_instances is under 1024; as root: sysctl -w fs.inotify.max_user_instances=1024" >&2
+  fi
+fi
 if [ "${CI:-}" = true ]; then
   trap 'for c in $TEST_CLUSTERS; do tests/cluster/down.sh "$c"; done' EXIT
 fi

@@ -4,10 +4,11 @@
 //! counts from zero, as Prometheus' `increase` does.
 //!
 //! Memory: the last snapshot plus at most [`MAX_INCREMENTS`] increments, each holding only the
-//! series that moved, of at most [`MAX_SERIES`] series a proxy (the rest are dropped and
+//! series that moved (as references to one copy of each series per proxy), of at most [`MAX_SERIES`] series a proxy (the rest are dropped and
 //! counted), with label values cut at [`MAX_LABEL_BYTES`]: bounded, whatever the request rate.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -154,12 +155,14 @@ impl Snapshot {
     }
 }
 
-/// What moved between two scrapes (`start` and `end`, in seconds on a monotonic clock).
+/// What moved between two scrapes (`start` and `end`, in seconds on a monotonic clock). The
+/// series are the proxy's interned ones ([`ProxyWindow`]): 60 increments of a hundred series
+/// cost a hundred label sets, not six thousand.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Increment {
     pub start: f64,
     pub end: f64,
-    pub counters: BTreeMap<Series, f64>,
+    pub counters: Vec<(Arc<Series>, f64)>,
 }
 
 /// `current − previous` per series; a series that went down restarted from zero.
@@ -173,6 +176,16 @@ pub fn increment(previous: &Snapshot, current: &Snapshot) -> BTreeMap<Series, f6
             (moved > 0.0).then(|| (series.clone(), moved))
         })
         .collect()
+}
+
+/// The shared copy of `series`, made the first time it is seen.
+fn intern(interned: &mut HashSet<Arc<Series>>, series: Series) -> Arc<Series> {
+    if let Some(known) = interned.get(&series) {
+        return known.clone();
+    }
+    let series = Arc::new(series);
+    interned.insert(series.clone());
+    series
 }
 
 /// Counter sums over a window.
@@ -189,6 +202,8 @@ pub struct ProxyWindow {
     last: Option<(f64, Snapshot)>,
     increments: VecDeque<Increment>,
     workload: Option<(String, String)>,
+    /// One copy of each series the increments name.
+    interned: HashSet<Arc<Series>>,
 }
 
 impl ProxyWindow {
@@ -200,10 +215,14 @@ impl ProxyWindow {
         if let Some((before, previous)) = &self.last
             && at > *before
         {
+            let counters = increment(previous, &snapshot)
+                .into_iter()
+                .map(|(series, moved)| (intern(&mut self.interned, series), moved))
+                .collect();
             self.increments.push_back(Increment {
                 start: *before,
                 end: at,
-                counters: increment(previous, &snapshot),
+                counters,
             });
         }
         while self.increments.len() > MAX_INCREMENTS
@@ -215,6 +234,8 @@ impl ProxyWindow {
             self.increments.pop_front();
         }
         self.last = Some((at, snapshot));
+        // Series no increment names any more (held only here) are forgotten.
+        self.interned.retain(|series| Arc::strong_count(series) > 1);
     }
 
     /// The sums of the increments that end within `window` seconds before `now`.
@@ -223,7 +244,7 @@ impl ProxyWindow {
         for increment in self.increments.iter().filter(|i| i.end > now - window) {
             totals.seconds += increment.end - increment.start;
             for (series, value) in &increment.counters {
-                *totals.counters.entry(series.clone()).or_default() += value;
+                *totals.counters.entry(Series::clone(series)).or_default() += value;
             }
         }
         totals
@@ -269,6 +290,22 @@ mod tests {
                 _ => None,
             })
             .sum()
+    }
+
+    #[test]
+    fn increments_share_one_copy_of_each_series_and_forget_what_left_the_window() {
+        let mut window = ProxyWindow::default();
+        for (at, ok) in [(0.0, 1), (10.0, 2), (20.0, 3)] {
+            window.record(at, requests(ok, 0));
+        }
+        let (first, second) = (&window.increments[0], &window.increments[1]);
+        assert!(Arc::ptr_eq(&first.counters[0].0, &second.counters[0].0));
+        assert_eq!(window.interned.len(), 1);
+        // Once the window has moved past both, nothing holds the series.
+        window.record(20.0 + MAX_WINDOW_SECONDS + 20.0, requests(3, 0));
+        window.record(20.0 + MAX_WINDOW_SECONDS + 30.0, requests(3, 0));
+        assert!(window.increments.iter().all(|i| i.counters.is_empty()));
+        assert!(window.interned.is_empty());
     }
 
     #[test]
