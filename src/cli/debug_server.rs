@@ -64,20 +64,34 @@ pub async fn ask_all(
     target: DebugTarget<'_>,
     path_and_query: &str,
 ) -> anyhow::Result<Vec<(String, Bytes)>> {
-    let base = match (target.url, target.cluster) {
-        (Some(url), _) => url.to_owned(),
-        (None, Some(cluster)) => crate::dev::up::control_plane_debug_url(cluster)?,
-        (None, None) => return from_cluster_pods(target.kube, path_and_query).await,
+    let Some(base) = direct_base(target)? else {
+        return from_cluster_pods(target.kube, path_and_query).await;
     };
-    let url = DebugUrl::parse(&base)?;
+    let (url, stream) = connect_direct(&base).await?;
     let path = url.path(path_and_query);
-    let stream = tokio::net::TcpStream::connect(&url.authority)
-        .await
-        .with_context(|| format!("connecting to the control plane at {base}"))?;
     let body = plain_http::get(stream, &url.authority, &path, MAX_ANSWER_BYTES)
         .await
         .with_context(|| format!("asking the control plane at {base}"))?;
     Ok(vec![(format!("{base}{path_and_query}"), body)])
+}
+
+/// The debug server's base URL when the target names one (`--url`, or `--cluster`'s control
+/// plane on this machine); `None` means the cluster's control-plane pods.
+fn direct_base(target: DebugTarget<'_>) -> anyhow::Result<Option<String>> {
+    Ok(match (target.url, target.cluster) {
+        (Some(url), _) => Some(url.to_owned()),
+        (None, Some(cluster)) => Some(crate::dev::up::control_plane_debug_url(cluster)?),
+        (None, None) => None,
+    })
+}
+
+/// A connection to the debug server at `base`.
+async fn connect_direct(base: &str) -> anyhow::Result<(DebugUrl, tokio::net::TcpStream)> {
+    let url = DebugUrl::parse(base)?;
+    let stream = tokio::net::TcpStream::connect(&url.authority)
+        .await
+        .with_context(|| format!("connecting to the control plane at {base}"))?;
+    Ok((url, stream))
 }
 
 /// The longest line of a streamed answer.
@@ -91,16 +105,11 @@ pub async fn stream_all(
     path_and_query: &str,
     lines: tokio::sync::mpsc::Sender<anyhow::Result<Bytes>>,
 ) -> anyhow::Result<()> {
-    let base = match (target.url, target.cluster) {
-        (Some(url), _) => url.to_owned(),
-        (None, Some(cluster)) => crate::dev::up::control_plane_debug_url(cluster)?,
-        (None, None) => return stream_cluster_pods(target.kube, path_and_query, lines).await,
+    let Some(base) = direct_base(target)? else {
+        return stream_cluster_pods(target.kube, path_and_query, lines).await;
     };
-    let url = DebugUrl::parse(&base)?;
+    let (url, stream) = connect_direct(&base).await?;
     let path = url.path(path_and_query);
-    let stream = tokio::net::TcpStream::connect(&url.authority)
-        .await
-        .with_context(|| format!("connecting to the control plane at {base}"))?;
     let answer = plain_http::get_lines(stream, &url.authority, &path, MAX_LINE_BYTES)
         .await
         .with_context(|| format!("asking the control plane at {base}"))?;
