@@ -747,18 +747,24 @@ async fn kubectl_port_forward_reaches_a_server_listening_only_on_the_pods_localh
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    let answer = reqwest::get(format!("http://127.0.0.1:{port}/")).await;
+    // The whole body is read before kubectl is stopped: `get` returns at the
+    // headers, and killing the forward mid-body would cut the answer short.
+    let answer = async {
+        reqwest::get(format!("http://127.0.0.1:{port}/"))
+            .await?
+            .error_for_status()?
+            .text()
+            .await
+    }
+    .await;
     let _ = forward.kill();
     let out = forward.wait_with_output().unwrap();
-    let body = answer
-        .and_then(|r| r.error_for_status())
-        .unwrap_or_else(|err| {
-            panic!(
-                "GET through the port-forward: {err}; kubectl: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-    let body = body.text().await.unwrap();
+    let body = answer.unwrap_or_else(|err| {
+        panic!(
+            "GET through the port-forward: {err}; kubectl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
     assert_eq!(json_of(&body)["pod"], "local", "{body}");
 }
 
