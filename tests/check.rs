@@ -464,6 +464,7 @@ async fn check_passes_on_a_healthy_mesh_and_names_each_planted_fault() {
             "pods-injected",
             "proxies-synced",
             "proxy-certificates",
+            "tap-api",
             "webhook-config",
             "webhook-reachable",
         ],
@@ -550,9 +551,15 @@ async fn check_passes_on_a_healthy_mesh_and_names_each_planted_fault() {
         .unwrap();
     healthy(&args, "the late namespace deleted").await;
 
-    // Fault: the webhook is down (the operator then also reports the control plane not Ready).
+    // Fault: the webhook is down (the operator then also reports the control plane not Ready,
+    // and the apiserver the tap API, served on the same port, unavailable).
     plane_a.stop();
-    let down = fails(&args, "webhook-reachable", &["injection", "meshconfig"]).await;
+    let down = fails(
+        &args,
+        "webhook-reachable",
+        &["injection", "meshconfig", "tap-api"],
+    )
+    .await;
     assert!(
         down.check("webhook-reachable")["message"]
             .as_str()
@@ -595,7 +602,8 @@ async fn check_passes_on_a_healthy_mesh_and_names_each_planted_fault() {
         .into(),
     )
     .await;
-    let expired = fails(&args, "ca-certificate", &["meshconfig"]).await;
+    // The tap API's caBundle is the CA: the apiserver may stop trusting it too.
+    let expired = fails(&args, "ca-certificate", &["meshconfig", "tap-api"]).await;
     let message = expired.check("ca-certificate")["message"]
         .as_str()
         .unwrap()

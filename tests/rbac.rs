@@ -148,12 +148,25 @@ const OPERATOR_EVERYWHERE: &[&str] = &[
     "namespaces [] [skein-system] [create patch]",
     "clusterrolebindings.rbac.authorization.k8s.io [] [skein-control-plane] [get list watch create patch delete]",
     "clusterroles.rbac.authorization.k8s.io [] [skein-control-plane] [get list watch create patch delete]",
+    "clusterroles.rbac.authorization.k8s.io [] [skein-tap] [get list watch create patch delete]",
+    "apiservices.apiregistration.k8s.io [] [v1alpha1.tap.skein.dev] [get list watch create patch delete]",
+    "subjectaccessreviews.authorization.k8s.io [] [] [create]",
+    "deployments.tap.skein.dev/tap [] [] [watch]",
+    "pods.tap.skein.dev/tap [] [] [watch]",
+    "tap.tap.skein.dev [] [] [watch]",
     "mutatingwebhookconfigurations.admissionregistration.k8s.io [] [skein-sidecar-injector] [get list watch create patch delete]",
     "validatingwebhookconfigurations.admissionregistration.k8s.io [] [skein-rule-validator] [get list watch create patch delete]",
 ];
 
 /// Services outside skein-system: only read.
 const OPERATOR_SERVICES_ELSEWHERE: &[&str] = &["services [] [] [get list watch]"];
+
+/// In kube-system on top, by name: binding the control plane to the Role that reads the
+/// apiserver's front-proxy settings (the tap API's authentication), and holding that read.
+const OPERATOR_IN_KUBE_SYSTEM: &[&str] = &[
+    "configmaps [] [extension-apiserver-authentication] [get list watch]",
+    "rolebindings.rbac.authorization.k8s.io [] [skein-control-plane-front-proxy] [get list watch create patch delete]",
+];
 
 /// In skein-system on top (kubectl merges the verbs of one resource): the control plane's
 /// namespaced objects, the mesh's Secrets, its Lease.
@@ -200,6 +213,15 @@ async fn the_operator_holds_exactly_the_listed_permissions() {
         (
             "default",
             sorted(&[EVERYONE, OPERATOR_EVERYWHERE, OPERATOR_SERVICES_ELSEWHERE]),
+        ),
+        (
+            "kube-system",
+            sorted(&[
+                EVERYONE,
+                OPERATOR_EVERYWHERE,
+                OPERATOR_SERVICES_ELSEWHERE,
+                OPERATOR_IN_KUBE_SYSTEM,
+            ]),
         ),
     ] {
         let got = can_i_list(OPERATOR, namespace);

@@ -6,10 +6,13 @@
 
 mod support;
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use support::demo_load::{DEMO, load, loadgen, remove_loadgen, stop};
@@ -156,6 +159,7 @@ async fn taps_show_the_demo_traffic_and_name_what_cannot_be_tapped() {
             "{path} in:\n{top}"
         );
     }
+    tap_api_is_authorised_by_rbac(&client).await;
     stop(traffic);
     stop(other);
 
@@ -235,6 +239,145 @@ async fn taps_show_the_demo_traffic_and_name_what_cannot_be_tapped() {
     let _ = pods.delete("tap-unmeshed", &DeleteParams::default()).await;
     let _ = namespaces.delete(late, &DeleteParams::default()).await;
     remove_loadgen(&client).await;
+}
+
+/// `skein tap` without `--cluster`: through the apiserver's tap API, as the kubeconfig's user.
+fn skein_through_apiserver(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("timeout")
+        .args([ONE_TAP, SKEIN])
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running skein");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The test's kubeconfig, impersonating `user` (the admin may impersonate anyone).
+fn kubeconfig_as(user: &str, dir: &Path) -> PathBuf {
+    let mut config = kube::config::Kubeconfig::read_from(support::kubeconfig())
+        .expect("reading the test kubeconfig");
+    for named in &mut config.auth_infos {
+        if let Some(auth) = named.auth_info.as_mut() {
+            auth.impersonate = Some(user.to_owned());
+        }
+    }
+    let path = dir.join(format!("{user}.kubeconfig"));
+    std::fs::write(&path, serde_json::to_string(&config).expect("a kubeconfig"))
+        .expect("writing the kubeconfig");
+    path
+}
+
+/// Tapping through the apiserver: a user without the `skein-tap` role is refused with the
+/// binding to ask for; with it bound in the namespace, the events stream; a caller that is not
+/// the apiserver cannot claim a user by sending the front proxy's headers itself.
+async fn tap_api_is_authorised_by_rbac(client: &kube::Client) {
+    let services: Api<APIService> = Api::all(client.clone());
+    eventually("the tap API available", WAIT, || async {
+        let service = services.get_opt("v1alpha1.tap.skein.dev").await.ok()??;
+        let conditions = service.status?.conditions?;
+        conditions
+            .iter()
+            .any(|c| c.type_ == "Available" && c.status == "True")
+            .then_some(())
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let jane = kubeconfig_as("jane", dir.path());
+    let tap = [
+        "tap",
+        "deploy/frontend",
+        "-n",
+        DEMO,
+        "--max",
+        "3",
+        "-o",
+        "json",
+    ];
+    let (ok, _, err) = skein_through_apiserver(&jane, &tap);
+    assert!(!ok, "jane tapped without permission: {err}");
+    assert!(
+        err.contains("User \"jane\" cannot watch resource \"deployments/tap\"")
+            && err.contains("the skein-tap ClusterRole grants it"),
+        "{err}"
+    );
+
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "jane-tap", "namespace": DEMO},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "skein-tap"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "jane"}],
+    }))
+    .expect("a RoleBinding");
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), DEMO);
+    let _ = bindings.delete("jane-tap", &DeleteParams::default()).await;
+    bindings
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("binding skein-tap to jane");
+    let events: Vec<Value> = eventually("jane's tap through the apiserver", WAIT, || async {
+        let (ok, out, err) = skein_through_apiserver(&jane, &tap);
+        if !ok {
+            eprintln!("skein tap as jane: {err}");
+            return None;
+        }
+        let events: Vec<Value> = out
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter_map(|line| line.get("event").cloned())
+            .collect();
+        (events.len() == 3).then_some(events)
+    })
+    .await;
+    assert!(
+        events.iter().all(|e| e["pod"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("demo/frontend-"))),
+        "{events:#?}"
+    );
+    // Still only where the binding is.
+    let (ok, _, err) =
+        skein_through_apiserver(&jane, &["tap", "ns", "-n", "default", "--max", "1"]);
+    assert!(
+        !ok && err.contains("cannot watch resource \"tap\""),
+        "{err}"
+    );
+
+    // Straight to the control plane, claiming to be an admin: refused, the headers ignored.
+    let meshconfig = Api::<skein::api::MeshConfig>::all(client.clone())
+        .get(skein::api::names::ACTIVE_MESHCONFIG)
+        .await
+        .expect("the MeshConfig");
+    let webhook = meshconfig
+        .spec
+        .control_plane
+        .external
+        .expect("skein dev up runs the control plane outside the cluster")
+        .webhook_url;
+    let base = webhook.trim_end_matches("/inject");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let forged = reqwest::Client::builder()
+        .tls_danger_accept_invalid_certs(true)
+        .build()
+        .expect("a client")
+        .get(format!(
+            "{base}/apis/tap.skein.dev/v1alpha1/watch/namespaces/{DEMO}/deployments/frontend/tap"
+        ))
+        .header("X-Remote-User", "admin")
+        .header("X-Remote-Group", "system:masters")
+        .send()
+        .await
+        .expect("asking the control plane");
+    assert_eq!(forged.status(), 401);
+    let body = forged.text().await.unwrap_or_default();
+    assert!(
+        body.contains("only the Kubernetes apiserver may call the tap API"),
+        "{body}"
+    );
+    let _ = bindings.delete("jane-tap", &DeleteParams::default()).await;
 }
 
 fn events_or_panic(args: &[&str]) -> Vec<Value> {

@@ -5,9 +5,14 @@
 //! are named on stderr with the reason, and so are events dropped because the tap could not
 //! keep up.
 //!
-//! The stream is reached as the other debug commands reach it (`--url`, `--cluster`, else
-//! port-forwards to the control-plane pods, which needs `pods/portforward` in the mesh
-//! namespace). Header values are never shown.
+//! By default the stream comes through the Kubernetes apiserver: the tap API
+//! ([`crate::controlplane::tap::api`]), so the caller needs RBAC `watch` on `deployments/tap`,
+//! `pods/tap` or `tap` in API group `tap.skein.dev` (the `skein-tap` ClusterRole) and nothing
+//! else, and a refusal names the binding that would allow it. The apiserver hands the request to
+//! one control-plane replica, which taps the proxies connected to it. `--port-forward`, `--url`
+//! and `--cluster` reach the control planes' debug servers instead, as the other debug commands
+//! do (every replica, merged; a port-forward needs `pods/portforward` in the mesh namespace).
+//! Header values are never shown.
 
 use std::time::Duration;
 
@@ -16,6 +21,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::cli::debug_server::{self, DebugServerArgs};
+use crate::controlplane::tap::api;
 use crate::controlplane::tap::target::{self, Resource};
 use crate::controlplane::tap::{Event, TapLine};
 
@@ -47,6 +53,11 @@ pub struct TapTarget {
     /// Only requests whose path starts with this.
     #[arg(long)]
     pub path: Option<String>,
+    /// Reach every control-plane replica through port-forwards to their debug servers, instead
+    /// of one through the apiserver's tap API (RBAC: `pods/portforward` in the mesh namespace
+    /// instead of `skein-tap`).
+    #[arg(long, conflicts_with_all = ["url", "cluster"])]
+    pub port_forward: bool,
     #[command(flatten)]
     pub server: DebugServerArgs,
 }
@@ -66,49 +77,141 @@ impl TapTarget {
     /// The `/debug/tap` request, checked here first so a mistake is said before connecting.
     pub fn path_and_query(&self, max: Option<u64>) -> anyhow::Result<String> {
         let resource: Resource = self.resource.parse().map_err(anyhow::Error::msg)?;
+        let mut query = format!(
+            "/debug/tap?namespace={}&resource={}",
+            encode(&self.namespace),
+            encode(&resource.to_string())
+        );
+        for parameter in self.filter_parameters(max)? {
+            query.push('&');
+            query.push_str(&parameter);
+        }
+        Ok(query)
+    }
+
+    /// The tap API's path for this tap (see [`crate::controlplane::tap::api`]).
+    pub fn api_path(&self, max: Option<u64>) -> anyhow::Result<String> {
+        let resource: Resource = self.resource.parse().map_err(anyhow::Error::msg)?;
+        let base = format!(
+            "/apis/{}/{}/watch/namespaces/{}",
+            api::GROUP,
+            api::VERSION,
+            encode(&self.namespace)
+        );
+        let mut path = match &resource {
+            Resource::Deployment(name) => format!("{base}/deployments/{}/tap", encode(name)),
+            Resource::Pod(name) => format!("{base}/pods/{}/tap", encode(name)),
+            Resource::Namespace => format!("{base}/tap"),
+        };
+        let parameters = self.filter_parameters(max)?;
+        if !parameters.is_empty() {
+            path.push('?');
+            path.push_str(&parameters.join("&"));
+        }
+        Ok(path)
+    }
+
+    /// `key=value` of the filter's given parameters and `max`, checked and encoded.
+    fn filter_parameters(&self, max: Option<u64>) -> anyhow::Result<Vec<String>> {
         target::filter(
             self.to.as_deref(),
             self.method.as_deref(),
             self.path.as_deref(),
         )
         .map_err(anyhow::Error::msg)?;
-        let mut query = format!(
-            "/debug/tap?namespace={}&resource={}",
-            encode(&self.namespace),
-            encode(&resource.to_string())
-        );
-        for (key, value) in [
+        let mut parameters: Vec<String> = [
             ("to", self.to.as_deref()),
             ("method", self.method.as_deref()),
             ("path", self.path.as_deref()),
-        ] {
-            if let Some(value) = value {
-                query.push_str(&format!("&{key}={}", encode(value)));
-            }
-        }
-        if let Some(max) = max {
-            query.push_str(&format!("&max={max}"));
-        }
-        Ok(query)
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| Some(format!("{key}={}", encode(value?))))
+        .collect();
+        parameters.extend(max.map(|max| format!("max={max}")));
+        Ok(parameters)
     }
 
-    /// The merged lines of every control plane's answer; ends when all have ended.
+    /// The tap's lines: from the tap API, or merged from every control plane's debug server;
+    /// ends when all have ended.
     pub async fn open(
         &self,
         max: Option<u64>,
     ) -> anyhow::Result<mpsc::Receiver<anyhow::Result<Bytes>>> {
-        let path = self.path_and_query(max)?;
         let (lines, merged) = mpsc::channel(256);
-        tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            debug_server::stream_all(self.server.target(), &path, lines),
-        )
-        .await
-        .with_context(|| {
+        let direct =
+            self.port_forward || self.server.url.is_some() || self.server.cluster.is_some();
+        let opened = if direct {
+            let path = self.path_and_query(max)?;
+            tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                debug_server::stream_all(self.server.target(), &path, lines),
+            )
+            .await
+        } else {
+            let path = self.api_path(max)?;
+            tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                stream_from_api(&self.server.kube, &path, lines),
+            )
+            .await
+        };
+        opened.with_context(|| {
             format!("no answer from the control plane within {CONNECT_TIMEOUT:?}")
         })??;
         Ok(merged)
     }
+}
+
+/// Opens the tap API's stream at `path` through the apiserver and sends its lines on.
+async fn stream_from_api(
+    kube: &crate::cli::connect::KubeArgs,
+    path: &str,
+    lines: mpsc::Sender<anyhow::Result<Bytes>>,
+) -> anyhow::Result<()> {
+    let client = kube.client().await?;
+    let request = axum::http::Request::get(path)
+        .body(Vec::new())
+        .context("building the tap request")?;
+    let answer = client
+        .request_stream(request)
+        .await
+        .map_err(|err| anyhow::anyhow!(refused(&err)))?;
+    tokio::spawn(async move {
+        use futures::{AsyncBufReadExt, StreamExt};
+        let mut answer = std::pin::pin!(answer.lines());
+        while let Some(line) = answer.next().await {
+            let line = line
+                .map(Bytes::from)
+                .context("reading the tap stream from the apiserver");
+            let failed = line.is_err();
+            if lines.send(line).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Why the apiserver refused a tap, with what to do about it.
+fn refused(err: &kube::Error) -> String {
+    let kube::Error::Api(status) = err else {
+        return format!("asking the apiserver's tap API: {err}");
+    };
+    let hint = match status.code {
+        403 => format!(
+            " (tapping needs RBAC watch on deployments/tap, pods/tap or tap in API group {}: \
+             the {} ClusterRole grants it)",
+            api::GROUP,
+            api::TAP_CLUSTER_ROLE
+        ),
+        404 | 503 => format!(
+            " (the tap API is not registered or not available: see `kubectl get apiservice \
+             {}` and `skein check`; `--port-forward` reaches the control plane directly)",
+            api::API_SERVICE
+        ),
+        _ => String::new(),
+    };
+    format!("the tap was refused: {}{hint}", status.message)
 }
 
 /// Bound of opening the streams, port-forwards included.
@@ -277,6 +380,7 @@ mod tests {
             to: Some("svc/backend".into()),
             method: None,
             path: Some("/a b&c".into()),
+            port_forward: false,
             server: DebugServerArgs::default(),
         }
     }
@@ -291,6 +395,27 @@ mod tests {
         let mut bad = target("deploy/frontend");
         bad.path = Some("nope".into());
         assert!(bad.path_and_query(None).is_err());
+    }
+
+    #[test]
+    fn the_tap_api_path_names_the_resource_as_rbac_sees_it() {
+        assert_eq!(
+            target("deploy/frontend").api_path(Some(5)).unwrap(),
+            "/apis/tap.skein.dev/v1alpha1/watch/namespaces/demo/deployments/frontend/tap\
+             ?to=svc/backend&path=/a%20b%26c&max=5"
+        );
+        let mut pod = target("pod/web-1");
+        (pod.to, pod.path) = (None, None);
+        assert_eq!(
+            pod.api_path(None).unwrap(),
+            "/apis/tap.skein.dev/v1alpha1/watch/namespaces/demo/pods/web-1/tap"
+        );
+        let mut ns = target("ns");
+        (ns.to, ns.path) = (None, None);
+        assert_eq!(
+            ns.api_path(None).unwrap(),
+            "/apis/tap.skein.dev/v1alpha1/watch/namespaces/demo/tap"
+        );
     }
 
     #[test]

@@ -73,8 +73,11 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
         },
         _ => anyhow::bail!("give either --tls-cert and --tls-key, or --tls-secret"),
     };
+    // The tap API's callers (the apiserver's front proxy) are known by their client certificate.
+    let front_proxy = tap::front_proxy::FrontProxyTrust::new();
+    tokio::spawn(front_proxy.clone().follow(client.clone()));
     let (tls_config, reloader) = source
-        .load()
+        .load(front_proxy.client_verifier())
         .await
         .context("loading the webhook serving certificate")?;
     let (cluster, watches) = ClusterState::start(client.clone(), args.xds_address.clone())
@@ -92,6 +95,7 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     // The mesh CA: the identity service signs with it, readiness reports it unusable.
     let ca = Arc::new(identity::CaStore::default());
     tokio::spawn(ca.clone().run(client.clone()));
+    let tappers = tap::api::TapperSlot::default();
     let app = server::router(AppState {
         cluster,
         metrics,
@@ -100,14 +104,20 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
         ca: ca.clone(),
         xds_tls: args.xds_tls,
         limits: Arc::new(server::Limits::new(timeouts)),
-    });
+    })
+    // Outside the webhooks' request time limit: a tap streams for as long as its client wants.
+    .merge(tap::api::router(
+        tappers.clone(),
+        front_proxy,
+        client.clone(),
+    ));
 
     tokio::spawn(watches);
     tokio::spawn(reloader.run());
 
     let handle = axum_server::Handle::new();
     tokio::spawn(shutdown_on_signal(handle.clone()));
-    tracing::info!(addr = %args.webhook_addr, "serving the injection and validation webhooks");
+    tracing::info!(addr = %args.webhook_addr, "serving the injection and validation webhooks and the tap API");
     let webhooks = async {
         webhook_server(args.webhook_addr, tls_config, timeouts)
             .handle(handle)
@@ -119,7 +129,7 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     // failing (a port taken) stops the process.
     tokio::try_join!(
         webhooks,
-        discovery(client, &args, index, cluster_for_identity, ca)
+        discovery(client, &args, index, cluster_for_identity, ca, tappers)
     )?;
     tracing::info!("stopped");
     Ok(())
@@ -133,6 +143,7 @@ async fn discovery(
     slot: Arc<OnceLock<Index>>,
     cluster: ClusterState,
     ca: Arc<identity::CaStore>,
+    tappers: tap::api::TapperSlot,
 ) -> anyhow::Result<()> {
     // Bind before the (possibly slow) first sync, so a taken port fails fast.
     let debug_listener = tokio::net::TcpListener::bind(args.debug_addr)
@@ -186,7 +197,14 @@ async fn discovery(
             },
         ));
     }
-    let tap_app = tap::http::router(taps, push.clone(), client.clone(), tap_cluster);
+    let tapper = tap::http::Tapper {
+        hub: taps,
+        push: push.clone(),
+        client: client.clone(),
+        cluster: tap_cluster,
+    };
+    let _ = tappers.set(tapper.clone());
+    let tap_app = tap::http::router(tapper);
     tokio::spawn(status::run(client, index.clone()));
 
     let registry = Arc::new(registry);

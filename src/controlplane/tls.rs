@@ -10,6 +10,7 @@ use axum_server::tls_rustls::RustlsConfig;
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
 
 /// How often the files are checked. Secret volume updates take a minute or more to land, so a
 /// few seconds is plenty and costs two small reads.
@@ -131,7 +132,11 @@ impl CertSource {
         }
     }
 
-    fn server_config(&self, pem: &Pem) -> Result<Arc<ServerConfig>, TlsError> {
+    fn server_config(
+        &self,
+        pem: &Pem,
+        client_auth: &Arc<dyn ClientCertVerifier>,
+    ) -> Result<Arc<ServerConfig>, TlsError> {
         let certs = CertificateDer::pem_slice_iter(&pem.cert)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|source| TlsError::Certificate {
@@ -151,23 +156,28 @@ impl CertSource {
             ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
                 .with_safe_default_protocol_versions()
                 .map_err(to_config_error)?
-                .with_no_client_auth()
+                .with_client_cert_verifier(client_auth.clone())
                 .with_single_cert(certs, key)
                 .map_err(to_config_error)?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
 
-    /// Loads the certificate once: the server does not start without a valid one.
-    pub async fn load(&self) -> Result<(RustlsConfig, Reloader), TlsError> {
+    /// Loads the certificate once: the server does not start without a valid one. Clients'
+    /// certificates are checked by `client_auth` (the tap API's front proxy presents one).
+    pub async fn load(
+        &self,
+        client_auth: Arc<dyn ClientCertVerifier>,
+    ) -> Result<(RustlsConfig, Reloader), TlsError> {
         let pem = self.read().await?;
-        let rustls = RustlsConfig::from_config(self.server_config(&pem)?);
+        let rustls = RustlsConfig::from_config(self.server_config(&pem, &client_auth)?);
         Ok((
             rustls.clone(),
             Reloader {
                 source: self.clone(),
                 rustls,
                 current: pem,
+                client_auth,
             },
         ))
     }
@@ -178,6 +188,7 @@ pub struct Reloader {
     source: CertSource,
     rustls: RustlsConfig,
     current: Pem,
+    client_auth: Arc<dyn ClientCertVerifier>,
 }
 
 impl Reloader {
@@ -198,7 +209,7 @@ impl Reloader {
         if pem == self.current {
             return Ok(());
         }
-        let config = self.source.server_config(&pem)?;
+        let config = self.source.server_config(&pem, &self.client_auth)?;
         self.rustls.reload_from_config(config);
         self.current = pem;
         tracing::info!(source = %self.source.describe(), "reloaded the webhook serving certificate");

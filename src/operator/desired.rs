@@ -17,6 +17,9 @@ use k8s_openapi::api::rbac::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::{
+    APIService, APIServiceSpec, ServiceReference,
+};
 use kube::api::ApiResource;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
@@ -26,6 +29,8 @@ use crate::api::{MeshConfig, names};
 use crate::controlplane::registration::{
     VALIDATING_WEBHOOK_NAME, validating_webhook_configuration,
 };
+use crate::controlplane::tap::api::{self as tap_api, TAP_CLUSTER_ROLE};
+use crate::controlplane::tap::front_proxy;
 use crate::inject::registration::{
     WEBHOOK_CONFIGURATION_NAME, WebhookTarget, webhook_configuration,
 };
@@ -55,6 +60,9 @@ pub const DEBUG_PORT: u16 = 9091;
 pub const CONTROL_PLANE_CONTAINER: &str = "control-plane";
 /// Pod-template annotation that changes with the settings, so a change restarts the pods.
 pub const SETTINGS_HASH_ANNOTATION: &str = "skein.dev/settings-hash";
+/// The RoleBinding (in kube-system) that lets the control plane read the apiserver's front-proxy
+/// settings, which the tap API authenticates its callers with.
+pub const FRONT_PROXY_READER_BINDING: &str = "skein-control-plane-front-proxy";
 /// Label marking everything the operator manages (cluster-scoped objects are found by it).
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "skein-operator");
 
@@ -98,6 +106,8 @@ pub enum DesiredError {
         name: String,
         source: serde_json::Error,
     },
+    #[error("controlPlane.external.webhookUrl {url:?} has no host and port the apiserver can dial")]
+    WebhookUrl { url: String },
 }
 
 pub fn desired(mc: &MeshConfig, inputs: &Inputs<'_>) -> Result<Install, DesiredError> {
@@ -151,6 +161,25 @@ pub fn desired(mc: &MeshConfig, inputs: &Inputs<'_>) -> Result<Install, DesiredE
         role_ref: role_ref("Role"),
         subjects: Some(vec![control_plane_subject()]),
     }))?;
+    // The tap API: who may tap is RBAC on `tap.skein.dev` (bind `skein-tap`); the control plane
+    // reads the apiserver's front-proxy CA to know the apiserver's forwarded requests.
+    push(source(ClusterRole {
+        metadata: meta(TAP_CLUSTER_ROLE, false, "tap"),
+        rules: Some(tap_rules()),
+        ..Default::default()
+    }))?;
+    push(source(RoleBinding {
+        metadata: ObjectMeta {
+            namespace: Some(front_proxy::CONFIGMAP_NAMESPACE.to_owned()),
+            ..meta(FRONT_PROXY_READER_BINDING, false, "control-plane")
+        },
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".to_owned()),
+            kind: "Role".to_owned(),
+            name: front_proxy::READER_ROLE.to_owned(),
+        },
+        subjects: Some(vec![control_plane_subject()]),
+    }))?;
     let settings_yaml = crate::yaml::to_string(spec).unwrap_or_default();
     push(source(ConfigMap {
         metadata: meta(MESH_CONFIG_MAP, true, "mesh-config"),
@@ -162,8 +191,21 @@ pub fn desired(mc: &MeshConfig, inputs: &Inputs<'_>) -> Result<Install, DesiredE
     let target = match (&spec.control_plane.mode, &spec.control_plane.external) {
         (ControlPlaneMode::External, Some(external)) => {
             absent.push(absent_of::<Deployment>(CONTROL_PLANE));
-            absent.push(absent_of::<Service>(CONTROL_PLANE));
             absent.push(absent_of::<PodDisruptionBudget>(CONTROL_PLANE));
+            // The APIService can only name a Service: an ExternalName one for the control plane
+            // outside the cluster (the apiserver dials the name and the APIService's port).
+            let host = url_host(&external.webhook_url).ok_or_else(|| DesiredError::WebhookUrl {
+                url: external.webhook_url.clone(),
+            })?;
+            push(source(Service {
+                metadata: meta(CONTROL_PLANE, true, "control-plane"),
+                spec: Some(ServiceSpec {
+                    type_: Some("ExternalName".to_owned()),
+                    external_name: Some(host),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }))?;
             WebhookTarget::Url(external.webhook_url.clone())
         }
         _ => {
@@ -212,6 +254,9 @@ pub fn desired(mc: &MeshConfig, inputs: &Inputs<'_>) -> Result<Install, DesiredE
     );
     validator.metadata = meta(VALIDATING_WEBHOOK_NAME, false, "rule-validator");
     push(source(validator))?;
+    let mut api_service = tap_api_service(&target, inputs.ca_cert_pem.as_bytes())?;
+    api_service.metadata = meta(tap_api::API_SERVICE, false, "tap");
+    push(source(api_service))?;
 
     Ok(Install { objects, absent })
 }
@@ -219,13 +264,67 @@ pub fn desired(mc: &MeshConfig, inputs: &Inputs<'_>) -> Result<Install, DesiredE
 /// The DNS names the webhook serving certificate must cover.
 pub fn webhook_cert_names(mc: &MeshConfig) -> Vec<String> {
     match (&mc.spec.control_plane.mode, &mc.spec.control_plane.external) {
-        (ControlPlaneMode::External, Some(external)) => {
-            url_host(&external.webhook_url).into_iter().collect()
-        }
+        // The apiserver checks the tap API's certificate for the Service's name.
+        (ControlPlaneMode::External, Some(external)) => url_host(&external.webhook_url)
+            .into_iter()
+            .chain([format!("{CONTROL_PLANE}.{}.svc", names::MESH_NAMESPACE)])
+            .collect(),
         _ => {
             let service = format!("{CONTROL_PLANE}.{}.svc", names::MESH_NAMESPACE);
             vec![format!("{service}.cluster.local"), service]
         }
+    }
+}
+
+/// The tap API's registration: the apiserver forwards `tap.skein.dev` to the control plane's
+/// webhook port (through the Service, or the ExternalName one in External mode) and checks its
+/// certificate against the mesh CA.
+fn tap_api_service(target: &WebhookTarget, ca_pem: &[u8]) -> Result<APIService, DesiredError> {
+    let port = match target {
+        WebhookTarget::Service { port, .. } => *port,
+        WebhookTarget::Url(url) => {
+            url_port(url).ok_or_else(|| DesiredError::WebhookUrl { url: url.clone() })?
+        }
+    };
+    Ok(APIService {
+        spec: Some(APIServiceSpec {
+            group: Some(tap_api::GROUP.to_owned()),
+            version: Some(tap_api::VERSION.to_owned()),
+            service: Some(ServiceReference {
+                namespace: Some(names::MESH_NAMESPACE.to_owned()),
+                name: Some(CONTROL_PLANE.to_owned()),
+                port: Some(port),
+            }),
+            ca_bundle: Some(k8s_openapi::ByteString(ca_pem.to_vec())),
+            // Low: never preferred over a built-in group for a short name.
+            group_priority_minimum: 1000,
+            version_priority: 100,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// What the `skein-tap` ClusterRole grants: tapping deployments, pods and whole namespaces.
+pub fn tap_rules() -> Vec<PolicyRule> {
+    vec![rule(
+        tap_api::GROUP,
+        &["deployments/tap", "pods/tap", "tap"],
+        &[tap_api::VERB],
+    )]
+}
+
+/// `https://host:port/path` → `port` (443 when the URL has none).
+fn url_port(url: &str) -> Option<i32> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let after_host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split_once(']')?.1,
+        None => authority.rsplit_once(':').map_or("", |(_, port)| port),
+    };
+    match after_host.trim_start_matches(':') {
+        "" => Some(443),
+        port => port.parse().ok(),
     }
 }
 
@@ -476,6 +575,12 @@ fn control_plane_cluster_rules() -> Vec<PolicyRule> {
         ),
         // Workload identity: proxies prove who they are with a projected token.
         rule("authentication.k8s.io", &["tokenreviews"], &["create"]),
+        // The tap API checks each tapper's permission.
+        rule(
+            "authorization.k8s.io",
+            &["subjectaccessreviews"],
+            &["create"],
+        ),
         rule("", &["events"], &["create", "patch"]),
     ]
 }
@@ -698,23 +803,58 @@ mod tests {
         });
         let mc = mesh(spec);
         let install = desired(&mc, &INPUTS).unwrap();
-        assert!(
-            !kinds(&install)
-                .iter()
-                .any(|(k, _)| k == "Deployment" || k == "Service")
-        );
+        assert!(!kinds(&install).iter().any(|(k, _)| k == "Deployment"));
         let absent: Vec<&str> = install
             .absent
             .iter()
             .map(|a| a.resource.kind.as_str())
             .collect();
-        assert_eq!(absent, ["Deployment", "Service", "PodDisruptionBudget"]);
+        assert_eq!(absent, ["Deployment", "PodDisruptionBudget"]);
         let webhook = find(&install, "MutatingWebhookConfiguration");
         assert_eq!(
             webhook["webhooks"][0]["clientConfig"]["url"],
             "https://127.0.0.1:9443/inject"
         );
-        assert_eq!(webhook_cert_names(&mc), ["127.0.0.1"]);
+        // The tap API reaches the control plane through an ExternalName Service, at the
+        // webhook URL's host and port, with a certificate for the Service's name.
+        let service = find(&install, "Service");
+        assert_eq!(service["spec"]["type"], "ExternalName");
+        assert_eq!(service["spec"]["externalName"], "127.0.0.1");
+        let api_service = find(&install, "APIService");
+        assert_eq!(api_service["metadata"]["name"], "v1alpha1.tap.skein.dev");
+        assert_eq!(api_service["spec"]["service"]["name"], CONTROL_PLANE);
+        assert_eq!(api_service["spec"]["service"]["port"], 9443);
+        assert_eq!(
+            webhook_cert_names(&mc),
+            ["127.0.0.1", "skein-control-plane.skein-system.svc"]
+        );
+    }
+
+    #[test]
+    fn the_tap_api_is_registered_and_its_role_installed() {
+        let install = desired(&mesh(MeshConfigSpec::default()), &INPUTS).unwrap();
+        let api_service = find(&install, "APIService");
+        assert_eq!(api_service["spec"]["group"], "tap.skein.dev");
+        assert_eq!(api_service["spec"]["service"]["port"], WEBHOOK_SERVICE_PORT);
+        assert_eq!(api_service["spec"]["caBundle"], "Q0EgUEVN");
+        let binding = install
+            .objects
+            .iter()
+            .find(|o| o.name == FRONT_PROXY_READER_BINDING)
+            .expect("the front-proxy reader binding");
+        assert_eq!(binding.namespace.as_deref(), Some("kube-system"));
+        assert_eq!(
+            binding.object["roleRef"]["name"],
+            "extension-apiserver-authentication-reader"
+        );
+        let tap_role = install
+            .objects
+            .iter()
+            .find(|o| o.resource.kind == "ClusterRole" && o.name == TAP_CLUSTER_ROLE)
+            .expect("the skein-tap ClusterRole");
+        assert_eq!(tap_role.object["rules"][0]["verbs"][0], "watch");
+        assert_eq!(url_port("https://cp.example/inject"), Some(443));
+        assert_eq!(url_port("https://[::1]:9443/inject"), Some(9443));
     }
 
     #[test]

@@ -42,6 +42,8 @@ alive() { [ -f "$dir/pids/$1" ] && kill -0 "$(cat "$dir/pids/$1")" 2>/dev/null; 
 
 healthy() {
   [ -f "$dir/kubeconfig" ] || return 1
+  # Clusters from before the apiserver had a front proxy (the tap API needs it) are replaced.
+  [ -f "$dir/pki/front-proxy-client.crt" ] || return 1
   for c in "${components[@]}"; do alive "$c" || return 1; done
   kubectl --kubeconfig "$dir/kubeconfig" get --raw /readyz >/dev/null 2>&1
 }
@@ -93,6 +95,15 @@ sign controller-manager "/CN=system:kube-controller-manager" "$pki/client.ext"
 sign scheduler "/CN=system:kube-scheduler" "$pki/client.ext"
 # What the apiserver shows a node's kubelet API (`kubectl logs`; `skein dev node` checks it).
 sign apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "$pki/client.ext"
+# The front proxy: the apiserver calls aggregated APIs (Skein's tap API) with this client
+# certificate and the user in X-Remote-* headers; its own CA, as kubeadm sets it up.
+openssl_quiet req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=skein-front-proxy-ca-$name" \
+  -keyout "$pki/front-proxy-ca.key" -out "$pki/front-proxy-ca.crt"
+openssl_quiet req -newkey rsa:2048 -nodes -subj "/CN=front-proxy-client" \
+  -keyout "$pki/front-proxy-client.key" -out "$pki/front-proxy-client.csr"
+openssl_quiet x509 -req -in "$pki/front-proxy-client.csr" -CA "$pki/front-proxy-ca.crt" \
+  -CAkey "$pki/front-proxy-ca.key" -CAcreateserial -days 3650 -out "$pki/front-proxy-client.crt" \
+  -extfile "$pki/client.ext"
 openssl_quiet genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$pki/sa.key"
 openssl_quiet pkey -in "$pki/sa.key" -pubout -out "$pki/sa.pub"
 
@@ -172,6 +183,10 @@ start kube-apiserver \
   --advertise-address 127.0.0.1 --endpoint-reconciler-type none \
   --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
   --client-ca-file "$pki/ca.crt" \
+  --requestheader-client-ca-file "$pki/front-proxy-ca.crt" --requestheader-allowed-names front-proxy-client \
+  --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
+  --requestheader-extra-headers-prefix X-Remote-Extra- \
+  --proxy-client-cert-file "$pki/front-proxy-client.crt" --proxy-client-key-file "$pki/front-proxy-client.key" \
   --authorization-mode Node,RBAC \
   --service-cluster-ip-range "$service_cidr" \
   --service-account-issuer https://kubernetes.default.svc.cluster.local \

@@ -1,5 +1,5 @@
-//! The `skein-control-plane` group: the control plane is up, and its configuration stream
-//! answers.
+//! The `skein-control-plane` group: the control plane is up, its configuration stream answers,
+//! and the apiserver reaches its tap API.
 //!
 //! In the cluster (MeshConfig InCluster mode) "up" is its Deployment's available replicas, and
 //! its debug server is asked through a port-forward as `skein proxy-status` does. In External
@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::Client;
 use kube::api::{Api, ListParams};
 use kube::core::Selector;
@@ -25,6 +26,7 @@ use crate::api::{MeshConfig, names};
 use crate::cli::debug_server::{DebugTarget, control_plane_pods};
 use crate::controlplane::proxy_status;
 use crate::controlplane::push::ProxyStatus;
+use crate::controlplane::tap::api::API_SERVICE;
 use crate::operator::desired::{CONTROL_PLANE, XDS_PORT, control_plane_selector};
 use crate::operator::federation::describe;
 
@@ -38,6 +40,11 @@ pub const STREAM: Check = Check {
     id: "control-plane-stream",
     group: GROUP,
     description: "the configuration stream accepts connections",
+};
+pub const TAP_API: Check = Check {
+    id: "tap-api",
+    group: GROUP,
+    description: "the apiserver reaches the tap API (APIService v1alpha1.tap.skein.dev)",
 };
 
 /// Bound of each network probe (the debug query includes a port-forward).
@@ -240,10 +247,88 @@ pub async fn check_stream(client: &Client, mc: Option<&MeshConfig>) -> CheckResu
     stream(&target, outcome)
 }
 
+/// Pure: the tap API's registration (`None`: not registered) as the apiserver reports it.
+pub fn tap_api(service: Option<&APIService>) -> CheckResult {
+    let Some(service) = service else {
+        return CheckResult::warning(
+            TAP_API,
+            format!("APIService {API_SERVICE} is not registered: `skein tap` needs --port-forward"),
+            "the operator registers it: check the operator and meshconfig checks",
+        );
+    };
+    let available = service
+        .status
+        .as_ref()
+        .and_then(|status| status.conditions.as_ref())
+        .and_then(|conditions| conditions.iter().find(|c| c.type_ == "Available"));
+    match available {
+        Some(condition) if condition.status == "True" => {
+            CheckResult::ok(TAP_API, format!("{API_SERVICE} is available"))
+        }
+        condition => CheckResult::fail(
+            TAP_API,
+            format!(
+                "{API_SERVICE} is not available ({}): `skein tap` through the apiserver fails, \
+                 and deleting a namespace waits until it is back",
+                condition
+                    .map(|c| format!(
+                        "{}: {}",
+                        c.reason.as_deref().unwrap_or("no reason"),
+                        c.message.as_deref().unwrap_or_default()
+                    ))
+                    .unwrap_or_else(|| "no Available condition yet".to_owned())
+            ),
+            "check the control-plane checks, and that the apiserver runs with a front proxy \
+             (--requestheader-client-ca-file, --proxy-client-cert-file)",
+        ),
+    }
+}
+
+pub async fn check_tap_api(client: &Client) -> CheckResult {
+    match Api::<APIService>::all(client.clone())
+        .get_opt(API_SERVICE)
+        .await
+    {
+        Ok(service) => tap_api(service.as_ref()),
+        Err(err) => CheckResult::fail(
+            TAP_API,
+            format!("reading APIService {API_SERVICE}: {}", describe(&err)),
+            "the check needs get on apiservices",
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cli::check::result::Status;
+
+    #[test]
+    fn the_tap_api_check_reads_the_apiservice_condition() {
+        assert_eq!(tap_api(None).status, Status::Warning);
+        let service = |status: &str| -> APIService {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": API_SERVICE},
+                "status": {"conditions": [{"type": "Available", "status": status,
+                    "reason": "FailedDiscoveryCheck", "message": "no response",
+                    "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+            }))
+            .unwrap()
+        };
+        assert_eq!(tap_api(Some(&service("True"))).status, Status::Ok);
+        let down = tap_api(Some(&service("False")));
+        assert_eq!(down.status, Status::Fail);
+        assert!(
+            down.message.contains("FailedDiscoveryCheck: no response"),
+            "{}",
+            down.message
+        );
+        assert!(
+            down.message.contains("deleting a namespace waits"),
+            "{}",
+            down.message
+        );
+    }
 
     #[test]
     fn an_unavailable_deployment_fails_and_an_available_one_is_then_asked() {

@@ -125,6 +125,8 @@ pub const INSTALL_PERMISSIONS: &[Permission] = &[
         "admissionregistration.k8s.io",
         "validatingwebhookconfigurations",
     ),
+    // The tap API's registration.
+    cluster("apiregistration.k8s.io", "apiservices"),
     cluster(names::GROUP, "meshconfigs"),
     mesh("apps", "deployments"),
     mesh("", "services"),

@@ -93,6 +93,7 @@ async fn checks(args: &CheckArgs) -> Vec<CheckResult> {
         control_plane::check_ready(&client, mc.as_ref(), args.server.target()).await;
     results.push(ready);
     results.push(control_plane::check_stream(&client, mc.as_ref()).await);
+    results.push(control_plane::check_tap_api(&client).await);
 
     results.push(data_plane::check_injected(&client, mc.as_ref(), args.namespace.as_deref()).await);
     let proxies = proxies.map(|answer| {

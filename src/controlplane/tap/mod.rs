@@ -26,6 +26,8 @@
 //! events per tap, a tap's merged stream [`SESSION_BUFFER`] lines; beyond, events are
 //! dropped and counted.
 
+pub mod api;
+pub mod front_proxy;
 pub mod http;
 pub mod target;
 
