@@ -153,6 +153,10 @@ struct ProxyStream {
 
 /// Where one tap's lines go, and what was dropped on the way, per pod.
 struct SessionRoute {
+    /// The pods tapped and the filter, to start the tap again on a proxy whose stream
+    /// reconnects while it runs.
+    pods: Vec<String>,
+    filter: TapFilter,
     lines: mpsc::Sender<TapLine>,
     /// Per pod: (the proxy's running total, dropped here).
     drops: Mutex<BTreeMap<String, (u64, u64)>>,
@@ -217,7 +221,7 @@ impl Drop for TapSession {
     fn drop(&mut self) {
         self.hub.lock_sessions().remove(&self.id);
         let streams = self.hub.lock_streams();
-        for pod in &self.pods {
+        for pod in &self.route.pods {
             if let Some(stream) = streams.get(pod).and_then(|s| s.last()) {
                 let stop = TapCommand {
                     command: Some(Command::Stop(StopTap { id: self.id })),
@@ -253,7 +257,11 @@ impl TapHub {
     pub fn open(&self, pods: &[String], filter: &TapFilter) -> (TapSession, Vec<TapLine>) {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let (lines, receiver) = mpsc::channel(SESSION_BUFFER);
+        // Registered before any proxy is told, so no early event finds no session. Pods whose
+        // stream is missing now are tapped when it comes (see `register`).
         let route = Arc::new(SessionRoute {
+            pods: pods.to_vec(),
+            filter: filter.clone(),
             lines,
             drops: Mutex::default(),
             drops_changed: AtomicBool::new(false),
@@ -297,9 +305,31 @@ impl TapHub {
         (session, refused)
     }
 
+    /// Adds a proxy's new stream; the taps running on its pod start on it too (a proxy whose
+    /// stream broke and came back, or a restarted one, would otherwise fall silent).
     fn register(&self, pod: &str, commands: mpsc::Sender<TapCommand>) -> u64 {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        self.lock_streams()
+        // Under the streams' lock: a tap that ends meanwhile then finds this stream and stops
+        // it (`TapSession::drop` takes this lock after removing the session).
+        let mut streams = self.lock_streams();
+        let running: Vec<(u64, TapFilter)> = self
+            .lock_sessions()
+            .iter()
+            .filter(|(_, route)| route.pods.iter().any(|p| p == pod))
+            .map(|(&tap, route)| (tap, route.filter.clone()))
+            .collect();
+        for (tap, filter) in running {
+            let start = TapCommand {
+                command: Some(Command::Start(StartTap {
+                    id: tap,
+                    filter: Some(filter),
+                })),
+            };
+            if commands.try_send(start).is_err() {
+                tracing::warn!(%pod, tap, "could not restart the tap on the new stream");
+            }
+        }
+        streams
             .entry(pod.to_owned())
             .or_default()
             .push(ProxyStream { id, commands });
@@ -460,6 +490,37 @@ mod tests {
         assert_eq!(event["error"], serde_json::Value::Null);
         let back: TapLine = serde_json::from_value(json).unwrap();
         assert_eq!(back, line);
+    }
+
+    /// A proxy whose tap stream comes back while a tap runs gets the tap again, filter and all.
+    #[test]
+    fn a_reconnected_stream_is_tapped_again() {
+        let hub = TapHub::default();
+        let (first, mut first_commands) = mpsc::channel(COMMAND_QUEUE);
+        let stream = hub.register("demo/a", first);
+        let filter = TapFilter {
+            method: "GET".into(),
+            ..TapFilter::default()
+        };
+        let (session, _) = hub.open(&["demo/a".to_owned()], &filter);
+        let Some(Command::Start(started)) = first_commands.try_recv().unwrap().command else {
+            panic!("no start");
+        };
+        hub.unregister("demo/a", stream);
+        let (second, mut second_commands) = mpsc::channel(COMMAND_QUEUE);
+        hub.register("demo/a", second);
+        let Some(Command::Start(again)) = second_commands.try_recv().unwrap().command else {
+            panic!("the tap was not started on the new stream");
+        };
+        assert_eq!((again.id, again.filter), (started.id, Some(filter)));
+        // A pod the tap does not cover gets nothing; after the tap ends, nobody does.
+        let (other, mut other_commands) = mpsc::channel(COMMAND_QUEUE);
+        hub.register("demo/b", other);
+        assert!(other_commands.try_recv().is_err());
+        drop(session);
+        let (third, mut third_commands) = mpsc::channel(COMMAND_QUEUE);
+        hub.register("demo/a", third);
+        assert!(third_commands.try_recv().is_err());
     }
 
     /// A tap reader that does not read: the merged stream holds its buffer, counts the rest,
