@@ -1,4 +1,4 @@
-//! `GET /debug/tap?namespace=NS&resource=deploy/NAME[&to=svc/NAME|deploy/NAME][&method=GET][&path=/prefix][&max=N]`
+//! `GET /debug/tap?namespace=NS&resource=deploy/NAME[&to=svc/NAME|deploy/NAME[&to_namespace=NS]][&method=GET][&path=/prefix][&max=N]`
 //! on the debug server: the tap's lines as `application/x-ndjson` (see [`super`]), until the
 //! client goes away, `max` events were sent, or no tapped proxy is left. 400 for a bad
 //! parameter, 404 when the target has no pod.
@@ -51,6 +51,7 @@ struct TapQuery {
     namespace: Option<String>,
     resource: Option<String>,
     to: Option<String>,
+    to_namespace: Option<String>,
     method: Option<String>,
     path: Option<String>,
     max: Option<u64>,
@@ -72,7 +73,8 @@ async fn tap(
         Err(message) => return answer(StatusCode::BAD_REQUEST, &message),
     };
     let filter = match target::filter(
-        query.to.as_deref(),
+        &namespace,
+        (query.to.as_deref(), query.to_namespace.as_deref()),
         query.method.as_deref(),
         query.path.as_deref(),
     ) {

@@ -386,8 +386,8 @@ async function startTap(submit) {
     return;
   }
   const query = new URLSearchParams({ namespace, resource });
-  for (const key of ["to", "method", "path"]) {
-    const value = $(`tap-${key}`).value.trim();
+  for (const key of ["to", "to_namespace", "method", "path"]) {
+    const value = $(`tap-${key.replace("_", "-")}`).value.trim();
     if (value) query.set(key, value);
   }
   const controller = new AbortController();
