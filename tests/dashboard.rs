@@ -2,9 +2,9 @@
 //! the page the real control plane serves for the meshed demo of `skein dev up` (a cluster of
 //! its own, `skein-test-dash`) while real requests flow loadgen → frontend → middleware →
 //! backend. The backend is made to fail 30% (the demo's `x-demo-backend-fail-percent` knob):
-//! the page shows the backend tier FAIL with its reason (the 503s) and the chain's edges; once
-//! the failures stop it shows PASS. The page loads nothing from other origins and logs no
-//! console error. Screenshots of both states are kept in `target/test-artifacts/`.
+//! the page shows the backend tier FAIL with its reason (the 503s) and a sample failing request,
+//! and the chain's edges; once the failures stop it shows PASS. The page loads nothing from
+//! other origins and logs no console error. Screenshots of both states are kept in `target/test-artifacts/`.
 //! Needs root, iproute2, iptables, chromium and chromedriver (tests never skip).
 
 mod support;
@@ -30,8 +30,9 @@ const READ_PAGE: &str = r##"
 const tiers = {};
 for (const cell of document.querySelectorAll("td.verdict[data-workload]")) {
   const reasons = document.querySelector(`td[data-reasons="${cell.dataset.workload}"]`);
+  const sample = document.querySelector(`[data-sample="${cell.dataset.workload}"]`);
   tiers[cell.dataset.workload] = {verdict: cell.dataset.verdict, text: cell.textContent,
-    reasons: reasons ? reasons.textContent : ""};
+    reasons: reasons ? reasons.textContent : "", sample: sample ? sample.textContent : ""};
 }
 const edges = [...document.querySelectorAll("#graph path.edge")].map((e) => ({
   source: e.dataset.source, destination: e.dataset.destination, secured: e.dataset.secured,
@@ -146,9 +147,11 @@ async fn the_dashboard_shows_the_backend_fail_with_its_reason_then_pass() {
         .await;
     let page = page_until(
         &session,
-        "the backends to FAIL and the chain's edges",
+        "the backends to FAIL with a sample request, and the chain's edges",
         |page| {
-            BACKENDS.iter().all(|b| verdict(page, b) == "FAIL")
+            BACKENDS
+                .iter()
+                .all(|b| verdict(page, b) == "FAIL" && page["tiers"][b]["sample"] != "")
                 && edge(page, "demo/frontend", "demo/middleware").is_some()
                 && edge(page, "demo/middleware", "demo/backend-v1").is_some()
         },
@@ -161,6 +164,13 @@ async fn the_dashboard_shows_the_backend_fail_with_its_reason_then_pass() {
         assert!(
             reasons.contains("% failing — 503 x"),
             "{backend}'s reason is the 503s: {page:#}"
+        );
+        let sample = tier["sample"].as_str().unwrap_or("");
+        assert!(
+            sample.starts_with("sample: GET ")
+                && sample.contains("/ 503 (")
+                && sample.contains(&format!("({backend}-")),
+            "{backend}'s sample is one of its 503s: {page:#}"
         );
     }
     assert_eq!(page["problems"], "", "{page:#}");

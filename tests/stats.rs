@@ -105,13 +105,17 @@ async fn each_tier_fails_with_its_reason_then_passes() {
 
     // The backend fails 30%: every tier on the path fails with it, each saying where from.
     let failing = load(CLUSTER, &pod, 400, 30, "/");
-    let stat = stat_until("every tier to FAIL", |stat| {
+    // A FAIL row carries one recent failing request, read from its proxy's recent errors after
+    // a scrape that counted failures (so it may come a scrape after the verdict).
+    let stat = stat_until("every tier to FAIL, the backends with a sample", |stat| {
         TIERS.iter().all(|tier| {
             stat["workloads"].as_array().is_some_and(|rows| {
                 rows.iter()
                     .any(|w| w["name"] == *tier && w["verdict"] == "FAIL")
             })
-        })
+        }) && ["backend-v1", "backend-v2"]
+            .iter()
+            .all(|backend| row(stat, backend)["sample"].is_object())
     })
     .await;
     for backend in ["backend-v1", "backend-v2"] {
@@ -128,6 +132,21 @@ async fn each_tier_fails_with_its_reason_then_passes() {
             row["p50Ms"].as_f64().is_some() && row["rps"].as_f64() > Some(0.0),
             "{row:#}"
         );
+        // The backend app's own 503 (no proxy reason), as its proxy answered it inbound.
+        let sample = &row["sample"];
+        assert_eq!(sample["status"], 503, "{row:#}");
+        assert_eq!(sample["direction"], "inbound", "{row:#}");
+        assert_eq!(sample["method"], "GET", "{row:#}");
+        assert_eq!(sample["path"], "/", "{row:#}");
+        assert!(sample.get("reason").is_none(), "the app's own 503: {row:#}");
+        assert!(
+            sample["pod"]
+                .as_str()
+                .is_some_and(|pod| pod.starts_with(&format!("{backend}-"))),
+            "{row:#}"
+        );
+        let age = sample["ageSeconds"].as_f64().expect("an age");
+        assert!((0.0..=30.0).contains(&age), "within the window: {row:#}");
     }
     let middleware = reasons(&stat, "middleware");
     assert!(
@@ -163,6 +182,14 @@ async fn each_tier_fails_with_its_reason_then_passes() {
     assert!(
         lines[at + 1].starts_with("  FAIL  backend-v1: ")
             && lines[at + 1].contains("% failing — 503 x"),
+        "{table}"
+    );
+    let sample = lines[at + 2].trim_start();
+    assert!(
+        sample.starts_with("sample: GET ")
+            && sample.contains("/ 503 (backend-v1-")
+            && sample.contains(", inbound, ")
+            && sample.ends_with("s ago)"),
         "{table}"
     );
     // One workload, and only the requests to the backend (as its callers saw them).

@@ -36,12 +36,10 @@ use crate::proxy::config::types::{
     AccessPolicy, Destination, MtlsMode, ProxyConfig, Route, StringMatch,
 };
 use crate::proxy::reasons::{Reason, service_ref};
-use crate::proxy::recent::RecentErrors;
+use crate::proxy::recent::{MAX_SNAPSHOT_BYTES, RecentErrors};
 
 /// Bound of each question (port-forwards and the apiserver included).
 const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
-/// A proxy's recent errors are a few KiB.
-const MAX_RECENT_ERRORS_BYTES: usize = 1 << 20;
 
 #[derive(Debug, clap::Args)]
 pub struct ExplainArgs {
@@ -316,7 +314,7 @@ async fn recent_errors(
                 )
             })?;
         let path = url.path(RECENT_ERRORS_PATH);
-        let got = plain_http::get(stream, &url.authority, &path, MAX_RECENT_ERRORS_BYTES);
+        let got = plain_http::get(stream, &url.authority, &path, MAX_SNAPSHOT_BYTES);
         tokio::time::timeout(TIMEOUT, got)
             .await
             .context("the admin server did not answer in time")??
@@ -329,7 +327,7 @@ async fn recent_errors(
             (namespace, name),
             port,
             RECENT_ERRORS_PATH,
-            MAX_RECENT_ERRORS_BYTES,
+            MAX_SNAPSHOT_BYTES,
         );
         tokio::time::timeout(TIMEOUT, got)
             .await

@@ -4,7 +4,10 @@
 //! every replica is asked and their raw counts merged before rates and verdicts are derived.
 //! MESHED counts the Deployment's pods (from the apiserver) against those with a proxy.
 //! With `--prometheus URL` (or `SKEIN_PROMETHEUS_URL`) the same rows come from PromQL instead
-//! ([`prometheus`]); the table, verdicts and reasons are this file's either way.
+//! ([`prometheus`]); the table, verdicts and reasons are this file's either way. Under a FAIL
+//! row, one recent failing request of the workload (`sample:`, from its proxies' recent
+//! errors; see [`crate::controlplane::stats::sample`]); Prometheus has none, so with
+//! `--prometheus` that line is left out.
 
 mod prometheus;
 
@@ -311,7 +314,7 @@ fn millis(value: Option<f64>) -> String {
     }
 }
 
-/// The `stat` table; under each FAIL row, its top reasons.
+/// The `stat` table; under each FAIL row, its top reasons and its sample request, if any.
 fn stat_table(workloads: &[WorkloadStats]) -> String {
     let header = [
         "NAME", "MESHED", "SUCCESS", "RPS", "P50", "P95", "P99", "TCP_CONN", "VERDICT",
@@ -345,6 +348,9 @@ fn stat_table(workloads: &[WorkloadStats]) -> String {
         out.push('\n');
         if let Some(w) = row.filter(|w| w.verdict == Verdict::Fail) {
             out.push_str(&format!("  {}\n", failing_line(w)));
+            if let Some(sample) = &w.sample {
+                out.push_str(&format!("        sample: {}\n", sample.line()));
+            }
         }
     }
     out
@@ -414,10 +420,11 @@ fn edges_table(edges: &[EdgeStats]) -> String {
     .map(str::to_owned);
     let mut rows = vec![header];
     for e in edges {
-        let source = if e.source.is_empty() {
-            "(unknown)".to_owned()
-        } else {
-            format!("{}/{}", e.source_namespace, e.source)
+        // A caller that proved an identity is meshed, named or not (SRC_IDENTITY says who).
+        let source = match (e.source.as_str(), e.source_identity.as_str()) {
+            ("", "") => "(outside the mesh)".to_owned(),
+            ("", _) => format!("{}/(unnamed)", e.source_namespace),
+            (name, _) => format!("{}/{name}", e.source_namespace),
         };
         rows.push([
             source,
@@ -436,6 +443,7 @@ fn edges_table(edges: &[EdgeStats]) -> String {
 mod tests {
     use super::*;
     use crate::controlplane::stats::query::{Reason, ReasonKind};
+    use crate::controlplane::stats::sample::SampleRequest;
 
     #[test]
     fn workloads_are_named_like_kubectl_names_them() {
@@ -468,6 +476,16 @@ mod tests {
                 detail: "503".into(),
                 count: 30,
             }],
+            sample: Some(SampleRequest {
+                pod: "backend-7f9c-x2x".into(),
+                direction: "inbound".into(),
+                method: "GET".into(),
+                authority: "backend".into(),
+                path: "/api".into(),
+                status: 503,
+                age_seconds: 4.2,
+                ..SampleRequest::default()
+            }),
             ..WorkloadStats::default()
         };
         let quiet = WorkloadStats {
@@ -476,7 +494,7 @@ mod tests {
         };
         let table = stat_table(&[failing, quiet]);
         let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines.len(), 4, "{table}");
+        assert_eq!(lines.len(), 5, "{table}");
         assert!(lines[0].starts_with("NAME     MESHED  SUCCESS"), "{table}");
         assert!(
             lines[1].starts_with("backend  1/2     70.00%   1.7  1.2ms  45ms"),
@@ -484,8 +502,12 @@ mod tests {
         );
         assert!(lines[1].ends_with("FAIL"), "{table}");
         assert_eq!(lines[2], "  FAIL  backend: 30.0% failing — 503 x30");
+        assert_eq!(
+            lines[3],
+            "        sample: GET backend/api 503 (backend-7f9c-x2x, inbound, 4s ago)"
+        );
         assert!(
-            lines[3].starts_with("web      0/?     -") && lines[3].ends_with("NO TRAFFIC"),
+            lines[4].starts_with("web      0/?     -") && lines[4].ends_with("NO TRAFFIC"),
             "{table}"
         );
     }

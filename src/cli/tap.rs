@@ -1,4 +1,4 @@
-//! `skein tap deploy/NAME -n NS [--to svc/NAME] [--method GET] [--path /x] [-o wide|json]`:
+//! `skein tap deploy/NAME -n NS [--to svc/NAME [--to-namespace NS]] [--method GET] [--path /x] [-o wide|json]`:
 //! live requests and responses through the target's proxies, from the control plane's
 //! `/debug/tap` stream ([`crate::controlplane::tap`]); every control-plane replica is asked
 //! (each taps the proxies connected to it) and their lines merged. Pods that cannot be tapped
@@ -47,6 +47,9 @@ pub struct TapTarget {
     /// Only requests to this destination: `svc/NAME` or `deploy/NAME`.
     #[arg(long)]
     pub to: Option<String>,
+    /// The namespace of the `--to` destination (default: the tapped namespace, `-n`).
+    #[arg(long, requires = "to")]
+    pub to_namespace: Option<String>,
     /// Only requests with this method.
     #[arg(long)]
     pub method: Option<String>,
@@ -114,13 +117,15 @@ impl TapTarget {
     /// `key=value` of the filter's given parameters and `max`, checked and encoded.
     fn filter_parameters(&self, max: Option<u64>) -> anyhow::Result<Vec<String>> {
         target::filter(
-            self.to.as_deref(),
+            &self.namespace,
+            (self.to.as_deref(), self.to_namespace.as_deref()),
             self.method.as_deref(),
             self.path.as_deref(),
         )
         .map_err(anyhow::Error::msg)?;
         let mut parameters: Vec<String> = [
             ("to", self.to.as_deref()),
+            ("to_namespace", self.to_namespace.as_deref()),
             ("method", self.method.as_deref()),
             ("path", self.path.as_deref()),
         ]
@@ -378,6 +383,7 @@ mod tests {
             resource: resource.into(),
             namespace: "demo".into(),
             to: Some("svc/backend".into()),
+            to_namespace: None,
             method: None,
             path: Some("/a b&c".into()),
             port_forward: false,
@@ -392,6 +398,12 @@ mod tests {
             "/debug/tap?namespace=demo&resource=deploy/frontend&to=svc/backend&path=/a%20b%26c&max=5"
         );
         assert!(target("svc/frontend").path_and_query(None).is_err());
+        let mut elsewhere = target("deploy/frontend");
+        elsewhere.to_namespace = Some("other".into());
+        assert_eq!(
+            elsewhere.path_and_query(None).unwrap(),
+            "/debug/tap?namespace=demo&resource=deploy/frontend&to=svc/backend&to_namespace=other&path=/a%20b%26c"
+        );
         let mut bad = target("deploy/frontend");
         bad.path = Some("nope".into());
         assert!(bad.path_and_query(None).is_err());

@@ -5,9 +5,9 @@
 //! |---|---|
 //! | `GET /debug/proxies` | JSON array of the connected proxies ([`ProxyStatus`]), sorted by namespace and pod |
 //! | `GET /debug/config?pod=NAMESPACE/NAME` | the configuration (JSON, as the proxy's `--config` would hold it) the control plane computes for that pod now; 404 if it is not connected, 400 if `pod` is missing or not `NAMESPACE/NAME` |
-//! | `GET /debug/stats?namespace=NS&window=1m&threshold=95&from=W&to=W` | per-workload and per-edge stats over the window (10s to 5m, default 1m) from this replica's proxies, with each workload's PASS/FAIL verdict against `threshold` percent (default 95): a [`Report`](super::stats::query::Report) as JSON; 400 for a bad parameter ([`super::stats`]) |
+//! | `GET /debug/stats?namespace=NS&window=1m&threshold=95&from=W&to=W` | per-workload and per-edge stats over the window (10s to 5m, default 1m) from this replica's proxies, with each workload's PASS/FAIL verdict against `threshold` percent (default 95) and, for a FAIL row, one recent failing request (`sample`): a [`Report`](super::stats::query::Report) as JSON; 400 for a bad parameter ([`super::stats`]) |
 //! | `GET /debug/rules` | JSON array of the traffic rules ([`RuleRow`]) with the conditions the control plane decided for them (what it writes into their `status`), by namespace, kind and name |
-//! | `GET /debug/tap?namespace=NS&resource=deploy/NAME&to=svc/NAME&method=M&path=/p&max=N` | live tap: a stream of NDJSON lines ([`super::tap`], served by [`super::tap::http`]) |
+//! | `GET /debug/tap?namespace=NS&resource=deploy/NAME&to=svc/NAME&to_namespace=NS&method=M&path=/p&max=N` | live tap: a stream of NDJSON lines ([`super::tap`], served by [`super::tap::http`]) |
 
 use std::sync::Arc;
 

@@ -16,6 +16,8 @@ use super::Direction;
 
 /// How many errors a proxy keeps.
 pub const CAPACITY: usize = 32;
+/// What a reader of `/debug/recent-errors` accepts: the ring is a few KiB in practice.
+pub const MAX_SNAPSHOT_BYTES: usize = 1 << 20;
 
 /// One request the proxy answered itself, or whose upstream failed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

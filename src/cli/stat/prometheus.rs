@@ -12,8 +12,10 @@
 //! What differs, and why: `increase` extrapolates to the window's edges (counts are rounded),
 //! and a series born inside the window loses its first scrape's value (Prometheus has no
 //! earlier sample to subtract), while the embedded collector counts a new series from zero.
-//! Nothing of a row is missing: `-` shows where the embedded path shows it too (no latency
-//! when filtered by `--from`/`--to`, no traffic).
+//! Nothing of a row's numbers is missing: `-` shows where the embedded path shows it too (no
+//! latency when filtered by `--from`/`--to`, no traffic). A FAIL row has no sample request:
+//! those come from the proxies' recent errors, which only the control plane reads, so the
+//! `sample:` line is left out (and `sample` from JSON).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -47,7 +49,8 @@ const REQUEST_LABELS: &str = "namespace, pod, direction, source_workload, source
 pub struct PrometheusArgs {
     /// Compute the numbers with PromQL against this Prometheus (`http://` or `https://`, system
     /// roots) instead of the control plane's embedded stats. It must scrape the proxies as
-    /// `config/prometheus/scrape.yaml` does.
+    /// `config/prometheus/scrape.yaml` does. FAIL rows then have no sample request (only the
+    /// control plane reads the proxies' recent errors).
     #[arg(
         long,
         env = "SKEIN_PROMETHEUS_URL",
@@ -233,6 +236,7 @@ pub fn report(samples: &[Sample], down: &[Sample], filter: &Filter, window_secon
                     counters: snapshot.counters,
                     seconds: window_seconds,
                 },
+                sample: None,
             }
         })
         .collect();

@@ -1,6 +1,8 @@
 //! The collector's I/O: every interval, scrape each connected proxy's `/metrics` (all at once,
 //! at most [`CONCURRENCY`] in flight, each bounded by [`SCRAPE_TIMEOUT`] and
-//! [`MAX_SCRAPE_BYTES`], so one slow proxy never holds up the others) and record it.
+//! [`MAX_SCRAPE_BYTES`], so one slow proxy never holds up the others) and record it; then,
+//! only for a proxy that counted failing requests since its previous scrape, read its recent
+//! errors (`/debug/recent-errors`, as bounded) for the sample request ([`super::sample`]).
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -14,6 +16,8 @@ use super::parse;
 use super::window::{self, Snapshot};
 use crate::controlplane::push::PushServer;
 use crate::plain_http;
+use crate::proxy::admin::RECENT_ERRORS_PATH;
+use crate::proxy::recent::{MAX_SNAPSHOT_BYTES, RecentErrors};
 
 /// A proxy's `/metrics` is a few hundred KiB at most; more is not a proxy's.
 pub const MAX_SCRAPE_BYTES: usize = 4 << 20;
@@ -50,6 +54,8 @@ pub enum ScrapeError {
     NotText,
     #[error("the metrics do not parse: {0}")]
     Parse(#[from] parse::ParseError),
+    #[error("the recent errors do not parse: {0}")]
+    RecentErrors(#[from] serde_json::Error),
 }
 
 /// One proxy to scrape.
@@ -82,29 +88,27 @@ pub async fn run(
         store.retain(&keys);
         let port = admin_port();
         let client = &client;
+        let store = &store;
         futures::stream::iter(targets)
             .map(|target| async move {
-                let scraped =
-                    match tokio::time::timeout(SCRAPE_TIMEOUT, scrape(&target, via, client, port))
-                        .await
-                    {
-                        Ok(result) => result,
-                        Err(_) => Err(ScrapeError::Timeout),
-                    };
-                (target, scraped)
-            })
-            .buffer_unordered(CONCURRENCY)
-            .for_each(|(target, scraped)| {
+                let scraped = bounded(scrape(&target, via, client, port)).await;
                 if let Err(error) = &scraped {
                     tracing::debug!(namespace = %target.namespace, pod = %target.pod, %error, "scraping a proxy's metrics");
                 }
-                store.record(
-                    (target.namespace, target.pod),
-                    store.now(),
-                    scraped.map_err(|e| e.to_string()),
-                );
-                async {}
+                let key = (target.namespace.clone(), target.pod.clone());
+                store.record(key.clone(), store.now(), scraped.map_err(|e| e.to_string()));
+                if !store.newly_failing(&key) {
+                    return;
+                }
+                match bounded(recent_errors(&target, via, client, port)).await {
+                    Ok(errors) => store.record_errors(&key, &errors),
+                    Err(error) => {
+                        tracing::debug!(namespace = %target.namespace, pod = %target.pod, %error, "reading a proxy's recent errors");
+                    }
+                }
             })
+            .buffer_unordered(CONCURRENCY)
+            .for_each(|()| async {})
             .await;
     }
 }
@@ -155,25 +159,60 @@ pub async fn get_through_apiserver(
     Ok(body)
 }
 
+/// `work` within [`SCRAPE_TIMEOUT`].
+async fn bounded<T>(work: impl Future<Output = Result<T, ScrapeError>>) -> Result<T, ScrapeError> {
+    tokio::time::timeout(SCRAPE_TIMEOUT, work)
+        .await
+        .unwrap_or(Err(ScrapeError::Timeout))
+}
+
+/// The body of `GET path` on the proxy's admin port, at most `limit` bytes.
+async fn get(
+    target: &Target,
+    (via, client): (ScrapeVia, &kube::Client),
+    port: u16,
+    path: &str,
+    limit: usize,
+) -> Result<bytes::Bytes, ScrapeError> {
+    match via {
+        ScrapeVia::Direct => {
+            let addr = std::net::SocketAddr::new(target.ip.ok_or(ScrapeError::NoIp)?, port);
+            let stream = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| ScrapeError::Connect(addr, e))?;
+            Ok(plain_http::get(stream, &addr.to_string(), path, limit).await?)
+        }
+        ScrapeVia::Apiserver => {
+            let pod = (target.namespace.as_str(), target.pod.as_str());
+            get_through_apiserver(client, pod, port, path, limit).await
+        }
+    }
+}
+
 async fn scrape(
     target: &Target,
     via: ScrapeVia,
     client: &kube::Client,
     port: u16,
 ) -> Result<Snapshot, ScrapeError> {
-    let body = match via {
-        ScrapeVia::Direct => {
-            let addr = std::net::SocketAddr::new(target.ip.ok_or(ScrapeError::NoIp)?, port);
-            let stream = tokio::net::TcpStream::connect(addr)
-                .await
-                .map_err(|e| ScrapeError::Connect(addr, e))?;
-            plain_http::get(stream, &addr.to_string(), "/metrics", MAX_SCRAPE_BYTES).await?
-        }
-        ScrapeVia::Apiserver => {
-            let pod = (target.namespace.as_str(), target.pod.as_str());
-            get_through_apiserver(client, pod, port, "/metrics", MAX_SCRAPE_BYTES).await?
-        }
-    };
+    let body = get(target, (via, client), port, "/metrics", MAX_SCRAPE_BYTES).await?;
     let text = std::str::from_utf8(&body).map_err(|_| ScrapeError::NotText)?;
     Ok(Snapshot::from_samples(&parse::parse(text, window::wanted)?))
+}
+
+async fn recent_errors(
+    target: &Target,
+    via: ScrapeVia,
+    client: &kube::Client,
+    port: u16,
+) -> Result<RecentErrors, ScrapeError> {
+    let body = get(
+        target,
+        (via, client),
+        port,
+        RECENT_ERRORS_PATH,
+        MAX_SNAPSHOT_BYTES,
+    )
+    .await?;
+    Ok(serde_json::from_slice(&body)?)
 }

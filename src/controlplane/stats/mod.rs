@@ -3,6 +3,9 @@
 //! every proxy connected to this replica, [`parse`] reads the few metrics stats use,
 //! [`window`] keeps each proxy's counter increments for the last five minutes, and [`query`]
 //! sums them into what `GET /debug/stats` answers and `skein stat` / `skein edges` print.
+//! After a scrape in which a proxy counted failing requests, the collector also reads its
+//! recent errors and keeps one of them ([`sample`]): the sample failing request a FAIL row
+//! shows.
 //!
 //! How proxies are reached (`--stats-scrape`): `direct`, the pod's IP and admin port (pod to
 //! pod, as in any cluster; the admin server answers `/metrics` to other addresses by design),
@@ -11,19 +14,25 @@
 //!
 //! Memory: per connected proxy, the last scrape plus at most 60 increments holding only the
 //! series that moved, each capped at [`window::MAX_SERIES`] series (label values at
-//! [`window::MAX_LABEL_BYTES`]); a proxy that disconnects is dropped at the next scrape. The
-//! cost follows the number of proxies and of their distinct label sets, never the request rate.
+//! [`window::MAX_LABEL_BYTES`]), and one sample request (its strings cut alike); a proxy that
+//! disconnects is dropped at the next scrape. The cost follows the number of proxies and of
+//! their distinct label sets, never the request rate.
 
 pub mod collect;
 pub mod parse;
 pub mod query;
+pub mod sample;
 pub mod window;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use k8s_openapi::jiff::Timestamp;
+
+use crate::proxy::recent::RecentErrors;
 use query::{Filter, ProxyView, Report};
+use sample::SampleRequest;
 use window::{ProxyWindow, Snapshot};
 
 /// What the collector knows, shared with the debug server.
@@ -44,6 +53,8 @@ struct Entry {
     window: ProxyWindow,
     /// Why the last scrape failed, if it did.
     error: Option<String>,
+    /// The latest failing request read from the proxy's recent errors, and when it happened.
+    sample: Option<(Timestamp, SampleRequest)>,
 }
 
 impl Default for StatsStore {
@@ -85,9 +96,29 @@ impl StatsStore {
         }
     }
 
+    /// Whether the proxy of `pod` counted failing requests between its last two scrapes.
+    pub fn newly_failing(&self, pod: &(String, String)) -> bool {
+        self.lock()
+            .proxies
+            .get(pod)
+            .is_some_and(|entry| entry.window.newly_failing())
+    }
+
+    /// Keeps the request of `errors` (the proxy's recent errors) a FAIL row would show, if it
+    /// has one; the one kept before otherwise.
+    pub fn record_errors(&self, pod: &(String, String), errors: &RecentErrors) {
+        let Some(kept) = sample::pick(&errors.errors).and_then(|e| sample::keep(&pod.1, e)) else {
+            return;
+        };
+        if let Some(entry) = self.lock().proxies.get_mut(pod) {
+            entry.sample = Some(kept);
+        }
+    }
+
     /// The report over the last `window_seconds`, not yet finished (see [`Report::finish`]).
     pub fn report(&self, filter: &Filter, window_seconds: f64) -> Report {
         let now = self.now();
+        let wall = Timestamp::now();
         let inner = self.lock();
         let views: Vec<ProxyView> = inner
             .proxies
@@ -96,6 +127,10 @@ impl StatsStore {
                 workload: entry.window.workload().cloned(),
                 totals: entry.window.totals(now, window_seconds),
                 tcp_open: entry.window.tcp_open(),
+                sample: entry
+                    .sample
+                    .as_ref()
+                    .and_then(|kept| sample::within(kept, wall, window_seconds)),
             })
             .collect();
         let mut report = query::aggregate(&views, filter, window_seconds);

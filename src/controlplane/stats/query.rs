@@ -1,15 +1,17 @@
 //! From each proxy's window totals to what `skein stat` and `skein edges` show, pure:
 //! per-workload golden signals (the inbound view: what the workload's own proxies answered),
-//! per-edge counts and mTLS state, failure reasons, and the per-tier verdict.
+//! per-edge counts and mTLS state, failure reasons, and the per-tier verdict, with one recent
+//! failing request under a FAIL row ([`super::sample`]).
 //!
 //! A [`Report`] keeps the raw sums (counts, histogram buckets) beside the derived values, so
 //! reports of several control-plane replicas (each knows only its own proxies) merge exactly
 //! ([`Report::merge`]) before [`Report::finish`] derives rates, percentiles and verdicts again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use super::sample::{self, SampleRequest};
 use super::window::{RequestKey, Series, Totals};
 
 /// Reasons shown per failing workload.
@@ -22,6 +24,8 @@ pub struct ProxyView {
     pub workload: Option<(String, String)>,
     pub totals: Totals,
     pub tcp_open: f64,
+    /// Its latest failing request within the window, if the collector read one.
+    pub sample: Option<SampleRequest>,
 }
 
 /// What to count. `from`/`to` are workload names in the report's namespace.
@@ -148,6 +152,10 @@ pub struct WorkloadStats {
     pub p99_ms: Option<f64>,
     pub verdict: Verdict,
     pub top_reasons: Vec<Reason>,
+    /// One recent failing request of a FAIL row (the newest its proxies saw); none from
+    /// Prometheus, nor when the row is narrowed by `from` or `to`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample: Option<SampleRequest>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -188,6 +196,11 @@ pub struct Report {
     /// destinations (filled in by `finish`, so that it works across replicas).
     #[serde(default)]
     pub identities: BTreeMap<String, String>,
+    /// Who reported calling whom: per destination workload (`namespace/name`), the workloads
+    /// whose own proxies' outbound requests reached it. Names the caller of an edge the
+    /// destination's proxies could not name (see [`name_callers`]); merged across replicas.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub callers: BTreeMap<String, BTreeSet<String>>,
 }
 
 fn status_text(key: &RequestKey) -> String {
@@ -223,6 +236,7 @@ pub fn aggregate(proxies: &[ProxyView], filter: &Filter, window_seconds: f64) ->
     let mut edges: BTreeMap<EdgeKey, EdgeStats> = BTreeMap::new();
     // Identities workloads proved as clients, to name destinations' identities.
     let mut identities: BTreeMap<String, String> = BTreeMap::new();
+    let mut callers: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for proxy in proxies {
         let Some((namespace, name)) = &proxy.workload else {
             continue;
@@ -232,6 +246,8 @@ pub fn aggregate(proxies: &[ProxyView], filter: &Filter, window_seconds: f64) ->
         row.stats.seconds = row.stats.seconds.max(proxy.totals.seconds);
         if !filtered {
             row.stats.tcp_open += proxy.tcp_open.max(0.0) as u64;
+            // The ring does not say who called: a narrowed row gets no sample.
+            row.stats.sample = sample::newest(row.stats.sample.take(), proxy.sample.clone());
         }
         for (series, &value) in &proxy.totals.counters {
             let count = value.round() as u64;
@@ -274,24 +290,37 @@ pub fn aggregate(proxies: &[ProxyView], filter: &Filter, window_seconds: f64) ->
                         count_request(row, key, count);
                     }
                 }
-                Series::Request(key) => match &filter.to {
-                    Some(to)
-                        if &key.destination_workload == to
-                            && &key.destination_namespace == namespace =>
-                    {
-                        count_request(row, key, count);
+                Series::Request(key) => {
+                    if count > 0 && !key.destination_workload.is_empty() {
+                        let destination =
+                            format!("{}/{}", key.destination_namespace, key.destination_workload);
+                        callers
+                            .entry(destination)
+                            .or_default()
+                            .insert(format!("{namespace}/{name}"));
                     }
-                    Some(_) => {}
-                    None if key.failure && filter.from.is_none() => {
-                        let target = if key.destination_workload.is_empty() {
-                            format!("svc/{}", key.destination_service)
-                        } else {
-                            format!("{}/{}", key.destination_namespace, key.destination_workload)
-                        };
-                        add_reason(&mut row.reasons, ReasonKind::Upstream, target, count);
+                    match &filter.to {
+                        Some(to)
+                            if &key.destination_workload == to
+                                && &key.destination_namespace == namespace =>
+                        {
+                            count_request(row, key, count);
+                        }
+                        Some(_) => {}
+                        None if key.failure && filter.from.is_none() => {
+                            let target = if key.destination_workload.is_empty() {
+                                format!("svc/{}", key.destination_service)
+                            } else {
+                                format!(
+                                    "{}/{}",
+                                    key.destination_namespace, key.destination_workload
+                                )
+                            };
+                            add_reason(&mut row.reasons, ReasonKind::Upstream, target, count);
+                        }
+                        None => {}
                     }
-                    None => {}
-                },
+                }
                 Series::Local { inbound, reason } if !filtered => {
                     let side = if *inbound { "inbound" } else { "outbound" };
                     add_reason(
@@ -357,6 +386,7 @@ pub fn aggregate(proxies: &[ProxyView], filter: &Filter, window_seconds: f64) ->
         edges,
         unreachable: Vec::new(),
         identities,
+        callers,
     }
 }
 
@@ -406,6 +436,66 @@ pub fn quantile(buckets: &[Bucket], q: f64) -> Option<f64> {
     Some(lower)
 }
 
+/// The edges with each caller named that its destination's proxies could not name although
+/// it proved its namespace over mTLS: a meshed client that backs no Service, or one the
+/// destination's proxies have not heard of yet (they name callers from the endpoints they
+/// know). Its name is the one workload of that namespace whose own proxies reported calling
+/// the destination (`callers`) and that did not prove another identity as a client
+/// (`identities`); with none or several the edge stays unnamed. Edges that become the same
+/// are added up.
+pub fn name_callers(
+    edges: Vec<EdgeStats>,
+    callers: &BTreeMap<String, BTreeSet<String>>,
+    identities: &BTreeMap<String, String>,
+) -> Vec<EdgeStats> {
+    let mut out: Vec<EdgeStats> = Vec::with_capacity(edges.len());
+    for mut edge in edges {
+        if edge.source.is_empty() && !edge.source_namespace.is_empty() {
+            let destination = format!("{}/{}", edge.destination_namespace, edge.destination);
+            let prefix = format!("{}/", edge.source_namespace);
+            let candidates: Vec<&String> = callers
+                .get(&destination)
+                .into_iter()
+                .flatten()
+                .filter(|caller| caller.starts_with(&prefix))
+                .filter(|caller| {
+                    identities
+                        .get(*caller)
+                        .is_none_or(|proved| *proved == edge.source_identity)
+                })
+                .collect();
+            if let [only] = candidates.as_slice() {
+                only[prefix.len()..].clone_into(&mut edge.source);
+            }
+        }
+        add_edge(&mut out, edge);
+    }
+    out
+}
+
+/// Adds `edge` to `edges`: to the same edge's counts (same ends and client identity) if there.
+fn add_edge(edges: &mut Vec<EdgeStats>, edge: EdgeStats) {
+    fn key(e: &EdgeStats) -> (&str, &str, &str, &str, &str) {
+        (
+            &e.source_namespace,
+            &e.source,
+            &e.destination_namespace,
+            &e.destination,
+            &e.source_identity,
+        )
+    }
+    let wanted = key(&edge);
+    match edges.iter_mut().find(|e| key(e) == wanted) {
+        Some(ours) => {
+            ours.requests += edge.requests;
+            ours.failures += edge.failures;
+            ours.secured_requests += edge.secured_requests;
+            ours.seconds = ours.seconds.max(edge.seconds);
+        }
+        None => edges.push(edge),
+    }
+}
+
 /// PASS when the success rate is at least `threshold` percent; NO TRAFFIC without requests.
 pub fn verdict(requests: u64, failures: u64, threshold: f64) -> Verdict {
     if requests == 0 {
@@ -437,6 +527,9 @@ impl Report {
         self.window_seconds = self.window_seconds.max(other.window_seconds);
         self.unreachable.extend(other.unreachable);
         self.identities.extend(other.identities);
+        for (destination, theirs) in other.callers {
+            self.callers.entry(destination).or_default().extend(theirs);
+        }
         for theirs in other.workloads {
             match self
                 .workloads
@@ -450,6 +543,7 @@ impl Report {
                     ours.failures += theirs.failures;
                     ours.seconds = ours.seconds.max(theirs.seconds);
                     ours.tcp_open += theirs.tcp_open;
+                    ours.sample = sample::newest(ours.sample.take(), theirs.sample);
                     for bucket in theirs.latency {
                         match ours.latency.iter_mut().find(|b| b.le == bucket.le) {
                             Some(b) => b.count += bucket.count,
@@ -471,35 +565,14 @@ impl Report {
             }
         }
         for theirs in other.edges {
-            let same = |e: &&mut EdgeStats| {
-                (
-                    &e.source_namespace,
-                    &e.source,
-                    &e.destination_namespace,
-                    &e.destination,
-                    &e.source_identity,
-                ) == (
-                    &theirs.source_namespace,
-                    &theirs.source,
-                    &theirs.destination_namespace,
-                    &theirs.destination,
-                    &theirs.source_identity,
-                )
-            };
-            match self.edges.iter_mut().find(same) {
-                None => self.edges.push(theirs),
-                Some(ours) => {
-                    ours.requests += theirs.requests;
-                    ours.failures += theirs.failures;
-                    ours.secured_requests += theirs.secured_requests;
-                    ours.seconds = ours.seconds.max(theirs.seconds);
-                }
-            }
+            add_edge(&mut self.edges, theirs);
         }
     }
 
     /// Derives rates, percentiles, verdicts (against `threshold` percent) and top reasons.
     pub fn finish(mut self, threshold: f64) -> Self {
+        let edges = std::mem::take(&mut self.edges);
+        self.edges = name_callers(edges, &self.callers, &self.identities);
         self.threshold = threshold;
         self.workloads
             .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
@@ -516,6 +589,11 @@ impl Report {
                 Verdict::Fail => w.reasons.iter().take(TOP_REASONS).cloned().collect(),
                 _ => Vec::new(),
             };
+            // A replica whose own share of a merged FAIL row fails keeps its sample: the
+            // merged rate is an average of the replicas', so one of them is below it.
+            if w.verdict != Verdict::Fail {
+                w.sample = None;
+            }
         }
         self.edges.sort_by(|a, b| {
             (
@@ -583,6 +661,7 @@ mod tests {
                 seconds: 60.0,
             },
             tcp_open: 2.0,
+            sample: None,
         }
     }
 
@@ -671,6 +750,50 @@ mod tests {
         );
     }
 
+    fn sample(pod: &str, status: u16, age_seconds: f64) -> Option<SampleRequest> {
+        Some(SampleRequest {
+            pod: pod.into(),
+            direction: "inbound".into(),
+            method: "GET".into(),
+            authority: "backend".into(),
+            path: "/".into(),
+            status,
+            age_seconds,
+            ..SampleRequest::default()
+        })
+    }
+
+    #[test]
+    fn a_failing_row_shows_its_newest_sample_request() {
+        let mut proxies = demo();
+        proxies[0].sample = sample("backend-1", 503, 9.0);
+        // A second backend pod, with a newer failure.
+        proxies.push(ProxyView {
+            sample: sample("backend-2", 500, 2.0),
+            ..proxy("backend", &[(req(true, "middleware", "backend", 503), 1.0)])
+        });
+        // A passing tier's failures are not shown.
+        proxies[2].sample = sample("frontend-1", 503, 1.0);
+        let report = aggregate(&proxies, &filter(None, None), 60.0).finish(95.0);
+        let backend = &report.workloads[0];
+        assert_eq!(backend.verdict, Verdict::Fail);
+        assert_eq!(backend.sample, sample("backend-2", 500, 2.0));
+        assert_eq!(report.workloads[1].name, "frontend");
+        assert_eq!(report.workloads[1].sample, None);
+        assert_eq!(report.workloads[2].sample, None, "the middleware had none");
+        // Across replicas, the newest wins.
+        let mut merged = aggregate(&proxies[..1], &filter(None, None), 60.0).finish(95.0);
+        merged.merge(aggregate(&proxies[4..], &filter(None, None), 60.0).finish(95.0));
+        let merged = merged.finish(95.0);
+        assert_eq!(merged.workloads[0].sample, sample("backend-2", 500, 2.0));
+        let json = serde_json::to_value(&merged.workloads[0]).unwrap();
+        assert_eq!(json["sample"]["status"], 500);
+        assert_eq!(json["sample"]["ageSeconds"], 2.0);
+        // Narrowed rows count some callers only; the ring does not say whose a request was.
+        let to = aggregate(&proxies, &filter(None, Some("backend")), 60.0).finish(95.0);
+        assert!(to.workloads.iter().all(|w| w.sample.is_none()));
+    }
+
     #[test]
     fn edges_carry_identities_and_mtls_state() {
         let report = aggregate(&demo(), &filter(None, None), 60.0).finish(95.0);
@@ -705,6 +828,120 @@ mod tests {
         );
         assert_eq!(report.edges[2].destination_identity, "");
         assert_eq!(to_backend.success_rate, Some(0.7));
+    }
+
+    /// An inbound request from a meshed client its callee's proxy could not name: its
+    /// namespace and identity proven over mTLS, its workload unknown (it backs no Service).
+    fn unnamed(account: &str, destination: &str, status: u16) -> Series {
+        Series::Request(RequestKey {
+            source_namespace: "demo".into(),
+            source_principal: format!("spiffe://cluster.local/ns/demo/sa/{account}"),
+            tls: true,
+            ..key(true, "", destination, status)
+        })
+    }
+
+    fn edge_names(report: &Report) -> Vec<(String, String, u64, u64)> {
+        report
+            .edges
+            .iter()
+            .map(|e| {
+                let source = match (e.source_namespace.as_str(), e.source.as_str()) {
+                    ("", "") => "(outside)".to_owned(),
+                    (namespace, name) => format!("{namespace}/{name}"),
+                };
+                (source, e.destination.clone(), e.requests, e.failures)
+            })
+            .collect()
+    }
+
+    /// A meshed load generator without a Service calls the frontend while the backend fails:
+    /// its failing calls are its own edge, not the probes' "outside the mesh" one.
+    #[test]
+    fn a_meshed_caller_the_callee_cannot_name_is_named_from_its_own_proxies() {
+        let proxies = [
+            proxy(
+                "frontend",
+                &[
+                    (req(true, "", "frontend", 200), 6.0),
+                    (unnamed("default", "frontend", 200), 70.0),
+                    (unnamed("default", "frontend", 503), 30.0),
+                ],
+            ),
+            proxy(
+                "loadgen",
+                &[
+                    (req(false, "loadgen", "frontend", 200), 70.0),
+                    (req(false, "loadgen", "frontend", 503), 30.0),
+                ],
+            ),
+        ];
+        let report = aggregate(&proxies, &filter(None, None), 60.0).finish(95.0);
+        assert_eq!(
+            edge_names(&report),
+            [
+                ("(outside)".into(), "frontend".into(), 6, 0),
+                ("demo/loadgen".into(), "frontend".into(), 100, 30),
+            ]
+        );
+        // Across replicas (the caller's proxy on one, the callee's on the other) too.
+        let mut merged = aggregate(&proxies[..1], &filter(None, None), 60.0).finish(95.0);
+        merged.merge(aggregate(&proxies[1..], &filter(None, None), 60.0).finish(95.0));
+        assert_eq!(edge_names(&merged.finish(95.0)), edge_names(&report));
+    }
+
+    #[test]
+    fn an_unnamed_caller_joins_its_named_edge_or_stays_unnamed_when_ambiguous() {
+        // Named once the callee's proxy learned of it: the earlier requests join its edge.
+        let frontend = proxy(
+            "frontend",
+            &[
+                (unnamed("loadgen", "frontend", 503), 3.0),
+                (req(true, "loadgen", "frontend", 200), 10.0),
+            ],
+        );
+        let loadgen = proxy("loadgen", &[(req(false, "loadgen", "frontend", 200), 13.0)]);
+        let report = aggregate(
+            &[frontend.clone(), loadgen.clone()],
+            &filter(None, None),
+            60.0,
+        )
+        .finish(95.0);
+        assert_eq!(
+            edge_names(&report),
+            [("demo/loadgen".into(), "frontend".into(), 13, 3)]
+        );
+        // Another caller, which proved no identity to anyone: either could be it.
+        let web = proxy("web", &[(req(false, "web", "frontend", 200), 1.0)]);
+        let report = aggregate(
+            &[frontend, loadgen.clone(), web.clone()],
+            &filter(None, None),
+            60.0,
+        )
+        .finish(95.0);
+        assert_eq!(
+            edge_names(&report),
+            [
+                ("demo/".into(), "frontend".into(), 3, 3),
+                ("demo/loadgen".into(), "frontend".into(), 10, 0),
+            ]
+        );
+        // Unless the one named elsewhere proved another identity than the unnamed caller.
+        let frontend = proxy(
+            "frontend",
+            &[
+                (unnamed("web", "frontend", 503), 3.0),
+                (req(true, "loadgen", "frontend", 200), 10.0),
+            ],
+        );
+        let report = aggregate(&[frontend, loadgen, web], &filter(None, None), 60.0).finish(95.0);
+        assert_eq!(
+            edge_names(&report),
+            [
+                ("demo/loadgen".into(), "frontend".into(), 10, 0),
+                ("demo/web".into(), "frontend".into(), 3, 3),
+            ]
+        );
     }
 
     #[test]

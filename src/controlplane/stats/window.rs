@@ -83,7 +83,8 @@ pub struct Snapshot {
     pub dropped: usize,
 }
 
-fn cut(value: &str) -> String {
+/// `value` cut at [`MAX_LABEL_BYTES`] (on a character boundary).
+pub fn cut(value: &str) -> String {
     let mut end = value.len().min(MAX_LABEL_BYTES);
     while !value.is_char_boundary(end) {
         end -= 1;
@@ -254,6 +255,21 @@ impl ProxyWindow {
         self.workload.as_ref()
     }
 
+    /// Whether the proxy counted failing requests (either direction) between its last two
+    /// scrapes: when its recent errors are worth reading.
+    pub fn newly_failing(&self) -> bool {
+        let Some((last, _)) = &self.last else {
+            return false;
+        };
+        self.increments.back().is_some_and(|increment| {
+            increment.end == *last
+                && increment
+                    .counters
+                    .iter()
+                    .any(|(series, _)| matches!(&**series, Series::Request(key) if key.failure))
+        })
+    }
+
     pub fn tcp_open(&self) -> f64 {
         self.last.as_ref().map_or(0.0, |(_, s)| s.tcp_open)
     }
@@ -326,6 +342,19 @@ mod tests {
         fresh.record(0.0, requests(100, 7));
         assert_eq!(fresh.totals(0.0, 60.0), Totals::default());
         assert_eq!(fresh.workload(), Some(&("demo".into(), "web".into())));
+    }
+
+    #[test]
+    fn failures_since_the_last_scrape_are_noticed() {
+        let mut window = ProxyWindow::default();
+        window.record(0.0, requests(100, 5));
+        assert!(!window.newly_failing(), "no increment yet");
+        window.record(10.0, requests(110, 5));
+        assert!(!window.newly_failing(), "the old failures did not move");
+        window.record(20.0, requests(120, 6));
+        assert!(window.newly_failing());
+        window.record(30.0, requests(130, 6));
+        assert!(!window.newly_failing());
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `GET /debug/tap?namespace=NS&resource=deploy/NAME[&to=svc/NAME|deploy/NAME][&method=GET][&path=/prefix][&max=N]`
+//! `GET /debug/tap?namespace=NS&resource=deploy/NAME[&to=svc/NAME|deploy/NAME[&to_namespace=NS]][&method=GET][&path=/prefix][&max=N]`
 //! on the debug server: the tap's lines as `application/x-ndjson` (see [`super`]), until the
 //! client goes away, `max` events were sent, or no tapped proxy is left. 400 for a bad
 //! parameter, 404 when the target has no pod.
@@ -45,6 +45,7 @@ pub struct TapQuery {
     pub namespace: Option<String>,
     pub resource: Option<String>,
     pub to: Option<String>,
+    pub to_namespace: Option<String>,
     pub method: Option<String>,
     pub path: Option<String>,
     pub max: Option<u64>,
@@ -73,7 +74,8 @@ impl Tapper {
     /// module doc describes, or an error answer.
     pub async fn tap(&self, namespace: String, resource: Resource, query: &TapQuery) -> Response {
         let filter = match target::filter(
-            query.to.as_deref(),
+            &namespace,
+            (query.to.as_deref(), query.to_namespace.as_deref()),
             query.method.as_deref(),
             query.path.as_deref(),
         ) {

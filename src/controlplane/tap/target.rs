@@ -135,15 +135,32 @@ pub fn untappable(
     None
 }
 
-/// The filter a tap's parameters make: `to` is `svc/NAME` or `deploy/NAME`, `method` an HTTP
-/// method, `path` a prefix starting with `/`.
+/// The filter a tap's parameters make: `to` is `svc/NAME` or `deploy/NAME`, in `to_namespace`
+/// or else the tapped namespace `namespace` (as linkerd's `--to-namespace` does), `method` an
+/// HTTP method, `path` a prefix starting with `/`. `to_namespace` without `to` is refused
+/// rather than ignored.
 pub fn filter(
-    to: Option<&str>,
+    namespace: &str,
+    (to, to_namespace): (Option<&str>, Option<&str>),
     method: Option<&str>,
     path: Option<&str>,
 ) -> Result<TapFilter, String> {
     let mut filter = TapFilter::default();
-    if let Some(to) = to.filter(|t| !t.is_empty()) {
+    let to = to.filter(|t| !t.is_empty());
+    let to_namespace = to_namespace.filter(|n| !n.is_empty());
+    if let (None, Some(to_namespace)) = (to, to_namespace) {
+        return Err(format!(
+            "to_namespace={to_namespace:?} needs a destination: give to=svc/NAME or deploy/NAME"
+        ));
+    }
+    if let Some(to) = to {
+        let in_namespace = to_namespace.unwrap_or(namespace);
+        if !valid_name(in_namespace) || in_namespace.contains('.') {
+            return Err(format!(
+                "to_namespace={in_namespace:?} is not a namespace name"
+            ));
+        }
+        in_namespace.clone_into(&mut filter.to_namespace);
         match to.split_once('/') {
             Some(("svc" | "service" | "services", name)) if valid_name(name) => {
                 name.clone_into(&mut filter.to_service);
@@ -316,19 +333,69 @@ mod tests {
 
     #[test]
     fn filters_come_from_the_parameters() {
-        let f = filter(Some("svc/backend"), Some("get"), Some("/work")).unwrap();
+        let f = filter(
+            "demo",
+            (Some("svc/backend"), None),
+            Some("get"),
+            Some("/work"),
+        )
+        .unwrap();
         assert_eq!(f.to_service, "backend");
+        assert_eq!(f.to_namespace, "demo", "the tapped namespace by default");
         assert_eq!(f.method, "GET");
         assert_eq!(f.path_prefix, "/work");
+        let f = filter("demo", (Some("deploy/backend"), Some("other")), None, None).unwrap();
         assert_eq!(
-            filter(Some("deploy/backend"), None, None)
-                .unwrap()
-                .to_workload,
-            "backend"
+            (f.to_workload.as_str(), f.to_namespace.as_str()),
+            ("backend", "other")
         );
-        assert!(filter(Some("backend"), None, None).is_err());
-        assert!(filter(None, Some("GE T"), None).is_err());
-        assert!(filter(None, None, Some("work")).is_err());
-        assert_eq!(filter(None, None, None).unwrap(), TapFilter::default());
+        assert!(filter("demo", (Some("backend"), None), None, None).is_err());
+        assert!(
+            filter("demo", (None, Some("other")), None, None).is_err(),
+            "refused, not ignored"
+        );
+        assert!(filter("demo", (Some("svc/backend"), Some("a.b")), None, None).is_err());
+        assert!(filter("demo", (None, None), Some("GE T"), None).is_err());
+        assert!(filter("demo", (None, None), None, Some("work")).is_err());
+        assert_eq!(
+            filter("demo", (None, Some("")), None, None).unwrap(),
+            TapFilter::default(),
+            "no destination: every namespace"
+        );
+    }
+
+    /// The filter as the proxies apply it: a same-named destination in another namespace is
+    /// not the one asked for.
+    #[test]
+    fn a_destination_is_matched_in_its_namespace_only() {
+        use crate::proxy::tap::matches;
+        use crate::xds::tap::{Peer, TapEvent};
+        let event = |service: &str, workload: &str, namespace: &str| TapEvent {
+            destination_service: service.into(),
+            destination: Some(Peer {
+                workload: workload.into(),
+                namespace: namespace.into(),
+                identity: String::new(),
+            }),
+            path: "/".into(),
+            ..TapEvent::default()
+        };
+        let ours = event("backend.demo.svc.cluster.local", "backend-v1", "demo");
+        let theirs = event("backend.other.svc.cluster.local", "backend-v1", "other");
+        let svc = filter("demo", (Some("svc/backend"), None), None, None).unwrap();
+        assert!(matches(&svc, &ours));
+        assert!(!matches(&svc, &theirs));
+        let deploy = filter("demo", (Some("deploy/backend-v1"), None), None, None).unwrap();
+        assert!(matches(&deploy, &ours));
+        assert!(!matches(&deploy, &theirs));
+        let other = filter("demo", (Some("svc/backend"), Some("other")), None, None).unwrap();
+        assert!(matches(&other, &theirs) && !matches(&other, &ours));
+        // No endpoint chosen (no-endpoints): the namespace is the Service's.
+        let unanswered = event("backend.other.svc.cluster.local", "", "");
+        assert!(matches(&other, &unanswered));
+        assert!(!matches(&svc, &unanswered));
+        // Inbound, the host as the client wrote it; the namespace is the tapped pod's.
+        let inbound = event("backend", "backend-v1", "demo");
+        assert!(matches(&svc, &inbound) && !matches(&other, &inbound));
     }
 }

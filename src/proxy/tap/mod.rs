@@ -134,14 +134,27 @@ pub fn matches(filter: &TapFilter, event: &TapEvent) -> bool {
     field(
         &filter.to_workload,
         destination.map_or("", |d| d.workload.as_str()),
-    ) && field(
-        &filter.to_namespace,
-        destination.map_or("", |d| d.namespace.as_str()),
-    ) && (filter.to_service.is_empty()
-        || service_matches(&filter.to_service, &event.destination_service))
+    ) && field(&filter.to_namespace, destination_namespace(event))
+        && (filter.to_service.is_empty()
+            || service_matches(&filter.to_service, &event.destination_service))
         && (filter.method.is_empty() || filter.method.eq_ignore_ascii_case(&event.method))
         && event.path.starts_with(&filter.path_prefix)
         && (filter.authority.is_empty() || filter.authority.eq_ignore_ascii_case(&event.authority))
+}
+
+/// The destination workload's namespace; before an endpoint was chosen (a request the proxy
+/// answered itself), the Service's, from its name `NAME.NAMESPACE.svc...`.
+fn destination_namespace(event: &TapEvent) -> &str {
+    match event.destination.as_ref().map(|d| d.namespace.as_str()) {
+        Some(namespace) if !namespace.is_empty() => namespace,
+        _ => {
+            let mut labels = event.destination_service.split('.');
+            match (labels.next(), labels.next(), labels.next()) {
+                (Some(_), Some(namespace), Some("svc")) => namespace,
+                _ => "",
+            }
+        }
+    }
 }
 
 /// `backend` matches `backend`, `backend.demo` and `backend.demo.svc.cluster.local`.

@@ -49,6 +49,25 @@ function failingText(workload) {
   return `${failing.toFixed(1)}% failing — ${(workload.topReasons || []).map(reasonText).join(", ")}`;
 }
 
+/** `GET backend/api 503 (backend-v1-7f9c-x2x, inbound, 4s ago)`, as `skein stat`'s sample line. */
+function sampleText(sample) {
+  const reason = sample.reason ? ` x-skein-error ${sample.reason}` : "";
+  const age = Math.max(0, Math.round(sample.ageSeconds || 0));
+  return `${sample.method} ${sample.authority}${sample.path} ${sample.status}${reason} ` +
+    `(${sample.pod}, ${sample.direction}, ${age}s ago)`;
+}
+
+/** A FAIL row's why: its reasons, and under them its sample request when there is one. */
+function whyCell(workload) {
+  if (workload.verdict !== "FAIL") return [];
+  const why = [failingText(workload)];
+  if (workload.sample) {
+    why.push(el("div", { class: "sample", "data-sample": workload.name, "data-status": workload.sample.status },
+      `sample: ${sampleText(workload.sample)}`));
+  }
+  return why;
+}
+
 function duration(seconds) {
   if (seconds === null || seconds === undefined) return "-";
   if (seconds < 0) return "expired";
@@ -106,7 +125,7 @@ function renderTiers(report) {
       el("td", { class: "num" }, millis(w.p95Ms)),
       el("td", { class: "num" }, millis(w.p99Ms)),
       el("td", { class: "num" }, w.proxies),
-      el("td", { class: "reasons", "data-reasons": w.name }, w.verdict === "FAIL" ? failingText(w) : ""));
+      el("td", { class: "reasons", "data-reasons": w.name }, ...whyCell(w)));
   });
   if (rows.length === 0) {
     rows.push(el("tr", {}, el("td", { colspan: 9, class: "muted" }, "No proxy has reported yet.")));
@@ -125,6 +144,17 @@ const COLUMN = 250;
 const ROW = 64;
 
 const nodeKey = (namespace, name) => (name ? `${namespace}/${name}` : OUTSIDE);
+
+/**
+ * An edge's caller. Only a caller that proved no identity is outside the mesh (the kubelet's
+ * probes, a pod without a proxy); a meshed one its callee could not name (the control plane
+ * names it when it can) is its namespace and service account, one node per identity.
+ */
+function sourceKey(edge) {
+  if (edge.source || !edge.sourceIdentity) return nodeKey(edge.sourceNamespace, edge.source);
+  const account = edge.sourceIdentity.split("/sa/")[1] || edge.sourceIdentity;
+  return `${edge.sourceNamespace || "?"}/(unnamed, sa ${account})`;
+}
 
 /** Columns by depth: each workload one column right of its deepest caller (cycles cut). */
 function layers(keys, edges) {
@@ -153,7 +183,7 @@ function renderGraph(report) {
   const threshold = (report.threshold || 0) / 100;
   const verdicts = new Map((report.workloads || []).map((w) => [nodeKey(w.namespace, w.name), w.verdict]));
   const edges = (report.edges || []).map((e) => ({
-    from: nodeKey(e.sourceNamespace, e.source),
+    from: sourceKey(e),
     to: nodeKey(e.destinationNamespace, e.destination),
     stats: e,
   }));
@@ -386,8 +416,8 @@ async function startTap(submit) {
     return;
   }
   const query = new URLSearchParams({ namespace, resource });
-  for (const key of ["to", "method", "path"]) {
-    const value = $(`tap-${key}`).value.trim();
+  for (const key of ["to", "to_namespace", "method", "path"]) {
+    const value = $(`tap-${key.replace("_", "-")}`).value.trim();
     if (value) query.set(key, value);
   }
   const controller = new AbortController();
