@@ -1,9 +1,7 @@
 //! `skein tap deploy/NAME -n NS [--to svc/NAME [--to-namespace NS]] [--method GET] [--path /x] [-o wide|json]`:
-//! live requests and responses through the target's proxies, from the control plane's
-//! `/debug/tap` stream ([`crate::controlplane::tap`]); every control-plane replica is asked
-//! (each taps the proxies connected to it) and their lines merged. Pods that cannot be tapped
-//! are named on stderr with the reason, and so are events dropped because the tap could not
-//! keep up.
+//! live requests and responses through the target's proxies, as the control plane streams them
+//! ([`crate::controlplane::tap`]). Pods that cannot be tapped are named on stderr with the
+//! reason, and so are events dropped because the tap could not keep up.
 //!
 //! By default the stream comes through the Kubernetes apiserver: the tap API
 //! ([`crate::controlplane::tap::api`]), so the caller needs RBAC `watch` on `deployments/tap`,
