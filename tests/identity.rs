@@ -470,8 +470,9 @@ async fn the_control_plane_cannot_read_the_mesh_ca_and_certifies_pods_with_its_o
         settings_hash: "",
     };
     let install = desired::desired(&meshconfig, &inputs).expect("the desired install");
+    // Its binding in kube-system reads the apiserver's front-proxy settings (the tap API).
     let rbac = install.objects.into_iter().filter(|o| {
-        o.name == CONTROL_PLANE
+        (o.name == CONTROL_PLANE || o.name == desired::FRONT_PROXY_READER_BINDING)
             && matches!(
                 o.resource.kind.as_str(),
                 "ServiceAccount" | "Role" | "RoleBinding" | "ClusterRole" | "ClusterRoleBinding"
