@@ -26,11 +26,17 @@ const ONE_TAP: &str = "30";
 
 /// `skein ARGS --cluster CLUSTER` (killed after ONE_TAP seconds): success, stdout, stderr.
 fn skein(args: &[&str]) -> (bool, String, String) {
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["--cluster", CLUSTER]);
+    skein_with(support::kubeconfig(), &all)
+}
+
+/// `skein ARGS` with `kubeconfig` (killed after ONE_TAP seconds): success, stdout, stderr.
+fn skein_with(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
     let out = Command::new("timeout")
         .args([ONE_TAP, SKEIN])
         .args(args)
-        .args(["--cluster", CLUSTER])
-        .env("KUBECONFIG", support::kubeconfig())
+        .env("KUBECONFIG", kubeconfig)
         .stdin(Stdio::null())
         .output()
         .expect("running skein");
@@ -241,22 +247,6 @@ async fn taps_show_the_demo_traffic_and_name_what_cannot_be_tapped() {
     remove_loadgen(&client).await;
 }
 
-/// `skein tap` without `--cluster`: through the apiserver's tap API, as the kubeconfig's user.
-fn skein_through_apiserver(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new("timeout")
-        .args([ONE_TAP, SKEIN])
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running skein");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// The test's kubeconfig, impersonating `user` (the admin may impersonate anyone).
 fn kubeconfig_as(user: &str, dir: &Path) -> PathBuf {
     let mut config = kube::config::Kubeconfig::read_from(support::kubeconfig())
@@ -298,7 +288,7 @@ async fn tap_api_is_authorised_by_rbac(client: &kube::Client) {
         "-o",
         "json",
     ];
-    let (ok, _, err) = skein_through_apiserver(&jane, &tap);
+    let (ok, _, err) = skein_with(&jane, &tap);
     assert!(!ok, "jane tapped without permission: {err}");
     assert!(
         err.contains("User \"jane\" cannot watch resource \"deployments/tap\"")
@@ -319,7 +309,7 @@ async fn tap_api_is_authorised_by_rbac(client: &kube::Client) {
         .await
         .expect("binding skein-tap to jane");
     let events: Vec<Value> = eventually("jane's tap through the apiserver", WAIT, || async {
-        let (ok, out, err) = skein_through_apiserver(&jane, &tap);
+        let (ok, out, err) = skein_with(&jane, &tap);
         if !ok {
             eprintln!("skein tap as jane: {err}");
             return None;
@@ -339,8 +329,7 @@ async fn tap_api_is_authorised_by_rbac(client: &kube::Client) {
         "{events:#?}"
     );
     // Still only where the binding is.
-    let (ok, _, err) =
-        skein_through_apiserver(&jane, &["tap", "ns", "-n", "default", "--max", "1"]);
+    let (ok, _, err) = skein_with(&jane, &["tap", "ns", "-n", "default", "--max", "1"]);
     assert!(
         !ok && err.contains("cannot watch resource \"tap\""),
         "{err}"

@@ -451,6 +451,17 @@ mod tests {
         assert_eq!(user_of(&config(), &HeaderMap::new()), None);
     }
 
+    /// A self-signed certificate whose common name is `name`.
+    fn certificate_named(name: &str) -> rcgen::Certificate {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap()
+    }
+
     #[test]
     fn headers_count_only_with_a_front_proxy_certificate() {
         let mut headers = HeaderMap::new();
@@ -460,28 +471,12 @@ mod tests {
             authenticate(&config(), None, &headers),
             Err(AuthError::NotFrontProxy)
         );
-        let other = rcgen::CertificateParams::new(Vec::<String>::new())
-            .map(|mut params| {
-                params
-                    .distinguished_name
-                    .push(rcgen::DnType::CommonName, "someone-else");
-                params
-            })
-            .and_then(|params| params.self_signed(&rcgen::KeyPair::generate()?))
-            .unwrap();
+        let other = certificate_named("someone-else");
         assert_eq!(
             authenticate(&config(), Some(other.der()), &headers),
             Err(AuthError::NameNotAllowed("someone-else".to_owned()))
         );
-        let proxy = rcgen::CertificateParams::new(Vec::<String>::new())
-            .map(|mut params| {
-                params
-                    .distinguished_name
-                    .push(rcgen::DnType::CommonName, "front-proxy-client");
-                params
-            })
-            .and_then(|params| params.self_signed(&rcgen::KeyPair::generate()?))
-            .unwrap();
+        let proxy = certificate_named("front-proxy-client");
         let user = authenticate(&config(), Some(proxy.der()), &headers).unwrap();
         assert_eq!(user.name, "system:admin");
     }

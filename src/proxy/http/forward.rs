@@ -200,6 +200,26 @@ pub struct Observers<'a> {
     pub line: &'a RequestLine,
 }
 
+/// The proxy's own answer to a request it refuses before forwarding it (strict mTLS, an access
+/// policy, egress, an injected fault), observed and recorded like any other response.
+pub fn refuse(
+    context: &RequestContext,
+    route: Option<&CompiledRoute>,
+    labels: RequestLabels,
+    started: Instant,
+    (span, tap): (Option<Box<Span>>, Option<Box<TapRequest>>),
+    parts: &http::request::Parts,
+    local: Local,
+) -> Response<ProxyBody> {
+    let line = RequestLine::of(parts);
+    let observers = Observers {
+        span,
+        tap,
+        line: &line,
+    };
+    finish(context, route, labels, started, observers, Err(local))
+}
+
 /// The response the client gets, wrapped so that its metrics are recorded when its body ends:
 /// the upstream's (with the route's header edits), or the proxy's own when there was none.
 pub fn finish(

@@ -16,7 +16,6 @@ use crate::proxy::authz::{self, RequestFacts};
 use crate::proxy::config::compiled::normalize_host;
 use crate::proxy::inbound::{self, Plaintext};
 use crate::proxy::reasons::Reason;
-use crate::proxy::recent::RequestLine;
 
 pub async fn handle(
     request: Request<Incoming>,
@@ -65,19 +64,7 @@ pub async fn handle(
                 parts.uri.path(),
             ),
         );
-        let line = RequestLine::of(&parts);
-        return forward::finish(
-            context,
-            None,
-            labels,
-            started,
-            forward::Observers {
-                span,
-                tap,
-                line: &line,
-            },
-            Err(refused),
-        );
+        return forward::refuse(context, None, labels, started, (span, tap), &parts, refused);
     }
 
     let path = authz::normalize_path(parts.uri.path());
@@ -95,19 +82,7 @@ pub async fn handle(
             Reason::AccessDenied,
             denial.to_string(),
         );
-        let line = RequestLine::of(&parts);
-        return forward::finish(
-            context,
-            None,
-            labels,
-            started,
-            forward::Observers {
-                span,
-                tap,
-                line: &line,
-            },
-            Err(local),
-        );
+        return forward::refuse(context, None, labels, started, (span, tap), &parts, local);
     }
 
     let request = Forward {

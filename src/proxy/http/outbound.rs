@@ -15,7 +15,6 @@ use crate::proxy::config::EgressProtocol;
 use crate::proxy::config::compiled::normalize_host;
 use crate::proxy::egress;
 use crate::proxy::reasons::{Reason, service_ref};
-use crate::proxy::recent::RequestLine;
 
 pub async fn handle(
     request: Request<Incoming>,
@@ -67,18 +66,14 @@ pub async fn handle(
                         .trim_end()
                         .to_owned(),
                 );
-                let line = RequestLine::of(&parts);
-                return forward::finish(
+                return forward::refuse(
                     context,
                     None,
                     labels,
                     started,
-                    forward::Observers {
-                        span,
-                        tap,
-                        line: &line,
-                    },
-                    Err(blocked),
+                    (span, tap),
+                    &parts,
+                    blocked,
                 );
             }
         };
@@ -123,18 +118,14 @@ pub async fn handle(
                         abort.status,
                     ),
                 );
-                let line = RequestLine::of(&parts);
-                return forward::finish(
+                return forward::refuse(
                     context,
                     Some(route),
                     labels,
                     started,
-                    forward::Observers {
-                        span,
-                        tap,
-                        line: &line,
-                    },
-                    Err(local),
+                    (span, tap),
+                    &parts,
+                    local,
                 );
             }
         }
