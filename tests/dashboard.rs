@@ -1,10 +1,12 @@
 //! The web dashboard in a real browser: headless Chromium, driven through chromedriver, opens
 //! the page the real control plane serves for the meshed demo of `skein dev up` (a cluster of
-//! its own, `skein-test-dash`) while real requests flow loadgen → frontend → middleware →
-//! backend. The backend is made to fail 30% (the demo's `x-demo-backend-fail-percent` knob):
-//! the page shows the backend tier FAIL with its reason (the 503s) and a sample failing request,
-//! and the chain's edges; once the failures stop it shows PASS. The page loads nothing from
-//! other origins and logs no console error. Screenshots of both states are kept in `target/test-artifacts/`.
+//! its own, `skein-test-dash`), through the real apiserver as `skein dashboard` serves it,
+//! while real requests flow loadgen → frontend → middleware → backend. The backends sample
+//! every trace and the MeshConfig names a tracing UI. The backend is made to fail 30% (the
+//! demo's `x-demo-backend-fail-percent` knob): the page shows the backend tier FAIL with its
+//! reason (the 503s) and a sample failing request linked to its trace, and the chain's edges;
+//! once the failures stop it shows PASS. The page loads nothing from other origins and logs no
+//! console error. Screenshots of both states are kept in `target/test-artifacts/`.
 //! Needs root, iproute2, iptables, chromium and chromedriver (tests never skip).
 
 mod support;
@@ -13,8 +15,16 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
+use skein::api::MeshConfig;
+use skein::api::names::ACTIVE_MESHCONFIG;
+use support::dashboard::Dashboard;
 use support::demo_load::{self, finish, loadgen};
+use support::node::pod_ready;
 use support::webdriver::{Chromedriver, Session};
 
 const CLUSTER: &str = "skein-test-dash";
@@ -31,8 +41,11 @@ const tiers = {};
 for (const cell of document.querySelectorAll("td.verdict[data-workload]")) {
   const reasons = document.querySelector(`td[data-reasons="${cell.dataset.workload}"]`);
   const sample = document.querySelector(`[data-sample="${cell.dataset.workload}"]`);
+  const trace = document.querySelector(`a[data-trace="${cell.dataset.workload}"]`);
+  const traces = document.querySelector(`a[data-traces="${cell.dataset.workload}"]`);
   tiers[cell.dataset.workload] = {verdict: cell.dataset.verdict, text: cell.textContent,
-    reasons: reasons ? reasons.textContent : "", sample: sample ? sample.textContent : ""};
+    reasons: reasons ? reasons.textContent : "", sample: sample ? sample.textContent : "",
+    trace: trace ? trace.getAttribute("href") : "", traces: traces ? traces.getAttribute("href") : ""};
 }
 const edges = [...document.querySelectorAll("#graph path.edge")].map((e) => ({
   source: e.dataset.source, destination: e.dataset.destination, secured: e.dataset.secured,
@@ -89,24 +102,58 @@ fn edge<'a>(page: &'a Value, source: &str, destination: &str) -> Option<&'a Valu
     })
 }
 
-/// `skein dashboard --cluster CLUSTER`: the URL it prints.
-fn dashboard_url() -> String {
-    let out = Command::new(SKEIN)
-        .args(["dashboard", "--cluster", CLUSTER])
-        .stdin(Stdio::null())
-        .output()
-        .expect("running skein dashboard");
-    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    assert!(
-        out.status.success(),
-        "skein dashboard failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.starts_with("http://127.0.0.1:") && stdout.ends_with("/dashboard"),
-        "{stdout}"
-    );
-    stdout
+/// The tracing UI the MeshConfig names (nothing serves it: the page only links to it).
+const TRACE_UI: &str = "http://traces.example:16686";
+
+/// The backends trace every request (to a collector that is not there: spans are dropped and
+/// counted, which is all this test needs of them), and the MeshConfig names a tracing UI. The
+/// proxies read tracing settings when their pods are created, so both backends are restarted.
+async fn trace_the_backends(client: &kube::Client) {
+    Api::<MeshConfig>::all(client.clone())
+        .patch(
+            ACTIVE_MESHCONFIG,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"tracing": {
+                "zipkinEndpoint": "http://127.0.0.1:9/api/v2/spans",
+                "samplingPercentage": 100.0,
+                "traceUrl": format!("{TRACE_UI}/trace/{{traceId}}"),
+                "searchUrl": format!("{TRACE_UI}/search?service={{service}}&namespace={{namespace}}"),
+            }}})),
+        )
+        .await
+        .expect("setting the MeshConfig's tracing");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), demo_load::DEMO);
+    let backend = ListParams::default().labels("app=backend");
+    let before: Vec<String> = pods
+        .list(&backend)
+        .await
+        .expect("listing the backends")
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), demo_load::DEMO);
+    let restarted_at = k8s_openapi::jiff::Timestamp::now().to_string();
+    for deployment in BACKENDS {
+        deployments
+            .patch(
+                deployment,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {
+                    "kubectl.kubernetes.io/restartedAt": restarted_at
+                }}}}})),
+            )
+            .await
+            .expect("restarting a backend");
+    }
+    support::eventually("the backends restarted with tracing", WAIT, || async {
+        let now = pods.list(&backend).await.ok()?;
+        let done = now.items.len() == BACKENDS.len()
+            && now
+                .iter()
+                .all(|p| !before.contains(&p.name_any()) && pod_ready(p));
+        done.then_some(())
+    })
+    .await;
 }
 
 /// The console's errors (a failed request, a script error, a blocked resource), as text.
@@ -125,7 +172,10 @@ async fn the_dashboard_shows_the_backend_fail_with_its_reason_then_pass() {
     support::demo_up(CLUSTER);
     let client = support::client().await;
     let pod = loadgen(&client).await;
-    let url = dashboard_url();
+    trace_the_backends(&client).await;
+    let dashboard = Dashboard::start(support::kubeconfig())
+        .unwrap_or_else(|err| panic!("skein dashboard: {err}"));
+    let url = dashboard.url.clone();
     // A flag that could not act is refused rather than ignored.
     let refused = Command::new(SKEIN)
         .args(["dashboard", "--cluster", CLUSTER, "--port", "50751"])
@@ -151,7 +201,7 @@ async fn the_dashboard_shows_the_backend_fail_with_its_reason_then_pass() {
         |page| {
             BACKENDS
                 .iter()
-                .all(|b| verdict(page, b) == "FAIL" && page["tiers"][b]["sample"] != "")
+                .all(|b| verdict(page, b) == "FAIL" && page["tiers"][b]["trace"] != "")
                 && edge(page, "demo/frontend", "demo/middleware").is_some()
                 && edge(page, "demo/middleware", "demo/backend-v1").is_some()
         },
@@ -171,6 +221,20 @@ async fn the_dashboard_shows_the_backend_fail_with_its_reason_then_pass() {
                 && sample.contains("/ 503 (")
                 && sample.contains(&format!("({backend}-")),
             "{backend}'s sample is one of its 503s: {page:#}"
+        );
+        // Linked to its trace, and the tier to its traces, in the MeshConfig's tracing UI.
+        let trace = tier["trace"].as_str().unwrap_or("");
+        let id = trace
+            .strip_prefix(&format!("{TRACE_UI}/trace/"))
+            .unwrap_or_else(|| panic!("{backend}'s sample links its trace: {page:#}"));
+        assert!(
+            id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{trace}"
+        );
+        assert_eq!(
+            tier["traces"],
+            format!("{TRACE_UI}/search?service={backend}&namespace=demo"),
+            "{page:#}"
         );
     }
     assert_eq!(page["problems"], "", "{page:#}");
@@ -219,7 +283,7 @@ async fn the_dashboard_shows_the_backend_fail_with_its_reason_then_pass() {
     let errors = console_errors(&session).await;
     assert!(errors.is_empty(), "console errors: {errors:#?}");
 
-    // The tap view: a live stream where the control plane serves /debug/tap, else says so.
+    // The tap view: a live stream, tapped as the user through the apiserver.
     let status = session
         .execute(
             "document.getElementById('tap-resource').value = 'deploy/backend-v1';
@@ -239,11 +303,7 @@ async fn the_dashboard_shows_the_backend_fail_with_its_reason_then_pass() {
                 json!([]),
             )
             .await;
-        let unavailable = tap["text"]
-            .as_str()
-            .is_some_and(|t| t.contains("not available on this control plane"));
-        let tapping = tap["state"] == "tapping" && tap["events"].as_u64() > Some(0);
-        if unavailable || tapping {
+        if tap["state"] == "tapping" && tap["events"].as_u64() > Some(0) {
             break tap;
         }
         assert!(Instant::now() < deadline, "the tap view: {tap:#}");
@@ -253,6 +313,7 @@ async fn the_dashboard_shows_the_backend_fail_with_its_reason_then_pass() {
 
     session.quit().await;
     drop(driver);
+    drop(dashboard);
     demo_load::stop(healthy);
     demo_load::remove_loadgen(&client).await;
 }

@@ -149,11 +149,13 @@ const OPERATOR_EVERYWHERE: &[&str] = &[
     "clusterrolebindings.rbac.authorization.k8s.io [] [skein-control-plane] [get list watch create patch delete]",
     "clusterroles.rbac.authorization.k8s.io [] [skein-control-plane] [get list watch create patch delete]",
     "clusterroles.rbac.authorization.k8s.io [] [skein-tap] [get list watch create patch delete]",
+    "clusterroles.rbac.authorization.k8s.io [] [skein-dashboard] [get list watch create patch delete]",
     "apiservices.apiregistration.k8s.io [] [v1alpha1.tap.skein.dev] [get list watch create patch delete]",
     "subjectaccessreviews.authorization.k8s.io [] [] [create]",
     "deployments.tap.skein.dev/tap [] [] [watch]",
     "pods.tap.skein.dev/tap [] [] [watch]",
     "tap.tap.skein.dev [] [] [watch]",
+    "dashboard.tap.skein.dev [] [] [get list]",
     "mutatingwebhookconfigurations.admissionregistration.k8s.io [] [skein-sidecar-injector] [get list watch create patch delete]",
     "validatingwebhookconfigurations.admissionregistration.k8s.io [] [skein-rule-validator] [get list watch create patch delete]",
 ];

@@ -11,10 +11,11 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
+use support::dashboard::Dashboard;
 use support::demo_load::{DEMO, load, loadgen, remove_loadgen, stop};
 use support::node::eventually;
 
@@ -334,6 +335,7 @@ async fn tap_api_is_authorised_by_rbac(client: &kube::Client) {
         !ok && err.contains("cannot watch resource \"tap\""),
         "{err}"
     );
+    dashboard_is_authorised_by_rbac(client, &jane).await;
 
     // Straight to the control plane, claiming to be an admin: refused, the headers ignored.
     let meshconfig = Api::<skein::api::MeshConfig>::all(client.clone())
@@ -367,6 +369,102 @@ async fn tap_api_is_authorised_by_rbac(client: &kube::Client) {
         "{body}"
     );
     let _ = bindings.delete("jane-tap", &DeleteParams::default()).await;
+}
+
+/// The dashboard through the apiserver (`skein dashboard`, as jane, who may tap only `demo`):
+/// refused with the role to ask for; with `skein-dashboard` bound, the page, its stats and its
+/// tap view of `demo` are served, and its tap view of `default` is refused as jane's own tap is.
+async fn dashboard_is_authorised_by_rbac(client: &kube::Client, jane: &Path) {
+    let refused = Dashboard::start(jane)
+        .err()
+        .expect("jane opened the dashboard unbound");
+    assert!(
+        refused.contains("User \"jane\" cannot list resource \"dashboard\"")
+            && refused.contains("--clusterrole skein-dashboard"),
+        "{refused}"
+    );
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "jane-dashboard"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "skein-dashboard"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "jane"}],
+    }))
+    .expect("a ClusterRoleBinding");
+    let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
+    let _ = bindings
+        .delete("jane-dashboard", &DeleteParams::default())
+        .await;
+    bindings
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("binding skein-dashboard to jane");
+    let dashboard = eventually("jane's dashboard", WAIT, || async {
+        Dashboard::start(jane)
+            .map_err(|err| eprintln!("skein dashboard as jane: {err}"))
+            .ok()
+    })
+    .await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("a client");
+    let get = |path: &str| {
+        let request = http.get(format!("{}{path}", dashboard.url));
+        async move {
+            let answer = request.send().await.expect("asking the dashboard");
+            let status = answer.status().as_u16();
+            let content_type = answer
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            (
+                status,
+                content_type,
+                answer.text().await.unwrap_or_default(),
+            )
+        }
+    };
+    let (status, content_type, page) = get("").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(content_type.starts_with("text/html"), "{content_type}");
+    assert!(page.starts_with("<!doctype html>"), "{page}");
+    let (status, _, stats) = get(&format!("/stats?namespace={DEMO}")).await;
+    assert_eq!(status, 200, "{stats}");
+    let stats: Value = serde_json::from_str(&stats).expect("the stats as JSON");
+    assert!(stats["workloads"].is_array(), "{stats:#}");
+    let (status, _, lines) = get(&format!(
+        "/tap?namespace={DEMO}&resource=deploy%2Ffrontend&max=2"
+    ))
+    .await;
+    assert_eq!(status, 200, "{lines}");
+    let events = lines
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line.get("event").is_some())
+        .count();
+    assert_eq!(events, 2, "{lines}");
+    let (status, _, refusal) = get("/tap?namespace=default&resource=ns").await;
+    assert_eq!(status, 403, "{refusal}");
+    assert!(
+        refusal.contains("may not watch tap in namespace default")
+            && refusal.contains("--clusterrole skein-tap"),
+        "{refusal}"
+    );
+    // Only the dashboard is passed on, and only to a browser that asked for this host.
+    let (status, _, _) = get("/../api/v1/namespaces/kube-system/secrets").await;
+    assert_eq!(status, 404);
+    let rebound = http
+        .get(&dashboard.url)
+        .header("host", "attacker.example")
+        .send()
+        .await
+        .expect("asking the dashboard");
+    assert_eq!(rebound.status(), 403);
+    drop(dashboard);
+    let _ = bindings
+        .delete("jane-dashboard", &DeleteParams::default())
+        .await;
 }
 
 fn events_or_panic(args: &[&str]) -> Vec<Value> {

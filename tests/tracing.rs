@@ -425,7 +425,7 @@ fn a_request_through_three_tiers_is_one_trace_in_zipkin_format_and_failures_are_
     ];
     let (proxies, _apps) = start_chain(&chain, &flags);
     assert_one_nested_trace(&jaeger, &chain);
-    assert_backend_failure_is_an_error(&jaeger, &chain);
+    assert_backend_failure_is_an_error(&jaeger, &chain, &proxies[2]);
     for proxy in &proxies {
         proxy.wait_for_metric(
             "skein_proxy_trace_spans_exported_total",
@@ -448,14 +448,16 @@ fn a_request_through_three_tiers_is_one_trace_in_otlp_format_and_failures_are_er
         "--trace-sampling-percentage",
         "100",
     ];
-    let (_proxies, _apps) = start_chain(&chain, &flags);
+    let (proxies, _apps) = start_chain(&chain, &flags);
     assert_one_nested_trace(&jaeger, &chain);
-    assert_backend_failure_is_an_error(&jaeger, &chain);
+    assert_backend_failure_is_an_error(&jaeger, &chain, &proxies[2]);
 }
 
 /// The backend fails (the demo app's per-request knob, passed along the chain): its span and
-/// the middleware's call to it are errors with the status.
-fn assert_backend_failure_is_an_error(jaeger: &Jaeger, chain: &Chain) {
+/// the middleware's call to it are errors with the status, and the backend proxy's recent
+/// errors (what `skein stat` and the dashboard show as the failing tier's sample) name that
+/// trace, so the dashboard's link opens it.
+fn assert_backend_failure_is_an_error(jaeger: &Jaeger, chain: &Chain, backend_proxy: &Proxy) {
     let reply = chain.client.curl(&[
         "-H",
         "x-demo-backend-fail-percent: 100",
@@ -474,6 +476,22 @@ fn assert_backend_failure_is_an_error(jaeger: &Jaeger, chain: &Chain) {
     let middleware_out = failed.span("middleware", "client");
     assert!(middleware_out.is_error(), "{middleware_out:#?}");
     assert_eq!(middleware_out.status(), "503");
+    let recent = backend_proxy.admin("GET", "/debug/recent-errors");
+    let recent: Value = serde_json::from_str(&recent.body).expect("recent errors as JSON");
+    let inbound: Vec<&Value> = recent["errors"]
+        .as_array()
+        .expect("a list of errors")
+        .iter()
+        .filter(|e| e["direction"] == "inbound" && e["status"] == 503)
+        .collect();
+    assert_eq!(inbound.len(), 1, "{recent:#}");
+    // Jaeger writes a 128-bit id without its leading zeros; proxies write all 32 digits.
+    let jaeger_id = format!("{:0>32}", failed.id);
+    assert_eq!(inbound[0]["traceId"], jaeger_id.as_str(), "{recent:#}");
+    assert!(
+        jaeger.trace(&failed.id).is_some(),
+        "Jaeger serves the trace the sample names"
+    );
 }
 
 #[test]

@@ -443,6 +443,23 @@ pub struct TracingSpec {
     /// pods are (re)created, like every injected setting.
     #[schemars(range(min = 0.0, max = 100.0))]
     pub sampling_percentage: f64,
+    /// The tracing UI's page for one trace, `{traceId}` standing for the trace's 32 hex digits
+    /// (Jaeger: `http://jaeger.example:16686/trace/{traceId}`; Zipkin:
+    /// `http://zipkin.example:9411/zipkin/traces/{traceId}`). The dashboard links a failing
+    /// tier's sample request to its trace when the proxy sampled it. Read by the control plane
+    /// at once, for every pod.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "(self.startsWith('http://') || self.startsWith('https://')) && self.contains('{traceId}')", "message": "must be an http:// or https:// URL containing {traceId}"}]))]
+    #[schemars(length(max = 2048))]
+    pub trace_url: Option<String>,
+    /// The tracing UI's search for one workload's traces, `{service}` standing for the
+    /// workload (the spans' service name) and `{namespace}` for its namespace (Jaeger:
+    /// `http://jaeger.example:16686/search?service={service}`). The dashboard links each
+    /// workload to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "(self.startsWith('http://') || self.startsWith('https://')) && self.contains('{service}')", "message": "must be an http:// or https:// URL containing {service}"}]))]
+    #[schemars(length(max = 2048))]
+    pub search_url: Option<String>,
 }
 
 impl Default for TracingSpec {
@@ -451,6 +468,8 @@ impl Default for TracingSpec {
             zipkin_endpoint: None,
             otlp_endpoint: None,
             sampling_percentage: 1.0,
+            trace_url: None,
+            search_url: None,
         }
     }
 }

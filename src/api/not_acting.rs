@@ -63,7 +63,7 @@ impl NotActing for MeshConfigSpec {
         // Every `mtls` field acts: the mode is each proxy's inbound mode (and whether callers
         // originate mTLS), the trust domain and lifetime shape the certificates issued.
         // Every `tracing` field acts: the injector gives each proxy the endpoints and the
-        // sampling percentage.
+        // sampling percentage; the dashboard builds its links from the UI URLs.
         // Remote clusters are probed, but no traffic crosses clusters yet.
         for (i, cluster) in self.federation.clusters.iter().enumerate() {
             if let Some(network) = &cluster.network {

@@ -810,6 +810,7 @@ mod tests {
             }),
             upstream: None,
             attempts: 0,
+            trace_id: None,
         }
     }
 

@@ -96,6 +96,7 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let ca = Arc::new(identity::CaStore::default());
     tokio::spawn(ca.clone().run(client.clone()));
     let tappers = tap::api::TapperSlot::default();
+    let dashboards = tap::api::DashboardSlot::default();
     let app = server::router(AppState {
         cluster,
         metrics,
@@ -107,7 +108,10 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     })
     // Outside the webhooks' request time limit: a tap streams for as long as its client wants.
     .merge(tap::api::router(
-        tappers.clone(),
+        tap::api::Served {
+            tapper: tappers.clone(),
+            dashboard: dashboards.clone(),
+        },
         front_proxy,
         client.clone(),
     ));
@@ -129,7 +133,14 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     // failing (a port taken) stops the process.
     tokio::try_join!(
         webhooks,
-        discovery(client, &args, index, cluster_for_identity, ca, tappers)
+        discovery(
+            client,
+            &args,
+            index,
+            cluster_for_identity,
+            ca,
+            (tappers, dashboards)
+        )
     )?;
     tracing::info!("stopped");
     Ok(())
@@ -143,7 +154,7 @@ async fn discovery(
     slot: Arc<OnceLock<Index>>,
     cluster: ClusterState,
     ca: Arc<identity::CaStore>,
-    tappers: tap::api::TapperSlot,
+    (tappers, dashboards): (tap::api::TapperSlot, tap::api::DashboardSlot),
 ) -> anyhow::Result<()> {
     // Bind before the (possibly slow) first sync, so a taken port fails fast.
     let debug_listener = tokio::net::TcpListener::bind(args.debug_addr)
@@ -171,6 +182,7 @@ async fn discovery(
     let mesh = cluster.clone();
     let taps = tap::TapHub::default();
     let tap_cluster = cluster.clone();
+    let tracing_settings = cluster.clone();
     let push = PushServer::new(source.clone(), authn.clone(), &mut registry)
         .with_identity(identity::IdentityService {
             ca,
@@ -213,18 +225,22 @@ async fn discovery(
     } else {
         debug::stats_router(stats)
     };
-    let debug_app = debug::router(push.clone(), source)
+    let debug_views = debug::router(push.clone(), source)
         .merge(stats_routes)
         .merge(debug::rules_router(index))
-        .merge(dashboard::router())
-        .merge(tap_app)
-        .route(
-            "/metrics",
-            axum::routing::get(move || {
-                let registry = registry.clone();
-                async move { crate::telemetry::metrics_response(&registry) }
-            }),
-        );
+        .merge(tap_app);
+    let dashboard_app = dashboard::router(
+        debug_views.clone(),
+        Arc::new(move || tracing_settings.tracing()),
+    );
+    let _ = dashboards.set(dashboard_app.clone());
+    let debug_app = debug_views.merge(dashboard_app).route(
+        "/metrics",
+        axum::routing::get(move || {
+            let registry = registry.clone();
+            async move { crate::telemetry::metrics_response(&registry) }
+        }),
+    );
     tracing::info!(addr = %args.debug_addr, "serving /debug/proxies, /debug/config, /debug/stats, /debug/rules, /debug/tap, /dashboard and /metrics");
     let debug = async {
         axum::serve(debug_listener, debug_app)

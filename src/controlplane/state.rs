@@ -13,7 +13,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
-use crate::api::meshconfig::{ControlPlaneMode, MeshConfigSpec, MtlsSpec};
+use crate::api::meshconfig::{ControlPlaneMode, MeshConfigSpec, MtlsSpec, TracingSpec};
 use crate::api::{MeshConfig, names};
 use crate::inject::InjectConfig;
 
@@ -111,6 +111,11 @@ impl ClusterState {
     /// The workload-certificate settings (trust domain, lifetime) of the active MeshConfig.
     pub fn mtls(&self) -> MtlsSpec {
         self.mesh().mtls
+    }
+
+    /// The tracing settings of the active MeshConfig (the dashboard's links to the tracing UI).
+    pub fn tracing(&self) -> TracingSpec {
+        self.mesh().tracing
     }
 
     /// The injector's settings from the active MeshConfig (its defaults when there is none).

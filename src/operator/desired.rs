@@ -29,7 +29,7 @@ use crate::api::{MeshConfig, names};
 use crate::controlplane::registration::{
     VALIDATING_WEBHOOK_NAME, validating_webhook_configuration,
 };
-use crate::controlplane::tap::api::{self as tap_api, TAP_CLUSTER_ROLE};
+use crate::controlplane::tap::api::{self as tap_api, DASHBOARD_CLUSTER_ROLE, TAP_CLUSTER_ROLE};
 use crate::controlplane::tap::front_proxy;
 use crate::inject::registration::{
     WEBHOOK_CONFIGURATION_NAME, WebhookTarget, webhook_configuration,
@@ -166,6 +166,12 @@ pub fn desired(mc: &MeshConfig, inputs: &Inputs<'_>) -> Result<Install, DesiredE
     push(source(ClusterRole {
         metadata: meta(TAP_CLUSTER_ROLE, false, "tap"),
         rules: Some(tap_rules()),
+        ..Default::default()
+    }))?;
+    // The dashboard is served by the same API: bind `skein-dashboard` to open it.
+    push(source(ClusterRole {
+        metadata: meta(DASHBOARD_CLUSTER_ROLE, false, "dashboard"),
+        rules: Some(dashboard_rules()),
         ..Default::default()
     }))?;
     push(source(RoleBinding {
@@ -311,6 +317,16 @@ pub fn tap_rules() -> Vec<PolicyRule> {
         tap_api::GROUP,
         &["deployments/tap", "pods/tap", "tap"],
         &[tap_api::VERB],
+    )]
+}
+
+/// What the `skein-dashboard` ClusterRole grants: the page (`list`) and what it loads (`get`).
+/// Its tap view taps as the viewer, so it also takes `skein-tap` in the namespace tapped.
+pub fn dashboard_rules() -> Vec<PolicyRule> {
+    vec![rule(
+        tap_api::GROUP,
+        &[tap_api::DASHBOARD_RESOURCE],
+        &["get", "list"],
     )]
 }
 
@@ -853,6 +869,15 @@ mod tests {
             .find(|o| o.resource.kind == "ClusterRole" && o.name == TAP_CLUSTER_ROLE)
             .expect("the skein-tap ClusterRole");
         assert_eq!(tap_role.object["rules"][0]["verbs"][0], "watch");
+        let dashboard_role = install
+            .objects
+            .iter()
+            .find(|o| o.resource.kind == "ClusterRole" && o.name == DASHBOARD_CLUSTER_ROLE)
+            .expect("the skein-dashboard ClusterRole");
+        assert_eq!(
+            dashboard_role.object["rules"][0]["resources"],
+            serde_json::json!(["dashboard"])
+        );
         assert_eq!(url_port("https://cp.example/inject"), Some(443));
         assert_eq!(url_port("https://[::1]:9443/inject"), Some(9443));
     }

@@ -344,6 +344,7 @@ mod tests {
             503,
             Some("no-endpoints".to_owned()),
             Some("no-endpoints: Service demo/backend ...".to_owned()),
+            None,
         );
         server.state.shared.recent_errors.record(error.clone());
         let (_, body) = call(server.addr, "GET", RECENT_ERRORS_PATH).await;

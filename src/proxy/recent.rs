@@ -44,6 +44,10 @@ pub struct RecentError {
     /// Tries sent upstream (0: refused before any).
     #[serde(default)]
     pub attempts: u32,
+    /// The trace this request's span belongs to (32 hex digits), when the proxy sampled it:
+    /// the trace a tracing UI shows for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// What `/debug/recent-errors` answers.
@@ -133,13 +137,14 @@ impl RequestLine {
         }
     }
 
-    /// The entry for this request's failure.
+    /// The entry for this request's failure; `trace_id` is its span's trace, if it was sampled.
     pub fn error(
         &self,
         direction: Direction,
         status: u16,
         reason: Option<String>,
         message: Option<String>,
+        trace_id: Option<&[u8; 16]>,
     ) -> RecentError {
         let authority = self.uri.authority().map_or_else(
             || {
@@ -162,6 +167,7 @@ impl RequestLine {
             message,
             upstream: self.upstream,
             attempts: self.attempts,
+            trace_id: trace_id.map(|id| crate::proxy::headers::hex(id)),
         }
     }
 }
@@ -182,6 +188,7 @@ mod tests {
             message: None,
             upstream: None,
             attempts: 1,
+            trace_id: None,
         }
     }
 
@@ -225,8 +232,10 @@ mod tests {
             503,
             Some("no-endpoints".into()),
             Some("no-endpoints: ...".into()),
+            Some(&[0xab; 16]),
         );
         assert_eq!(entry.path, "/secret");
+        assert_eq!(entry.trace_id.as_deref(), Some("ab".repeat(16).as_str()));
         assert_eq!(entry.authority, "backend.demo:8080");
         assert_eq!(entry.method, "GET");
         assert_eq!(entry.direction, "outbound");

@@ -6,6 +6,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod control_plane;
+pub mod dashboard;
 pub mod demo_load;
 pub mod identity;
 pub mod netns;

@@ -35,6 +35,10 @@ pub struct SampleRequest {
     /// Its age when the report was made (the control plane's clock).
     #[serde(default)]
     pub age_seconds: f64,
+    /// Its trace (32 lowercase hex digits), when the proxy sampled it: the dashboard links it
+    /// to the tracing UI (`tracing.traceUrl`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 impl SampleRequest {
@@ -46,8 +50,13 @@ impl SampleRequest {
             .as_ref()
             .map(|r| format!(" x-skein-error {r}"))
             .unwrap_or_default();
+        let trace = self
+            .trace_id
+            .as_ref()
+            .map(|id| format!(", trace {id}"))
+            .unwrap_or_default();
         format!(
-            "{} {}{} {}{reason} ({}, {}, {:.0}s ago)",
+            "{} {}{} {}{reason} ({}, {}, {:.0}s ago{trace})",
             self.method,
             self.authority,
             self.path,
@@ -57,6 +66,15 @@ impl SampleRequest {
             self.age_seconds.max(0.0),
         )
     }
+}
+
+/// A trace id as W3C and Zipkin write it; anything else a proxy reports is dropped, since the
+/// dashboard puts it into a link.
+fn trace_id(text: &str) -> Option<String> {
+    let valid = text.len() == 32
+        && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && text.bytes().any(|b| b != b'0');
+    valid.then(|| text.to_owned())
 }
 
 /// The entry of a proxy's recent errors (oldest first) to show: the newest 5xx it answered
@@ -84,6 +102,7 @@ pub fn keep(pod: &str, error: &RecentError) -> Option<(Timestamp, SampleRequest)
             reason: error.reason.as_deref().map(cut),
             at: cut(&error.at),
             age_seconds: 0.0,
+            trace_id: error.trace_id.as_deref().and_then(trace_id),
         },
     ))
 }
@@ -127,6 +146,7 @@ mod tests {
             message: None,
             upstream: None,
             attempts: 1,
+            trace_id: None,
         }
     }
 
@@ -171,6 +191,29 @@ mod tests {
         let early: Timestamp = "2026-01-01T09:59:59Z".parse().unwrap();
         assert_eq!(within(&kept, early, 30.0).map(|s| s.age_seconds), Some(0.0));
         assert!(keep("p", &error("inbound", 503, "yesterday")).is_none());
+    }
+
+    #[test]
+    fn a_sampled_failure_keeps_its_trace_id_and_nothing_else_passes_for_one() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let mut failed = error("inbound", 503, "2026-01-01T10:00:00Z");
+        failed.trace_id = Some(id.into());
+        let kept = keep("backend-v1-abc", &failed).expect("kept").1;
+        assert_eq!(kept.trace_id.as_deref(), Some(id));
+        assert!(
+            kept.line().ends_with(&format!(", trace {id})")),
+            "{}",
+            kept.line()
+        );
+        for bad in [
+            "4BF92F3577B34DA6A3CE929D0E0E4736",
+            "00000000000000000000000000000000",
+            "4bf92f3577b34da6",
+            "javascript:alert(1)/////////////",
+        ] {
+            failed.trace_id = Some(bad.into());
+            assert_eq!(keep("p", &failed).expect("kept").1.trace_id, None, "{bad}");
+        }
     }
 
     #[test]

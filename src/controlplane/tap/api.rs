@@ -15,11 +15,25 @@
 //! same stream of lines ([`super`]). The ClusterRole `skein-tap` grants all three; bind it
 //! per namespace (`kubectl create rolebinding ... --clusterrole skein-tap`) or cluster-wide.
 //! `/apis/tap.skein.dev/v1alpha1` answers the apiserver's discovery and availability checks.
+//!
+//! The web dashboard ([`crate::controlplane::dashboard`]) is served here too, as the
+//! cluster-scoped resource `dashboard`, so that opening it is RBAC as well:
+//!
+//! | request (GET) | RBAC the caller needs |
+//! |---|---|
+//! | `/apis/tap.skein.dev/v1alpha1/dashboard` (the page) | `list` on `dashboard` |
+//! | `/apis/tap.skein.dev/v1alpha1/dashboard/VIEW` (its script, stylesheet, settings and views) | `get` on `dashboard` |
+//! | `/apis/tap.skein.dev/v1alpha1/dashboard/tap?namespace=NS&resource=…` (its tap view) | that, and the tap's own permission in NS as above |
+//!
+//! The ClusterRole `skein-dashboard` grants the first two (`kubectl create clusterrolebinding
+//! ... --clusterrole skein-dashboard`); the page's tap view also needs `skein-tap` in the
+//! namespace it taps.
 
 use std::sync::{Arc, OnceLock};
 
 use axum::Router;
-use axum::extract::{Extension, Path, Query, State, rejection::QueryRejection};
+use axum::body::Body;
+use axum::extract::{Extension, Path, Query, RawQuery, State, rejection::QueryRejection};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -27,10 +41,12 @@ use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
 use kube::api::{Api, PostParams};
+use tower::ServiceExt;
 
 use super::front_proxy::{AuthError, FrontProxyTrust, User, authenticate};
 use super::http::{TapQuery, Tapper};
 use super::target::Resource;
+use crate::controlplane::dashboard;
 use axum_server::tls::TlsInfo;
 use rustls::pki_types::CertificateDer;
 
@@ -43,18 +59,33 @@ pub const TAP_CLUSTER_ROLE: &str = "skein-tap";
 /// The verb of every tap (the apiserver derives it from the `/watch/` path prefix).
 pub const VERB: &str = "watch";
 
+/// The ClusterRole that grants the dashboard (its tap view also needs [`TAP_CLUSTER_ROLE`]).
+pub const DASHBOARD_CLUSTER_ROLE: &str = "skein-dashboard";
+/// The dashboard's resource in the group.
+pub const DASHBOARD_RESOURCE: &str = "dashboard";
+
 /// The tappers of a control plane, once its discovery has started them.
 pub type TapperSlot = Arc<OnceLock<Tapper>>;
+/// The dashboard's routes ([`crate::controlplane::dashboard::router`]), once discovery has
+/// started what they read.
+pub type DashboardSlot = Arc<OnceLock<Router>>;
+
+/// What the API serves, each set once the control plane's discovery has started.
+#[derive(Clone, Default)]
+pub struct Served {
+    pub tapper: TapperSlot,
+    pub dashboard: DashboardSlot,
+}
 
 #[derive(Clone)]
 struct ApiState {
-    tapper: TapperSlot,
+    served: Served,
     trust: FrontProxyTrust,
     client: kube::Client,
 }
 
-/// The tap API's routes, served on the webhook port (whose certificate the APIService trusts).
-pub fn router(tapper: TapperSlot, trust: FrontProxyTrust, client: kube::Client) -> Router {
+/// The API's routes, served on the webhook port (whose certificate the APIService trusts).
+pub fn router(served: Served, trust: FrontProxyTrust, client: kube::Client) -> Router {
     let base = format!("/apis/{GROUP}/{VERSION}");
     Router::new()
         .route(&base, get(discovery))
@@ -66,8 +97,13 @@ pub fn router(tapper: TapperSlot, trust: FrontProxyTrust, client: kube::Client) 
             &format!("{base}/watch/namespaces/{{namespace}}/tap"),
             get(tap_namespace),
         )
+        .route(&format!("{base}/{DASHBOARD_RESOURCE}"), get(dashboard_page))
+        .route(
+            &format!("{base}/{DASHBOARD_RESOURCE}/{{view}}"),
+            get(dashboard_view),
+        )
         .with_state(ApiState {
-            tapper,
+            served,
             trust,
             client,
         })
@@ -80,11 +116,15 @@ async fn discovery() -> Response {
             "name": name, "singularName": "", "namespaced": true, "kind": "Tap", "verbs": [VERB],
         })
     };
+    let dashboard = serde_json::json!({
+        "name": DASHBOARD_RESOURCE, "singularName": "", "namespaced": false,
+        "kind": "Dashboard", "verbs": ["get"],
+    });
     axum::Json(serde_json::json!({
         "kind": "APIResourceList",
         "apiVersion": "v1",
         "groupVersion": format!("{GROUP}/{VERSION}"),
-        "resources": [resource("tap"), resource("deployments/tap"), resource("pods/tap")],
+        "resources": [resource("tap"), resource("deployments/tap"), resource("pods/tap"), dashboard],
     }))
     .into_response()
 }
@@ -128,24 +168,9 @@ async fn serve(
     headers: HeaderMap,
     query: Result<Query<TapQuery>, QueryRejection>,
 ) -> Response {
-    let user = match state.trust.config().and_then(|config| {
-        // axum-server hands each request its connection's TLS details; the certificate there
-        // has passed the server's verifier ([`FrontProxyTrust::client_verifier`]).
-        let cert = tls
-            .as_ref()
-            .and_then(|Extension(tls)| tls.peer_certificates.first())
-            .map(|der| CertificateDer::from(der.as_slice()));
-        authenticate(&config, cert.as_ref(), &headers)
-    }) {
+    let user = match authenticate_request(&state, tls.as_ref(), &headers) {
         Ok(user) => user,
-        Err(err @ AuthError::NotConfigured(_)) => {
-            return status(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ServiceUnavailable",
-                &err.to_string(),
-            );
-        }
-        Err(err) => return status(StatusCode::UNAUTHORIZED, "Unauthorized", &err.to_string()),
+        Err(refused) => return refused,
     };
     let Query(query) = match query {
         Ok(query) => query,
@@ -157,31 +182,152 @@ async fn serve(
             );
         }
     };
-    let attributes = attributes(&namespace, &resource);
-    match review(&state.client, &user, attributes.clone()).await {
-        Ok(Decision::Allowed) => {}
-        Ok(Decision::Denied(reason)) => {
-            let message = refusal(&user, &attributes, &reason);
-            tracing::info!(user = %user.name, %namespace, %resource, "tap refused: {reason}");
-            return status(StatusCode::FORBIDDEN, "Forbidden", &message);
-        }
-        Err(err) => {
-            return status(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "InternalError",
-                &format!("checking the tap permission with a SubjectAccessReview: {err}"),
-            );
-        }
+    if let Err(refused) = authorize(&state, &user, attributes(&namespace, &resource)).await {
+        return refused;
     }
-    let Some(tapper) = state.tapper.get() else {
-        return status(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ServiceUnavailable",
-            "the control plane is starting: its view of the cluster is not synced yet",
-        );
+    let Some(tapper) = state.served.tapper.get() else {
+        return starting();
     };
     tracing::info!(user = %user.name, %namespace, %resource, "tap started");
     tapper.tap(namespace, resource, &query).await
+}
+
+/// `…/dashboard`: the page.
+async fn dashboard_page(
+    State(state): State<ApiState>,
+    tls: Option<Extension<Arc<TlsInfo>>>,
+    headers: HeaderMap,
+) -> Response {
+    dashboard(state, tls, headers, None, None).await
+}
+
+/// `…/dashboard/VIEW?QUERY`: the page's assets, settings and views.
+async fn dashboard_view(
+    State(state): State<ApiState>,
+    tls: Option<Extension<Arc<TlsInfo>>>,
+    Path(view): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    dashboard(state, tls, headers, Some(view), query).await
+}
+
+async fn dashboard(
+    state: ApiState,
+    tls: Option<Extension<Arc<TlsInfo>>>,
+    headers: HeaderMap,
+    view: Option<String>,
+    query: Option<String>,
+) -> Response {
+    let user = match authenticate_request(&state, tls.as_ref(), &headers) {
+        Ok(user) => user,
+        Err(refused) => return refused,
+    };
+    if let Err(refused) = authorize(&state, &user, dashboard_attributes(view.as_deref())).await {
+        return refused;
+    }
+    // The tap view taps as the viewer: the tap's own permission too.
+    if view.as_deref() == Some("tap") {
+        let target = match tap_target(query.as_deref().unwrap_or_default()) {
+            Ok(target) => target,
+            Err(message) => return status(StatusCode::BAD_REQUEST, "BadRequest", &message),
+        };
+        let (namespace, resource) = target;
+        if let Err(refused) = authorize(&state, &user, attributes(&namespace, &resource)).await {
+            return refused;
+        }
+        tracing::info!(user = %user.name, %namespace, %resource, "dashboard tap started");
+    }
+    let Some(router) = state.served.dashboard.get() else {
+        return starting();
+    };
+    let path = match view {
+        Some(view) => format!("{}/{view}", dashboard::PATH),
+        None => dashboard::PATH.to_owned(),
+    };
+    let uri = match query {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    };
+    let request = match axum::http::Request::get(uri).body(Body::empty()) {
+        Ok(request) => request,
+        Err(err) => return status(StatusCode::BAD_REQUEST, "BadRequest", &err.to_string()),
+    };
+    match router.clone().oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
+/// The namespace and resource the dashboard's tap view asks for (`/debug/tap`'s query).
+fn tap_target(query: &str) -> Result<(String, Resource), String> {
+    let uri: axum::http::Uri = format!("/?{query}")
+        .parse()
+        .map_err(|err: axum::http::uri::InvalidUri| err.to_string())?;
+    let Query(query) = Query::<TapQuery>::try_from_uri(&uri).map_err(|err| err.body_text())?;
+    let namespace = query
+        .namespace
+        .filter(|n| !n.is_empty())
+        .ok_or("give the namespace: ?namespace=NS")?;
+    let resource = query.resource.as_deref().unwrap_or_default().parse()?;
+    Ok((namespace, resource))
+}
+
+/// The forwarded user, believed only from the apiserver's front proxy; or the refusal.
+#[allow(clippy::result_large_err)] // the error is the response itself, built once
+fn authenticate_request(
+    state: &ApiState,
+    tls: Option<&Extension<Arc<TlsInfo>>>,
+    headers: &HeaderMap,
+) -> Result<User, Response> {
+    state
+        .trust
+        .config()
+        .and_then(|config| {
+            // axum-server hands each request its connection's TLS details; the certificate
+            // there has passed the server's verifier ([`FrontProxyTrust::client_verifier`]).
+            let cert = tls
+                .and_then(|Extension(tls)| tls.peer_certificates.first())
+                .map(|der| CertificateDer::from(der.as_slice()));
+            authenticate(&config, cert.as_ref(), headers)
+        })
+        .map_err(|err| match err {
+            AuthError::NotConfigured(_) => status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                &err.to_string(),
+            ),
+            err => status(StatusCode::UNAUTHORIZED, "Unauthorized", &err.to_string()),
+        })
+}
+
+/// The same permission the apiserver checked, checked again with a SubjectAccessReview.
+async fn authorize(
+    state: &ApiState,
+    user: &User,
+    attributes: ResourceAttributes,
+) -> Result<(), Response> {
+    match review(&state.client, user, attributes.clone()).await {
+        Ok(Decision::Allowed) => Ok(()),
+        Ok(Decision::Denied(reason)) => {
+            let message = refusal(user, &attributes, &reason);
+            tracing::info!(user = %user.name, "refused: {message}");
+            Err(status(StatusCode::FORBIDDEN, "Forbidden", &message))
+        }
+        Err(err) => Err(status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            &format!("checking the permission with a SubjectAccessReview: {err}"),
+        )),
+    }
+}
+
+fn starting() -> Response {
+    status(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ServiceUnavailable",
+        "the control plane is starting: its view of the cluster is not synced yet",
+    )
 }
 
 /// The RBAC attributes of a tap, as the apiserver computes them from the request's path.
@@ -199,6 +345,19 @@ pub fn attributes(namespace: &str, resource: &Resource) -> ResourceAttributes {
         subresource: subresource.map(str::to_owned),
         name,
         verb: Some(VERB.to_owned()),
+        ..Default::default()
+    }
+}
+
+/// The RBAC attributes of a dashboard request: `list` for the page (the path names no object),
+/// `get` for what it loads.
+pub fn dashboard_attributes(view: Option<&str>) -> ResourceAttributes {
+    ResourceAttributes {
+        group: Some(GROUP.to_owned()),
+        version: Some(VERSION.to_owned()),
+        resource: Some(DASHBOARD_RESOURCE.to_owned()),
+        name: view.map(str::to_owned),
+        verb: Some(if view.is_some() { "get" } else { "list" }.to_owned()),
         ..Default::default()
     }
 }
@@ -240,25 +399,42 @@ async fn review(
     })
 }
 
-/// The refusal a user reads: what was asked, why not, and the binding that would allow it.
+/// The refusal a user reads: what was asked, why not, and the binding that would allow it
+/// (`skein-tap` in the namespace for a tap; `skein-dashboard` cluster-wide for the dashboard).
 fn refusal(user: &User, attributes: &ResourceAttributes, reason: &str) -> String {
     let resource = match (&attributes.resource, &attributes.subresource) {
         (Some(resource), Some(sub)) => format!("{resource}/{sub}"),
         (Some(resource), None) => resource.clone(),
         _ => String::new(),
     };
-    let namespace = attributes.namespace.as_deref().unwrap_or_default();
+    let verb = attributes.verb.as_deref().unwrap_or(VERB);
     let named = attributes
         .name
         .as_deref()
         .map(|n| format!(" {n:?}"))
         .unwrap_or_default();
+    let binding = binding_name(&user.name);
+    let (scope, grant) = match attributes.namespace.as_deref() {
+        Some(namespace) => (
+            format!(" in namespace {namespace}"),
+            format!(
+                "kubectl create rolebinding {binding}-tap -n {namespace} --clusterrole \
+                 {TAP_CLUSTER_ROLE} --user {}",
+                user.name
+            ),
+        ),
+        None => (
+            String::new(),
+            format!(
+                "kubectl create clusterrolebinding {binding}-dashboard --clusterrole \
+                 {DASHBOARD_CLUSTER_ROLE} --user {}",
+                user.name
+            ),
+        ),
+    };
     format!(
-        "user {:?} may not {VERB} {resource}{named} in namespace {namespace} (API group {GROUP}): \
-         {reason}. Grant it with: kubectl create rolebinding {}-tap -n {namespace} \
-         --clusterrole {TAP_CLUSTER_ROLE} --user {}",
-        user.name,
-        binding_name(&user.name),
+        "user {:?} may not {verb} {resource}{named}{scope} (API group {GROUP}): {reason}. \
+         Grant it with: {grant}",
         user.name
     )
 }
@@ -308,6 +484,45 @@ mod tests {
         let ns = attributes("demo", &Resource::Namespace);
         assert_eq!(ns.resource.as_deref(), Some("tap"));
         assert_eq!((ns.subresource, ns.name), (None, None));
+    }
+
+    #[test]
+    fn dashboard_attributes_match_the_apiservers_for_the_page_and_its_parts() {
+        let page = dashboard_attributes(None);
+        assert_eq!(page.verb.as_deref(), Some("list"));
+        assert_eq!(page.resource.as_deref(), Some("dashboard"));
+        assert_eq!((page.namespace, page.name), (None, None));
+        let script = dashboard_attributes(Some("app.js"));
+        assert_eq!(script.verb.as_deref(), Some("get"));
+        assert_eq!(script.name.as_deref(), Some("app.js"));
+    }
+
+    #[test]
+    fn the_dashboards_tap_view_names_its_target() {
+        assert_eq!(
+            tap_target("namespace=demo&resource=deploy%2Ffrontend&max=5"),
+            Ok((
+                "demo".to_owned(),
+                Resource::Deployment("frontend".to_owned())
+            ))
+        );
+        assert!(tap_target("resource=deploy/frontend").is_err());
+        assert!(tap_target("namespace=demo&resource=svc/x").is_err());
+        assert!(tap_target("namespace=demo&max=many").is_err());
+    }
+
+    #[test]
+    fn a_dashboard_refusal_names_the_cluster_role() {
+        let user = User {
+            name: "jane".to_owned(),
+            ..Default::default()
+        };
+        assert_eq!(
+            refusal(&user, &dashboard_attributes(None), "no RBAC rule allows it"),
+            "user \"jane\" may not list dashboard (API group tap.skein.dev): no RBAC rule \
+             allows it. Grant it with: kubectl create clusterrolebinding jane-dashboard \
+             --clusterrole skein-dashboard --user jane"
+        );
     }
 
     #[test]

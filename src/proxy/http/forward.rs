@@ -238,6 +238,7 @@ pub fn finish(
     let direction = context.connection.direction;
     let metrics = &context.shared.metrics.http;
     let mut proxy_error = "";
+    let trace_id = span.as_ref().map(|span| span.context.trace_id);
     let (response, grpc_status) = match result {
         Ok(response) => {
             let grpc = retry::grpc_status(response.headers());
@@ -249,7 +250,7 @@ pub fn finish(
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
                 let status = response.status().as_u16();
-                let error = line.error(direction, status, reason, None);
+                let error = line.error(direction, status, reason, None, trace_id.as_ref());
                 context.shared.recent_errors.record(error);
             }
             (response, grpc)
@@ -272,6 +273,7 @@ pub fn finish(
                 local.status.as_u16(),
                 Some(local.reason.name().to_owned()),
                 Some(local.text()),
+                trace_id.as_ref(),
             );
             context.shared.recent_errors.record(error);
             (local.into_response(), None)

@@ -1,7 +1,8 @@
 "use strict";
-// The Skein dashboard. It reads the debug server's JSON routes (same origin, relative URLs so
-// a path prefix works) every few seconds and draws them. Verdicts, rates and reasons come from
-// /debug/stats as the control plane computed them: the page shows them, it never recomputes.
+// The Skein dashboard. It reads its JSON views under `dashboard/` (same origin, relative URLs,
+// so the page works under the debug server and through the Kubernetes apiserver alike) every
+// few seconds and draws them. Verdicts, rates and reasons come from dashboard/stats as the
+// control plane computed them: the page shows them, it never recomputes.
 
 const REFRESH_MS = 3000;
 const TAP_ROWS = 200;
@@ -57,15 +58,39 @@ function sampleText(sample) {
     `(${sample.pod}, ${sample.direction}, ${age}s ago)`;
 }
 
-/** A FAIL row's why: its reasons, and under them its sample request when there is one. */
+/** The MeshConfig's tracing UI links (`dashboard/settings`), as of the last refresh. */
+let links = { traceUrl: null, searchUrl: null };
+
+/** `template` with each `{name}` replaced, or null when there is no http(s) template. */
+function linkTo(template, values) {
+  if (!template || !/^https?:\/\//.test(template)) return null;
+  return template.replace(/\{(traceId|service|namespace)\}/g, (_, key) => encodeURIComponent(values[key] || ""));
+}
+
+/** A link to the tracing UI, opened beside the dashboard. */
+const traceLink = (href, attrs, text) =>
+  el("a", { href, target: "_blank", rel: "noopener noreferrer", class: "trace-link", ...attrs }, text);
+
+/** A FAIL row's why: its reasons, and under them its sample request when there is one (linked
+ * to its trace when the proxy sampled it and the MeshConfig names a trace UI). */
 function whyCell(workload) {
   if (workload.verdict !== "FAIL") return [];
   const why = [failingText(workload)];
   if (workload.sample) {
-    why.push(el("div", { class: "sample", "data-sample": workload.name, "data-status": workload.sample.status },
-      `sample: ${sampleText(workload.sample)}`));
+    const sample = workload.sample;
+    const href = sample.traceId ? linkTo(links.traceUrl, { traceId: sample.traceId }) : null;
+    why.push(el("div", { class: "sample", "data-sample": workload.name, "data-status": sample.status },
+      `sample: ${sampleText(sample)}`,
+      ...(href ? [" ", traceLink(href, { "data-trace": workload.name }, "trace")] : [])));
   }
   return why;
+}
+
+/** A workload's name, linked to its traces when the MeshConfig names a trace search. */
+function workloadCell(workload, name) {
+  const href = linkTo(links.searchUrl, { service: workload.name, namespace: workload.namespace });
+  if (!href) return el("td", {}, name);
+  return el("td", {}, name, " ", traceLink(href, { "data-traces": workload.name }, "traces"));
 }
 
 function duration(seconds) {
@@ -98,11 +123,22 @@ function saveSettings() {
   history.replaceState(null, "", "?" + settings.toString());
 }
 
+/** A refusal's words: a Kubernetes `Status`'s message (through the apiserver), else the body. */
+async function errorText(response) {
+  const body = (await response.text()).trim();
+  try {
+    const status = JSON.parse(body);
+    if (status && status.kind === "Status" && status.message) return status.message;
+  } catch (_) {
+    // Not JSON: the debug server's plain text.
+  }
+  return body;
+}
+
 async function getJson(path) {
   const response = await fetch(path, { cache: "no-store" });
   if (!response.ok) {
-    const body = (await response.text()).trim();
-    const error = new Error(`${path}: ${response.status} ${body}`);
+    const error = new Error(`${path}: ${response.status} ${await errorText(response)}`);
     error.status = response.status;
     throw error;
   }
@@ -116,7 +152,7 @@ function renderTiers(report) {
   const rows = (report.workloads || []).map((w) => {
     const name = showNamespace ? `${w.namespace}/${w.name}` : w.name;
     return el("tr", { "data-workload": w.name, "data-namespace": w.namespace },
-      el("td", {}, name),
+      workloadCell(w, name),
       el("td", { class: "verdict", "data-workload": w.name, "data-namespace": w.namespace, "data-verdict": w.verdict },
         verdictText(w.verdict)),
       el("td", { class: "num" }, percent(w.successRate)),
@@ -329,12 +365,15 @@ async function refreshOnce() {
   const namespace = $("namespace").value.trim();
   if (namespace) query.set("namespace", namespace);
   if (settings.get("threshold")) query.set("threshold", settings.get("threshold"));
-  const [stats, proxies, rules] = await Promise.allSettled([
-    getJson("debug/stats?" + query.toString()),
-    getJson("debug/proxies"),
-    getJson("debug/rules"),
+  const [stats, proxies, rules, tracing] = await Promise.allSettled([
+    getJson("dashboard/stats?" + query.toString()),
+    getJson("dashboard/proxies"),
+    getJson("dashboard/rules"),
+    getJson("dashboard/settings"),
   ]);
   const problems = [];
+  if (tracing.status === "fulfilled") links = tracing.value;
+  else problems.push(`Settings: ${tracing.reason.message}`);
   if (stats.status === "fulfilled") {
     renderTiers(stats.value);
     renderGraph(stats.value);
@@ -426,15 +465,9 @@ async function startTap(submit) {
   $("tap-events").tBodies[0].replaceChildren();
   tapStatus("Connecting…", "tapping");
   try {
-    const response = await fetch("debug/tap?" + query.toString(), { signal: controller.signal, cache: "no-store" });
+    const response = await fetch("dashboard/tap?" + query.toString(), { signal: controller.signal, cache: "no-store" });
     if (!response.ok) {
-      const body = (await response.text()).trim();
-      // An unknown route answers 404 with no body; the tap route says why it refuses.
-      if (response.status === 404 && !body) {
-        tapStatus("Tap is not available on this control plane (it has no /debug/tap).", "unavailable");
-      } else {
-        tapStatus(`Tap refused (${response.status}): ${body}`, "unavailable");
-      }
+      tapStatus(`Tap refused (${response.status}): ${await errorText(response)}`, "unavailable");
       stopTap();
       return;
     }
