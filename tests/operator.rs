@@ -713,7 +713,7 @@ async fn an_operator_killed_mid_install_converges_without_duplicates() {
         .unwrap();
     assert_eq!(
         roles.items.iter().map(|r| r.name_any()).collect::<Vec<_>>(),
-        ["skein-control-plane", "skein-tap"]
+        ["skein-control-plane", "skein-dashboard", "skein-tap"]
     );
     let cas = mesh_api::<Secret>(&client)
         .list(&ListParams::default())

@@ -216,6 +216,97 @@ fn websocket_and_server_first_opaque_tcp_cross_mutual_tls() {
     assert_eq!((kind("full"), kind("resumed")), (1.0, 1.0));
 }
 
+/// An SSH server (Dropbear) on a port nobody listed as opaque: the server speaks first and its
+/// client waits for that greeting. Through two sidecars the greeting arrives with the client
+/// silent; the client's sidecar then remembers the destination, so the next connection skips
+/// detection altogether; the whole protocol works (`ssh-keyscan` reads the host key); and a
+/// plaintext client straight to the pod gets the greeting too. The times to the greeting are
+/// printed (no timed assertion: the benchmark is where timing is judged).
+#[test]
+fn a_real_server_first_protocol_on_an_unlisted_port_is_not_stalled() {
+    const SSH_PORT: u16 = 2222;
+    let mesh = Mesh::new();
+    let server = mesh.pod("server");
+    let key = mesh.dir().join("dropbear_ed25519");
+    let key = key.to_str().expect("a UTF-8 path");
+    let made = server.run(None, &["dropbearkey", "-t", "ed25519", "-f", key]);
+    assert!(made.status.success(), "{made:?}");
+    let port = SSH_PORT.to_string();
+    let mut sshd = server.spawn(
+        "dropbear",
+        None,
+        &["dropbear", "-F", "-E", "-s", "-r", key, "-p", &port],
+        &[],
+    );
+    server.wait_listening(SSH_PORT, &mut sshd);
+    // The server has until the detection timeout to greet before the connection is opaque
+    // anyway (and, unlearned, not counted): long here, so a busy machine cannot decide it.
+    let patient = json!("10s");
+    let server_proxy = server.meshed_sidecar(Some(&json!({"detectTimeout": patient})));
+    let client = mesh.pod("client");
+    let mut client_config = config(&mesh, &server, &server.identity(), &[(SSH_PORT, SSH_PORT)]);
+    client_config["detectTimeout"] = patient;
+    let client_proxy = client.meshed_sidecar(Some(&client_config));
+    let server_first = |proxy: &support::pods::Proxy<'_>, direction: &str| {
+        proxy.metrics().sum(
+            "skein_proxy_tcp_server_first_total",
+            &[("direction", direction)],
+        )
+    };
+
+    let vip = SocketAddr::from((mesh.vip(VIP), SSH_PORT));
+    let greeting = |pod: &Pod, to: SocketAddr| {
+        let started = std::time::Instant::now();
+        let mut stream = pod.connect(Some(APP_UID), to).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while !line.ends_with(b"\r\n") {
+            stream
+                .read_exact(&mut byte)
+                .expect("the server's greeting, without sending a byte");
+            line.push(byte[0]);
+        }
+        let line = String::from_utf8_lossy(&line).into_owned();
+        assert!(line.starts_with("SSH-2.0-dropbear"), "{line:?}");
+        started.elapsed()
+    };
+    let first = greeting(&client, vip);
+    assert_eq!(server_first(&client_proxy, "outbound"), 1.0);
+    let second = greeting(&client, vip);
+    assert_eq!(
+        server_first(&client_proxy, "outbound"),
+        1.0,
+        "the second connection went straight through"
+    );
+    println!("greeting through two sidecars: first connection {first:?}, second {second:?}");
+
+    let scan = client.run(
+        Some(APP_UID),
+        &[
+            "ssh-keyscan",
+            "-T",
+            "10",
+            "-p",
+            &port,
+            "-t",
+            "ed25519",
+            &mesh.vip(VIP).to_string(),
+        ],
+    );
+    let keys = String::from_utf8_lossy(&scan.stdout);
+    assert!(keys.contains("ssh-ed25519 "), "{scan:?}");
+
+    // A plaintext client outside the mesh, straight to the pod: the server's sidecar lets the
+    // app greet it as well.
+    let outsider = mesh.pod("outsider");
+    let direct = greeting(&outsider, SocketAddr::from((server.ip, SSH_PORT)));
+    println!("greeting through the server's sidecar alone: {direct:?}");
+    assert_eq!(server_first(&server_proxy, "inbound"), 1.0);
+}
+
 /// The `notBefore` of the workload certificate the sidecar holds now (from its `/config`).
 fn cert_not_before(proxy: &support::pods::Proxy<'_>) -> String {
     let response = proxy.admin("GET", "/config");

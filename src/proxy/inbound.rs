@@ -19,10 +19,13 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use super::authz::{self, RequestFacts};
+use bytes::Bytes;
+
+use super::authz::{self, Decision, RequestFacts};
 use super::config::{InboundMtls, MtlsMode};
-use super::detect::{Detected, PrefixedIo, detect_unless_opaque};
+use super::detect::{Detected, Detection, PrefixedIo, detect, detect_unless_opaque};
 use super::metrics::RejectReason;
+use super::server_first::{self, FirstWord};
 use super::tcp::{self, OnTcp, Upstream};
 use super::{Direction, Shared, http};
 use crate::identity::SpiffeId;
@@ -68,12 +71,16 @@ pub(crate) async fn serve(
     shared: &Arc<Shared>,
 ) {
     let config = shared.config.current();
-    let mtls = &config.source.inbound_mtls;
-    let mode = mtls.mode_for(target.port());
+    let mode = config.source.inbound_mtls.mode_for(target.port());
     // A meshed client always speaks first (its ClientHello), so waiting for its first bytes
     // costs it nothing. Only a Disabled opaque port skips that wait: nobody sends mTLS there,
-    // and its server-first plaintext clients must not wait.
+    // and its server-first plaintext clients must not wait. A quiet client elsewhere may be
+    // waiting for the app's greeting ([`server_first`]).
     let skip_detection = mode == MtlsMode::Disabled && config.opaque_ports.contains(&target.port());
+    if !skip_detection && !server_first::client_spoke_within(&stream, server_first::QUIET).await {
+        quiet_client(stream, peer, target, shared).await;
+        return;
+    }
     let timeout = config.source.detect_timeout.as_std();
     let detection = match detect_unless_opaque(skip_detection, &mut stream, timeout).await {
         Ok(detection) => detection,
@@ -83,6 +90,23 @@ pub(crate) async fn serve(
             return;
         }
     };
+    route(stream, detection, peer, target, shared, None).await;
+}
+
+/// Routes a connection whose first bytes are known: the mesh's mTLS is terminated; plaintext
+/// the port's mode admits goes to the HTTP proxy or, opaque, to the app. `app`: a connection to
+/// the app already open for a quiet client, whose opaque bytes it carries if they are opaque
+/// (the access policies were checked before it was opened).
+async fn route(
+    stream: TcpStream,
+    detection: Detection,
+    peer: SocketAddr,
+    target: SocketAddr,
+    shared: &Arc<Shared>,
+    app: Option<(tcp::Connected, Decision<'_>)>,
+) {
+    let config = shared.config.current();
+    let mtls = &config.source.inbound_mtls;
     let mesh_tls = detection.protocol == Detected::Tls
         && detection
             .sni
@@ -91,6 +115,7 @@ pub(crate) async fn serve(
     let opaque_port = config.opaque_ports.contains(&target.port());
     let client = PrefixedIo::new(detection.prefix, stream);
     if mesh_tls {
+        drop(app);
         terminate(client, peer, target, shared).await;
         return;
     }
@@ -104,8 +129,9 @@ pub(crate) async fn serve(
         tcp::reset(client.tcp());
         return;
     }
-    match detection.protocol {
-        Detected::Http1 | Detected::Http2 if !opaque_port => {
+    match (detection.protocol, app) {
+        (Detected::Http1 | Detected::Http2, app) if !opaque_port => {
+            drop(app);
             let http2 = detection.protocol == Detected::Http2;
             http::serve(
                 client,
@@ -115,12 +141,104 @@ pub(crate) async fn serve(
             )
             .await;
         }
-        _ => forward_opaque(client, peer, None, target, shared).await,
+        (_, Some((app, decision))) => {
+            authz::account(decision, &shared.metrics.http, "tcp", peer);
+            tcp::forward_connected(client, app, peer, Direction::Inbound, target, shared).await;
+        }
+        (_, None) => forward_opaque(client, peer, None, target, shared).await,
     }
 }
 
-/// Opaque TCP to the app: AccessPolicies decide on the port and the peer alone, before the app
-/// is reached.
+/// A plaintext client that sent nothing within [`server_first::QUIET`]: if it may reach the
+/// app as opaque TCP, connect to the app and let whoever speaks first decide
+/// ([`server_first`]); if not, wait for its bytes as for any other.
+async fn quiet_client(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    target: SocketAddr,
+    shared: &Arc<Shared>,
+) {
+    let config = shared.config.current();
+    let timeout = config.source.detect_timeout.as_std();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let decision = opaque_decision(&config.source.access_policies, None, target.port());
+    let admitted = plaintext(&config.source.inbound_mtls, peer.ip(), target.port())
+        == Plaintext::Admitted
+        && decision.denied.is_none();
+    if !admitted {
+        // The app must not greet a client that may not reach it.
+        match detect(&mut stream, timeout).await {
+            Ok(detection) => route(stream, detection, peer, target, shared, None).await,
+            Err(err) => {
+                tracing::debug!(%peer, error = %err, "inbound connection failed during protocol detection");
+                tcp::reset(&stream);
+            }
+        }
+        return;
+    }
+    let mut app = match tcp::open(Upstream::plain(target), shared).await {
+        Ok(app) => app,
+        Err(err) => {
+            tcp::unreachable(&err, &stream, peer, Direction::Inbound, shared);
+            return;
+        }
+    };
+    let greeting = match server_first::first_word(&stream, &mut app, deadline).await {
+        Ok(FirstWord::Server(greeting)) => {
+            shared.metrics.tcp(Direction::Inbound).server_first.inc();
+            greeting
+        }
+        Ok(FirstWord::Neither) => Bytes::new(),
+        Ok(FirstWord::Client) => {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match detect(&mut stream, left).await {
+                Ok(detection) => {
+                    route(
+                        stream,
+                        detection,
+                        peer,
+                        target,
+                        shared,
+                        Some((app, decision)),
+                    )
+                    .await;
+                }
+                Err(err) => {
+                    tracing::debug!(%peer, error = %err, "inbound connection failed during protocol detection");
+                    tcp::reset(&stream);
+                    tcp::reset(app.tcp());
+                }
+            }
+            return;
+        }
+        Err(err) => {
+            tracing::debug!(%peer, error = %err, "the app's connection failed before anyone spoke");
+            tcp::reset(&stream);
+            return;
+        }
+    };
+    authz::account(decision, &shared.metrics.http, "tcp", peer);
+    let app = PrefixedIo::new(greeting, app);
+    tcp::forward_connected(stream, app, peer, Direction::Inbound, target, shared).await;
+}
+
+/// What the AccessPolicies say of opaque TCP from `peer_id` (none: plaintext) to `port`: they
+/// decide on the port and the peer alone.
+fn opaque_decision<'p>(
+    policies: &'p [crate::proxy::config::AccessPolicy],
+    peer_id: Option<&SpiffeId>,
+    port: u16,
+) -> Decision<'p> {
+    let facts = RequestFacts {
+        peer: peer_id,
+        port,
+        method: None,
+        path: None,
+    };
+    authz::decide(policies, &facts)
+}
+
+/// Opaque TCP to the app, if the AccessPolicies let the peer reach the port.
 async fn forward_opaque<C>(
     client: C,
     peer: SocketAddr,
@@ -131,13 +249,7 @@ async fn forward_opaque<C>(
     C: AsyncRead + AsyncWrite + Unpin + OnTcp,
 {
     let config = shared.config.current();
-    let facts = RequestFacts {
-        peer: peer_id,
-        port: target.port(),
-        method: None,
-        path: None,
-    };
-    let decision = authz::decide(&config.source.access_policies, &facts);
+    let decision = opaque_decision(&config.source.access_policies, peer_id, target.port());
     if authz::account(decision, &shared.metrics.http, "tcp", peer).is_some() {
         tcp::reset(client.tcp());
         return;

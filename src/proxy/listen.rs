@@ -23,18 +23,14 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-use super::balance::Outcome;
-use super::config::{EgressProtocol, Protocol};
-use super::detect::{Detected, PrefixedIo, detect_unless_opaque};
 use super::limits::{Slots, idle_expired};
 use super::metrics::{CutReason, RejectReason};
 use super::original_dst::original_dst;
-use super::tcp::Upstream;
-use super::{Direction, Shared, egress, http, inbound, tcp};
+use super::{Direction, Shared, inbound, outbound, tcp};
 
 /// Pending-connection queue of each listener (the kernel caps it at `net.core.somaxconn`).
 const BACKLOG: u32 = 1024;
@@ -204,97 +200,19 @@ async fn handle(stream: TcpStream, peer: SocketAddr, direction: Direction, share
     }
 }
 
-/// Decides how a connection is handled. Inbound: [`inbound::serve`]. Outbound: HTTP by the
-/// HTTP proxy, anything else as opaque TCP (to a mesh service's endpoint, over mutual TLS if
-/// the endpoint is meshed, or to its original destination if the egress policy lets it out).
+/// Decides how a connection is handled: [`inbound::serve`] or [`outbound::serve`].
 async fn dispatch(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     direction: Direction,
     target: SocketAddr,
     shared: &Arc<Shared>,
 ) {
     tcp::set_nodelay(&stream);
-    if direction == Direction::Inbound {
-        inbound::serve(stream, peer, target, shared).await;
-        return;
+    match direction {
+        Direction::Inbound => inbound::serve(stream, peer, target, shared).await,
+        Direction::Outbound => outbound::serve(stream, peer, target, shared).await,
     }
-    // Before the control plane's first configuration nothing can be classified: wait for it
-    // (bounded; see `ConfigStore::first`).
-    let config = shared.config.first().await;
-    let service = config.service_at(target).cloned();
-    let opaque = config.opaque_ports.contains(&target.port())
-        || service
-            .as_ref()
-            .is_some_and(|s| s.protocol == Protocol::Opaque);
-    let timeout = config.source.detect_timeout.as_std();
-    let detection = match detect_unless_opaque(opaque, &mut stream, timeout).await {
-        Ok(detection) => detection,
-        Err(err) => {
-            tracing::debug!(%direction, %peer, error = %err, "connection failed during protocol detection");
-            tcp::reset(&stream);
-            return;
-        }
-    };
-    let client = PrefixedIo::new(detection.prefix, stream);
-    let protocol = detection.protocol;
-    if matches!(protocol, Detected::Http1 | Detected::Http2) {
-        let connection = http::Connection {
-            direction,
-            peer,
-            target,
-            peer_id: None,
-        };
-        http::serve(
-            client,
-            protocol == Detected::Http2,
-            connection,
-            shared.clone(),
-        )
-        .await;
-        return;
-    }
-    if let Some(service) = service {
-        let mut rng = fastrand::Rng::new();
-        let Some(pick) = service.balancer.pick(None, &[], Instant::now(), &mut rng) else {
-            let message = super::http::forward::no_endpoints_message(
-                &super::reasons::service_ref(&service.name),
-                service.port,
-                None,
-                "opaque TCP",
-                service.balancer.len(),
-                service.not_ready,
-            );
-            tracing::info!(%peer, reason = %super::reasons::Reason::NoEndpoints, "{message}: resetting the TCP connection");
-            tcp::reset(client.get_ref());
-            return;
-        };
-        let upstream = Upstream {
-            address: pick.address(),
-            identity: shared.mtls.identity_for(&config, pick.address()),
-        };
-        let reached = tcp::forward(client, peer, direction, upstream, shared).await;
-        // A connection's lifetime says nothing about the endpoint's latency; only a
-        // failed connect is worth telling the balancer.
-        let outcome = if reached {
-            Outcome::Cancelled
-        } else {
-            Outcome::ConnectFailure
-        };
-        pick.finish(outcome, Instant::now());
-        return;
-    }
-    let (host, egress_protocol, label) = match (&detection.sni, protocol) {
-        (Some(sni), Detected::Tls) => (sni.clone(), EgressProtocol::Tls, "tls"),
-        _ => (target.ip().to_string(), EgressProtocol::Tcp, "tcp"),
-    };
-    let Ok(address) = egress::route(shared, &config, &host, target, egress_protocol, label).await
-    else {
-        tracing::debug!(%peer, %target, "egress blocked: resetting the connection");
-        tcp::reset(client.get_ref());
-        return;
-    };
-    tcp::forward(client, peer, direction, Upstream::plain(address), shared).await;
 }
 
 /// Why an accepted connection is not forwarded.

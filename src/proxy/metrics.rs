@@ -5,6 +5,7 @@
 //! | `skein_proxy_tcp_connections_opened_total` | `direction` | connections accepted and handed to forwarding (after the original destination was found) |
 //! | `skein_proxy_tcp_connections_closed_total` | `direction` | of those, the ones that have ended, however they ended (`opened - closed` are open now) |
 //! | `skein_proxy_tcp_connect_failures_total` | `direction` | upstream connects that failed or timed out (the client's connection is then reset) |
+//! | `skein_proxy_tcp_server_first_total` | `direction` | connections whose client said nothing at first and whose server spoke first ([`super::server_first`]): forwarded as opaque TCP, the destination remembered |
 //! | `skein_proxy_tcp_bytes_total` | `direction`, `flow` | bytes forwarded |
 //! | `skein_proxy_tcp_connections_rejected_total` | `direction`, `reason` | connections closed at once, without connecting anywhere: `no_original_destination`, `loop`, `not_local` (inbound to an address that is not the pod's), `plaintext_refused` (mTLS `Strict`), `mtls_handshake_failed`, `no_certificate`, `connection_limit` (the listener holds `--max-connections`) |
 //! | `skein_proxy_tcp_connections_cut_total` | `direction`, `reason` | client connections the proxy closed for breaking a limit ([`super::limits`]): `header_timeout`, `header_too_large` (answered 431), `idle_timeout` |
@@ -391,6 +392,8 @@ pub struct TcpMetrics {
     pub opened: Counter,
     pub closed: Counter,
     pub connect_failures: Counter,
+    /// Connections whose server spoke first ([`super::server_first`]).
+    pub server_first: Counter,
     /// Bytes that left the pod.
     pub bytes_sent: Counter,
     /// Bytes that came into the pod.
@@ -428,6 +431,7 @@ impl Metrics {
         let opened = Family::<DirectionLabels, Counter>::default();
         let closed = Family::<DirectionLabels, Counter>::default();
         let connect_failures = Family::<DirectionLabels, Counter>::default();
+        let server_first = Family::<DirectionLabels, Counter>::default();
         let bytes = Family::<BytesLabels, Counter>::default();
         let rejected = Family::<RejectLabels, Counter>::default();
         let cut = Family::<CutLabels, Counter>::default();
@@ -446,6 +450,11 @@ impl Metrics {
             "tcp_connect_failures",
             "Failed or timed-out connects to upstreams",
             connect_failures.clone(),
+        );
+        registry.register(
+            "tcp_server_first",
+            "Connections whose client was quiet and whose server spoke first",
+            server_first.clone(),
         );
         registry.register(
             "tcp_bytes",
@@ -479,6 +488,7 @@ impl Metrics {
                 opened: opened.get_or_create(&by_direction).clone(),
                 closed: closed.get_or_create(&by_direction).clone(),
                 connect_failures: connect_failures.get_or_create(&by_direction).clone(),
+                server_first: server_first.get_or_create(&by_direction).clone(),
                 bytes_sent: bytes(Flow::Sent),
                 bytes_received: bytes(Flow::Received),
                 rejected: RejectReason::ALL.map(rejected),
@@ -534,6 +544,7 @@ mod tests {
                 format!("skein_proxy_tcp_connections_opened_total{{direction=\"{d}\"}} 0"),
                 format!("skein_proxy_tcp_connections_closed_total{{direction=\"{d}\"}} 0"),
                 format!("skein_proxy_tcp_connect_failures_total{{direction=\"{d}\"}} 0"),
+                format!("skein_proxy_tcp_server_first_total{{direction=\"{d}\"}} 0"),
                 format!("skein_proxy_tcp_bytes_total{{direction=\"{d}\",flow=\"sent\"}} 0"),
                 format!("skein_proxy_tcp_bytes_total{{direction=\"{d}\",flow=\"received\"}} 0"),
             ] {

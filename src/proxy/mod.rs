@@ -66,10 +66,12 @@ pub mod listen;
 pub mod metrics;
 pub mod mtls;
 pub mod original_dst;
+pub mod outbound;
 pub mod reasons;
 pub mod recent;
 pub mod retry;
 pub mod routes;
+pub mod server_first;
 pub mod sni;
 pub mod stream_trust;
 pub mod tap;
@@ -382,6 +384,8 @@ pub(crate) struct Shared {
     pub recent_errors: recent::Ring,
     /// Live taps the control plane started ([`tap`]).
     pub tap: Arc<tap::TapHub>,
+    /// The destinations seen to speak first ([`server_first`]).
+    pub server_first: server_first::Learned,
 }
 
 impl Shared {
@@ -414,6 +418,7 @@ impl Shared {
             tracer: None,
             recent_errors: recent::Ring::default(),
             tap: Arc::default(),
+            server_first: server_first::Learned::default(),
         }
     }
 }

@@ -22,8 +22,6 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use futures::future::Either;
-
 use super::detect::PrefixedIo;
 use super::{Direction, Shared};
 use crate::identity::SpiffeId;
@@ -117,51 +115,159 @@ where
     let metrics = shared.metrics.tcp(direction);
     metrics.opened.inc();
     let _closed = CountClosed(&metrics.closed);
-
-    let connecting = async {
-        let tcp = connect(upstream.address, shared.connect_timeout).await?;
-        set_nodelay(&tcp);
-        let Some(identity) = upstream.identity else {
-            return Ok(Either::Left(tcp));
-        };
-        let handshake = shared.mtls.connect(tcp, identity);
-        match tokio::time::timeout(shared.connect_timeout, handshake).await {
-            Ok(Ok(tls)) => Ok(Either::Right(tls)),
-            Ok(Err(source)) => Err(ConnectError::Handshake {
-                target: upstream.address,
-                identity: identity.clone(),
-                source,
-            }),
-            Err(_) => Err(ConnectError::Timeout {
-                target: upstream.address,
-                timeout: shared.connect_timeout,
-            }),
-        }
-    };
     let connected = tokio::select! {
         biased;
         () = shared.drain.aborted() => {
             reset(client.tcp());
             return true;
         }
-        connected = connecting => connected,
+        connected = open(upstream, shared) => connected,
     };
     match connected {
-        Ok(Either::Left(tcp)) => relay(client, tcp, peer, direction, upstream, shared).await,
-        Ok(Either::Right(tls)) => relay(client, tls, peer, direction, upstream, shared).await,
+        Ok(connected) => relay(client, connected, peer, direction, upstream.address, shared).await,
         Err(err) => {
-            metrics.connect_failures.inc();
-            tracing::warn!(
-                %direction,
-                %peer,
-                error = %ErrorChain(&err),
-                "upstream unreachable: resetting the client connection"
-            );
-            reset(client.tcp());
+            unreachable(&err, client.tcp(), peer, direction, shared);
             return false;
         }
     }
     true
+}
+
+/// [`forward`] over an upstream connection that is already open (a quiet client's, see
+/// [`super::server_first`]); `upstream` replays what the server already sent.
+pub(crate) async fn forward_connected<C, U>(
+    client: C,
+    upstream: U,
+    peer: SocketAddr,
+    direction: Direction,
+    target: SocketAddr,
+    shared: &Shared,
+) where
+    C: AsyncRead + AsyncWrite + Unpin + OnTcp,
+    U: AsyncRead + AsyncWrite + Unpin + OnTcp,
+{
+    let metrics = shared.metrics.tcp(direction);
+    metrics.opened.inc();
+    let _closed = CountClosed(&metrics.closed);
+    relay(client, upstream, peer, direction, target, shared).await;
+}
+
+/// Says why an upstream was not reached, counts it, and resets the client.
+pub(crate) fn unreachable(
+    err: &ConnectError,
+    client: &TcpStream,
+    peer: SocketAddr,
+    direction: Direction,
+    shared: &Shared,
+) {
+    shared.metrics.tcp(direction).connect_failures.inc();
+    tracing::warn!(
+        %direction,
+        %peer,
+        error = %ErrorChain(err),
+        "upstream unreachable: resetting the client connection"
+    );
+    reset(client);
+}
+
+/// Opens the connection to `upstream`: plain TCP, or mutual TLS (ALPN opaque: the upstream's
+/// proxy forwards the bytes without detecting anything) when it has an identity.
+pub(crate) async fn open(
+    upstream: Upstream<'_>,
+    shared: &Shared,
+) -> Result<Connected, ConnectError> {
+    let tcp = connect(upstream.address, shared.connect_timeout).await?;
+    set_nodelay(&tcp);
+    let Some(identity) = upstream.identity else {
+        return Ok(Connected::Plain(tcp));
+    };
+    let handshake = shared.mtls.connect(tcp, identity);
+    match tokio::time::timeout(shared.connect_timeout, handshake).await {
+        Ok(Ok(tls)) => Ok(Connected::Mtls(Box::new(tls))),
+        Ok(Err(source)) => Err(ConnectError::Handshake {
+            target: upstream.address,
+            identity: identity.clone(),
+            source,
+        }),
+        Err(_) => Err(ConnectError::Timeout {
+            target: upstream.address,
+            timeout: shared.connect_timeout,
+        }),
+    }
+}
+
+/// An open upstream connection.
+#[derive(Debug)]
+pub(crate) enum Connected {
+    Plain(TcpStream),
+    Mtls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Connected {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Connected::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Connected::Mtls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Connected {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Connected::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Connected::Mtls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Connected::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
+            Connected::Mtls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Connected::Plain(tcp) => tcp.is_write_vectored(),
+            Connected::Mtls(tls) => tls.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Connected::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Connected::Mtls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Connected::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Connected::Mtls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+impl OnTcp for Connected {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Connected::Plain(tcp) => tcp,
+            Connected::Mtls(tls) => tls.tcp(),
+        }
+    }
 }
 
 /// Copies both ways between a client and a connected upstream.
@@ -170,14 +276,13 @@ async fn relay<C, U>(
     mut upstream: U,
     peer: SocketAddr,
     direction: Direction,
-    target: Upstream<'_>,
+    target: SocketAddr,
     shared: &Shared,
 ) where
     C: AsyncRead + AsyncWrite + Unpin + OnTcp,
     U: AsyncRead + AsyncWrite + Unpin + OnTcp,
 {
     let metrics = shared.metrics.tcp(direction);
-    let target = target.address;
     // Bytes the client sends leave the pod when the client is the app (outbound) and enter it
     // when the client is outside (inbound).
     let (from_client, to_client) = match direction {
