@@ -779,12 +779,14 @@ start_nginx_proxies() {
     server { listen 0.0.0.0:$IN_PORT; proxy_pass 127.0.0.1:$APP_REDIS_PORT; }
 }" ;;
   esac
-  start_nginx nginx-client "$NS_C" "$SERVER_CPU" "" "$client_conf"
-  local client=$LAST_PID
+  # The server side first: a connection to the client side before it listens would mark the
+  # upstreams down (max_fails) for the next 10 s, and a stream connection dials at once.
   start_nginx nginx-server "$NS_S" "$SERVER_CPU" "" "$server_conf"
-  PROXY_GROUPS=("client=$client" "server=$LAST_PID")
-  wait_until 10 "nginx (client side)" in_proxy_ns_open "$NS_C" "$OUT_PORT" &&
-    wait_until 10 "nginx (server side)" in_proxy_ns_open "$NS_S" "$IN_PORT"
+  local server=$LAST_PID
+  wait_until 10 "nginx (server side)" in_proxy_ns_open "$NS_S" "$IN_PORT" || return 1
+  start_nginx nginx-client "$NS_C" "$SERVER_CPU" "" "$client_conf"
+  PROXY_GROUPS=("client=$LAST_PID" "server=$server")
+  wait_until 10 "nginx (client side)" in_proxy_ns_open "$NS_C" "$OUT_PORT"
 }
 
 # in_proxy_ns_open NS PORT: something listens on 127.0.0.1:PORT in NS (checked as root: loopback
@@ -834,12 +836,13 @@ $servers
 EOF
     } >"$dir/$side.cfg"
   done
-  start haproxy-client "$NS_C" "$SERVER_CPU" "${AS_PROXY[@]}" haproxy -db -f "$dir/client.cfg"
-  local client=$LAST_PID
+  # The server side first, as for nginx.
   start haproxy-server "$NS_S" "$SERVER_CPU" "${AS_PROXY[@]}" haproxy -db -f "$dir/server.cfg"
-  PROXY_GROUPS=("client=$client" "server=$LAST_PID")
-  wait_until 10 "HAProxy (client side)" in_proxy_ns_open "$NS_C" "$OUT_PORT" &&
-    wait_until 10 "HAProxy (server side)" in_proxy_ns_open "$NS_S" "$IN_PORT"
+  local server=$LAST_PID
+  wait_until 10 "HAProxy (server side)" in_proxy_ns_open "$NS_S" "$IN_PORT" || return 1
+  start haproxy-client "$NS_C" "$SERVER_CPU" "${AS_PROXY[@]}" haproxy -db -f "$dir/client.cfg"
+  PROXY_GROUPS=("client=$LAST_PID" "server=$server")
+  wait_until 10 "HAProxy (client side)" in_proxy_ns_open "$NS_C" "$OUT_PORT"
 }
 
 # ---------------------------------------------------------------------------------------------
