@@ -1,32 +1,83 @@
 #!/usr/bin/env python3
 """Helpers of benches/proxy.sh (standard library only).
 
-  report.py sample NAME=PID[,PID...] ...   CPU time and memory of process groups, as one JSON line
+  report.py sample NAME=PID[,PID...] ...   CPU time and memory (PSS) of process groups, and every
+                                           CPU's busy time, as one JSON line
   report.py rps KIND FILE                  successful requests per second of a load-generator run
   report.py check KIND FILE                one line on stderr and exit 1 unless the run had answers
-  report.py report RESULTS_DIR             the table, then the summary as the last line (JSON)
+  report.py report RESULTS_DIR             the tables, then the summary as the last line (JSON)
 
-KIND is `oha` (its JSON output) or `ghz` (its JSON output, with per-request details).
+KIND is `oha` (its JSON output), `ghz` (its JSON output, with per-request details) or `redis`
+(redis-benchmark --csv). In `sample`, the group named `app` is the application; every other
+group is one proxy instance.
+
+RESULTS_DIR holds meta.env and PROTO/MODE/repN/ (one directory per repetition of a mode).
 """
 
+import csv
 import json
 import math
 import os
+import statistics
 import sys
 import time
+from collections import Counter
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TRACING = ("skein-trace0", "skein-trace1", "skein-trace100")
-MODES = ("direct", "skein", "skein-mtls") + TRACING + ("nginx", "haproxy")
+MODES = ("direct", "direct-rules", "skein", "skein-mtls") + TRACING + ("nginx", "haproxy")
+BASELINES = ("direct", "direct-rules")
 PROXIES = ("skein", "skein-mtls") + TRACING + ("nginx", "haproxy")
-PROTOCOLS = ("h1", "h2", "grpc")
-# Goals the issue sets for Skein.
-GOAL_RSS_MIB = 15.0
-GOAL_CPU_PER_1K = 0.1
+# The Skein modes judged against the goals (the tracing modes are compared with `skein` instead).
+JUDGED = ("skein", "skein-mtls")
+HTTP_PROTOCOLS = ("h1", "h2", "grpc")
+PROTOCOLS = HTTP_PROTOCOLS + ("redis",)
+APP_GROUP = "app"
+
+# Issue 16's goals, per proxy (one hop), 1 KiB, one worker, measured side by side in one run.
+GOAL_LATENCY_VS_NGINX = 0.6  # added p50 and p99 per hop <= 0.6x nginx's (and <= HAProxy's)
+GOAL_CPU_PER_1K = {"h1": 0.05, "h2": 0.07, "grpc": 0.07}  # core per 1,000 rps per proxy
+GOAL_MAX_VS_HAPROXY = 1.1  # max rps through two hops >= 1.1x HAProxy's
+GOAL_PSS_MIB = 10.0  # per proxy, under load
+# Opaque TCP (redis-benchmark GET and SET through two sidecars): >= HAProxy in TCP mode.
+
+# A CPU at least this busy over a closed-loop maximum run is what capped it.
+SATURATED = 0.9
 
 
 # ---------------------------------------------------------------------------------------------
 # /proc sampling
+
+
+def pss_kb(smaps_rollup):
+    """The proportional set size (kB) in the text of /proc/PID/smaps_rollup; 0 without one.
+    PSS splits every shared page among the processes mapping it, so the PSS of nginx's master
+    and worker add up to their real footprint (their RSS would count the shared pages twice)."""
+    for line in smaps_rollup.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "Pss":
+            try:
+                return int(value.split()[0])
+            except (IndexError, ValueError):
+                return 0
+    return 0
+
+
+def cpu_times(proc_stat):
+    """{cpu number (str): [busy jiffies, total jiffies]} from the text of /proc/stat. Busy is
+    everything but idle and iowait: user, nice, system, irq, softirq and steal."""
+    out = {}
+    for line in proc_stat.splitlines():
+        fields = line.split()
+        if not fields or not fields[0].startswith("cpu") or fields[0] == "cpu":
+            continue
+        try:
+            values = [int(v) for v in fields[1:9]]
+        except ValueError:
+            continue
+        total = sum(values)
+        out[fields[0][3:]] = [total - values[3] - values[4], total]
+    return out
 
 
 def _children_map():
@@ -57,7 +108,7 @@ def _descendants(pids):
 
 
 def _proc(pid):
-    """(cpu seconds, VmRSS kB, VmHWM kB) of one process, or None once it is gone."""
+    """(cpu seconds, VmRSS kB, PSS kB) of one process, or None once it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             stat = f.read()
@@ -65,15 +116,33 @@ def _proc(pid):
             status = f.read()
     except OSError:
         return None
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            pss = pss_kb(f.read())
+    except OSError:
+        pss = 0
     fields = stat[stat.rindex(")") + 2 :].split()
     # Fields 14 and 15 of stat (utime, stime); `fields` starts at field 3.
     cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
-    mem = {}
+    rss = 0
     for line in status.splitlines():
         key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            mem[key] = int(value.split()[0])
-    return cpu, mem.get("VmRSS", 0), mem.get("VmHWM", 0)
+        if key == "VmRSS":
+            rss = int(value.split()[0])
+    return cpu, rss, pss
+
+
+def group_totals(procs):
+    """One proxy's (or the app's) figures summed over its processes, e.g. nginx's master and
+    worker: CPU seconds, RSS kB (for reference: it counts shared pages once per process) and PSS
+    kB. `procs`: (cpu, rss, pss) per process, None for one that is gone."""
+    procs = [p for p in procs if p is not None]
+    return {
+        "cpu_s": sum(p[0] for p in procs),
+        "rss_kb": sum(p[1] for p in procs),
+        "pss_kb": sum(p[2] for p in procs),
+        "processes": len(procs),
+    }
 
 
 def sample(args):
@@ -81,18 +150,13 @@ def sample(args):
     for arg in args:
         name, _, pids = arg.partition("=")
         tops = [int(p) for p in pids.split(",") if p]
-        cpu = rss = hwm = 0
-        procs = 0
-        for pid in _descendants(tops):
-            got = _proc(pid)
-            if got is None:
-                continue
-            procs += 1
-            cpu += got[0]
-            rss += got[1]
-            hwm += got[2]
-        groups[name] = {"cpu_s": cpu, "rss_kb": rss, "hwm_kb": hwm, "processes": procs}
-    print(json.dumps({"t": time.monotonic(), "groups": groups}))
+        groups[name] = group_totals(_proc(pid) for pid in _descendants(tops))
+    try:
+        with open("/proc/stat") as f:
+            cpus = cpu_times(f.read())
+    except OSError:
+        cpus = {}
+    print(json.dumps({"t": time.monotonic(), "groups": groups, "cpus": cpus}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,10 +170,42 @@ def _percentile(sorted_values, q):
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
+def parse_redis_csv(text):
+    """{test: {"rps", "p50_ms", "p99_ms"}} from redis-benchmark --csv (7.x columns: test, rps,
+    avg/min/p50/p95/p99/max latency in ms); rows it cannot read are left out."""
+    rows = list(csv.reader(text.splitlines()))
+    if not rows or "test" not in rows[0]:
+        return {}
+    header = rows[0]
+    out = {}
+    for row in rows[1:]:
+        if len(row) != len(header):
+            continue
+        r = dict(zip(header, row))
+        try:
+            out[r["test"]] = {
+                "rps": float(r["rps"]),
+                "p50_ms": float(r["p50_latency_ms"]),
+                "p99_ms": float(r["p99_latency_ms"]),
+            }
+        except (KeyError, ValueError):
+            continue
+    return out
+
+
 def summarize(kind, path):
-    """{"rps", "ok", "errors", "p50_ms", "p99_ms", "p999_ms"} of one run."""
+    """{"rps", "ok", "errors", "p50_ms", "p99_ms", "p999_ms"} of one run (redis: per test)."""
     with open(path) as f:
-        data = json.load(f)
+        text = f.read()
+    if kind == "redis":
+        tests = parse_redis_csv(text)
+        out = {"ok": len([t for t in ("GET", "SET") if t in tests]), "errors": 0}
+        for test in ("GET", "SET"):
+            for key, value in tests.get(test, {}).items():
+                out[f"{test.lower()}_{key}"] = value
+        out["rps"] = out.get("get_rps", 0.0)
+        return out
+    data = json.loads(text)
     if kind == "oha":
         summary = data.get("summary", {})
         statuses = data.get("statusCodeDistribution") or {}
@@ -152,7 +248,84 @@ def summarize(kind, path):
 
 
 # ---------------------------------------------------------------------------------------------
-# The report
+# Pure figures: spread over repetitions, what capped a maximum, verdicts
+
+
+def spread(values):
+    """{"median", "min", "max", "n"} of the figures that exist, or None without any."""
+    vals = sorted(v for v in values if v is not None and not isinstance(v, bool))
+    if not vals:
+        return None
+    return {"median": statistics.median(vals), "min": vals[0], "max": vals[-1], "n": len(vals)}
+
+
+def _const(value):
+    """A fixed bound as a spread (a goal, not a measurement)."""
+    return {"median": value, "min": value, "max": value, "n": 1}
+
+
+def med(s):
+    return None if s is None else s["median"]
+
+
+def limit_of(loadgen_busy, server_busy, app_cores, proxy_cores, loadgen_cores=None):
+    """What capped a closed-loop maximum: each CPU that was (nearly) full over the run (busy:
+    its /proc/stat share, everything on it) and, on the CPU the app shares with the proxies,
+    whoever used more of it. A full CPU whose benchmark processes used under half of it was
+    taken by other work on the machine: "other load". "no CPU full" means the round trips
+    (latency x connections in flight) set the rate."""
+    full = []
+    if loadgen_busy is not None and loadgen_busy >= SATURATED:
+        other = loadgen_cores is not None and loadgen_cores < loadgen_busy / 2
+        full.append("other load (loadgen CPU)" if other else "loadgen")
+    if server_busy is not None and server_busy >= SATURATED:
+        ours = (app_cores or 0) + (proxy_cores or 0)
+        if app_cores is not None and ours < server_busy / 2:
+            full.append("other load (server CPU)")
+        else:
+            full.append("proxy CPU" if (proxy_cores or 0) > (app_cores or 0) else "app CPU")
+    return "+".join(full) if full else "no CPU full"
+
+
+def tally(labels):
+    """"loadgen 3/5, proxy CPU 2/5"-style summary of per-repetition labels, most frequent first."""
+    labels = [label for label in labels if label]
+    if not labels:
+        return None
+    counts = Counter(labels).most_common()
+    if len(counts) == 1 and len(labels) == 1:
+        return counts[0][0]
+    return ", ".join(f"{label} {n}/{len(labels)}" for label, n in counts)
+
+
+def _ratio(a, b):
+    """a / b, or None where that means nothing (a figure missing, or not positive: an added
+    latency below zero is noise, and dividing by it would flip the comparison)."""
+    if a is None or b is None or a <= 0 or b <= 0:
+        return None
+    return a / b
+
+
+def _diff(a, b):
+    return None if a is None or b is None else a - b
+
+
+def verdict(value, bound, at_most, value_spread=None, bound_spread=None, factor=1.0):
+    """(met, conclusive) of `value <= bound` (at_most) or `value >= bound`; met None when either
+    is missing. With spreads, conclusive is False when the two min..max ranges (the bound's
+    scaled by factor) overlap: the repetitions do not separate them."""
+    if value is None or bound is None:
+        return None, None
+    met = value <= bound if at_most else value >= bound
+    conclusive = True
+    if value_spread and bound_spread and (value_spread["n"] > 1 or bound_spread["n"] > 1):
+        lo, hi = sorted((bound_spread["min"] * factor, bound_spread["max"] * factor))
+        conclusive = value_spread["max"] < lo or value_spread["min"] > hi
+    return met, conclusive
+
+
+# ---------------------------------------------------------------------------------------------
+# Collecting one repetition, then a mode over its repetitions
 
 
 def _read(path, default=None):
@@ -165,30 +338,51 @@ def _read(path, default=None):
 
 def _load_sample(path):
     text = _read(path)
-    return json.loads(text) if text else None
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
 
 
-def _usage(before, after, rps):
-    """CPU and memory of the proxy groups over one run."""
-    if not before or not after or not after["groups"]:
+def _busy(before, after, cpu):
+    a, b = before.get("cpus", {}).get(str(cpu)), after.get("cpus", {}).get(str(cpu))
+    if not a or not b or b[1] <= a[1]:
+        return None
+    return (b[0] - a[0]) / (b[1] - a[1])
+
+
+def _usage(before, after, rps, loadgen_cpu, server_cpu):
+    """CPU and memory of the proxies and the app over one run, and how busy the two CPUs were."""
+    if not before or not after:
         return {}
     wall = after["t"] - before["t"]
-    names = sorted(after["groups"])
-    cpu = sum(after["groups"][g]["cpu_s"] - before["groups"].get(g, {}).get("cpu_s", 0) for g in names)
-    cores = cpu / wall if wall > 0 else None
-    per_1k = cores / (rps / 1000.0) if cores is not None and rps > 0 else None
-    n = len(names)
-    rss = max(after["groups"][g]["rss_kb"] for g in names) / 1024.0
-    hwm = max(after["groups"][g]["hwm_kb"] for g in names) / 1024.0
-    return {
-        "proxies": n,
-        "cpu_cores": cores,
-        "cpu_per_1k_rps": per_1k,
-        "cpu_per_1k_rps_per_proxy": per_1k / n if per_1k is not None else None,
-        "rss_mib_per_proxy": rss,
-        "hwm_mib_per_proxy": hwm,
-        "rss_mib_total": sum(after["groups"][g]["rss_kb"] for g in names) / 1024.0,
+    if wall <= 0:
+        return {}
+
+    def cores(group):
+        g = after["groups"].get(group)
+        return None if g is None else (g["cpu_s"] - before["groups"].get(group, {}).get("cpu_s", 0)) / wall
+
+    out = {
+        "app_cpu_cores": cores(APP_GROUP),
+        "loadgen_busy": _busy(before, after, loadgen_cpu),
+        "server_busy": _busy(before, after, server_cpu),
     }
+    proxies = sorted(g for g in after["groups"] if g != APP_GROUP)
+    if proxies:
+        total = sum(cores(g) for g in proxies)
+        per_1k = total / (rps / 1000.0) if rps > 0 else None
+        out.update(
+            {
+                "proxies": len(proxies),
+                "proxy_cpu_cores": total,
+                "cpu_per_1k_rps": per_1k,
+                "cpu_per_1k_rps_per_proxy": per_1k / len(proxies) if per_1k is not None else None,
+                # The larger of the two instances (they differ: the client side does more).
+                "pss_mib_per_proxy": max(after["groups"][g].get("pss_kb", 0) for g in proxies) / 1024.0,
+            }
+        )
+    return out
 
 
 def _times_s(text):
@@ -207,15 +401,15 @@ def _loadgen(path):
         return {}
     t0, t1 = float(fields[0].replace(",", ".")), float(fields[1].replace(",", "."))
     cpu = sum(_times_s(f) for f in fields[4:6]) - sum(_times_s(f) for f in fields[2:4])
-    return {"loadgen_cpu_cores": cpu / (t1 - t0)} if t1 > t0 else {}
+    return {"loadgen_cpu_cores": cpu / (t1 - t0), "wall_s": t1 - t0} if t1 > t0 else {}
 
 
-def _skein_handling(mdir):
+def _skein_handling(rdir):
     """How the Skein proxies treated the traffic, from their /metrics: HTTP requests counted or not."""
     requests = tls = 0.0
     seen = False
     for side in ("client", "server"):
-        text = _read(os.path.join(mdir, f"metrics-{side}.txt"))
+        text = _read(os.path.join(rdir, f"metrics-{side}.txt"))
         if not text:
             continue
         seen = True
@@ -239,12 +433,188 @@ def _skein_handling(mdir):
     return "opaque TCP forwarding (no HTTP request counted in the proxies' /metrics)"
 
 
-def _ratio(a, b):
-    """a / b, or None where that means nothing (a figure missing, or not positive: an added
-    latency below zero is noise, and dividing by it would flip the comparison)."""
-    if a is None or b is None or a <= 0 or b <= 0:
+def collect_rep(rdir, proto, meta):
+    """One repetition of one mode: its status and every run's figures."""
+    kind = {"grpc": "ghz", "redis": "redis"}.get(proto, "oha")
+    entry = {"status": _read(os.path.join(rdir, "status"), "failed: did not finish")}
+    note = _read(os.path.join(rdir, "note"))
+    if note:
+        entry["path"] = note
+    handling = _skein_handling(rdir)
+    if handling:
+        entry["handled_as"] = handling
+    loadgen_cpu, server_cpu = meta.get("loadgen_cpu", "0"), meta.get("server_cpu", "1")
+    runs = {}
+    ext = ".csv" if kind == "redis" else ".json"
+    for name in sorted(os.listdir(rdir)):
+        if not name.endswith(ext) or name.startswith("warmup"):
+            continue
+        run = name[: -len(ext)]
+        try:
+            s = summarize(kind, os.path.join(rdir, name))
+        except (OSError, ValueError, KeyError) as err:
+            runs[run] = {"error": f"unreadable output: {err}"}
+            continue
+        target = _read(os.path.join(rdir, run + ".target"))
+        if target:
+            s["target_rps"] = float(target)
+        s.update(_loadgen(os.path.join(rdir, run + ".loadgen")))
+        before = _load_sample(os.path.join(rdir, run + ".before"))
+        after = _load_sample(os.path.join(rdir, run + ".after"))
+        rps = s.get("rps", 0.0)
+        requests = _read(os.path.join(rdir, run + ".requests"))
+        if requests and before and after and after["t"] > before["t"]:
+            # redis-benchmark: every request of both tests over the whole run.
+            rps = float(requests) / (after["t"] - before["t"])
+        s.update(_usage(before, after, rps, loadgen_cpu, server_cpu))
+        busy = s.get("loadgen_busy")
+        s["limit"] = limit_of(
+            s.get("loadgen_cpu_cores") if busy is None else busy,
+            s.get("server_busy"),
+            s.get("app_cpu_cores"),
+            s.get("proxy_cpu_cores"),
+            s.get("loadgen_cpu_cores"),
+        )
+        runs[run] = s
+    entry["runs"] = runs
+    return entry
+
+
+# Per-run figures aggregated over the repetitions.
+RUN_FIELDS = (
+    "target_rps", "rps", "p50_ms", "p99_ms", "p999_ms", "errors",
+    "cpu_per_1k_rps_per_proxy", "cpu_per_1k_rps", "pss_mib_per_proxy", "proxy_cpu_cores",
+    "loadgen_cpu_cores", "app_cpu_cores", "loadgen_busy", "server_busy",
+    "get_rps", "set_rps", "get_p50_ms", "get_p99_ms", "set_p50_ms", "set_p99_ms",
+)  # fmt: skip
+
+
+def aggregate(reps):
+    """A mode over its repetitions ({rep number: collect_rep entry}): the status, and every
+    figure of every run as a spread over the repetitions that succeeded."""
+    ok = {n: e for n, e in reps.items() if e["status"].startswith("ok")}
+    out = {"reps": len(reps), "ok_reps": len(ok)}
+    failed = [e["status"] for e in reps.values() if not e["status"].startswith("ok")]
+    if not ok:
+        out["status"] = failed[0] if failed else "unavailable: did not run"
+        return out
+    out["status"] = "ok" if not failed else f"ok in {len(ok)} of {len(reps)} repetitions (other: {failed[0]})"
+    first = ok[min(ok)]
+    for key in ("path", "handled_as"):
+        if first.get(key):
+            out[key] = first[key]
+    runs = {}
+    for run in sorted({r for e in ok.values() for r in e["runs"]}):
+        got = [e["runs"][run] for e in ok.values() if run in e["runs"] and "error" not in e["runs"][run]]
+        if not got:
+            runs[run] = {"error": next(e["runs"][run]["error"] for e in ok.values() if run in e["runs"])}
+            continue
+        runs[run] = {k: s for k in RUN_FIELDS if (s := spread([g.get(k) for g in got])) is not None}
+        runs[run]["limit"] = tally([g.get("limit") for g in got])
+        runs[run]["limits"] = [g.get("limit") for g in got]
+    out["runs"] = runs
+    # Memory under load: the larger proxy's PSS at the end of any run, per repetition.
+    out["pss_under_load_mib"] = spread(
+        [max((r.get("pss_mib_per_proxy") or 0) for r in e["runs"].values()) or None for e in ok.values()]
+    )
+    return out
+
+
+def added_per_hop(mode_reps, direct_reps, run="r1000"):
+    """{p50, p99, p999: spread} of (mode - direct) / 2 at a fixed rate, paired by repetition
+    (the same round of the run), over the repetitions where both succeeded."""
+    out = {}
+    for key in ("p50", "p99", "p999"):
+        values = []
+        for n, e in mode_reps.items():
+            d = direct_reps.get(n)
+            if not d or not e["status"].startswith("ok") or not d["status"].startswith("ok"):
+                continue
+            a = e["runs"].get(run, {}).get(key + "_ms")
+            b = d["runs"].get(run, {}).get(key + "_ms")
+            if a is not None and b is not None:
+                values.append((a - b) / 2.0)
+        s = spread(values)
+        if s:
+            out[key] = s
+    return out
+
+
+def fig(agg, run, field):
+    """The spread of one figure of one run of an aggregated mode (None when missing)."""
+    if not agg:
         return None
-    return a / b
+    return agg.get("runs", {}).get(run, {}).get(field)
+
+
+def goals(proto, po):
+    """Issue 16's goals for each judged Skein mode of one protocol: a list of {mode, goal,
+    value, bound, met, conclusive, note} (met None: a figure is missing)."""
+    rows = []
+    nginx, haproxy = po.get("nginx"), po.get("haproxy")
+    for mode in JUDGED:
+        m = po.get(mode)
+        if not m or not m.get("status", "").startswith("ok"):
+            continue
+
+        def add(goal, value_s, bound_s, at_most, factor=1.0, note=None, spec="{:.3f}"):
+            value, bound = med(value_s), med(bound_s)
+            bound = None if bound is None else bound * factor
+            met, conclusive = verdict(value, bound, at_most, value_s, bound_s, factor)
+            rows.append(
+                {"mode": mode, "goal": goal, "value": value, "bound": bound, "met": met,
+                 "conclusive": conclusive, "note": note, "spec": spec}
+            )  # fmt: skip
+
+        if proto == "redis":
+            for test in ("get", "set"):
+                add(
+                    f"opaque TCP {test.upper()} rps >= HAProxy tcp mode",
+                    fig(m, "redis", f"{test}_rps"), fig(haproxy, "redis", f"{test}_rps"), False, spec="{:.0f}",
+                )
+            add(f"PSS per proxy under load <= {GOAL_PSS_MIB:g} MiB", m.get("pss_under_load_mib"), _const(GOAL_PSS_MIB), True, spec="{:.1f}")
+            continue
+        hops = m.get("added_per_hop", {})
+        for key, label in (("p50", "p50"), ("p99", "p99")):
+            add(
+                f"added {label} per hop at 1k rps <= {GOAL_LATENCY_VS_NGINX:g}x nginx's",
+                hops.get(key), (nginx or {}).get("added_per_hop", {}).get(key), True, GOAL_LATENCY_VS_NGINX,
+            )
+            add(
+                f"added {label} per hop at 1k rps <= HAProxy's",
+                hops.get(key), (haproxy or {}).get("added_per_hop", {}).get(key), True,
+            )
+        cpu_goal = GOAL_CPU_PER_1K[proto]
+        beside = ", ".join(
+            f"{label} {_fmt(med(fig(m, run, 'cpu_per_1k_rps_per_proxy')))}"
+            for run, label in (("r50", "at 50% of max"), ("r80", "at 80% of max"))
+            if fig(m, run, "cpu_per_1k_rps_per_proxy")
+        )
+        add(
+            f"CPU per 1k rps per proxy at 1k rps <= {cpu_goal:g} core",
+            fig(m, "r1000", "cpu_per_1k_rps_per_proxy"), _const(cpu_goal), True,
+            note=beside or None,
+        )
+        note = None
+        capped = [label for label in (fig(haproxy, "max", "limits") or []) if "loadgen" in (label or "").split("+")]
+        if capped:
+            note = (
+                f"HAProxy's maximum hit the load generator's CPU in {len(capped)} of"
+                f" {len(fig(haproxy, 'max', 'limits'))} repetitions: a lower bound"
+            )
+        add(
+            f"max rps through two hops >= {GOAL_MAX_VS_HAPROXY:g}x HAProxy's",
+            fig(m, "max", "rps"), fig(haproxy, "max", "rps"), False, GOAL_MAX_VS_HAPROXY, note, "{:.0f}",
+        )
+        add(
+            f"PSS per proxy under load <= {GOAL_PSS_MIB:g} MiB",
+            m.get("pss_under_load_mib"), _const(GOAL_PSS_MIB), True, spec="{:.1f}",
+        )
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
 
 
 def _round(value, digits=4):
@@ -262,7 +632,23 @@ def _fmt(value, spec="{:.3f}"):
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "NO"
+    if spec == "{:.3f}" and abs(value) >= 10:
+        # Milliseconds of a queueing tail: fewer decimals, so the columns keep their width.
+        spec = "{:.1f}" if abs(value) < 100 else "{:.0f}"
     return spec.format(value)
+
+
+def _range(s, spec):
+    """"min..max" of a spread over more than one repetition whose figures differ, else ""."""
+    if not s or s["n"] < 2:
+        return ""
+    lo, hi = _fmt(s["min"], spec), _fmt(s["max"], spec)
+    return "" if lo == hi else f"{lo}..{hi}"
+
+
+def _pct(s):
+    """A spread of cores (or busy fractions) as percentages."""
+    return None if s is None else {k: (v * 100 if k != "n" else v) for k, v in s.items()}
 
 
 def collect(results):
@@ -271,288 +657,253 @@ def collect(results):
         key, _, value = line.partition("=")
         if key:
             meta[key] = value
-    out = {}
+    out, per_rep = {}, {}
     for proto in PROTOCOLS:
         pdir = os.path.join(results, proto)
         if not os.path.isdir(pdir):
             continue
-        kind = "ghz" if proto == "grpc" else "oha"
-        proto_out = {}
+        reps_of = {}
         for mode in MODES:
             mdir = os.path.join(pdir, mode)
             if not os.path.isdir(mdir):
                 continue
-            status = _read(os.path.join(mdir, "status"), "unavailable: did not run")
-            entry = {"status": status}
-            note = _read(os.path.join(mdir, "note"))
-            if note:
-                entry["path"] = note
-            if mode.startswith("skein"):
-                handling = _skein_handling(mdir)
-                if handling:
-                    entry["handled_as"] = handling
-                    entry["path"] = f"{note}; {handling}"
-            runs = {}
-            for name in sorted(os.listdir(mdir)):
-                if not name.endswith(".json") or not name.startswith(("max", "r", "conn-")):
-                    continue
-                run = name[: -len(".json")]
-                try:
-                    s = summarize(kind, os.path.join(mdir, name))
-                except (OSError, ValueError, KeyError) as err:
-                    s = {"error": f"unreadable output: {err}"}
-                target = _read(os.path.join(mdir, run + ".target"))
-                if target:
-                    s["target_rps"] = float(target)
-                s.update(_loadgen(os.path.join(mdir, run + ".loadgen")))
-                s.update(
-                    _usage(
-                        _load_sample(os.path.join(mdir, run + ".before")),
-                        _load_sample(os.path.join(mdir, run + ".after")),
-                        s.get("rps", 0.0),
-                    )
-                )
-                runs[run] = s
-            if "max" in runs:
-                entry["max_rps"] = runs["max"].get("rps")
-                entry["max_errors"] = runs["max"].get("errors")
-                entry["max_loadgen_cpu_cores"] = runs["max"].get("loadgen_cpu_cores")
-            entry["rates"] = {k: v for k, v in runs.items() if k != "max" and not k.startswith("conn-")}
-            conns = {k[len("conn-"):]: v for k, v in runs.items() if k.startswith("conn-")}
-            if conns:
-                entry["connections"] = conns
-            at1k = runs.get("r1000", {})
-            for key in ("p50_ms", "p99_ms", "p999_ms"):
-                entry[key] = at1k.get(key)
-            if mode != "direct":
-                for key in ("cpu_per_1k_rps_per_proxy", "rss_mib_per_proxy", "hwm_mib_per_proxy"):
-                    entry[key] = at1k.get(key)
-                final = _load_sample(os.path.join(mdir, "final.sample"))
-                if final and final["groups"]:
-                    entry["peak_hwm_mib_per_proxy"] = max(g["hwm_kb"] for g in final["groups"].values()) / 1024.0
-            proto_out[mode] = entry
-        direct = proto_out.get("direct", {})
-        for mode in PROXIES:
-            entry = proto_out.get(mode)
-            if not entry:
-                continue
-            added = {}
-            for key in ("p50", "p99", "p999"):
-                if entry.get(key + "_ms") is not None and direct.get(key + "_ms") is not None:
-                    diff = entry[key + "_ms"] - direct[key + "_ms"]
-                    added[key] = {"added_ms": diff, "per_hop_ms": diff / 2.0}
-            entry["added_vs_direct_at_1000"] = added
-            entry["added_p99_per_hop_ms"] = added.get("p99", {}).get("per_hop_ms")
-        skein = proto_out.get("skein", {})
-        ratios = {}
-        for other in ("nginx", "haproxy"):
-            o = proto_out.get(other, {})
-            ratios[f"skein_vs_{other}"] = {
-                "max_rps": _ratio(skein.get("max_rps"), o.get("max_rps")),
-                "p99_at_1000": _ratio(skein.get("p99_ms"), o.get("p99_ms")),
-                "added_p99_per_hop": _ratio(skein.get("added_p99_per_hop_ms"), o.get("added_p99_per_hop_ms")),
-                "cpu_per_1k_rps": _ratio(skein.get("cpu_per_1k_rps_per_proxy"), o.get("cpu_per_1k_rps_per_proxy")),
-                "rss": _ratio(skein.get("rss_mib_per_proxy"), o.get("rss_mib_per_proxy")),
-            }
-        ratios["skein_vs_direct"] = {
-            "max_rps": _ratio(skein.get("max_rps"), direct.get("max_rps")),
-            "p50_at_1000": _ratio(skein.get("p50_ms"), direct.get("p50_ms")),
-            "p99_at_1000": _ratio(skein.get("p99_ms"), direct.get("p99_ms")),
-            "p999_at_1000": _ratio(skein.get("p999_ms"), direct.get("p999_ms")),
-        }
-        proto_out["ratios"] = ratios
-        proto_out["goals"] = _goals(proto_out)
-        mtls = _mtls_vs_plaintext(proto_out)
-        if mtls:
-            proto_out["mtls_vs_plaintext"] = mtls
-        tracing = _tracing_vs_plain(proto_out)
-        if tracing:
-            proto_out["tracing_vs_plain"] = tracing
-        out[proto] = proto_out
-    return meta, out
+            reps = {}
+            for name in os.listdir(mdir):
+                if name.startswith("rep") and name[3:].isdigit():
+                    reps[int(name[3:])] = collect_rep(os.path.join(mdir, name), proto, meta)
+            reps_of[mode] = reps
+        po = {mode: aggregate(reps) for mode, reps in reps_of.items()}
+        direct = reps_of.get("direct", {})
+        for mode, reps in reps_of.items():
+            if mode != "direct" and direct:
+                po[mode]["added_per_hop"] = added_per_hop(reps, direct)
+        po["goals"] = goals(proto, po)
+        if proto in HTTP_PROTOCOLS:
+            mtls = _mtls_vs_plaintext(po)
+            if mtls:
+                po["mtls_vs_plaintext"] = mtls
+            tracing = _tracing_vs_plain(po)
+            if tracing:
+                po["tracing_vs_plain"] = tracing
+        out[proto] = po
+        per_rep[proto] = reps_of
+    return meta, out, per_rep
 
 
-def _diff(a, b):
-    return None if a is None or b is None else a - b
+def _ok(entry):
+    return bool(entry) and entry.get("status", "").startswith("ok")
 
 
 def _mtls_vs_plaintext(p):
-    """skein-mtls against skein (plaintext) of the same run: what mutual TLS between the sidecars
-    costs. Latencies in ms; `handshake` from the new-connection-per-request runs."""
+    """skein-mtls against skein (plaintext) of the same run (medians): what mutual TLS between
+    the sidecars costs. Latencies in ms; the new-connection runs price one handshake."""
     plain, mtls = p.get("skein"), p.get("skein-mtls")
-    if not plain or not mtls or not plain["status"].startswith("ok") or not mtls["status"].startswith("ok"):
+    if not _ok(plain) or not _ok(mtls):
         return None
+
+    def m(agg, run, field):
+        return med(fig(agg, run, field))
+
     out = {
-        "added_at_1000_ms": {
-            k: _diff(mtls.get(k + "_ms"), plain.get(k + "_ms")) for k in ("p50", "p99", "p999")
-        },
+        "added_at_1000_ms": {k: _diff(m(mtls, "r1000", k + "_ms"), m(plain, "r1000", k + "_ms")) for k in ("p50", "p99", "p999")},
         "cpu_per_1k_rps_per_proxy": {
-            "plaintext": plain.get("cpu_per_1k_rps_per_proxy"),
-            "mtls": mtls.get("cpu_per_1k_rps_per_proxy"),
-            "ratio": _ratio(mtls.get("cpu_per_1k_rps_per_proxy"), plain.get("cpu_per_1k_rps_per_proxy")),
+            "plaintext": m(plain, "r1000", "cpu_per_1k_rps_per_proxy"),
+            "mtls": m(mtls, "r1000", "cpu_per_1k_rps_per_proxy"),
         },
-        "max_rps": {
-            "plaintext": plain.get("max_rps"),
-            "mtls": mtls.get("max_rps"),
-            "ratio": _ratio(mtls.get("max_rps"), plain.get("max_rps")),
-        },
-        "rss_mib_per_proxy": {"plaintext": plain.get("rss_mib_per_proxy"), "mtls": mtls.get("rss_mib_per_proxy")},
+        "max_rps": {"plaintext": m(plain, "max", "rps"), "mtls": m(mtls, "max", "rps")},
     }
+    for key in ("cpu_per_1k_rps_per_proxy", "max_rps"):
+        out[key]["ratio"] = _ratio(out[key]["mtls"], out[key]["plaintext"])
     for kind in ("tcp", "http"):
-        a = (plain.get("connections") or {}).get(kind)
-        b = (mtls.get("connections") or {}).get(kind)
-        if not a or not b or "error" in a or "error" in b:
+        run = f"conn-{kind}"
+        if fig(plain, run, "rps") is None or fig(mtls, run, "rps") is None:
             continue
         out[f"new_connection_{kind}"] = {
-            "p50_ms": {"plaintext": a.get("p50_ms"), "mtls": b.get("p50_ms"), "added": _diff(b.get("p50_ms"), a.get("p50_ms"))},
-            "p99_ms": {"plaintext": a.get("p99_ms"), "mtls": b.get("p99_ms"), "added": _diff(b.get("p99_ms"), a.get("p99_ms"))},
-            "connections_per_s": {"plaintext": a.get("rps"), "mtls": b.get("rps")},
+            "p50_ms_added": _diff(m(mtls, run, "p50_ms"), m(plain, run, "p50_ms")),
+            "p99_ms_added": _diff(m(mtls, run, "p99_ms"), m(plain, run, "p99_ms")),
             # CPU ms per connection, both proxies together (CPU per 1,000 rps = CPU ms per request).
-            "cpu_ms_per_connection": {
-                "plaintext": a.get("cpu_per_1k_rps"),
-                "mtls": b.get("cpu_per_1k_rps"),
-                "added": _diff(b.get("cpu_per_1k_rps"), a.get("cpu_per_1k_rps")),
-            },
+            "cpu_ms_per_connection_added": _diff(m(mtls, run, "cpu_per_1k_rps"), m(plain, run, "cpu_per_1k_rps")),
         }
     return out
 
 
 def _tracing_vs_plain(p):
-    """The tracing modes against skein (no exporter) of the same run: CPU per 1,000 rps and
-    memory per proxy at 1,000 rps, and the max, at each sampling percentage."""
+    """The tracing modes against skein (no exporter) of the same run, medians: CPU per 1,000 rps
+    and PSS per proxy at 1,000 rps, the max and p99, at each sampling percentage."""
     plain = p.get("skein")
-    if not plain or not plain["status"].startswith("ok"):
+    if not _ok(plain):
         return None
+
+    def m(agg, run, field):
+        return med(fig(agg, run, field))
+
     out = {}
     for mode in TRACING:
         entry = p.get(mode)
-        if not entry or not entry["status"].startswith("ok"):
+        if not _ok(entry):
             continue
         out[mode] = {
-            "cpu_per_1k_rps_per_proxy": entry.get("cpu_per_1k_rps_per_proxy"),
-            "cpu_ratio": _ratio(entry.get("cpu_per_1k_rps_per_proxy"), plain.get("cpu_per_1k_rps_per_proxy")),
-            "rss_mib_per_proxy": entry.get("rss_mib_per_proxy"),
-            "rss_added_mib": _diff(entry.get("rss_mib_per_proxy"), plain.get("rss_mib_per_proxy")),
-            "max_rps_ratio": _ratio(entry.get("max_rps"), plain.get("max_rps")),
-            "added_p99_at_1000_ms": _diff(entry.get("p99_ms"), plain.get("p99_ms")),
+            "cpu_per_1k_rps_per_proxy": m(entry, "r1000", "cpu_per_1k_rps_per_proxy"),
+            "cpu_ratio": _ratio(m(entry, "r1000", "cpu_per_1k_rps_per_proxy"), m(plain, "r1000", "cpu_per_1k_rps_per_proxy")),
+            "pss_mib_per_proxy": m(entry, "r1000", "pss_mib_per_proxy"),
+            "pss_added_mib": _diff(m(entry, "r1000", "pss_mib_per_proxy"), m(plain, "r1000", "pss_mib_per_proxy")),
+            "max_rps_ratio": _ratio(m(entry, "max", "rps"), m(plain, "max", "rps")),
+            "added_p99_at_1000_ms": _diff(m(entry, "r1000", "p99_ms"), m(plain, "r1000", "p99_ms")),
         }
     if not out:
         return None
     out["skein"] = {
-        "cpu_per_1k_rps_per_proxy": plain.get("cpu_per_1k_rps_per_proxy"),
-        "rss_mib_per_proxy": plain.get("rss_mib_per_proxy"),
+        "cpu_per_1k_rps_per_proxy": m(plain, "r1000", "cpu_per_1k_rps_per_proxy"),
+        "pss_mib_per_proxy": m(plain, "r1000", "pss_mib_per_proxy"),
     }
     return out
 
 
-def _print_tracing(po):
-    t = po.get("tracing_vs_plain")
-    if not t:
-        return
-    p = print
-    base = t["skein"]
-    p("")
-    p(
-        "Tracing vs none (skein-traceN - skein, this run; per proxy, at 1,000 rps; skein: CPU/1k"
-        f" {_fmt(base['cpu_per_1k_rps_per_proxy'])}, RSS {_fmt(base['rss_mib_per_proxy'], '{:.1f}')} MiB):"
-    )
-    for mode in TRACING:
-        m = t.get(mode)
-        if not m:
-            continue
-        p(
-            f"  {mode:<15} CPU/1k {_fmt(m['cpu_per_1k_rps_per_proxy'])} (x{_fmt(m['cpu_ratio'], '{:.2f}')}),"
-            f" RSS {_fmt(m['rss_mib_per_proxy'], '{:.1f}')} MiB ({_fmt(m['rss_added_mib'], '{:+.1f}')}),"
-            f" p99 {_fmt(m['added_p99_at_1000_ms'], '{:+.3f}')} ms, max rps x{_fmt(m['max_rps_ratio'], '{:.2f}')}"
-        )
+class Table:
+    """Fixed-width columns; each row is printed with its medians, then (when some figure varied
+    over the repetitions) a second line with each figure's min..max under it."""
+
+    def __init__(self, columns):
+        self.columns = columns  # [(title, width, align)]
+
+    def header(self):
+        print(self._line([c[0] for c in self.columns]))
+
+    def _line(self, cells):
+        parts = []
+        for (_, width, align), cell in zip(self.columns, cells):
+            parts.append(f"{cell:<{width}}" if align == "<" else f"{cell:>{width}}")
+        return " ".join(parts).rstrip()
+
+    def row(self, cells):
+        """cells: plain strings, or (spread, spec[, suffix]) shown as median (+ suffix) and range."""
+        first, second = [], []
+        for cell in cells:
+            if isinstance(cell, tuple):
+                s, spec, *suffix = cell
+                first.append(_fmt(med(s), spec) + "".join(suffix))
+                second.append(_range(s, spec))
+            else:
+                first.append(cell)
+                second.append("")
+        print(self._line(first))
+        if any(second):
+            print(self._line(second))
 
 
-def _goals(p):
-    skein = p.get("skein", {})
-
-    def le(a, b):
-        return None if a is None or b is None else a <= b
-
-    def ge(a, b):
-        return None if a is None or b is None else a >= b
-
-    hop = skein.get("added_p99_per_hop_ms")
-    return {
-        "added_p99_per_hop_le_nginx": le(hop, p.get("nginx", {}).get("added_p99_per_hop_ms")),
-        "added_p99_per_hop_le_haproxy": le(hop, p.get("haproxy", {}).get("added_p99_per_hop_ms")),
-        "max_rps_ge_nginx": ge(skein.get("max_rps"), p.get("nginx", {}).get("max_rps")),
-        "max_rps_ge_haproxy": ge(skein.get("max_rps"), p.get("haproxy", {}).get("max_rps")),
-        "rss_le_15mib_at_1000": le(skein.get("rss_mib_per_proxy"), GOAL_RSS_MIB),
-        "cpu_le_0.1_core_per_1000": le(skein.get("cpu_per_1k_rps_per_proxy"), GOAL_CPU_PER_1K),
-    }
-
-
-RUN_KEYS = ("target_rps", "rps", "p50_ms", "p99_ms", "p999_ms", "errors", "cpu_per_1k_rps_per_proxy", "rss_mib_per_proxy", "loadgen_cpu_cores")
-MODE_KEYS = (
-    "status", "handled_as", "max_rps", "max_loadgen_cpu_cores", "p50_ms", "p99_ms", "p999_ms", "added_per_hop_ms",
-    "cpu_per_1k_rps_per_proxy", "rss_mib_per_proxy", "hwm_mib_per_proxy", "peak_hwm_mib_per_proxy",
-)
-
-
-def _compact(po):
-    """The last line's view of one protocol: headline figures, each run's figures, ratios, goals."""
-    out = {}
-    for mode in MODES:
-        entry = po.get(mode)
-        if entry is None:
-            continue
-        e = dict(entry)
-        e["status"] = e["status"][:200]
-        e["max_loadgen_cpu_cores"] = e.get("max_loadgen_cpu_cores")
-        added = e.get("added_vs_direct_at_1000")
-        if added is not None:
-            e["added_per_hop_ms"] = {k: v["per_hop_ms"] for k, v in added.items()}
-        c = {k: e[k] for k in MODE_KEYS if e.get(k) is not None}
-        if e.get("rates"):
-            c["runs"] = {run: {k: r[k] for k in RUN_KEYS if r.get(k) is not None} for run, r in e["rates"].items()}
-        if e.get("connections"):
-            c["new_connection_runs"] = {
-                kind: {k: r[k] for k in RUN_KEYS + ("cpu_per_1k_rps",) if r.get(k) is not None}
-                for kind, r in e["connections"].items()
-            }
-        out[mode] = c
-    if po.get("mtls_vs_plaintext"):
-        out["mtls_vs_plaintext"] = po["mtls_vs_plaintext"]
-    if po.get("tracing_vs_plain"):
-        out["tracing_vs_plain"] = po["tracing_vs_plain"]
-    out["ratios"] = po["ratios"]
-    out["goals"] = po["goals"]
-    return out
-
-
-RUN_LABELS = {"max": "max (closed loop)", "r1000": "1000 rps", "r50": "50% of max", "r80": "80% of max"}
+RUN_LABELS = {
+    "max": "max (closed)", "r1000": "1000 rps", "r50": "50% of max", "r80": "80% of max", "redis": "redis-benchmark",
+}  # fmt: skip
 RUN_ORDER = ("max", "r1000", "r50", "r80")
 
 
+def _print_http(proto, po, meta):
+    p = print
+    t = Table(
+        [("mode", 14, "<"), ("run", 12, "<"), ("target", 12, ">"), ("achieved", 12, ">"), ("p50", 12, ">"),
+         ("p99", 12, ">"), ("p99.9", 12, ">"), ("errors", 7, ">"), ("CPU/1k/proxy", 12, ">"),
+         ("PSS MiB/px", 11, ">"), ("loadgen%", 9, ">"), ("app%", 9, ">"), ("proxies%", 9, ">"),
+         ("CPU L/S%", 9, ">"), ("limit", 12, "<")]
+    )  # fmt: skip
+    t.header()
+    flags = set()
+    for mode in MODES:
+        agg = po.get(mode)
+        if not agg:
+            continue
+        if not _ok(agg):
+            p(f"{mode:<14} {agg['status']}")
+            continue
+        for run in RUN_ORDER:
+            r = agg["runs"].get(run)
+            if r is None:
+                continue
+            if "error" in r:
+                p(f"{mode:<14} {RUN_LABELS[run]:<12} {r['error']}")
+                continue
+            short = ""
+            if r.get("target_rps") and r.get("rps") and r["rps"]["median"] < 0.95 * r["target_rps"]["median"]:
+                short = "!"
+                flags.add("!")
+            lb, sb = med(r.get("loadgen_busy")), med(r.get("server_busy"))
+            busy = f"{_fmt(lb and lb * 100, '{:.0f}')}/{_fmt(sb and sb * 100, '{:.0f}')}"
+            closed = run == "max"  # closed-loop latencies are queueing at saturation: not shown
+            t.row(
+                [mode, RUN_LABELS[run], (r.get("target_rps"), "{:.0f}"), (r.get("rps"), "{:.0f}", short),
+                 "" if closed else (r.get("p50_ms"), "{:.3f}"), "" if closed else (r.get("p99_ms"), "{:.3f}"),
+                 "" if closed else (r.get("p999_ms"), "{:.3f}"), (r.get("errors"), "{:.0f}"),
+                 (r.get("cpu_per_1k_rps_per_proxy"), "{:.3f}"), (r.get("pss_mib_per_proxy"), "{:.1f}"),
+                 (_pct(r.get("loadgen_cpu_cores")), "{:.0f}"), (_pct(r.get("app_cpu_cores")), "{:.0f}"),
+                 (_pct(r.get("proxy_cpu_cores")), "{:.0f}"), busy, (r.get("limit") or "") if closed else ""]
+            )  # fmt: skip
+        if agg.get("path"):
+            handled = f"; {agg['handled_as']}" if agg.get("handled_as") else ""
+            p(f"{'':<14} path: {agg['path']}{handled}")
+    if "!" in flags:
+        p("  ! achieved under 95% of the target rate: the path (or the load generator) could not sustain it")
+    p(
+        "  loadgen%/app%/proxies%: CPU of the load generator, the app, both proxies together (100% = one core);"
+        " CPU L/S%: how busy the load generator's CPU and the app-and-proxies CPU were (everything on them)"
+    )
+    p(
+        f"  limit (max run): a CPU at least {SATURATED:.0%} busy and, on the shared one, whether the proxies or the app"
+        " used more of it ('other load': the benchmark used under half of that CPU); 'no CPU full': the round trips set the rate"
+    )
+    p("")
+    s = Table(
+        [("summary", 14, "<"), ("max rps", 12, ">"), ("limit at max", 20, "<"), ("+p50/hop", 12, ">"), ("+p99/hop", 12, ">"),
+         ("+p99.9/hop", 12, ">"), ("CPU/1k @1k", 12, ">"), ("@50% max", 12, ">"), ("@80% max", 12, ">"),
+         ("PSS MiB/px", 11, ">"), ("loadgen@max", 12, ">")]
+    )  # fmt: skip
+    p("(added latency per hop = (mode - direct) / 2 at 1,000 rps, paired by repetition (direct-rules: per side);")
+    p(" CPU per 1,000 rps per proxy;")
+    p(" PSS = the larger proxy's, the most at the end of any run)")
+    s.header()
+    for mode in MODES:
+        agg = po.get(mode)
+        if not _ok(agg):
+            continue
+        hop = agg.get("added_per_hop", {})
+        s.row(
+            [mode, (fig(agg, "max", "rps"), "{:.0f}"), fig(agg, "max", "limit") or "-",
+             (hop.get("p50"), "{:.3f}"), (hop.get("p99"), "{:.3f}"), (hop.get("p999"), "{:.3f}"),
+             (fig(agg, "r1000", "cpu_per_1k_rps_per_proxy"), "{:.3f}"), (fig(agg, "r50", "cpu_per_1k_rps_per_proxy"), "{:.3f}"),
+             (fig(agg, "r80", "cpu_per_1k_rps_per_proxy"), "{:.3f}"), (agg.get("pss_under_load_mib"), "{:.1f}"),
+             (_pct(fig(agg, "max", "loadgen_cpu_cores")), "{:.0f}%")]
+        )  # fmt: skip
+    _print_connections(po, meta)
+    _print_mtls(po)
+    _print_tracing(po)
+
+
 def _print_connections(po, meta):
-    rows = [(m, po[m]["connections"]) for m in MODES if po.get(m, {}).get("connections") and po[m]["status"].startswith("ok")]
+    rows = [m for m in MODES if _ok(po.get(m)) and any(r.startswith("conn-") for r in po[m]["runs"])]
     if not rows:
         return
     p = print
     p("")
     p(meta.get("desc_conn", "connection cost: a new connection per request"))
-    p(f"{'mode':<14} {'port':<42} {'conn/s':>8} {'p50':>8} {'p99':>8} {'errors':>7} {'CPU ms/conn (both proxies)':>27}")
+    t = Table(
+        [("mode", 14, "<"), ("port", 42, "<"), ("conn/s", 12, ">"), ("p50", 12, ">"), ("p99", 12, ">"),
+         ("errors", 7, ">"), ("CPU ms/conn (both proxies)", 27, ">")]
+    )  # fmt: skip
+    t.header()
     labels = {
-        "http": "HTTP :8080 (client proxy pools upstream)",
-        "tcp": "opaque TCP :11211 (new hop conn each)",
+        "conn-http": "HTTP :8080 (client proxy pools upstream)",
+        "conn-tcp": "opaque TCP :11211 (new hop conn each)",
     }
-    for mode, conns in rows:
-        for kind in ("http", "tcp"):
-            r = conns.get(kind)
+    for mode in rows:
+        for run, label in labels.items():
+            r = po[mode]["runs"].get(run)
             if r is None:
                 continue
             if "error" in r:
-                p(f"{mode:<14} {labels[kind]:<42} {r['error']}")
+                p(f"{mode:<14} {label:<42} {r['error']}")
                 continue
-            p(
-                f"{mode:<14} {labels[kind]:<42} {_fmt(r.get('rps'), '{:.0f}'):>8} {_fmt(r.get('p50_ms')):>8}"
-                f" {_fmt(r.get('p99_ms')):>8} {_fmt(r.get('errors'), '{:d}'):>7} {_fmt(r.get('cpu_per_1k_rps'), '{:.3f}'):>27}"
-            )
+            t.row(
+                [mode, label, (r.get("rps"), "{:.0f}"), (r.get("p50_ms"), "{:.3f}"), (r.get("p99_ms"), "{:.3f}"),
+                 (r.get("errors"), "{:.0f}"), (r.get("cpu_per_1k_rps"), "{:.3f}")]
+            )  # fmt: skip
 
 
 def _print_mtls(po):
@@ -564,7 +915,7 @@ def _print_mtls(po):
     cpu = m["cpu_per_1k_rps_per_proxy"]
     mx = m["max_rps"]
     p("")
-    p("mTLS vs plaintext (skein-mtls - skein, this run):")
+    p("mTLS vs plaintext (skein-mtls - skein, medians of this run):")
     p(
         f"  keep-alive, 1,000 rps: added p50 {_fmt(a['p50'], '{:+.3f}')} ms, p99 {_fmt(a['p99'], '{:+.3f}')} ms,"
         f" p99.9 {_fmt(a['p999'], '{:+.3f}')} ms (two proxies, one mTLS hop);"
@@ -575,138 +926,197 @@ def _print_mtls(po):
     if tcp:
         p(
             f"  handshake (a new proxy-to-proxy connection per request, opaque TCP): added p50"
-            f" {_fmt(tcp['p50_ms']['added'], '{:+.3f}')} ms, p99 {_fmt(tcp['p99_ms']['added'], '{:+.3f}')} ms per connection;"
-            f" CPU {_fmt(tcp['cpu_ms_per_connection']['added'], '{:+.3f}')} ms per handshake (both ends)"
+            f" {_fmt(tcp['p50_ms_added'], '{:+.3f}')} ms, p99 {_fmt(tcp['p99_ms_added'], '{:+.3f}')} ms per connection;"
+            f" CPU {_fmt(tcp['cpu_ms_per_connection_added'], '{:+.3f}')} ms per handshake (both ends)"
         )
     http = m.get("new_connection_http")
     if http:
         p(
-            f"  a new client connection per request to the HTTP port: added p50 {_fmt(http['p50_ms']['added'], '{:+.3f}')} ms,"
-            f" p99 {_fmt(http['p99_ms']['added'], '{:+.3f}')} ms (the client proxy's upstream pool: no handshake per request expected)"
+            f"  a new client connection per request to the HTTP port: added p50 {_fmt(http['p50_ms_added'], '{:+.3f}')} ms,"
+            f" p99 {_fmt(http['p99_ms_added'], '{:+.3f}')} ms (the client proxy's upstream pool: no handshake per request expected)"
         )
-    p(
-        "  With keep-alive (the rate and max runs) handshakes stay off the request path: the client proxy pools its"
-    )
+    p("  With keep-alive (the rate and max runs) handshakes stay off the request path: the client proxy pools its")
     p("  mTLS connections to the server proxy (and resumes TLS sessions with tickets when it opens new ones).")
-    p("  Both skein modes run the same client --config; skein-mtls adds only the endpoint's identity (and the certificates).")
+    p("  Both skein modes run the same --config; skein-mtls adds only the endpoints' identity (and the certificates).")
+
+
+def _print_tracing(po):
+    t = po.get("tracing_vs_plain")
+    if not t:
+        return
+    p = print
+    base = t["skein"]
+    p("")
+    p(
+        "Tracing vs none (skein-traceN - skein, medians of this run; per proxy, at 1,000 rps; skein: CPU/1k"
+        f" {_fmt(base['cpu_per_1k_rps_per_proxy'])}, PSS {_fmt(base['pss_mib_per_proxy'], '{:.1f}')} MiB):"
+    )
+    for mode in TRACING:
+        m = t.get(mode)
+        if not m:
+            continue
+        p(
+            f"  {mode:<15} CPU/1k {_fmt(m['cpu_per_1k_rps_per_proxy'])} (x{_fmt(m['cpu_ratio'], '{:.2f}')}),"
+            f" PSS {_fmt(m['pss_mib_per_proxy'], '{:.1f}')} MiB ({_fmt(m['pss_added_mib'], '{:+.1f}')}),"
+            f" p99 {_fmt(m['added_p99_at_1000_ms'], '{:+.3f}')} ms, max rps x{_fmt(m['max_rps_ratio'], '{:.2f}')}"
+        )
+
+
+def redis_ratios(po, mode):
+    """{get_vs_direct, get_vs_haproxy, set_vs_direct, set_vs_haproxy} of one mode's medians."""
+    out = {}
+    for test in ("get", "set"):
+        value = med(fig(po.get(mode), "redis", f"{test}_rps"))
+        for other in ("direct", "haproxy"):
+            out[f"{test}_vs_{other}"] = _ratio(value, med(fig(po.get(other), "redis", f"{test}_rps")))
+    return out
+
+
+def _print_redis(po, meta):
+    p = print
+    t = Table(
+        [("mode", 14, "<"), ("GET rps", 13, ">"), ("SET rps", 13, ">"), ("GET p50", 12, ">"), ("GET p99", 12, ">"),
+         ("SET p50", 12, ">"), ("SET p99", 12, ">"), ("GET/direct", 10, ">"), ("GET/HAProxy", 11, ">"),
+         ("SET/direct", 10, ">"), ("SET/HAProxy", 11, ">"), ("CPU/1k/proxy", 12, ">"), ("PSS MiB/px", 11, ">"),
+         ("loadgen%", 9, ">"), ("app%", 9, ">"), ("CPU L/S%", 9, ">"), ("limit", 12, "<")]
+    )  # fmt: skip
+    t.header()
+    for mode in MODES:
+        agg = po.get(mode)
+        if not agg:
+            continue
+        if not _ok(agg):
+            p(f"{mode:<14} {agg['status']}")
+            continue
+        r = agg["runs"].get("redis")
+        if r is None or "error" in r:
+            p(f"{mode:<14} {(r or {}).get('error', 'no redis-benchmark output')}")
+            continue
+        q = redis_ratios(po, mode)
+        lb, sb = med(r.get("loadgen_busy")), med(r.get("server_busy"))
+        t.row(
+            [mode, (r.get("get_rps"), "{:.0f}"), (r.get("set_rps"), "{:.0f}"), (r.get("get_p50_ms"), "{:.3f}"),
+             (r.get("get_p99_ms"), "{:.3f}"), (r.get("set_p50_ms"), "{:.3f}"), (r.get("set_p99_ms"), "{:.3f}"),
+             _fmt(q["get_vs_direct"], "{:.2f}"), _fmt(q["get_vs_haproxy"], "{:.2f}"), _fmt(q["set_vs_direct"], "{:.2f}"),
+             _fmt(q["set_vs_haproxy"], "{:.2f}"), (r.get("cpu_per_1k_rps_per_proxy"), "{:.3f}"),
+             (r.get("pss_mib_per_proxy"), "{:.1f}"), (_pct(r.get("loadgen_cpu_cores")), "{:.0f}"),
+             (_pct(r.get("app_cpu_cores")), "{:.0f}"), f"{_fmt(lb and lb * 100, '{:.0f}')}/{_fmt(sb and sb * 100, '{:.0f}')}",
+             r.get("limit") or ""]
+        )  # fmt: skip
+        if agg.get("path"):
+            handled = f"; {agg['handled_as']}" if agg.get("handled_as") else ""
+            p(f"{'':<14} path: {agg['path']}{handled}")
+    p("  latencies in ms (redis-benchmark's own percentiles); ratios of medians; CPU per 1,000 requests (GET and SET) per proxy;")
+    p("  limit: as in the HTTP tables (redis-benchmark runs closed loop, so each test is a maximum)")
+
+
+def _print_goals(proto, po):
+    rows = po.get("goals") or []
+    if not rows:
+        return
+    p = print
+    p("")
+    p("Goals of issue 16 (medians; 'overlap': the repetitions' ranges overlap, so the verdict is not conclusive):")
+    for g in rows:
+        verdict_text = {True: "met", False: "NOT met", None: "-"}[g["met"]]
+        if g["met"] is not None and g["conclusive"] is False:
+            verdict_text += " (overlap)"
+        note = f"  [{g['note']}]" if g.get("note") else ""
+        spec = g.get("spec", "{:.3f}")
+        p(f"  {g['mode']:<11} {g['goal']:<52} {_fmt(g['value'], spec):>9} vs {_fmt(g['bound'], spec):>9}  {verdict_text}{note}")
+
+
+FOOTNOTES = {
+    "h2": "nginx's h2 mode: h2c from the load generator, but both nginx hops speak HTTP/1.1 upstream (nginx's proxy_pass has"
+    " no HTTP/2 upstream): not the same protocol between the hops as Skein and HAProxy (h2c end to end).",
+}
 
 
 def print_report(results):
-    meta, out = collect(results)
+    meta, out, per_rep = collect(results)
     p = print
     p("")
-    p("=" * 118)
+    p("=" * 140)
     p("Skein data-plane benchmark" + ("  [--quick: short runs, indicative only]" if meta.get("quick") == "1" else ""))
     p(
-        "Goals for Skein: added p99 per hop <= nginx's and HAProxy's; max rps >= both;"
-        f" RSS <= {GOAL_RSS_MIB:g} MiB per proxy at 1,000 rps; CPU <= {GOAL_CPU_PER_1K:g} core per 1,000 rps per proxy"
+        f"Goals (issue 16, per hop, one worker): added p50 and p99 at 1k rps <= {GOAL_LATENCY_VS_NGINX:g}x nginx's and"
+        f" <= HAProxy's; CPU per 1k rps <= {GOAL_CPU_PER_1K['h1']:g} core (h1), <= {GOAL_CPU_PER_1K['h2']:g} (h2, gRPC);"
+        f" max rps through two hops >= {GOAL_MAX_VS_HAPROXY:g}x HAProxy's; PSS <= {GOAL_PSS_MIB:g} MiB per proxy under load;"
+        " opaque TCP (Redis) >= HAProxy in TCP mode"
     )
-    for key in ("placement", "skein", "versions", "durations", "machine", "machine_end"):
+    for key in ("placement", "fairness", "direct_rules", "skein_config", "skein", "versions", "durations", "reps", "machine", "machine_end"):
         if meta.get(key):
             p(f"{key}: {meta[key]}")
-    p("Latencies in ms. Proxy CPU and memory are per proxy instance (two per mesh path: client side and server side);")
-    p("CPU is (utime+stime delta over the run) / wall time / (achieved rps / 1000); RSS is VmRSS at the end of the run.")
+    p("Latencies in ms; each figure is the median over the repetitions, with min..max on the line below when they differ.")
+    p("Proxy CPU and memory are per proxy instance (two per path: client side and server side); CPU is the (utime+stime)")
+    p("delta over the run / wall time / (achieved rps / 1000); PSS from /proc/PID/smaps_rollup, summed over a proxy's processes.")
     for proto in PROTOCOLS:
         if proto not in out:
             continue
         po = out[proto]
         p("")
-        p("-" * 118)
+        p("-" * 140)
         p(meta.get("desc_" + proto, proto))
-        hdr = f"{'mode':<14} {'load':<18} {'target':>8} {'achieved':>9} {'p50':>8} {'p99':>8} {'p99.9':>8} {'errors':>7} {'CPU/1k/proxy':>13} {'RSS MiB':>8} {'HWM MiB':>8} {'loadgen':>8}"
-        p(hdr)
-        flags = set()
-        for mode in MODES:
-            entry = po.get(mode)
-            if not entry:
-                continue
-            if not entry["status"].startswith("ok"):
-                p(f"{mode:<14} {entry['status']}")
-                continue
-            runs = dict(entry.get("rates", {}))
-            if entry.get("max_rps") is not None:
-                runs["max"] = {
-                    "rps": entry["max_rps"],
-                    "errors": entry.get("max_errors"),
-                    "loadgen_cpu_cores": entry.get("max_loadgen_cpu_cores"),
-                }
-                # The max run's latencies are closed-loop (queueing at saturation): not shown.
-            for run in RUN_ORDER:
-                r = runs.get(run)
-                if r is None:
-                    continue
-                if "error" in r:
-                    p(f"{mode:<14} {RUN_LABELS[run]:<18} {r['error']}")
-                    continue
-                achieved = _fmt(r.get("rps"), "{:.0f}")
-                if r.get("target_rps") and r.get("rps") is not None and r["rps"] < 0.95 * r["target_rps"]:
-                    achieved += "!"
-                    flags.add("!")
-                lg = r.get("loadgen_cpu_cores")
-                lg_text = _fmt(lg * 100 if lg is not None else None, "{:.0f}%")
-                if lg is not None and lg >= 0.9:
-                    lg_text += "*"
-                    flags.add("*")
-                p(
-                    f"{mode:<14} {RUN_LABELS[run]:<18} {_fmt(r.get('target_rps'), '{:.0f}'):>8} {achieved:>9}"
-                    f" {_fmt(r.get('p50_ms') if run != 'max' else None):>8} {_fmt(r.get('p99_ms') if run != 'max' else None):>8}"
-                    f" {_fmt(r.get('p999_ms') if run != 'max' else None):>8} {_fmt(r.get('errors'), '{:d}'):>7}"
-                    f" {_fmt(r.get('cpu_per_1k_rps_per_proxy'), '{:.3f}'):>13} {_fmt(r.get('rss_mib_per_proxy'), '{:.1f}'):>8}"
-                    f" {_fmt(r.get('hwm_mib_per_proxy'), '{:.1f}'):>8} {lg_text:>8}"
-                )
-            if entry.get("path"):
-                p(f"{'':<14} path: {entry['path']}")
-        if "!" in flags:
-            p("  ! achieved under 95% of the target rate: the path (or the load generator) could not sustain it")
-        if "*" in flags:
-            p("  * the load generator used 90% or more of its CPU: that figure is (partly) the load generator's limit")
-        p("")
-        p(f"{'summary':<14} {'max rps':>9} {'+p50/hop':>9} {'+p99/hop':>9} {'+p99.9/hop':>11} {'CPU/1k/proxy':>13} {'RSS MiB':>8}   (added latency vs direct at 1,000 rps, halved)")
-        for mode in MODES:
-            entry = po.get(mode)
-            if not entry or not entry["status"].startswith("ok"):
-                continue
-            added = entry.get("added_vs_direct_at_1000", {})
-            p(
-                f"{mode:<14} {_fmt(entry.get('max_rps'), '{:.0f}'):>9}"
-                f" {_fmt(added.get('p50', {}).get('per_hop_ms')):>9} {_fmt(added.get('p99', {}).get('per_hop_ms')):>9}"
-                f" {_fmt(added.get('p999', {}).get('per_hop_ms')):>11}"
-                f" {_fmt(entry.get('cpu_per_1k_rps_per_proxy')):>13} {_fmt(entry.get('rss_mib_per_proxy'), '{:.1f}'):>8}"
-            )
-        _print_connections(po, meta)
-        _print_mtls(po)
-        _print_tracing(po)
-        g = po["goals"]
-        ratios = po["ratios"]
-        p(
-            "skein vs goals: "
-            + "; ".join(
-                [
-                    f"+p99/hop <= nginx: {_fmt(g['added_p99_per_hop_le_nginx'])}",
-                    f"<= haproxy: {_fmt(g['added_p99_per_hop_le_haproxy'])}",
-                    f"max rps >= nginx: {_fmt(g['max_rps_ge_nginx'])} (x{_fmt(ratios['skein_vs_nginx']['max_rps'], '{:.2f}')})",
-                    f">= haproxy: {_fmt(g['max_rps_ge_haproxy'])} (x{_fmt(ratios['skein_vs_haproxy']['max_rps'], '{:.2f}')})",
-                    f"RSS <= {GOAL_RSS_MIB:g} MiB: {_fmt(g['rss_le_15mib_at_1000'])}",
-                    f"CPU <= {GOAL_CPU_PER_1K:g}/1k: {_fmt(g['cpu_le_0.1_core_per_1000'])}",
-                ]
-            )
-        )
-        p("  (- = not measured or a mode unavailable; with only short runs or a busy machine, treat differences of a few tens of microseconds as noise)")
+        if proto == "redis":
+            _print_redis(po, meta)
+        else:
+            _print_http(proto, po, meta)
+        _print_goals(proto, po)
+        if proto in FOOTNOTES and "nginx" in po:
+            p("  " + FOOTNOTES[proto])
+        p("  (- = not measured or a mode unavailable; with short runs or a busy machine, treat differences of a few tens of microseconds as noise)")
     meta_out = {k: v for k, v in meta.items() if not k.startswith("desc_")}
     try:
         with open(os.path.join(results, "full.json"), "w") as f:
-            json.dump({"meta": meta_out, **out}, f, indent=1)
+            json.dump(_round({"meta": meta_out, "aggregated": out, "repetitions": per_rep}), f, indent=1)
     except OSError:
         pass
-    summary = {proto: _compact(po) for proto, po in out.items()}
+    summary = {proto: _compact(proto, po) for proto, po in out.items()}
     summary["meta"] = dict(
         meta_out,
-        goals=f"added p99 per hop <= nginx and <= HAProxy; max rps >= both; RSS <= {GOAL_RSS_MIB:g} MiB and"
-        f" CPU <= {GOAL_CPU_PER_1K:g} core per 1,000 rps, per proxy at 1,000 rps",
-        ratios="skein figure / other figure (null where either is missing or not positive)",
+        goals="issue 16: added p50/p99 per hop at 1k rps <= 0.6x nginx's and <= HAProxy's; CPU per 1k rps per proxy"
+        " <= 0.05 core (h1), 0.07 (h2, grpc); max rps >= 1.1x HAProxy's; PSS <= 10 MiB per proxy under load;"
+        " Redis GET/SET rps >= HAProxy tcp mode",
+        figures="{median, min, max, n} over the repetitions that succeeded",
     )
     p("")
     print(json.dumps(_round(summary), separators=(",", ":")))
+
+
+COMPACT_FIELDS = ("rps", "p50_ms", "p99_ms", "p999_ms", "errors", "cpu_per_1k_rps_per_proxy", "pss_mib_per_proxy",
+                  "loadgen_cpu_cores", "app_cpu_cores", "proxy_cpu_cores", "get_rps", "set_rps", "get_p50_ms",
+                  "get_p99_ms", "set_p50_ms", "set_p99_ms", "target_rps")  # fmt: skip
+
+
+def _compact(proto, po):
+    """The last line's view of one protocol: each mode's runs (spreads), added latency per hop,
+    PSS, limits, and the goals' verdicts."""
+    out = {}
+    for mode in MODES:
+        agg = po.get(mode)
+        if agg is None:
+            continue
+        c = {"status": agg["status"][:200], "reps": agg["reps"], "ok_reps": agg["ok_reps"]}
+        if agg.get("handled_as"):
+            c["handled_as"] = agg["handled_as"]
+        if agg.get("runs"):
+            c["runs"] = {
+                run: {k: v for k, v in r.items() if k in COMPACT_FIELDS or k == "limit" or k == "error"}
+                for run, r in agg["runs"].items()
+            }
+        for key in ("added_per_hop", "pss_under_load_mib"):
+            if agg.get(key):
+                c[key] = agg[key]
+        if proto == "redis":
+            c["ratios"] = redis_ratios(po, mode)
+        out[mode] = c
+    for key in ("mtls_vs_plaintext", "tracing_vs_plain"):
+        if po.get(key):
+            out[key] = po[key]
+    out["goals"] = [
+        {k: g[k] for k in ("mode", "goal", "value", "bound", "met", "conclusive")} for g in po.get("goals", [])
+    ]
+    return out
 
 
 def main(argv):
@@ -723,6 +1133,12 @@ def main(argv):
         except (OSError, ValueError, KeyError) as err:
             print(f"unreadable load-generator output {argv[3]}: {err}", file=sys.stderr)
             return 1
+        if argv[2] == "redis":
+            if s["ok"] < 2:
+                print("redis-benchmark reported no GET and SET figures", file=sys.stderr)
+                return 1
+            print(f"GET {s['get_rps']:.0f} rps, SET {s['set_rps']:.0f} rps, GET p99 {_fmt(s.get('get_p99_ms'))} ms")
+            return 0
         if s["ok"] == 0:
             print(f"no successful request ({s['errors']} errors)", file=sys.stderr)
             return 1
