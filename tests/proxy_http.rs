@@ -567,6 +567,22 @@ fn egress_is_blocked_until_a_hot_swapped_rule_allows_the_host() {
         &[("protocol", "http")],
         |n| n == 1.0,
     );
+    // A client that connects well before it speaks (a warm pool): the proxy gives the server
+    // its chance to speak first, but the plain-TCP way out is blocked, so it waits for the
+    // client; the request is still HTTP, and still told why.
+    let mut slow = client
+        .connect(Some(APP_UID), SocketAddr::from((external.ip, 8080)))
+        .expect("the capture accepts the connection");
+    thread::sleep(Duration::from_millis(200));
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: api.external.test\r\nConnection: close\r\n\r\n")
+        .expect("send the request");
+    let head = read_head(&mut slow).expect("an answer");
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    assert_eq!(
+        head_value(&head, "x-skein-error"),
+        Some("egress-blocked"),
+        "{head}"
+    );
 
     let mut allowed = config("2", backend(&mesh, &[]));
     allowed["egress"] = json!([{"host": "api.external.test", "ports": [8080]}]);

@@ -241,7 +241,8 @@ pub(crate) async fn route(
     decided
 }
 
-async fn decide(
+/// [`route`]'s decision, without counting or logging it.
+pub(crate) async fn decide(
     shared: &Shared,
     config: &Compiled,
     host: &str,

@@ -167,7 +167,29 @@ async fn quiet_client(
     config: &Compiled,
     shared: &Arc<Shared>,
 ) {
-    let deadline = tokio::time::Instant::now() + config.source.detect_timeout.as_std();
+    let timeout = config.source.detect_timeout.as_std();
+    let deadline = tokio::time::Instant::now() + timeout;
+    // Where opaque bytes could not go, the client's bytes may yet go elsewhere (HTTP gets its
+    // 503 with the reason; TLS may name an allowed host): wait for them as for any other.
+    let reachable = match &service {
+        Some(service) => !service.balancer.is_empty(),
+        None => {
+            let ip = target.ip().to_string();
+            egress::decide(shared, config, &ip, target, EgressProtocol::Tcp)
+                .await
+                .is_ok()
+        }
+    };
+    if !reachable {
+        match detect(&mut stream, timeout).await {
+            Ok(detection) => route(stream, detection, peer, target, service, config, shared).await,
+            Err(err) => {
+                tracing::debug!(%peer, error = %err, "outbound connection failed during protocol detection");
+                tcp::reset(&stream);
+            }
+        }
+        return;
+    }
     let Some((upstream, pick)) = opaque_route(
         service.as_deref(),
         ("", EgressProtocol::Tcp),
