@@ -819,6 +819,22 @@ fn inbound_reaches_the_app_at_the_pod_ip_and_never_a_port_bound_to_loopback_only
         Some("connect-failure"),
         "{http:?}"
     );
+    // The same from a client that connects well before it speaks: the proxy's early try to
+    // reach the app (for a server that might speak first) fails, and it waits for the
+    // client, whose request is answered the same way.
+    let mut slow = client
+        .connect(Some(APP_UID), SocketAddr::from((server.ip, 8080)))
+        .expect("connect");
+    thread::sleep(Duration::from_millis(200));
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: server\r\nConnection: close\r\n\r\n")
+        .expect("send the request");
+    let head = read_head(&mut slow).expect("an answer");
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert_eq!(
+        head_value(&head, "x-skein-error"),
+        Some("connect-failure"),
+        "{head}"
+    );
 
     // The app calling itself, through its pod IP and through its Service.
     assert_eq!(exchange(&server, public, b"hello\n"), pod_ip);

@@ -167,19 +167,16 @@ async fn quiet_client(
         && decision.denied.is_none();
     if !admitted {
         // The app must not greet a client that may not reach it.
-        match detect(&mut stream, timeout).await {
-            Ok(detection) => route(stream, detection, peer, target, shared, None).await,
-            Err(err) => {
-                tracing::debug!(%peer, error = %err, "inbound connection failed during protocol detection");
-                tcp::reset(&stream);
-            }
-        }
+        wait_then_route(stream, timeout, peer, target, shared).await;
         return;
     }
     let mut app = match tcp::open(Upstream::plain(target), shared).await {
         Ok(app) => app,
         Err(err) => {
-            tcp::unreachable(&err, &stream, peer, Direction::Inbound, shared);
+            // Said once the client's bytes are known (HTTP gets an answer with the reason).
+            tracing::debug!(%peer, error = %tcp::ErrorChain(&err), "the app is unreachable for a quiet client: waiting for the client");
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            wait_then_route(stream, left, peer, target, shared).await;
             return;
         }
     };
@@ -220,6 +217,23 @@ async fn quiet_client(
     authz::account(decision, &shared.metrics.http, "tcp", peer);
     let app = PrefixedIo::new(greeting, app);
     tcp::forward_connected(stream, app, peer, Direction::Inbound, target, shared).await;
+}
+
+/// Detects the client's bytes (within `timeout`) and routes them as usual.
+async fn wait_then_route(
+    mut stream: TcpStream,
+    timeout: std::time::Duration,
+    peer: SocketAddr,
+    target: SocketAddr,
+    shared: &Arc<Shared>,
+) {
+    match detect(&mut stream, timeout).await {
+        Ok(detection) => route(stream, detection, peer, target, shared, None).await,
+        Err(err) => {
+            tracing::debug!(%peer, error = %err, "inbound connection failed during protocol detection");
+            tcp::reset(&stream);
+        }
+    }
 }
 
 /// What the AccessPolicies say of opaque TCP from `peer_id` (none: plaintext) to `port`: they

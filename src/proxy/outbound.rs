@@ -181,13 +181,7 @@ async fn quiet_client(
         }
     };
     if !reachable {
-        match detect(&mut stream, timeout).await {
-            Ok(detection) => route(stream, detection, peer, target, service, config, shared).await,
-            Err(err) => {
-                tracing::debug!(%peer, error = %err, "outbound connection failed during protocol detection");
-                tcp::reset(&stream);
-            }
-        }
+        wait_then_route(stream, timeout, peer, target, service, config, shared).await;
         return;
     }
     let Some((upstream, pick)) = opaque_route(
@@ -211,8 +205,11 @@ async fn quiet_client(
     let mut connected = match tcp::open(upstream, shared).await {
         Ok(connected) => connected,
         Err(err) => {
+            // Said once the client's bytes are known: HTTP tries elsewhere and says why.
+            tracing::debug!(%peer, error = %tcp::ErrorChain(&err), "a quiet client's upstream is unreachable: waiting for the client");
             finish(pick, Outcome::ConnectFailure);
-            tcp::unreachable(&err, &stream, peer, Direction::Outbound, shared);
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            wait_then_route(stream, left, peer, target, service, config, shared).await;
             return;
         }
     };
@@ -278,4 +275,23 @@ async fn quiet_client(
     )
     .await;
     finish(pick, Outcome::Cancelled);
+}
+
+/// Detects the client's bytes (within `timeout`) and routes them as usual.
+async fn wait_then_route(
+    mut stream: TcpStream,
+    timeout: std::time::Duration,
+    peer: SocketAddr,
+    target: SocketAddr,
+    service: Option<Arc<Service>>,
+    config: &Compiled,
+    shared: &Arc<Shared>,
+) {
+    match detect(&mut stream, timeout).await {
+        Ok(detection) => route(stream, detection, peer, target, service, config, shared).await,
+        Err(err) => {
+            tracing::debug!(%peer, error = %err, "outbound connection failed during protocol detection");
+            tcp::reset(&stream);
+        }
+    }
 }

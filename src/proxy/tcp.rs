@@ -153,7 +153,7 @@ pub(crate) async fn forward_connected<C, U>(
 }
 
 /// Says why an upstream was not reached, counts it, and resets the client.
-pub(crate) fn unreachable(
+fn unreachable(
     err: &ConnectError,
     client: &TcpStream,
     peer: SocketAddr,
