@@ -95,8 +95,7 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     // The mesh CA: the identity service signs with it, readiness reports it unusable.
     let ca = Arc::new(identity::CaStore::default());
     tokio::spawn(ca.clone().run(client.clone()));
-    let tappers = tap::api::TapperSlot::default();
-    let dashboards = tap::api::DashboardSlot::default();
+    let served = tap::api::Served::default();
     let app = server::router(AppState {
         cluster,
         metrics,
@@ -108,10 +107,7 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     })
     // Outside the webhooks' request time limit: a tap streams for as long as its client wants.
     .merge(tap::api::router(
-        tap::api::Served {
-            tapper: tappers.clone(),
-            dashboard: dashboards.clone(),
-        },
+        served.clone(),
         front_proxy,
         client.clone(),
     ));
@@ -133,14 +129,7 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     // failing (a port taken) stops the process.
     tokio::try_join!(
         webhooks,
-        discovery(
-            client,
-            &args,
-            index,
-            cluster_for_identity,
-            ca,
-            (tappers, dashboards)
-        )
+        discovery(client, &args, index, cluster_for_identity, ca, served)
     )?;
     tracing::info!("stopped");
     Ok(())
@@ -154,7 +143,7 @@ async fn discovery(
     slot: Arc<OnceLock<Index>>,
     cluster: ClusterState,
     ca: Arc<identity::CaStore>,
-    (tappers, dashboards): (tap::api::TapperSlot, tap::api::DashboardSlot),
+    served: tap::api::Served,
 ) -> anyhow::Result<()> {
     // Bind before the (possibly slow) first sync, so a taken port fails fast.
     let debug_listener = tokio::net::TcpListener::bind(args.debug_addr)
@@ -215,7 +204,7 @@ async fn discovery(
         client: client.clone(),
         cluster: tap_cluster,
     };
-    let _ = tappers.set(tapper.clone());
+    let _ = served.tapper.set(tapper.clone());
     let tap_app = tap::http::router(tapper);
     tokio::spawn(status::run(client, index.clone()));
 
@@ -233,7 +222,7 @@ async fn discovery(
         debug_views.clone(),
         Arc::new(move || tracing_settings.tracing()),
     );
-    let _ = dashboards.set(dashboard_app.clone());
+    let _ = served.dashboard.set(dashboard_app.clone());
     let debug_app = debug_views.merge(dashboard_app).route(
         "/metrics",
         axum::routing::get(move || {
