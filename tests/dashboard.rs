@@ -15,7 +15,6 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -131,19 +130,8 @@ async fn trace_the_backends(client: &kube::Client) {
         .iter()
         .map(|p| p.name_any())
         .collect();
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), demo_load::DEMO);
-    let restarted_at = k8s_openapi::jiff::Timestamp::now().to_string();
     for deployment in BACKENDS {
-        deployments
-            .patch(
-                deployment,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {
-                    "kubectl.kubernetes.io/restartedAt": restarted_at
-                }}}}})),
-            )
-            .await
-            .expect("restarting a backend");
+        demo_load::rollout_restart(client, demo_load::DEMO, deployment).await;
     }
     support::eventually("the backends restarted with tracing", WAIT, || async {
         let now = pods.list(&backend).await.ok()?;

@@ -675,8 +675,6 @@ async fn rolling_restarts_of_the_backend_fail_no_request() {
 /// What `kubectl rollout restart` does to one backend Deployment, waiting until its new pod is
 /// Ready, its old one gone and both backends are endpoints again.
 async fn restart_backend(demo: &Demo, deployment: &str) {
-    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
-        Api::namespaced(demo.client.clone(), DEMO);
     let before: Vec<String> = demo
         .pods_labelled("app=backend")
         .await
@@ -684,18 +682,7 @@ async fn restart_backend(demo: &Demo, deployment: &str) {
         .iter()
         .map(|p| p.name_any())
         .collect();
-    // A new value each time, or nothing rolls.
-    let restarted_at = k8s_openapi::jiff::Timestamp::now().to_string();
-    deployments
-        .patch(
-            deployment,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {
-                "kubectl.kubernetes.io/restartedAt": restarted_at
-            }}}}})),
-        )
-        .await
-        .expect("restarting the deployment");
+    support::demo_load::rollout_restart(&demo.client, DEMO, deployment).await;
     eventually(
         &format!("{deployment} to roll out and its old pod to be gone"),
         Duration::from_secs(90),

@@ -694,6 +694,19 @@ def _ok(entry):
     return bool(entry) and entry.get("status", "").startswith("ok")
 
 
+def _measured_modes(po):
+    """Each mode that ran, in table order, with its figures; one that failed is printed as a
+    line with its status instead."""
+    for mode in MODES:
+        agg = po.get(mode)
+        if not agg:
+            continue
+        if not _ok(agg):
+            print(f"{mode:<14} {agg['status']}")
+            continue
+        yield mode, agg
+
+
 def _mtls_vs_plaintext(p):
     """skein-mtls against skein (plaintext) of the same run (medians): what mutual TLS between
     the sidecars costs. Latencies in ms; the new-connection runs price one handshake."""
@@ -807,13 +820,7 @@ def _print_http(proto, po, meta):
     )  # fmt: skip
     t.header()
     flags = set()
-    for mode in MODES:
-        agg = po.get(mode)
-        if not agg:
-            continue
-        if not _ok(agg):
-            p(f"{mode:<14} {agg['status']}")
-            continue
+    for mode, agg in _measured_modes(po):
         for run in RUN_ORDER:
             r = agg["runs"].get(run)
             if r is None:
@@ -981,13 +988,7 @@ def _print_redis(po, meta):
          ("loadgen%", 9, ">"), ("app%", 9, ">"), ("CPU L/S%", 9, ">"), ("limit", 12, "<")]
     )  # fmt: skip
     t.header()
-    for mode in MODES:
-        agg = po.get(mode)
-        if not agg:
-            continue
-        if not _ok(agg):
-            p(f"{mode:<14} {agg['status']}")
-            continue
+    for mode, agg in _measured_modes(po):
         r = agg["runs"].get("redis")
         if r is None or "error" in r:
             p(f"{mode:<14} {(r or {}).get('error', 'no redis-benchmark output')}")

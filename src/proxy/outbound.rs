@@ -100,14 +100,18 @@ async fn route(
         return;
     };
     let reached = tcp::forward(client, peer, Direction::Outbound, upstream, shared).await;
+    let outcome = if reached {
+        Outcome::Cancelled
+    } else {
+        Outcome::ConnectFailure
+    };
+    finish(pick, outcome);
+}
+
+/// Tells the balancer how an opaque connection to its pick went. A connection's lifetime says
+/// nothing about the endpoint's latency; only a failed connect is worth telling it.
+fn finish(pick: Option<Pick>, outcome: Outcome) {
     if let Some(pick) = pick {
-        // A connection's lifetime says nothing about the endpoint's latency; only a failed
-        // connect is worth telling the balancer.
-        let outcome = if reached {
-            Outcome::Cancelled
-        } else {
-            Outcome::ConnectFailure
-        };
         pick.finish(outcome, Instant::now());
     }
 }
@@ -196,11 +200,6 @@ async fn quiet_client(
     else {
         tcp::reset(&stream);
         return;
-    };
-    let finish = |pick: Option<Pick>, outcome| {
-        if let Some(pick) = pick {
-            pick.finish(outcome, Instant::now());
-        }
     };
     let mut connected = match tcp::open(upstream, shared).await {
         Ok(connected) => connected,

@@ -124,3 +124,20 @@ pub async fn remove_loadgen(client: &kube::Client) {
         .delete("loadgen", &DeleteParams::default())
         .await;
 }
+
+/// What `kubectl rollout restart` does: a new value in the pod template's annotations, so the
+/// Deployment replaces its pods. Waiting for them is the caller's.
+pub async fn rollout_restart(client: &kube::Client, namespace: &str, deployment: &str) {
+    // A new value each time, or nothing rolls.
+    let restarted_at = k8s_openapi::jiff::Timestamp::now().to_string();
+    Api::<Deployment>::namespaced(client.clone(), namespace)
+        .patch(
+            deployment,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {
+                "kubectl.kubernetes.io/restartedAt": restarted_at
+            }}}}})),
+        )
+        .await
+        .unwrap_or_else(|err| panic!("restarting {namespace}/{deployment}: {err}"));
+}
