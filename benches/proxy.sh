@@ -79,7 +79,7 @@
 #   --quick      h1 only, short runs, 1,000 rps and 80% of max, one repetition (a few minutes once tools are built)
 #   --reps N     repetitions of every mode (default 5; 1 with --quick)
 #   --keep       keep the work directory (configs, logs, raw load-generator output)
-# Environment: SKEIN_BIN (use this binary instead of `cargo build --release`),
+# Environment: SKEIN_BIN (use this binary, and the skein-proxy beside it, instead of `cargo build --release`),
 #   SKBENCH_LOADGEN_CPU (default 0), SKBENCH_SERVER_CPU (default 1: app and every proxy),
 #   SKBENCH_CONNECTIONS (default 64 in-flight requests), SKBENCH_MAX_SECONDS, SKBENCH_RATE_SECONDS,
 #   SKBENCH_WARMUP_SECONDS, SKBENCH_HANDSHAKE_SECONDS (each connection-cost run; 2, or 5 without
@@ -351,8 +351,8 @@ build_skein() {
   target_dir=$(cd "$REPO" && cargo metadata --format-version 1 --no-deps |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])') ||
     die "cargo metadata failed in $REPO"
-  log "cargo build --release --bin skein (target dir $target_dir)"
-  (cd "$REPO" && cargo build --release --bin skein >&2) ||
+  log "cargo build --release --bin skein --bin skein-proxy (target dir $target_dir)"
+  (cd "$REPO" && cargo build --release --bin skein --bin skein-proxy >&2) ||
     die "cargo build --release failed in $REPO (SKEIN_BIN=/path/to/skein benchmarks a binary built elsewhere)"
   SKEIN_SRC="$target_dir/release/skein"
 }
@@ -1102,6 +1102,13 @@ mkdir -p "$RESULTS"
 # runs the load generator as that user), and a concurrent `cargo build` cannot swap skein.
 SKEIN="$WORK/skein"
 install -m 755 "$SKEIN_SRC" "$SKEIN"
+# `skein proxy` runs the lean skein-proxy beside it, as in the image; without one (a SKEIN_BIN
+# directory that lacks it) the proxies run inside the whole skein binary, which maps more memory.
+SKEIN_PROXY_BINARY="skein (in process: no skein-proxy beside $SKEIN_SRC)"
+if [ -x "$(dirname "$SKEIN_SRC")/skein-proxy" ]; then
+  install -m 755 "$(dirname "$SKEIN_SRC")/skein-proxy" "$WORK/skein-proxy"
+  SKEIN_PROXY_BINARY="skein-proxy (the lean binary)"
+fi
 install -m 755 "$OHA" "$WORK/bin/oha"
 OHA="$WORK/bin/oha"
 if want_proto grpc && [ -z "$GRPC_UNAVAILABLE" ]; then
@@ -1134,7 +1141,7 @@ PLACEMENT="load generator on CPU $LOADGEN_CPU; app and every proxy on CPU $SERVE
   echo "fairness=every mode but direct runs behind the same \`skein init\` capture rules (REDIRECT to :$OUT_PORT out, :$IN_PORT in; conntrack); the load generator always dials the app ($SERVER_IP:APP); every proxy runs as uid $PROXY_UID on the capture ports; nginx and HAProxy cannot read SO_ORIGINAL_DST, so their client side has the fixed upstream ($SERVER_IP and $SERVER_IP2, round robin; the bench has one destination), Skein reads it and routes by its --config"
   echo "direct_rules=direct-rules: the capture rules in both namespaces and no proxy: the app also listens on :$IN_PORT, so each connection is REDIRECTed to it on the server side; the load generator runs as uid $PROXY_UID, so the client side's rules are crossed but do not redirect (that needs a listener there: a proxy)"
   echo "skein_config=both Skein proxies: --config as the control plane writes it: Destinations server.$BENCH_NS (2 endpoints with labels and workload) and client.$BENCH_NS, TrafficPolicy (peakEwma, limits, outlier detection, opaque 6379/11211), RouteRule route (prefix /, subset v1, timeout 10s, 2 retries) + MeshConfig default retry route"
-  echo "skein=$SKEIN_SRC ($SKEIN_REV)"
+  echo "skein=$SKEIN_SRC ($SKEIN_REV); the proxies run $SKEIN_PROXY_BINARY"
   echo "versions=nginx $NGINX_VERSION; HAProxy $HAPROXY_VERSION; $OHA_VER; ghz $GHZ_VERSION$REDIS_VER"
   RATES_TEXT=${RATE_RUNS//r1000/1,000 rps,}
   RATES_TEXT=${RATES_TEXT//r50/50% of max,}

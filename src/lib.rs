@@ -1,4 +1,7 @@
-//! Skein: a service mesh for Kubernetes. One crate, one binary; each role is a module.
+//! Skein: a service mesh for Kubernetes. One image, one `skein` binary; each role is a module
+//! here, but for the data plane, which is its own crate (`skein-proxy`, built without a
+//! Kubernetes client into the lean `skein-proxy` binary) and re-exported as [`proxy`]. What the
+//! two sides share is `skein-core`, re-exported module by module below.
 //!
 //! - [`api`]: custom resource types and shared names.
 //! - [`cli`]: the `skein` command line.
@@ -6,7 +9,7 @@
 //! - [`controlplane`]: `skein control-plane`: the injection webhook server (later discovery, CA).
 //! - [`inject`]: sidecar injection: the decision, the patch, the webhook handler, `skein inject`.
 //! - [`capture`]: `skein init`: the pod's iptables traffic capture.
-//! - [`proxy`]: the data-plane proxy.
+//! - [`proxy`]: the data-plane proxy (the `skein-proxy` crate).
 //! - [`dev`]: the local development environment (`skein dev ...`).
 //! - [`identity`]: workload identities (SPIFFE IDs), shared by the control plane, proxy and policies.
 //! - [`yaml`]: YAML in and out, for every role.
@@ -18,13 +21,9 @@ pub mod cli;
 pub mod controlplane;
 pub mod demo;
 pub mod dev;
-pub mod identity;
 pub mod inject;
 pub mod operator;
-pub mod pki;
 pub mod plain_http;
-pub mod proxy;
-pub mod signals;
-pub mod telemetry;
-pub mod xds;
-pub mod yaml;
+
+pub use skein_core::{identity, pki, signals, telemetry, timestamp, xds, yaml};
+pub use skein_proxy as proxy;

@@ -20,6 +20,36 @@ fn main() -> ExitCode {
     }
 }
 
+/// `skein proxy ARGS` becomes `skein-proxy ARGS` when that binary sits next to this one (as in
+/// the image and in cargo's target directory): the sidecar then maps only the data plane's code,
+/// not every role's and a Kubernetes client (megabytes of resident memory per pod). Returns only
+/// when there is no such binary or it cannot be executed; the proxy then runs in this process.
+fn exec_lean_proxy() {
+    use std::os::unix::process::CommandExt;
+
+    let Some(lean) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("skein-proxy")))
+        .filter(|path| path.is_file())
+    else {
+        tracing::info!(
+            "no skein-proxy binary next to skein: running the proxy in this process (it works \
+             the same, with more resident memory)"
+        );
+        return;
+    };
+    // `skein proxy` has no options before its name, so everything after it is the proxy's.
+    let mut argv = std::env::args_os().skip(1);
+    if argv.next().is_none_or(|command| command != "proxy") {
+        return;
+    }
+    let err = std::process::Command::new(&lean).args(argv).exec();
+    tracing::warn!(
+        binary = %lean.display(),
+        "could not run the lean proxy binary ({err}); running the proxy in this process"
+    );
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // kube's TLS stack uses rustls with ring; installing the provider explicitly keeps rustls
     // from panicking should another dependency ever compile in a second provider.
@@ -91,6 +121,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(skein::cli::top::top(&args))?;
         }
         Command::Proxy(args) => {
+            exec_lean_proxy();
             let runtime = skein::proxy::runtime(&args).context("starting the tokio runtime")?;
             runtime.block_on(skein::proxy::run(args))?;
         }

@@ -207,7 +207,7 @@ async fn dev_up_brings_the_meshed_demo_up_and_dev_down_leaves_nothing_behind() {
         .expect("running kubectl logs");
     let proxy_log = assert_success("kubectl logs", &kubectl_logs);
     assert!(
-        proxy_log.contains("skein::proxy") && proxy_log.lines().count() <= 20,
+        proxy_log.contains("skein_proxy") && proxy_log.lines().count() <= 20,
         "the last 20 lines of the proxy's log:\n{proxy_log}"
     );
     let through_service = support::client()

@@ -1,8 +1,8 @@
 //! The container image: the Dockerfile's build stage copies every file the build reads. No
 //! container engine runs here, so the test lays out what the stage would see (exactly the
 //! files its `COPY` lines copy from the build context, less what .dockerignore leaves out) in a
-//! temporary directory and compiles the crate there: a missing input (build.rs, proto/, a bench
-//! the manifest names, the lockfile) fails it.
+//! temporary directory and compiles the workspace there: a missing input (src/core/build.rs,
+//! proto/, a bench the manifest names, a member crate's manifest, the lockfile) fails it.
 
 mod support;
 
@@ -246,26 +246,35 @@ fn the_build_stage_copies_every_file_the_build_reads() {
     let workdir = tempfile::tempdir().expect("creating a temporary directory");
     lay_out_build_stage(context, workdir.path()).unwrap_or_else(|err| panic!("Dockerfile: {err}"));
 
-    // `cargo check --locked --bin skein`, not the image's `cargo build --release`: a check runs
-    // build.rs (which is what reads proto/), loads the manifest (which names the benches) and
-    // the lockfile, and expands every include! of the binary's code, in seconds, where a
-    // release build would take many minutes. It shares the target dir the tests were built in.
-    // `--profile test` checks the binary in test mode, which resolves features with the
-    // dev-dependencies as `cargo clippy --all-targets` and `cargo test` do, so every dependency
-    // is already checked there; a plain `--bin skein` check resolves them without, and would
-    // check most of them again, cold. (The price: a feature only a dev-dependency turns on
-    // would go unnoticed here; the library itself is checked without cfg(test), as the
-    // binary's dependency.) The copies keep their modification times: cargo's fingerprints
-    // list every file a unit read, and a missing one (or a unit graph without build.rs) counts
-    // as a change, so what the stage lacks is compiled and fails, while what it has is not
-    // compiled again, nor is the build script, whose output the test build shares, run again.
+    // `cargo check --locked --bin skein --bin skein-proxy`, not the image's `cargo build
+    // --release`: a check runs src/core/build.rs (which is what reads proto/), loads the
+    // manifests (the top one names the benches) and the lockfile, and expands every include! of
+    // the binaries' code, in seconds, where a release build would take many minutes. It shares
+    // the target dir the tests were built in. `--profile test` checks the binaries in test
+    // mode, which resolves features with the dev-dependencies as `cargo clippy --all-targets`
+    // and `cargo test` do, so every dependency is already checked there; a plain check resolves
+    // them without, and would check most of them again, cold. (The price: a feature only a
+    // dev-dependency turns on would go unnoticed here; the libraries themselves are checked
+    // without cfg(test), as the binaries' dependencies.) The copies keep their modification
+    // times: cargo's fingerprints list every file a unit read, and a missing one (or a unit
+    // graph without build.rs) counts as a change, so what the stage lacks is compiled and
+    // fails, while what it has is not compiled again, nor is the build script, whose output
+    // the test build shares, run again.
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| context.join("target"));
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut check = Command::new(cargo);
     check
-        .args(["check", "--locked", "--bin", "skein", "--profile", "test"])
+        .args([
+            "check",
+            "--locked",
+            "--bin",
+            "skein",
+            "--bin",
+            "skein-proxy",
+        ])
+        .args(["--profile", "test"])
         .current_dir(workdir.path())
         .env("CARGO_TARGET_DIR", &target_dir);
     // What `cargo test` sets for the tests it runs, which the cargo that built them did not

@@ -21,6 +21,7 @@ mod support;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -71,6 +72,24 @@ fn app_connection_to_a_remote_server_goes_through_the_proxy() {
     let expected = (b"hello from the app".len() + b"and again".len()) as f64;
     assert!(bytes("sent") >= expected, "{}", metrics.0);
     assert!(bytes("received") >= expected, "{}", metrics.0);
+}
+
+/// `skein proxy` hands over to the lean `skein-proxy` binary beside it (same process, exec'd),
+/// so a sidecar maps only the data plane's code (tests/architecture.rs checks it has no
+/// Kubernetes client): that is the memory every meshed pod pays for.
+#[test]
+fn the_sidecar_runs_the_lean_proxy_binary() {
+    let pod = Pod::new();
+    let proxy = pod.mesh(&[]);
+    let exe = std::fs::read_link(format!("/proc/{}/exe", proxy.child.id()))
+        .expect("reading the proxy process's executable");
+    assert_eq!(
+        exe.file_name().and_then(|name| name.to_str()),
+        Some("skein-proxy"),
+        "`skein proxy` runs {}",
+        exe.display()
+    );
+    assert_eq!(exe, Path::new(env!("CARGO_BIN_EXE_skein-proxy")));
 }
 
 #[test]
@@ -493,7 +512,7 @@ impl Proxy {
             .args(["--regid", &PROXY_UID.to_string(), "--clear-groups"])
             .args([SKEIN, "proxy"])
             .args(args)
-            .env("SKEIN_LOG", "info,skein::proxy=debug")
+            .env("SKEIN_LOG", "info,skein_proxy=debug")
             .env_remove("RUST_BACKTRACE")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -579,10 +598,11 @@ impl Proxy {
     }
 
     fn signal(&self, signal: libc::c_int) {
-        // `ip netns exec` and `setpriv` exec the next program: the child is `skein proxy` itself.
+        // `ip netns exec`, `setpriv` and `skein proxy` exec the next program: the child is
+        // `skein-proxy` itself.
         let pid = self.child.id();
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        assert_eq!(comm.trim(), "skein", "pid {pid} is not the proxy");
+        assert_eq!(comm.trim(), "skein-proxy", "pid {pid} is not the proxy");
         let pid = libc::pid_t::try_from(pid).expect("pid fits pid_t");
         // SAFETY: kill has no memory-safety preconditions.
         let rc = unsafe { libc::kill(pid, signal) };

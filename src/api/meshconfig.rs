@@ -14,6 +14,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use skein_core::proxy_config::MtlsMode;
+
 use super::duration::Duration;
 use super::names;
 
@@ -148,7 +150,7 @@ pub enum FailurePolicy {
 pub struct ProxySpec {
     /// CPU and memory for the proxy container; pod annotations may override them.
     pub resources: ProxyResources,
-    /// Log filter of the proxy (`info`, `debug`, or per module: `warn,skein::proxy=debug`).
+    /// Log filter of the proxy (`info`, `debug`, or per module: `warn,skein_proxy=debug`).
     #[schemars(length(min = 1, max = 256))]
     pub log_level: String,
     /// UID the proxy runs as. Its own connections are exempt from traffic capture.
@@ -409,14 +411,6 @@ impl Default for MtlsSpec {
             workload_cert_lifetime: Duration::from_secs(24 * 3600),
         }
     }
-}
-
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-pub enum MtlsMode {
-    #[default]
-    Permissive,
-    Strict,
-    Disabled,
 }
 
 // ---------------------------------------------------------------------------------------------

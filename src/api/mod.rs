@@ -1,12 +1,12 @@
 //! The Skein API: custom resource types and the names every role shares.
 
+pub use skein_core::{duration, names};
+
 pub mod access_policy;
 pub mod crds;
-pub mod duration;
 pub mod egress_rule;
 pub mod meshconfig;
 pub mod mtls_policy;
-pub mod names;
 pub mod not_acting;
 pub mod route_rule;
 pub mod rule_status;

@@ -61,7 +61,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use futures::Stream;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -77,6 +77,8 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::controlplane::identity::authn::bearer_token;
 use crate::controlplane::identity::{Authenticate, IdentityService, IssuedCerts};
 use crate::proxy::config::types::ProxyConfig;
+use crate::timestamp::rfc3339;
+pub use crate::xds::ProxyIdentity;
 use crate::xds::discovery::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
@@ -122,14 +124,6 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 16;
 pub const MAX_STREAMS_PER_POD: usize = 4;
 /// Largest request header block (the token is the largest header, ~1 KiB).
 const MAX_HEADER_BYTES: u32 = 16 * 1024;
-
-/// Who a connected proxy says it is.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-pub struct ProxyIdentity {
-    pub pod: String,
-    pub namespace: String,
-    pub ip: Option<IpAddr>,
-}
 
 /// Where the push server gets each proxy's configuration.
 pub trait ConfigSource: Send + Sync + 'static {
@@ -970,46 +964,6 @@ impl PushMetrics {
     }
 }
 
-/// `2026-12-02T02:07:52Z`: RFC 3339 in UTC, to the second.
-pub(crate) fn rfc3339(time: SystemTime) -> String {
-    let secs = time
-        .duration_since(UNIX_EPOCH)
-        .map(|since| since.as_secs())
-        .unwrap_or_default();
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = date_of(i64::try_from(days).unwrap_or_default());
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
-}
-
-/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar, counting in
-/// 400-year eras that start on 1 March (so the leap day is the last day of a year).
-fn date_of(days: i64) -> (i64, u32, u32) {
-    let shifted = days + 719_468; // 0000-03-01 → 1970-01-01
-    let era = shifted.div_euclid(146_097);
-    let day_of_era = shifted.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_from_march = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-    let month = if month_from_march < 10 {
-        month_from_march + 3
-    } else {
-        month_from_march - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (
-        year,
-        u32::try_from(month).unwrap_or_default(),
-        u32::try_from(day).unwrap_or_default(),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1017,7 +971,8 @@ mod tests {
     use crate::xds::resources::{DESTINATION_TYPE, SETTINGS_TYPE, split};
 
     fn config(yaml: &str) -> ProxyConfig {
-        crate::xds::convert::tests::from_yaml(yaml)
+        let value: serde_json::Value = crate::yaml::from_str(yaml).expect("valid yaml");
+        serde_json::from_value(value).expect("valid config")
     }
 
     fn web_identity() -> ProxyIdentity {
@@ -1258,15 +1213,6 @@ destinations:
 
     fn identity_of(node: Option<&Node>) -> Status {
         identity(node).expect_err("invalid")
-    }
-
-    #[test]
-    fn timestamps_are_rfc3339() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        let leap_day = UNIX_EPOCH + Duration::from_secs(1_709_210_096);
-        assert_eq!(rfc3339(leap_day), "2024-02-29T12:34:56Z");
-        let end_of_century = UNIX_EPOCH + Duration::from_secs(4_102_444_799);
-        assert_eq!(rfc3339(end_of_century), "2099-12-31T23:59:59Z");
     }
 
     // ---- A real server and a real proxy client ----

@@ -6,7 +6,7 @@
 //! | `skein.dev/proxy-memory` | quantity (`64Mi`, `1e8`) | memory request of the proxy |
 //! | `skein.dev/proxy-cpu-limit` | quantity | CPU limit of the proxy |
 //! | `skein.dev/proxy-memory-limit` | quantity | memory limit of the proxy |
-//! | `skein.dev/proxy-log-level` | log filter (a level, or `target=level` directives: `debug`, `warn,skein::proxy=debug`), no whitespace | the proxy's `SKEIN_LOG` |
+//! | `skein.dev/proxy-log-level` | log filter (a level, or `target=level` directives: `debug`, `warn,skein_proxy=debug`), no whitespace | the proxy's `SKEIN_LOG` |
 //! | `skein.dev/proxy-image` | image reference, no whitespace, allowed by the MeshConfig (`proxy.allowedImages`; the mesh's own image always is) | image of `skein-proxy` and `skein-init` |
 //! | `traffic.skein.dev/exclude-inbound-ports` | comma-separated ports 1-65535 (`22,8081`) | inbound ports not redirected to the proxy |
 //! | `traffic.skein.dev/exclude-outbound-ports` | comma-separated ports 1-65535 (`5432`) | outbound destination ports not redirected |
@@ -468,7 +468,7 @@ mod tests {
             (PROXY_MEMORY, "64Mi"),
             (PROXY_CPU_LIMIT, "1"),
             (PROXY_MEMORY_LIMIT, "1Gi"),
-            (PROXY_LOG_LEVEL, "warn,skein::proxy=debug"),
+            (PROXY_LOG_LEVEL, "warn,skein_proxy=debug"),
             (PROXY_IMAGE, "registry.local/skein:dev"),
             (EXCLUDE_INBOUND_PORTS, "22, 8081"),
             (EXCLUDE_OUTBOUND_PORTS, "5432,"),
@@ -483,7 +483,7 @@ mod tests {
                 proxy_memory: Some("64Mi".into()),
                 proxy_cpu_limit: Some("1".into()),
                 proxy_memory_limit: Some("1Gi".into()),
-                log_level: Some("warn,skein::proxy=debug".into()),
+                log_level: Some("warn,skein_proxy=debug".into()),
                 image: Some("registry.local/skein:dev".into()),
                 exclude_inbound_ports: vec![22, 8081],
                 exclude_outbound_ports: vec![5432],

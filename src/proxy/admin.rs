@@ -136,7 +136,7 @@ pub(crate) async fn serve(
 async fn ready(State(state): State<AdminState>) -> Response {
     let expired = super::identity::expired_at(&state.shared.credentials, SystemTime::now());
     if let Some(at) = expired {
-        let at = crate::controlplane::push::rfc3339(at);
+        let at = skein_core::timestamp::rfc3339(at);
         (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("workload certificate expired at {at}, and renewing it keeps failing\n"),
@@ -168,7 +168,7 @@ async fn ready(State(state): State<AdminState>) -> Response {
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
-    crate::telemetry::metrics_response(state.shared.metrics.registry())
+    skein_core::telemetry::metrics_response(state.shared.metrics.registry())
 }
 
 async fn recent_errors(State(state): State<AdminState>) -> Response {
@@ -238,7 +238,7 @@ mod tests {
     use tokio::net::TcpStream;
 
     use super::*;
-    use crate::proxy::metrics::Metrics;
+    use crate::metrics::Metrics;
 
     struct Server {
         addr: SocketAddr,
@@ -254,14 +254,14 @@ mod tests {
             first_certificate_by: None,
             shared: Arc::new(Shared::new(
                 Metrics::new(),
-                Arc::new(crate::proxy::config::ConfigStore::new(
-                    crate::proxy::config::Compiled::passthrough(),
+                Arc::new(crate::config::ConfigStore::new(
+                    crate::config::Compiled::passthrough(),
                 )),
                 Arc::default(),
                 None,
                 Duration::from_secs(1),
                 [16001, 16006, 16000],
-                crate::proxy::limits::Limits::default(),
+                crate::limits::Limits::default(),
             )),
             commands,
         };
@@ -332,15 +332,15 @@ mod tests {
         let (server, _requests) = start().await;
         let (status, body) = call(server.addr, "GET", RECENT_ERRORS_PATH).await;
         assert_eq!(status, 200, "{body}");
-        let empty: crate::proxy::recent::RecentErrors = serde_json::from_str(&body).expect("json");
+        let empty: crate::recent::RecentErrors = serde_json::from_str(&body).expect("json");
         assert_eq!((empty.total, empty.errors.len()), (0, 0));
 
         let (parts, ()) = http::Request::get("http://backend/x")
             .body(())
             .expect("request")
             .into_parts();
-        let error = crate::proxy::recent::RequestLine::of(&parts).error(
-            crate::proxy::Direction::Outbound,
+        let error = crate::recent::RequestLine::of(&parts).error(
+            crate::Direction::Outbound,
             503,
             Some("no-endpoints".to_owned()),
             Some("no-endpoints: Service demo/backend ...".to_owned()),
@@ -348,7 +348,7 @@ mod tests {
         );
         server.state.shared.recent_errors.record(error.clone());
         let (_, body) = call(server.addr, "GET", RECENT_ERRORS_PATH).await;
-        let recent: crate::proxy::recent::RecentErrors = serde_json::from_str(&body).expect("json");
+        let recent: crate::recent::RecentErrors = serde_json::from_str(&body).expect("json");
         assert_eq!(recent.total, 1);
         assert_eq!(recent.errors, [error]);
     }

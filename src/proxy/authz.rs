@@ -5,7 +5,7 @@
 //! `Allow` policy, a request no `Allow` rule matches is denied; else it is allowed. `Audit`
 //! policies never change the outcome: an allowed request that would be denied were every
 //! `Audit` policy an `Allow` policy too is reported as a would-deny of each audit policy (see
-//! [`crate::api::access_policy`]).
+//! the AccessPolicy resource).
 //!
 //! Opaque TCP has no method or path ([`RequestFacts::method`] and `path` are `None`): an `Allow`
 //! or `Audit` rule that names methods or paths never matches it, and a `Deny` rule ignores them
@@ -22,7 +22,7 @@ use http::Method;
 
 use super::config::types::{AccessAction, AccessOperation, AccessPolicy, AccessSource, PathMatch};
 use super::metrics::{AuthzLabels, HttpMetrics};
-use crate::identity::SpiffeId;
+use skein_core::identity::SpiffeId;
 
 /// What a policy is matched against.
 #[derive(Clone, Copy, Debug)]
@@ -281,7 +281,7 @@ fn decode_unreserved(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::config::types::AccessRule;
+    use crate::config::types::AccessRule;
 
     fn id(sa: &str) -> SpiffeId {
         SpiffeId::new("cluster.local", "demo", sa)

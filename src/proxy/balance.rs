@@ -56,7 +56,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::proxy::config::{Endpoint, LoadBalancer, OutlierDetection, Workload};
+use crate::config::{Endpoint, LoadBalancer, OutlierDetection, Workload};
 
 /// What a failure counts as on an endpoint never measured (failures only ever raise it).
 const DEFAULT_ESTIMATE: Duration = Duration::from_millis(30);
@@ -535,7 +535,7 @@ mod tests {
     fn outlier(consecutive: u32, base_secs: u64, percent: u8) -> Option<OutlierDetection> {
         Some(OutlierDetection {
             consecutive_failures: consecutive,
-            base_ejection_time: crate::api::Duration::from_secs(base_secs),
+            base_ejection_time: skein_core::Duration::from_secs(base_secs),
             max_ejection_percent: percent,
         })
     }

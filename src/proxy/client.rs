@@ -1,6 +1,6 @@
 //! The proxy's side of the configuration stream (`--xds-address`): keeps one stream to the
 //! control plane open, holds the resources it is sent, and applies the configuration they
-//! make (see [`crate::controlplane::push`] for the protocol).
+//! make (see the control plane's `push` module for the protocol).
 //!
 //! - On connect the proxy subscribes to every type ([`TYPE_URLS`]), the first request carrying
 //!   its identity and, after a reconnect, the versions of what it holds: the control plane
@@ -28,10 +28,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::config::{Compiled, ConfigStore, ProxyConfig};
-use crate::controlplane::push::ProxyIdentity;
-use crate::xds::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use crate::xds::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node, Status};
-use crate::xds::resources::{self, Resources, TYPE_URLS};
+use skein_core::xds::ProxyIdentity;
+use skein_core::xds::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use skein_core::xds::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node, Status};
+use skein_core::xds::resources::{self, Resources, TYPE_URLS};
 
 /// First retry delay (before jitter).
 pub const BACKOFF_BASE: Duration = Duration::from_millis(200);
@@ -82,7 +82,7 @@ pub enum EndpointError {
 enum StreamError {
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
-    #[error("connecting to {address}: {}", crate::proxy::tcp::ErrorChain(.source))]
+    #[error("connecting to {address}: {}", crate::tcp::ErrorChain(.source))]
     Connect {
         address: String,
         source: tonic::transport::Error,
@@ -170,7 +170,7 @@ async fn stream(
 }
 
 /// The control plane at `address`; over TLS when `trust` has roots.
-pub(crate) async fn endpoint(
+pub async fn endpoint(
     address: &str,
     trust: &super::stream_trust::StreamTrust,
 ) -> Result<tonic::transport::Endpoint, EndpointError> {
@@ -370,10 +370,10 @@ pub(crate) fn backoff_cap(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xds::resources::{DESTINATION_TYPE, EGRESS_TYPE, SETTINGS_TYPE, split};
+    use skein_core::xds::resources::{DESTINATION_TYPE, EGRESS_TYPE, SETTINGS_TYPE, split};
 
     fn config(yaml: &str) -> ProxyConfig {
-        crate::yaml::from_str(yaml).expect("valid yaml")
+        skein_core::yaml::from_str(yaml).expect("valid yaml")
     }
 
     /// The first responses of a stream, as the control plane sends them: every type, all of it.
@@ -544,7 +544,7 @@ destinations:
 
         let mut bad = good.clone();
         bad.version = "2".to_owned();
-        bad.detect_timeout = crate::api::Duration::from_millis(0);
+        bad.detect_timeout = skein_core::Duration::from_millis(0);
         let response = DeltaDiscoveryResponse {
             type_url: SETTINGS_TYPE.to_owned(),
             resources: split(&bad).expect("split")[SETTINGS_TYPE]

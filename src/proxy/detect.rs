@@ -282,7 +282,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for PrefixedIo<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::sni::test_client_hello;
+    use crate::sni::test_client_hello;
     use tokio::io::{AsyncWriteExt, duplex};
 
     const H1_REQUEST: &[u8] = b"GET /index.html?q=1 HTTP/1.1\r\nHost: a.example\r\n\r\n";

@@ -16,9 +16,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::proxy::Shared;
-use crate::proxy::config::{Compiled, EgressAllow, EgressProtocol};
-use crate::proxy::metrics::EgressLabels;
+use crate::Shared;
+use crate::config::{Compiled, EgressAllow, EgressProtocol};
+use crate::metrics::EgressLabels;
 
 /// Longest DNS name in its dotted text form.
 const MAX_NAME_LEN: usize = 253;

@@ -35,8 +35,8 @@ use prometheus_client::registry::Registry;
 
 use super::metrics::ResultLabels;
 use super::mtls::{Credentials, CredentialsError, Loaded};
-use crate::xds::identity::CertifyRequest;
-use crate::xds::identity::identity_client::IdentityClient;
+use skein_core::xds::identity::CertifyRequest;
+use skein_core::xds::identity::identity_client::IdentityClient;
 
 /// First retry delay after a failed request (before jitter).
 pub const RETRY_BASE: Duration = Duration::from_secs(1);
@@ -61,7 +61,7 @@ pub enum IdentityError {
     Key(#[from] rcgen::Error),
     #[error(transparent)]
     Endpoint(#[from] super::client::EndpointError),
-    #[error("connecting to the control plane at {address}: {}", crate::proxy::tcp::ErrorChain(.source))]
+    #[error("connecting to the control plane at {address}: {}", crate::tcp::ErrorChain(.source))]
     Connect {
         address: String,
         source: tonic::transport::Error,
@@ -317,7 +317,7 @@ pub fn describe(credentials: &Credentials, now: SystemTime) -> serde_json::Value
     let Some(current) = credentials.current() else {
         return serde_json::Value::Null;
     };
-    let rfc3339 = crate::controlplane::push::rfc3339;
+    let rfc3339 = skein_core::timestamp::rfc3339;
     serde_json::json!({
         "id": current.id.to_string(),
         "notBefore": rfc3339(current.not_before),
@@ -466,14 +466,14 @@ mod tests {
 
     /// A certificate from a test CA, installed; `validity` from now.
     fn installed(validity: Duration) -> Arc<Credentials> {
-        let ca = crate::pki::Ca::generate("test-ca", Duration::from_secs(3600)).unwrap();
+        let ca = skein_core::pki::Ca::generate("test-ca", Duration::from_secs(3600)).unwrap();
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let csr = rcgen::CertificateParams::default()
             .serialize_request(&key)
             .unwrap()
             .pem()
             .unwrap();
-        let id = crate::identity::SpiffeId::new("example.org", "demo", "web");
+        let id = skein_core::identity::SpiffeId::new("example.org", "demo", "web");
         let cert = ca.issue_workload(&csr, &id, validity).unwrap();
         let credentials = Arc::new(Credentials::default());
         credentials

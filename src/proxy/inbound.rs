@@ -28,7 +28,7 @@ use super::metrics::RejectReason;
 use super::server_first::{self, FirstWord};
 use super::tcp::{self, OnTcp, Upstream};
 use super::{Direction, Shared, http};
-use crate::identity::SpiffeId;
+use skein_core::identity::SpiffeId;
 
 /// Whether plaintext may come in from `peer` to `port`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,7 +239,7 @@ async fn wait_then_route(
 /// What the AccessPolicies say of opaque TCP from `peer_id` (none: plaintext) to `port`: they
 /// decide on the port and the peer alone.
 fn opaque_decision<'p>(
-    policies: &'p [crate::proxy::config::AccessPolicy],
+    policies: &'p [crate::config::AccessPolicy],
     peer_id: Option<&SpiffeId>,
     port: u16,
 ) -> Decision<'p> {
@@ -350,7 +350,7 @@ fn connection(peer: SocketAddr, target: SocketAddr, peer_id: Option<SpiffeId>) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::config::ProbePort;
+    use crate::config::ProbePort;
 
     fn mtls(mode: MtlsMode) -> InboundMtls {
         InboundMtls {

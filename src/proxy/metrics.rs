@@ -238,7 +238,7 @@ pub struct LocalResponseLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct EgressLabels {
     pub protocol: &'static str,
-    /// [`crate::proxy::egress::BlockReason`].
+    /// [`crate::egress::BlockReason`].
     pub reason: &'static str,
 }
 
@@ -359,7 +359,7 @@ impl HttpMetrics {
                 .get_or_create(&ResultLabels { result });
         }
         for protocol in ["http", "tls", "tcp"] {
-            for reason in crate::proxy::egress::BlockReason::ALL {
+            for reason in crate::egress::BlockReason::ALL {
                 let _ = metrics.egress_blocked.get_or_create(&EgressLabels {
                     protocol,
                     reason: reason.as_str(),

@@ -1,4 +1,6 @@
-//! The data-plane proxy, `skein proxy`: the sidecar every meshed pod runs (no kube client in here).
+//! The data-plane proxy, `skein-proxy` (also `skein proxy`): the sidecar every meshed pod runs.
+//! Its own crate, which depends on no Kubernetes client: what it shares with the control plane
+//! (its configuration, the stream's messages, identities) comes from `skein-core`.
 //!
 //! `skein init` redirects the pod's TCP to two listeners; this module serves them:
 //!
@@ -26,8 +28,9 @@
 //! - [`original_dst`]: `SO_ORIGINAL_DST` for redirected connections.
 //! - [`trace`]: spans of sampled requests, exported to Zipkin or OTLP backends.
 //!
-//! Every connection is opaque TCP for now; protocol detection and HTTP routing will sit between
-//! [`listen`] (which hands over an accepted connection and its target) and [`tcp`].
+//! Between [`listen`] (which hands over an accepted connection and its target) and [`tcp`] or
+//! [`http`]: [`detect`] tells HTTP, TLS and opaque bytes apart; [`inbound`] and [`outbound`]
+//! route each connection by it ([`server_first`]: when the client stays silent).
 //!
 //! Shutdown of a terminating pod, whatever order Kubernetes delivers its events in (endpoint
 //! removal reaches callers asynchronously to the pod's SIGTERM):
@@ -87,7 +90,7 @@ use anyhow::Context;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::api::names;
+use skein_core::names;
 
 use self::admin::{AdminCommand, AdminRequest};
 use self::config::{Compiled, ConfigStore};
@@ -125,14 +128,14 @@ pub struct ProxyArgs {
     /// control plane's word that the pod is being deleted, or SIGTERM): long enough for every
     /// caller to learn the endpoint is leaving. The injector sets it from MeshConfig
     /// `proxy.drainWindow`.
-    #[arg(long, env = "SKEIN_DRAIN_WINDOW", default_value_t = crate::api::Duration::from_secs(names::DEFAULT_DRAIN_WINDOW_SECS))]
-    pub drain_window: crate::api::Duration,
+    #[arg(long, env = "SKEIN_DRAIN_WINDOW", default_value_t = skein_core::Duration::from_secs(names::DEFAULT_DRAIN_WINDOW_SECS))]
+    pub drain_window: skein_core::Duration,
     /// Grace period for in-flight connections once the listeners have closed.
     #[arg(long, env = "SKEIN_DRAIN_TIMEOUT", default_value = "5s")]
-    pub drain_timeout: crate::api::Duration,
+    pub drain_timeout: skein_core::Duration,
     /// Connect timeout to upstreams.
     #[arg(long, env = "SKEIN_CONNECT_TIMEOUT", default_value = "1s")]
-    pub connect_timeout: crate::api::Duration,
+    pub connect_timeout: skein_core::Duration,
     /// Threads serving traffic. One (the default) runs everything on a single thread with no
     /// cross-thread hand-offs: the lowest latency and memory for a sidecar; more only help a
     /// pod whose traffic needs more than a core.
@@ -196,11 +199,11 @@ pub struct ProxyArgs {
     /// An HTTP/1 client must send a whole request head within this (also the longest an HTTP/1
     /// keep-alive connection may sit idle between requests). See `proxy::limits`.
     #[arg(long, env = "SKEIN_HEADER_READ_TIMEOUT", default_value = "30s")]
-    pub header_read_timeout: crate::api::Duration,
+    pub header_read_timeout: skein_core::Duration,
     /// A connection on which no byte moved in either direction for this long is closed; `0s`:
     /// never.
     #[arg(long, env = "SKEIN_IDLE_TIMEOUT", default_value = "1h")]
-    pub idle_timeout: crate::api::Duration,
+    pub idle_timeout: skein_core::Duration,
     /// Connections each listener (inbound, outbound) holds at most; more are reset at once.
     #[arg(long, env = "SKEIN_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
@@ -287,7 +290,7 @@ impl ProxyArgs {
                 },
                 self.state_dir.clone(),
             ),
-            identity: crate::controlplane::push::ProxyIdentity {
+            identity: skein_core::xds::ProxyIdentity {
                 pod: pod.clone(),
                 namespace: namespace.clone(),
                 ip: self.pod_ip,
@@ -497,7 +500,7 @@ fn limit_malloc_arenas() {
 pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     args.validate()?;
     // Handlers first: from now on a SIGTERM drains instead of killing the process.
-    let mut signals = crate::signals::Shutdowns::new();
+    let mut signals = skein_core::signals::Shutdowns::new();
 
     // Bind everything before serving anything: readiness then means "all listeners accept".
     let outbound = listen::bind(args.outbound_port).with_context(|| {
@@ -738,7 +741,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
 async fn serve_out_drain_window(
     shared: &Shared,
     window: Duration,
-    signals: &mut crate::signals::Shutdowns,
+    signals: &mut skein_core::signals::Shutdowns,
 ) {
     let since = shared.drain.go_away();
     let until = since + window;

@@ -157,7 +157,7 @@ impl RequestLine {
             ToString::to_string,
         );
         RecentError {
-            at: k8s_openapi::jiff::Timestamp::now().to_string(),
+            at: skein_core::timestamp::rfc3339_micros(std::time::SystemTime::now()),
             direction: direction.to_string(),
             method: self.method.to_string(),
             authority,
@@ -167,7 +167,7 @@ impl RequestLine {
             message,
             upstream: self.upstream,
             attempts: self.attempts,
-            trace_id: trace_id.map(|id| crate::proxy::headers::hex(id)),
+            trace_id: trace_id.map(|id| crate::headers::hex(id)),
         }
     }
 }

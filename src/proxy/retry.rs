@@ -5,7 +5,7 @@
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::proxy::config::{RetryBudget as RetryBudgetConfig, RetryOn, RetryPolicy};
+use crate::config::{RetryBudget as RetryBudgetConfig, RetryOn, RetryPolicy};
 
 /// The largest request body kept in memory so a retry can send it again. Requests with a larger
 /// body, or one of unknown length that grows past this, are sent once and never retried (the
@@ -53,7 +53,7 @@ pub fn retried_as(
         AttemptOutcome::Response { status, .. }
             if status.is_server_error()
                 && response_headers
-                    .and_then(|headers| headers.get(crate::proxy::http::ERROR_HEADER))
+                    .and_then(|headers| headers.get(crate::http::ERROR_HEADER))
                     .is_some_and(|reason| {
                         reason == "connect-failure" || reason == "upstream-reset"
                     }) =>
@@ -238,7 +238,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::api;
+    use skein_core::duration as api;
 
     #[test]
     fn a_reset_or_a_peer_proxys_word_that_its_app_never_answered_count_as_connect_failures() {
@@ -253,7 +253,7 @@ mod tests {
         let said = |reason: &'static str| {
             let mut headers = http::HeaderMap::new();
             headers.insert(
-                crate::proxy::http::ERROR_HEADER,
+                crate::http::ERROR_HEADER,
                 http::HeaderValue::from_static(reason),
             );
             headers

@@ -14,7 +14,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use regex::Regex;
 
-use crate::proxy::config::{self, HeaderEdits, KeyMatch, RequestMatch, Route, StringMatch};
+use crate::config::{self, HeaderEdits, KeyMatch, RequestMatch, Route, StringMatch};
 
 /// Upper bound on a route's total backend weight: keeps the cumulative sums in `u32` and the
 /// split readable (a million is finer than any traffic split needs).
@@ -25,7 +25,7 @@ pub const MAX_RETRY_ATTEMPTS: u32 = 10;
 
 /// Headers that describe one connection (or, for `Host`, the upstream the proxy picks): the
 /// proxy manages them itself, so a route editing them would break the forwarding.
-pub(crate) const PROXY_MANAGED_HEADERS: [&str; 8] = [
+pub const PROXY_MANAGED_HEADERS: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -664,10 +664,8 @@ fn header_value(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::Duration;
-    use crate::proxy::config::{
-        Fault, FaultAbort, FaultDelay, Mirror, RetryPolicy, WeightedSubset,
-    };
+    use crate::config::{Fault, FaultAbort, FaultDelay, Mirror, RetryPolicy, WeightedSubset};
+    use skein_core::Duration;
 
     fn req(method: &str, uri: &str, headers: &[(&str, &[u8])]) -> Parts {
         let mut builder = http::Request::builder().method(method).uri(uri);

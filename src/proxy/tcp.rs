@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 
 use super::detect::PrefixedIo;
 use super::{Direction, Shared};
-use crate::identity::SpiffeId;
+use skein_core::identity::SpiffeId;
 
 /// The upstream could not be reached.
 #[derive(Debug, thiserror::Error)]

@@ -373,7 +373,7 @@ impl<'m> Pod<'m> {
             &format!("skein proxy in {}", self.name),
             Some(PROXY_UID),
             &args,
-            &[("SKEIN_LOG", "info,skein::proxy=debug")],
+            &[("SKEIN_LOG", "info,skein_proxy=debug")],
         );
         Proxy {
             pod: self,
@@ -683,14 +683,14 @@ impl Process {
         self.exited
     }
 
-    /// Sends `signal` to the process (checked to be `skein`, not a wrapper).
+    /// Sends `signal` to the process (checked to be `skein`, or the `skein-proxy` that `skein
+    /// proxy` becomes, not a wrapper).
     pub fn signal(&self, signal: libc::c_int) {
         let pid = self.child.id();
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        assert_eq!(
-            comm.trim(),
-            "skein",
-            "pid {pid} ({}) is not skein",
+        assert!(
+            matches!(comm.trim(), "skein" | "skein-proxy"),
+            "pid {pid} ({}) is not skein but {comm:?}",
             self.what
         );
         let pid = libc::pid_t::try_from(pid).expect("pid fits pid_t");

@@ -269,7 +269,7 @@ impl CaStore {
                 tracing::warn!(
                     ca = %cert.subject,
                     sha256 = %cert.fingerprint,
-                    until = %super::super::push::rfc3339(until),
+                    until = %crate::timestamp::rfc3339(until),
                     "a CA removed from the Secret stays trusted while certificates it signed are valid"
                 );
             }

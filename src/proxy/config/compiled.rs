@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use super::types::{
     Destination, DestinationPort, Limits, OutboundTrafficPolicy, Protocol, ProxyConfig, Workload,
 };
-use crate::identity::SpiffeId;
-use crate::proxy::balance::Balancer;
-use crate::proxy::egress::{EgressError, EgressPolicy};
-use crate::proxy::retry::RetryBudget;
-use crate::proxy::routes::{RouteError, RouteTable};
+use crate::balance::Balancer;
+use crate::egress::{EgressError, EgressPolicy};
+use crate::retry::RetryBudget;
+use crate::routes::{RouteError, RouteTable};
+use skein_core::identity::SpiffeId;
 
 /// Why a configuration was refused (the previous one stays active).
 #[derive(Debug, thiserror::Error)]
@@ -391,7 +391,7 @@ mod tests {
     use super::*;
 
     fn config(yaml: &str) -> ProxyConfig {
-        crate::yaml::from_str(yaml).expect("valid yaml")
+        skein_core::yaml::from_str(yaml).expect("valid yaml")
     }
 
     const BACKEND: &str = r#"

@@ -33,14 +33,14 @@ pub fn parse(text: &str) -> Result<ProxyConfig, ParseError> {
     if text.trim().is_empty() {
         return Ok(ProxyConfig::default());
     }
-    let value: serde_json::Value = crate::yaml::from_str(text).map_err(ParseError::Syntax)?;
+    let value: serde_json::Value = skein_core::yaml::from_str(text).map_err(ParseError::Syntax)?;
     serde_json::from_value(value).map_err(ParseError::Structure)
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ParseError {
     #[error("{0}")]
-    Syntax(crate::yaml::YamlError),
+    Syntax(skein_core::yaml::YamlError),
     #[error("{0}")]
     Structure(serde_json::Error),
 }
@@ -109,7 +109,7 @@ pub async fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::config::StringMatch;
+    use crate::config::StringMatch;
 
     #[test]
     fn yaml_and_json_spell_matches_the_same_way() {

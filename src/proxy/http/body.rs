@@ -12,7 +12,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Body, Frame, SizeHint};
 
-use crate::proxy::retry::MAX_REPLAY_BYTES;
+use crate::retry::MAX_REPLAY_BYTES;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -263,7 +263,7 @@ impl Body for Metered {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref() {
-                    if let Some(status) = crate::proxy::retry::grpc_status(trailers) {
+                    if let Some(status) = crate::retry::grpc_status(trailers) {
                         self.grpc_status = Some(status);
                     }
                     // Trailers are the last frame; the sender may not poll again.

@@ -20,19 +20,19 @@ use prometheus_client::metrics::counter::Counter;
 use super::body::{self, Metered, OnResponseEnd, ProxyBody, RequestBody};
 use super::upstream::UpstreamError;
 use super::{RequestContext, local_response};
-use crate::proxy::Direction;
-use crate::proxy::balance::{self, Pick};
-use crate::proxy::config::compiled::Service;
-use crate::proxy::config::{RetryOn, RetryPolicy, Workload};
-use crate::proxy::limits::Activity;
-use crate::proxy::metrics::{CutReason, HttpMetrics, LatencyLabels, RequestLabels, RetryLabels};
-use crate::proxy::reasons::{Reason, service_ref};
-use crate::proxy::recent::RequestLine;
-use crate::proxy::retry::{self, AttemptOutcome};
-use crate::proxy::routes::CompiledRoute;
-use crate::proxy::tap::{self, TapHub, TapRequest};
-use crate::proxy::trace::Span;
-use crate::xds::tap::TapEvent;
+use crate::Direction;
+use crate::balance::{self, Pick};
+use crate::config::compiled::Service;
+use crate::config::{RetryOn, RetryPolicy, Workload};
+use crate::limits::Activity;
+use crate::metrics::{CutReason, HttpMetrics, LatencyLabels, RequestLabels, RetryLabels};
+use crate::reasons::{Reason, service_ref};
+use crate::recent::RequestLine;
+use crate::retry::{self, AttemptOutcome};
+use crate::routes::CompiledRoute;
+use crate::tap::{self, TapHub, TapRequest};
+use crate::trace::Span;
+use skein_core::xds::tap::TapEvent;
 
 /// Where a request goes.
 pub enum Target {
@@ -153,7 +153,7 @@ fn timeout_message(
 ) -> String {
     format!(
         "{destination} did not answer within {} ({}, {})",
-        crate::api::Duration::from(limit),
+        skein_core::Duration::from(limit),
         route_words(route),
         attempts_words(attempts),
     )
@@ -284,7 +284,7 @@ pub fn finish(
         route.edit_response_headers(&mut parts.headers);
     }
     if parts.status != StatusCode::SWITCHING_PROTOCOLS {
-        crate::proxy::headers::remove_hop_by_hop(&mut parts.headers);
+        crate::headers::remove_hop_by_hop(&mut parts.headers);
     }
     labels.status_code = parts.status.as_u16();
     let span = span.map(|mut span| {
@@ -720,7 +720,7 @@ fn report(
     if let Some(ejection) = pick.finish(outcome, Instant::now()) {
         metrics
             .outlier_ejections
-            .get_or_create(&crate::proxy::metrics::ServiceLabels {
+            .get_or_create(&crate::metrics::ServiceLabels {
                 destination_service: labels.destination_service.clone(),
             })
             .inc();
@@ -793,7 +793,7 @@ struct Recorder {
     metrics: HttpMetrics,
     labels: RequestLabels,
     /// The span, and the proxy state holding its exporter.
-    span: Option<(Box<Span>, Arc<crate::proxy::Shared>)>,
+    span: Option<(Box<Span>, Arc<crate::Shared>)>,
     /// The tap event, finished and published when the response ends.
     tap: Option<(Box<TapEvent>, Arc<TapHub>)>,
 }
@@ -951,9 +951,9 @@ mod tests {
 
     #[test]
     fn timeouts_and_failures_name_the_destination_route_and_attempts() {
-        let table = crate::proxy::routes::RouteTable::compile(&[crate::proxy::config::Route {
+        let table = crate::routes::RouteTable::compile(&[crate::config::Route {
             name: "slow".to_owned(),
-            ..crate::proxy::config::Route::default()
+            ..crate::config::Route::default()
         }])
         .expect("a route");
         let parts = http::Request::get("/")

@@ -11,11 +11,11 @@ use hyper::body::Incoming;
 use super::body::{ProxyBody, RequestBody, boxed};
 use super::forward::{self, Forward, Local, Target};
 use super::{Prepared, RequestContext, prepare, request_host};
-use crate::proxy::Direction;
-use crate::proxy::authz::{self, RequestFacts};
-use crate::proxy::config::compiled::normalize_host;
-use crate::proxy::inbound::{self, Plaintext};
-use crate::proxy::reasons::Reason;
+use crate::Direction;
+use crate::authz::{self, RequestFacts};
+use crate::config::compiled::normalize_host;
+use crate::inbound::{self, Plaintext};
+use crate::reasons::Reason;
 
 pub async fn handle(
     request: Request<Incoming>,

@@ -37,11 +37,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use self::body::ProxyBody;
 use super::reasons::Reason;
 use super::{Direction, Shared, headers};
-use crate::identity::SpiffeId;
+use skein_core::identity::SpiffeId;
 
 /// Header on every response the proxy makes itself, saying why (`egress-blocked`,
 /// `no-endpoints`, `connect-failure`, `timeout`, `overloaded`, ...: the names of
-/// [`crate::proxy::reasons::Reason`]).
+/// [`crate::reasons::Reason`]).
 pub const ERROR_HEADER: &str = "x-skein-error";
 
 /// Where an HTTP connection came from and was going.
@@ -257,7 +257,7 @@ fn start_span(
 
 /// A response the proxy makes itself: plain text saying what happened (`REASON: message`, the
 /// message naming the Service, policy, endpoint, timeout, ...), and [`ERROR_HEADER`]. The
-/// reasons and what they mean: [`crate::proxy::reasons`].
+/// reasons and what they mean: [`crate::reasons`].
 pub fn local_response(status: StatusCode, reason: Reason, message: &str) -> Response<ProxyBody> {
     let mut response = Response::new(body::full(format!("{}\n", local_text(reason, message))));
     *response.status_mut() = status;

@@ -10,11 +10,11 @@ use hyper::body::Incoming;
 use super::body::{ProxyBody, RequestBody};
 use super::forward::{self, Forward, Local, Target};
 use super::{Prepared, RequestContext, prepare, request_host};
-use crate::proxy::Direction;
-use crate::proxy::config::EgressProtocol;
-use crate::proxy::config::compiled::normalize_host;
-use crate::proxy::egress;
-use crate::proxy::reasons::{Reason, service_ref};
+use crate::Direction;
+use crate::config::EgressProtocol;
+use crate::config::compiled::normalize_host;
+use crate::egress;
+use crate::reasons::{Reason, service_ref};
 
 pub async fn handle(
     request: Request<Incoming>,

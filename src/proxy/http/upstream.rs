@@ -14,10 +14,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use super::body::ProxyBody;
-use crate::proxy::config::ConfigStore;
-use crate::proxy::mtls::{self, Mtls};
-use crate::proxy::retry::AttemptOutcome;
-use crate::proxy::tcp::ErrorChain;
+use crate::config::ConfigStore;
+use crate::mtls::{self, Mtls};
+use crate::retry::AttemptOutcome;
+use crate::tcp::ErrorChain;
 
 /// Why an upstream gave no response.
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +62,7 @@ impl std::fmt::Debug for Upstreams {
 
 impl Upstreams {
     /// `pool_idle`: how long an idle pooled connection is kept
-    /// ([`Limits::upstream_pool_idle`](crate::proxy::limits::Limits::upstream_pool_idle)).
+    /// ([`Limits::upstream_pool_idle`](crate::limits::Limits::upstream_pool_idle)).
     pub fn new(
         connect_timeout: Duration,
         pool_idle: Duration,

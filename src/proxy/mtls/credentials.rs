@@ -1,6 +1,6 @@
 //! The proxy's workload certificate and the mesh's trust bundle, as last installed.
 //!
-//! [`crate::proxy::identity`] installs a certificate each time one is issued; the configuration
+//! [`crate::identity`] installs a certificate each time one is issued; the configuration
 //! stream updates the trust bundle (a CA rotation adds a root before anything is signed by it).
 //! Handshakes read the current value per connection, so a renewal takes effect at once and
 //! established connections carry on.
@@ -16,8 +16,8 @@ use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::CertifiedKey;
 use tokio::sync::watch;
 
-use crate::identity::SpiffeId;
-use crate::pki;
+use skein_core::identity::SpiffeId;
+use skein_core::pki;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {

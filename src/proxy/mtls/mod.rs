@@ -30,9 +30,9 @@ use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 pub use credentials::{Credentials, CredentialsError, Loaded};
 
 use self::verify::{ClientChainVerifier, OwnCertificate, ServerIdentityVerifier};
-use crate::identity::SpiffeId;
-use crate::pki::WorkloadCertInfo;
-use crate::proxy::config::Compiled;
+use crate::config::Compiled;
+use skein_core::identity::SpiffeId;
+use skein_core::pki::WorkloadCertInfo;
 
 /// ALPN of an opaque TCP connection: forward the bytes, detect nothing.
 pub const ALPN_OPAQUE: &[u8] = b"skein/opaque";
@@ -181,7 +181,7 @@ pub(crate) mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
-    use crate::pki::Ca;
+    use skein_core::pki::Ca;
 
     /// Credentials for `id`, issued by `ca` the way the control plane issues them.
     pub(crate) fn credentials(ca: &Ca, id: &SpiffeId, bundle: &str) -> Arc<Credentials> {

@@ -21,7 +21,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Error, SignatureScheme};
 
 use super::credentials::Credentials;
-use crate::pki::WorkloadCertInfo;
+use skein_core::pki::WorkloadCertInfo;
 
 fn algorithms() -> WebPkiSupportedAlgorithms {
     rustls::crypto::ring::default_provider().signature_verification_algorithms

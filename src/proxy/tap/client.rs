@@ -1,5 +1,5 @@
 //! The proxy's tap stream: one `Tap/Watch` stream to the control plane the configuration
-//! stream goes to (same address, TLS trust and token; see [`crate::controlplane::tap`]). It
+//! stream goes to (same address, TLS trust and token; see the control plane's `tap` module). It
 //! carries commands (start/stop a tap) one way and each tap's events and drop counts the other.
 //! When the stream ends every tap stops; the proxy reconnects with the configuration stream's
 //! back-off. A control plane without the tap service (older) answers `UNIMPLEMENTED`: the
@@ -13,11 +13,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::{TapHub, TapReader};
-use crate::proxy::client::{BACKOFF_MAX, ClientSettings, backoff_cap, endpoint};
-use crate::xds::tap::TapReport;
-use crate::xds::tap::tap_client::TapClient;
-use crate::xds::tap::tap_command::Command;
-use crate::xds::tap::tap_report::Report;
+use crate::client::{BACKOFF_MAX, ClientSettings, backoff_cap, endpoint};
+use skein_core::xds::tap::TapReport;
+use skein_core::xds::tap::tap_client::TapClient;
+use skein_core::xds::tap::tap_command::Command;
+use skein_core::xds::tap::tap_report::Report;
 
 /// Reports queued to the stream, all taps together (each tap's own buffer is before this).
 const REPORT_QUEUE: usize = 64;
@@ -27,11 +27,11 @@ const DROPS_EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug, thiserror::Error)]
 enum TapStreamError {
     #[error(transparent)]
-    Endpoint(#[from] crate::proxy::client::EndpointError),
+    Endpoint(#[from] crate::client::EndpointError),
     #[error("connecting: {0}")]
     Connect(tonic::transport::Error),
     #[error("{0}")]
-    Token(crate::proxy::identity::IdentityError),
+    Token(crate::identity::IdentityError),
     #[error("the control plane refused the tap stream: {0}")]
     Refused(tonic::Status),
     #[error("the tap stream broke: {0}")]
@@ -77,9 +77,9 @@ async fn stream(settings: &ClientSettings, hub: &Arc<TapHub>) -> (TapStreamError
     let outgoing = futures::stream::poll_fn(move |cx| queued.poll_recv(cx));
     let mut request = tonic::Request::new(outgoing);
     if let Some(path) = &settings.token_path {
-        let authorized = crate::proxy::identity::read_token(path)
+        let authorized = crate::identity::read_token(path)
             .await
-            .and_then(|token| crate::proxy::identity::authorize(&mut request, &token));
+            .and_then(|token| crate::identity::authorize(&mut request, &token));
         if let Err(err) = authorized {
             return (TapStreamError::Token(err), false);
         }

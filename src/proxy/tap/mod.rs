@@ -23,7 +23,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 
-use crate::xds::tap::{Peer, TapEvent, TapFilter};
+use skein_core::xds::tap::{Peer, TapEvent, TapFilter};
 
 /// Events one tap may have waiting; more are dropped and counted.
 pub const TAP_BUFFER: usize = 256;
@@ -188,7 +188,7 @@ impl TapRequest {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             method: parts.method.as_str().to_owned(),
-            authority: crate::proxy::http::request_host(parts)
+            authority: crate::http::request_host(parts)
                 .unwrap_or_default()
                 .to_owned(),
             path: parts.uri.path().to_owned(),

@@ -254,7 +254,7 @@ async fn send(
         let response = client
             .request(request)
             .await
-            .map_err(|err| crate::proxy::tcp::ErrorChain(&err).to_string())?;
+            .map_err(|err| crate::tcp::ErrorChain(&err).to_string())?;
         let status = response.status();
         // Read the (small) answer so the connection can be reused.
         let answer = response
@@ -281,7 +281,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::proxy::trace::span::example;
+    use crate::trace::span::example;
 
     fn metrics() -> (Registry, TraceMetrics) {
         let mut registry = Registry::with_prefix("skein_proxy");

@@ -13,7 +13,7 @@
 //! always stands. Only a request that carries no decision (the first meshed hop of a trace) is
 //! sampled here, with probability `samplingPercentage` / 100 ([`Sampler`]).
 //!
-//! **Which headers are written when** ([`crate::proxy::headers::propagate_trace`]):
+//! **Which headers are written when** ([`crate::headers::propagate_trace`]):
 //!
 //! | incoming | sampled | headers forwarded |
 //! |---|---|---|

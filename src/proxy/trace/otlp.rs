@@ -8,7 +8,7 @@ use prost::Message;
 
 use super::span::{Kind, Span};
 use super::zipkin::service_name;
-use crate::xds::otlp::{
+use skein_core::xds::otlp::{
     AnyValue, ExportTraceServiceRequest, InstrumentationScope, KeyValue, Resource, ResourceSpans,
     ScopeSpans, Span as OtlpSpan, SpanKind, Status, StatusCode, any_value,
 };
@@ -115,7 +115,7 @@ fn int(key: &str, value: i64) -> KeyValue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::trace::span::example;
+    use crate::trace::span::example;
 
     fn attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a any_value::Value> {
         attributes

@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
-use crate::proxy::Direction;
-use crate::proxy::headers::TraceContext;
+use crate::Direction;
+use crate::headers::TraceContext;
 
 /// Client (outbound: the app calling out) or server (inbound: a client calling the app).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 use serde_json::{Map, Value, json};
 
 use super::span::{Kind, Span};
-use crate::proxy::headers::hex;
+use crate::headers::hex;
 
 /// The request body for a batch of spans.
 pub fn encode(spans: &[Span]) -> Vec<u8> {
@@ -73,7 +73,7 @@ pub fn service_name(span: &Span) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::trace::span::example;
+    use crate::trace::span::example;
 
     #[test]
     fn a_span_has_zipkins_fields() {

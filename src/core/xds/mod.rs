@@ -5,12 +5,12 @@
 //! - [`discovery`]: the stream's messages and its gRPC client and server
 //!   (`proto/skein/discovery/v1alpha1/discovery.proto`).
 //! - [`config`]: the resources (`proto/skein/config/v1alpha1/config.proto`), which mirror
-//!   [`crate::proxy::config::types`].
+//!   [`crate::proxy_config`].
 //! - [`convert`]: proxy config types ↔ resource messages.
-//! - [`resources`]: a [`ProxyConfig`](crate::proxy::config::types::ProxyConfig) split into
+//! - [`resources`]: a [`ProxyConfig`](crate::proxy_config::ProxyConfig) split into
 //!   named, versioned resources, and assembled back.
 //!
-//! The server is [`crate::controlplane::push`]; the proxy's side is [`crate::proxy::client`].
+//! The server is the control plane's `push` module; the proxy's side is `skein_proxy::client`.
 
 /// Generated from `discovery.proto` (messages, `aggregated_discovery_service_client`,
 /// `aggregated_discovery_service_server`).
@@ -38,7 +38,7 @@ pub mod config {
 }
 
 /// Generated from `identity.proto` (workload certificates: `identity_client`,
-/// `identity_server`); served next to the stream by [`crate::controlplane::identity`].
+/// `identity_server`); served next to the stream by the control plane's `identity` module.
 #[allow(
     clippy::all,
     clippy::pedantic,
@@ -51,7 +51,7 @@ pub mod identity {
 }
 
 /// Generated from `tap.proto` (live tap: `tap_client`, `tap_server`); the proxy's side is
-/// [`crate::proxy::tap`], the control plane's [`crate::controlplane::tap`].
+/// `skein_proxy::tap`, the control plane's `tap` module.
 #[allow(
     clippy::all,
     clippy::pedantic,
@@ -64,7 +64,7 @@ pub mod tap {
 }
 
 /// Generated from `otlp/v1/trace.proto`: the OTLP trace export request the proxies send
-/// ([`crate::proxy::trace::otlp`]); messages only.
+/// (`skein_proxy::trace::otlp`); messages only.
 #[allow(
     clippy::all,
     clippy::pedantic,
@@ -78,3 +78,13 @@ pub mod otlp {
 
 pub mod convert;
 pub mod resources;
+
+use std::net::IpAddr;
+
+/// Who a connected proxy says it is.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct ProxyIdentity {
+    pub pod: String,
+    pub namespace: String,
+    pub ip: Option<IpAddr>,
+}

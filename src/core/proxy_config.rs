@@ -2,13 +2,22 @@
 //! and, later, what the control plane streams. Plain serde types without behaviour; the
 //! modules that act on them compile what they need (regexes, weights) when a config is loaded.
 
-pub use crate::api::meshconfig::MtlsMode;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::Duration;
+use crate::duration::Duration;
+
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+pub enum MtlsMode {
+    #[default]
+    Permissive,
+    Strict,
+    Disabled,
+}
 
 /// Everything one proxy needs to know.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -500,7 +509,7 @@ pub enum EgressProtocol {
     Tcp,
 }
 
-/// One AccessPolicy as a proxy enforces it (`crate::api::access_policy` has the semantics).
+/// One AccessPolicy as a proxy enforces it (the AccessPolicy resource has the semantics).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AccessPolicy {

@@ -2,7 +2,7 @@
 //!
 //! Logging: every role logs to stderr, filtered by [`LOG_ENV`] (`SKEIN_LOG`), in
 //! tracing-subscriber's `EnvFilter` syntax: a level (`debug`), or comma-separated
-//! `target=level` directives (`warn,skein::proxy=debug`). Unset or empty means `info`. The
+//! `target=level` directives (`warn,skein_proxy=debug`). Unset or empty means `info`. The
 //! injector sets it in the sidecar from MeshConfig `proxy.logLevel` or the pod annotation
 //! `skein.dev/proxy-log-level`. A value that does not parse is reported in one line and
 //! `info` is used instead: a typo in a log level never stops a proxy.
@@ -110,7 +110,7 @@ mod tests {
         for value in [
             "debug",
             "WARN",
-            "info,skein::proxy=debug",
+            "info,skein_proxy=debug",
             "warn,skein=trace,hyper=off",
             "skein[request]=debug",
         ] {

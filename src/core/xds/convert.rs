@@ -1,4 +1,4 @@
-//! Proxy config types ([`crate::proxy::config::types`]) ↔ the stream's resource messages
+//! Proxy config types ([`crate::proxy_config`]) ↔ the stream's resource messages
 //! ([`super::config`]). Pure functions: the config side is what the proxy compiles, the proto
 //! side what travels. Everything the config holds survives a round trip except sub-millisecond
 //! precision of durations (the wire carries whole milliseconds; a duration is rounded up, so a
@@ -8,8 +8,8 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::config as pb;
-use crate::api::Duration;
-use crate::proxy::config::types as cfg;
+use crate::duration::Duration;
+use crate::proxy_config as cfg;
 
 /// Why a resource message is not a valid proxy configuration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

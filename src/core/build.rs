@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-changed=../../proto");
     println!("cargo:rerun-if-env-changed=PROTOC");
     let protoc = match std::env::var_os("PROTOC") {
         Some(path) if !path.is_empty() => PathBuf::from(path),
@@ -24,14 +24,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_with_config(
             config,
             &[
-                "proto/skein/discovery/v1alpha1/discovery.proto",
-                "proto/skein/config/v1alpha1/config.proto",
-                "proto/skein/identity/v1alpha1/identity.proto",
-                "proto/skein/tap/v1alpha1/tap.proto",
+                "../../proto/skein/discovery/v1alpha1/discovery.proto",
+                "../../proto/skein/config/v1alpha1/config.proto",
+                "../../proto/skein/identity/v1alpha1/identity.proto",
+                "../../proto/skein/tap/v1alpha1/tap.proto",
                 // Messages only: the proxies' span export (OTLP/HTTP protobuf).
-                "proto/skein/otlp/v1/trace.proto",
+                "../../proto/skein/otlp/v1/trace.proto",
             ],
-            &["proto"],
+            &["../../proto"],
         )?;
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! A duration field as Kubernetes users write it (`250ms`, `5s`, `1h30m`: Go's
-//! `time.ParseDuration` syntax), parsed by kube's `Duration` and printed back in its shortest
-//! exact form so defaults read `24h`, not `86400s`.
+//! `time.ParseDuration` syntax, which the apiserver's CEL `duration()` checks too), printed back in
+//! its shortest exact form so defaults read `24h`, not `86400s`.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -15,10 +15,10 @@ pub struct Duration(time::Duration);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DurationError {
-    #[error("invalid duration {input:?}: {source}")]
+    #[error("invalid duration {input:?}: {problem}")]
     Parse {
         input: String,
-        source: kube::core::duration::ParseError,
+        problem: &'static str,
     },
     #[error("invalid duration {0:?}: must not be negative")]
     Negative(String),
@@ -48,16 +48,88 @@ impl FromStr for Duration {
     type Err = DurationError;
 
     fn from_str(input: &str) -> Result<Self, Self::Err> {
-        let parsed: kube::core::Duration =
-            input.parse().map_err(|source| DurationError::Parse {
-                input: input.to_owned(),
-                source,
-            })?;
-        if parsed.is_negative() {
+        let (negative, nanos) = parse_go(input).map_err(|problem| DurationError::Parse {
+            input: input.to_owned(),
+            problem,
+        })?;
+        if negative && nanos > 0 {
             return Err(DurationError::Negative(input.to_owned()));
         }
-        Ok(Self(parsed.into()))
+        let secs = u64::try_from(nanos / 1_000_000_000).unwrap_or(u64::MAX);
+        let subsec = u32::try_from(nanos % 1_000_000_000).unwrap_or_default();
+        Ok(Self(time::Duration::new(secs, subsec)))
     }
+}
+
+/// Go's duration syntax: an optional sign, then one or more `NUMBER[.FRACTION]UNIT` (`1h30m`,
+/// `1.5s`, `.5ms`), or a bare `0`. Returns the sign and the magnitude in nanoseconds, which, as in
+/// Go, must fit an `int64` (about 292 years).
+fn parse_go(input: &str) -> Result<(bool, u128), &'static str> {
+    const UNITS: [(&str, u128); 8] = [
+        ("ns", 1),
+        ("us", 1_000),
+        ("\u{b5}s", 1_000),  // µ, micro sign
+        ("\u{3bc}s", 1_000), // μ, Greek mu
+        ("ms", 1_000_000),
+        ("s", 1_000_000_000),
+        ("m", 60_000_000_000),
+        ("h", 3_600_000_000_000),
+    ];
+    let (negative, mut rest) = match input.as_bytes().first() {
+        Some(b'-') => (true, &input[1..]),
+        Some(b'+') => (false, &input[1..]),
+        _ => (false, input),
+    };
+    if rest == "0" {
+        return Ok((negative, 0));
+    }
+    if rest.is_empty() {
+        return Err("empty; write a number and a unit, such as 250ms or 5s");
+    }
+    let mut total: u128 = 0;
+    while !rest.is_empty() {
+        let digits = |text: &str| text.bytes().take_while(u8::is_ascii_digit).count();
+        let whole_len = digits(rest);
+        let (whole, after) = rest.split_at(whole_len);
+        let (fraction, after) = match after.strip_prefix('.') {
+            Some(after) => after.split_at(digits(after)),
+            None => ("", after),
+        };
+        if whole.is_empty() && fraction.is_empty() {
+            return Err("expected a number, such as the 5 of 5s");
+        }
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_len);
+        if unit.is_empty() {
+            return Err("a number needs a unit: ns, us, ms, s, m or h");
+        }
+        let Some(&(_, scale)) = UNITS.iter().find(|(name, _)| *name == unit) else {
+            return Err("unknown unit; use ns, us, ms, s, m or h");
+        };
+        let whole: u128 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().map_err(|_| "too large")?
+        };
+        // Digits beyond the 19th cannot change a value that fits 64 bits of nanoseconds.
+        let fraction = &fraction[..fraction.len().min(19)];
+        let fraction_nanos = if fraction.is_empty() {
+            0
+        } else {
+            let numerator: u128 = fraction.parse().map_err(|_| "too large")?;
+            numerator * scale / 10u128.pow(u32::try_from(fraction.len()).unwrap_or(19))
+        };
+        total = whole
+            .checked_mul(scale)
+            .and_then(|nanos| nanos.checked_add(fraction_nanos))
+            .and_then(|nanos| nanos.checked_add(total))
+            .filter(|nanos| *nanos <= i64::MAX as u128)
+            .ok_or("too large: at most about 292 years")?;
+        rest = after;
+    }
+    Ok((negative, total))
 }
 
 impl fmt::Display for Duration {
@@ -129,6 +201,16 @@ mod tests {
         assert_eq!("250ms".parse(), Ok(Duration::from_millis(250)));
         assert_eq!("1h30m".parse(), Ok(Duration::from_secs(5400)));
         assert_eq!("0s".parse(), Ok(Duration::from_secs(0)));
+        assert_eq!("0".parse(), Ok(Duration::from_secs(0)));
+        assert_eq!("1.5s".parse(), Ok(Duration::from_millis(1500)));
+        assert_eq!(
+            ".5ms".parse(),
+            Ok(Duration::from(time::Duration::from_micros(500)))
+        );
+        assert_eq!("+2m".parse(), Ok(Duration::from_secs(120)));
+        assert_eq!("1h0m0.25s".parse(), Ok(Duration::from_millis(3_600_250)));
+        assert_eq!("3us".parse(), "3\u{b5}s".parse::<Duration>());
+        assert_eq!("-0s".parse(), Ok(Duration::from_secs(0)));
     }
 
     #[test]
@@ -145,6 +227,23 @@ mod tests {
             "-1s".parse::<Duration>(),
             Err(DurationError::Negative("-1s".into()))
         );
+        for garbage in [
+            "",
+            "-",
+            "s",
+            "5x",
+            "1.s.",
+            "1h 30m",
+            "..5s",
+            "9999999999h",
+            "5s5",
+        ] {
+            let err = garbage.parse::<Duration>().unwrap_err();
+            assert!(
+                matches!(err, DurationError::Parse { .. }),
+                "{garbage:?}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ use prost::Message;
 use super::config as pb;
 use super::convert::{self, ConvertError};
 use super::discovery::{Any, Resource};
-use crate::proxy::config::types::ProxyConfig;
+use crate::proxy_config::ProxyConfig;
 
 pub const SETTINGS_TYPE: &str = "type.googleapis.com/skein.config.v1alpha1.ProxySettings";
 pub const DESTINATION_TYPE: &str = "type.googleapis.com/skein.config.v1alpha1.Destination";
