@@ -27,27 +27,31 @@ fn main() -> ExitCode {
 fn exec_lean_proxy() {
     use std::os::unix::process::CommandExt;
 
-    let Some(lean) = std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.join("skein-proxy")))
-        .filter(|path| path.is_file())
-    else {
-        tracing::info!(
-            "no skein-proxy binary next to skein: running the proxy in this process (it works \
-             the same, with more resident memory)"
-        );
-        return;
-    };
     // `skein proxy` has no options before its name, so everything after it is the proxy's.
     let mut argv = std::env::args_os().skip(1);
     if argv.next().is_none_or(|command| command != "proxy") {
         return;
     }
+    let Some(lean) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("skein-proxy")))
+    else {
+        return;
+    };
+    // Tried rather than looked up first: the proxy UID may run a binary in a directory it
+    // cannot list or stat.
     let err = std::process::Command::new(&lean).args(argv).exec();
-    tracing::warn!(
-        binary = %lean.display(),
-        "could not run the lean proxy binary ({err}); running the proxy in this process"
-    );
+    if err.kind() == std::io::ErrorKind::NotFound {
+        tracing::info!(
+            "no skein-proxy binary next to skein: running the proxy in this process (it works \
+             the same, with more resident memory)"
+        );
+    } else {
+        tracing::warn!(
+            binary = %lean.display(),
+            "could not run the lean proxy binary ({err}); running the proxy in this process"
+        );
+    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {

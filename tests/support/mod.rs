@@ -60,6 +60,47 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
 }
+/// `skein`, with the `skein-proxy` that `skein proxy` execs beside it, where any user can run
+/// both: hard links (copies across file systems) in a directory of the system's temp dir, named
+/// after the target directory. The test binaries sit in cargo's target directory, which may be
+/// under a home only root enters (CI's is ~/.cache): `setpriv` still execs `skein` there, as it
+/// holds its capabilities until the exec, but `skein proxy`, by then the proxy UID, could not
+/// exec `skein-proxy` and would run the proxy itself.
+pub fn skein_for_any_user() -> &'static str {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::PermissionsExt;
+
+    static PATH: OnceLock<String> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let skein = Path::new(env!("CARGO_BIN_EXE_skein"));
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        skein.parent().hash(&mut hasher);
+        let dir = std::env::temp_dir().join(format!("skein-test-bin-{:016x}", hasher.finish()));
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|err| panic!("creating {}: {err}", dir.display()));
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|err| panic!("opening {} to every user: {err}", dir.display()));
+        for (name, source) in [
+            ("skein", env!("CARGO_BIN_EXE_skein")),
+            ("skein-proxy", env!("CARGO_BIN_EXE_skein-proxy")),
+        ] {
+            // Staged under a name of this process, then renamed over the old one: test
+            // processes starting at once each install a whole binary, never a partial one.
+            let staged = dir.join(format!(".{name}.{}", std::process::id()));
+            let _ = std::fs::remove_file(&staged);
+            if std::fs::hard_link(source, &staged).is_err() {
+                std::fs::copy(source, &staged).unwrap_or_else(|err| {
+                    panic!("copying {source} to {}: {err}", staged.display())
+                });
+            }
+            std::fs::rename(&staged, dir.join(name))
+                .unwrap_or_else(|err| panic!("installing {name} in {}: {err}", dir.display()));
+            // A rename onto a link to the same file does nothing and leaves the staged name.
+            let _ = std::fs::remove_file(&staged);
+        }
+        dir.join("skein").display().to_string()
+    })
+}
 
 /// The cluster integration tests use, separate from the `skein dev up` one.
 pub const TEST_CLUSTER: &str = "skein-test";

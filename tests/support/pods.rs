@@ -362,7 +362,7 @@ impl<'m> Pod<'m> {
             write_atomically(&path, &pretty(config));
             path
         });
-        let mut args: Vec<String> = vec![SKEIN.into(), "proxy".into()];
+        let mut args: Vec<String> = vec![super::skein_for_any_user().into(), "proxy".into()];
         if let Some(path) = &config_path {
             args.push("--config".into());
             args.push(path.display().to_string());

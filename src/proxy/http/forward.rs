@@ -483,7 +483,7 @@ impl Tries<'_> {
             }
             let wait_for_grpc_status = self.grpc && policy.is_some_and(retries_on_grpc_status);
             let attempt = async {
-                let response = shared.upstreams.send(address, &parts, body).await?;
+                let response = shared.upstreams.send(address, parts, body).await?;
                 Ok::<_, UpstreamError>(if wait_for_grpc_status {
                     with_grpc_status(response).await
                 } else {
@@ -631,7 +631,7 @@ impl Tries<'_> {
         let parts = self.parts.clone();
         tokio::spawn(async move {
             let sent = Instant::now();
-            let outcome = match upstreams.send(pick.address(), &parts, body).await {
+            let outcome = match upstreams.send(pick.address(), parts, body).await {
                 Ok(response) => balance::Outcome::Response {
                     latency: sent.elapsed(),
                     failure: response.status().is_server_error(),

@@ -121,19 +121,20 @@ impl Upstreams {
     }
 
     /// Sends one try of a request to `address`, speaking the version the client spoke, over
-    /// mutual TLS if the endpoint is meshed.
+    /// mutual TLS if the endpoint is meshed. Takes the head by value: a try that may be retried
+    /// sends a copy, the last one the original, so no try copies the headers twice.
     pub async fn send(
         &self,
         address: SocketAddr,
-        parts: &Parts,
+        parts: Parts,
         body: ProxyBody,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let meshed = self
             .mtls
             .identity_for(&self.config.current(), address)
             .is_some();
-        let request = build(address, meshed, parts, body)?;
         let http2 = parts.version == Version::HTTP_2;
+        let request = build(address, meshed, parts, body)?;
         let sent = match (meshed, http2) {
             (false, false) => self.http1.request(request).await,
             (false, true) => self.http2.request(request).await,
@@ -148,7 +149,7 @@ impl Upstreams {
 fn build(
     address: SocketAddr,
     mtls: bool,
-    parts: &Parts,
+    parts: Parts,
     body: ProxyBody,
 ) -> Result<Request<ProxyBody>, UpstreamError> {
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -161,9 +162,9 @@ fn build(
                 reason: err.to_string(),
             })?;
     let mut request = Request::new(body);
-    *request.method_mut() = parts.method.clone();
+    *request.method_mut() = parts.method;
     *request.uri_mut() = uri;
-    *request.headers_mut() = parts.headers.clone();
+    *request.headers_mut() = parts.headers;
     *request.version_mut() = if parts.version == Version::HTTP_2 {
         Version::HTTP_2
     } else {
