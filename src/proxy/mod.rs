@@ -442,10 +442,11 @@ pub fn runtime(args: &ProxyArgs) -> std::io::Result<tokio::runtime::Runtime> {
     builder.max_blocking_threads(2).enable_all().build()
 }
 
-/// The `skein` binary holds every role, and the kernel maps code in 64 KiB runs around each page
-/// the CPU touches: a sidecar would carry megabytes of other roles' code as resident memory. At
-/// start the proxy tells the kernel its code is read at random (map only the pages used) and
-/// drops what start-up mapped; pages come back, one by one, as they are executed.
+/// The kernel maps code in 64 KiB runs around each page the CPU touches, so start-up leaves
+/// resident code the request path never runs (and, when the proxy runs inside the whole `skein`
+/// binary rather than the lean `skein-proxy`, megabytes of other roles' code). At start the
+/// proxy tells the kernel its code is read at random and drops what start-up mapped; pages come
+/// back as they are executed.
 fn trim_code_pages() {
     #[cfg(target_os = "linux")]
     {
