@@ -38,8 +38,8 @@ fn exec_lean_proxy() {
     else {
         return;
     };
-    // Tried rather than looked up first: the proxy UID may run a binary in a directory it
-    // cannot list or stat.
+    // Tried rather than looked up first: one call, and its error tells an absent binary
+    // (NotFound) from one this user may not run (e.g. under a home only root can enter).
     let err = std::process::Command::new(&lean).args(argv).exec();
     if err.kind() == std::io::ErrorKind::NotFound {
         tracing::info!(
