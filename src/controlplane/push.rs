@@ -971,8 +971,7 @@ mod tests {
     use crate::xds::resources::{DESTINATION_TYPE, SETTINGS_TYPE, split};
 
     fn config(yaml: &str) -> ProxyConfig {
-        let value: serde_json::Value = crate::yaml::from_str(yaml).expect("valid yaml");
-        serde_json::from_value(value).expect("valid config")
+        crate::proxy::config::load::parse(yaml).expect("valid config")
     }
 
     fn web_identity() -> ProxyIdentity {

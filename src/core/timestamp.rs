@@ -4,29 +4,30 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// `2026-12-02T02:07:52Z`: RFC 3339 in UTC, to the second.
 pub fn rfc3339(time: SystemTime) -> String {
-    let secs = time
-        .duration_since(UNIX_EPOCH)
-        .map(|since| since.as_secs())
-        .unwrap_or_default();
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = date_of(i64::try_from(days).unwrap_or_default());
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
+    render(time, false)
 }
 
 /// `2026-12-02T02:07:52.123456Z`: [`rfc3339`] to the microsecond, which orders events within a
 /// second (a proxy's recent errors).
 pub fn rfc3339_micros(time: SystemTime) -> String {
+    render(time, true)
+}
+
+fn render(time: SystemTime, micros: bool) -> String {
     let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let whole_seconds = rfc3339(UNIX_EPOCH + std::time::Duration::from_secs(since.as_secs()));
+    let secs = since.as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = date_of(i64::try_from(days).unwrap_or_default());
+    let fraction = if micros {
+        format!(".{:06}", since.subsec_micros())
+    } else {
+        String::new()
+    };
     format!(
-        "{}.{:06}Z",
-        whole_seconds.trim_end_matches('Z'),
-        since.subsec_micros()
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}{fraction}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
     )
 }
 
