@@ -36,7 +36,12 @@
 #   skein-mtls: as skein, the hop between the sidecars mutual TLS (TLS 1.3): both proxies hold a
 #             static workload certificate (--workload-cert; a throw-away CA made with openssl,
 #             spiffe://cluster.local/ns/bench/sa/{client,server}) and the endpoints carry their
-#             pods' identities (the only difference from `skein`)
+#             pods' identities (the only difference from `skein`), and, as the control plane
+#             says of proxies that take it, `http2Upgrade`: the client proxy carries HTTP/1
+#             requests to the server proxy over one HTTP/2 connection (src/proxy/http/multiplex.rs)
+#   skein-mtls-h1 (not run unless named in --modes): as skein-mtls without `http2Upgrade`: HTTP/1
+#             stays HTTP/1 between the proxies, one pooled connection per request in flight; what
+#             carrying it over HTTP/2 saves, next to skein-mtls in the same run
 #   skein-trace0, skein-trace1, skein-trace100 (not run unless named in --modes): as skein, both
 #             proxies exporting spans (Zipkin JSON) to a sink in their namespace (nginx answering
 #             202 on 127.0.0.1:9411, on the load generator's CPU), sampling 0%, 1% and 100% of the
@@ -170,7 +175,7 @@ H2_STREAMS=$(((CONNS + H2_CONNS - 1) / H2_CONNS))
 for p in ${PROTOCOLS//,/ }; do
   case "$p" in h1 | h2 | grpc | redis) ;; *) echo "proxy.sh: unknown protocol '$p' (h1, h2, grpc, redis)" >&2; exit 2 ;; esac
 done
-ALL_MODES="direct direct-rules skein skein-mtls skein-trace0 skein-trace1 skein-trace100 nginx haproxy"
+ALL_MODES="direct direct-rules skein skein-mtls skein-mtls-h1 skein-trace0 skein-trace1 skein-trace100 nginx haproxy"
 for m in ${MODES//,/ }; do
   [[ " $ALL_MODES " == *" $m "* ]] || { echo "proxy.sh: unknown mode '$m' (${ALL_MODES// /, })" >&2; exit 2; }
 done
@@ -640,7 +645,8 @@ EOF
 #     inbound side names its caller in metrics.
 # mtls: endpoints carry their pod's identity (spiffe://cluster.local/ns/bench/sa/NAME), except,
 # in the server proxy's own config, the server pod's: a proxy never speaks mTLS to its own pod
-# (the injector's POD_IP, --pod-ip, covers one address: the second one is only this bench's).
+# (the injector's POD_IP, --pod-ip, covers one address: the second one is only this bench's); and
+# http2Upgrade, as for a pod injected by this build. mtls-h1: the identities only.
 skein_config() {
   python3 - "$1" "$2" "${3:-}" "$BENCH_NS" "$MESH_TRUST_DOMAIN" "$CLIENT_IP" "$SERVER_IP" "$SERVER_IP2" \
     "$APP_H1_PORT" "$APP_H2_PORT" "$APP_GRPC_PORT" "$APP_TCP_PORT" "$APP_REDIS_PORT" <<'EOF'
@@ -653,6 +659,8 @@ def port(p, pod, addresses, protocol="detect", labels=None):
                     "workload": {"name": pod, "namespace": ns}}
         if mtls and pod != side:
             endpoint["identity"] = f"{trust}/ns/{ns}/sa/{pod}"
+            if mtls != "mtls-h1":
+                endpoint["http2Upgrade"] = True
         endpoints.append(endpoint)
     return {"port": int(p), "protocol": protocol, "endpoints": endpoints}
 def server_port(p, protocol="detect"):
@@ -707,15 +715,15 @@ start_span_sinks() {
   done
 }
 
-start_skein() { # [mtls | trace PERCENT]: both sidecars (the capture rules are in place)
+start_skein() { # [mtls | mtls-h1 | trace PERCENT]: both sidecars (the capture rules are in place)
   local side ns pids=() extra mtls="" pod_ip
   mkdir -p "$WORK/mtls"
   if [ "${1:-}" = trace ]; then
     start_span_sinks || return 1
   fi
-  if [ "${1:-}" = mtls ]; then
+  if [ "${1:-}" = mtls ] || [ "${1:-}" = mtls-h1 ]; then
     make_certs || { log "openssl could not make the certificates: $(tail -3 "$WORK/logs/openssl.log")"; return 1; }
-    mtls=mtls
+    mtls=$1
   fi
   chmod 755 "$WORK/mtls"
   for side in client server; do
@@ -725,7 +733,7 @@ start_skein() { # [mtls | trace PERCENT]: both sidecars (the capture rules are i
     chmod 644 "$WORK/mtls/$side-config.json"
     # --pod-ip: what the injector passes as POD_IP.
     extra=(--config "$WORK/mtls/$side-config.json" --pod-ip "$pod_ip")
-    if [ "${1:-}" = mtls ]; then
+    if [ -n "$mtls" ]; then
       extra+=(--workload-cert "$WORK/mtls/$side.pem" --workload-key "$WORK/mtls/$side.key" --trust-bundle "$WORK/mtls/ca.pem")
     fi
     if [ "${1:-}" = trace ]; then
@@ -988,7 +996,10 @@ bench_mode() {
       echo "as skein, both proxies exporting spans to a local sink (Zipkin JSON), sampling $percent% of new traces" >"$dir/note" ;;
     skein-mtls)
       start_skein mtls || { echo "failed: skein proxy (mTLS) did not become ready: $(problems "$WORK"/logs/skein-*.log "$WORK"/logs/openssl.log)" >"$dir/status"; return 1; }
-      echo "loadgen -> (REDIRECT) skein :$OUT_PORT -mTLS-> (REDIRECT) skein :$IN_PORT -> $SERVER_IP:$app_port; as skein, the endpoints with their identities ($MESH_TRUST_DOMAIN/ns/$BENCH_NS/sa/server)" >"$dir/note" ;;
+      echo "loadgen -> (REDIRECT) skein :$OUT_PORT -mTLS-> (REDIRECT) skein :$IN_PORT -> $SERVER_IP:$app_port; as skein, the endpoints with their identities ($MESH_TRUST_DOMAIN/ns/$BENCH_NS/sa/server) and http2Upgrade (HTTP/1 carried over HTTP/2 between the proxies)" >"$dir/note" ;;
+    skein-mtls-h1)
+      start_skein mtls-h1 || { echo "failed: skein proxy (mTLS) did not become ready: $(problems "$WORK"/logs/skein-*.log "$WORK"/logs/openssl.log)" >"$dir/status"; return 1; }
+      echo "as skein-mtls without http2Upgrade: HTTP/1 stays HTTP/1 between the proxies" >"$dir/note" ;;
     nginx)
       start_nginx_proxies "$proto" || { echo "failed: nginx did not start: $(problems "$WORK"/nginx-*/error.log "$WORK"/logs/nginx-*.log)" >"$dir/status"; return 1; }
       case "$proto" in

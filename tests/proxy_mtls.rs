@@ -2,13 +2,15 @@
 //! in network namespaces, the real `skein init` capture, the real `skein proxy`): each sidecar
 //! holds a workload certificate from the test mesh's CA (`--workload-cert`, as the control
 //! plane would issue it), the client's configuration names the identity each endpoint must
-//! prove, and every protocol crosses the encrypted hop. Strict mode refuses plaintext but the
+//! prove, and every protocol crosses the encrypted hop; HTTP/1 rides one HTTP/2 connection
+//! between the sidecars where the endpoint takes it. Strict mode refuses plaintext but the
 //! node's probes. Needs root, iproute2, iptables and curl.
 
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -22,7 +24,8 @@ const HTTP_PORT: u16 = 80;
 const OPAQUE_PORT: u16 = 5432;
 
 /// The client sidecar's configuration: the backend Service with one endpoint per
-/// `(port, server port)`, all on `server`, which must prove `identity`.
+/// `(port, server port)`, all on `server`, which must prove `identity` and takes HTTP/1 over
+/// HTTP/2.
 fn config(mesh: &Mesh, server: &Pod, identity: &str, ports: &[(u16, u16)]) -> Value {
     let ports: Vec<Value> = ports
         .iter()
@@ -31,6 +34,8 @@ fn config(mesh: &Mesh, server: &Pod, identity: &str, ports: &[(u16, u16)]) -> Va
                 "address": SocketAddr::from((server.ip, *target)).to_string(),
                 "workload": {"name": "backend", "namespace": "demo"},
                 "identity": identity,
+                // As the control plane says of a pod injected by this build.
+                "http2Upgrade": true,
             }]})
         })
         .collect();
@@ -79,6 +84,188 @@ fn http1_and_http2_cross_mutual_tls_and_the_server_sees_the_callers_identity() {
         ],
         |n| n == 2.0,
     );
+}
+
+/// What an HTTP/1 app answers after `APP_DELAY`, recording each request's head: long enough that
+/// the requests a test sends at once are all in flight together.
+fn recording_app(heads: Arc<Mutex<Vec<String>>>) -> impl Fn(TcpStream) + Send + Sync + 'static {
+    const APP_DELAY: Duration = Duration::from_millis(300);
+    move |mut stream: TcpStream| {
+        while let Some(head) = read_head(&mut stream) {
+            heads.lock().expect("heads").push(head);
+            thread::sleep(APP_DELAY);
+            let answered = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n");
+            if answered.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[test]
+fn http1_requests_to_a_proxy_that_takes_them_share_one_http2_connection_and_reach_the_app_as_http1()
+{
+    const CARRIED_PORT: u16 = 80;
+    const KEPT_PORT: u16 = 81;
+    const IN_FLIGHT: usize = 6;
+    let mesh = Mesh::new();
+    let server = mesh.pod("server");
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let _app = server.tcp_server(8080, recording_app(heads.clone()));
+    let _kept_app = server.tcp_server(8081, recording_app(Arc::default()));
+    let server_proxy = server.meshed_sidecar(None);
+    let client = mesh.pod("client");
+    // Two ports of the server: one as the control plane describes a pod whose proxy takes HTTP/1
+    // over HTTP/2 (`http2Upgrade`), one as a pod injected before that.
+    let endpoint = |carried: bool| {
+        let target = if carried { 8080 } else { 8081 };
+        json!([{
+            "address": SocketAddr::from((server.ip, target)).to_string(),
+            "workload": {"name": "backend", "namespace": "demo"},
+            "identity": server.identity(),
+            "http2Upgrade": carried,
+        }])
+    };
+    let _client_proxy = client.meshed_sidecar(Some(&json!({
+        "version": "1",
+        "workload": {"name": "client", "namespace": "demo"},
+        "destinations": [{
+            "name": SERVICE,
+            "addresses": [mesh.vip(VIP).to_string()],
+            "hosts": ["backend"],
+            "ports": [
+                {"port": CARRIED_PORT, "endpoints": endpoint(true)},
+                {"port": KEPT_PORT, "endpoints": endpoint(false)},
+            ],
+        }],
+    })));
+    // The client proxy's connections to the server's `port` (its pool keeps them open).
+    let to_server = |port| i64::try_from(client.established_to_port(port)).expect("a count");
+    // IN_FLIGHT HTTP/1.1 requests at once from as many client connections; how many connections
+    // the client's proxy opened to the server for them.
+    let send_at_once = |port: u16, target: u16| {
+        let before = to_server(target);
+        let responses: Vec<_> = thread::scope(|scope| {
+            let sent: Vec<_> = (0..IN_FLIGHT)
+                .map(|n| {
+                    let url = format!("http://backend:{port}/orders?id={n}");
+                    let resolve = format!("backend:{port}:{}", mesh.vip(VIP));
+                    let client = &client;
+                    scope.spawn(move || client.curl(&["--resolve", &resolve, &url]))
+                })
+                .collect();
+            sent.into_iter().map(|t| t.join().expect("curl")).collect()
+        });
+        for response in &responses {
+            assert_eq!(response.status, 200, "{response:?}");
+            assert!(
+                response.status_line.starts_with("HTTP/1.1 "),
+                "{response:?}"
+            );
+            assert_eq!(response.body, "ok\n", "{response:?}");
+        }
+        to_server(target) - before
+    };
+
+    // Carried: the client's proxy multiplexes every request on one mTLS connection.
+    let carried = send_at_once(CARRIED_PORT, 8080);
+    assert_eq!(
+        carried, 1,
+        "connections from the client's proxy to the server"
+    );
+    // The app got each as the HTTP/1.1 request the client sent, with nothing of the carrying.
+    let mut seen: Vec<String> = std::mem::take(&mut *heads.lock().expect("heads"));
+    assert_eq!(seen.len(), IN_FLIGHT, "{seen:?}");
+    seen.sort();
+    for (n, head) in seen.iter().enumerate() {
+        assert!(
+            head.starts_with(&format!("GET /orders?id={n} HTTP/1.1\r\n")),
+            "{head}"
+        );
+        // curl leaves out the default port.
+        assert_eq!(head_value(head, "host"), Some("backend"), "{head}");
+        assert_eq!(head_value(head, "x-skein-orig-proto"), None, "{head}");
+    }
+
+    // Kept as HTTP/1: one connection per request in flight (so the count above could fail).
+    let kept = send_at_once(KEPT_PORT, 8081);
+    assert!(
+        kept >= 2,
+        "connections from the client's proxy to the server: {kept}"
+    );
+
+    // The server's proxy counts the requests as HTTP/1 from the client's identity.
+    server_proxy.wait_for_metric(
+        "skein_proxy_requests_total",
+        &[
+            ("direction", "inbound"),
+            ("source_principal", &client.identity()),
+            ("tls", "true"),
+            ("status_code", "200"),
+        ],
+        |n| n == (2 * IN_FLIGHT) as f64,
+    );
+}
+
+/// An HTTP/1 app that reads `/stall` requests' heads but never their bodies (holding the
+/// connection), and answers any other request once it has read its `content-length` body.
+fn stalling_app(mut stream: TcpStream) {
+    while let Some(head) = read_head(&mut stream) {
+        if head.starts_with("POST /stall ") {
+            thread::sleep(Duration::from_secs(20));
+            return;
+        }
+        let length: u64 =
+            head_value(&head, "content-length").map_or(0, |v| v.parse().expect("length"));
+        let read = std::io::copy(&mut (&mut stream).take(length), &mut std::io::sink());
+        if read.ok() != Some(length)
+            || stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
+                .is_err()
+        {
+            return;
+        }
+    }
+}
+
+#[test]
+fn an_upload_the_app_stops_reading_holds_up_no_other_request_on_the_shared_connection() {
+    let mesh = Mesh::new();
+    let server = mesh.pod("server");
+    let _app = server.tcp_server(8080, stalling_app);
+    let _server_proxy = server.meshed_sidecar(None);
+    let client = mesh.pod("client");
+    let _client_proxy = client.meshed_sidecar(Some(&config(
+        &mesh,
+        &server,
+        &server.identity(),
+        &[(HTTP_PORT, 8080)],
+    )));
+    let url = |path: &str| format!("http://{}:{HTTP_PORT}{path}", mesh.vip(VIP));
+    let body = |name: &str, bytes: usize| {
+        let path = mesh.dir().join(name);
+        std::fs::write(&path, vec![b'x'; bytes]).expect("body file");
+        format!("@{}", path.to_str().expect("a UTF-8 path"))
+    };
+    // Far more than the socket buffers and one HTTP/2 stream window hold: the upload stalls with
+    // its stream's window used up.
+    let stalled_body = body("stalled", 64 << 20);
+    let small_body = body("small", 256 << 10);
+    // Opens the shared connection first, so both requests below are streams on it.
+    assert_eq!(client.curl(&[&url("/first")]).status, 200);
+    thread::scope(|scope| {
+        let stalled =
+            scope.spawn(|| client.curl(&["--data-binary", &stalled_body, &url("/stall")]));
+        // Let the stalled upload fill what it can.
+        thread::sleep(Duration::from_secs(2));
+        let other = client.curl(&["--data-binary", &small_body, &url("/other")]);
+        assert_eq!(other.status, 200, "{other:?}");
+        assert_eq!(other.body, "ok\n", "{other:?}");
+        // The stalled upload ends with curl's time limit or the app's close; either way it
+        // got no 200.
+        let stalled = stalled.join().expect("curl");
+        assert_ne!(stalled.status, 200, "{stalled:?}");
+    });
 }
 
 #[test]

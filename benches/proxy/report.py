@@ -25,9 +25,9 @@ from collections import Counter
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TRACING = ("skein-trace0", "skein-trace1", "skein-trace100")
-MODES = ("direct", "direct-rules", "skein", "skein-mtls") + TRACING + ("nginx", "haproxy")
+MODES = ("direct", "direct-rules", "skein", "skein-mtls", "skein-mtls-h1") + TRACING + ("nginx", "haproxy")
 BASELINES = ("direct", "direct-rules")
-PROXIES = ("skein", "skein-mtls") + TRACING + ("nginx", "haproxy")
+PROXIES = ("skein", "skein-mtls", "skein-mtls-h1") + TRACING + ("nginx", "haproxy")
 # The Skein modes judged against the goals (the tracing modes are compared with `skein` instead).
 JUDGED = ("skein", "skein-mtls")
 HTTP_PROTOCOLS = ("h1", "h2", "grpc")
@@ -685,6 +685,9 @@ def collect(results):
             tracing = _tracing_vs_plain(po)
             if tracing:
                 po["tracing_vs_plain"] = tracing
+            carried = _carried_vs_http1(po)
+            if carried:
+                po["carried_vs_http1"] = carried
         out[proto] = po
         per_rep[proto] = reps_of
     return meta, out, per_rep
@@ -737,6 +740,29 @@ def _mtls_vs_plaintext(p):
             # CPU ms per connection, both proxies together (CPU per 1,000 rps = CPU ms per request).
             "cpu_ms_per_connection_added": _diff(m(mtls, run, "cpu_per_1k_rps"), m(plain, run, "cpu_per_1k_rps")),
         }
+    return out
+
+
+def _carried_vs_http1(p):
+    """skein-mtls (HTTP/1 carried over HTTP/2 between the proxies) against skein-mtls-h1 (HTTP/1
+    kept) of the same run, medians: max rps, CPU per 1,000 rps and PSS per proxy."""
+    carried, kept = p.get("skein-mtls"), p.get("skein-mtls-h1")
+    if not _ok(carried) or not _ok(kept):
+        return None
+
+    def m(agg, run, field):
+        return med(fig(agg, run, field))
+
+    out = {
+        "max_rps": {"http1": m(kept, "max", "rps"), "carried": m(carried, "max", "rps")},
+        "cpu_per_1k_rps_per_proxy": {
+            "http1": m(kept, "r1000", "cpu_per_1k_rps_per_proxy"),
+            "carried": m(carried, "r1000", "cpu_per_1k_rps_per_proxy"),
+        },
+        "pss_under_load_mib": {"http1": med(kept.get("pss_under_load_mib")), "carried": med(carried.get("pss_under_load_mib"))},
+    }
+    for figures in out.values():
+        figures["ratio"] = _ratio(figures["carried"], figures["http1"])
     return out
 
 
@@ -880,6 +906,7 @@ def _print_http(proto, po, meta):
         )  # fmt: skip
     _print_connections(po, meta)
     _print_mtls(po)
+    _print_carried(po)
     _print_tracing(po)
 
 
@@ -945,6 +972,21 @@ def _print_mtls(po):
     p("  With keep-alive (the rate and max runs) handshakes stay off the request path: the client proxy pools its")
     p("  mTLS connections to the server proxy (and resumes TLS sessions with tickets when it opens new ones).")
     p("  Both skein modes run the same --config; skein-mtls adds only the endpoints' identity (and the certificates).")
+
+
+def _print_carried(po):
+    c = po.get("carried_vs_http1")
+    if not c:
+        return
+    print("")
+    print("HTTP/1 carried over HTTP/2 between the proxies vs kept (skein-mtls vs skein-mtls-h1, medians of this run):")
+    for key, title, spec in (
+        ("max_rps", "max rps", "{:.0f}"),
+        ("cpu_per_1k_rps_per_proxy", "CPU/1k/proxy at 1,000 rps", "{:.3f}"),
+        ("pss_under_load_mib", "PSS per proxy under load (MiB)", "{:.1f}"),
+    ):
+        f = c[key]
+        print(f"  {title}: {_fmt(f['http1'], spec)} -> {_fmt(f['carried'], spec)} (x{_fmt(f['ratio'], '{:.2f}')})")
 
 
 def _print_tracing(po):
@@ -1111,7 +1153,7 @@ def _compact(proto, po):
         if proto == "redis":
             c["ratios"] = redis_ratios(po, mode)
         out[mode] = c
-    for key in ("mtls_vs_plaintext", "tracing_vs_plain"):
+    for key in ("mtls_vs_plaintext", "carried_vs_http1", "tracing_vs_plain"):
         if po.get(key):
             out[key] = po[key]
     out["goals"] = [

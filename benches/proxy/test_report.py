@@ -220,6 +220,18 @@ class Goals(unittest.TestCase):
         self.assertTrue(rows["PSS per proxy under load <= 10 MiB"]["met"])
         self.assertEqual({g["mode"] for g in goals("redis", po)}, {"skein-mtls"})
 
+    def test_carrying_http1_over_http2_is_compared_with_keeping_it(self):
+        po = {
+            "skein-mtls": agg({"max": {"rps": [15000.0]}, "r1000": {"cpu_per_1k_rps_per_proxy": [0.04]}}, pss_under_load_mib=s(9.0)),
+            "skein-mtls-h1": agg({"max": {"rps": [10000.0]}, "r1000": {"cpu_per_1k_rps_per_proxy": [0.05]}}, pss_under_load_mib=s(12.0)),
+        }  # fmt: skip
+        c = report._carried_vs_http1(po)
+        self.assertAlmostEqual(c["max_rps"]["ratio"], 1.5)
+        self.assertAlmostEqual(c["cpu_per_1k_rps_per_proxy"]["ratio"], 0.8)
+        self.assertAlmostEqual(c["pss_under_load_mib"]["ratio"], 0.75)
+        del po["skein-mtls-h1"]
+        self.assertIsNone(report._carried_vs_http1(po))
+
     def test_the_goal_constants_are_issue_16s(self):
         self.assertEqual(report.GOAL_CPU_PER_1K, {"h1": 0.05, "h2": 0.07, "grpc": 0.07})
         self.assertEqual((report.GOAL_LATENCY_VS_NGINX, report.GOAL_MAX_VS_HAPROXY, report.GOAL_PSS_MIB), (0.6, 1.1, 10.0))

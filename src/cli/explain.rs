@@ -847,6 +847,7 @@ mod tests {
                         workload: None,
                         terminating: false,
                         identity: Some("spiffe://cluster.local/ns/demo/sa/backend".into()),
+                        http2_upgrade: false,
                     }],
                     not_ready_endpoints: 2,
                 }],

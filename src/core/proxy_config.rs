@@ -221,6 +221,12 @@ pub struct Endpoint {
     /// (`spiffe://...`): callers originate mTLS and require it. Unset: plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+    /// The endpoint's proxy takes HTTP/1 requests carried over HTTP/2: callers reaching it over
+    /// mutual TLS multiplex their HTTP/1 requests on one connection to it (see
+    /// `skein_proxy::http::upstream`). Set by the control plane for pods whose injector says
+    /// their proxy can; a proxy from before that would pass HTTP/2 on to an HTTP/1 app.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub http2_upgrade: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

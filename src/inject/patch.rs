@@ -74,6 +74,12 @@ const DEFAULT_TERMINATION_GRACE_SECONDS: i64 = 30;
 pub const STATUS_ANNOTATION: &str = "skein.dev/injection-status";
 /// The Skein version the pod was injected with.
 pub const VERSION_ANNOTATION: &str = "skein.dev/proxy-version";
+/// What the pod's proxy can do that callers must know before relying on it (comma-separated);
+/// the control plane reads it ([`PROXY_FEATURE_HTTP2_UPGRADE`]). Absent: a proxy from before
+/// features were declared, or an image the injector cannot vouch for.
+pub const FEATURES_ANNOTATION: &str = "skein.dev/proxy-features";
+/// The proxy takes HTTP/1 requests carried over HTTP/2 from other proxies (`x-skein-orig-proto`).
+pub const PROXY_FEATURE_HTTP2_UPGRADE: &str = "http2-upgrade";
 pub const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-container";
 pub const PROMETHEUS_SCRAPE_ANNOTATION: &str = "prometheus.io/scrape";
 pub const PROMETHEUS_PORT_ANNOTATION: &str = "prometheus.io/port";
@@ -208,7 +214,17 @@ pub fn inject(pod: &Pod, cfg: &InjectConfig) -> Result<Pod, InjectError> {
     }
 
     let version = cfg.mesh.effective_version();
-    annotate(&mut injected, &proxy, version, &app_container, status)?;
+    // Features are this build's: declared only when the pod runs this build's proxy, not an
+    // image a MeshConfig `version` or the pod's annotation chose.
+    let own_build = version == names::SKEIN_VERSION && proxy.image == cfg.proxy_image();
+    annotate(
+        &mut injected,
+        &proxy,
+        version,
+        &app_container,
+        status,
+        own_build,
+    )?;
     Ok(injected)
 }
 
@@ -659,9 +675,13 @@ fn annotate(
     version: &str,
     app_container: &str,
     mut status: InjectionStatus,
+    own_build: bool,
 ) -> Result<(), InjectError> {
     let annotations = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
     let mut added = vec![(VERSION_ANNOTATION, version.to_owned())];
+    if own_build {
+        added.push((FEATURES_ANNOTATION, PROXY_FEATURE_HTTP2_UPGRADE.to_owned()));
+    }
     if !annotations.contains_key(DEFAULT_CONTAINER_ANNOTATION) {
         added.push((DEFAULT_CONTAINER_ANNOTATION, app_container.to_owned()));
     }
@@ -1105,6 +1125,8 @@ mod tests {
         let init = find(&injected, "skein-init");
         assert_eq!(proxy.image.as_deref(), Some("registry.local/skein:dev"));
         assert_eq!(init.image.as_deref(), Some("registry.local/skein:dev"));
+        // An image the pod chose may be any build: no features are declared for it.
+        assert_eq!(annotation(&injected, FEATURES_ANNOTATION), None);
         assert_eq!(env(proxy)["SKEIN_LOG"], json!("debug"));
         assert_eq!(
             serde_json::to_value(&proxy.resources).unwrap(),
@@ -1171,6 +1193,8 @@ mod tests {
         assert!(init_args.contains(&"--proxy-uid=1500".to_owned()));
         assert!(init_args.contains(&"--proxy-ports=7000".to_owned()));
         assert_eq!(annotation(&injected, VERSION_ANNOTATION), Some("9.9.9"));
+        // Another version's proxy: its features are not this build's to declare.
+        assert_eq!(annotation(&injected, FEATURES_ANNOTATION), None);
         assert_eq!(
             annotation(&injected, PROMETHEUS_PORT_ANNOTATION),
             Some("7000")
@@ -1180,6 +1204,10 @@ mod tests {
     #[test]
     fn annotations_record_the_injection() {
         let injected = inject(&web(), &config(true)).unwrap();
+        assert_eq!(
+            annotation(&injected, FEATURES_ANNOTATION),
+            Some(PROXY_FEATURE_HTTP2_UPGRADE)
+        );
         assert_eq!(
             annotation(&injected, VERSION_ANNOTATION),
             Some(names::SKEIN_VERSION)
@@ -1214,6 +1242,7 @@ mod tests {
                 volumes: vec!["skein-identity".into(), "skein-proxy-state".into()],
                 annotations: vec![
                     VERSION_ANNOTATION.into(),
+                    FEATURES_ANNOTATION.into(),
                     DEFAULT_CONTAINER_ANNOTATION.into(),
                     PROMETHEUS_SCRAPE_ANNOTATION.into(),
                     PROMETHEUS_PORT_ANNOTATION.into(),
@@ -1308,7 +1337,10 @@ mod tests {
         assert_eq!(annotation(&injected, PROMETHEUS_PATH_ANNOTATION), None);
         let status: InjectionStatus =
             serde_json::from_str(annotation(&injected, STATUS_ANNOTATION).unwrap()).unwrap();
-        assert_eq!(status.annotations, [VERSION_ANNOTATION]);
+        assert_eq!(
+            status.annotations,
+            [VERSION_ANNOTATION, FEATURES_ANNOTATION]
+        );
         assert_eq!(status.containers, ["skein-proxy"]);
     }
 

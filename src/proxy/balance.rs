@@ -525,6 +525,7 @@ mod tests {
             }),
             terminating: false,
             identity: None,
+            http2_upgrade: false,
         }
     }
 

@@ -34,6 +34,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub const HTTP2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
 /// Streams the server may reset because of the client's protocol errors, per connection.
 pub const HTTP2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
+/// HTTP/2 flow control, both ways between proxies (the inbound server and the upstream clients).
+/// A stream whose reader stalls keeps up to one stream window unread; the connection's window is
+/// 16 of them, so it takes 16 stalled bodies, not one, to hold up the other streams of a
+/// connection: HTTP/1 requests from many clients share one ([`crate::http::multiplex`]).
+pub const HTTP2_STREAM_WINDOW: u32 = 1024 * 1024;
+pub const HTTP2_CONNECTION_WINDOW: u32 = 16 * HTTP2_STREAM_WINDOW;
 /// hyper refuses smaller HTTP/1 buffers (and a head must fit a request line and a few headers).
 pub const MIN_HEADER_BYTES: usize = 8 * 1024;
 

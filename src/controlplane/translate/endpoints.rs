@@ -399,6 +399,11 @@ fn port_endpoints(
             if identity.is_none() && client_mtls == Some(MtlsMode::Strict) {
                 continue;
             }
+            let http2_upgrade = identity.is_some()
+                && endpoint
+                    .pod
+                    .as_deref()
+                    .is_some_and(super::mtls::takes_http2_upgrade);
             for ip in &endpoint.ips {
                 endpoints.push(Endpoint {
                     address: SocketAddr::new(*ip, target),
@@ -406,6 +411,7 @@ fn port_endpoints(
                     workload: endpoint.workload.clone(),
                     terminating: endpoint.terminating,
                     identity: identity.clone(),
+                    http2_upgrade,
                 });
             }
         }

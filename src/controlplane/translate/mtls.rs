@@ -34,7 +34,7 @@ use crate::api::meshconfig::MtlsMode;
 use crate::api::mtls_policy::{MtlsPolicy, MtlsPolicySpec};
 use crate::api::not_acting::NotActing;
 use crate::identity::SpiffeId;
-use crate::inject::patch::STATUS_ANNOTATION;
+use crate::inject::patch::{FEATURES_ANNOTATION, PROXY_FEATURE_HTTP2_UPGRADE, STATUS_ANNOTATION};
 use crate::proxy::config::types::{InboundMtls, ProbePort};
 
 /// The mesh-wide settings the translation needs, with the accepted MtlsPolicies.
@@ -388,6 +388,21 @@ pub(super) fn identity_of(pod: &Pod, trust_domain: &str) -> Option<SpiffeId> {
     Some(SpiffeId::new(trust_domain, namespace, service_account))
 }
 
+/// Whether the pod's proxy takes HTTP/1 requests carried over HTTP/2, as its injector declared
+/// ([`FEATURES_ANNOTATION`]): callers that reach it over mTLS then multiplex their HTTP/1 requests
+/// on one connection. Pods injected before features were declared are reached as before.
+pub(super) fn takes_http2_upgrade(pod: &Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|annotations| annotations.get(FEATURES_ANNOTATION))
+        .is_some_and(|features| {
+            features
+                .split(',')
+                .any(|feature| feature.trim() == PROXY_FEATURE_HTTP2_UPGRADE)
+        })
+}
+
 /// The ports (with their HTTP paths) the kubelet probes, over every container; sorted.
 fn probe_ports(pod: &Pod) -> Vec<ProbePort> {
     let mut ports: Vec<ProbePort> = Vec::new();
@@ -516,6 +531,25 @@ mod tests {
             mesh(MtlsMode::Disabled).endpoint_identity(&pod(true, Some("web")), 8080, None),
             None
         );
+    }
+
+    #[test]
+    fn only_a_declared_feature_lets_callers_carry_http1_over_http2() {
+        let with = |features: Option<&str>| {
+            let mut pod = pod(true, Some("web"));
+            if let Some(features) = features {
+                pod.metadata
+                    .annotations
+                    .get_or_insert_default()
+                    .insert(FEATURES_ANNOTATION.to_owned(), features.to_owned());
+            }
+            takes_http2_upgrade(&pod)
+        };
+        assert!(with(Some("http2-upgrade")));
+        assert!(with(Some("other, http2-upgrade")));
+        // Injected before features were declared, or by a build declaring others.
+        assert!(!with(None));
+        assert!(!with(Some("http2-upgraded,other")));
     }
 
     #[test]

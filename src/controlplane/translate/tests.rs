@@ -323,6 +323,35 @@ fn service_slices_and_pods_make_a_destination_with_labelled_endpoints() {
 }
 
 #[test]
+fn meshed_endpoints_take_http1_over_http2_when_their_injector_said_so() {
+    use crate::inject::patch::{FEATURES_ANNOTATION, STATUS_ANNOTATION};
+    let mut world = World::demo();
+    // v1 was injected by this build (features declared), v2 by an earlier one.
+    let annotate = |pod: &mut Arc<Pod>, annotations: Value| {
+        let pod = Arc::make_mut(pod);
+        pod.metadata.annotations = serde_json::from_value(annotations).unwrap();
+    };
+    annotate(
+        &mut world.pods[0],
+        json!({STATUS_ANNOTATION: "{}", FEATURES_ANNOTATION: "http2-upgrade"}),
+    );
+    annotate(&mut world.pods[1], json!({STATUS_ANNOTATION: "{}"}));
+    let endpoints = |world: &World| {
+        let config = config_in(&world.build(), "other");
+        dest(&config, BACKEND).ports[0]
+            .endpoints
+            .iter()
+            .map(|e| (e.identity.is_some(), e.http2_upgrade))
+            .collect::<Vec<_>>()
+    };
+    // (meshed over mTLS, takes HTTP/1 over HTTP/2) for 10.0.0.1 (v1) and 10.0.0.2 (v2).
+    assert_eq!(endpoints(&world), [(true, true), (true, false)]);
+    // Only over mTLS: plaintext to the same pod stays HTTP/1.
+    world.mesh.mtls.mode = crate::api::meshconfig::MtlsMode::Disabled;
+    assert_eq!(endpoints(&world), [(false, false), (false, false)]);
+}
+
+#[test]
 fn endpoints_not_ready_and_unusable_slices_and_ports_are_left_out() {
     let mut world = World::bare();
     world.services.push(service(

@@ -435,6 +435,7 @@ fn port_to_proto(port: &cfg::DestinationPort) -> pb::DestinationPort {
                 workload: endpoint.workload.as_ref().map(workload_to_proto),
                 terminating: endpoint.terminating,
                 identity: endpoint.identity.clone().unwrap_or_default(),
+                http2_upgrade: endpoint.http2_upgrade,
             })
             .collect(),
         not_ready_endpoints: port.not_ready_endpoints,
@@ -465,6 +466,7 @@ fn port_from_proto(port: pb::DestinationPort) -> Result<cfg::DestinationPort> {
                     workload: endpoint.workload.map(workload_from_proto),
                     terminating: endpoint.terminating,
                     identity: Some(endpoint.identity).filter(|id| !id.is_empty()),
+                    http2_upgrade: endpoint.http2_upgrade,
                 })
             })
             .collect::<Result<_>>()?,

@@ -69,6 +69,8 @@ pub struct Compiled {
     /// The identity of the workload at an address (any of its ports), to trust an inbound
     /// peer's address only when its certificate says the same.
     identities_by_ip: HashMap<IpAddr, SpiffeId>,
+    /// Meshed endpoints whose proxy takes HTTP/1 requests over HTTP/2.
+    http2_upgrade: HashSet<SocketAddr>,
     /// No `--config`: forward everything to its original destination, as before a mesh.
     pub passthrough: bool,
     /// A stand-in until the control plane's first configuration: nothing is known yet, and under
@@ -91,6 +93,7 @@ impl Compiled {
         let mut workloads = HashMap::new();
         let mut identities = HashMap::new();
         let mut identities_by_ip = HashMap::new();
+        let mut http2_upgrade = HashSet::new();
         let mut names = HashSet::new();
         for destination in &config.destinations {
             if !names.insert(destination.name.as_str()) {
@@ -115,8 +118,12 @@ impl Compiled {
                                 &format!("endpoint {}: {err}", endpoint.address),
                             )
                         })?;
+                        let address = SocketAddr::new(ip, endpoint.address.port());
                         identities_by_ip.insert(ip, id.clone());
-                        identities.insert(SocketAddr::new(ip, endpoint.address.port()), id);
+                        identities.insert(address, id);
+                        if endpoint.http2_upgrade {
+                            http2_upgrade.insert(address);
+                        }
                     }
                 }
                 for address in &destination.addresses {
@@ -147,6 +154,7 @@ impl Compiled {
             workloads,
             identities,
             identities_by_ip,
+            http2_upgrade,
             passthrough: false,
             awaiting_first: false,
             source: config,
@@ -174,6 +182,7 @@ impl Compiled {
             workloads: HashMap::new(),
             identities: HashMap::new(),
             identities_by_ip: HashMap::new(),
+            http2_upgrade: HashSet::new(),
             passthrough: true,
             awaiting_first,
             source,
@@ -223,6 +232,14 @@ impl Compiled {
     /// The identity an endpoint proves with mutual TLS; `None`: it takes plaintext.
     pub fn identity_of(&self, endpoint: SocketAddr) -> Option<&SpiffeId> {
         self.identities.get(&SocketAddr::new(
+            endpoint.ip().to_canonical(),
+            endpoint.port(),
+        ))
+    }
+
+    /// Whether the meshed endpoint's proxy takes HTTP/1 requests carried over HTTP/2.
+    pub fn takes_http2_upgrade(&self, endpoint: SocketAddr) -> bool {
+        self.http2_upgrade.contains(&SocketAddr::new(
             endpoint.ip().to_canonical(),
             endpoint.port(),
         ))

@@ -18,10 +18,13 @@ use crate::inbound::{self, Plaintext};
 use crate::reasons::Reason;
 
 pub async fn handle(
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     context: &RequestContext,
     started: Instant,
 ) -> Response<ProxyBody> {
+    // An HTTP/1 request the caller's proxy carried over HTTP/2 is the HTTP/1 request again,
+    // for the policies, the metrics and the app.
+    super::multiplex::restore(&mut request);
     let config = context.shared.config.current();
     let connection = &context.connection;
     let Prepared {

@@ -10,7 +10,8 @@
 //!   mirroring, and the request metrics;
 //! - [`upstream`]: pooled connections to upstreams; [`body`]: replayable and metered bodies.
 //!
-//! Upstream requests use the HTTP version the client spoke (gRPC stays HTTP/2 end to end).
+//! Upstream requests use the HTTP version the client spoke (gRPC stays HTTP/2 end to end),
+//! except between two proxies, where HTTP/1 may travel over HTTP/2 ([`multiplex`]).
 //! WebSocket upgrades are passed through: after the upstream's `101`, bytes are copied both
 //! ways. Other upgrades (`h2c`, ...) are not: the request is forwarded as plain HTTP/1.1
 //! ([`requested_upgrade`]), and an upstream's `101` to a request not upgraded is answered `502`.
@@ -18,6 +19,7 @@
 pub mod body;
 pub(crate) mod forward;
 pub(crate) mod inbound;
+pub mod multiplex;
 pub(crate) mod outbound;
 pub mod upstream;
 
@@ -118,6 +120,8 @@ where
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
             .max_pending_accept_reset_streams(super::limits::HTTP2_MAX_PENDING_ACCEPT_RESETS)
             .max_local_error_reset_streams(super::limits::HTTP2_MAX_LOCAL_ERROR_RESETS)
+            .initial_stream_window_size(super::limits::HTTP2_STREAM_WINDOW)
+            .initial_connection_window_size(super::limits::HTTP2_CONNECTION_WINDOW)
             .serve_connection(io, service);
         let shut_down = async {
             if inbound {

@@ -1,5 +1,5 @@
 //! Connections to upstreams: one pooled client per HTTP version, and what a failed send means
-//! for retries.
+//! for retries. HTTP/1 to meshed endpoints that take it travels over HTTP/2 ([`multiplex`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use super::body::ProxyBody;
+use super::multiplex;
 use crate::config::ConfigStore;
 use crate::mtls::{self, Mtls};
 use crate::retry::AttemptOutcome;
@@ -73,7 +74,10 @@ impl Upstreams {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
         let mut builder = Client::builder(TokioExecutor::new());
-        builder.pool_idle_timeout(pool_idle);
+        builder
+            .pool_idle_timeout(pool_idle)
+            .http2_initial_stream_window_size(crate::limits::HTTP2_STREAM_WINDOW)
+            .http2_initial_connection_window_size(crate::limits::HTTP2_CONNECTION_WINDOW);
         // Requests carry absolute URIs built from endpoint addresses; nothing else is resolved.
         let mut plain = connector.clone();
         plain.enforce_http(true);
@@ -123,16 +127,25 @@ impl Upstreams {
     /// Sends one try of a request to `address`, speaking the version the client spoke, over
     /// mutual TLS if the endpoint is meshed. Takes the head by value: a try that may be retried
     /// sends a copy, the last one the original, so no try copies the headers twice.
+    ///
+    /// An HTTP/1 request to a meshed endpoint whose proxy takes it goes over HTTP/2
+    /// ([`multiplex`]); its response is handed back as HTTP/1.1.
     pub async fn send(
         &self,
         address: SocketAddr,
-        parts: Parts,
+        mut parts: Parts,
         body: ProxyBody,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let meshed = self
-            .mtls
-            .identity_for(&self.config.current(), address)
-            .is_some();
+        let (meshed, carried) = {
+            let config = self.config.current();
+            let meshed = self.mtls.identity_for(&config, address).is_some();
+            let carried =
+                meshed && config.takes_http2_upgrade(address) && multiplex::can_carry(&parts);
+            (meshed, carried)
+        };
+        if carried {
+            multiplex::carry(&mut parts);
+        }
         let http2 = parts.version == Version::HTTP_2;
         let request = build(address, meshed, parts, body)?;
         let sent = match (meshed, http2) {
@@ -141,7 +154,11 @@ impl Upstreams {
             (true, false) => self.mtls_http1.request(request).await,
             (true, true) => self.mtls_http2.request(request).await,
         };
-        sent.map_err(|err| classify(address, &err))
+        let mut response = sent.map_err(|err| classify(address, &err))?;
+        if carried {
+            *response.version_mut() = Version::HTTP_11;
+        }
+        Ok(response)
     }
 }
 
