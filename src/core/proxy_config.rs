@@ -223,7 +223,7 @@ pub struct Endpoint {
     pub identity: Option<String>,
     /// The endpoint's proxy takes HTTP/1 requests carried over HTTP/2: callers reaching it over
     /// mutual TLS multiplex their HTTP/1 requests on one connection to it (see
-    /// `skein_proxy::http::upstream`). Set by the control plane for pods whose injector says
+    /// `skein_proxy::http::multiplex`). Set by the control plane for pods whose injector says
     /// their proxy can; a proxy from before that would pass HTTP/2 on to an HTTP/1 app.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub http2_upgrade: bool,
