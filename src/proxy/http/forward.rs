@@ -12,13 +12,12 @@ use http::header::{CONNECTION, HeaderValue, UPGRADE};
 use http::request::Parts;
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 
 use super::body::{self, Metered, OnResponseEnd, ProxyBody, RequestBody};
-use super::upstream::UpstreamError;
+use super::upstream::{UpstreamBody, UpstreamError};
 use super::{RequestContext, local_response};
 use crate::Direction;
 use crate::balance::{self, Pick};
@@ -627,11 +626,11 @@ impl Tries<'_> {
         let Some(pick) = service.balancer.pick(subset, &[], Instant::now(), &mut rng) else {
             return;
         };
-        let upstreams = self.context.shared.upstreams.clone();
+        let shared = self.context.shared.clone();
         let parts = self.parts.clone();
         tokio::spawn(async move {
             let sent = Instant::now();
-            let outcome = match upstreams.send(pick.address(), parts, body).await {
+            let outcome = match shared.upstreams.send(pick.address(), parts, body).await {
                 Ok(response) => balance::Outcome::Response {
                     latency: sent.elapsed(),
                     failure: response.status().is_server_error(),
@@ -746,7 +745,7 @@ fn retries_on_grpc_status(policy: &RetryPolicy) -> bool {
 /// A gRPC error without messages is headers then trailers; to retry on its status the proxy
 /// waits for the first frame of the body: trailers give the status (and the response is
 /// rebuilt from them), a message means the call is answering and is streamed on untouched.
-async fn with_grpc_status(response: Response<Incoming>) -> (Response<ProxyBody>, Option<i32>) {
+async fn with_grpc_status(response: Response<UpstreamBody>) -> (Response<ProxyBody>, Option<i32>) {
     let (parts, mut incoming) = response.into_parts();
     let first = incoming.frame().await;
     let status = match &first {

@@ -8,7 +8,8 @@
 //! - [`inbound`]: to the app — forward to it at the pod IP;
 //! - [`forward`]: both — tries, retries with back-off and budget, timeouts, load balancing,
 //!   mirroring, and the request metrics;
-//! - [`upstream`]: pooled connections to upstreams; [`body`]: replayable and metered bodies.
+//! - [`upstream`]: requests to upstreams, on connections kept by [`pool`]; [`body`]: replayable
+//!   and metered bodies.
 //!
 //! Upstream requests use the HTTP version the client spoke (gRPC stays HTTP/2 end to end),
 //! except between two proxies, where HTTP/1 may travel over HTTP/2 ([`multiplex`]).
@@ -21,6 +22,7 @@ pub(crate) mod forward;
 pub(crate) mod inbound;
 pub mod multiplex;
 pub(crate) mod outbound;
+pub mod pool;
 pub mod upstream;
 
 use std::convert::Infallible;

@@ -47,8 +47,8 @@ pub struct Mtls {
     own_ip: Option<IpAddr>,
     server: TlsAcceptor,
     client_opaque: TlsConnector,
-    /// For the HTTP clients' connectors, which set the ALPN of their HTTP version.
-    pub client_http: ClientConfig,
+    client_http1: TlsConnector,
+    client_http2: TlsConnector,
 }
 
 impl std::fmt::Debug for Mtls {
@@ -99,12 +99,16 @@ impl Mtls {
             }))
             .with_client_cert_resolver(own);
         // Clones share the session cache, so every kind of connection resumes the same sessions.
-        let mut opaque = client.clone();
-        opaque.alpn_protocols = vec![ALPN_OPAQUE.to_vec()];
+        let with_alpn = |alpn: &[u8]| {
+            let mut config = client.clone();
+            config.alpn_protocols = vec![alpn.to_vec()];
+            TlsConnector::from(Arc::new(config))
+        };
         Self {
             server: TlsAcceptor::from(Arc::new(server)),
-            client_opaque: TlsConnector::from(Arc::new(opaque)),
-            client_http: client,
+            client_opaque: with_alpn(ALPN_OPAQUE),
+            client_http1: with_alpn(ALPN_HTTP1),
+            client_http2: with_alpn(ALPN_HTTP2),
             credentials,
             own_ip: own_ip.map(|ip| ip.to_canonical()),
         }
@@ -136,6 +140,22 @@ impl Mtls {
         server: &SpiffeId,
     ) -> io::Result<client::TlsStream<TcpStream>> {
         self.client_opaque.connect(server_name(server)?, tcp).await
+    }
+
+    /// Opens an mTLS connection over `tcp` for HTTP/2 or HTTP/1.1 (said by ALPN) to a server
+    /// that must prove it is `server`.
+    pub async fn connect_http(
+        &self,
+        tcp: TcpStream,
+        server: &SpiffeId,
+        http2: bool,
+    ) -> io::Result<client::TlsStream<TcpStream>> {
+        let connector = if http2 {
+            &self.client_http2
+        } else {
+            &self.client_http1
+        };
+        connector.connect(server_name(server)?, tcp).await
     }
 
     /// Completes the server side of a handshake whose ClientHello asked for a Skein identity.
