@@ -42,6 +42,9 @@
 #   skein-mtls-h1 (not run unless named in --modes): as skein-mtls without `http2Upgrade`: HTTP/1
 #             stays HTTP/1 between the proxies, one pooled connection per request in flight; what
 #             carrying it over HTTP/2 saves, next to skein-mtls in the same run
+#   skein-base, skein-mtls-base (not run unless named in --modes; need SKEIN_BASELINE_BIN): as skein
+#             and skein-mtls, with the proxies of another build: an A/B of two builds side by side
+#             in one run (the report's "this build vs the baseline build")
 #   skein-trace0, skein-trace1, skein-trace100 (not run unless named in --modes): as skein, both
 #             proxies exporting spans (Zipkin JSON) to a sink in their namespace (nginx answering
 #             202 on 127.0.0.1:9411, on the load generator's CPU), sampling 0%, 1% and 100% of the
@@ -85,6 +88,7 @@
 #   --reps N     repetitions of every mode (default 5; 1 with --quick)
 #   --keep       keep the work directory (configs, logs, raw load-generator output)
 # Environment: SKEIN_BIN (use this binary, and the skein-proxy beside it, instead of `cargo build --release`),
+#   SKEIN_BASELINE_BIN (the same for another build, which the -base modes run; e.g. main's before a change),
 #   SKBENCH_LOADGEN_CPU (default 0), SKBENCH_SERVER_CPU (default 1: app and every proxy),
 #   SKBENCH_CONNECTIONS (default 64 in-flight requests), SKBENCH_MAX_SECONDS, SKBENCH_RATE_SECONDS,
 #   SKBENCH_WARMUP_SECONDS, SKBENCH_HANDSHAKE_SECONDS (each connection-cost run; 2, or 5 without
@@ -175,12 +179,16 @@ H2_STREAMS=$(((CONNS + H2_CONNS - 1) / H2_CONNS))
 for p in ${PROTOCOLS//,/ }; do
   case "$p" in h1 | h2 | grpc | redis) ;; *) echo "proxy.sh: unknown protocol '$p' (h1, h2, grpc, redis)" >&2; exit 2 ;; esac
 done
-ALL_MODES="direct direct-rules skein skein-mtls skein-mtls-h1 skein-trace0 skein-trace1 skein-trace100 nginx haproxy"
+ALL_MODES="direct direct-rules skein skein-mtls skein-mtls-h1 skein-base skein-mtls-base skein-trace0 skein-trace1 skein-trace100 nginx haproxy"
 for m in ${MODES//,/ }; do
   [[ " $ALL_MODES " == *" $m "* ]] || { echo "proxy.sh: unknown mode '$m' (${ALL_MODES// /, })" >&2; exit 2; }
 done
 want_proto() { [[ ",$PROTOCOLS," == *",$1,"* ]]; }
 want_mode() { [[ ",$MODES," == *",$1,"* ]]; }
+if [[ ",$MODES," == *-base,* ]] && [ ! -x "${SKEIN_BASELINE_BIN:-}" ]; then
+  echo "proxy.sh: the -base modes run SKEIN_BASELINE_BIN, a skein binary of another build (with its skein-proxy beside it)" >&2
+  exit 2
+fi
 
 CPUS=$(nproc)
 LOADGEN_CPU=${SKBENCH_LOADGEN_CPU:-0}
@@ -740,7 +748,7 @@ start_skein() { # [mtls | mtls-h1 | trace PERCENT]: both sidecars (the capture r
       extra+=(--zipkin-endpoint "http://127.0.0.1:$SPAN_SINK_PORT/api/v2/spans" --trace-sampling-percentage "$2")
     fi
     start "skein-$side" "$ns" "$SERVER_CPU" "${AS_PROXY[@]}" \
-      env SKEIN_LOG="${SKBENCH_SKEIN_LOG:-warn}" "$SKEIN" proxy --outbound-port "$OUT_PORT" --inbound-port "$IN_PORT" --admin-port "$ADMIN_PORT" \
+      env SKEIN_LOG="${SKBENCH_SKEIN_LOG:-warn}" "${SKEIN_RUN:-$SKEIN}" proxy --outbound-port "$OUT_PORT" --inbound-port "$IN_PORT" --admin-port "$ADMIN_PORT" \
       --drain-window 0s --drain-timeout 1s "${extra[@]}"
     pids+=("$LAST_PID")
   done
@@ -997,6 +1005,12 @@ bench_mode() {
     skein-mtls)
       start_skein mtls || { echo "failed: skein proxy (mTLS) did not become ready: $(problems "$WORK"/logs/skein-*.log "$WORK"/logs/openssl.log)" >"$dir/status"; return 1; }
       echo "loadgen -> (REDIRECT) skein :$OUT_PORT -mTLS-> (REDIRECT) skein :$IN_PORT -> $SERVER_IP:$app_port; as skein, the endpoints with their identities ($MESH_TRUST_DOMAIN/ns/$BENCH_NS/sa/server) and http2Upgrade (HTTP/1 carried over HTTP/2 between the proxies)" >"$dir/note" ;;
+    skein-base)
+      SKEIN_RUN=$SKEIN_BASELINE start_skein || { echo "failed: the baseline's skein proxy did not become ready: $(problems "$WORK"/logs/skein-*.log)" >"$dir/status"; return 1; }
+      echo "as skein, with the baseline build's proxies (SKEIN_BASELINE_BIN: $SKEIN_BASELINE_REV)" >"$dir/note" ;;
+    skein-mtls-base)
+      SKEIN_RUN=$SKEIN_BASELINE start_skein mtls || { echo "failed: the baseline's skein proxy (mTLS) did not become ready: $(problems "$WORK"/logs/skein-*.log "$WORK"/logs/openssl.log)" >"$dir/status"; return 1; }
+      echo "as skein-mtls, with the baseline build's proxies (SKEIN_BASELINE_BIN: $SKEIN_BASELINE_REV)" >"$dir/note" ;;
     skein-mtls-h1)
       start_skein mtls-h1 || { echo "failed: skein proxy (mTLS) did not become ready: $(problems "$WORK"/logs/skein-*.log "$WORK"/logs/openssl.log)" >"$dir/status"; return 1; }
       echo "as skein-mtls without http2Upgrade: HTTP/1 stays HTTP/1 between the proxies" >"$dir/note" ;;
@@ -1119,6 +1133,16 @@ SKEIN_PROXY_BINARY="skein (in process: no skein-proxy beside $SKEIN_SRC)"
 if [ -x "$(dirname "$SKEIN_SRC")/skein-proxy" ]; then
   install -m 755 "$(dirname "$SKEIN_SRC")/skein-proxy" "$WORK/skein-proxy"
   SKEIN_PROXY_BINARY="skein-proxy (the lean binary)"
+fi
+if [ -n "${SKEIN_BASELINE_BIN:-}" ]; then
+  mkdir -p "$WORK/baseline"
+  chmod 755 "$WORK/baseline"
+  SKEIN_BASELINE="$WORK/baseline/skein"
+  install -m 755 "$SKEIN_BASELINE_BIN" "$SKEIN_BASELINE"
+  if [ -x "$(dirname "$SKEIN_BASELINE_BIN")/skein-proxy" ]; then
+    install -m 755 "$(dirname "$SKEIN_BASELINE_BIN")/skein-proxy" "$WORK/baseline/skein-proxy"
+  fi
+  SKEIN_BASELINE_REV="$SKEIN_BASELINE_BIN, sha256 $(sha256sum "$WORK/baseline/skein-proxy" 2>/dev/null | cut -c1-12)"
 fi
 install -m 755 "$OHA" "$WORK/bin/oha"
 OHA="$WORK/bin/oha"

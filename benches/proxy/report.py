@@ -25,9 +25,11 @@ from collections import Counter
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TRACING = ("skein-trace0", "skein-trace1", "skein-trace100")
-MODES = ("direct", "direct-rules", "skein", "skein-mtls", "skein-mtls-h1") + TRACING + ("nginx", "haproxy")
+# The same Skein modes run with another build's proxies (SKEIN_BASELINE_BIN): an A/B in one run.
+BASELINE_OF = {"skein": "skein-base", "skein-mtls": "skein-mtls-base"}
+MODES = ("direct", "direct-rules", "skein", "skein-mtls", "skein-mtls-h1", "skein-base", "skein-mtls-base") + TRACING + ("nginx", "haproxy")
 BASELINES = ("direct", "direct-rules")
-PROXIES = ("skein", "skein-mtls", "skein-mtls-h1") + TRACING + ("nginx", "haproxy")
+PROXIES = ("skein", "skein-mtls", "skein-mtls-h1", "skein-base", "skein-mtls-base") + TRACING + ("nginx", "haproxy")
 # The Skein modes judged against the goals (the tracing modes are compared with `skein` instead).
 JUDGED = ("skein", "skein-mtls")
 HTTP_PROTOCOLS = ("h1", "h2", "grpc")
@@ -685,9 +687,12 @@ def collect(results):
             tracing = _tracing_vs_plain(po)
             if tracing:
                 po["tracing_vs_plain"] = tracing
-            carried = _carried_vs_http1(po)
+            carried = _compare(po, "skein-mtls", "skein-mtls-h1")
             if carried:
                 po["carried_vs_http1"] = carried
+            baseline = _baseline_comparisons(po)
+            if baseline:
+                po["vs_baseline_build"] = baseline
         out[proto] = po
         per_rep[proto] = reps_of
     return meta, out, per_rep
@@ -743,27 +748,34 @@ def _mtls_vs_plaintext(p):
     return out
 
 
-def _carried_vs_http1(p):
-    """skein-mtls (HTTP/1 carried over HTTP/2 between the proxies) against skein-mtls-h1 (HTTP/1
-    kept) of the same run, medians: max rps, CPU per 1,000 rps and PSS per proxy."""
-    carried, kept = p.get("skein-mtls"), p.get("skein-mtls-h1")
-    if not _ok(carried) or not _ok(kept):
+def _compare(p, new, old):
+    """Mode `new` against mode `old` of the same run, medians: max rps, CPU per 1,000 rps per proxy
+    at 1,000 rps and at 50% / 80% of the max, PSS per proxy under load (each with new/old), and
+    the latency `new` adds over `old` at 1,000 rps (ms, both proxies)."""
+    after, before = p.get(new), p.get(old)
+    if not _ok(after) or not _ok(before):
         return None
 
     def m(agg, run, field):
         return med(fig(agg, run, field))
 
-    out = {
-        "max_rps": {"http1": m(kept, "max", "rps"), "carried": m(carried, "max", "rps")},
-        "cpu_per_1k_rps_per_proxy": {
-            "http1": m(kept, "r1000", "cpu_per_1k_rps_per_proxy"),
-            "carried": m(carried, "r1000", "cpu_per_1k_rps_per_proxy"),
-        },
-        "pss_under_load_mib": {"http1": med(kept.get("pss_under_load_mib")), "carried": med(carried.get("pss_under_load_mib"))},
-    }
+    out = {"max_rps": {"old": m(before, "max", "rps"), "new": m(after, "max", "rps")}}
+    for run in ("r1000", "r50", "r80"):
+        out[f"cpu_per_1k_rps_per_proxy_{run}"] = {
+            "old": m(before, run, "cpu_per_1k_rps_per_proxy"),
+            "new": m(after, run, "cpu_per_1k_rps_per_proxy"),
+        }
+    out["pss_under_load_mib"] = {"old": med(before.get("pss_under_load_mib")), "new": med(after.get("pss_under_load_mib"))}
     for figures in out.values():
-        figures["ratio"] = _ratio(figures["carried"], figures["http1"])
+        figures["ratio"] = _ratio(figures["new"], figures["old"])
+    out["added_at_1000_ms"] = {k: _diff(m(after, "r1000", k + "_ms"), m(before, "r1000", k + "_ms")) for k in ("p50", "p99")}
     return out
+
+
+def _baseline_comparisons(p):
+    """Each Skein mode against the same mode run with the baseline build's proxies."""
+    out = {mode: _compare(p, mode, base) for mode, base in BASELINE_OF.items()}
+    return {mode: c for mode, c in out.items() if c} or None
 
 
 def _tracing_vs_plain(p):
@@ -907,6 +919,7 @@ def _print_http(proto, po, meta):
     _print_connections(po, meta)
     _print_mtls(po)
     _print_carried(po)
+    _print_baseline(po)
     _print_tracing(po)
 
 
@@ -974,19 +987,32 @@ def _print_mtls(po):
     p("  Both skein modes run the same --config; skein-mtls adds only the endpoints' identity (and the certificates).")
 
 
-def _print_carried(po):
-    c = po.get("carried_vs_http1")
-    if not c:
-        return
-    print("")
-    print("HTTP/1 carried over HTTP/2 between the proxies vs kept (skein-mtls vs skein-mtls-h1, medians of this run):")
-    for key, title, spec in (
+def _print_comparison(title, c):
+    print(title)
+    for key, name, spec in (
         ("max_rps", "max rps", "{:.0f}"),
-        ("cpu_per_1k_rps_per_proxy", "CPU/1k/proxy at 1,000 rps", "{:.3f}"),
+        ("cpu_per_1k_rps_per_proxy_r1000", "CPU/1k/proxy at 1,000 rps", "{:.3f}"),
+        ("cpu_per_1k_rps_per_proxy_r50", "CPU/1k/proxy at 50% of max", "{:.3f}"),
+        ("cpu_per_1k_rps_per_proxy_r80", "CPU/1k/proxy at 80% of max", "{:.3f}"),
         ("pss_under_load_mib", "PSS per proxy under load (MiB)", "{:.1f}"),
     ):
         f = c[key]
-        print(f"  {title}: {_fmt(f['http1'], spec)} -> {_fmt(f['carried'], spec)} (x{_fmt(f['ratio'], '{:.2f}')})")
+        print(f"  {name}: {_fmt(f['old'], spec)} -> {_fmt(f['new'], spec)} (x{_fmt(f['ratio'], '{:.2f}')})")
+    added = c["added_at_1000_ms"]
+    print(f"  latency at 1,000 rps, two proxies: p50 {_fmt(added['p50'], '{:+.3f}')} ms, p99 {_fmt(added['p99'], '{:+.3f}')} ms")
+
+
+def _print_carried(po):
+    c = po.get("carried_vs_http1")
+    if c:
+        print("")
+        _print_comparison("HTTP/1 carried over HTTP/2 between the proxies vs kept (skein-mtls-h1 -> skein-mtls, medians of this run):", c)
+
+
+def _print_baseline(po):
+    for mode, c in (po.get("vs_baseline_build") or {}).items():
+        print("")
+        _print_comparison(f"This build vs the baseline build ({BASELINE_OF[mode]} -> {mode}, medians of this run):", c)
 
 
 def _print_tracing(po):
@@ -1153,7 +1179,7 @@ def _compact(proto, po):
         if proto == "redis":
             c["ratios"] = redis_ratios(po, mode)
         out[mode] = c
-    for key in ("mtls_vs_plaintext", "carried_vs_http1", "tracing_vs_plain"):
+    for key in ("mtls_vs_plaintext", "carried_vs_http1", "vs_baseline_build", "tracing_vs_plain"):
         if po.get(key):
             out[key] = po[key]
     out["goals"] = [

@@ -225,12 +225,25 @@ class Goals(unittest.TestCase):
             "skein-mtls": agg({"max": {"rps": [15000.0]}, "r1000": {"cpu_per_1k_rps_per_proxy": [0.04]}}, pss_under_load_mib=s(9.0)),
             "skein-mtls-h1": agg({"max": {"rps": [10000.0]}, "r1000": {"cpu_per_1k_rps_per_proxy": [0.05]}}, pss_under_load_mib=s(12.0)),
         }  # fmt: skip
-        c = report._carried_vs_http1(po)
+        c = report._compare(po, "skein-mtls", "skein-mtls-h1")
         self.assertAlmostEqual(c["max_rps"]["ratio"], 1.5)
-        self.assertAlmostEqual(c["cpu_per_1k_rps_per_proxy"]["ratio"], 0.8)
+        self.assertAlmostEqual(c["cpu_per_1k_rps_per_proxy_r1000"]["ratio"], 0.8)
         self.assertAlmostEqual(c["pss_under_load_mib"]["ratio"], 0.75)
+        self.assertIsNone(c["cpu_per_1k_rps_per_proxy_r50"]["ratio"], "not measured in either")
         del po["skein-mtls-h1"]
-        self.assertIsNone(report._carried_vs_http1(po))
+        self.assertIsNone(report._compare(po, "skein-mtls", "skein-mtls-h1"))
+
+    def test_each_skein_mode_is_compared_with_the_baseline_builds(self):
+        def run(rps, cpu, p50):
+            return agg({"max": {"rps": [rps]}, "r1000": {"cpu_per_1k_rps_per_proxy": [cpu], "p50_ms": [p50], "p99_ms": [1.0]}}, pss_under_load_mib=s(10.0))
+
+        po = {"skein": run(12000.0, 0.06, 0.30), "skein-base": run(10000.0, 0.08, 0.40), "skein-mtls": run(9000.0, 0.07, 0.35)}
+        b = report._baseline_comparisons(po)
+        self.assertEqual(set(b), {"skein"}, "skein-mtls has no baseline run")
+        self.assertAlmostEqual(b["skein"]["max_rps"]["ratio"], 1.2)
+        self.assertAlmostEqual(b["skein"]["cpu_per_1k_rps_per_proxy_r1000"]["ratio"], 0.75)
+        self.assertAlmostEqual(b["skein"]["added_at_1000_ms"]["p50"], -0.10)
+        self.assertIsNone(report._baseline_comparisons({"skein": po["skein"]}))
 
     def test_the_goal_constants_are_issue_16s(self):
         self.assertEqual(report.GOAL_CPU_PER_1K, {"h1": 0.05, "h2": 0.07, "grpc": 0.07})

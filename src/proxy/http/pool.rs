@@ -12,13 +12,14 @@
 //! An idle connection is handed out only while younger than the idle limit
 //! ([`Limits::upstream_pool_idle`](crate::limits::Limits::upstream_pool_idle)): the upstream's
 //! proxy closes idle HTTP/1 connections after its header-read timeout, which is longer, so no
-//! request goes out on a connection being closed under it. Endpoints left unused for the idle
-//! limit are forgotten, with their connections, when another endpoint is first used.
+//! request goes out on a connection being closed under it. Connections idle past the limit are
+//! closed, and endpoints left with none forgotten, by [`reap`] (an app may never close its
+//! side, and a burst of requests leaves one idle connection per request it had in flight).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -84,7 +85,7 @@ impl Pool {
     }
 
     /// The endpoint at `address`, added on first use.
-    pub fn endpoint(&self, address: SocketAddr, now: Instant) -> Arc<Endpoint> {
+    pub fn endpoint(&self, address: SocketAddr) -> Arc<Endpoint> {
         if let Some(endpoint) = self
             .endpoints
             .read()
@@ -93,18 +94,21 @@ impl Pool {
         {
             return endpoint.clone();
         }
-        let mut endpoints = self
-            .endpoints
+        self.endpoints
             .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if !endpoints.contains_key(&address) {
-            // Adding is rare (a new endpoint or destination): the moment to forget the unused.
-            endpoints.retain(|_, endpoint| Arc::strong_count(endpoint) > 1 || endpoint.in_use(now));
-        }
-        endpoints
+            .unwrap_or_else(PoisonError::into_inner)
             .entry(address)
             .or_insert_with(|| Arc::new(Endpoint::new(address, self.idle_limit)))
             .clone()
+    }
+
+    /// Closes the connections idle past the limit and forgets the endpoints left with none that
+    /// no request is using.
+    fn close_idle(&self, now: Instant) {
+        self.endpoints
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, endpoint| endpoint.close_idle(now) || Arc::strong_count(endpoint) > 1);
     }
 
     #[cfg(test)]
@@ -246,21 +250,48 @@ impl Endpoint {
         }
     }
 
-    /// Whether anything kept here may still be handed out.
-    fn in_use(&self, now: Instant) -> bool {
+    /// Drops the connections idle past the limit (which closes them); says whether any is left.
+    fn close_idle(&self, now: Instant) -> bool {
         let young = |since: Instant| now.saturating_duration_since(since) < self.idle_limit;
-        [&self.plain, &self.mtls].into_iter().any(|transport| {
-            let http1 = transport
+        let mut kept = false;
+        for transport in [&self.plain, &self.mtls] {
+            let mut http1 = transport
                 .http1
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            let http2 = transport
+            // Oldest first: the expired ones are a prefix.
+            let expired = http1.partition_point(|idle| !young(idle.since));
+            http1.drain(..expired);
+            let mut http2 = transport
                 .http2
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            http1.last().is_some_and(|idle| young(idle.since))
-                || http2.as_ref().is_some_and(|shared| young(shared.last_used))
-        })
+            if http2
+                .as_ref()
+                .is_some_and(|shared| !young(shared.last_used))
+            {
+                *http2 = None;
+            }
+            kept |= !http1.is_empty() || http2.is_some();
+        }
+        kept
+    }
+}
+
+/// Runs [`Pool::close_idle`] every half idle limit for as long as the pool exists.
+pub async fn reap(pool: Weak<Pool>) {
+    let Some(every) = pool.upgrade().map(|pool| pool.idle_limit / 2) else {
+        return;
+    };
+    let mut ticks = tokio::time::interval(every.max(Duration::from_millis(10)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        pool.close_idle(Instant::now());
     }
 }
 
@@ -315,17 +346,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unused_endpoints_are_forgotten_when_another_is_added() {
-        let pool = Pool::new(Duration::ZERO);
-        let now = Instant::now();
-        let held = pool.endpoint("10.0.0.1:80".parse().expect("address"), now);
-        drop(pool.endpoint("10.0.0.2:80".parse().expect("address"), now));
+    fn endpoints_without_connections_are_forgotten_unless_in_use() {
+        let pool = Pool::new(Duration::from_secs(15));
+        let held = pool.endpoint("10.0.0.1:80".parse().expect("address"));
+        drop(pool.endpoint("10.0.0.2:80".parse().expect("address")));
         assert_eq!(pool.len(), 2);
-        // 10.0.0.2 holds no connection and nobody uses it; 10.0.0.1 is in use.
-        pool.endpoint("10.0.0.3:80".parse().expect("address"), now);
-        assert_eq!(pool.len(), 2);
+        // 10.0.0.2 holds no connection and no request uses it; 10.0.0.1 is in use.
+        pool.close_idle(Instant::now());
+        assert_eq!(pool.len(), 1);
         assert_eq!(held.authority.as_str(), "10.0.0.1:80");
-        let v6 = pool.endpoint("[fd00::1]:8080".parse().expect("address"), now);
+        let v6 = pool.endpoint("[fd00::1]:8080".parse().expect("address"));
         assert_eq!(v6.authority.as_str(), "[fd00::1]:8080");
     }
 }

@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::body::ProxyBody;
 use super::multiplex;
-use super::pool::{Checkin, Endpoint, Http1Sender, Http2Sender, Pool};
+use super::pool::{self, Checkin, Endpoint, Http1Sender, Http2Sender, Pool};
 use crate::config::ConfigStore;
 use crate::mtls::Mtls;
 use crate::retry::AttemptOutcome;
@@ -54,7 +54,7 @@ impl UpstreamError {
 
 /// Sends requests to upstreams, shared by all connections of the proxy.
 pub struct Upstreams {
-    pool: Pool,
+    pool: Arc<Pool>,
     connect_timeout: Duration,
     config: Arc<ConfigStore>,
     mtls: Arc<Mtls>,
@@ -68,15 +68,20 @@ impl std::fmt::Debug for Upstreams {
 
 impl Upstreams {
     /// `pool_idle`: how long an idle connection is kept
-    /// ([`Limits::upstream_pool_idle`](crate::limits::Limits::upstream_pool_idle)).
+    /// ([`Limits::upstream_pool_idle`](crate::limits::Limits::upstream_pool_idle)). Inside a
+    /// tokio runtime, starts the task that closes idle connections ([`pool::reap`]).
     pub fn new(
         connect_timeout: Duration,
         pool_idle: Duration,
         mtls: Arc<Mtls>,
         config: Arc<ConfigStore>,
     ) -> Self {
+        let pool = Arc::new(Pool::new(pool_idle));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(pool::reap(Arc::downgrade(&pool)));
+        }
         Self {
-            pool: Pool::new(pool_idle),
+            pool,
             connect_timeout,
             config,
             mtls,
@@ -105,7 +110,7 @@ impl Upstreams {
         if carried {
             multiplex::carry(&mut parts);
         }
-        let endpoint = self.pool.endpoint(address, Instant::now());
+        let endpoint = self.pool.endpoint(address);
         if parts.version == Version::HTTP_2 {
             let request = http2_request(&endpoint, meshed, parts, body);
             let mut response = self.send_http2(address, &endpoint, meshed, request).await?;
@@ -436,17 +441,23 @@ mod tests {
     /// counts the connections it accepted.
     struct App {
         address: SocketAddr,
+        /// Connections accepted so far.
         connections: Arc<AtomicUsize>,
+        /// Connections open now.
+        open: Arc<AtomicUsize>,
     }
 
     async fn app(http2: bool) -> App {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
         let connections = Arc::new(AtomicUsize::new(0));
-        let accepted = connections.clone();
+        let open = Arc::new(AtomicUsize::new(0));
+        let (accepted, now_open) = (connections.clone(), open.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 accepted.fetch_add(1, Ordering::SeqCst);
+                now_open.fetch_add(1, Ordering::SeqCst);
+                let still_open = now_open.clone();
                 let service = service_fn(|request: Request<Incoming>| async move {
                     let host = request
                         .headers()
@@ -466,12 +477,14 @@ mod tests {
                             .serve_connection(io, service)
                             .await;
                     }
+                    still_open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
         App {
             address,
             connections,
+            open,
         }
     }
 
@@ -558,6 +571,27 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(150)).await;
         get(&upstreams, app.address, Version::HTTP_11).await;
         assert_eq!(app.connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_closed_after_the_limit_even_without_traffic() {
+        let app = app(false).await;
+        let upstreams = upstreams(Duration::from_millis(100));
+        let sends = (0..3).map(|_| get(&upstreams, app.address, Version::HTTP_11));
+        futures::future::join_all(sends).await;
+        assert!(app.connections.load(Ordering::SeqCst) >= 1);
+        // The app keeps its side open: the proxy must close its idle connections itself.
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            while app.open.load(Ordering::SeqCst) > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "{} connections still open",
+            app.open.load(Ordering::SeqCst)
+        );
     }
 
     #[tokio::test]
