@@ -1139,10 +1139,11 @@ if [ -n "${SKEIN_BASELINE_BIN:-}" ]; then
   chmod 755 "$WORK/baseline"
   SKEIN_BASELINE="$WORK/baseline/skein"
   install -m 755 "$SKEIN_BASELINE_BIN" "$SKEIN_BASELINE"
+  SKEIN_BASELINE_REV="$SKEIN_BASELINE_BIN, in process: no skein-proxy beside it"
   if [ -x "$(dirname "$SKEIN_BASELINE_BIN")/skein-proxy" ]; then
     install -m 755 "$(dirname "$SKEIN_BASELINE_BIN")/skein-proxy" "$WORK/baseline/skein-proxy"
+    SKEIN_BASELINE_REV="$SKEIN_BASELINE_BIN, its skein-proxy sha256 $(sha256sum "$WORK/baseline/skein-proxy" | cut -c1-12)"
   fi
-  SKEIN_BASELINE_REV="$SKEIN_BASELINE_BIN, sha256 $(sha256sum "$WORK/baseline/skein-proxy" 2>/dev/null | cut -c1-12)"
 fi
 install -m 755 "$OHA" "$WORK/bin/oha"
 OHA="$WORK/bin/oha"

@@ -78,7 +78,10 @@ pub(crate) async fn serve(
     // waiting for the app's greeting ([`server_first`]).
     let skip_detection = mode == MtlsMode::Disabled && config.opaque_ports.contains(&target.port());
     if !skip_detection && !server_first::client_spoke_within(&stream, server_first::QUIET).await {
-        quiet_client(stream, peer, target, shared).await;
+        // Boxed, as `terminate` below: each connection's task is as large as its largest
+        // branch, and these two would triple it for every connection (outbound ones too, which
+        // share the accept loop's task type).
+        Box::pin(quiet_client(stream, peer, target, shared)).await;
         return;
     }
     let timeout = config.source.detect_timeout.as_std();
@@ -116,7 +119,7 @@ async fn route(
     let client = PrefixedIo::new(detection.prefix, stream);
     if mesh_tls {
         drop(app);
-        terminate(client, peer, target, shared).await;
+        Box::pin(terminate(client, peer, target, shared)).await;
         return;
     }
     if plaintext(mtls, peer.ip(), target.port()) == Plaintext::Refused {

@@ -38,7 +38,8 @@ pub(crate) async fn serve(
             .server_first
             .speaks_first(target, tokio::time::Instant::now());
     if !opaque && !server_first::client_spoke_within(&stream, server_first::QUIET).await {
-        quiet_client(stream, peer, target, service, &config, shared).await;
+        // Boxed: a rare branch that would otherwise size every connection's task.
+        Box::pin(quiet_client(stream, peer, target, service, &config, shared)).await;
         return;
     }
     let timeout = config.source.detect_timeout.as_std();
