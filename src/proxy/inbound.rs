@@ -25,6 +25,7 @@ use super::authz::{self, Decision, RequestFacts};
 use super::config::{InboundMtls, MtlsMode};
 use super::detect::{Detected, Detection, PrefixedIo, detect, detect_unless_opaque};
 use super::metrics::RejectReason;
+use super::mtls::Carries;
 use super::server_first::{self, FirstWord};
 use super::tcp::{self, OnTcp, Upstream};
 use super::{Direction, Shared, http};
@@ -173,7 +174,14 @@ async fn quiet_client(
         wait_then_route(stream, timeout, peer, target, shared).await;
         return;
     }
-    let mut app = match tcp::open(Upstream::plain(target), shared).await {
+    let mut app = match tcp::open(
+        Upstream::plain(target),
+        Carries::Opaque,
+        &shared.mtls,
+        shared.connect_timeout,
+    )
+    .await
+    {
         Ok(app) => app,
         Err(err) => {
             // Said once the client's bytes are known (HTTP gets an answer with the reason).

@@ -15,6 +15,7 @@ use super::balance::{Outcome, Pick};
 use super::config::compiled::Service;
 use super::config::{Compiled, EgressProtocol, Protocol};
 use super::detect::{Detected, Detection, PrefixedIo, detect, detect_unless_opaque};
+use super::mtls::Carries;
 use super::server_first::{self, FirstWord};
 use super::tcp::{self, OnTcp, Upstream};
 use super::{Direction, Shared, egress, http};
@@ -202,7 +203,14 @@ async fn quiet_client(
         tcp::reset(&stream);
         return;
     };
-    let mut connected = match tcp::open(upstream, shared).await {
+    let mut connected = match tcp::open(
+        upstream,
+        Carries::Opaque,
+        &shared.mtls,
+        shared.connect_timeout,
+    )
+    .await
+    {
         Ok(connected) => connected,
         Err(err) => {
             // Said once the client's bytes are known: HTTP tries elsewhere and says why.

@@ -23,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::detect::PrefixedIo;
+use super::mtls::{Carries, Mtls};
 use super::{Direction, Shared};
 use skein_core::identity::SpiffeId;
 
@@ -121,7 +122,7 @@ where
             reset(client.tcp());
             return true;
         }
-        connected = open(upstream, shared) => connected,
+        connected = open(upstream, Carries::Opaque, &shared.mtls, shared.connect_timeout) => connected,
     };
     match connected {
         Ok(connected) => relay(client, connected, peer, direction, upstream.address, shared).await,
@@ -170,19 +171,22 @@ fn unreachable(
     reset(client);
 }
 
-/// Opens the connection to `upstream`: plain TCP, or mutual TLS (ALPN opaque: the upstream's
-/// proxy forwards the bytes without detecting anything) when it has an identity.
+/// Opens the connection to `upstream` within `timeout` (TCP, then the handshake): plain TCP, or
+/// mutual TLS when it has an identity, saying what it `carries` (opaque: the upstream's proxy
+/// forwards the bytes without detecting anything).
 pub(crate) async fn open(
     upstream: Upstream<'_>,
-    shared: &Shared,
+    carries: Carries,
+    mtls: &Mtls,
+    timeout: Duration,
 ) -> Result<Connected, ConnectError> {
-    let tcp = connect(upstream.address, shared.connect_timeout).await?;
+    let tcp = connect(upstream.address, timeout).await?;
     set_nodelay(&tcp);
     let Some(identity) = upstream.identity else {
         return Ok(Connected::Plain(tcp));
     };
-    let handshake = shared.mtls.connect(tcp, identity);
-    match tokio::time::timeout(shared.connect_timeout, handshake).await {
+    let handshake = mtls.connect(tcp, identity, carries);
+    match tokio::time::timeout(timeout, handshake).await {
         Ok(Ok(tls)) => Ok(Connected::Mtls(Box::new(tls))),
         Ok(Err(source)) => Err(ConnectError::Handshake {
             target: upstream.address,
@@ -191,7 +195,7 @@ pub(crate) async fn open(
         }),
         Err(_) => Err(ConnectError::Timeout {
             target: upstream.address,
-            timeout: shared.connect_timeout,
+            timeout,
         }),
     }
 }

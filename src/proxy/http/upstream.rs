@@ -23,7 +23,7 @@ use super::body::ProxyBody;
 use super::multiplex;
 use super::pool::{self, Checkin, Endpoint, Http1Sender, Http2Sender, Pool};
 use crate::config::ConfigStore;
-use crate::mtls::Mtls;
+use crate::mtls::{Carries, Mtls};
 use crate::retry::AttemptOutcome;
 use crate::tcp::{self, ConnectError, ErrorChain};
 
@@ -193,17 +193,13 @@ impl Upstreams {
         address: SocketAddr,
         mtls: bool,
     ) -> Result<Http1Sender, UpstreamError> {
-        let handshake = if mtls {
-            let tls = self.connect_tls(address, false).await?;
-            handshake_http1(tls).await
-        } else {
-            let tcp = self.connect_tcp(address).await?;
-            handshake_http1(tcp).await
-        };
-        handshake.map_err(|err| UpstreamError::Connect {
-            address,
-            reason: ErrorChain(&err).to_string(),
-        })
+        let connected = self.open(address, mtls, Carries::Http1).await?;
+        handshake_http1(connected)
+            .await
+            .map_err(|err| UpstreamError::Connect {
+                address,
+                reason: ErrorChain(&err).to_string(),
+            })
     }
 
     async fn connect_http2(
@@ -211,74 +207,42 @@ impl Upstreams {
         address: SocketAddr,
         mtls: bool,
     ) -> Result<Http2Sender, UpstreamError> {
-        let connect_error = |err: hyper::Error| UpstreamError::Connect {
-            address,
-            reason: ErrorChain(&err).to_string(),
-        };
-        if mtls {
-            let tls = self.connect_tls(address, true).await?;
-            handshake_http2(tls).await.map_err(connect_error)
-        } else {
-            let tcp = self.connect_tcp(address).await?;
-            handshake_http2(tcp).await.map_err(connect_error)
-        }
+        let connected = self.open(address, mtls, Carries::Http2).await?;
+        handshake_http2(connected)
+            .await
+            .map_err(|err| UpstreamError::Connect {
+                address,
+                reason: ErrorChain(&err).to_string(),
+            })
     }
 
-    async fn connect_tcp(
+    /// TCP, and for a meshed endpoint the mTLS handshake with the identity the control plane
+    /// gives it now.
+    async fn open(
         &self,
         address: SocketAddr,
-    ) -> Result<tokio::net::TcpStream, UpstreamError> {
-        let stream = tcp::connect(address, self.connect_timeout)
+        mtls: bool,
+        carries: Carries,
+    ) -> Result<tcp::Connected, UpstreamError> {
+        let config = self.config.current();
+        let identity = if mtls {
+            let identity = self.mtls.identity_for(&config, address);
+            if identity.is_none() {
+                return Err(UpstreamError::Connect {
+                    address,
+                    reason: "it is no longer a meshed endpoint".to_owned(),
+                });
+            }
+            identity
+        } else {
+            None
+        };
+        let upstream = tcp::Upstream { address, identity };
+        tcp::open(upstream, carries, &self.mtls, self.connect_timeout)
             .await
             .map_err(|err| UpstreamError::Connect {
                 address,
                 reason: connect_reason(&err),
-            })?;
-        tcp::set_nodelay(&stream);
-        Ok(stream)
-    }
-
-    /// TCP, then the TLS handshake with the identity the control plane gives the endpoint, both
-    /// within the connect timeout.
-    async fn connect_tls(
-        &self,
-        address: SocketAddr,
-        http2: bool,
-    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, UpstreamError> {
-        let identity = {
-            let config = self.config.current();
-            self.mtls.identity_for(&config, address).cloned()
-        };
-        let Some(identity) = identity else {
-            return Err(UpstreamError::Connect {
-                address,
-                reason: "it is no longer a meshed endpoint".to_owned(),
-            });
-        };
-        let handshake = async {
-            let tcp = self.connect_tcp(address).await?;
-            self.mtls
-                .connect_http(tcp, &identity, http2)
-                .await
-                .map_err(|source| UpstreamError::Connect {
-                    address,
-                    reason: connect_reason(&ConnectError::Handshake {
-                        target: address,
-                        identity: identity.clone(),
-                        source,
-                    }),
-                })
-        };
-        tokio::time::timeout(self.connect_timeout, handshake)
-            .await
-            .unwrap_or_else(|_| {
-                Err(UpstreamError::Connect {
-                    address,
-                    reason: connect_reason(&ConnectError::Timeout {
-                        target: address,
-                        timeout: self.connect_timeout,
-                    }),
-                })
             })
     }
 }

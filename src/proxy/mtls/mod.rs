@@ -39,6 +39,15 @@ pub const ALPN_OPAQUE: &[u8] = b"skein/opaque";
 pub const ALPN_HTTP2: &[u8] = b"h2";
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 
+/// What a client's mTLS connection carries, said by ALPN: the server proxy forwards opaque bytes
+/// at once and serves HTTP in the version named.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Carries {
+    Opaque,
+    Http1,
+    Http2,
+}
+
 /// The proxy's TLS configurations, built once; each handshake reads the current credentials.
 pub struct Mtls {
     pub credentials: Arc<Credentials>,
@@ -133,27 +142,18 @@ impl Mtls {
         self.credentials.current().is_some()
     }
 
-    /// Opens an opaque mTLS connection over `tcp` to a server that must prove it is `server`.
+    /// Opens an mTLS connection over `tcp` to a server that must prove it is `server`, saying
+    /// by ALPN what it carries.
     pub async fn connect(
         &self,
         tcp: TcpStream,
         server: &SpiffeId,
+        carries: Carries,
     ) -> io::Result<client::TlsStream<TcpStream>> {
-        self.client_opaque.connect(server_name(server)?, tcp).await
-    }
-
-    /// Opens an mTLS connection over `tcp` for HTTP/2 or HTTP/1.1 (said by ALPN) to a server
-    /// that must prove it is `server`.
-    pub async fn connect_http(
-        &self,
-        tcp: TcpStream,
-        server: &SpiffeId,
-        http2: bool,
-    ) -> io::Result<client::TlsStream<TcpStream>> {
-        let connector = if http2 {
-            &self.client_http2
-        } else {
-            &self.client_http1
+        let connector = match carries {
+            Carries::Opaque => &self.client_opaque,
+            Carries::Http1 => &self.client_http1,
+            Carries::Http2 => &self.client_http2,
         };
         connector.connect(server_name(server)?, tcp).await
     }
@@ -245,7 +245,7 @@ pub(crate) mod tests {
             async {
                 let tcp = TcpStream::connect(address).await.unwrap();
                 let mut stream = client
-                    .connect(tcp, expect)
+                    .connect(tcp, expect, Carries::Opaque)
                     .await
                     .map_err(|e| e.to_string())?;
                 stream
